@@ -1,0 +1,64 @@
+//! `sgdlab`: the command-line front end of the sgdlab library.
+//!
+//! Thin by design: every number it prints comes from the library. Exit status: 0 success,
+//! 1 a claim failed, 2 bad usage or an error (reported on stderr).
+
+mod table;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Stochastic gradient descent built from running averages, and a lab that measures what
+/// optimizer theory claims.
+#[derive(Parser, Debug)]
+#[command(name = "sgdlab", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long, global = true, value_name = "K")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the claims of the problem set by measurement (exit 1 if any fails).
+    Verify(verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            anyhow::bail!("invalid --threads 0: must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Verify(args) => verify::run(args),
+    }
+}

@@ -1,0 +1,139 @@
+//! End-to-end tests of `sgdlab verify`: exit codes, arguments, JSON schema, determinism.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn sgdlab() -> Command {
+    Command::cargo_bin("sgdlab").expect("the sgdlab binary is built")
+}
+
+fn verify_json(extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verify.json");
+    sgdlab()
+        .args(["verify", "--quick", "--json"])
+        .arg(&path)
+        .args(extra)
+        .assert()
+        .success();
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn quick_verify_of_problems_1_to_4_passes() {
+    sgdlab()
+        .args(["verify", "--quick"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 failed"))
+        .stdout(predicate::str::contains("2a"));
+}
+
+#[test]
+fn json_follows_the_schema() {
+    let v = verify_json(&["--problem", "2"]);
+    let claims = v["claims"].as_array().unwrap();
+    assert!(!claims.is_empty());
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["passed"].as_u64().unwrap() as usize, claims.len());
+    let c2a = claims.iter().find(|c| c["id"] == "2a").expect("claim 2a");
+    for key in [
+        "title",
+        "params",
+        "expected",
+        "measured",
+        "stderr",
+        "tolerance",
+        "passed",
+    ] {
+        assert!(c2a.get(key).is_some(), "2a lacks {key}");
+    }
+    // A reader can recompute the expected value from the params: σ²/(2N-1).
+    let n = c2a["params"]["N"].as_f64().unwrap();
+    let sigma2 = c2a["params"]["sigma2"].as_f64().unwrap();
+    let expected = c2a["expected"].as_f64().unwrap();
+    assert!((expected - sigma2 / (2.0 * n - 1.0)).abs() < 1e-15);
+    assert!(c2a["stderr"].as_f64().unwrap() > 0.0);
+    assert!(
+        claims
+            .iter()
+            .all(|c| c["id"].as_str().unwrap().starts_with('2'))
+    );
+}
+
+#[test]
+fn json_is_identical_for_one_and_two_threads() {
+    let one = verify_json(&["--threads", "1"]);
+    let two = verify_json(&["--threads", "2"]);
+    assert_eq!(one, two);
+}
+
+#[test]
+fn seed_changes_the_measurements() {
+    let a = verify_json(&["--problem", "2", "--seed", "1"]);
+    let b = verify_json(&["--problem", "2", "--seed", "2"]);
+    assert_ne!(a["claims"][0]["measured"], b["claims"][0]["measured"]);
+}
+
+#[test]
+fn one_problem_alone_gives_the_same_numbers_as_in_the_full_run() {
+    let all = verify_json(&[]);
+    let p4 = verify_json(&["--problem", "4"]);
+    let from_all: Vec<_> = all["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["problem"] == 4)
+        .cloned()
+        .collect();
+    assert_eq!(&from_all, p4["claims"].as_array().unwrap());
+}
+
+#[test]
+fn unknown_problem_is_a_clear_error() {
+    sgdlab()
+        .args(["verify", "--problem", "12"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no problem 12"));
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    sgdlab()
+        .args(["verify", "--seed", "minus-one"])
+        .assert()
+        .code(2);
+    sgdlab().args(["verify", "--bogus"]).assert().code(2);
+    sgdlab().args(["frobnicate"]).assert().code(2);
+    sgdlab()
+        .args(["--threads", "0", "verify", "--quick"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--threads"));
+}
+
+#[test]
+fn unwritable_json_path_is_an_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("out.json");
+    sgdlab()
+        .args(["verify", "--quick", "--problem", "3", "--json"])
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot write"));
+    assert!(!path.exists());
+}
+
+#[test]
+fn help_and_version_succeed() {
+    sgdlab()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("verify"));
+    sgdlab().arg("--version").assert().success();
+}

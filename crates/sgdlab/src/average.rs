@@ -1,0 +1,443 @@
+//! Running averages: the building blocks of momentum, Adam and RMSProp (problems 1–4).
+//!
+//! Each type here is a small validated configuration (`Copy`, checked once at construction)
+//! with a per-element update that is plain arithmetic, so that optimizers and the lab share one
+//! definition of every rule. Slice updates check lengths and finiteness and return an error
+//! instead of propagating a NaN.
+//!
+//! | type | recurrence | problem |
+//! |---|---|---|
+//! | [`Ema`] | $y_{t+1} = \beta y_t + (1-\beta) x_t$ | 1, 2, 3 |
+//! | [`ScaledEma`] | $z_{t+1} = \beta z_t + \gamma x_t$ | 1 |
+//! | [`SumMomentum`] | $y_t = (1 - 1/N) y_{t-1} + x_t$ | 3 |
+//! | [`PowerDebias`] | $\hat m_t = m_t / (1 - \beta^t)$ | 4 (Adam) |
+//! | [`HorizonAverage`] | $y_t = (1 - 1/\min(t,N)) y_{t-1} + x_t / \min(t,N)$ | 4 |
+//! | [`RunningMoments`] | EMA of $x$ and of $x^2$; variance $v - m^2$ | RMSProp |
+
+use crate::error::{Result, check_finite, check_len};
+use crate::{Error, Real};
+
+fn check_beta(name: &str, beta: f64) -> Result<f64> {
+    if beta.is_finite() && (0.0..1.0).contains(&beta) {
+        Ok(beta)
+    } else {
+        Err(Error::invalid(name, beta, "must lie in [0, 1)"))
+    }
+}
+
+fn check_horizon(n: f64) -> Result<f64> {
+    if n.is_finite() && n >= 1.0 {
+        Ok(n)
+    } else {
+        Err(Error::invalid(
+            "horizon N",
+            n,
+            "must be a finite number >= 1",
+        ))
+    }
+}
+
+/// Applies `rule(y, x)` elementwise after checking lengths and finiteness of `x`.
+///
+/// On error `y` is left unchanged.
+fn update_slice_with<T: Real>(y: &mut [T], x: &[T], rule: impl Fn(T, T) -> T) -> Result<()> {
+    check_len("running average input", y.len(), x.len())?;
+    check_finite("running average input", x)?;
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = rule(*yi, xi);
+    }
+    Ok(())
+}
+
+/// Exponential moving average in the convex parameterisation
+/// $y \leftarrow \beta y + (1-\beta) x$.
+///
+/// With IID inputs of mean $\bar x$, $E\,y_t = (1-\beta^t)\bar x \to \bar x$ from $y_0 = 0$;
+/// with variance $\sigma^2$ and $\beta = 1 - 1/N$,
+/// $\operatorname{Var} y_t = \sigma^2 (1-\beta^{2t})/(2N-1)$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ema {
+    beta: f64,
+}
+
+impl Ema {
+    /// An EMA with decay $\beta \in [0, 1)$.
+    pub fn new(beta: f64) -> Result<Self> {
+        Ok(Self {
+            beta: check_beta("beta", beta)?,
+        })
+    }
+
+    /// An EMA with horizon $N \ge 1$: rate $1/N$, $\beta = 1 - 1/N$.
+    pub fn from_horizon(n: f64) -> Result<Self> {
+        let n = check_horizon(n)?;
+        Ok(Self {
+            beta: 1.0 - 1.0 / n,
+        })
+    }
+
+    /// The decay $\beta$.
+    pub fn beta(self) -> f64 {
+        self.beta
+    }
+
+    /// The rate $1 - \beta$ given to the new input.
+    pub fn rate(self) -> f64 {
+        1.0 - self.beta
+    }
+
+    /// The horizon $N = 1/(1-\beta)$.
+    pub fn horizon(self) -> f64 {
+        1.0 / (1.0 - self.beta)
+    }
+
+    /// One step $\beta y + (1-\beta) x$ for one element (unchecked arithmetic).
+    #[inline(always)]
+    pub fn update<T: Real>(self, y: T, x: T) -> T {
+        let beta = T::from_f64(self.beta);
+        beta * y + (T::one() - beta) * x
+    }
+
+    /// One step for every element of `y` with the matching element of `x`.
+    ///
+    /// Errors (leaving `y` unchanged) on a length mismatch or a non-finite input.
+    pub fn update_slice<T: Real>(self, y: &mut [T], x: &[T]) -> Result<()> {
+        update_slice_with(y, x, |y, x| self.update(y, x))
+    }
+}
+
+/// Exponential moving average in the scaled parameterisation
+/// $z \leftarrow \beta z + \gamma x$ (problem 1's $z_t$).
+///
+/// From $z_0 = 0$ it is the convex EMA scaled by $\gamma/(1-\beta)$:
+/// $z_t = \frac{\gamma}{1-\beta}\, y_t$, so $\lim E z_t = \gamma \bar x/(1-\beta)$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScaledEma {
+    beta: f64,
+    gamma: f64,
+}
+
+impl ScaledEma {
+    /// A scaled EMA with decay $\beta \in [0,1)$ and input weight $\gamma > 0$.
+    pub fn new(beta: f64, gamma: f64) -> Result<Self> {
+        let beta = check_beta("beta", beta)?;
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(Error::invalid(
+                "gamma",
+                gamma,
+                "must be a finite number > 0",
+            ));
+        }
+        Ok(Self { beta, gamma })
+    }
+
+    /// The decay $\beta$.
+    pub fn beta(self) -> f64 {
+        self.beta
+    }
+
+    /// The input weight $\gamma$.
+    pub fn gamma(self) -> f64 {
+        self.gamma
+    }
+
+    /// One step $\beta z + \gamma x$ for one element (unchecked arithmetic).
+    #[inline(always)]
+    pub fn update<T: Real>(self, z: T, x: T) -> T {
+        T::from_f64(self.beta) * z + T::from_f64(self.gamma) * x
+    }
+
+    /// One step for every element; errors on a length mismatch or non-finite input.
+    pub fn update_slice<T: Real>(self, z: &mut [T], x: &[T]) -> Result<()> {
+        update_slice_with(z, x, |z, x| self.update(z, x))
+    }
+}
+
+/// Sum-form momentum $y_t = \beta y_{t-1} + x_t$ with $\beta = 1 - 1/N$ (problem 3; PyTorch's
+/// SGD momentum buffer without dampening).
+///
+/// It is an EMA of $N x_t$: $y_t = N \mu_t$ where $\mu_t$ is the [`Ema`] with horizon $N$, so
+/// a constant input $c$ gives $\lim y_t = N c$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SumMomentum {
+    beta: f64,
+}
+
+impl SumMomentum {
+    /// Sum-form momentum with decay $\beta \in [0,1)$.
+    pub fn new(beta: f64) -> Result<Self> {
+        Ok(Self {
+            beta: check_beta("momentum", beta)?,
+        })
+    }
+
+    /// Sum-form momentum with horizon $N \ge 1$ ($\beta = 1 - 1/N$).
+    pub fn from_horizon(n: f64) -> Result<Self> {
+        let n = check_horizon(n)?;
+        Ok(Self {
+            beta: 1.0 - 1.0 / n,
+        })
+    }
+
+    /// The decay $\beta$.
+    pub fn beta(self) -> f64 {
+        self.beta
+    }
+
+    /// One step $\beta y + x$ for one element (unchecked arithmetic).
+    #[inline(always)]
+    pub fn update<T: Real>(self, y: T, x: T) -> T {
+        T::from_f64(self.beta) * y + x
+    }
+
+    /// One step for every element; errors on a length mismatch or non-finite input.
+    pub fn update_slice<T: Real>(self, y: &mut [T], x: &[T]) -> Result<()> {
+        update_slice_with(y, x, |y, x| self.update(y, x))
+    }
+}
+
+/// Adam's bias correction: $\hat m_t = m_t / (1 - \beta^t)$ for an [`Ema`] started at zero.
+///
+/// The factor is computed once per step in `f64` ([`PowerDebias::factor`]) and applied per
+/// element. For IID inputs of variance $\sigma^2$ the corrected value has variance
+/// $\sigma^2 \frac{(1-\beta)(1+\beta^t)}{(1+\beta)(1-\beta^t)}$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PowerDebias {
+    beta: f64,
+}
+
+impl PowerDebias {
+    /// The correction for an EMA of decay $\beta \in [0,1)$.
+    pub fn new(beta: f64) -> Result<Self> {
+        Ok(Self {
+            beta: check_beta("beta", beta)?,
+        })
+    }
+
+    /// The factor $1/(1-\beta^t)$ for step $t \ge 1$ (steps count from 1).
+    ///
+    /// Errors at $t = 0$, where no input has been averaged yet.
+    pub fn factor(self, t: u64) -> Result<f64> {
+        if t == 0 {
+            return Err(Error::invalid("step t", 0, "bias correction needs t >= 1"));
+        }
+        Ok(1.0 / (1.0 - self.beta.powf(t as f64)))
+    }
+}
+
+/// Problem 4's average with rate $1/\min(t, N)$:
+/// $y_t = \left(1 - \frac{1}{\min(t,N)}\right) y_{t-1} + \frac{1}{\min(t,N)} x_t$.
+///
+/// For $t \le N$ it is the exact running mean of $x_1..x_t$ (whatever $y_0$ is); after that an
+/// EMA with horizon $N$. Constant input $c$ gives $y_t = c$ for every $t \ge 1$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HorizonAverage {
+    n: f64,
+}
+
+impl HorizonAverage {
+    /// The horizon average with $N \ge 1$.
+    pub fn new(n: f64) -> Result<Self> {
+        Ok(Self {
+            n: check_horizon(n)?,
+        })
+    }
+
+    /// The horizon $N$.
+    pub fn horizon(self) -> f64 {
+        self.n
+    }
+
+    /// The rate $1/\min(t, N)$ at step $t \ge 1$; errors at $t = 0$.
+    pub fn rate(self, t: u64) -> Result<f64> {
+        if t == 0 {
+            return Err(Error::invalid("step t", 0, "steps count from 1"));
+        }
+        Ok(1.0 / (t as f64).min(self.n))
+    }
+
+    /// One step at rate `rate` (from [`HorizonAverage::rate`]) for one element:
+    /// $(1 - r) y + r x$ (unchecked arithmetic).
+    #[inline(always)]
+    pub fn update<T: Real>(rate: f64, y: T, x: T) -> T {
+        let r = T::from_f64(rate);
+        (T::one() - r) * y + r * x
+    }
+
+    /// Step $t \ge 1$ for every element; errors on $t = 0$, a length mismatch or non-finite
+    /// input.
+    pub fn update_slice<T: Real>(self, t: u64, y: &mut [T], x: &[T]) -> Result<()> {
+        let rate = self.rate(t)?;
+        update_slice_with(y, x, |y, x| Self::update(rate, y, x))
+    }
+}
+
+/// Running first and second moments by EMA: $m \leftarrow \beta m + (1-\beta) x$,
+/// $v \leftarrow \beta v + (1-\beta) x^2$.
+///
+/// The *uncentered* estimate of the scale is $v$ (RMSProp, Adam); the *centered* one is
+/// $v - m^2$ (RMSProp with `centered=True`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunningMoments {
+    ema: Ema,
+    centered: bool,
+}
+
+impl RunningMoments {
+    /// Moments with decay $\beta \in [0,1)$; `centered` chooses $v - m^2$ over $v$.
+    pub fn new(beta: f64, centered: bool) -> Result<Self> {
+        Ok(Self {
+            ema: Ema::new(beta)?,
+            centered,
+        })
+    }
+
+    /// Whether [`RunningMoments::variance`] subtracts the squared mean.
+    pub fn centered(self) -> bool {
+        self.centered
+    }
+
+    /// One step for one element: returns the new $(m, v)$.
+    #[inline(always)]
+    pub fn update<T: Real>(self, m: T, v: T, x: T) -> (T, T) {
+        (self.ema.update(m, x), self.ema.update(v, x * x))
+    }
+
+    /// The variance estimate from $(m, v)$: $v - m^2$ if centered, else $v$.
+    #[inline(always)]
+    pub fn variance<T: Real>(self, m: T, v: T) -> T {
+        if self.centered { v - m * m } else { v }
+    }
+
+    /// One step for every element; errors (state unchanged) on a length mismatch or
+    /// non-finite input.
+    pub fn update_slice<T: Real>(self, m: &mut [T], v: &mut [T], x: &[T]) -> Result<()> {
+        check_len("running moments (second moment)", m.len(), v.len())?;
+        check_len("running moments input", m.len(), x.len())?;
+        check_finite("running moments input", x)?;
+        for ((mi, vi), &xi) in m.iter_mut().zip(v.iter_mut()).zip(x) {
+            (*mi, *vi) = self.update(*mi, *vi, xi);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ema_small_case_by_hand() {
+        let ema = Ema::new(0.5).unwrap();
+        let mut y = 0.0f64;
+        for x in [2.0, 4.0, 8.0] {
+            y = ema.update(y, x);
+        }
+        // 0 -> 1 -> 2.5 -> 5.25
+        assert_eq!(y, 5.25);
+        let mut ys = [0.0f32, 1.0];
+        ema.update_slice(&mut ys, &[2.0, 3.0]).unwrap();
+        assert_eq!(ys, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn horizon_constructor() {
+        let ema = Ema::from_horizon(4.0).unwrap();
+        assert_eq!(ema.beta(), 0.75);
+        assert_eq!(ema.rate(), 0.25);
+        assert_eq!(ema.horizon(), 4.0);
+        assert_eq!(Ema::from_horizon(1.0).unwrap().beta(), 0.0);
+    }
+
+    #[test]
+    fn scaled_ema_by_hand() {
+        let z = ScaledEma::new(0.5, 2.0).unwrap();
+        let mut v = 0.0f64;
+        for x in [1.0, 1.0] {
+            v = z.update(v, x);
+        }
+        // 0 -> 2 -> 3
+        assert_eq!(v, 3.0);
+    }
+
+    #[test]
+    fn sum_momentum_by_hand() {
+        let s = SumMomentum::from_horizon(2.0).unwrap();
+        let mut y = 0.0f64;
+        for _ in 0..3 {
+            y = s.update(y, 1.0);
+        }
+        // 1, 1.5, 1.75
+        assert_eq!(y, 1.75);
+    }
+
+    #[test]
+    fn power_debias_by_hand() {
+        let d = PowerDebias::new(0.5).unwrap();
+        assert_eq!(d.factor(1).unwrap(), 2.0);
+        assert_eq!(d.factor(2).unwrap(), 1.0 / 0.75);
+        assert!(d.factor(0).is_err());
+    }
+
+    #[test]
+    fn horizon_average_is_running_mean_then_ema() {
+        let h = HorizonAverage::new(2.0).unwrap();
+        let mut y = [123.0f64];
+        h.update_slice(1, &mut y, &[4.0]).unwrap();
+        assert_eq!(y, [4.0]); // y_1 = x_1 whatever y_0
+        h.update_slice(2, &mut y, &[8.0]).unwrap();
+        assert_eq!(y, [6.0]); // running mean
+        h.update_slice(3, &mut y, &[0.0]).unwrap();
+        assert_eq!(y, [3.0]); // EMA with rate 1/2
+        assert_eq!(h.rate(100).unwrap(), 0.5);
+        assert!(h.rate(0).is_err());
+    }
+
+    #[test]
+    fn running_moments_by_hand() {
+        let rm = RunningMoments::new(0.5, true).unwrap();
+        let (mut m, mut v) = ([0.0f64], [0.0f64]);
+        rm.update_slice(&mut m, &mut v, &[2.0]).unwrap();
+        rm.update_slice(&mut m, &mut v, &[2.0]).unwrap();
+        assert_eq!((m[0], v[0]), (1.5, 3.0));
+        assert_eq!(rm.variance(m[0], v[0]), 0.75);
+        let un = RunningMoments::new(0.5, false).unwrap();
+        assert_eq!(un.variance(m[0], v[0]), 3.0);
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors() {
+        for beta in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(Ema::new(beta).is_err(), "beta {beta}");
+            assert!(RunningMoments::new(beta, false).is_err());
+            assert!(PowerDebias::new(beta).is_err());
+        }
+        for n in [0.0, 0.5, -3.0, f64::NAN, f64::INFINITY] {
+            assert!(Ema::from_horizon(n).is_err(), "N {n}");
+            assert!(SumMomentum::from_horizon(n).is_err());
+            assert!(HorizonAverage::new(n).is_err());
+        }
+        for gamma in [0.0, -1.0, f64::NAN] {
+            assert!(ScaledEma::new(0.5, gamma).is_err());
+        }
+        let msg = Ema::new(1.0).unwrap_err().to_string();
+        assert!(msg.contains("beta") && msg.contains("[0, 1)"), "{msg}");
+    }
+
+    #[test]
+    fn non_finite_input_and_shape_mismatch_are_errors_that_leave_state() {
+        let ema = Ema::new(0.9).unwrap();
+        let mut y = [1.0f64, 2.0];
+        let err = ema.update_slice(&mut y, &[0.0, f64::NAN]).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { index: 1, .. }));
+        assert_eq!(y, [1.0, 2.0]);
+        assert!(matches!(
+            ema.update_slice(&mut y, &[0.0]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let mut m = [0.0f32];
+        let mut v = [0.0f32, 0.0];
+        let rm = RunningMoments::new(0.9, false).unwrap();
+        assert!(rm.update_slice(&mut m, &mut v, &[1.0]).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! The library's error type.
+//!
+//! Every fallible function of the library returns [`Result`]. Messages name the offending
+//! quantity and what would have been accepted, so that a command-line front end can show them
+//! to a user as they are.
+
+/// A result whose error is the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in sgdlab.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hyper-parameter or configuration value lies outside its allowed range.
+    #[error("invalid {name} = {value}: {allowed}")]
+    InvalidParameter {
+        /// Name of the parameter, as the user wrote it (`beta`, `lr`, `horizon`, ...).
+        name: String,
+        /// The offending value, as text.
+        value: String,
+        /// What would have been accepted, e.g. `must lie in [0, 1)`.
+        allowed: String,
+    },
+    /// A NaN or an infinity where finite numbers are required.
+    #[error("non-finite value {value} in {what} at index {index}")]
+    NonFinite {
+        /// What held the value (`input`, `gradient of layer1.weight`, ...).
+        what: String,
+        /// Position of the first non-finite element.
+        index: usize,
+        /// The value itself (NaN, inf or -inf).
+        value: f64,
+    },
+    /// Two buffers that must have the same length do not.
+    #[error("shape mismatch in {what}: expected {expected} elements, got {got}")]
+    ShapeMismatch {
+        /// What was being combined.
+        what: String,
+        /// The required length.
+        expected: usize,
+        /// The length that was passed.
+        got: usize,
+    },
+    /// A request the library cannot carry out, e.g. an unknown problem number.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// Builds an [`Error::InvalidParameter`].
+    pub fn invalid(
+        name: impl Into<String>,
+        value: impl ToString,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::InvalidParameter {
+            name: name.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+/// Returns an error naming the first non-finite element of `values`, if any.
+pub fn check_finite<T: crate::Real>(what: &str, values: &[T]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            what: what.to_string(),
+            index,
+            value: values[index].to_f64(),
+        }),
+    }
+}
+
+/// Returns an error unless `got == expected`.
+pub fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            what: what.to_string(),
+            expected,
+            got,
+        })
+    }
+}
