@@ -3,6 +3,7 @@
 //! Thin by design: every number it prints comes from the library. Exit status: 0 success,
 //! 1 a claim failed, 2 bad usage or an error (reported on stderr).
 
+mod replay;
 mod table;
 mod verify;
 
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Check the claims of the problem set by measurement (exit 1 if any fails).
     Verify(verify::VerifyArgs),
+    /// Run an optimizer on a recorded gradient sequence and print the parameters after
+    /// every step as JSON.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,5 +64,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Verify(args) => verify::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }

@@ -41,6 +41,20 @@ pub enum Error {
         /// The length that was passed.
         got: usize,
     },
+    /// An optimizer that needs the step's loss (`lossprop`) was stepped without one.
+    #[error("{optimizer} needs the loss of each step (StepInfo::loss), but none was given")]
+    MissingLoss {
+        /// The optimizer's spec.
+        optimizer: String,
+    },
+    /// A checkpoint file that cannot be read, or does not fit what it is loaded into.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A request the library cannot carry out, e.g. an unknown problem number.
     #[error("{0}")]
     Unsupported(String),
@@ -68,7 +82,7 @@ pub fn check_finite<T: crate::Real>(what: &str, values: &[T]) -> Result<()> {
         Some(index) => Err(Error::NonFinite {
             what: what.to_string(),
             index,
-            value: values[index].to_f64(),
+            value: values[index].as_f64(),
         }),
     }
 }

@@ -14,6 +14,7 @@ pub mod average;
 pub mod error;
 pub mod io;
 pub mod lab;
+pub mod optim;
 mod real;
 
 pub use error::{Error, Result};

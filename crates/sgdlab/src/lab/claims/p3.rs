@@ -11,12 +11,61 @@ use super::{Claim, VerifyOptions};
 use crate::Result;
 use crate::average::{Ema, SumMomentum};
 use crate::lab::montecarlo::chain_rng;
+use crate::optim::{Optimizer, StepInfo, Tensor};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![limit()?];
     claims.extend(ema_identities(options)?);
     claims.extend(momentum_trajectories(options)?);
+    claims.push(library_optimizers(options)?);
     Ok(claims)
+}
+
+/// The same equivalence through the optimizer library a user calls:
+/// `sgd:lr=η,momentum=β` against `ema-momentum:lr=η/(1−β),beta=β`, on gradients of a noisy
+/// quadratic evaluated at each optimizer's own parameters.
+fn library_optimizers(options: &VerifyOptions) -> Result<Claim> {
+    let (eta, beta, steps) = (0.01f64, 0.9f64, 1_000usize);
+    let curvature = [0.1, 1.0, 10.0, 100.0];
+    let sgd_spec = format!("sgd:lr={eta},momentum={beta}");
+    let ema_spec = format!("ema-momentum:lr={},beta={beta}", eta / (1.0 - beta));
+    let mut sgd = Optimizer::<f64>::from_spec(&sgd_spec)?;
+    let mut ema = Optimizer::<f64>::from_spec(&ema_spec)?;
+    let start = vec![1.0, -2.0, 3.0, 0.5];
+    let mut a = vec![Tensor::vector("phi", start.clone())];
+    let mut b = vec![Tensor::vector("phi", start)];
+    let mut rng = chain_rng(options.derive_seed("p3.library"), 0);
+    let (mut worst, mut scale) = (0.0f64, 0.0f64);
+    let grad = |p: &[Tensor<f64>], noise: &[f64]| {
+        let g = p[0].data().iter().zip(curvature).zip(noise);
+        vec![Tensor::vector(
+            "phi",
+            g.map(|((x, c), n)| c * x + n).collect(),
+        )]
+    };
+    for _ in 0..steps {
+        let noise: Vec<f64> = (0..4)
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                0.1 * z
+            })
+            .collect();
+        let (ga, gb) = (grad(&a, &noise), grad(&b, &noise));
+        sgd.step(&mut a, &ga, &StepInfo::default())?;
+        ema.step(&mut b, &gb, &StepInfo::default())?;
+        for (x, y) in a[0].data().iter().zip(b[0].data()) {
+            scale = scale.max(x.abs());
+            worst = nan_max(worst, (x - y).abs());
+        }
+    }
+    Ok(Claim::identity(
+        "3c.optim",
+        "the library's sgd:lr=η,momentum=β and ema-momentum:lr=η/(1-β),beta=β agree",
+        &[("lr", eta), ("beta", beta), ("t", steps as f64)],
+        0.0,
+        worst / scale,
+        1e-12,
+    ))
 }
 
 /// 3a: run the recurrence on a constant until it stops moving.

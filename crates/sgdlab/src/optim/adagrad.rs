@@ -1,0 +1,69 @@
+//! Adagrad (PyTorch semantics).
+
+use super::StepContext;
+use super::spec::{check, config};
+use crate::{Real, Result};
+
+config! {
+    /// `adagrad`: PyTorch's `torch.optim.Adagrad`.
+    ///
+    /// $g \leftarrow g + \lambda\Phi$; $s \leftarrow s + g^2$ (from $s_0$ =
+    /// `initial_accumulator_value`); $\Phi \leftarrow \Phi - \frac{\eta}{1 + (t-1)\delta}
+    /// \cdot \frac{g}{\sqrt s + \epsilon}$ with learning-rate decay $\delta$.
+    Adagrad("adagrad") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-2,
+        /// Learning-rate decay $\delta \ge 0$.
+        lr_decay: f64 = 0.0,
+        /// L2 weight decay $\lambda \ge 0$.
+        weight_decay: f64 = 0.0,
+        /// Starting value $s_0 \ge 0$ of the accumulator.
+        initial_accumulator_value: f64 = 0.0,
+        /// $\epsilon > 0$ added to the root.
+        eps: f64 = 1e-10,
+    }
+}
+
+impl Adagrad {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::at_least("lr_decay", self.lr_decay, 0.0)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)?;
+        check::at_least(
+            "initial_accumulator_value",
+            self.initial_accumulator_value,
+            0.0,
+        )?;
+        check::positive("eps", self.eps)
+    }
+
+    pub(crate) fn slots(&self) -> &'static [&'static str] {
+        &["sum"]
+    }
+
+    pub(crate) fn initial_value(&self) -> f64 {
+        self.initial_accumulator_value
+    }
+
+    pub(crate) fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [Vec<T>],
+    ) {
+        let [sum] = slots else {
+            unreachable!("adagrad has one slot")
+        };
+        let clr = T::from_f64(ctx.lr / (1.0 + (ctx.t - 1) as f64 * self.lr_decay));
+        let gs = T::from_f64(ctx.grad_scale);
+        let wd = T::from_f64(self.weight_decay);
+        let eps = T::from_f64(self.eps);
+        for ((p, &g), s) in p.iter_mut().zip(g).zip(sum.iter_mut()) {
+            let g = g * gs + wd * *p;
+            *s = *s + g * g;
+            *p = *p - clr * (g / (s.sqrt() + eps));
+        }
+    }
+}

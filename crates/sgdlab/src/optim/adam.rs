@@ -1,0 +1,123 @@
+//! Adam and AdamW (PyTorch semantics), with AMSGrad and a choice of bias correction.
+
+use super::StepContext;
+use super::sgd::ema_coefficients;
+use super::spec::{Debias, check, config};
+use crate::{Real, Result};
+
+config! {
+    /// `adam` (L2 weight decay) and `adamw` (decoupled weight decay): PyTorch's
+    /// `torch.optim.Adam` / `AdamW`.
+    ///
+    /// $m \leftarrow \beta_1 m + (1-\beta_1) g$, $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,
+    /// $\Phi \leftarrow \Phi - \eta\, \hat m / (\sqrt{\hat v} + \epsilon)$ with
+    /// $\hat m = m/(1-\beta_1^t)$, $\sqrt{\hat v} = \sqrt{v}/\sqrt{1-\beta_2^t}$ (`debias=power`,
+    /// PyTorch). Adam adds $\lambda\Phi$ to $g$; AdamW first scales
+    /// $\Phi \leftarrow (1 - \eta\lambda)\Phi$. AMSGrad uses $\max_{s \le t} v_s$ in place of
+    /// $v$. `debias=horizon` replaces both EMAs by problem 4's rate $1/\min(t, N_i)$,
+    /// $N_i = 1/(1-\beta_i)$, and `none` uses the raw EMAs.
+    Adam("adam") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-3,
+        /// First-moment decay $\beta_1 \in [0, 1)$.
+        beta1: f64 = 0.9,
+        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        beta2: f64 = 0.999,
+        /// $\epsilon > 0$ added to $\sqrt{\hat v}$.
+        eps: f64 = 1e-8,
+        /// Weight decay $\lambda \ge 0$ (L2 for adam, decoupled for adamw).
+        weight_decay: f64 = 0.0,
+        /// AMSGrad: divide by the running maximum of $v$.
+        amsgrad: bool = false,
+        /// Start-up bias correction.
+        debias: Debias = Debias::Power,
+    }
+}
+
+impl Adam {
+    /// AdamW's defaults: Adam's, with `weight_decay = 0.01`.
+    pub fn adamw_default() -> Self {
+        Self {
+            weight_decay: 1e-2,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_open("beta1", self.beta1)?;
+        check::unit_open("beta2", self.beta2)?;
+        check::positive("eps", self.eps)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)
+    }
+
+    pub(crate) fn slots(&self) -> &'static [&'static str] {
+        if self.amsgrad {
+            &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+        } else {
+            &["exp_avg", "exp_avg_sq"]
+        }
+    }
+
+    pub(crate) fn step_tensor<T: Real>(
+        &self,
+        decoupled: bool,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [Vec<T>],
+    ) {
+        let (d1, r1, f1) = ema_coefficients(self.beta1, self.debias, ctx.t);
+        let (d2, r2, f2) = ema_coefficients(self.beta2, self.debias, ctx.t);
+        // Per-step scalars, in f64 once: step size η/(1-β1^t) and √(1-β2^t).
+        let step_size = T::from_f64(ctx.lr * f1);
+        let bc2_sqrt = T::from_f64((1.0 / f2).sqrt());
+        let (d1, r1, d2, r2) = (
+            T::from_f64(d1),
+            T::from_f64(r1),
+            T::from_f64(d2),
+            T::from_f64(r2),
+        );
+        let eps = T::from_f64(self.eps);
+        let gs = T::from_f64(ctx.grad_scale);
+        let (l2, shrink) = if decoupled {
+            (T::zero(), T::from_f64(1.0 - ctx.lr * self.weight_decay))
+        } else {
+            (T::from_f64(self.weight_decay), T::one())
+        };
+        let rule = |p: &mut T, g: T, m: &mut T, v: &mut T, vmax: Option<&mut T>| {
+            let g = g * gs + l2 * *p;
+            *p = *p * shrink;
+            *m = d1 * *m + r1 * g;
+            *v = d2 * *v + r2 * g * g;
+            let v_used = match vmax {
+                Some(vmax) => {
+                    *vmax = vmax.max(*v);
+                    *vmax
+                }
+                None => *v,
+            };
+            *p = *p - step_size * (*m / (v_used.sqrt() / bc2_sqrt + eps));
+        };
+        match slots {
+            [m, v] => {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    rule(p, g, m, v, None);
+                }
+            }
+            [m, v, vmax] => {
+                for ((((p, &g), m), v), vmax) in p
+                    .iter_mut()
+                    .zip(g)
+                    .zip(m.iter_mut())
+                    .zip(v.iter_mut())
+                    .zip(vmax.iter_mut())
+                {
+                    rule(p, g, m, v, Some(vmax));
+                }
+            }
+            _ => unreachable!("adam has two or three slots"),
+        }
+    }
+}

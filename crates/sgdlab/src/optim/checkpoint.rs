@@ -1,0 +1,233 @@
+//! Optimizer state on disk: safetensors with JSON metadata, written atomically.
+//!
+//! Layout: one tensor `"{slot}/{parameter}"` per state buffer (dtype and shape of the
+//! parameter), and string metadata:
+//!
+//! | key | value |
+//! |---|---|
+//! | `format` | `sgdlab-optimizer-state` |
+//! | `version` | [`FORMAT_VERSION`] |
+//! | `spec` | the optimizer spec (Display form) |
+//! | `dtype` | `f32` or `f64` |
+//! | `step`, `skipped` | step counts |
+//! | `layout` | JSON `[[name, [shape...]], ...]`, or `null` before the first step |
+//! | `tensor_scalars` | JSON `[[x, ...], ...]` per parameter tensor (exact: shortest round-trip decimal) |
+//!
+//! Every buffer is stored bit for bit, and the per-step scalars are recomputed from the step
+//! count, so a resumed run reproduces the uninterrupted one exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::{Optimizer, OptimizerSpec, TensorState};
+use crate::{Error, Real, Result};
+
+/// The checkpoint format's name in the metadata.
+pub const FORMAT: &str = "sgdlab-optimizer-state";
+/// The version of the format written (and the only one read).
+pub const FORMAT_VERSION: &str = "1";
+
+fn dtype_of<T: Real>() -> Dtype {
+    if T::BYTES == 4 {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    }
+}
+
+type Layout = Vec<(String, Vec<usize>)>;
+
+impl<T: Real> Optimizer<T> {
+    /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let layout = self.layout.as_ref();
+        let scalars: Vec<&Vec<f64>> = self.tensors.iter().map(|t| &t.scalars).collect();
+        let json = |v: serde_json::Result<String>| {
+            v.map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
+        };
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("version".to_string(), FORMAT_VERSION.to_string()),
+            ("spec".to_string(), self.spec.to_string()),
+            ("dtype".to_string(), T::NAME.to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("skipped".to_string(), self.skipped.to_string()),
+            ("layout".to_string(), json(serde_json::to_string(&layout))?),
+            (
+                "tensor_scalars".to_string(),
+                json(serde_json::to_string(&scalars))?,
+            ),
+        ]);
+        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        if let Some(layout) = layout {
+            for (s, slot) in self.slot_names().iter().enumerate() {
+                for ((name, shape), state) in layout.iter().zip(&self.tensors) {
+                    let mut raw = Vec::with_capacity(state.slots[s].len() * T::BYTES);
+                    for &x in &state.slots[s] {
+                        x.write_le(&mut raw);
+                    }
+                    bytes.push((format!("{slot}/{name}"), shape.clone(), raw));
+                }
+            }
+        }
+        let views = bytes
+            .iter()
+            .map(|(name, shape, raw)| {
+                TensorView::new(dtype_of::<T>(), shape.clone(), raw)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Unsupported(format!("cannot encode {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(metadata))
+            .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
+    }
+
+    /// Saves the optimizer to `path` atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        crate::io::write_atomic(path, &bytes).map_err(|e| Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("cannot write: {e}"),
+        })
+    }
+
+    /// Loads an optimizer saved by [`Optimizer::save`].
+    ///
+    /// Errors name the file and the problem: unreadable, not a safetensors file, truncated,
+    /// another format or version, another dtype, or inconsistent buffers.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            Error::Checkpoint { reason, .. } => Error::Checkpoint {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    /// Loads an optimizer saved by [`Optimizer::save`] and checks that it was saved for
+    /// `spec`: resuming with another optimizer or other hyper-parameters is an error.
+    pub fn load_for(path: &Path, spec: &OptimizerSpec) -> Result<Self> {
+        let opt = Self::load(path)?;
+        if opt.spec != *spec {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: format!("holds the state of `{}`, not of `{spec}`", opt.spec),
+            });
+        }
+        Ok(opt)
+    }
+
+    /// Parses the bytes written by [`Optimizer::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: String| Error::Checkpoint {
+            path: "(bytes)".to_string(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| bad("no metadata: not an sgdlab optimizer state".into()))?;
+        let get = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| bad(format!("metadata lacks `{key}`")))
+        };
+        if get("format")? != FORMAT {
+            return Err(bad(format!(
+                "format is `{}`, not `{FORMAT}`",
+                get("format")?
+            )));
+        }
+        if get("version")? != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                get("version")?
+            )));
+        }
+        if get("dtype")? != T::NAME {
+            return Err(bad(format!(
+                "holds {} state, but {} was asked for",
+                get("dtype")?,
+                T::NAME
+            )));
+        }
+        let spec: OptimizerSpec = get("spec")?
+            .parse()
+            .map_err(|e| bad(format!("bad spec: {e}")))?;
+        let count = |key: &str| {
+            get(key)?
+                .parse::<u64>()
+                .map_err(|_| bad(format!("`{key}` is not a step count")))
+        };
+        let (step, skipped) = (count("step")?, count("skipped")?);
+        let layout: Option<Layout> =
+            serde_json::from_str(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
+        let scalars: Vec<Vec<f64>> = serde_json::from_str(get("tensor_scalars")?)
+            .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?;
+
+        let mut opt = Optimizer::<T>::new(spec)?;
+        opt.step = step;
+        opt.skipped = skipped;
+        let Some(layout) = layout else {
+            if step != 0 || !st.names().is_empty() {
+                return Err(bad("state buffers without a parameter layout".into()));
+            }
+            return Ok(opt);
+        };
+        let slot_names = opt.slot_names();
+        let n_scalars = match &opt.spec.rule {
+            super::Rule::Madam(c) => c.tensor_scalars().len(),
+            _ => 0,
+        };
+        if scalars.len() != layout.len() || scalars.iter().any(|s| s.len() != n_scalars) {
+            return Err(bad("tensor_scalars do not match the layout".into()));
+        }
+        if st.names().len() != slot_names.len() * layout.len() {
+            return Err(bad(format!(
+                "holds {} buffers, expected {} ({} slots × {} tensors)",
+                st.names().len(),
+                slot_names.len() * layout.len(),
+                slot_names.len(),
+                layout.len()
+            )));
+        }
+        let mut tensors = Vec::with_capacity(layout.len());
+        for ((name, shape), scalars) in layout.iter().zip(scalars) {
+            let mut slots = Vec::with_capacity(slot_names.len());
+            for slot in slot_names {
+                let key = format!("{slot}/{name}");
+                let view = st
+                    .tensor(&key)
+                    .map_err(|_| bad(format!("buffer `{key}` is missing")))?;
+                if view.dtype() != dtype_of::<T>() || view.shape() != shape.as_slice() {
+                    return Err(bad(format!(
+                        "buffer `{key}` is {:?} {:?}, expected {} {:?}",
+                        view.dtype(),
+                        view.shape(),
+                        T::NAME,
+                        shape
+                    )));
+                }
+                let data: Vec<T> = view.data().chunks_exact(T::BYTES).map(T::read_le).collect();
+                slots.push(data);
+            }
+            tensors.push(TensorState { slots, scalars });
+        }
+        opt.layout = Some(layout);
+        opt.tensors = tensors;
+        Ok(opt)
+    }
+}

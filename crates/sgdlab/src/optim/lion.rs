@@ -1,0 +1,67 @@
+//! Lion (Chen et al. 2023), with optax's semantics.
+
+use super::StepContext;
+use super::spec::{check, config};
+use crate::{Real, Result};
+
+config! {
+    /// `lion`: $c = \beta_1 m + (1-\beta_1) g$,
+    /// $\Phi \leftarrow \Phi - \eta\,(\operatorname{sign}(c) + \lambda\Phi)$,
+    /// $m \leftarrow \beta_2 m + (1-\beta_2) g$ (decoupled weight decay $\lambda$;
+    /// $\operatorname{sign}(0) = 0$). Defaults are optax's `lion` (learning rate excepted, which
+    /// optax requires: 1e-4 here, the paper's advice of 3–10× below AdamW's).
+    Lion("lion") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-4,
+        /// Interpolation $\beta_1 \in [0, 1]$ for the update direction.
+        beta1: f64 = 0.9,
+        /// Decay $\beta_2 \in [0, 1]$ of the momentum.
+        beta2: f64 = 0.99,
+        /// Decoupled weight decay $\lambda \ge 0$.
+        weight_decay: f64 = 1e-3,
+    }
+}
+
+impl Lion {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_closed("beta1", self.beta1)?;
+        check::unit_closed("beta2", self.beta2)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)
+    }
+
+    pub(crate) fn slots(&self) -> &'static [&'static str] {
+        &["exp_avg"]
+    }
+
+    pub(crate) fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [Vec<T>],
+    ) {
+        let [m] = slots else {
+            unreachable!("lion has one slot")
+        };
+        let lr = T::from_f64(ctx.lr);
+        let gs = T::from_f64(ctx.grad_scale);
+        let wd = T::from_f64(self.weight_decay);
+        let (b1, c1) = (T::from_f64(self.beta1), T::from_f64(1.0 - self.beta1));
+        let (b2, c2) = (T::from_f64(self.beta2), T::from_f64(1.0 - self.beta2));
+        for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+            let g = g * gs;
+            let c = b1 * *m + c1 * g;
+            let sign = if c > T::zero() {
+                T::one()
+            } else if c < T::zero() {
+                -T::one()
+            } else {
+                T::zero()
+            };
+            *p = *p - lr * (sign + wd * *p);
+            *m = b2 * *m + c2 * g;
+        }
+    }
+}

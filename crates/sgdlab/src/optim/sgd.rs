@@ -1,0 +1,155 @@
+//! SGD with momentum (PyTorch semantics) and problem 3's EMA-form momentum.
+
+use super::StepContext;
+use super::spec::{Debias, check, config};
+use crate::{Error, Real, Result};
+
+config! {
+    /// `sgd`: PyTorch's `torch.optim.SGD`.
+    ///
+    /// With $d = g + \lambda\Phi$ (weight decay $\lambda$): without momentum
+    /// $\Phi \leftarrow \Phi - \eta d$. With momentum $\mu$ the buffer is $b_1 = d_1$ on the first
+    /// step and $b_t = \mu b_{t-1} + (1-\tau) d_t$ after (dampening $\tau$); then
+    /// $\Phi \leftarrow \Phi - \eta (d + \mu b)$ with Nesterov, $\Phi \leftarrow \Phi - \eta b$
+    /// without.
+    Sgd("sgd") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-3,
+        /// Momentum $\mu \in [0, 1)$.
+        momentum: f64 = 0.0,
+        /// Dampening $\tau \in [0, 1]$ of the gradient entering the buffer.
+        dampening: f64 = 0.0,
+        /// Nesterov momentum (needs momentum > 0 and dampening = 0).
+        nesterov: bool = false,
+        /// L2 weight decay $\lambda \ge 0$, added to the gradient.
+        weight_decay: f64 = 0.0,
+    }
+}
+
+impl Sgd {
+    /// Checks ranges, and Nesterov's requirements (as PyTorch does).
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_open("momentum", self.momentum)?;
+        check::unit_closed("dampening", self.dampening)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)?;
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::invalid(
+                "nesterov",
+                true,
+                format!(
+                    "requires momentum > 0 and dampening = 0 (got momentum={}, dampening={})",
+                    self.momentum, self.dampening
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn slots(&self) -> &'static [&'static str] {
+        if self.momentum == 0.0 {
+            &[]
+        } else {
+            &["momentum_buffer"]
+        }
+    }
+
+    pub(crate) fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [Vec<T>],
+    ) {
+        let lr = T::from_f64(ctx.lr);
+        let gs = T::from_f64(ctx.grad_scale);
+        let wd = T::from_f64(self.weight_decay);
+        let mu = T::from_f64(self.momentum);
+        let keep = T::from_f64(1.0 - self.dampening);
+        let first = ctx.t == 1;
+        match slots {
+            [] => {
+                for (p, &g) in p.iter_mut().zip(g) {
+                    let d = g * gs + wd * *p;
+                    *p = *p - lr * d;
+                }
+            }
+            [buf] => {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                    let d = g * gs + wd * *p;
+                    *b = if first { d } else { mu * *b + keep * d };
+                    let step = if self.nesterov { d + mu * *b } else { *b };
+                    *p = *p - lr * step;
+                }
+            }
+            _ => unreachable!("sgd has at most one slot"),
+        }
+    }
+}
+
+config! {
+    /// `ema-momentum`: problem 3's EMA-form momentum, $m \leftarrow \beta m + (1-\beta) g$,
+    /// $\Phi \leftarrow \Phi - \eta \hat m$.
+    ///
+    /// $\hat m = m$ (`debias=none`), $m/(1-\beta^t)$ (`power`), or the average with rate
+    /// $1/\min(t, N)$, $N = 1/(1-\beta)$ (`horizon`). With $\eta = \eta_{sgd}/(1-\beta)$ and no
+    /// debiasing it reproduces `sgd:lr=η_sgd,momentum=β` (problem 3c).
+    EmaMomentum("ema-momentum") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-2,
+        /// Decay $\beta \in [0, 1)$.
+        beta: f64 = 0.9,
+        /// Start-up bias correction.
+        debias: Debias = Debias::None,
+    }
+}
+
+impl EmaMomentum {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_open("beta", self.beta)
+    }
+
+    pub(crate) fn slots(&self) -> &'static [&'static str] {
+        &["exp_avg"]
+    }
+
+    pub(crate) fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [Vec<T>],
+    ) {
+        let [m] = slots else {
+            unreachable!("ema-momentum has one slot")
+        };
+        let (decay, rate, factor) = ema_coefficients(self.beta, self.debias, ctx.t);
+        let (decay, rate) = (T::from_f64(decay), T::from_f64(rate));
+        let step = T::from_f64(ctx.lr * factor);
+        let gs = T::from_f64(ctx.grad_scale);
+        for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+            *m = decay * *m + rate * (g * gs);
+            *p = *p - step * *m;
+        }
+    }
+}
+
+/// The coefficients of one debiased EMA step at step $t \ge 1$:
+/// `(decay, rate, factor)` with $m \leftarrow \text{decay}\cdot m + \text{rate}\cdot x$ and
+/// $\hat m = \text{factor}\cdot m$.
+///
+/// * `None`: $(\beta, 1-\beta, 1)$;
+/// * `Power`: $(\beta, 1-\beta, 1/(1-\beta^t))$;
+/// * `Horizon`: $(1-r, r, 1)$ with $r = 1/\min(t, 1/(1-\beta))$.
+pub(crate) fn ema_coefficients(beta: f64, debias: Debias, t: u64) -> (f64, f64, f64) {
+    match debias {
+        Debias::None => (beta, 1.0 - beta, 1.0),
+        Debias::Power => (beta, 1.0 - beta, 1.0 / (1.0 - beta.powf(t as f64))),
+        Debias::Horizon => {
+            let r = 1.0 / (t as f64).min(1.0 / (1.0 - beta));
+            (1.0 - r, r, 1.0)
+        }
+    }
+}

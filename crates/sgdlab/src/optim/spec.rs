@@ -1,0 +1,560 @@
+//! Optimizer specifications: `"adam:lr=1e-3,beta2=0.99"` ⇄ a validated [`OptimizerSpec`].
+//!
+//! Grammar: `NAME[:KEY=VALUE[,KEY=VALUE]...]`. Keys use PyTorch's names where PyTorch has the
+//! optimizer, and every key has a default (PyTorch's where it has one). Two keys work for every
+//! optimizer: `clip_norm=C` (global-norm gradient clipping before the rule, as
+//! `torch.nn.utils.clip_grad_norm_`) and `skip_nonfinite=true` (skip, and count, a step whose
+//! gradient holds a NaN or infinity instead of failing).
+//!
+//! [`Display`](std::fmt::Display) prints the name and every value that differs from its
+//! default, so that `spec.to_string().parse()` gives back the same spec.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{adagrad, adam, lion, madam, rmsprop, rules, sgd};
+use crate::{Error, Result};
+
+/// A value that can appear on the right of `key=` in a spec.
+pub(crate) trait SpecValue: Sized + PartialEq + Clone {
+    /// Parses the text after `key=`.
+    fn parse_value(key: &str, text: &str) -> Result<Self>;
+    /// Prints the value so that [`SpecValue::parse_value`] reads it back exactly.
+    fn show(&self) -> String;
+}
+
+impl SpecValue for f64 {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        text.parse::<f64>()
+            .map_err(|_| Error::invalid(key, text, "must be a number, e.g. 0.001 or 1e-3"))
+    }
+    fn show(&self) -> String {
+        // `{:?}` is the shortest text that parses back to the same f64.
+        let s = format!("{self:?}");
+        s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+    }
+}
+
+impl SpecValue for bool {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        match text {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Error::invalid(key, text, "must be true or false")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl SpecValue for Option<f64> {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        if text == "none" {
+            Ok(None)
+        } else {
+            f64::parse_value(key, text).map(Some)
+        }
+    }
+    fn show(&self) -> String {
+        self.map_or("none".to_string(), |v| v.show())
+    }
+}
+
+/// How a running average started at zero is corrected for its start-up bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Debias {
+    /// No correction: the raw EMA.
+    None,
+    /// Adam's correction: divide by $1 - \beta^t$ (PyTorch's behaviour).
+    #[default]
+    Power,
+    /// Problem 4's rate $1/\min(t, N)$ with $N = 1/(1-\beta)$: the exact running mean for
+    /// $t \le N$, then the EMA.
+    Horizon,
+}
+
+impl SpecValue for Debias {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        match text {
+            "none" => Ok(Debias::None),
+            "power" => Ok(Debias::Power),
+            "horizon" => Ok(Debias::Horizon),
+            _ => Err(Error::invalid(key, text, "must be none, power or horizon")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            Debias::None => "none",
+            Debias::Power => "power",
+            Debias::Horizon => "horizon",
+        }
+        .to_string()
+    }
+}
+
+/// Declares an optimizer's configuration struct with its keys, defaults and docs, and derives
+/// the key parsing and printing used by the spec grammar.
+macro_rules! config {
+    (
+        $(#[$meta:meta])*
+        $name:ident ($spec_name:literal) {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            /// The name of this optimizer in a spec string.
+            pub const NAME: &'static str = $spec_name;
+            /// The keys this optimizer accepts (besides `clip_norm` and `skip_nonfinite`).
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
+
+            pub(crate) fn set(&mut self, key: &str, text: &str) -> $crate::Result<()> {
+                use $crate::optim::spec::SpecValue;
+                match key {
+                    $( stringify!($field) => self.$field = SpecValue::parse_value(key, text)?, )*
+                    _ => return Err($crate::optim::spec::unknown_key(Self::NAME, key, Self::KEYS)),
+                }
+                Ok(())
+            }
+
+            pub(crate) fn non_default_pairs(&self) -> Vec<(&'static str, String)> {
+                self.pairs_differing_from(&Self::default())
+            }
+
+            pub(crate) fn pairs_differing_from(&self, base: &Self) -> Vec<(&'static str, String)> {
+                use $crate::optim::spec::SpecValue;
+                let mut out = Vec::new();
+                $( if self.$field != base.$field {
+                    out.push((stringify!($field), self.$field.show()));
+                } )*
+                out
+            }
+        }
+    };
+}
+pub(crate) use config;
+
+pub(crate) fn unknown_key(optimizer: &str, key: &str, keys: &[&str]) -> Error {
+    Error::invalid(
+        format!("key `{key}` for {optimizer}"),
+        key,
+        format!(
+            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite",
+            keys.join(", ")
+        ),
+    )
+}
+
+/// Range checks shared by the optimizers' `validate` functions.
+pub(crate) mod check {
+    use crate::{Error, Result};
+
+    /// `lo <= v` and finite.
+    pub fn at_least(key: &str, v: f64, lo: f64) -> Result<()> {
+        if v.is_finite() && v >= lo {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                key,
+                v,
+                format!("must be a finite number >= {lo}"),
+            ))
+        }
+    }
+
+    /// `v > 0` and finite.
+    pub fn positive(key: &str, v: f64) -> Result<()> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::invalid(key, v, "must be a finite number > 0"))
+        }
+    }
+
+    /// `v` in `[0, 1)`.
+    pub fn unit_open(key: &str, v: f64) -> Result<()> {
+        if v.is_finite() && (0.0..1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(Error::invalid(key, v, "must lie in [0, 1)"))
+        }
+    }
+
+    /// `v` in `[0, 1]`.
+    pub fn unit_closed(key: &str, v: f64) -> Result<()> {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(Error::invalid(key, v, "must lie in [0, 1]"))
+        }
+    }
+}
+
+/// The update rule of an optimizer, with its hyper-parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// `sgd`: PyTorch's SGD with momentum, dampening, Nesterov and L2 weight decay.
+    Sgd(sgd::Sgd),
+    /// `ema-momentum`: problem 3's EMA-form momentum.
+    EmaMomentum(sgd::EmaMomentum),
+    /// `adam`: PyTorch's Adam (L2 weight decay), with AMSGrad and debias modes.
+    Adam(adam::Adam),
+    /// `adamw`: PyTorch's AdamW (decoupled weight decay), with AMSGrad and debias modes.
+    AdamW(adam::Adam),
+    /// `rmsprop`: PyTorch's RMSprop, plain or centered, with momentum.
+    Rmsprop(rmsprop::Rmsprop),
+    /// `adagrad`: PyTorch's Adagrad.
+    Adagrad(adagrad::Adagrad),
+    /// `lion`: Lion (optax semantics, decoupled weight decay).
+    Lion(lion::Lion),
+    /// `madam`: the multiplicative Adam of Bernstein et al. (2020).
+    Madam(madam::Madam),
+    /// `normsgd`: problem 6's per-example normalised SGD.
+    NormSgd(rules::NormSgd),
+    /// `multiplicative`: problem 7's multiplicative update.
+    Multiplicative(rules::Multiplicative),
+    /// `lossprop`: problem 7b's loss-proportional update.
+    LossProp(rules::LossProp),
+}
+
+/// A complete, validated optimizer specification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerSpec {
+    /// The update rule and its hyper-parameters.
+    pub rule: Rule,
+    /// Global-norm gradient clipping: gradients are scaled by
+    /// $\min(1, C/(\lVert g\rVert + 10^{-6}))$ before the rule.
+    pub clip_norm: Option<f64>,
+    /// Skip (and count) steps whose gradient is not finite, instead of failing.
+    pub skip_nonfinite: bool,
+}
+
+/// The optimizer names a spec may start with.
+pub const NAMES: &[&str] = &[
+    "sgd",
+    "ema-momentum",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "lion",
+    "madam",
+    "normsgd",
+    "multiplicative",
+    "lossprop",
+];
+
+impl Rule {
+    /// The rule's name in a spec string.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Sgd(_) => sgd::Sgd::NAME,
+            Rule::EmaMomentum(_) => sgd::EmaMomentum::NAME,
+            Rule::Adam(_) => "adam",
+            Rule::AdamW(_) => "adamw",
+            Rule::Rmsprop(_) => rmsprop::Rmsprop::NAME,
+            Rule::Adagrad(_) => adagrad::Adagrad::NAME,
+            Rule::Lion(_) => lion::Lion::NAME,
+            Rule::Madam(_) => madam::Madam::NAME,
+            Rule::NormSgd(_) => rules::NormSgd::NAME,
+            Rule::Multiplicative(_) => rules::Multiplicative::NAME,
+            Rule::LossProp(_) => rules::LossProp::NAME,
+        }
+    }
+
+    /// The rule with all defaults for `name`.
+    pub fn default_for(name: &str) -> Result<Self> {
+        Ok(match name {
+            "sgd" => Rule::Sgd(Default::default()),
+            "ema-momentum" => Rule::EmaMomentum(Default::default()),
+            "adam" => Rule::Adam(adam::Adam::default()),
+            "adamw" => Rule::AdamW(adam::Adam::adamw_default()),
+            "rmsprop" => Rule::Rmsprop(Default::default()),
+            "adagrad" => Rule::Adagrad(Default::default()),
+            "lion" => Rule::Lion(Default::default()),
+            "madam" => Rule::Madam(Default::default()),
+            "normsgd" => Rule::NormSgd(Default::default()),
+            "multiplicative" => Rule::Multiplicative(Default::default()),
+            "lossprop" => Rule::LossProp(Default::default()),
+            other => {
+                return Err(Error::invalid(
+                    "optimizer",
+                    other,
+                    format!("unknown optimizer; known: {}", NAMES.join(", ")),
+                ));
+            }
+        })
+    }
+
+    fn set(&mut self, key: &str, text: &str) -> Result<()> {
+        match self {
+            Rule::Sgd(c) => c.set(key, text),
+            Rule::EmaMomentum(c) => c.set(key, text),
+            Rule::Adam(c) | Rule::AdamW(c) => c.set(key, text),
+            Rule::Rmsprop(c) => c.set(key, text),
+            Rule::Adagrad(c) => c.set(key, text),
+            Rule::Lion(c) => c.set(key, text),
+            Rule::Madam(c) => c.set(key, text),
+            Rule::NormSgd(c) => c.set(key, text),
+            Rule::Multiplicative(c) => c.set(key, text),
+            Rule::LossProp(c) => c.set(key, text),
+        }
+    }
+
+    fn non_default_pairs(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Rule::Sgd(c) => c.non_default_pairs(),
+            Rule::EmaMomentum(c) => c.non_default_pairs(),
+            Rule::Adam(c) => c.non_default_pairs(),
+            // AdamW's defaults differ from Adam's (weight_decay = 0.01).
+            Rule::AdamW(c) => c.pairs_differing_from(&adam::Adam::adamw_default()),
+            Rule::Rmsprop(c) => c.non_default_pairs(),
+            Rule::Adagrad(c) => c.non_default_pairs(),
+            Rule::Lion(c) => c.non_default_pairs(),
+            Rule::Madam(c) => c.non_default_pairs(),
+            Rule::NormSgd(c) => c.non_default_pairs(),
+            Rule::Multiplicative(c) => c.non_default_pairs(),
+            Rule::LossProp(c) => c.non_default_pairs(),
+        }
+    }
+
+    /// Checks every hyper-parameter's range and their combinations.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Rule::Sgd(c) => c.validate(),
+            Rule::EmaMomentum(c) => c.validate(),
+            Rule::Adam(c) | Rule::AdamW(c) => c.validate(),
+            Rule::Rmsprop(c) => c.validate(),
+            Rule::Adagrad(c) => c.validate(),
+            Rule::Lion(c) => c.validate(),
+            Rule::Madam(c) => c.validate(),
+            Rule::NormSgd(c) => c.validate(),
+            Rule::Multiplicative(c) => c.validate(),
+            Rule::LossProp(c) => c.validate(),
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Rule::Sgd(c) => c.lr,
+            Rule::EmaMomentum(c) => c.lr,
+            Rule::Adam(c) | Rule::AdamW(c) => c.lr,
+            Rule::Rmsprop(c) => c.lr,
+            Rule::Adagrad(c) => c.lr,
+            Rule::Lion(c) => c.lr,
+            Rule::Madam(c) => c.lr,
+            Rule::NormSgd(c) => c.lr,
+            Rule::Multiplicative(c) => c.lr,
+            Rule::LossProp(c) => c.lr,
+        }
+    }
+}
+
+impl OptimizerSpec {
+    /// A spec for `rule` without clipping or skipping; errors if the rule is invalid.
+    pub fn new(rule: Rule) -> Result<Self> {
+        rule.validate()?;
+        Ok(Self {
+            rule,
+            clip_norm: None,
+            skip_nonfinite: false,
+        })
+    }
+
+    /// The optimizer's name (`adam`, `sgd`, ...).
+    pub fn name(&self) -> &'static str {
+        self.rule.name()
+    }
+
+    /// Checks every value, including `clip_norm`.
+    pub fn validate(&self) -> Result<()> {
+        self.rule.validate()?;
+        if let Some(c) = self.clip_norm {
+            check::positive("clip_norm", c)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for OptimizerSpec {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let (name, rest) = match text.split_once(':') {
+            Some((name, rest)) => (name.trim(), Some(rest)),
+            None => (text, None),
+        };
+        if name.is_empty() {
+            return Err(Error::invalid(
+                "optimizer spec",
+                format!("`{text}`"),
+                "must start with an optimizer name, e.g. adam:lr=1e-3",
+            ));
+        }
+        let mut spec = OptimizerSpec {
+            rule: Rule::default_for(name)?,
+            clip_norm: None,
+            skip_nonfinite: false,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for item in rest.into_iter().flat_map(|r| r.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(Error::invalid(
+                    "optimizer spec",
+                    format!("`{text}`"),
+                    "has an empty key=value item (stray comma?)",
+                ));
+            }
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(Error::invalid(
+                    format!("item `{item}` of {name}"),
+                    item,
+                    "must be key=value, e.g. lr=0.01",
+                ));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if value.is_empty() {
+                return Err(Error::invalid(key, "(missing)", "needs a value after `=`"));
+            }
+            if seen.contains(&key) {
+                return Err(Error::invalid(key, value, "is given twice"));
+            }
+            seen.push(key);
+            match key {
+                "clip_norm" => spec.clip_norm = SpecValue::parse_value(key, value)?,
+                "skip_nonfinite" => spec.skip_nonfinite = SpecValue::parse_value(key, value)?,
+                _ => spec.rule.set(key, value)?,
+            }
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for OptimizerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut pairs = self.rule.non_default_pairs();
+        if let Some(c) = self.clip_norm {
+            pairs.push(("clip_norm", c.show()));
+        }
+        if self.skip_nonfinite {
+            pairs.push(("skip_nonfinite", "true".to_string()));
+        }
+        f.write_str(self.name())?;
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { ':' } else { ',' })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<OptimizerSpec> {
+        s.parse()
+    }
+
+    #[test]
+    fn defaults_are_pytorchs() {
+        let Rule::Adam(a) = parse("adam").unwrap().rule else {
+            panic!()
+        };
+        assert_eq!((a.lr, a.beta1, a.beta2, a.eps), (1e-3, 0.9, 0.999, 1e-8));
+        assert_eq!(a.weight_decay, 0.0);
+        let Rule::AdamW(w) = parse("adamw").unwrap().rule else {
+            panic!()
+        };
+        assert_eq!(w.weight_decay, 1e-2);
+        assert_eq!(
+            parse("adamw:weight_decay=0").unwrap().to_string(),
+            "adamw:weight_decay=0"
+        );
+        let Rule::Rmsprop(r) = parse("rmsprop").unwrap().rule else {
+            panic!()
+        };
+        assert_eq!((r.lr, r.alpha, r.eps), (1e-2, 0.99, 1e-8));
+        let Rule::Adagrad(g) = parse("adagrad").unwrap().rule else {
+            panic!()
+        };
+        assert_eq!((g.lr, g.eps), (1e-2, 1e-10));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "adam",
+            "adam:lr=0.01,beta2=0.99",
+            "adamw",
+            "adamw:lr=0.01,weight_decay=0.1",
+            "adam:amsgrad=true,debias=horizon",
+            "sgd:lr=0.02,momentum=0.8,nesterov=true,weight_decay=0.01",
+            "sgd:lr=0.1,clip_norm=1,skip_nonfinite=true",
+            "rmsprop:centered=true,momentum=0.9",
+            "adagrad:lr_decay=0.01,initial_accumulator_value=0.1",
+            "lion:lr=0.0001,weight_decay=0.1",
+            "madam:p_scale=2",
+            "normsgd:eps=1",
+            "multiplicative:lr=0.01,eps=0.001",
+            "lossprop:lr=0.5",
+            "ema-momentum:lr=0.2,beta=0.95,debias=power",
+            "adam:lr=1e-8",
+        ] {
+            let spec = parse(s).unwrap();
+            let shown = spec.to_string();
+            assert_eq!(parse(&shown).unwrap(), spec, "{s} -> {shown}");
+        }
+        assert_eq!(
+            parse("adam:beta2=0.99,lr=0.01").unwrap().to_string(),
+            "adam:lr=0.01,beta2=0.99"
+        );
+        assert_eq!(parse("adamw").unwrap().to_string(), "adamw");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            ("bogus:lr=1", "unknown optimizer"),
+            ("adam:lr", "key=value"),
+            ("adam:lr=", "needs a value"),
+            ("adam:lr=abc", "must be a number"),
+            ("adam:lr=-1", "lr"),
+            ("adam:beta1=1", "beta1"),
+            ("adam:beta2=1.5", "[0, 1)"),
+            ("adam:eps=0", "eps"),
+            ("adam:momentum=0.9", "unknown key"),
+            ("adam:lr=1,lr=2", "twice"),
+            ("adam:lr=1,", "empty"),
+            ("sgd:nesterov=true", "nesterov"),
+            ("sgd:momentum=0.9,nesterov=true,dampening=0.1", "dampening"),
+            ("sgd:lr=nan", "lr"),
+            ("rmsprop:alpha=1", "alpha"),
+            ("adam:amsgrad=yes", "true or false"),
+            ("adam:debias=sometimes", "horizon"),
+            ("sgd:clip_norm=0", "clip_norm"),
+            ("normsgd:eps=0", "eps"),
+            ("multiplicative:eps=-1", "eps"),
+            (":lr=1", "optimizer name"),
+        ];
+        for (spec, needle) in cases {
+            let err = parse(spec).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+}

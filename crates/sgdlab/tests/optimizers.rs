@@ -1,0 +1,272 @@
+//! Optimizer behaviour: problem 3's equivalence, debias modes, properties, checkpoint/resume.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+use proptest::prelude::*;
+use sgdlab::Real;
+use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+
+/// Every optimizer, with non-default settings that exercise all of its state.
+const ALL: &[&str] = &[
+    "sgd:lr=0.05",
+    "sgd:lr=0.02,momentum=0.9,dampening=0.1,weight_decay=0.01",
+    "sgd:lr=0.02,momentum=0.8,nesterov=true",
+    "ema-momentum:lr=0.1,beta=0.9,debias=power",
+    "ema-momentum:lr=0.1,beta=0.9,debias=horizon",
+    "adam:lr=0.01",
+    "adam:lr=0.01,amsgrad=true,weight_decay=0.1",
+    "adam:lr=0.01,debias=horizon",
+    "adamw:lr=0.01,debias=none",
+    "rmsprop:lr=0.01,centered=true,momentum=0.9,weight_decay=0.01",
+    "rmsprop:lr=0.01",
+    "adagrad:lr=0.1,lr_decay=0.01,initial_accumulator_value=0.1",
+    "lion:lr=0.001",
+    "madam:lr=0.05",
+    "normsgd:lr=0.1,eps=0.5",
+    "multiplicative:lr=0.1,eps=0.01",
+    "lossprop:lr=0.1",
+    "adam:lr=0.01,clip_norm=0.5",
+];
+
+/// A deterministic two-tensor problem: gradient of ½‖p − target‖² plus a wobble.
+fn grads_for<T: Real>(params: &[Tensor<T>], t: usize) -> (Vec<Tensor<T>>, f64) {
+    let mut loss = 0.0;
+    let grads = params
+        .iter()
+        .map(|p| {
+            let mut g = p.zeros_like();
+            for (i, (gi, &pi)) in g.data_mut().iter_mut().zip(p.data()).enumerate() {
+                let target = (i as f64 * 0.7).sin() + 0.3 * ((t * 7 + i) as f64).cos();
+                let d = pi.as_f64() - target;
+                loss += 0.5 * d * d;
+                *gi = T::from_f64(d);
+            }
+            g
+        })
+        .collect();
+    (grads, loss)
+}
+
+fn init<T: Real>() -> Vec<Tensor<T>> {
+    let v = |n: usize, k: f64| {
+        (0..n)
+            .map(|i| T::from_f64(k * (1.0 + i as f64).ln() - 0.4))
+            .collect()
+    };
+    vec![
+        Tensor::new("layer.weight", vec![2, 3], v(6, 1.1)).unwrap(),
+        Tensor::vector("layer.bias", v(2, -0.6)),
+    ]
+}
+
+fn run<T: Real>(opt: &mut Optimizer<T>, params: &mut [Tensor<T>], from: usize, to: usize) {
+    for t in from..to {
+        let (grads, loss) = grads_for(params, t);
+        opt.step(params, &grads, &StepInfo::with_loss(loss))
+            .unwrap();
+    }
+}
+
+#[test]
+fn ema_momentum_reproduces_sgd_momentum() {
+    // Problem 3: lr = η/(1-β) with the EMA form equals sgd:lr=η,momentum=β.
+    let (eta, beta) = (0.02, 0.9);
+    let mut sgd = Optimizer::<f64>::from_spec(&format!("sgd:lr={eta},momentum={beta}")).unwrap();
+    let mut ema = Optimizer::<f64>::from_spec(&format!(
+        "ema-momentum:lr={},beta={beta}",
+        eta / (1.0 - beta)
+    ))
+    .unwrap();
+    let (mut a, mut b) = (init::<f64>(), init::<f64>());
+    for t in 0..200 {
+        run(&mut sgd, &mut a, t, t + 1);
+        run(&mut ema, &mut b, t, t + 1);
+        for (x, y) in a.iter().zip(&b) {
+            for (x, y) in x.data().iter().zip(y.data()) {
+                assert!(
+                    (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                    "step {t}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn horizon_debias_is_the_running_mean_for_the_first_steps() {
+    // ema-momentum with debias=horizon and beta = 1 - 1/N: for t <= N the buffer is the mean
+    // of the gradients so far, so the step is lr · mean(g_1..g_t).
+    let mut opt =
+        Optimizer::<f64>::from_spec("ema-momentum:lr=1,beta=0.75,debias=horizon").unwrap();
+    let mut p = vec![Tensor::vector("p", vec![0.0])];
+    let gs = [4.0, 8.0, 0.0, 12.0];
+    let mut sum = 0.0;
+    for (t, g) in gs.iter().enumerate() {
+        let before = p[0].data()[0];
+        opt.step(
+            &mut p,
+            &[Tensor::vector("p", vec![*g])],
+            &StepInfo::default(),
+        )
+        .unwrap();
+        sum += g;
+        assert_eq!(before - p[0].data()[0], sum / (t + 1) as f64);
+    }
+}
+
+#[test]
+fn power_debias_makes_the_first_adam_step_lr_sized() {
+    // With power debiasing Adam's first step is lr·g/(|g| + eps) = ±lr (nearly); without it,
+    // lr·(1-β1)·g/(sqrt(1-β2)|g|+eps).
+    for (spec, expected) in [
+        ("adam:lr=0.1", 0.1),
+        ("adam:lr=0.1,debias=horizon", 0.1),
+        ("adam:lr=0.1,debias=none", 0.1 * 0.1 / 0.001f64.sqrt()),
+    ] {
+        let mut opt = Optimizer::<f64>::from_spec(spec).unwrap();
+        let mut p = vec![Tensor::vector("p", vec![0.0])];
+        opt.step(
+            &mut p,
+            &[Tensor::vector("p", vec![3.0])],
+            &StepInfo::default(),
+        )
+        .unwrap();
+        assert!(
+            (-p[0].data()[0] - expected).abs() < 1e-6,
+            "{spec}: {}",
+            p[0].data()[0]
+        );
+    }
+}
+
+#[test]
+fn checkpoint_resume_is_bit_identical_for_every_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    for (k, spec) in ALL.iter().enumerate() {
+        fn check<T: Real>(spec: &str, path: &std::path::Path) {
+            let mut straight = Optimizer::<T>::from_spec(spec).unwrap();
+            let mut p_straight = init::<T>();
+            run(&mut straight, &mut p_straight, 0, 30);
+
+            let mut first = Optimizer::<T>::from_spec(spec).unwrap();
+            let mut p_resumed = init::<T>();
+            run(&mut first, &mut p_resumed, 0, 13);
+            first.save(path).unwrap();
+            drop(first);
+            let mut resumed = Optimizer::<T>::load_for(path, &spec.parse().unwrap()).unwrap();
+            assert_eq!(resumed.steps(), 13);
+            run(&mut resumed, &mut p_resumed, 13, 30);
+            assert_eq!(p_straight, p_resumed, "{spec} ({})", T::NAME);
+            assert_eq!(straight, resumed, "{spec} ({}) state", T::NAME);
+        }
+        let path = dir.path().join(format!("opt{k}.safetensors"));
+        check::<f64>(spec, &path);
+        check::<f32>(spec, &path);
+    }
+}
+
+#[test]
+fn a_fresh_optimizer_round_trips_too() {
+    let opt = Optimizer::<f32>::from_spec("adam").unwrap();
+    let back = Optimizer::<f32>::from_bytes(&opt.to_bytes().unwrap()).unwrap();
+    assert_eq!(opt, back);
+}
+
+#[test]
+fn loading_bad_checkpoints_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adam.safetensors");
+    let mut opt = Optimizer::<f64>::from_spec("adam:lr=0.01").unwrap();
+    let mut p = init::<f64>();
+    run(&mut opt, &mut p, 0, 3);
+    opt.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+
+    let err = |path: &std::path::Path| Optimizer::<f64>::load(path).unwrap_err().to_string();
+    // Wrong optimizer.
+    let e = Optimizer::<f64>::load_for(&path, &"sgd:lr=0.01".parse().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("not of `sgd:lr=0.01`"), "{e}");
+    // Wrong dtype.
+    let e = Optimizer::<f32>::load(&path).unwrap_err().to_string();
+    assert!(e.contains("f64") && e.contains("f32"), "{e}");
+    // Truncated.
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(err(&cut).contains("cut.safetensors"));
+    // Garbage.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not safetensors").unwrap();
+    assert!(err(&junk).contains("not a valid safetensors"));
+    // Missing file.
+    assert!(err(&dir.path().join("absent")).contains("cannot read"));
+    // Resuming onto parameters of another shape.
+    let mut resumed = Optimizer::<f64>::load(&path).unwrap();
+    let mut other = vec![Tensor::vector("layer.weight", vec![0.0; 5])];
+    let grads = vec![Tensor::vector("layer.weight", vec![0.0; 5])];
+    assert!(
+        resumed
+            .step(&mut other, &grads, &StepInfo::default())
+            .is_err()
+    );
+}
+
+#[test]
+fn save_is_atomic_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    Optimizer::<f64>::from_spec("sgd")
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    Optimizer::<f64>::from_spec("adam")
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert!(
+        Optimizer::<f64>::from_spec("adam")
+            .unwrap()
+            .save(&dir.path().join("missing/x"))
+            .is_err()
+    );
+}
+
+proptest! {
+    /// A zero gradient with zero weight decay leaves SGD (any momentum) and Adam parameters
+    /// exactly where they are.
+    #[test]
+    fn zero_gradient_leaves_parameters(p0 in prop::collection::vec(-1e3..1e3f64, 1..20), momentum in 0.0..0.99f64, steps in 1usize..5) {
+        for spec in [format!("sgd:lr=0.1,momentum={momentum}"), "adam:lr=0.1".to_string(), "adam:lr=0.1,amsgrad=true".to_string()] {
+            let mut opt = Optimizer::<f64>::from_spec(&spec).unwrap();
+            let mut p = vec![Tensor::vector("p", p0.clone())];
+            let g = vec![Tensor::vector("p", vec![0.0; p0.len()])];
+            for _ in 0..steps {
+                opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+            }
+            prop_assert_eq!(p[0].data(), p0.as_slice());
+        }
+    }
+
+    /// The multiplicative update never moves a parameter by more than lr·max(eps,|Φ|)·|g|.
+    #[test]
+    fn multiplicative_step_is_bounded(p0 in prop::collection::vec(-1e3..1e3f64, 1..20), g0 in prop::collection::vec(-1e3..1e3f64, 20), lr in 0.0..1.0f64, eps in 1e-6..1.0f64) {
+        let mut opt = Optimizer::<f64>::from_spec(&format!("multiplicative:lr={lr},eps={eps}")).unwrap();
+        let g0 = &g0[..p0.len()];
+        let mut p = vec![Tensor::vector("p", p0.clone())];
+        opt.step(&mut p, &[Tensor::vector("p", g0.to_vec())], &StepInfo::default()).unwrap();
+        for ((after, before), g) in p[0].data().iter().zip(&p0).zip(g0) {
+            let bound = lr * before.abs().max(eps) * g.abs();
+            prop_assert!((after - before).abs() <= bound * (1.0 + 1e-12));
+        }
+    }
+
+    /// Spec strings round-trip through Display for random hyper-parameters.
+    #[test]
+    fn specs_round_trip(lr in 0.0..10.0f64, b1 in 0.0..0.999f64, b2 in 0.0..0.9999f64, eps in 1e-12..1.0f64, wd in 0.0..1.0f64, ams in any::<bool>()) {
+        for name in ["adam", "adamw"] {
+            let s = format!("{name}:lr={lr},beta1={b1},beta2={b2},eps={eps},weight_decay={wd},amsgrad={ams}");
+            let spec: sgdlab::optim::OptimizerSpec = s.parse().unwrap();
+            prop_assert_eq!(spec.to_string().parse::<sgdlab::optim::OptimizerSpec>().unwrap(), spec);
+        }
+    }
+}
