@@ -3,6 +3,7 @@
 //! Thin by design: every number it prints comes from the library. Exit status: 0 success,
 //! 1 a claim failed, 2 bad usage or an error (reported on stderr).
 
+mod audit;
 mod replay;
 mod table;
 mod verify;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Check the claims of the problem set by measurement (exit 1 if any fails).
     Verify(verify::VerifyArgs),
+    /// Measure optimizers' drift at the loss minimiser and find their true fixed points.
+    Audit(audit::AuditArgs),
     /// Run an optimizer on a recorded gradient sequence and print the parameters after
     /// every step as JSON.
     Replay(replay::ReplayArgs),
@@ -65,5 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }

@@ -55,6 +55,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A data file or data set that cannot be used (malformed CSV, wrong labels, ...).
+    #[error("{0}")]
+    Data(String),
     /// A request the library cannot carry out, e.g. an unknown problem number.
     #[error("{0}")]
     Unsupported(String),

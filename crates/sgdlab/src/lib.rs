@@ -11,9 +11,12 @@
 //! All computation is deterministic given a seed, whatever the number of threads.
 
 pub mod average;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod lab;
+pub mod linalg;
+pub mod model;
 pub mod optim;
 mod real;
 

@@ -1,4 +1,7 @@
-//! The laboratory: Monte Carlo machinery and the claims of the problem set.
+//! The laboratory: Monte Carlo machinery, the drift/fixed-point audit, the temperature
+//! meter, and the claims of the problem set.
 
+pub mod audit;
 pub mod claims;
 pub mod montecarlo;
+pub mod temperature;

@@ -229,6 +229,12 @@ impl<T: Real> Optimizer<T> {
         }
     }
 
+    /// Whether the rule keeps no state between steps, so that its expected update is a
+    /// function of the parameters alone (plain SGD, `normsgd`, `multiplicative`, `lossprop`).
+    pub fn is_stateless(&self) -> bool {
+        self.slot_names().is_empty() && self.tensor_scalar_names().is_empty()
+    }
+
     fn tensor_scalar_names(&self) -> &'static [&'static str] {
         match &self.spec.rule {
             Rule::Madam(c) => c.tensor_scalars(),

@@ -21,6 +21,9 @@ mod p1;
 mod p2;
 mod p3;
 mod p4;
+mod p5;
+mod p6;
+mod p7;
 mod sequences;
 
 use std::collections::BTreeMap;
@@ -212,7 +215,7 @@ impl VerifyOptions {
 }
 
 /// The problems whose claims are implemented, in order.
-pub const PROBLEMS: &[u8] = &[1, 2, 3, 4];
+pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7];
 
 /// Maps a problem number of the set to the problem whose claims check it (8 repeats 5 and 9
 /// repeats 7) and rejects numbers that are not implemented.
@@ -276,6 +279,9 @@ pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
             2 => p2::claims(options)?,
             3 => p3::claims(options)?,
             4 => p4::claims(options)?,
+            5 => p5::claims(options)?,
+            6 => p6::claims(options)?,
+            7 => p7::claims(options)?,
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }

@@ -1,0 +1,679 @@
+//! The audit: is an update rule's fixed point a stationary point of the loss?
+//!
+//! For a finite data set with examples drawn uniformly (batch size 1), the expected update
+//! of a *stateless* rule is a deterministic function of $\Phi$:
+//! $F(\Phi) = \frac{1}{n}\sum_i \Delta\Phi_i / \eta$, computed exactly by stepping the
+//! optimizer once from $\Phi$ on each example. The audit reports
+//!
+//! * the loss minimiser $\Phi^*$ (closed form for points and linear regression, damped Newton
+//!   to a gradient norm of $10^{-12}$ otherwise);
+//! * the **drift** $F(\Phi^*)$, the expected step per unit learning rate at $\Phi^*$;
+//! * the **fixed point** of the expected update (Newton on $F$ from $\Phi^*$, to a residual of
+//!   $10^{-12}$ relative to the typical step) and its distance from $\Phi^*$.
+//!
+//! A *stateful* rule (momentum, Adam, RMSProp, Madam, ...) has no such function of $\Phi$
+//! alone; its drift is measured with $\Phi$ frozen at $\Phi^*$ while the state runs to
+//! stationarity (the expected update over the current example computed exactly for small data
+//! sets), and its fixed point by simulation: the iterate average after burn-in at the
+//! configured learning rate and at half of it, with batch-means standard errors and the
+//! Richardson extrapolation $2\bar\Phi_{\eta/2} - \bar\Phi_\eta$ that removes the $O(\eta)$ part.
+//!
+//! Optimizers are driven only through their public API ([`Optimizer::step`]), so the audit
+//! measures what users get.
+
+use rand::RngExt;
+use serde::Serialize;
+
+use crate::lab::montecarlo::chain_rng;
+use crate::linalg::solve;
+use crate::model::{LinReg, LogReg, Model, Points, Softmax};
+use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
+use crate::{Error, Result};
+
+/// A model the audit knows how to minimise.
+#[derive(Clone, Debug)]
+pub enum AuditModel {
+    /// $\tfrac12\lVert\Phi - x_i\rVert^2$: minimiser = mean.
+    Points(Points),
+    /// Least squares: minimiser from the normal equations.
+    LinReg(LinReg),
+    /// Logistic regression: damped Newton.
+    LogReg(LogReg),
+    /// Softmax regression: damped Newton.
+    Softmax(Softmax),
+}
+
+impl AuditModel {
+    /// The model as a trait object.
+    pub fn model(&self) -> &dyn Model<f64> {
+        match self {
+            AuditModel::Points(m) => m,
+            AuditModel::LinReg(m) => m,
+            AuditModel::LogReg(m) => m,
+            AuditModel::Softmax(m) => m,
+        }
+    }
+
+    /// The minimiser of the mean loss.
+    pub fn minimizer(&self) -> Result<Vec<f64>> {
+        match self {
+            AuditModel::Points(m) => Ok(m.mean()),
+            AuditModel::LinReg(m) => m.least_squares(),
+            _ => minimize(self.model(), &vec![0.0; self.model().dim()]),
+        }
+    }
+}
+
+/// Minimises the mean loss by damped (Levenberg–Marquardt) Newton with a finite-difference
+/// Hessian of the exact gradient, to $\lVert\nabla\rVert_2 \le 10^{-12}$.
+///
+/// Errors if the iterates run off to infinity (e.g. separable data for logistic regression,
+/// which has no finite minimiser) or the gradient does not reach the tolerance.
+pub fn minimize(model: &dyn Model<f64>, start: &[f64]) -> Result<Vec<f64>> {
+    let d = model.dim();
+    let mut phi = start.to_vec();
+    let mut grad = vec![0.0; d];
+    let mut loss = model.mean_loss_grad(&phi, &mut grad);
+    let mut mu = 1e-6;
+    for _ in 0..500 {
+        let mut h = jacobian(&phi, |p, out| {
+            model.mean_loss_grad(p, out);
+        });
+        symmetrize(&mut h, d);
+        if norm(&grad) <= 1e-12 {
+            // A true minimiser also has curvature: the Newton step from here must be tiny.
+            // (On separable logistic data the gradient vanishes only as the weights run off
+            // to infinity, and the Hessian vanishes with it.)
+            let mut a = h.clone();
+            let mut step = grad.clone();
+            if solve(&mut a, &mut step, d).is_some() && norm(&step) <= 1e-6 * (1.0 + norm(&phi)) {
+                return Ok(phi);
+            }
+        }
+        loop {
+            let mut a = h.clone();
+            for j in 0..d {
+                a[j * d + j] += mu;
+            }
+            let mut step: Vec<f64> = grad.iter().map(|g| -g).collect();
+            let trial = solve(&mut a, &mut step, d).map(|()| {
+                phi.iter()
+                    .zip(&step)
+                    .map(|(p, s)| p + s)
+                    .collect::<Vec<_>>()
+            });
+            if let Some(trial) = trial {
+                let mut g = vec![0.0; d];
+                let l = model.mean_loss_grad(&trial, &mut g);
+                if l.is_finite() && (l < loss || (l <= loss && norm(&g) < norm(&grad))) {
+                    phi = trial;
+                    grad = g;
+                    loss = l;
+                    mu = (mu / 10.0).max(1e-15);
+                    break;
+                }
+            }
+            mu *= 10.0;
+            if mu > 1e12 {
+                return Err(Error::Unsupported(format!(
+                    "minimisation stalled at gradient norm {:.3e}: the loss may have no \
+                     finite minimiser (separable data?)",
+                    norm(&grad)
+                )));
+            }
+        }
+        if norm(&phi) > 1e8 {
+            return Err(Error::Unsupported(
+                "the loss has no finite minimiser (separable data?)".to_string(),
+            ));
+        }
+    }
+    if norm(&grad) <= 1e-12 {
+        return Err(Error::Unsupported(format!(
+            "the loss has no finite minimiser: its gradient vanishes only as the parameters \
+             grow (|Φ| = {:.3e} after 500 Newton steps; separable data?)",
+            norm(&phi)
+        )));
+    }
+    Err(Error::Unsupported(format!(
+        "minimisation did not reach gradient norm 1e-12 (at {:.3e})",
+        norm(&grad)
+    )))
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn symmetrize(a: &mut [f64], d: usize) {
+    for i in 0..d {
+        for j in 0..i {
+            let m = 0.5 * (a[i * d + j] + a[j * d + i]);
+            a[i * d + j] = m;
+            a[j * d + i] = m;
+        }
+    }
+}
+
+/// Central-difference Jacobian of `f` at `x` (row `i` = output `i`), `d × d` row-major.
+fn jacobian(x: &[f64], mut f: impl FnMut(&[f64], &mut [f64])) -> Vec<f64> {
+    let d = x.len();
+    let mut jac = vec![0.0; d * d];
+    let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
+    let mut probe = x.to_vec();
+    for j in 0..d {
+        let h = 1e-6 * x[j].abs().max(1.0);
+        probe[j] = x[j] + h;
+        f(&probe, &mut plus);
+        probe[j] = x[j] - h;
+        f(&probe, &mut minus);
+        probe[j] = x[j];
+        for i in 0..d {
+            jac[i * d + j] = (plus[i] - minus[i]) / (2.0 * h);
+        }
+    }
+    jac
+}
+
+/// Per-unit-learning-rate update of one optimizer step from `phi` on example `i`.
+///
+/// The step runs with learning rate 1 (via `lr_scale`) so that no precision is lost dividing a
+/// tiny step by a tiny rate.
+fn unit_step(
+    model: &dyn Model<f64>,
+    opt: &mut Optimizer<f64>,
+    phi: &[f64],
+    i: usize,
+    lr_scale: f64,
+    out: &mut [f64],
+) -> Result<()> {
+    let mut g = vec![0.0; phi.len()];
+    let loss = model.loss_grad(phi, i, &mut g);
+    let mut params = [Tensor::vector("phi", phi.to_vec())];
+    let grads = [Tensor::vector("phi", g)];
+    let info = StepInfo {
+        loss: Some(loss),
+        lr_scale,
+    };
+    opt.step(&mut params, &grads, &info)?;
+    // The step's learning rate; 0 when the call only advances the state.
+    let effective = unit_lr(opt.spec())? * lr_scale;
+    for ((o, new), old) in out.iter_mut().zip(params[0].data()).zip(phi) {
+        *o = if effective > 0.0 {
+            (new - old) / effective
+        } else {
+            0.0
+        };
+    }
+    Ok(())
+}
+
+fn unit_lr(spec: &OptimizerSpec) -> Result<f64> {
+    let lr = spec.rule.lr();
+    if lr > 0.0 {
+        Ok(lr)
+    } else {
+        Err(Error::invalid(
+            "lr",
+            lr,
+            "the audit measures the step per unit learning rate, so lr must be > 0",
+        ))
+    }
+}
+
+/// The exact expected update per unit learning rate of a stateless rule at `phi`:
+/// $F(\Phi) = \frac1n\sum_i \Delta\Phi_i/\eta$. Also returns the mean per-example step length
+/// $\frac1n\sum_i\lVert\Delta\Phi_i\rVert/\eta$ (the scale for tolerances).
+pub fn expected_update(
+    model: &dyn Model<f64>,
+    spec: &OptimizerSpec,
+    phi: &[f64],
+) -> Result<(Vec<f64>, f64)> {
+    let template = Optimizer::<f64>::new(spec.clone())?;
+    if !template.is_stateless() {
+        return Err(Error::Unsupported(format!(
+            "{spec} keeps state between steps: its expected update is not a function of Φ alone"
+        )));
+    }
+    let lr = unit_lr(spec)?;
+    let n = model.examples();
+    let mut mean = vec![0.0; phi.len()];
+    let mut step = vec![0.0; phi.len()];
+    let mut scale = 0.0;
+    for i in 0..n {
+        let mut opt = template.clone();
+        unit_step(model, &mut opt, phi, i, 1.0 / lr, &mut step)?;
+        scale += norm(&step);
+        for (m, s) in mean.iter_mut().zip(&step) {
+            *m += s;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    Ok((mean, scale / n as f64))
+}
+
+/// A root of the expected update found by Newton's method.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FixedPoint {
+    /// The root.
+    pub point: Vec<f64>,
+    /// $\lVert F(\text{point})\rVert_\infty$.
+    pub residual: f64,
+    /// Whether the residual reached the tolerance.
+    pub converged: bool,
+}
+
+/// Newton's method with backtracking on $F$ = [`expected_update`], from `start`, to
+/// $\lVert F\rVert_\infty \le 10^{-12}\cdot\max(1, s)$ with $s$ the mean step length at `start`.
+pub fn fixed_point(
+    model: &dyn Model<f64>,
+    spec: &OptimizerSpec,
+    start: &[f64],
+) -> Result<FixedPoint> {
+    let d = start.len();
+    let (mut f, scale) = expected_update(model, spec, start)?;
+    let tol = 1e-12 * scale.max(1.0);
+    let mut phi = start.to_vec();
+    let inf = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for _ in 0..100 {
+        if inf(&f) <= tol {
+            break;
+        }
+        let mut jac = Vec::new();
+        let mut failure = None;
+        let j = jacobian(&phi, |p, out| match expected_update(model, spec, p) {
+            Ok((v, _)) => out.copy_from_slice(&v),
+            Err(e) => failure = Some(e),
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        jac.extend(j);
+        let mut step: Vec<f64> = f.iter().map(|v| -v).collect();
+        if solve(&mut jac, &mut step, d).is_none() {
+            break;
+        }
+        let mut t = 1.0;
+        let mut improved = false;
+        while t > 1e-8 {
+            let trial: Vec<f64> = phi.iter().zip(&step).map(|(p, s)| p + t * s).collect();
+            let (ft, _) = expected_update(model, spec, &trial)?;
+            if inf(&ft) < inf(&f) {
+                phi = trial;
+                f = ft;
+                improved = true;
+                break;
+            }
+            t *= 0.5;
+        }
+        if !improved {
+            break;
+        }
+    }
+    let residual = inf(&f);
+    Ok(FixedPoint {
+        point: phi,
+        residual,
+        converged: residual <= tol,
+    })
+}
+
+/// Sample sizes and seed for the simulated measurements of stateful rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimulationOptions {
+    /// Steps discarded while the state (and iterate) reach stationarity.
+    pub burn_in: usize,
+    /// Steps averaged (at half the learning rate, twice as many).
+    pub steps: usize,
+    /// Seed of the example order.
+    pub seed: u64,
+}
+
+impl Default for SimulationOptions {
+    fn default() -> Self {
+        Self {
+            burn_in: 20_000,
+            steps: 200_000,
+            seed: 1,
+        }
+    }
+}
+
+const BATCHES: usize = 40;
+
+/// Batch means: the mean of each coordinate over all samples and its standard error from
+/// `BATCHES` consecutive batches (which absorbs the autocorrelation of a Markov chain).
+struct BatchMeans {
+    per_batch: usize,
+    count: usize,
+    current: Vec<f64>,
+    batches: Vec<Vec<f64>>,
+}
+
+impl BatchMeans {
+    fn new(d: usize, total: usize) -> Self {
+        Self {
+            per_batch: (total / BATCHES).max(1),
+            count: 0,
+            current: vec![0.0; d],
+            batches: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, x: &[f64]) {
+        for (c, v) in self.current.iter_mut().zip(x) {
+            *c += v;
+        }
+        self.count += 1;
+        if self.count == self.per_batch {
+            let k = self.per_batch as f64;
+            self.batches
+                .push(self.current.iter().map(|c| c / k).collect());
+            self.current.iter_mut().for_each(|c| *c = 0.0);
+            self.count = 0;
+        }
+    }
+
+    fn finish(self) -> (Vec<f64>, Vec<f64>) {
+        let b = self.batches.len().max(2) as f64;
+        let d = self.current.len();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| self.batches.iter().map(|m| m[j]).sum::<f64>() / b)
+            .collect();
+        let se = (0..d)
+            .map(|j| {
+                let v = self
+                    .batches
+                    .iter()
+                    .map(|m| (m[j] - mean[j]).powi(2))
+                    .sum::<f64>()
+                    / (b - 1.0);
+                (v / b).sqrt()
+            })
+            .collect();
+        (mean, se)
+    }
+}
+
+/// The drift of any rule (stateful or not) at `phi`: $\Phi$ is held at `phi` while the
+/// optimizer state evolves under the gradients of uniformly drawn examples; after burn-in the
+/// expected update per unit learning rate, given the state, is averaged (exactly over the
+/// current example when there are at most 64 examples, else for one drawn example).
+/// Returns the mean and its batch-means standard errors.
+pub fn stationary_drift(
+    model: &dyn Model<f64>,
+    spec: &OptimizerSpec,
+    phi: &[f64],
+    options: &SimulationOptions,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let lr = unit_lr(spec)?;
+    let n = model.examples();
+    let d = phi.len();
+    let mut opt = Optimizer::<f64>::new(spec.clone())?;
+    let mut rng = chain_rng(options.seed, 0);
+    let mut acc = BatchMeans::new(d, options.steps);
+    let (mut step, mut mean) = (vec![0.0; d], vec![0.0; d]);
+    let exact_inner = n <= 64;
+    for t in 0..options.burn_in + options.steps {
+        if t >= options.burn_in {
+            mean.iter_mut().for_each(|m| *m = 0.0);
+            let examples: Vec<usize> = if exact_inner {
+                (0..n).collect()
+            } else {
+                vec![rng.random_range(0..n)]
+            };
+            for &i in &examples {
+                let mut probe = opt.clone();
+                unit_step(model, &mut probe, phi, i, 1.0 / lr, &mut step)?;
+                for (m, s) in mean.iter_mut().zip(&step) {
+                    *m += s / examples.len() as f64;
+                }
+            }
+            acc.push(&mean);
+        }
+        // Advance the state with Φ frozen (learning rate 0).
+        let i = rng.random_range(0..n);
+        unit_step(model, &mut opt, phi, i, 0.0, &mut step)?;
+    }
+    Ok(acc.finish())
+}
+
+/// Runs the rule itself from `start` with learning rate `lr_scale`·η on uniformly drawn
+/// examples and returns the average iterate after burn-in with batch-means standard errors.
+pub fn simulated_fixed_point(
+    model: &dyn Model<f64>,
+    spec: &OptimizerSpec,
+    start: &[f64],
+    lr_scale: f64,
+    options: &SimulationOptions,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let d = start.len();
+    let mut opt = Optimizer::<f64>::new(spec.clone())?;
+    let mut rng = chain_rng(options.seed, 1);
+    let mut params = [Tensor::vector("phi", start.to_vec())];
+    let mut g = vec![0.0; d];
+    let mut acc = BatchMeans::new(d, options.steps);
+    for t in 0..options.burn_in + options.steps {
+        let i = rng.random_range(0..model.examples());
+        let loss = model.loss_grad(params[0].data(), i, &mut g);
+        let grads = [Tensor::vector("phi", g.clone())];
+        opt.step(
+            &mut params,
+            &grads,
+            &StepInfo {
+                loss: Some(loss),
+                lr_scale,
+            },
+        )
+        .map_err(|e| Error::Unsupported(format!("simulating {spec} (step {t}): {e}")))?;
+        if t >= options.burn_in {
+            acc.push(params[0].data());
+        }
+    }
+    Ok(acc.finish())
+}
+
+/// The audit of one optimizer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OptimizerAudit {
+    /// The optimizer spec.
+    pub optimizer: String,
+    /// `"exact"` (stateless rule: finite sums and root-finding) or `"simulation"`.
+    pub method: &'static str,
+    /// Expected step per unit learning rate at the loss minimiser.
+    pub drift: Vec<f64>,
+    /// Its Euclidean norm.
+    pub drift_norm: f64,
+    /// Standard errors of `drift` (simulation only).
+    pub drift_stderr: Option<Vec<f64>>,
+    /// The fixed point: the root of the expected update (exact), or the average iterate at the
+    /// configured learning rate (simulation).
+    pub fixed_point: Vec<f64>,
+    /// $\lVert$`fixed_point`$-\Phi^*\rVert$.
+    pub fixed_point_distance: f64,
+    /// Standard errors of `fixed_point` (simulation only).
+    pub stderr: Option<Vec<f64>>,
+    /// Average iterate at half the learning rate (simulation only).
+    pub fixed_point_half_lr: Option<Vec<f64>>,
+    /// $2\bar\Phi_{\eta/2} - \bar\Phi_\eta$, the $\eta \to 0$ extrapolation (simulation only).
+    pub extrapolated: Option<Vec<f64>>,
+    /// Root-finding residual $\lVert F\rVert_\infty$ (exact only).
+    pub residual: Option<f64>,
+    /// Whether the drift vanishes at the loss minimiser: below $10^{-9}$ of the typical step
+    /// (exact), or within 4 standard errors in every coordinate (simulation).
+    pub consistent: bool,
+}
+
+/// The audit of several optimizers on one model and data set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Audit {
+    /// Names of the parameters.
+    pub parameters: Vec<String>,
+    /// The loss minimiser $\Phi^*$.
+    pub minimizer: Vec<f64>,
+    /// One entry per optimizer, in the order given.
+    pub optimizers: Vec<OptimizerAudit>,
+}
+
+fn distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Audits one optimizer at the minimiser `star`.
+pub fn audit_optimizer(
+    model: &dyn Model<f64>,
+    spec: &OptimizerSpec,
+    star: &[f64],
+    options: &SimulationOptions,
+) -> Result<OptimizerAudit> {
+    let stateless = Optimizer::<f64>::new(spec.clone())?.is_stateless();
+    if stateless {
+        let (drift, scale) = expected_update(model, spec, star)?;
+        let fp = fixed_point(model, spec, star)?;
+        let drift_norm = norm(&drift);
+        return Ok(OptimizerAudit {
+            optimizer: spec.to_string(),
+            method: "exact",
+            consistent: drift_norm <= 1e-9 * scale.max(f64::MIN_POSITIVE),
+            drift,
+            drift_norm,
+            drift_stderr: None,
+            fixed_point_distance: distance(&fp.point, star),
+            fixed_point: fp.point,
+            stderr: None,
+            fixed_point_half_lr: None,
+            extrapolated: None,
+            residual: Some(fp.residual),
+        });
+    }
+    let (drift, drift_se) = stationary_drift(model, spec, star, options)?;
+    let (fp, se) = simulated_fixed_point(model, spec, star, 1.0, options)?;
+    let half = SimulationOptions {
+        steps: options.steps * 2,
+        burn_in: options.burn_in * 2,
+        seed: options.seed.wrapping_add(1),
+    };
+    let (fp_half, _) = simulated_fixed_point(model, spec, star, 0.5, &half)?;
+    let extrapolated: Vec<f64> = fp_half.iter().zip(&fp).map(|(h, f)| 2.0 * h - f).collect();
+    let consistent = drift
+        .iter()
+        .zip(&drift_se)
+        .all(|(m, s)| m.abs() <= 4.0 * s || *m == 0.0);
+    Ok(OptimizerAudit {
+        optimizer: spec.to_string(),
+        method: "simulation",
+        drift_norm: norm(&drift),
+        drift,
+        drift_stderr: Some(drift_se),
+        fixed_point_distance: distance(&fp, star),
+        fixed_point: fp,
+        stderr: Some(se),
+        fixed_point_half_lr: Some(fp_half),
+        extrapolated: Some(extrapolated),
+        residual: None,
+        consistent,
+    })
+}
+
+/// Audits every optimizer of `specs` on `model`.
+pub fn audit(
+    model: &AuditModel,
+    specs: &[OptimizerSpec],
+    options: &SimulationOptions,
+) -> Result<Audit> {
+    let star = model.minimizer()?;
+    let optimizers = specs
+        .iter()
+        .map(|s| audit_optimizer(model.model(), s, &star, options))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Audit {
+        parameters: model.model().parameter_names(),
+        minimizer: star,
+        optimizers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::parse_csv;
+    use crate::model::LossUnit;
+
+    fn points(text: &str) -> AuditModel {
+        AuditModel::Points(Points::new(parse_csv(text, false).unwrap()))
+    }
+
+    #[test]
+    fn normsgd_drift_on_0_0_3_is_the_documented_number() {
+        let m = points("0\n0\n3\n");
+        let spec: OptimizerSpec = "normsgd:eps=1".parse().unwrap();
+        let a = audit(&m, &[spec], &SimulationOptions::default()).unwrap();
+        assert_eq!(a.minimizer, vec![1.0]);
+        let o = &a.optimizers[0];
+        assert!((o.drift[0] - (-0.173262)).abs() < 5e-7, "{}", o.drift[0]);
+        assert!(!o.consistent);
+        assert!(o.residual.unwrap() < 1e-12);
+        assert!(o.fixed_point[0] < 1.0 && o.fixed_point[0] > 0.0);
+    }
+
+    #[test]
+    fn plain_sgd_is_consistent_and_its_fixed_point_is_the_minimiser() {
+        let m = points("0\n0\n3\n");
+        let a = audit(
+            &m,
+            &["sgd:lr=0.1".parse().unwrap()],
+            &SimulationOptions::default(),
+        )
+        .unwrap();
+        let o = &a.optimizers[0];
+        assert!(o.consistent && o.drift_norm < 1e-15);
+        assert!(o.fixed_point_distance < 1e-12);
+    }
+
+    #[test]
+    fn logistic_minimiser_has_zero_gradient() {
+        let data = parse_csv("0.5,1\n2,0\n-1,1\n0.1,0\n1.5,1\n", true).unwrap();
+        let m = AuditModel::LogReg(LogReg::new(data, true, LossUnit::Nats).unwrap());
+        let star = m.minimizer().unwrap();
+        let mut g = vec![0.0; 2];
+        m.model().mean_loss_grad(&star, &mut g);
+        assert!(norm(&g) <= 1e-12);
+        let separable = parse_csv("0,0\n1,1\n", true).unwrap();
+        let m = AuditModel::LogReg(LogReg::new(separable, true, LossUnit::Nats).unwrap());
+        assert!(m.minimizer().is_err());
+    }
+
+    #[test]
+    fn stateful_rules_are_simulated() {
+        let m = points("0\n0\n3\n");
+        let opts = SimulationOptions {
+            burn_in: 2_000,
+            steps: 20_000,
+            seed: 3,
+        };
+        let a = audit(&m, &["sgd:lr=0.01,momentum=0.9".parse().unwrap()], &opts).unwrap();
+        let o = &a.optimizers[0];
+        assert_eq!(o.method, "simulation");
+        // Momentum SGD on a quadratic is unbiased: the drift is zero up to noise.
+        assert!(o.consistent, "{o:?}");
+        let se = o.stderr.as_ref().unwrap()[0];
+        assert!((o.fixed_point[0] - 1.0).abs() < 5.0 * se + 1e-3, "{o:?}");
+    }
+
+    #[test]
+    fn zero_lr_is_an_error() {
+        let m = points("0\n3\n");
+        assert!(
+            audit(
+                &m,
+                &["sgd:lr=0".parse().unwrap()],
+                &SimulationOptions::default()
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The temperature meter: the stationary variance of $\Phi$ under SGD noise.
+//!
+//! On the noisy quadratic with per-example loss $\tfrac c2(\Phi - x)^2$, $x \sim N(0,\sigma^2)$,
+//! the gradient is $c(\Phi - x)$ and the update of SGD with rate $\eta$ is the AR(1) process
+//! $\Phi \leftarrow (1-\eta c)\Phi + \eta c\, x$, whose stationary variance is
+//! $\eta c \sigma^2/(2 - \eta c)$. RMSProp with the *exact* gradient standard deviation
+//! $\sigma_g = c\sigma$ is SGD with rate $\eta/\sigma_g$, stationary variance
+//! $\eta\sigma/(2 - \eta/\sigma)$ — independent of the loss scale $c$.
+//!
+//! The meter runs many independent chains of a real optimizer (through its public API) to
+//! stationarity and estimates the variance across chains, with its standard error.
+
+use rand_distr::{Distribution, Normal};
+
+use crate::lab::montecarlo::{Estimate, MonteCarlo};
+use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
+use crate::{Error, Result};
+
+/// The noisy quadratic $\tfrac c2(\Phi - x)^2$, $x \sim N(0, \sigma^2)$.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoisyQuadratic {
+    /// Loss scale $c > 0$.
+    pub c: f64,
+    /// Noise standard deviation $\sigma > 0$.
+    pub sigma: f64,
+}
+
+impl NoisyQuadratic {
+    /// A noisy quadratic; errors unless $c > 0$ and $\sigma > 0$.
+    pub fn new(c: f64, sigma: f64) -> Result<Self> {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::invalid("c", c, "must be a finite number > 0"));
+        }
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(Error::invalid(
+                "sigma",
+                sigma,
+                "must be a finite number > 0",
+            ));
+        }
+        Ok(Self { c, sigma })
+    }
+
+    /// The standard deviation of the gradient over $x$ at any $\Phi$: $c\sigma$.
+    pub fn gradient_std(&self) -> f64 {
+        self.c * self.sigma
+    }
+
+    /// The exact stationary variance of SGD with rate `lr`: $\eta c\sigma^2/(2-\eta c)$.
+    pub fn sgd_variance(&self, lr: f64) -> f64 {
+        let a = lr * self.c;
+        a * self.sigma * self.sigma / (2.0 - a)
+    }
+
+    /// The exact stationary variance of RMSProp with the exact $\sigma_g$:
+    /// $\eta\sigma/(2 - \eta/\sigma)$.
+    pub fn exact_rmsprop_variance(&self, lr: f64) -> f64 {
+        lr * self.sigma / (2.0 - lr / self.sigma)
+    }
+
+    /// Runs `spec` on this problem in every chain of `mc` for `steps` steps from $\Phi = 0$
+    /// and summarises the final $\Phi$ across chains.
+    pub fn stationary(
+        &self,
+        spec: &OptimizerSpec,
+        steps: usize,
+        mc: MonteCarlo,
+    ) -> Result<Estimate> {
+        let noise = Normal::new(0.0, self.sigma)
+            .map_err(|e| Error::invalid("sigma", self.sigma, e.to_string()))?;
+        let template = Optimizer::<f64>::new(spec.clone())?;
+        let finals = mc.run(|rng, _| -> Result<f64> {
+            let mut opt = template.clone();
+            let mut phi = [Tensor::vector("phi", vec![0.0])];
+            let mut grad = [Tensor::vector("phi", vec![0.0])];
+            for _ in 0..steps {
+                let x: f64 = noise.sample(rng);
+                let p = phi[0].data()[0];
+                grad[0].data_mut()[0] = self.c * (p - x);
+                let loss = 0.5 * self.c * (p - x) * (p - x);
+                opt.step(&mut phi, &grad, &StepInfo::with_loss(loss))?;
+            }
+            Ok(phi[0].data()[0])
+        });
+        let finals = finals.into_iter().collect::<Result<Vec<f64>>>()?;
+        Ok(Estimate::from_samples(&finals))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgd_temperature_matches_its_prediction() {
+        let q = NoisyQuadratic::new(0.5, 2.0).unwrap();
+        let mc = MonteCarlo::new(5, 4_000).unwrap();
+        let e = q
+            .stationary(&"sgd:lr=0.2".parse().unwrap(), 300, mc)
+            .unwrap();
+        assert!(e.variance().z(q.sgd_variance(0.2)).abs() < 4.5, "{e:?}");
+        assert!(NoisyQuadratic::new(0.0, 1.0).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! Models linear in their parameters before the loss: points, linear, logistic and softmax
+//! regression.
+
+use super::{LossUnit, Model, class_labels, softmax_in_place, softplus};
+use crate::data::Dataset;
+use crate::linalg::solve;
+use crate::{Error, Real, Result};
+
+/// $w\cdot x + b$ with `phi = [w..., b?]`.
+#[inline]
+fn affine<T: Real>(phi: &[T], x: &[f64], bias: bool) -> T {
+    let d = x.len();
+    let dot = phi[..d]
+        .iter()
+        .zip(x)
+        .fold(T::zero(), |s, (&w, &x)| s + w * T::from_f64(x));
+    if bias { dot + phi[d] } else { dot }
+}
+
+/// Writes $r \cdot (x, 1?)$ into `grad`.
+#[inline]
+fn affine_grad<T: Real>(r: T, x: &[f64], bias: bool, grad: &mut [T]) {
+    let d = x.len();
+    for (g, &x) in grad[..d].iter_mut().zip(x) {
+        *g = r * T::from_f64(x);
+    }
+    if bias {
+        grad[d] = r;
+    }
+}
+
+fn linear_names(d: usize, bias: bool) -> Vec<String> {
+    let mut names: Vec<String> = (0..d).map(|j| format!("w{j}")).collect();
+    if bias {
+        names.push("b".to_string());
+    }
+    names
+}
+
+/// Points: $\mathcal L_i = \tfrac12\lVert\Phi - x_i\rVert^2$; the minimiser is the mean.
+#[derive(Clone, Debug)]
+pub struct Points {
+    data: Dataset,
+}
+
+impl Points {
+    /// Points are the rows of `data` (a target column, if any, is ignored).
+    pub fn new(data: Dataset) -> Self {
+        Self { data }
+    }
+
+    /// The mean of the points, the exact minimiser of the mean loss.
+    pub fn mean(&self) -> Vec<f64> {
+        let (n, d) = (self.data.len(), self.data.dim());
+        let mut mean = vec![0.0; d];
+        for i in 0..n {
+            for (m, x) in mean.iter_mut().zip(self.data.row(i)) {
+                *m += x;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        mean
+    }
+}
+
+impl<T: Real> Model<T> for Points {
+    fn dim(&self) -> usize {
+        self.data.dim()
+    }
+    fn examples(&self) -> usize {
+        self.data.len()
+    }
+    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T {
+        let mut loss = T::zero();
+        for ((g, &p), &x) in grad.iter_mut().zip(phi).zip(self.data.row(i)) {
+            *g = p - T::from_f64(x);
+            loss = loss + *g * *g;
+        }
+        loss * T::from_f64(0.5)
+    }
+    fn parameter_names(&self) -> Vec<String> {
+        (0..self.data.dim()).map(|j| format!("phi{j}")).collect()
+    }
+}
+
+/// Linear regression: $\mathcal L_i = \tfrac12(w\cdot x_i + b - y_i)^2$.
+#[derive(Clone, Debug)]
+pub struct LinReg {
+    data: Dataset,
+    targets: Vec<f64>,
+    bias: bool,
+}
+
+impl LinReg {
+    /// Linear regression on `data` (which must have targets); `bias` adds $b$.
+    pub fn new(data: Dataset, bias: bool) -> Result<Self> {
+        let targets = data
+            .targets()
+            .ok_or_else(|| Error::Data("linreg needs a target column".to_string()))?
+            .to_vec();
+        Ok(Self {
+            data,
+            targets,
+            bias,
+        })
+    }
+
+    /// The least-squares solution of the normal equations, the exact minimiser; errors when
+    /// the features are collinear (no unique minimiser).
+    pub fn least_squares(&self) -> Result<Vec<f64>> {
+        let d = self.data.dim() + usize::from(self.bias);
+        let mut a = vec![0.0; d * d];
+        let mut b = vec![0.0; d];
+        let mut row = vec![0.0; d];
+        for i in 0..self.data.len() {
+            row[..self.data.dim()].copy_from_slice(self.data.row(i));
+            if self.bias {
+                row[d - 1] = 1.0;
+            }
+            for j in 0..d {
+                b[j] += row[j] * self.targets[i];
+                for k in 0..d {
+                    a[j * d + k] += row[j] * row[k];
+                }
+            }
+        }
+        solve(&mut a, &mut b, d).ok_or_else(|| {
+            Error::Data("linreg: the features are collinear, the minimiser is not unique".into())
+        })?;
+        Ok(b)
+    }
+}
+
+impl<T: Real> Model<T> for LinReg {
+    fn dim(&self) -> usize {
+        self.data.dim() + usize::from(self.bias)
+    }
+    fn examples(&self) -> usize {
+        self.data.len()
+    }
+    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T {
+        let x = self.data.row(i);
+        let r = affine(phi, x, self.bias) - T::from_f64(self.targets[i]);
+        affine_grad(r, x, self.bias, grad);
+        T::from_f64(0.5) * r * r
+    }
+    fn parameter_names(&self) -> Vec<String> {
+        linear_names(self.data.dim(), self.bias)
+    }
+}
+
+/// Logistic regression: $\mathcal L_i = \log(1+e^{z}) - y_i z$, $z = w\cdot x_i + b$,
+/// labels 0/1; gradient $(\sigma(z) - y_i)(x_i, 1)$.
+#[derive(Clone, Debug)]
+pub struct LogReg {
+    data: Dataset,
+    labels: Vec<f64>,
+    bias: bool,
+    unit: LossUnit,
+}
+
+impl LogReg {
+    /// Logistic regression on `data` with labels 0/1.
+    pub fn new(data: Dataset, bias: bool, unit: LossUnit) -> Result<Self> {
+        let labels = class_labels(data.targets(), 2)?
+            .into_iter()
+            .map(|y| y as f64)
+            .collect();
+        Ok(Self {
+            data,
+            labels,
+            bias,
+            unit,
+        })
+    }
+}
+
+impl<T: Real> Model<T> for LogReg {
+    fn dim(&self) -> usize {
+        self.data.dim() + usize::from(self.bias)
+    }
+    fn examples(&self) -> usize {
+        self.data.len()
+    }
+    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T {
+        let x = self.data.row(i);
+        let z = affine(phi, x, self.bias).as_f64();
+        let y = self.labels[i];
+        let s = self.unit.scale();
+        let sigma = 1.0 / (1.0 + (-z).exp());
+        affine_grad(T::from_f64(s * (sigma - y)), x, self.bias, grad);
+        T::from_f64(s * (softplus(z) - y * z))
+    }
+    fn parameter_names(&self) -> Vec<String> {
+        linear_names(self.data.dim(), self.bias)
+    }
+}
+
+/// Softmax (multinomial logistic) regression: $\mathcal L_i = \log\sum_k e^{z_k} - z_{y_i}$
+/// with $z = W x_i + b$; gradient $(p - e_{y_i}) x_i^\top$ and $p - e_{y_i}$.
+#[derive(Clone, Debug)]
+pub struct Softmax {
+    data: Dataset,
+    labels: Vec<usize>,
+    classes: usize,
+    unit: LossUnit,
+}
+
+impl Softmax {
+    /// Softmax regression with `classes` classes on `data` (labels `0..classes`).
+    pub fn new(data: Dataset, classes: usize, unit: LossUnit) -> Result<Self> {
+        if classes < 2 {
+            return Err(Error::invalid("classes", classes, "must be at least 2"));
+        }
+        let labels = class_labels(data.targets(), classes)?;
+        Ok(Self {
+            data,
+            labels,
+            classes,
+            unit,
+        })
+    }
+
+    /// The predicted class of example `i` at `phi`.
+    pub fn predict<T: Real>(&self, phi: &[T], i: usize) -> usize {
+        let mut z = vec![T::zero(); self.classes];
+        self.logits(phi, self.data.row(i), &mut z);
+        (0..self.classes)
+            .max_by(|&a, &b| z[a].partial_cmp(&z[b]).unwrap_or(std::cmp::Ordering::Equal))
+            .unwrap_or(0)
+    }
+
+    fn logits<T: Real>(&self, phi: &[T], x: &[f64], z: &mut [T]) {
+        let d = self.data.dim();
+        let bias = &phi[self.classes * d..];
+        for (k, zk) in z.iter_mut().enumerate() {
+            *zk = affine(&phi[k * d..(k + 1) * d], x, false) + bias[k];
+        }
+    }
+}
+
+impl<T: Real> Model<T> for Softmax {
+    fn dim(&self) -> usize {
+        self.classes * (self.data.dim() + 1)
+    }
+    fn examples(&self) -> usize {
+        self.data.len()
+    }
+    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T {
+        let (d, k) = (self.data.dim(), self.classes);
+        let x = self.data.row(i);
+        let y = self.labels[i];
+        let mut p = vec![T::zero(); k];
+        self.logits(phi, x, &mut p);
+        let z_y = p[y];
+        let log_sum = softmax_in_place(&mut p);
+        let s = T::from_f64(self.unit.scale());
+        for c in 0..k {
+            let r = s * (p[c] - if c == y { T::one() } else { T::zero() });
+            affine_grad(r, x, false, &mut grad[c * d..(c + 1) * d]);
+            grad[k * d + c] = r;
+        }
+        s * (log_sum - z_y)
+    }
+    fn parameter_names(&self) -> Vec<String> {
+        let d = self.data.dim();
+        let mut names = Vec::with_capacity(self.classes * (d + 1));
+        for c in 0..self.classes {
+            names.extend((0..d).map(|j| format!("W{c},{j}")));
+        }
+        names.extend((0..self.classes).map(|c| format!("b{c}")));
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::parse_csv;
+    use crate::model::tests::check_gradient;
+
+    fn small() -> Dataset {
+        parse_csv("0.5,-1,1\n2,0.3,0\n-1,1.5,1\n0.1,0.2,0\n", true).unwrap()
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let phi = [0.3, -0.7, 0.2];
+        check_gradient(&Points::new(small()), &phi[..2], 1e-7);
+        check_gradient(&LinReg::new(small(), true).unwrap(), &phi, 1e-7);
+        check_gradient(&LinReg::new(small(), false).unwrap(), &phi[..2], 1e-7);
+        for unit in [LossUnit::Nats, LossUnit::Bits] {
+            check_gradient(&LogReg::new(small(), true, unit).unwrap(), &phi, 1e-7);
+            let sm = Softmax::new(small(), 2, unit).unwrap();
+            let phi: Vec<f64> = (0..6).map(|j| 0.1 * j as f64 - 0.2).collect();
+            check_gradient(&sm, &phi, 1e-7);
+        }
+    }
+
+    #[test]
+    fn bits_are_nats_over_ln2() {
+        let phi = [0.3, -0.7, 0.2];
+        let nats = LogReg::new(small(), true, LossUnit::Nats).unwrap();
+        let bits = LogReg::new(small(), true, LossUnit::Bits).unwrap();
+        let (ln, lb) = (
+            Model::<f64>::loss(&nats, &phi, 0),
+            Model::<f64>::loss(&bits, &phi, 0),
+        );
+        assert!((lb * std::f64::consts::LN_2 - ln).abs() < 1e-15);
+    }
+
+    #[test]
+    fn least_squares_is_the_minimiser() {
+        let m = LinReg::new(small(), true).unwrap();
+        let w = m.least_squares().unwrap();
+        let mut g = vec![0.0; 3];
+        Model::<f64>::mean_loss_grad(&m, &w, &mut g);
+        assert!(g.iter().all(|x| x.abs() < 1e-12), "{g:?}");
+        let collinear = parse_csv("1,2,1\n2,4,0\n3,6,1\n", true).unwrap();
+        assert!(
+            LinReg::new(collinear, false)
+                .unwrap()
+                .least_squares()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_labels_are_errors() {
+        let d = parse_csv("1,0\n2,0.5\n", true).unwrap();
+        let err = LogReg::new(d, true, LossUnit::Nats)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("example 1") && err.contains("0.5"), "{err}");
+        let no_target = parse_csv("1,2\n", false).unwrap();
+        assert!(LinReg::new(no_target, true).is_err());
+    }
+
+    #[test]
+    fn f32_agrees_with_f64() {
+        let m = LogReg::new(small(), true, LossUnit::Nats).unwrap();
+        let phi64 = [0.3, -0.7, 0.2];
+        let phi32 = [0.3f32, -0.7, 0.2];
+        let (mut g64, mut g32) = (vec![0.0f64; 3], vec![0.0f32; 3]);
+        let l64 = m.loss_grad(&phi64, 2, &mut g64);
+        let l32 = m.loss_grad(&phi32, 2, &mut g32);
+        assert!((l64 - f64::from(l32)).abs() < 1e-6);
+        for (a, b) in g64.iter().zip(&g32) {
+            assert!((a - f64::from(*b)).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Exact per-example models for the lab: loss $\mathcal L(\Phi, x_i, y_i)$ and its gradient.
+//!
+//! | model | per-example loss | parameters $\Phi$ |
+//! |---|---|---|
+//! | [`Points`] | $\tfrac12\lVert\Phi - x_i\rVert^2$ | $d$ |
+//! | [`LinReg`] | $\tfrac12(w\cdot x_i + b - y_i)^2$ | $w$, then $b$ (optional) |
+//! | [`LogReg`] | $\log(1+e^{z}) - y_i z$, $z = w\cdot x_i + b$, $y_i \in\{0,1\}$ | $w$, then $b$ |
+//! | [`Softmax`] | $\log\sum_k e^{z_k} - z_{y_i}$, $z = W x_i + b$ | $W$ row-major ($k\times d$), then $b$ |
+//! | [`Mlp`] | softmax cross-entropy after one $\tanh$ hidden layer | $W_1, b_1, W_2, b_2$ |
+//!
+//! Cross-entropy losses can be measured in nats or bits ([`LossUnit`]): bits divide loss and
+//! gradient by $\ln 2$ (problem 5a). Everything is generic over [`Real`] (`f32`, `f64`).
+
+mod linear;
+mod mlp;
+
+pub use linear::{LinReg, LogReg, Points, Softmax};
+pub use mlp::Mlp;
+
+use crate::{Error, Real, Result};
+
+/// The unit a loss is measured in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LossUnit {
+    /// Natural logarithms.
+    #[default]
+    Nats,
+    /// Base-2 logarithms: $\log_2 z = \ln z / \ln 2$.
+    Bits,
+}
+
+impl LossUnit {
+    /// The factor applied to a loss in nats: 1 or $1/\ln 2$.
+    pub fn scale(self) -> f64 {
+        match self {
+            LossUnit::Nats => 1.0,
+            LossUnit::Bits => std::f64::consts::LOG2_E,
+        }
+    }
+}
+
+impl std::str::FromStr for LossUnit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "nats" => Ok(LossUnit::Nats),
+            "bits" => Ok(LossUnit::Bits),
+            _ => Err(Error::invalid("loss unit", s, "must be nats or bits")),
+        }
+    }
+}
+
+/// A model with a finite set of examples and an exact per-example gradient.
+pub trait Model<T: Real>: Sync {
+    /// Number of parameters.
+    fn dim(&self) -> usize;
+
+    /// Number of examples.
+    fn examples(&self) -> usize;
+
+    /// The loss of example `i` at `phi`; writes its gradient into `grad` (length
+    /// [`Model::dim`]).
+    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T;
+
+    /// The loss of example `i` at `phi`.
+    fn loss(&self, phi: &[T], i: usize) -> T {
+        let mut grad = vec![T::zero(); self.dim()];
+        self.loss_grad(phi, i, &mut grad)
+    }
+
+    /// The mean loss over all examples; writes the mean gradient into `grad`.
+    fn mean_loss_grad(&self, phi: &[T], grad: &mut [T]) -> T {
+        let n = self.examples();
+        let mut g = vec![T::zero(); self.dim()];
+        grad.iter_mut().for_each(|x| *x = T::zero());
+        let mut loss = T::zero();
+        for i in 0..n {
+            loss = loss + self.loss_grad(phi, i, &mut g);
+            for (a, b) in grad.iter_mut().zip(&g) {
+                *a = *a + *b;
+            }
+        }
+        let inv = T::from_f64(1.0 / n as f64);
+        grad.iter_mut().for_each(|x| *x = *x * inv);
+        loss * inv
+    }
+
+    /// Names of the parameters, for tables (`w0`, `w1`, ..., `b`).
+    fn parameter_names(&self) -> Vec<String>;
+}
+
+/// Integer class labels in `[0, classes)` from float targets, or an error naming the first
+/// bad one.
+pub(crate) fn class_labels(targets: Option<&[f64]>, classes: usize) -> Result<Vec<usize>> {
+    let targets =
+        targets.ok_or_else(|| Error::Data("the model needs a target column".to_string()))?;
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            if y == y.round() && y >= 0.0 && (y as usize) < classes {
+                Ok(y as usize)
+            } else {
+                Err(Error::Data(format!(
+                    "example {i}: label {y} is not a class in 0..{classes}"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// $\log(1 + e^z)$ without overflow.
+pub(crate) fn softplus(z: f64) -> f64 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+/// Softmax probabilities of `z` in place; returns $\log\sum_k e^{z_k}$.
+pub(crate) fn softmax_in_place<T: Real>(z: &mut [T]) -> T {
+    let max = z.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let mut sum = T::zero();
+    for v in z.iter_mut() {
+        *v = (*v - max).exp();
+        sum = sum + *v;
+    }
+    for v in z.iter_mut() {
+        *v = *v / sum;
+    }
+    max + sum.ln()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Central finite differences of the loss against the exact gradient, in f64.
+    pub fn check_gradient(model: &dyn Model<f64>, phi: &[f64], tol: f64) {
+        let mut grad = vec![0.0; model.dim()];
+        for i in 0..model.examples() {
+            model.loss_grad(phi, i, &mut grad);
+            for j in 0..model.dim() {
+                let h = 1e-6 * phi[j].abs().max(1.0);
+                let mut plus = phi.to_vec();
+                plus[j] += h;
+                let mut minus = phi.to_vec();
+                minus[j] -= h;
+                let fd = (model.loss(&plus, i) - model.loss(&minus, i)) / (2.0 * h);
+                assert!(
+                    (fd - grad[j]).abs() <= tol * (1.0 + grad[j].abs()),
+                    "example {i}, parameter {j}: exact {} vs finite difference {fd}",
+                    grad[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softplus_is_stable() {
+        assert_eq!(softplus(1000.0), 1000.0);
+        assert!(softplus(-1000.0) >= 0.0 && softplus(-1000.0) < 1e-300);
+        assert!((softplus(0.0) - 2f64.ln()).abs() < 1e-15);
+    }
+}
