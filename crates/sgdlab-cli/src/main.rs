@@ -4,6 +4,7 @@
 //! 1 a claim failed, 2 bad usage or an error (reported on stderr).
 
 mod audit;
+mod bench;
 mod replay;
 mod table;
 mod verify;
@@ -30,6 +31,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Measure optimizers' drift at the loss minimiser and find their true fixed points.
     Audit(audit::AuditArgs),
+    /// Optimizer step throughput against the machine's measured memory bandwidth.
+    Bench(bench::BenchArgs),
     /// Run an optimizer on a recorded gradient sequence and print the parameters after
     /// every step as JSON.
     Replay(replay::ReplayArgs),
@@ -69,5 +72,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

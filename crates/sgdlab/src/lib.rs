@@ -11,6 +11,7 @@
 //! All computation is deterministic given a seed, whatever the number of threads.
 
 pub mod average;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;

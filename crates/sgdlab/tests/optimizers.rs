@@ -270,3 +270,68 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_simd_level_and_thread_count_gives_the_same_bits() {
+    use sgdlab::optim::kernel::{CHUNK, SimdLevel};
+    // Three tensors: one spanning several chunks (parallel path), one ragged, one tiny.
+    fn tensors<T: Real>() -> Vec<Tensor<T>> {
+        [3 * CHUNK + 17, CHUNK / 2 + 3, 5]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let v = (0..n)
+                    .map(|i| T::from_f64(((i * 37 + k * 11) % 101) as f64 / 50.0 - 1.0))
+                    .collect();
+                Tensor::vector(format!("t{k}"), v)
+            })
+            .collect()
+    }
+    fn run_all<T: Real>(spec: &str) -> Vec<Tensor<T>> {
+        let mut p = tensors::<T>();
+        let mut opt = Optimizer::<T>::from_spec(spec).unwrap();
+        for t in 0..4 {
+            let g: Vec<Tensor<T>> = p
+                .iter()
+                .map(|x| {
+                    let mut g = x.zeros_like();
+                    for (i, gi) in g.data_mut().iter_mut().enumerate() {
+                        *gi = T::from_f64((((i + t * 13) % 29) as f64 - 14.0) * 0.01);
+                    }
+                    g
+                })
+                .collect();
+            opt.step(&mut p, &g, &StepInfo::with_loss(0.7)).unwrap();
+        }
+        p
+    }
+    fn check<T: Real>(spec: &str) {
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        SimdLevel::force(Some(SimdLevel::Baseline));
+        let reference = pool(1).install(|| run_all::<T>(spec));
+        for level in SimdLevel::available() {
+            SimdLevel::force(Some(level));
+            for threads in [1, 3] {
+                let got = pool(threads).install(|| run_all::<T>(spec));
+                for (a, b) in reference.iter().zip(&got) {
+                    let same = a
+                        .data()
+                        .iter()
+                        .zip(b.data())
+                        .all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits());
+                    assert!(same, "{spec} {} {level:?} {threads} threads", T::NAME);
+                }
+            }
+        }
+        SimdLevel::force(None);
+    }
+    for spec in ALL {
+        check::<f32>(spec);
+        check::<f64>(spec);
+    }
+}

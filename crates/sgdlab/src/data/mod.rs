@@ -20,7 +20,7 @@ pub struct Dataset {
 impl Dataset {
     /// A data set from row-major `features` (`n × d`) and optional `targets` (`n`).
     pub fn new(features: Vec<f64>, targets: Option<Vec<f64>>, d: usize) -> Result<Self> {
-        if d == 0 || features.is_empty() || features.len() % d != 0 {
+        if d == 0 || features.is_empty() || !features.len().is_multiple_of(d) {
             return Err(Error::Data(format!(
                 "{} feature values do not form rows of {d} features",
                 features.len()

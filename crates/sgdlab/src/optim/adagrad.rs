@@ -46,12 +46,13 @@ impl Adagrad {
         self.initial_accumulator_value
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let [sum] = slots else {
             unreachable!("adagrad has one slot")

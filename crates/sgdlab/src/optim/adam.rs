@@ -60,13 +60,14 @@ impl Adam {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         decoupled: bool,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let (d1, r1, f1) = ema_coefficients(self.beta1, self.debias, ctx.t);
         let (d2, r2, f2) = ema_coefficients(self.beta2, self.debias, ctx.t);

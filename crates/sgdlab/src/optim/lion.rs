@@ -35,12 +35,13 @@ impl Lion {
         &["exp_avg"]
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let [m] = slots else {
             unreachable!("lion has one slot")

@@ -36,18 +36,29 @@ impl Madam {
         &["exp_avg_sq"]
     }
 
+    /// Fixes the per-tensor clamp bound `max` = p_scale·RMS(Φ) at the first step (a reduction
+    /// over the whole tensor, so it runs before the tensor is split into chunks).
+    pub(crate) fn begin_tensor<T: Real>(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]) {
+        if ctx.t == 1 {
+            let mean_sq =
+                p.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>() / p.len().max(1) as f64;
+            scalars[0] = self.p_scale * mean_sq.sqrt();
+        }
+    }
+
     /// Per-tensor scalars: `max`, the clamp bound fixed at the first step.
     pub(crate) fn tensor_scalars(&self) -> &'static [&'static str] {
         &["max"]
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
-        scalars: &mut [f64],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
     ) {
         let [v] = slots else {
             unreachable!("madam has one slot")
@@ -55,11 +66,6 @@ impl Madam {
         let [max] = scalars else {
             unreachable!("madam has one tensor scalar")
         };
-        if ctx.t == 1 {
-            let mean_sq =
-                p.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>() / p.len().max(1) as f64;
-            *max = self.p_scale * mean_sq.sqrt();
-        }
         let bound = T::from_f64(*max);
         let bc = T::from_f64(1.0 - MADAM_BETA.powf(ctx.t as f64));
         let (b, c) = (T::from_f64(MADAM_BETA), T::from_f64(1.0 - MADAM_BETA));

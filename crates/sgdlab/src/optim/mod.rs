@@ -20,6 +20,7 @@
 pub mod adagrad;
 pub mod adam;
 mod checkpoint;
+pub mod kernel;
 pub mod lion;
 pub mod madam;
 pub mod rmsprop;
@@ -274,33 +275,28 @@ impl<T: Real> Optimizer<T> {
             });
         }
 
-        // Pre-pass over all tensors: finiteness and the squared norm, in a fixed order.
-        let mut norm_sq = 0.0f64;
-        let mut nonfinite = None;
-        if let Some(loss) = info.loss.filter(|l| !l.is_finite()) {
-            nonfinite = Some(Error::NonFinite {
+        // Pre-pass over all tensors: finiteness and the squared norm, deterministically.
+        let mut nonfinite = info
+            .loss
+            .filter(|l| !l.is_finite())
+            .map(|loss| Error::NonFinite {
                 what: "loss".to_string(),
                 index: 0,
                 value: loss,
             });
-        }
-        for g in grads {
-            if nonfinite.is_some() {
-                break;
-            }
-            let mut partial = 0.0f64;
-            for (i, &x) in g.data.iter().enumerate() {
-                if !x.is_finite() {
+        let mut norm_sq = 0.0;
+        if nonfinite.is_none() {
+            let grad_data: Vec<&[T]> = grads.iter().map(|g| g.data.as_slice()).collect();
+            match kernel::reduce(&grad_data) {
+                Ok(sum) => norm_sq = sum,
+                Err((t, index, value)) => {
                     nonfinite = Some(Error::NonFinite {
-                        what: format!("gradient of {}", g.name),
-                        index: i,
-                        value: x.as_f64(),
+                        what: format!("gradient of {}", grads[t].name),
+                        index,
+                        value,
                     });
-                    break;
                 }
-                partial += x.as_f64() * x.as_f64();
             }
-            norm_sq += partial;
         }
         if let Some(err) = nonfinite {
             if self.spec.skip_nonfinite {
@@ -326,9 +322,40 @@ impl<T: Real> Optimizer<T> {
             grad_norm_sq: norm_sq * grad_scale * grad_scale,
             numel: params.iter().map(Tensor::len).sum(),
         };
-        for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
-            step_tensor(&self.spec.rule, &ctx, &mut p.data, &g.data, state);
+        if let Rule::Madam(c) = &self.spec.rule {
+            for (p, state) in params.iter().zip(&mut self.tensors) {
+                c.begin_tensor(&ctx, &p.data, &mut state.scalars);
+            }
         }
+        let mut units = Vec::with_capacity(ctx.numel / kernel::CHUNK + params.len());
+        for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+            let TensorState { slots, scalars } = state;
+            let n_slots = slots.len();
+            let mut slot_chunks: Vec<_> = slots
+                .iter_mut()
+                .map(|s| s.chunks_mut(kernel::CHUNK))
+                .collect();
+            for (p, g) in p
+                .data
+                .chunks_mut(kernel::CHUNK)
+                .zip(g.data.chunks(kernel::CHUNK))
+            {
+                let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+                for (slot, chunks) in unit_slots.iter_mut().zip(&mut slot_chunks) {
+                    if let Some(chunk) = chunks.next() {
+                        *slot = chunk;
+                    }
+                }
+                units.push(kernel::Unit {
+                    p,
+                    g,
+                    slots: unit_slots,
+                    n_slots,
+                    scalars,
+                });
+            }
+        }
+        kernel::run_units(&self.spec.rule, &ctx, units);
         Ok(StepOutcome::Applied)
     }
 
@@ -395,15 +422,17 @@ impl<T: Real> Optimizer<T> {
     }
 }
 
-/// Applies `rule` to one tensor: the single pass over its parameters, gradients and state.
+/// Applies `rule` to one chunk of a tensor: the single pass over its parameters, gradient and
+/// state buffers (`slots`, in [`Optimizer::slot_names`] order).
+#[inline(always)]
 fn step_tensor<T: Real>(
     rule: &Rule,
     ctx: &StepContext,
     p: &mut [T],
     g: &[T],
-    state: &mut TensorState<T>,
+    slots: &mut [&mut [T]],
+    scalars: &[f64],
 ) {
-    let slots = &mut state.slots;
     match rule {
         Rule::Sgd(c) => c.step_tensor(ctx, p, g, slots),
         Rule::EmaMomentum(c) => c.step_tensor(ctx, p, g, slots),
@@ -412,7 +441,7 @@ fn step_tensor<T: Real>(
         Rule::Rmsprop(c) => c.step_tensor(ctx, p, g, slots),
         Rule::Adagrad(c) => c.step_tensor(ctx, p, g, slots),
         Rule::Lion(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::Madam(c) => c.step_tensor(ctx, p, g, slots, &mut state.scalars),
+        Rule::Madam(c) => c.step_tensor(ctx, p, g, slots, scalars),
         Rule::NormSgd(c) => c.step_tensor(ctx, p, g),
         Rule::Multiplicative(c) => c.step_tensor(ctx, p, g),
         Rule::LossProp(c) => c.step_tensor(ctx, p, g),

@@ -46,12 +46,13 @@ impl Rmsprop {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
@@ -73,28 +74,36 @@ impl Rmsprop {
             };
             g / a
         };
-        let n = p.len();
-        let (square_avg, rest) = slots
-            .split_first_mut()
-            .expect("rmsprop has a square_avg slot");
-        let (mut momentum_buffer, mut grad_avg): (Option<&mut Vec<T>>, Option<&mut Vec<T>>) =
-            match (self.momentum > 0.0, rest) {
-                (false, []) => (None, None),
-                (true, [b]) => (Some(b), None),
-                (false, [c]) => (None, Some(c)),
-                (true, [b, c]) => (Some(b), Some(c)),
-                _ => unreachable!("rmsprop slot layout"),
-            };
-        for i in 0..n {
-            let gbar = grad_avg.as_deref_mut().map(|c| &mut c[i]);
-            let d = direction(p[i], g[i], &mut square_avg[i], gbar);
-            match momentum_buffer.as_deref_mut() {
-                Some(b) => {
-                    b[i] = mu * b[i] + d;
-                    p[i] = p[i] - lr * b[i];
+        match (self.momentum > 0.0, slots) {
+            (false, [v]) => {
+                for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
+                    *p = *p - lr * direction(*p, g, v, None);
                 }
-                None => p[i] = p[i] - lr * d,
             }
+            (true, [v, b]) => {
+                for (((p, &g), v), b) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(b.iter_mut()) {
+                    *b = mu * *b + direction(*p, g, v, None);
+                    *p = *p - lr * *b;
+                }
+            }
+            (false, [v, c]) => {
+                for (((p, &g), v), c) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(c.iter_mut()) {
+                    *p = *p - lr * direction(*p, g, v, Some(c));
+                }
+            }
+            (true, [v, b, c]) => {
+                for ((((p, &g), v), b), c) in p
+                    .iter_mut()
+                    .zip(g)
+                    .zip(v.iter_mut())
+                    .zip(b.iter_mut())
+                    .zip(c.iter_mut())
+                {
+                    *b = mu * *b + direction(*p, g, v, Some(c));
+                    *p = *p - lr * *b;
+                }
+            }
+            _ => unreachable!("rmsprop slot layout"),
         }
     }
 }

@@ -23,6 +23,7 @@ impl NormSgd {
         check::positive("eps", self.eps)
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
         let d = ctx.numel.max(1) as f64;
         let factor =
@@ -50,6 +51,7 @@ impl Multiplicative {
         check::positive("eps", self.eps)
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
@@ -76,6 +78,7 @@ impl LossProp {
         check::at_least("lr", self.lr, 0.0)
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
         let loss = ctx.loss.unwrap_or(f64::NAN);
         let factor = T::from_f64(ctx.lr * loss * ctx.grad_scale);

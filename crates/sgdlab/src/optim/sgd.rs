@@ -54,12 +54,13 @@ impl Sgd {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
@@ -115,12 +116,13 @@ impl EmaMomentum {
         &["exp_avg"]
     }
 
+    #[inline(always)]
     pub(crate) fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [Vec<T>],
+        slots: &mut [&mut [T]],
     ) {
         let [m] = slots else {
             unreachable!("ema-momentum has one slot")

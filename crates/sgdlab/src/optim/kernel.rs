@@ -1,0 +1,226 @@
+//! The fused, vectorised, multi-threaded element loops.
+//!
+//! A step is one pass over memory: every tensor is cut into chunks of [`CHUNK`] elements
+//! (never split below that, so small tensors stay whole), each chunk runs its rule's
+//! per-element function over parameters, gradient and state together, and rayon spreads the
+//! chunks over threads. The rules are elementwise with per-step scalars computed in `f64`
+//! beforehand, so the result is bit-identical whatever the chunking or thread count.
+//!
+//! Vectorisation is by runtime CPU-feature dispatch: the same generic loop is compiled a
+//! second and third time with AVX2 and AVX-512 enabled (x86-64) and the widest level the CPU
+//! supports is chosen at run time, so a default release build is fast everywhere without
+//! `-C target-cpu=native`. Only IEEE-exact operations are used (add, mul, div, sqrt, min, max;
+//! no fused multiply-add, which Rust never introduces implicitly), so every level produces the
+//! same bits.
+//!
+//! The global reduction (finiteness and $\lVert g\rVert^2$) is a separate pre-pass over fixed
+//! chunks with partial sums added in chunk order: deterministic for any thread count.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rayon::prelude::*;
+
+use super::{Rule, StepContext};
+use crate::Real;
+
+/// Elements per work unit (128 KiB of f32 per array).
+pub const CHUNK: usize = 32 * 1024;
+
+/// Below this many elements a step runs on the calling thread.
+const PARALLEL_MIN: usize = 2 * CHUNK;
+
+/// An instruction-set level the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum SimdLevel {
+    /// The target's baseline (SSE2 on x86-64, NEON on aarch64; scalar elsewhere).
+    Baseline = 1,
+    /// x86-64 with AVX2.
+    Avx2 = 2,
+    /// x86-64 with AVX-512F.
+    Avx512 = 3,
+}
+
+impl SimdLevel {
+    /// The levels this CPU can run, from the baseline up.
+    pub fn available() -> Vec<SimdLevel> {
+        let mut levels = vec![SimdLevel::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                levels.push(SimdLevel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                levels.push(SimdLevel::Avx512);
+            }
+        }
+        levels
+    }
+
+    /// The level steps use: the widest available, unless [`SimdLevel::force`] chose another.
+    pub fn current() -> SimdLevel {
+        match FORCED.load(Ordering::Relaxed) {
+            2 => SimdLevel::Avx2,
+            3 => SimdLevel::Avx512,
+            1 => SimdLevel::Baseline,
+            _ => *Self::available().last().unwrap_or(&SimdLevel::Baseline),
+        }
+    }
+
+    /// Forces a level for the whole process (`None` restores automatic choice); for tests
+    /// and benchmarks. A level the CPU lacks falls back to the widest available.
+    pub fn force(level: Option<SimdLevel>) {
+        let level = level.filter(|l| Self::available().contains(l));
+        FORCED.store(level.map_or(0, |l| l as u8), Ordering::Relaxed);
+    }
+
+    /// The level's name (`baseline`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+}
+
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// One chunk of one tensor: parameters, gradient and state buffers.
+pub(crate) struct Unit<'a, T> {
+    pub p: &'a mut [T],
+    pub g: &'a [T],
+    pub slots: [&'a mut [T]; 3],
+    pub n_slots: usize,
+    pub scalars: &'a [f64],
+}
+
+#[inline(always)]
+fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
+    super::step_tensor(rule, ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_unit_avx2<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
+    run_unit(rule, ctx, u);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_unit_avx512<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
+    run_unit(rule, ctx, u);
+}
+
+fn dispatch<T: Real>(level: SimdLevel, rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
+        SimdLevel::Avx2 => unsafe { run_unit_avx2(rule, ctx, u) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
+        SimdLevel::Avx512 => unsafe { run_unit_avx512(rule, ctx, u) },
+        _ => run_unit(rule, ctx, u),
+    }
+}
+
+/// Runs every unit, in parallel when the step is large enough.
+pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<Unit<'_, T>>) {
+    let level = SimdLevel::current();
+    let total: usize = units.iter().map(|u| u.p.len()).sum();
+    if total < PARALLEL_MIN {
+        for u in &mut units {
+            dispatch(level, rule, ctx, u);
+        }
+    } else {
+        units
+            .par_iter_mut()
+            .for_each(|u| dispatch(level, rule, ctx, u));
+    }
+}
+
+/// The pre-pass over all gradients: the first non-finite element (tensor, index, value) if
+/// any, else $\sum g^2$ in `f64`, summed per [`CHUNK`] and then in chunk order.
+pub(crate) fn reduce<T: Real>(grads: &[&[T]]) -> Result<f64, (usize, usize, f64)> {
+    let chunks: Vec<(usize, usize, &[T])> = grads
+        .iter()
+        .enumerate()
+        .flat_map(|(t, g)| {
+            g.chunks(CHUNK)
+                .enumerate()
+                .map(move |(c, chunk)| (t, c * CHUNK, chunk))
+        })
+        .collect();
+    let level = SimdLevel::current();
+    let partial = |&(t, offset, chunk): &(usize, usize, &[T])| -> Result<f64, (usize, usize, f64)> {
+        let sum = sum_of_squares_dispatch(level, chunk);
+        if sum.is_finite() {
+            return Ok(sum);
+        }
+        match chunk.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err((t, offset + i, chunk[i].as_f64())),
+            // Finite values whose squares overflow: rescale by the largest magnitude.
+            None => {
+                let max = chunk.iter().fold(0.0f64, |m, x| m.max(x.as_f64().abs()));
+                let scaled: f64 = chunk.iter().map(|x| (x.as_f64() / max).powi(2)).sum();
+                Ok(max * max * scaled)
+            }
+        }
+    };
+    let total: usize = grads.iter().map(|g| g.len()).sum();
+    let partials: Vec<Result<f64, (usize, usize, f64)>> = if total < PARALLEL_MIN {
+        chunks.iter().map(partial).collect()
+    } else {
+        chunks.par_iter().map(partial).collect()
+    };
+    let mut sum = 0.0;
+    for p in partials {
+        sum += p?;
+    }
+    Ok(sum)
+}
+
+/// $\sum x^2$ in `f64` with 16 independent lanes (summed in a fixed order at the end), so
+/// that the loop vectorises instead of waiting on one long chain of additions.
+#[inline(always)]
+fn sum_of_squares<T: Real>(xs: &[T]) -> f64 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f64; LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (a, &x) in acc.iter_mut().zip(block) {
+            let x = x.as_f64();
+            *a += x * x;
+        }
+    }
+    let tail: f64 = blocks
+        .remainder()
+        .iter()
+        .map(|&x| x.as_f64() * x.as_f64())
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_of_squares_avx2<T: Real>(xs: &[T]) -> f64 {
+    sum_of_squares(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_of_squares_avx512<T: Real>(xs: &[T]) -> f64 {
+    sum_of_squares(xs)
+}
+
+fn sum_of_squares_dispatch<T: Real>(level: SimdLevel, xs: &[T]) -> f64 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
+        SimdLevel::Avx2 => unsafe { sum_of_squares_avx2(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
+        SimdLevel::Avx512 => unsafe { sum_of_squares_avx512(xs) },
+        _ => sum_of_squares(xs),
+    }
+}
