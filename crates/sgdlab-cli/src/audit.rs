@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use sgdlab::data::read_csv;
 use sgdlab::lab::audit::{AuditModel, OptimizerAudit, SimulationOptions, audit};
-use sgdlab::model::{LinReg, LogReg, LossUnit, Points, Softmax};
+use sgdlab::model::{Classifier, LinReg, LogReg, LossUnit, Points};
 use sgdlab::optim::OptimizerSpec;
 
 use crate::table::{Table, num};
@@ -71,7 +71,7 @@ fn build_model(args: &AuditArgs) -> anyhow::Result<AuditModel> {
                 .targets()
                 .map(|t| t.iter().fold(0.0f64, |m, &y| m.max(y)) as usize + 1)
                 .unwrap_or(0);
-            AuditModel::Softmax(Softmax::new(data, classes.max(2), unit)?)
+            AuditModel::Softmax(Classifier::softmax(data, classes.max(2), unit)?)
         }
     })
 }

@@ -64,10 +64,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         SimdLevel::force(Some(*level));
     }
-    let bandwidth = rmw_bandwidth_gbps(args.params, args.reps)?;
+    // The same working set as the largest optimizer state here (Adam: 28 bytes/parameter).
+    let footprint = 28 * args.params;
+    let bandwidth = rmw_bandwidth_gbps(footprint, args.reps)?;
     println!(
-        "read-modify-write bandwidth (b += s·c, f32, {} elements, {} threads, {}): {} GB/s",
-        args.params,
+        "read-modify-write bandwidth (b += s·c, f32, {} MB working set, {} threads, {}): {} GB/s",
+        footprint / 1_000_000,
         rayon::current_num_threads(),
         SimdLevel::current().name(),
         num(bandwidth)

@@ -65,11 +65,20 @@ fn rmw_dispatch(level: SimdLevel, b: &mut [f32], c: &[f32], s: f32) {
 }
 
 /// The in-process read-modify-write bandwidth in GB/s: `b[i] += s·c[i]` over two f32 arrays
-/// of `n` elements (12 bytes per element), chunked over the rayon pool like the optimizer
-/// kernels, median of `reps` passes.
-pub fn rmw_bandwidth_gbps(n: usize, reps: usize) -> Result<f64> {
+/// (12 bytes moved per element) whose footprint is `footprint_bytes`, chunked over the rayon
+/// pool like the optimizer kernels, median of `reps` passes.
+///
+/// Give it the optimizer's own footprint (Adam: 28 bytes per parameter): the bandwidth a
+/// machine sustains depends on which cache level the working set fits in, and the ratio is
+/// only fair at equal working sets.
+pub fn rmw_bandwidth_gbps(footprint_bytes: usize, reps: usize) -> Result<f64> {
+    let n = footprint_bytes / 8;
     if n == 0 {
-        return Err(Error::invalid("params", n, "must be at least 1"));
+        return Err(Error::invalid(
+            "footprint",
+            footprint_bytes,
+            "must be at least 8 bytes",
+        ));
     }
     let mut b = vec![1.0f32; n];
     let c = vec![1e-7f32; n];
@@ -153,7 +162,7 @@ mod tests {
 
     #[test]
     fn bench_reports_consistent_figures() {
-        let bw = rmw_bandwidth_gbps(100_000, 3).unwrap();
+        let bw = rmw_bandwidth_gbps(28 * 100_000, 3).unwrap();
         assert!(bw > 0.0);
         let r = bench_optimizer(&"adam".parse().unwrap(), 100_000, 4, 3, bw).unwrap();
         assert_eq!((r.params, r.tensors, r.bytes_per_param), (100_000, 4, 28));

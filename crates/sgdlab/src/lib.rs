@@ -20,6 +20,7 @@ pub mod linalg;
 pub mod model;
 pub mod optim;
 mod real;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use real::Real;

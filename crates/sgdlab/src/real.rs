@@ -27,9 +27,48 @@ pub trait Real:
     fn write_le(self, out: &mut Vec<u8>);
     /// Reads a value from exactly [`Real::BYTES`] little-endian bytes.
     fn read_le(bytes: &[u8]) -> Self;
+    /// $C \leftarrow A B + \beta C$ (`matrixmultiply`'s `sgemm`/`dgemm` with $\alpha = 1$).
+    ///
+    /// # Safety
+    /// As `matrixmultiply::sgemm`: every element addressed by the dimensions and strides must
+    /// lie inside valid allocations, and `c` must not alias `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 }
 
 impl Real for f32 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
     const NAME: &'static str = "f32";
     const BYTES: usize = 4;
     #[inline]
@@ -53,6 +92,24 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
     const NAME: &'static str = "f64";
     const BYTES: usize = 8;
     #[inline]

@@ -2,6 +2,12 @@
 //!
 //! A [`Dataset`] is a dense row-major matrix of features with an optional target column.
 
+mod idx;
+mod split;
+
+pub use idx::{FASHION_MNIST_DIR, load_idx_dir, parse_idx};
+pub use split::{Split, stratified_split};
+
 use std::io::Read;
 use std::path::Path;
 
@@ -200,6 +206,26 @@ fn gunzip(bytes: &[u8]) -> std::result::Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("not a valid gzip text file ({e})"))?;
     Ok(text)
+}
+
+/// The bytes of `path`, decompressed when they start with the gzip magic number.
+pub(crate) fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{}: corrupt or truncated gzip ({e})",
+                    path.display()
+                ))
+            })?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
 }
 
 /// The bundled digits: 1797 images of 8×8 pixels, features scaled to [0, 1], labels 0–9.

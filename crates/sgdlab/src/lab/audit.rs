@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::lab::montecarlo::chain_rng;
 use crate::linalg::solve;
-use crate::model::{LinReg, LogReg, Model, Points, Softmax};
+use crate::model::{Classifier, LinReg, LogReg, Model, Points};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Result};
 
@@ -40,7 +40,7 @@ pub enum AuditModel {
     /// Logistic regression: damped Newton.
     LogReg(LogReg),
     /// Softmax regression: damped Newton.
-    Softmax(Softmax),
+    Softmax(Classifier),
 }
 
 impl AuditModel {

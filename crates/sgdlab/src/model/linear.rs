@@ -1,7 +1,7 @@
 //! Models linear in their parameters before the loss: points, linear, logistic and softmax
 //! regression.
 
-use super::{LossUnit, Model, class_labels, softmax_in_place, softplus};
+use super::{LossUnit, Model, class_labels, softplus};
 use crate::data::Dataset;
 use crate::linalg::solve;
 use crate::{Error, Real, Result};
@@ -196,83 +196,6 @@ impl<T: Real> Model<T> for LogReg {
     }
 }
 
-/// Softmax (multinomial logistic) regression: $\mathcal L_i = \log\sum_k e^{z_k} - z_{y_i}$
-/// with $z = W x_i + b$; gradient $(p - e_{y_i}) x_i^\top$ and $p - e_{y_i}$.
-#[derive(Clone, Debug)]
-pub struct Softmax {
-    data: Dataset,
-    labels: Vec<usize>,
-    classes: usize,
-    unit: LossUnit,
-}
-
-impl Softmax {
-    /// Softmax regression with `classes` classes on `data` (labels `0..classes`).
-    pub fn new(data: Dataset, classes: usize, unit: LossUnit) -> Result<Self> {
-        if classes < 2 {
-            return Err(Error::invalid("classes", classes, "must be at least 2"));
-        }
-        let labels = class_labels(data.targets(), classes)?;
-        Ok(Self {
-            data,
-            labels,
-            classes,
-            unit,
-        })
-    }
-
-    /// The predicted class of example `i` at `phi`.
-    pub fn predict<T: Real>(&self, phi: &[T], i: usize) -> usize {
-        let mut z = vec![T::zero(); self.classes];
-        self.logits(phi, self.data.row(i), &mut z);
-        (0..self.classes)
-            .max_by(|&a, &b| z[a].partial_cmp(&z[b]).unwrap_or(std::cmp::Ordering::Equal))
-            .unwrap_or(0)
-    }
-
-    fn logits<T: Real>(&self, phi: &[T], x: &[f64], z: &mut [T]) {
-        let d = self.data.dim();
-        let bias = &phi[self.classes * d..];
-        for (k, zk) in z.iter_mut().enumerate() {
-            *zk = affine(&phi[k * d..(k + 1) * d], x, false) + bias[k];
-        }
-    }
-}
-
-impl<T: Real> Model<T> for Softmax {
-    fn dim(&self) -> usize {
-        self.classes * (self.data.dim() + 1)
-    }
-    fn examples(&self) -> usize {
-        self.data.len()
-    }
-    fn loss_grad(&self, phi: &[T], i: usize, grad: &mut [T]) -> T {
-        let (d, k) = (self.data.dim(), self.classes);
-        let x = self.data.row(i);
-        let y = self.labels[i];
-        let mut p = vec![T::zero(); k];
-        self.logits(phi, x, &mut p);
-        let z_y = p[y];
-        let log_sum = softmax_in_place(&mut p);
-        let s = T::from_f64(self.unit.scale());
-        for c in 0..k {
-            let r = s * (p[c] - if c == y { T::one() } else { T::zero() });
-            affine_grad(r, x, false, &mut grad[c * d..(c + 1) * d]);
-            grad[k * d + c] = r;
-        }
-        s * (log_sum - z_y)
-    }
-    fn parameter_names(&self) -> Vec<String> {
-        let d = self.data.dim();
-        let mut names = Vec::with_capacity(self.classes * (d + 1));
-        for c in 0..self.classes {
-            names.extend((0..d).map(|j| format!("W{c},{j}")));
-        }
-        names.extend((0..self.classes).map(|c| format!("b{c}")));
-        names
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,9 +214,6 @@ mod tests {
         check_gradient(&LinReg::new(small(), false).unwrap(), &phi[..2], 1e-7);
         for unit in [LossUnit::Nats, LossUnit::Bits] {
             check_gradient(&LogReg::new(small(), true, unit).unwrap(), &phi, 1e-7);
-            let sm = Softmax::new(small(), 2, unit).unwrap();
-            let phi: Vec<f64> = (0..6).map(|j| 0.1 * j as f64 - 0.2).collect();
-            check_gradient(&sm, &phi, 1e-7);
         }
     }
 

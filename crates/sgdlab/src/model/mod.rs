@@ -5,17 +5,16 @@
 //! | [`Points`] | $\tfrac12\lVert\Phi - x_i\rVert^2$ | $d$ |
 //! | [`LinReg`] | $\tfrac12(w\cdot x_i + b - y_i)^2$ | $w$, then $b$ (optional) |
 //! | [`LogReg`] | $\log(1+e^{z}) - y_i z$, $z = w\cdot x_i + b$, $y_i \in\{0,1\}$ | $w$, then $b$ |
-//! | [`Softmax`] | $\log\sum_k e^{z_k} - z_{y_i}$, $z = W x_i + b$ | $W$ row-major ($k\times d$), then $b$ |
-//! | [`Mlp`] | softmax cross-entropy after one $\tanh$ hidden layer | $W_1, b_1, W_2, b_2$ |
+//! | [`Classifier`] | $\log\sum_k e^{z_k} - z_{y_i}$ after ReLU hidden layers (none: softmax regression) | per layer $W$ ($\text{out}\times\text{in}$), $b$ |
 //!
 //! Cross-entropy losses can be measured in nats or bits ([`LossUnit`]): bits divide loss and
 //! gradient by $\ln 2$ (problem 5a). Everything is generic over [`Real`] (`f32`, `f64`).
 
 mod linear;
-mod mlp;
+mod network;
 
-pub use linear::{LinReg, LogReg, Points, Softmax};
-pub use mlp::Mlp;
+pub use linear::{LinReg, LogReg, Points};
+pub use network::{Classifier, Network, Workspace};
 
 use crate::{Error, Real, Result};
 
@@ -91,7 +90,7 @@ pub trait Model<T: Real>: Sync {
 
 /// Integer class labels in `[0, classes)` from float targets, or an error naming the first
 /// bad one.
-pub(crate) fn class_labels(targets: Option<&[f64]>, classes: usize) -> Result<Vec<usize>> {
+pub fn class_labels(targets: Option<&[f64]>, classes: usize) -> Result<Vec<usize>> {
     let targets =
         targets.ok_or_else(|| Error::Data("the model needs a target column".to_string()))?;
     targets

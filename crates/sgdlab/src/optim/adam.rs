@@ -71,9 +71,10 @@ impl Adam {
     ) {
         let (d1, r1, f1) = ema_coefficients(self.beta1, self.debias, ctx.t);
         let (d2, r2, f2) = ema_coefficients(self.beta2, self.debias, ctx.t);
-        // Per-step scalars, in f64 once: step size η/(1-β1^t) and √(1-β2^t).
+        // Per-step scalars, in f64 once: step size η/(1-β1^t) and 1/√(1-β2^t) (a multiplier,
+        // so that the element loop has one division and one square root).
         let step_size = T::from_f64(ctx.lr * f1);
-        let bc2_sqrt = T::from_f64((1.0 / f2).sqrt());
+        let inv_bc2_sqrt = T::from_f64(f2.sqrt());
         let (d1, r1, d2, r2) = (
             T::from_f64(d1),
             T::from_f64(r1),
@@ -99,7 +100,7 @@ impl Adam {
                 }
                 None => *v,
             };
-            *p = *p - step_size * (*m / (v_used.sqrt() / bc2_sqrt + eps));
+            *p = *p - step_size * (*m / (v_used.sqrt() * inv_bc2_sqrt + eps));
         };
         match slots {
             [m, v] => {

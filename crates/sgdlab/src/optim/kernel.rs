@@ -140,8 +140,9 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
 }
 
 /// The pre-pass over all gradients: the first non-finite element (tensor, index, value) if
-/// any, else $\sum g^2$ in `f64`, summed per [`CHUNK`] and then in chunk order.
-pub(crate) fn reduce<T: Real>(grads: &[&[T]]) -> Result<f64, (usize, usize, f64)> {
+/// any, else $\sum g^2$ in `f64` (summed per [`CHUNK`], then in chunk order) when `norm` is
+/// asked for, or 0.
+pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize, usize, f64)> {
     let chunks: Vec<(usize, usize, &[T])> = grads
         .iter()
         .enumerate()
@@ -153,7 +154,11 @@ pub(crate) fn reduce<T: Real>(grads: &[&[T]]) -> Result<f64, (usize, usize, f64)
         .collect();
     let level = SimdLevel::current();
     let partial = |&(t, offset, chunk): &(usize, usize, &[T])| -> Result<f64, (usize, usize, f64)> {
-        let sum = sum_of_squares_dispatch(level, chunk);
+        let sum = if norm {
+            sum_of_squares_dispatch(level, chunk)
+        } else {
+            finiteness_dispatch(level, chunk)
+        };
         if sum.is_finite() {
             return Ok(sum);
         }
@@ -222,5 +227,49 @@ fn sum_of_squares_dispatch<T: Real>(level: SimdLevel, xs: &[T]) -> f64 {
         // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
         SimdLevel::Avx512 => unsafe { sum_of_squares_avx512(xs) },
         _ => sum_of_squares(xs),
+    }
+}
+
+/// 0 if every element is finite, NaN otherwise: $\sum (x - x)$ over 16 lanes, which
+/// vectorises and reads each element once ($x - x$ is 0 for finite $x$, NaN for ±∞ and NaN).
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn finiteness<T: Real>(xs: &[T]) -> f64 {
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (a, &x) in acc.iter_mut().zip(block) {
+            *a = *a + (x - x);
+        }
+    }
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(T::zero(), |a, &x| a + (x - x));
+    acc.iter().fold(tail, |a, &b| a + b).as_f64()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finiteness_avx2<T: Real>(xs: &[T]) -> f64 {
+    finiteness(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finiteness_avx512<T: Real>(xs: &[T]) -> f64 {
+    finiteness(xs)
+}
+
+fn finiteness_dispatch<T: Real>(level: SimdLevel, xs: &[T]) -> f64 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
+        SimdLevel::Avx2 => unsafe { finiteness_avx2(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
+        SimdLevel::Avx512 => unsafe { finiteness_avx512(xs) },
+        _ => finiteness(xs),
     }
 }

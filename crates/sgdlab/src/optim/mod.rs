@@ -36,9 +36,9 @@ use crate::{Error, Real, Result};
 /// A named, shaped, contiguous tensor of parameters or gradients.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor<T> {
-    name: String,
-    shape: Vec<usize>,
-    data: Vec<T>,
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<T>,
 }
 
 impl<T: Real> Tensor<T> {
@@ -153,7 +153,8 @@ pub(crate) struct StepContext {
     pub grad_scale: f64,
     /// The step's loss, if given.
     pub loss: Option<f64>,
-    /// $\lVert g \rVert^2$ over all tensors, after clipping.
+    /// $\lVert g \rVert^2$ over all tensors, after clipping (computed only when `clip_norm`
+    /// or `normsgd` needs it; 0 otherwise).
     pub grad_norm_sq: f64,
     /// Number of parameters over all tensors.
     pub numel: usize,
@@ -287,7 +288,9 @@ impl<T: Real> Optimizer<T> {
         let mut norm_sq = 0.0;
         if nonfinite.is_none() {
             let grad_data: Vec<&[T]> = grads.iter().map(|g| g.data.as_slice()).collect();
-            match kernel::reduce(&grad_data) {
+            let need_norm =
+                self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
+            match kernel::reduce(&grad_data, need_norm) {
                 Ok(sum) => norm_sq = sum,
                 Err((t, index, value)) => {
                     nonfinite = Some(Error::NonFinite {

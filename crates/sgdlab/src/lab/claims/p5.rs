@@ -13,7 +13,7 @@ use crate::Result;
 use crate::data::digits;
 use crate::lab::montecarlo::{Measurement, chain_rng};
 use crate::lab::temperature::NoisyQuadratic;
-use crate::model::{LossUnit, Model, Softmax};
+use crate::model::{Classifier, LossUnit, Model};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -25,7 +25,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
 /// Per-example SGD on softmax regression over the bundled digits, with the same example
 /// order, in nats at `lr` and in bits at `lr_bits`; returns the trajectories.
 fn softmax_trajectory(unit: LossUnit, spec: &str, order: &[usize]) -> Result<Vec<f64>> {
-    let model = Softmax::new(digits()?, 10, unit)?;
+    let model = Classifier::softmax(digits()?, 10, unit)?;
     let dim = Model::<f64>::dim(&model);
     let mut opt = Optimizer::<f64>::from_spec(spec)?;
     let mut params = [Tensor::vector("W", vec![0.0; dim])];
