@@ -5,8 +5,10 @@
 
 mod audit;
 mod bench;
+mod plot;
 mod replay;
 mod table;
+mod train;
 mod verify;
 
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Measure optimizers' drift at the loss minimiser and find their true fixed points.
     Audit(audit::AuditArgs),
+    /// Train a model on real data with several optimizers side by side.
+    Train(train::TrainArgs),
     /// Optimizer step throughput against the machine's measured memory bandwidth.
     Bench(bench::BenchArgs),
     /// Run an optimizer on a recorded gradient sequence and print the parameters after
@@ -73,5 +77,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

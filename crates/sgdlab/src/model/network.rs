@@ -49,6 +49,9 @@ fn gemm<T: Real>(
         "gemm: B out of bounds"
     );
     assert!(last(m, n, c.1, c.2) < c.0.len(), "gemm: C out of bounds");
+    if small_gemm(m, k, n, a, b, beta, &mut *c.0, c.1, c.2) {
+        return;
+    }
     // SAFETY: every element the kernel touches lies inside the slices (checked above), the
     // strides are non-negative, and C does not alias A or B (it is a distinct &mut slice).
     unsafe {
@@ -68,6 +71,75 @@ fn gemm<T: Real>(
             c.2,
         );
     }
+}
+
+/// Direct loops for the shapes of per-example training (a single row, or an outer product),
+/// where `matrixmultiply`'s packing and buffer allocation would cost more than the
+/// arithmetic. Returns `false` for shapes it does not handle. Sums run in a fixed order (8
+/// lanes for dot products), so results are deterministic.
+#[allow(clippy::too_many_arguments)]
+fn small_gemm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: (&[T], isize, isize),
+    b: (&[T], isize, isize),
+    beta: T,
+    c: &mut [T],
+    rsc: isize,
+    csc: isize,
+) -> bool {
+    let at = |s: (&[T], isize, isize), i: usize, j: usize| s.0[i * s.1 as usize + j * s.2 as usize];
+    let (rsc, csc) = (rsc as usize, csc as usize);
+    if m == 1 && a.2 == 1 && b.1 == 1 {
+        // Row times a matrix stored by columns: n dot products of contiguous vectors.
+        let x = &a.0[..k];
+        for j in 0..n {
+            let col = &b.0[j * b.2 as usize..j * b.2 as usize + k];
+            let mut acc = [T::zero(); 8];
+            let mut xs = x.chunks_exact(8);
+            let mut cs = col.chunks_exact(8);
+            for (xb, cb) in (&mut xs).zip(&mut cs) {
+                for l in 0..8 {
+                    acc[l] = acc[l] + xb[l] * cb[l];
+                }
+            }
+            let tail = xs
+                .remainder()
+                .iter()
+                .zip(cs.remainder())
+                .fold(T::zero(), |s, (&x, &w)| s + x * w);
+            let dot = acc.iter().fold(tail, |s, &v| s + v);
+            let out = &mut c[j * csc];
+            *out = beta * *out + dot;
+        }
+        return true;
+    }
+    if m == 1 && b.2 == 1 && csc == 1 {
+        // Row times a matrix stored by rows: accumulate scaled rows.
+        let out = &mut c[..n];
+        out.iter_mut().for_each(|v| *v = beta * *v);
+        for i in 0..k {
+            let coef = at(a, 0, i);
+            let row = &b.0[i * b.1 as usize..i * b.1 as usize + n];
+            for (o, &w) in out.iter_mut().zip(row) {
+                *o = *o + coef * w;
+            }
+        }
+        return true;
+    }
+    if k == 1 && b.2 == 1 && csc == 1 {
+        // Outer product.
+        for i in 0..m {
+            let coef = at(a, i, 0);
+            let row = &mut c[i * rsc..i * rsc + n];
+            for (o, &w) in row.iter_mut().zip(&b.0[..n]) {
+                *o = beta * *o + coef * w;
+            }
+        }
+        return true;
+    }
+    false
 }
 
 /// A fully connected network: ReLU hidden layers, softmax cross-entropy output.

@@ -1,0 +1,375 @@
+//! `sgdlab train`: train a model with several optimizers side by side.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sgdlab::data::{FASHION_MNIST_DIR, Split, digits, load_idx_dir, read_csv, stratified_split};
+use sgdlab::model::{LossUnit, Network};
+use sgdlab::optim::OptimizerSpec;
+use sgdlab::train::{
+    CheckpointMeta, Run, Schedule, TrainConfig, Trainer, load_checkpoint, save_checkpoint,
+};
+
+use crate::plot::{Series, line_chart};
+use crate::table::{Table, num};
+
+/// Arguments of `sgdlab train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// `digits` (bundled), `fashion-mnist` (Debian's dataset-fashion-mnist), a directory of
+    /// MNIST-format IDX files, or a CSV file with the label in the last column.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// `softmax` (regression) or `mlp:H1[,H2...]` (ReLU hidden layers).
+    #[arg(long, default_value = "softmax")]
+    model: String,
+    /// Optimizer spec (repeatable): every optimizer trains the same model from the same
+    /// initial weights on the same example order.
+    #[arg(long = "opt", value_name = "SPEC", required = true)]
+    opts: Vec<String>,
+    /// Epochs (in all, when resuming).
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Examples per step (1 = per-example SGD).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Learning-rate schedule: constant, step:E,GAMMA, cosine, warmup:S.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Keep an EMA of the weights with this decay and evaluate it too.
+    #[arg(long, value_name = "BETA")]
+    ema_weights: Option<f64>,
+    /// Loss unit: nats or bits (problem 5a).
+    #[arg(long, default_value = "nats", value_parser = ["nats", "bits"])]
+    loss_unit: String,
+    /// Seed of the initial weights, the example order and the train/test split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction held out for testing (digits and CSV data; IDX data has its own test set).
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Output directory (default runs/<UTC time>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the runs checkpointed in --out up to --epochs.
+    #[arg(long)]
+    resume: bool,
+}
+
+fn load_data(args: &TrainArgs) -> anyhow::Result<Split> {
+    Ok(match args.data.as_str() {
+        "digits" => stratified_split(&digits()?, args.test_fraction, args.seed)?,
+        "fashion-mnist" => load_idx_dir(Path::new(FASHION_MNIST_DIR))?,
+        path => {
+            let p = Path::new(path);
+            if p.is_dir() {
+                load_idx_dir(p)?
+            } else if p.is_file() {
+                stratified_split(&read_csv(p, true)?, args.test_fraction, args.seed)?
+            } else {
+                bail!(
+                    "--data {path}: not digits, fashion-mnist, a directory of IDX files or a \
+                     CSV file"
+                );
+            }
+        }
+    })
+}
+
+fn parse_model(model: &str) -> anyhow::Result<Vec<usize>> {
+    if model == "softmax" {
+        return Ok(Vec::new());
+    }
+    let Some(widths) = model.strip_prefix("mlp:") else {
+        bail!("invalid --model {model}: must be softmax or mlp:H1[,H2...], e.g. mlp:256");
+    };
+    widths
+        .split(',')
+        .map(|w| match w.trim().parse::<usize>() {
+            Ok(h) if h > 0 => Ok(h),
+            _ => bail!("invalid --model {model}: `{w}` is not a positive layer width"),
+        })
+        .collect()
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC.
+fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let specs = args
+        .opts
+        .iter()
+        .map(|s| {
+            s.parse::<OptimizerSpec>()
+                .with_context(|| format!("bad --opt `{s}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hidden = parse_model(&args.model)?;
+    let schedule: Schedule = args.schedule.parse()?;
+    let unit: LossUnit = args.loss_unit.parse()?;
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        schedule,
+        ema_weights: args.ema_weights,
+        seed: args.seed,
+    };
+    config.validate()?;
+    let out = match (&args.out, args.resume) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => bail!("--resume needs --out DIR, the directory of the runs to continue"),
+        (None, false) => PathBuf::from("runs").join(timestamp()),
+    };
+    if args.resume && !out.is_dir() {
+        bail!("--resume: {} does not exist", out.display());
+    }
+    let split = load_data(&args)?;
+    let net = Network::new(split.train.dim(), &hidden, split.classes, unit)?;
+    let trainer = Trainer::new(&net, &split, config)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    let meta = |spec: &OptimizerSpec| CheckpointMeta {
+        optimizer: spec.to_string(),
+        widths: net.widths().to_vec(),
+        seed: args.seed,
+        batch: args.batch,
+        schedule: schedule.to_string(),
+        epochs: args.epochs,
+        ema_weights: args.ema_weights,
+        data: format!("{} (test fraction {})", args.data, args.test_fraction),
+    };
+    let mut runs = specs
+        .iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            if args.resume {
+                load_checkpoint(&out.join(format!("run{k}")), &meta(spec), &net)
+                    .with_context(|| format!("cannot resume run {k} ({spec})"))
+            } else {
+                Ok(trainer.start(spec)?)
+            }
+        })
+        .collect::<anyhow::Result<Vec<Run>>>()?;
+
+    eprintln!(
+        "training {} on {} ({} train / {} test examples, {} classes, {} parameters), \
+         {} epochs of {} steps, batch {}",
+        args.model,
+        args.data,
+        split.train.len(),
+        split.test.len(),
+        split.classes,
+        net.num_params(),
+        args.epochs,
+        trainer.steps_per_epoch(),
+        args.batch
+    );
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:<28} [{bar:30}] epoch {msg} {percent:>3}% {per_sec:>14} ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let steps = trainer.steps_per_epoch();
+    runs.par_iter_mut()
+        .zip(&specs)
+        .try_for_each(|(run, spec)| -> anyhow::Result<()> {
+            let remaining = (args.epochs.saturating_sub(run.epoch)) as u64 * steps;
+            let bar = bars.add(ProgressBar::new(remaining));
+            bar.set_style(style.clone());
+            bar.set_prefix(spec.to_string());
+            let first = run.epoch;
+            let batch = args.batch as u64;
+            trainer.train(run, &|done, per_epoch, epoch| {
+                if done % 64 == 0 || done == per_epoch {
+                    bar.set_position((epoch - 1 - first) as u64 * per_epoch + done);
+                    bar.set_message(format!("{epoch}/{}", args.epochs));
+                    let _ = batch;
+                }
+            })?;
+            match &run.diverged {
+                Some(why) => bar.abandon_with_message(format!("diverged: {why}")),
+                None => bar.finish(),
+            }
+            Ok(())
+        })?;
+
+    for (k, (run, spec)) in runs.iter().zip(&specs).enumerate() {
+        save_checkpoint(&out.join(format!("run{k}")), run, &meta(spec))?;
+    }
+    write_outputs(&out, &args, &specs, &runs, trainer.train_examples())?;
+    print!(
+        "{}",
+        final_table(&specs, &runs, trainer.train_examples(), args.ema_weights)
+    );
+    println!("\nwrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn final_table(specs: &[OptimizerSpec], runs: &[Run], examples: usize, ema: Option<f64>) -> String {
+    let mut header = vec![
+        "optimizer",
+        "epochs",
+        "train loss",
+        "test loss",
+        "test accuracy",
+    ];
+    if ema.is_some() {
+        header.push("EMA test accuracy");
+    }
+    header.extend(["examples/s", "status"]);
+    let mut table = Table::new(&header);
+    for (spec, run) in specs.iter().zip(runs) {
+        let last = run.metrics.last();
+        let cell =
+            |f: fn(&sgdlab::train::EpochMetrics) -> f64| last.map_or("-".into(), |m| num(f(m)));
+        let mut row = vec![
+            spec.to_string(),
+            run.epoch.to_string(),
+            cell(|m| m.train_loss),
+            cell(|m| m.test_loss),
+            last.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m.test_accuracy)),
+        ];
+        if ema.is_some() {
+            row.push(
+                last.and_then(|m| m.ema_test_accuracy)
+                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+            );
+        }
+        row.push(format!("{:.0}", run.examples_per_second(examples)));
+        row.push(match &run.diverged {
+            Some(why) => format!("diverged: {why}"),
+            None => "ok".into(),
+        });
+        table.row(row);
+    }
+    table.render()
+}
+
+fn write_outputs(
+    out: &Path,
+    args: &TrainArgs,
+    specs: &[OptimizerSpec],
+    runs: &[Run],
+    examples: usize,
+) -> anyhow::Result<()> {
+    let opt = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
+    let mut csv = String::from(
+        "optimizer,epoch,step,train_loss,test_loss,test_accuracy,ema_test_loss,\
+         ema_test_accuracy,lr,seconds\n",
+    );
+    for (spec, run) in specs.iter().zip(runs) {
+        for m in &run.metrics {
+            // Specs contain commas: quote them.
+            let _ = writeln!(
+                csv,
+                "\"{spec}\",{},{},{},{},{},{},{},{},{}",
+                m.epoch,
+                m.step,
+                m.train_loss,
+                m.test_loss,
+                m.test_accuracy,
+                opt(m.ema_test_loss),
+                opt(m.ema_test_accuracy),
+                m.lr,
+                m.seconds
+            );
+        }
+    }
+    sgdlab::io::write_atomic(&out.join("metrics.csv"), csv.as_bytes())
+        .context("cannot write metrics.csv")?;
+
+    let summary = serde_json::json!({
+        "data": args.data,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "schedule": args.schedule,
+        "seed": args.seed,
+        "loss_unit": args.loss_unit,
+        "runs": specs.iter().zip(runs).map(|(spec, run)| {
+            let last = run.metrics.last();
+            serde_json::json!({
+                "optimizer": spec.to_string(),
+                "epochs": run.epoch,
+                "final": last.map(|m| serde_json::json!({
+                    "train_loss": m.train_loss,
+                    "test_loss": m.test_loss,
+                    "test_accuracy": m.test_accuracy,
+                    "ema_test_loss": m.ema_test_loss,
+                    "ema_test_accuracy": m.ema_test_accuracy,
+                })),
+                "diverged": run.diverged,
+                "examples_per_second": run.examples_per_second(examples),
+                "checkpoint": format!("run{}", specs.iter().position(|s| s == spec).unwrap_or(0)),
+            })
+        }).collect::<Vec<_>>(),
+    });
+    sgdlab::io::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )
+    .context("cannot write summary.json")?;
+
+    let series = |f: &dyn Fn(&sgdlab::train::EpochMetrics) -> f64,
+                  suffix: &str,
+                  dashed: bool|
+     -> Vec<Series> {
+        specs
+            .iter()
+            .zip(runs)
+            .enumerate()
+            .map(|(k, (spec, run))| Series {
+                label: format!("{spec}{suffix}"),
+                points: run.metrics.iter().map(|m| (m.epoch as f64, f(m))).collect(),
+                color: k,
+                dashed,
+            })
+            .collect()
+    };
+    let unit = &args.loss_unit;
+    let mut loss = series(&|m| m.test_loss, " (test)", false);
+    loss.extend(series(&|m| m.train_loss, " (train, dashed)", true));
+    line_chart(
+        &out.join("loss"),
+        &format!("Loss, {} on {}", args.model, args.data),
+        "epoch",
+        &format!("cross-entropy ({unit})"),
+        &loss,
+    )?;
+    line_chart(
+        &out.join("accuracy"),
+        &format!("Test accuracy, {} on {}", args.model, args.data),
+        "epoch",
+        "test accuracy (fraction correct)",
+        &series(&|m| m.test_accuracy, "", false),
+    )?;
+    Ok(())
+}
