@@ -55,6 +55,10 @@ pub struct AuditArgs {
     /// Also write the audit as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also write a self-contained HTML report with the expected-update field to
+    /// DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 fn build_model(args: &AuditArgs) -> anyhow::Result<AuditModel> {
@@ -123,6 +127,43 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         let json = serde_json::to_string_pretty(&report)?;
         sgdlab::io::write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(dir) = &args.report {
+        let rows: Vec<Vec<String>> = report
+            .optimizers
+            .iter()
+            .map(|o| row(o).iter().map(|c| crate::report::esc(c)).collect())
+            .collect();
+        let body = format!(
+            "<p>Loss minimiser Φ* = {}</p>{}",
+            crate::report::esc(&vector(&report.minimizer)),
+            crate::report::table(
+                &[
+                    "optimizer",
+                    "method",
+                    "drift E[ΔΦ]/lr at Φ*",
+                    "|drift|",
+                    "fixed point",
+                    "|fixed point − Φ*|",
+                    "consistent",
+                ],
+                &rows
+            )
+        );
+        let section = crate::report::Section {
+            heading: format!("{:?} model on {}", args.model, args.data.display()),
+            body,
+            figures: vec![sgdlab::lab::figures::audit_figure(&model, &report)?],
+        };
+        crate::report::write_page(
+            dir,
+            "sgdlab audit: drift and fixed points at the loss minimiser",
+            "Drift: expected step per unit learning rate at the loss minimiser (exact for \
+             stateless rules; simulated with Φ held at Φ* for stateful ones). A rule is \
+             consistent when its drift vanishes there.",
+            &[section],
+        )?;
+        eprintln!("wrote {}", dir.join("index.html").display());
     }
     Ok(ExitCode::SUCCESS)
 }

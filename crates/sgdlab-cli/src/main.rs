@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 mod plot;
 mod replay;
+mod report;
 mod table;
 mod train;
 mod verify;

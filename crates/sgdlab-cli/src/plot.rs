@@ -1,11 +1,13 @@
-//! Line charts (plotters): SVG and PNG, written atomically.
+//! Drawing the library's [`Figure`]s with plotters: SVG (inline in reports, or files) and PNG.
 
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{Context, anyhow};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use sgdlab::lab::figures::Figure;
 
 /// DejaVu Sans (free licence, see assets/DejaVuSans.LICENSE), embedded so that charts render
 /// the same on any machine, with no system font library.
@@ -19,18 +21,6 @@ fn register_font() {
     });
 }
 
-/// One line of a chart.
-pub struct Series {
-    /// Legend label.
-    pub label: String,
-    /// Points (x, y).
-    pub points: Vec<(f64, f64)>,
-    /// Index into the palette (series of one run share a colour).
-    pub color: usize,
-    /// Dashed rather than solid (e.g. training loss beside test loss).
-    pub dashed: bool,
-}
-
 const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -42,120 +32,214 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> anyhow::Result<()>
+/// Pixel size of every chart.
+pub const SIZE: (u32, u32) = (960, 600);
+
+fn bounds(fig: &Figure) -> (f64, f64, f64, f64) {
+    let mut pts: Vec<(f64, f64)> = fig.lines.iter().flat_map(|l| l.points.clone()).collect();
+    pts.extend(fig.arrows.iter().flat_map(|a| [a.from, a.to]));
+    pts.extend(fig.markers.iter().flat_map(|m| m.at.clone()));
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in pts
+        .into_iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+    {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        return (0.0, 1.0, 0.0, 1.0);
+    }
+    let (dx, dy) = ((x1 - x0).max(1e-9), (y1 - y0).max(1e-9));
+    (
+        x0 - 0.03 * dx,
+        x1 + 0.03 * dx,
+        y0 - 0.06 * dy,
+        y1 + 0.06 * dy,
+    )
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing failed: {e:?}");
     root.fill(&WHITE).map_err(err)?;
-    let finite = series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in finite {
-        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    if !fig.bars.is_empty() {
+        return draw_bars(root, fig);
     }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-9);
+    let (x0, x1, y0, y1) = bounds(fig);
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
+        .caption(&fig.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .y_label_area_size(80)
+        .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
+        .x_desc(&fig.x_label)
+        .y_desc(&fig.y_label)
         .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
-    for s in series {
-        let color = COLORS[s.color % COLORS.len()];
-        let points: Vec<(f64, f64)> = s
+    for a in &fig.arrows {
+        let grey = RGBColor(120, 120, 120);
+        let (dx, dy) = (a.to.0 - a.from.0, a.to.1 - a.from.1);
+        let head = |angle: f64| {
+            let (s, c) = angle.sin_cos();
+            (
+                a.to.0 - 0.3 * (c * dx - s * dy),
+                a.to.1 - 0.3 * (s * dx + c * dy),
+            )
+        };
+        chart
+            .draw_series([
+                PathElement::new(vec![a.from, a.to], grey.stroke_width(1)),
+                PathElement::new(vec![head(0.4), a.to, head(-0.4)], grey.stroke_width(1)),
+            ])
+            .map_err(err)?;
+    }
+    for l in &fig.lines {
+        let color = COLORS[l.group % COLORS.len()];
+        let points: Vec<(f64, f64)> = l
             .points
             .iter()
             .copied()
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
-        let legend = if s.dashed {
+        let series = if l.dashed {
             chart
-                .draw_series(DashedLineSeries::new(
-                    points.clone(),
-                    8,
-                    6,
-                    color.stroke_width(2),
-                ))
+                .draw_series(DashedLineSeries::new(points, 8, 6, color.stroke_width(2)))
                 .map_err(err)?
         } else {
             chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(err)?
         };
-        let dashed = s.dashed;
-        legend.label(s.label.clone()).legend(move |(x, y)| {
+        let dashed = l.dashed;
+        series.label(l.label.clone()).legend(move |(x, y)| {
             let end = if dashed { x + 8 } else { x + 20 };
             PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2))
         });
+    }
+    for (i, m) in fig.markers.iter().enumerate() {
+        let color = COLORS[(i + 3) % COLORS.len()];
+        let points = m.at.clone();
+        let series = match i % 4 {
+            0 => chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 6, color.filled())))
+                .map_err(err)?,
+            1 => chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| TriangleMarker::new(p, 8, color.filled())),
+                )
+                .map_err(err)?,
+            _ => chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Cross::new(p, 7, color.stroke_width(3))),
+                )
+                .map_err(err)?,
+        };
+        let shape = i % 3;
+        series
+            .label(m.label.clone())
+            .legend(move |(x, y)| -> DynElement<DB, (i32, i32)> {
+                match shape {
+                    0 => Circle::new((x + 10, y), 5, color.filled()).into_dyn(),
+                    1 => TriangleMarker::new((x + 10, y), 7, color.filled()).into_dyn(),
+                    _ => Cross::new((x + 10, y), 6, color.stroke_width(3)).into_dyn(),
+                }
+            });
+    }
+    if !fig.lines.is_empty() || !fig.markers.is_empty() {
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
             .map_err(err)?;
     }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing failed: {e:?}");
+    let n = fig.bars.len();
+    let top = fig
+        .bars
+        .iter()
+        .map(|b| b.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-12)
+        * 1.1;
+    let labels: Vec<String> = fig.bars.iter().map(|b| b.0.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&fig.title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0.0..top)
+        .map_err(err)?;
     chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
+        .configure_mesh()
+        .x_desc(&fig.x_label)
+        .y_desc(&fig.y_label)
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .label_style(("sans-serif", 13))
         .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(fig.bars.iter().enumerate().map(|(i, (_, v))| {
+            let x = i as f64;
+            Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *v)], COLORS[0].filled())
+        }))
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
 
-/// Writes `stem.svg` and `stem.png`.
-pub fn line_chart(
-    stem: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> anyhow::Result<()> {
+/// The figure as an SVG document.
+pub fn svg(fig: &Figure) -> anyhow::Result<String> {
     register_font();
-    let size = (960, 600);
-    let mut svg = String::new();
+    let mut out = String::new();
     draw(
-        SVGBackend::with_string(&mut svg, size).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        series,
+        SVGBackend::with_string(&mut out, SIZE).into_drawing_area(),
+        fig,
     )?;
+    Ok(out)
+}
+
+/// Writes `stem.svg` and `stem.png` (each atomically).
+pub fn write(fig: &Figure, stem: &Path) -> anyhow::Result<()> {
     let svg_path = stem.with_extension("svg");
-    sgdlab::io::write_atomic(&svg_path, svg.as_bytes())
+    sgdlab::io::write_atomic(&svg_path, svg(fig)?.as_bytes())
         .with_context(|| format!("cannot write {}", svg_path.display()))?;
     let png_path = stem.with_extension("png");
-    let tmp = stem.with_extension("png.tmp.png");
-    draw(
-        BitMapBackend::new(&tmp, size).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        series,
-    )?;
-    std::fs::rename(&tmp, &png_path)
-        .with_context(|| format!("cannot write {}", png_path.display()))?;
-    Ok(())
+    let tmp = stem.with_extension("tmp.png");
+    let result = draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), fig)
+        .and_then(|()| std::fs::rename(&tmp, &png_path).map_err(anyhow::Error::from));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", png_path.display()))
 }

@@ -10,13 +10,13 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sgdlab::data::{FASHION_MNIST_DIR, Split, digits, load_idx_dir, read_csv, stratified_split};
+use sgdlab::lab::figures::{Figure, Line};
 use sgdlab::model::{LossUnit, Network};
 use sgdlab::optim::OptimizerSpec;
 use sgdlab::train::{
     CheckpointMeta, Run, Schedule, TrainConfig, Trainer, load_checkpoint, save_checkpoint,
 };
 
-use crate::plot::{Series, line_chart};
 use crate::table::{Table, num};
 
 /// Arguments of `sgdlab train`.
@@ -233,7 +233,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn final_table(specs: &[OptimizerSpec], runs: &[Run], examples: usize, ema: Option<f64>) -> String {
+/// The final results: header and one row per run.
+fn final_rows(
+    specs: &[OptimizerSpec],
+    runs: &[Run],
+    examples: usize,
+    ema: Option<f64>,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let mut header = vec![
         "optimizer",
         "epochs",
@@ -245,29 +251,41 @@ fn final_table(specs: &[OptimizerSpec], runs: &[Run], examples: usize, ema: Opti
         header.push("EMA test accuracy");
     }
     header.extend(["examples/s", "status"]);
+    let rows = specs
+        .iter()
+        .zip(runs)
+        .map(|(spec, run)| {
+            let last = run.metrics.last();
+            let cell =
+                |f: fn(&sgdlab::train::EpochMetrics) -> f64| last.map_or("-".into(), |m| num(f(m)));
+            let mut row = vec![
+                spec.to_string(),
+                run.epoch.to_string(),
+                cell(|m| m.train_loss),
+                cell(|m| m.test_loss),
+                last.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m.test_accuracy)),
+            ];
+            if ema.is_some() {
+                row.push(
+                    last.and_then(|m| m.ema_test_accuracy)
+                        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+                );
+            }
+            row.push(format!("{:.0}", run.examples_per_second(examples)));
+            row.push(match &run.diverged {
+                Some(why) => format!("diverged: {why}"),
+                None => "ok".into(),
+            });
+            row
+        })
+        .collect();
+    (header, rows)
+}
+
+fn final_table(specs: &[OptimizerSpec], runs: &[Run], examples: usize, ema: Option<f64>) -> String {
+    let (header, rows) = final_rows(specs, runs, examples, ema);
     let mut table = Table::new(&header);
-    for (spec, run) in specs.iter().zip(runs) {
-        let last = run.metrics.last();
-        let cell =
-            |f: fn(&sgdlab::train::EpochMetrics) -> f64| last.map_or("-".into(), |m| num(f(m)));
-        let mut row = vec![
-            spec.to_string(),
-            run.epoch.to_string(),
-            cell(|m| m.train_loss),
-            cell(|m| m.test_loss),
-            last.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m.test_accuracy)),
-        ];
-        if ema.is_some() {
-            row.push(
-                last.and_then(|m| m.ema_test_accuracy)
-                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
-            );
-        }
-        row.push(format!("{:.0}", run.examples_per_second(examples)));
-        row.push(match &run.diverged {
-            Some(why) => format!("diverged: {why}"),
-            None => "ok".into(),
-        });
+    for row in rows {
         table.row(row);
     }
     table.render()
@@ -338,38 +356,76 @@ fn write_outputs(
     )
     .context("cannot write summary.json")?;
 
-    let series = |f: &dyn Fn(&sgdlab::train::EpochMetrics) -> f64,
-                  suffix: &str,
-                  dashed: bool|
-     -> Vec<Series> {
+    let figures = figures(args, specs, runs);
+    for (stem, figure) in &figures {
+        crate::plot::write(figure, &out.join(stem))?;
+    }
+    let (header, rows) = final_rows(specs, runs, examples, args.ema_weights);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| crate::report::esc(c)).collect())
+        .collect();
+    crate::report::write_page(
+        out,
+        &format!("sgdlab train: {} on {}", args.model, args.data),
+        &format!(
+            "{} epochs, batch {}, schedule {}, seed {}, loss in {}",
+            args.epochs, args.batch, args.schedule, args.seed, args.loss_unit
+        ),
+        &[crate::report::Section {
+            heading: "Results".into(),
+            body: crate::report::table(&header, &rows),
+            figures: figures.into_iter().map(|(_, f)| f).collect(),
+        }],
+    )?;
+    Ok(())
+}
+
+/// The loss and accuracy curves of every run, as library figures.
+pub fn figures(
+    args: &TrainArgs,
+    specs: &[OptimizerSpec],
+    runs: &[Run],
+) -> Vec<(&'static str, Figure)> {
+    let series = |f: &dyn Fn(&sgdlab::train::EpochMetrics) -> f64, suffix: &str, dashed: bool| {
         specs
             .iter()
             .zip(runs)
             .enumerate()
-            .map(|(k, (spec, run))| Series {
+            .map(|(k, (spec, run))| Line {
                 label: format!("{spec}{suffix}"),
                 points: run.metrics.iter().map(|m| (m.epoch as f64, f(m))).collect(),
-                color: k,
                 dashed,
+                group: k,
             })
-            .collect()
+            .collect::<Vec<_>>()
     };
-    let unit = &args.loss_unit;
     let mut loss = series(&|m| m.test_loss, " (test)", false);
     loss.extend(series(&|m| m.train_loss, " (train, dashed)", true));
-    line_chart(
-        &out.join("loss"),
-        &format!("Loss, {} on {}", args.model, args.data),
-        "epoch",
-        &format!("cross-entropy ({unit})"),
-        &loss,
-    )?;
-    line_chart(
-        &out.join("accuracy"),
-        &format!("Test accuracy, {} on {}", args.model, args.data),
-        "epoch",
-        "test accuracy (fraction correct)",
-        &series(&|m| m.test_accuracy, "", false),
-    )?;
-    Ok(())
+    vec![
+        (
+            "loss",
+            Figure {
+                title: format!("Loss, {} on {}", args.model, args.data),
+                caption: "Mean cross-entropy on the test set (solid) and over each epoch's \
+                          training minibatches (dashed)."
+                    .into(),
+                x_label: "epoch".into(),
+                y_label: format!("cross-entropy ({})", args.loss_unit),
+                lines: loss,
+                ..Figure::default()
+            },
+        ),
+        (
+            "accuracy",
+            Figure {
+                title: format!("Test accuracy, {} on {}", args.model, args.data),
+                caption: "Fraction of test examples classified correctly after each epoch.".into(),
+                x_label: "epoch".into(),
+                y_label: "test accuracy (fraction correct)".into(),
+                lines: series(&|m| m.test_accuracy, "", false),
+                ..Figure::default()
+            },
+        ),
+    ]
 }

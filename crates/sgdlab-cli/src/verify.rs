@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use sgdlab::lab::claims::{Claim, Report, VerifyOptions, verify};
+use sgdlab::lab::claims::{Claim, PROBLEMS, Report, VerifyOptions, canonical_problem, verify};
+use sgdlab::lab::figures::problem_figures;
+
+use crate::report::{Section, esc, write_page};
 
 use crate::table::{Table, num};
 
@@ -24,6 +27,9 @@ pub struct VerifyArgs {
     /// Seed of every random draw.
     #[arg(long, default_value_t = VerifyOptions::default().seed)]
     seed: u64,
+    /// Also write a self-contained HTML report with plots to DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +43,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let json = serde_json::to_string_pretty(&report)?;
         sgdlab::io::write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(dir) = &args.report {
+        write_report(dir, &args, &options, &report)?;
+        eprintln!("wrote {}", dir.join("index.html").display());
     }
     Ok(if report.failed == 0 {
         ExitCode::SUCCESS
@@ -95,5 +105,101 @@ fn render(report: &Report) -> String {
         table.render(),
         report.passed,
         report.failed
+    )
+}
+
+const TITLES: [&str; 7] = [
+    "Two running averages",
+    "Variance of an exponential moving average",
+    "Momentum as an exponential moving average",
+    "Bias correction with rate 1/min(t, N)",
+    "Learning rate against the scale of the loss",
+    "Per-example adaptive SGD",
+    "Multiplicative and loss-proportional updates",
+];
+
+fn write_report(
+    dir: &std::path::Path,
+    args: &VerifyArgs,
+    options: &VerifyOptions,
+    report: &Report,
+) -> anyhow::Result<()> {
+    let mut problems = args
+        .problems
+        .iter()
+        .map(|&p| canonical_problem(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if problems.is_empty() {
+        problems = PROBLEMS.to_vec();
+    }
+    problems.sort_unstable();
+    problems.dedup();
+    let mut sections = Vec::new();
+    for p in problems {
+        let mut rows = Vec::new();
+        for c in report.claims.iter().filter(|c| c.problem == p) {
+            let verdict = if c.passed {
+                "<span class=\"pass\">PASS</span>"
+            } else {
+                "<span class=\"fail\">FAIL</span>"
+            };
+            rows.push(vec![
+                esc(&c.id),
+                esc(&c.title),
+                esc(&num(c.expected)),
+                esc(&measured(c)),
+                esc(&score(c)),
+                verdict.to_string(),
+            ]);
+            for r in &c.rejects {
+                rows.push(vec![
+                    String::new(),
+                    format!("rejects {}", esc(&r.label)),
+                    esc(&num(r.value)),
+                    String::new(),
+                    esc(&format!("z={:+.3e}", r.z)),
+                    if r.rejected {
+                        "rejected"
+                    } else {
+                        "<span class=\"fail\">NOT REJECTED</span>"
+                    }
+                    .to_string(),
+                ]);
+            }
+        }
+        let body = crate::report::table(
+            &[
+                "id",
+                "claim",
+                "expected",
+                "measured ± SE",
+                "check",
+                "verdict",
+            ],
+            &rows,
+        );
+        sections.push(Section {
+            heading: format!("Problem {p}: {}", TITLES[usize::from(p) - 1]),
+            body,
+            figures: problem_figures(p, options)?,
+        });
+    }
+    write_page(
+        dir,
+        "sgdlab verify: the claims of the SGD problem set, measured",
+        &format!(
+            "{} passed, {} failed · seed {} · {} · every expected value is checked against an \
+             independent measurement (Monte Carlo: |z| < 4; identities: within tolerance), and \
+             plausible wrong answers must be at least 10 standard errors away.",
+            report.passed,
+            report.failed,
+            options.seed,
+            if options.quick {
+                "quick"
+            } else {
+                "full sample sizes"
+            }
+        ),
+        &sections,
     )
 }

@@ -3,5 +3,6 @@
 
 pub mod audit;
 pub mod claims;
+pub mod figures;
 pub mod montecarlo;
 pub mod temperature;

@@ -66,6 +66,18 @@ impl NoisyQuadratic {
         steps: usize,
         mc: MonteCarlo,
     ) -> Result<Estimate> {
+        Ok(Estimate::from_samples(
+            &self.stationary_samples(spec, steps, mc)?,
+        ))
+    }
+
+    /// The final $\Phi$ of every chain (see [`NoisyQuadratic::stationary`]).
+    pub fn stationary_samples(
+        &self,
+        spec: &OptimizerSpec,
+        steps: usize,
+        mc: MonteCarlo,
+    ) -> Result<Vec<f64>> {
         let noise = Normal::new(0.0, self.sigma)
             .map_err(|e| Error::invalid("sigma", self.sigma, e.to_string()))?;
         let template = Optimizer::<f64>::new(spec.clone())?;
@@ -82,8 +94,7 @@ impl NoisyQuadratic {
             }
             Ok(phi[0].data()[0])
         });
-        let finals = finals.into_iter().collect::<Result<Vec<f64>>>()?;
-        Ok(Estimate::from_samples(&finals))
+        finals.into_iter().collect()
     }
 }
 

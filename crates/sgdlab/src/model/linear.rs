@@ -49,6 +49,11 @@ impl Points {
         Self { data }
     }
 
+    /// The points.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
     /// The mean of the points, the exact minimiser of the mean loss.
     pub fn mean(&self) -> Vec<f64> {
         let (n, d) = (self.data.len(), self.data.dim());
