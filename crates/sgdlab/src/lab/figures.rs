@@ -462,6 +462,13 @@ fn p6() -> Result<Vec<Figure>> {
                 label: "loss minimiser (mean)".into(),
                 at: vec![(mean[0], mean[1])],
             },
+            Marker {
+                label: "geometric median (Weiszfeld)".into(),
+                at: {
+                    let gm = super::claims::p6::geometric_median(&rows);
+                    vec![(gm[0], gm[1])]
+                },
+            },
         ],
         ..Figure::default()
     }])

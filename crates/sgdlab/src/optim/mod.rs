@@ -254,8 +254,9 @@ impl<T: Real> Optimizer<T> {
     ///
     /// Errors, leaving parameters and state untouched, on a shape or name mismatch (also
     /// against the tensors of earlier steps), a non-finite gradient or loss (unless
-    /// `skip_nonfinite=true`, which returns [`StepOutcome::Skipped`]), a missing loss for
-    /// `lossprop`, or an invalid `lr_scale`.
+    /// `skip_nonfinite=true`, which returns [`StepOutcome::Skipped`], or
+    /// `check_finite=false`, which does not look), a missing loss for `lossprop`, or an
+    /// invalid `lr_scale`.
     pub fn step(
         &mut self,
         params: &mut [Tensor<T>],
@@ -277,19 +278,21 @@ impl<T: Real> Optimizer<T> {
         }
 
         // Pre-pass over all tensors: finiteness and the squared norm, deterministically.
-        let mut nonfinite = info
-            .loss
-            .filter(|l| !l.is_finite())
-            .map(|loss| Error::NonFinite {
-                what: "loss".to_string(),
-                index: 0,
-                value: loss,
-            });
+        // With check_finite=false the pass runs only when a norm is needed (and then it
+        // still reports what it finds: a NaN norm would poison every parameter).
+        let check = self.spec.check_finite;
+        let mut nonfinite =
+            info.loss
+                .filter(|l| check && !l.is_finite())
+                .map(|loss| Error::NonFinite {
+                    what: "loss".to_string(),
+                    index: 0,
+                    value: loss,
+                });
         let mut norm_sq = 0.0;
-        if nonfinite.is_none() {
+        let need_norm = self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
+        if nonfinite.is_none() && (check || need_norm) {
             let grad_data: Vec<&[T]> = grads.iter().map(|g| g.data.as_slice()).collect();
-            let need_norm =
-                self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
             match kernel::reduce(&grad_data, need_norm) {
                 Ok(sum) => norm_sq = sum,
                 Err((t, index, value)) => {
@@ -528,6 +531,15 @@ mod tests {
         );
         opt.step(&mut p, &g, &StepInfo::with_loss(3.0)).unwrap();
         assert!((p[0].data()[0] - (1.0 - 0.1 * 3.0 * 2.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn check_finite_false_skips_the_check() {
+        let mut p = one(vec![1.0]);
+        let mut opt = Optimizer::from_spec("sgd:lr=0.1,check_finite=false").unwrap();
+        let out = opt.step(&mut p, &one(vec![f64::NAN]), &StepInfo::default());
+        assert_eq!(out.unwrap(), StepOutcome::Applied);
+        assert!(p[0].data()[0].is_nan());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! optimizer, and every key has a default (PyTorch's where it has one). Two keys work for every
 //! optimizer: `clip_norm=C` (global-norm gradient clipping before the rule, as
 //! `torch.nn.utils.clip_grad_norm_`) and `skip_nonfinite=true` (skip, and count, a step whose
-//! gradient holds a NaN or infinity instead of failing).
+//! gradient holds a NaN or infinity instead of failing). `check_finite=false` drops the
+//! finiteness pre-pass altogether, as PyTorch does: one read of the gradient less per step,
+//! but a NaN or infinity then flows into the parameters and state unreported.
 //!
 //! [`Display`](std::fmt::Display) prints the name and every value that differs from its
 //! default, so that `spec.to_string().parse()` gives back the same spec.
@@ -151,7 +153,7 @@ pub(crate) fn unknown_key(optimizer: &str, key: &str, keys: &[&str]) -> Error {
         format!("key `{key}` for {optimizer}"),
         key,
         format!(
-            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite",
+            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite, check_finite",
             keys.join(", ")
         ),
     )
@@ -239,6 +241,9 @@ pub struct OptimizerSpec {
     pub clip_norm: Option<f64>,
     /// Skip (and count) steps whose gradient is not finite, instead of failing.
     pub skip_nonfinite: bool,
+    /// Check gradients (and the loss) for NaN/Inf before the step (default). `false` trades
+    /// that safety for one pass over memory less.
+    pub check_finite: bool,
 }
 
 /// The optimizer names a spec may start with.
@@ -371,6 +376,7 @@ impl OptimizerSpec {
             rule,
             clip_norm: None,
             skip_nonfinite: false,
+            check_finite: true,
         })
     }
 
@@ -384,6 +390,13 @@ impl OptimizerSpec {
         self.rule.validate()?;
         if let Some(c) = self.clip_norm {
             check::positive("clip_norm", c)?;
+        }
+        if self.skip_nonfinite && !self.check_finite {
+            return Err(Error::invalid(
+                "skip_nonfinite",
+                true,
+                "needs the finiteness check: it cannot be combined with check_finite=false",
+            ));
         }
         Ok(())
     }
@@ -409,6 +422,7 @@ impl FromStr for OptimizerSpec {
             rule: Rule::default_for(name)?,
             clip_norm: None,
             skip_nonfinite: false,
+            check_finite: true,
         };
         let mut seen: Vec<&str> = Vec::new();
         for item in rest.into_iter().flat_map(|r| r.split(',')) {
@@ -438,6 +452,7 @@ impl FromStr for OptimizerSpec {
             match key {
                 "clip_norm" => spec.clip_norm = SpecValue::parse_value(key, value)?,
                 "skip_nonfinite" => spec.skip_nonfinite = SpecValue::parse_value(key, value)?,
+                "check_finite" => spec.check_finite = SpecValue::parse_value(key, value)?,
                 _ => spec.rule.set(key, value)?,
             }
         }
@@ -454,6 +469,9 @@ impl fmt::Display for OptimizerSpec {
         }
         if self.skip_nonfinite {
             pairs.push(("skip_nonfinite", "true".to_string()));
+        }
+        if !self.check_finite {
+            pairs.push(("check_finite", "false".to_string()));
         }
         f.write_str(self.name())?;
         for (i, (k, v)) in pairs.iter().enumerate() {
@@ -506,6 +524,7 @@ mod tests {
             "adam:amsgrad=true,debias=horizon",
             "sgd:lr=0.02,momentum=0.8,nesterov=true,weight_decay=0.01",
             "sgd:lr=0.1,clip_norm=1,skip_nonfinite=true",
+            "adam:lr=0.01,check_finite=false",
             "rmsprop:centered=true,momentum=0.9",
             "adagrad:lr_decay=0.01,initial_accumulator_value=0.1",
             "lion:lr=0.0001,weight_decay=0.1",
@@ -548,6 +567,7 @@ mod tests {
             ("adam:amsgrad=yes", "true or false"),
             ("adam:debias=sometimes", "horizon"),
             ("sgd:clip_norm=0", "clip_norm"),
+            ("sgd:skip_nonfinite=true,check_finite=false", "check_finite"),
             ("normsgd:eps=0", "eps"),
             ("multiplicative:eps=-1", "eps"),
             (":lr=1", "optimizer name"),

@@ -22,7 +22,7 @@ mod p2;
 mod p3;
 mod p4;
 mod p5;
-mod p6;
+pub(crate) mod p6;
 mod p7;
 mod sequences;
 

@@ -130,7 +130,7 @@ fn one_dimensional(options: &VerifyOptions) -> Result<Vec<Claim>> {
 }
 
 /// Weiszfeld's algorithm for the geometric median (independent of the optimizer).
-fn geometric_median(rows: &[[f64; 2]]) -> [f64; 2] {
+pub(crate) fn geometric_median(rows: &[[f64; 2]]) -> [f64; 2] {
     let n = rows.len() as f64;
     let mut m = [
         rows.iter().map(|r| r[0]).sum::<f64>() / n,
