@@ -8,7 +8,6 @@ use clap::{Args, ValueEnum};
 use sgdlab::data::read_csv;
 use sgdlab::lab::audit::{AuditModel, OptimizerAudit, SimulationOptions, audit};
 use sgdlab::model::{Classifier, LinReg, LogReg, LossUnit, Points};
-use sgdlab::optim::OptimizerSpec;
 
 use crate::table::{Table, num};
 
@@ -87,14 +86,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             args.steps
         );
     }
-    let specs = args
-        .opts
-        .iter()
-        .map(|s| {
-            s.parse::<OptimizerSpec>()
-                .with_context(|| format!("bad --opt `{s}`"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = crate::parse_specs(&args.opts)?;
     let model = build_model(&args)?;
     let options = SimulationOptions {
         burn_in: args.burn_in,

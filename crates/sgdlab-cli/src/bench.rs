@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use sgdlab::bench::{bench_optimizer, rmw_bandwidth_gbps};
-use sgdlab::optim::OptimizerSpec;
 use sgdlab::optim::kernel::SimdLevel;
 
 use crate::table::{Table, num};
@@ -46,13 +45,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.opts.clone()
     };
-    let specs = opts
-        .iter()
-        .map(|s| {
-            s.parse::<OptimizerSpec>()
-                .with_context(|| format!("bad --opt `{s}`"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = crate::parse_specs(&opts)?;
     if let Some(name) = &args.simd {
         let available = SimdLevel::available();
         let Some(level) = available.iter().find(|l| l.name() == name) else {

@@ -64,6 +64,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses every `--opt` spec, naming the one that is wrong.
+fn parse_specs(texts: &[String]) -> anyhow::Result<Vec<sgdlab::optim::OptimizerSpec>> {
+    use anyhow::Context;
+    texts
+        .iter()
+        .map(|s| s.parse().with_context(|| format!("bad --opt `{s}`")))
+        .collect()
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(threads) = cli.threads {
         if threads == 0 {

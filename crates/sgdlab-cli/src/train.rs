@@ -123,14 +123,7 @@ fn timestamp() -> String {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let specs = args
-        .opts
-        .iter()
-        .map(|s| {
-            s.parse::<OptimizerSpec>()
-                .with_context(|| format!("bad --opt `{s}`"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = crate::parse_specs(&args.opts)?;
     let hidden = parse_model(&args.model)?;
     let schedule: Schedule = args.schedule.parse()?;
     let unit: LossUnit = args.loss_unit.parse()?;

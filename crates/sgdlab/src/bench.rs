@@ -9,9 +9,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::optim::kernel::{CHUNK, SimdLevel};
+use crate::optim::kernel::{CHUNK, SimdLevel, multiversion};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
-use crate::{Error, Result};
+use crate::{Error, Real, Result};
 
 /// Median of `samples` (sorted in place).
 fn median(samples: &mut [f64]) -> f64 {
@@ -34,35 +34,13 @@ fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 #[inline(always)]
-fn rmw(b: &mut [f32], c: &[f32], s: f32) {
+fn rmw<T: Real>(b: &mut [T], c: &[T], s: T) {
     for (b, &c) in b.iter_mut().zip(c) {
-        *b += s * c;
+        *b = *b + s * c;
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rmw_avx512(b: &mut [f32], c: &[f32], s: f32) {
-    rmw(b, c, s);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rmw_avx2(b: &mut [f32], c: &[f32], s: f32) {
-    rmw(b, c, s);
-}
-
-fn rmw_dispatch(level: SimdLevel, b: &mut [f32], c: &[f32], s: f32) {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: offered by `SimdLevel::available` only when the CPU has AVX-512F.
-        SimdLevel::Avx512 => unsafe { rmw_avx512(b, c, s) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: offered by `SimdLevel::available` only when the CPU has AVX2.
-        SimdLevel::Avx2 => unsafe { rmw_avx2(b, c, s) },
-        _ => rmw(b, c, s),
-    }
-}
+multiversion!(fn rmw_dispatch<T: Real>(b: &mut [T], c: &[T], s: T) = rmw);
 
 /// The in-process read-modify-write bandwidth in GB/s: `b[i] += s·c[i]` over two f32 arrays
 /// (12 bytes moved per element) whose footprint is `footprint_bytes`, chunked over the rayon

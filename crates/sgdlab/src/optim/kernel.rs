@@ -86,6 +86,37 @@ impl SimdLevel {
 
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
+/// Defines `$name(level, args...)`: calls the `#[inline(always)]` function `$inner` compiled
+/// for the baseline, for AVX2 or for AVX-512F according to `level` (x86-64; the baseline
+/// elsewhere). The same source is compiled three times, so every level computes the same
+/// IEEE operations in the same order.
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident<$T:ident: Real>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $inner:ident) => {
+        $vis fn $name<$T: Real>(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
+                SimdLevel::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
+                SimdLevel::Avx512 => unsafe { avx512($($arg),*) },
+                _ => $inner($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
 /// One chunk of one tensor: parameters, gradient and state buffers.
 pub(crate) struct Unit<'a, T> {
     pub p: &'a mut [T],
@@ -100,29 +131,7 @@ fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
     super::step_tensor(rule, ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_unit_avx2<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
-    run_unit(rule, ctx, u);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_unit_avx512<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
-    run_unit(rule, ctx, u);
-}
-
-fn dispatch<T: Real>(level: SimdLevel, rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
-        SimdLevel::Avx2 => unsafe { run_unit_avx2(rule, ctx, u) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
-        SimdLevel::Avx512 => unsafe { run_unit_avx512(rule, ctx, u) },
-        _ => run_unit(rule, ctx, u),
-    }
-}
+multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
 
 /// Runs every unit, in parallel when the step is large enough.
 pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<Unit<'_, T>>) {
@@ -206,29 +215,7 @@ fn sum_of_squares<T: Real>(xs: &[T]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_of_squares_avx2<T: Real>(xs: &[T]) -> f64 {
-    sum_of_squares(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sum_of_squares_avx512<T: Real>(xs: &[T]) -> f64 {
-    sum_of_squares(xs)
-}
-
-fn sum_of_squares_dispatch<T: Real>(level: SimdLevel, xs: &[T]) -> f64 {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
-        SimdLevel::Avx2 => unsafe { sum_of_squares_avx2(xs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
-        SimdLevel::Avx512 => unsafe { sum_of_squares_avx512(xs) },
-        _ => sum_of_squares(xs),
-    }
-}
+multiversion!(fn sum_of_squares_dispatch<T: Real>(xs: &[T]) -> f64 = sum_of_squares);
 
 /// 0 if every element is finite, NaN otherwise: $\sum (x - x)$ over 16 lanes, which
 /// vectorises and reads each element once ($x - x$ is 0 for finite $x$, NaN for ±∞ and NaN).
@@ -250,26 +237,4 @@ fn finiteness<T: Real>(xs: &[T]) -> f64 {
     acc.iter().fold(tail, |a, &b| a + b).as_f64()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn finiteness_avx2<T: Real>(xs: &[T]) -> f64 {
-    finiteness(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn finiteness_avx512<T: Real>(xs: &[T]) -> f64 {
-    finiteness(xs)
-}
-
-fn finiteness_dispatch<T: Real>(level: SimdLevel, xs: &[T]) -> f64 {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
-        SimdLevel::Avx2 => unsafe { finiteness_avx2(xs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
-        SimdLevel::Avx512 => unsafe { finiteness_avx512(xs) },
-        _ => finiteness(xs),
-    }
-}
+multiversion!(fn finiteness_dispatch<T: Real>(xs: &[T]) -> f64 = finiteness);
