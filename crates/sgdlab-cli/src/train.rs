@@ -199,12 +199,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             bar.set_style(style.clone());
             bar.set_prefix(spec.to_string());
             let first = run.epoch;
-            let batch = args.batch as u64;
             trainer.train(run, &|done, per_epoch, epoch| {
                 if done % 64 == 0 || done == per_epoch {
                     bar.set_position((epoch - 1 - first) as u64 * per_epoch + done);
                     bar.set_message(format!("{epoch}/{}", args.epochs));
-                    let _ = batch;
                 }
             })?;
             match &run.diverged {
