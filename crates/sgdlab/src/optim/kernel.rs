@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use super::{Rule, StepContext};
+use super::{Rule, StepContext, Tensor};
 use crate::Real;
 
 /// Elements per work unit (128 KiB of f32 per array).
@@ -63,7 +63,9 @@ impl SimdLevel {
             2 => SimdLevel::Avx2,
             3 => SimdLevel::Avx512,
             1 => SimdLevel::Baseline,
-            _ => *Self::available().last().unwrap_or(&SimdLevel::Baseline),
+            _ => {
+                *DETECTED.get_or_init(|| *Self::available().last().unwrap_or(&SimdLevel::Baseline))
+            }
         }
     }
 
@@ -85,6 +87,7 @@ impl SimdLevel {
 }
 
 static FORCED: AtomicU8 = AtomicU8::new(0);
+static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
 
 /// Defines `$name(level, args...)`: calls the `#[inline(always)]` function `$inner` compiled
 /// for the baseline, for AVX2 or for AVX-512F according to `level` (x86-64; the baseline
@@ -133,6 +136,35 @@ fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
 
 multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
 
+/// Whether a step over `numel` parameters is small enough to run on the calling thread.
+pub(crate) fn is_small(numel: usize) -> bool {
+    numel < PARALLEL_MIN
+}
+
+/// Runs one whole tensor on the calling thread (the small-step path: no allocation).
+pub(crate) fn run_tensor<T: Real>(
+    rule: &Rule,
+    ctx: &StepContext,
+    p: &mut [T],
+    g: &[T],
+    slots: &mut [Vec<T>],
+    scalars: &[f64],
+) {
+    let n_slots = slots.len();
+    let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+    for (u, s) in unit_slots.iter_mut().zip(slots.iter_mut()) {
+        *u = s.as_mut_slice();
+    }
+    let mut unit = Unit {
+        p,
+        g,
+        slots: unit_slots,
+        n_slots,
+        scalars,
+    };
+    dispatch(SimdLevel::current(), rule, ctx, &mut unit);
+}
+
 /// Runs every unit, in parallel when the step is large enough.
 pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<Unit<'_, T>>) {
     let level = SimdLevel::current();
@@ -151,18 +183,9 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
 /// The pre-pass over all gradients: the first non-finite element (tensor, index, value) if
 /// any, else $\sum g^2$ in `f64` (summed per [`CHUNK`], then in chunk order) when `norm` is
 /// asked for, or 0.
-pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize, usize, f64)> {
-    let chunks: Vec<(usize, usize, &[T])> = grads
-        .iter()
-        .enumerate()
-        .flat_map(|(t, g)| {
-            g.chunks(CHUNK)
-                .enumerate()
-                .map(move |(c, chunk)| (t, c * CHUNK, chunk))
-        })
-        .collect();
+pub(crate) fn reduce<T: Real>(grads: &[Tensor<T>], norm: bool) -> Result<f64, (usize, usize, f64)> {
     let level = SimdLevel::current();
-    let partial = |&(t, offset, chunk): &(usize, usize, &[T])| -> Result<f64, (usize, usize, f64)> {
+    let partial = |t: usize, offset: usize, chunk: &[T]| -> Result<f64, (usize, usize, f64)> {
         let sum = if norm {
             sum_of_squares_dispatch(level, chunk)
         } else {
@@ -181,13 +204,31 @@ pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize,
             }
         }
     };
-    let total: usize = grads.iter().map(|g| g.len()).sum();
-    let partials: Vec<Result<f64, (usize, usize, f64)>> = if total < PARALLEL_MIN {
-        chunks.iter().map(partial).collect()
-    } else {
-        chunks.par_iter().map(partial).collect()
-    };
+    let total: usize = grads.iter().map(Tensor::len).sum();
     let mut sum = 0.0;
+    if total < PARALLEL_MIN {
+        // Small steps: no thread hand-off and no allocation; the same chunk sums, in order.
+        for (t, g) in grads.iter().enumerate() {
+            for (c, chunk) in g.data.chunks(CHUNK).enumerate() {
+                sum += partial(t, c * CHUNK, chunk)?;
+            }
+        }
+        return Ok(sum);
+    }
+    let chunks: Vec<(usize, usize, &[T])> = grads
+        .iter()
+        .enumerate()
+        .flat_map(|(t, g)| {
+            g.data
+                .chunks(CHUNK)
+                .enumerate()
+                .map(move |(c, chunk)| (t, c * CHUNK, chunk))
+        })
+        .collect();
+    let partials: Vec<Result<f64, (usize, usize, f64)>> = chunks
+        .par_iter()
+        .map(|&(t, offset, chunk)| partial(t, offset, chunk))
+        .collect();
     for p in partials {
         sum += p?;
     }

@@ -292,8 +292,7 @@ impl<T: Real> Optimizer<T> {
         let mut norm_sq = 0.0;
         let need_norm = self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
         if nonfinite.is_none() && (check || need_norm) {
-            let grad_data: Vec<&[T]> = grads.iter().map(|g| g.data.as_slice()).collect();
-            match kernel::reduce(&grad_data, need_norm) {
+            match kernel::reduce(grads, need_norm) {
                 Ok(sum) => norm_sq = sum,
                 Err((t, index, value)) => {
                     nonfinite = Some(Error::NonFinite {
@@ -332,6 +331,13 @@ impl<T: Real> Optimizer<T> {
             for (p, state) in params.iter().zip(&mut self.tensors) {
                 c.begin_tensor(&ctx, &p.data, &mut state.scalars);
             }
+        }
+        if kernel::is_small(ctx.numel) {
+            for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+                let TensorState { slots, scalars } = state;
+                kernel::run_tensor(&self.spec.rule, &ctx, &mut p.data, &g.data, slots, scalars);
+            }
+            return Ok(StepOutcome::Applied);
         }
         let mut units = Vec::with_capacity(ctx.numel / kernel::CHUNK + params.len());
         for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
