@@ -38,6 +38,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.reps < 1 {
         bail!("invalid --reps 0: must be at least 1");
     }
+    if args.params < 1 {
+        bail!("invalid --params 0: must be at least 1");
+    }
     let opts = if args.opts.is_empty() {
         ["adam", "adamw", "sgd:momentum=0.9", "rmsprop", "lion"]
             .map(String::from)

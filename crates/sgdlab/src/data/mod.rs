@@ -58,7 +58,7 @@ impl Dataset {
         self.n
     }
 
-    /// Whether there are no examples (never true for a constructed data set).
+    /// Whether there are no examples (only a [`Dataset::subset`] can be empty).
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }

@@ -20,6 +20,13 @@ pub struct Split {
 impl Split {
     /// Checks that both sets have integer labels and the same number of features.
     pub fn new(train: Dataset, test: Dataset) -> Result<Self> {
+        if train.is_empty() || test.is_empty() {
+            return Err(Error::Data(format!(
+                "a split needs examples on both sides ({} training, {} test)",
+                train.len(),
+                test.len()
+            )));
+        }
         let mut classes = 0;
         for (name, set) in [("training", &train), ("test", &test)] {
             let labels = set
@@ -98,5 +105,7 @@ mod tests {
         assert_eq!(a.classes, 10);
         let c = stratified_split(&d, 0.2, 8).unwrap();
         assert_ne!(a.test.features(), c.test.features());
+        let err = stratified_split(&d, 0.0, 7).unwrap_err().to_string();
+        assert!(err.contains("0 test"), "{err}");
     }
 }
