@@ -88,38 +88,59 @@ impl Adam {
         } else {
             (T::from_f64(self.weight_decay), T::one())
         };
-        let rule = |p: &mut T, g: T, m: &mut T, v: &mut T, vmax: Option<&mut T>| {
-            let g = g * gs + l2 * *p;
-            *p = *p * shrink;
-            *m = d1 * *m + r1 * g;
-            *v = d2 * *v + r2 * g * g;
-            let v_used = match vmax {
-                Some(vmax) => {
-                    *vmax = vmax.max(*v);
-                    *vmax
+        // Without clipping, L2 decay or decoupled decay the gradient and parameter are used
+        // as they are (as PyTorch does, which skips those terms when they are off): a
+        // cheaper loop, chosen once per step.
+        let plain = gs == T::one() && l2 == T::zero() && shrink == T::one();
+        macro_rules! rule {
+            ($plain:expr) => {
+                |p: &mut T, g: T, m: &mut T, v: &mut T, vmax: Option<&mut T>| {
+                    let g = if $plain { g } else { g * gs + l2 * *p };
+                    if !$plain {
+                        *p = *p * shrink;
+                    }
+                    *m = d1 * *m + r1 * g;
+                    *v = d2 * *v + r2 * g * g;
+                    let v_used = match vmax {
+                        Some(vmax) => {
+                            *vmax = vmax.max(*v);
+                            *vmax
+                        }
+                        None => *v,
+                    };
+                    *p = *p - step_size * (*m / (v_used.sqrt() * inv_bc2_sqrt + eps));
                 }
-                None => *v,
             };
-            *p = *p - step_size * (*m / (v_used.sqrt() * inv_bc2_sqrt + eps));
-        };
-        match slots {
-            [m, v] => {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    rule(p, g, m, v, None);
+        }
+        macro_rules! run {
+            ($rule:expr) => {
+                match &mut *slots {
+                    [m, v] => {
+                        for (((p, &g), m), v) in
+                            p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            $rule(p, g, m, v, None);
+                        }
+                    }
+                    [m, v, vmax] => {
+                        for ((((p, &g), m), v), vmax) in p
+                            .iter_mut()
+                            .zip(g)
+                            .zip(m.iter_mut())
+                            .zip(v.iter_mut())
+                            .zip(vmax.iter_mut())
+                        {
+                            $rule(p, g, m, v, Some(vmax));
+                        }
+                    }
+                    _ => unreachable!("adam has two or three slots"),
                 }
-            }
-            [m, v, vmax] => {
-                for ((((p, &g), m), v), vmax) in p
-                    .iter_mut()
-                    .zip(g)
-                    .zip(m.iter_mut())
-                    .zip(v.iter_mut())
-                    .zip(vmax.iter_mut())
-                {
-                    rule(p, g, m, v, Some(vmax));
-                }
-            }
-            _ => unreachable!("adam has two or three slots"),
+            };
+        }
+        if plain {
+            run!(rule!(true))
+        } else {
+            run!(rule!(false))
         }
     }
 }
