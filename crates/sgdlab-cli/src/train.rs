@@ -54,7 +54,7 @@ pub struct TrainArgs {
     /// Fraction held out for testing (digits and CSV data; IDX data has its own test set).
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// Output directory (default runs/<UTC time>).
+    /// Output directory (default runs/YYYYMMDD-HHMMSS, in UTC).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the runs checkpointed in --out up to --epochs.

@@ -5,8 +5,16 @@
 //!
 //! * [`average`] — the running averages of the problem set (EMA in both parameterisations,
 //!   sum-form momentum, power and horizon bias correction, running moments);
-//! * [`lab`] — seeded parallel Monte Carlo ([`lab::montecarlo`]) and the claims of the problem
-//!   set, each checked by measurement ([`lab::claims::verify`]).
+//! * [`optim`] — the optimizers (PyTorch semantics where PyTorch has them, and the problem
+//!   set's own rules), specs, fused multi-threaded SIMD kernels, checkpoint/resume;
+//! * [`model`] — exact per-example models (points, linear and logistic regression, softmax and
+//!   ReLU networks) with batched gradients;
+//! * [`data`] — CSV and MNIST-format IDX loaders, the bundled digits, stratified splits;
+//! * [`lab`] — seeded parallel Monte Carlo ([`lab::montecarlo`]), the drift/fixed-point audit
+//!   ([`lab::audit`]), the temperature meter, the claims of the problem set, each checked by
+//!   measurement ([`lab::claims::verify`]), and the data of the report's figures;
+//! * [`train`] — the training loop with schedules, weight averaging and exact resume;
+//! * [`bench`](mod@bench) — optimizer throughput against the measured memory bandwidth.
 //!
 //! All computation is deterministic given a seed, whatever the number of threads.
 

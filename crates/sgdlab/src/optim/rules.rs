@@ -65,7 +65,7 @@ impl Multiplicative {
 config! {
     /// `lossprop` (problem 7b): $\Phi \leftarrow \Phi - \eta\, L\, g$, with $L$ the step's loss
     /// (which the caller must supply). Since $L\nabla L = \nabla(L^2/2)$ its fixed points are
-    /// the stationary points of $E[L^2]$, not of $E[L]$.
+    /// the stationary points of $E\[L^2\]$, not of $E\[L\]$.
     LossProp("lossprop") {
         /// Learning rate $\eta \ge 0$.
         lr: f64 = 1e-2,
