@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sgdlab::bench::{bench_optimizer, rmw_bandwidth_gbps};
+use sgdlab::bench::BenchPlan;
 use sgdlab::optim::kernel::SimdLevel;
 
 use crate::table::{Table, num};
@@ -16,13 +16,15 @@ pub struct BenchArgs {
     /// Parameters in all (f32).
     #[arg(long, default_value_t = 10_000_000)]
     params: usize,
-    /// Number of equal tensors the parameters are split into.
-    #[arg(long, default_value_t = 1)]
-    tensors: usize,
+    /// Number of equal tensors the parameters are split into (repeatable: each layout is
+    /// measured, e.g. `--tensors 1 --tensors 100`).
+    #[arg(long, default_values_t = [1])]
+    tensors: Vec<usize>,
     /// Optimizer spec (repeatable). Default: adam, adamw, sgd with momentum, rmsprop, lion.
     #[arg(long = "opt", value_name = "SPEC")]
     opts: Vec<String>,
-    /// Timed steps per optimizer (the median is reported).
+    /// Timed rounds per optimizer and layout, each one reference pass and one step (medians
+    /// are reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
     /// Force an instruction-set level (baseline, avx2, avx512) instead of the widest the CPU
@@ -35,12 +37,6 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.reps < 1 {
-        bail!("invalid --reps 0: must be at least 1");
-    }
-    if args.params < 1 {
-        bail!("invalid --params 0: must be at least 1");
-    }
     let opts = if args.opts.is_empty() {
         ["adam", "adamw", "sgd:momentum=0.9", "rmsprop", "lion"]
             .map(String::from)
@@ -60,47 +56,51 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         SimdLevel::force(Some(*level));
     }
-    // The same working set as the largest optimizer state here (Adam: 28 bytes/parameter).
-    let footprint = 28 * args.params;
-    let bandwidth = rmw_bandwidth_gbps(footprint, args.reps)?;
+    let plan = BenchPlan {
+        params: args.params,
+        tensors: args.tensors.clone(),
+        specs,
+        reps: args.reps,
+    };
+    plan.validate()?;
     println!(
-        "read-modify-write bandwidth (b += s·c, f32, {} MB working set, {} threads, {}): {} GB/s",
-        footprint / 1_000_000,
+        "{} f32 parameters, {} threads, {}. Each step is timed alternately with the \
+         read-modify-write loop b += s·c over the same working set (\"ref\"); \
+         \"of ref\" is the median per-round ratio.",
+        args.params,
         rayon::current_num_threads(),
         SimdLevel::current().name(),
-        num(bandwidth)
     );
-    let mut results = Vec::new();
     let mut table = Table::new(&[
         "optimizer",
-        "params",
         "tensors",
         "ms/step",
         "B/param",
         "GB/s",
-        "of bandwidth",
+        "ref GB/s",
+        "of ref",
     ]);
-    for spec in &specs {
-        let r = bench_optimizer(spec, args.params, args.tensors, args.reps, bandwidth)?;
+    let report = sgdlab::bench::run(&plan, |r| {
         table.row(vec![
             r.optimizer.clone(),
-            r.params.to_string(),
             r.tensors.to_string(),
             num(r.ms_per_step),
             r.bytes_per_param.to_string(),
             num(r.gbps),
+            num(r.bandwidth_gbps),
             format!("{:.2}×", r.fraction_of_bandwidth),
         ]);
-        results.push(r);
-    }
+    })?;
     print!("{}", table.render());
+    if plan.specs.iter().any(|s| s.check_finite) {
+        println!(
+            "B/param counts the fused pass. By default a step first checks the gradient for \
+             NaN/Inf (one more read of g, 4 B/param, in the time); check_finite=false skips \
+             that, as PyTorch does."
+        );
+    }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&serde_json::json!({
-            "bandwidth_gbps": bandwidth,
-            "threads": rayon::current_num_threads(),
-            "simd": SimdLevel::current().name(),
-            "results": results,
-        }))?;
+        let json = serde_json::to_string_pretty(&report)?;
         sgdlab::io::write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -1,8 +1,16 @@
 //! Throughput measurements for `sgdlab bench`: optimizer steps against the machine's
 //! read-modify-write memory bandwidth, measured in the same process and run.
 //!
-//! Figures are ratios measured in one run (fraction of the measured bandwidth), because
-//! absolute timings on a shared machine are noisy.
+//! A shared machine's bandwidth drifts by ±15% within seconds, so absolute figures taken a
+//! minute apart are not comparable. Every optimizer step here is therefore timed *paired*
+//! with a pass of the reference loop $b_i \leftarrow b_i + s\,c_i$ over the same working set,
+//! back to back, round after round; the reported fraction of bandwidth is the median of the
+//! per-round ratios, which cancels the drift that both share.
+//!
+//! The working set is the memory a step touches, not the bytes it moves: for Adam the
+//! parameters, the gradient and two state buffers, 16 bytes per f32 parameter. The reference
+//! loop runs over two arrays of that total size. Matching it matters because how fast a
+//! machine streams depends on which cache level the working set fits in.
 
 use std::time::Instant;
 
@@ -13,24 +21,13 @@ use crate::optim::kernel::{CHUNK, SimdLevel, multiversion};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Real, Result};
 
-/// Median of `samples` (sorted in place).
+/// Steps (and reference passes) run before timing starts: the first step allocates state.
+const WARMUP: usize = 3;
+
+/// Median of `samples` (sorted in place); `NaN` for none.
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// Times `f` `reps` times after 3 warm-up calls; returns the median seconds.
-fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    let mut samples = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        f()?;
-        samples.push(start.elapsed().as_secs_f64());
-    }
-    Ok(median(&mut samples))
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[inline(always)]
@@ -42,36 +39,91 @@ fn rmw<T: Real>(b: &mut [T], c: &[T], s: T) {
 
 multiversion!(fn rmw_dispatch<T: Real>(b: &mut [T], c: &[T], s: T) = rmw);
 
-/// The in-process read-modify-write bandwidth in GB/s: `b[i] += s·c[i]` over two f32 arrays
-/// (12 bytes moved per element) whose footprint is `footprint_bytes`, chunked over the rayon
-/// pool like the optimizer kernels, median of `reps` passes.
-///
-/// Give it the optimizer's own footprint (Adam: 28 bytes per parameter): the bandwidth a
-/// machine sustains depends on which cache level the working set fits in, and the ratio is
-/// only fair at equal working sets.
-pub fn rmw_bandwidth_gbps(footprint_bytes: usize, reps: usize) -> Result<f64> {
-    let n = footprint_bytes / 8;
-    if n == 0 {
-        return Err(Error::invalid(
-            "footprint",
-            footprint_bytes,
-            "must be at least 8 bytes",
-        ));
-    }
-    let mut b = vec![1.0f32; n];
-    let c = vec![1e-7f32; n];
-    let level = SimdLevel::current();
-    let secs = time_median(reps, || {
-        b.par_chunks_mut(CHUNK)
-            .zip(c.par_chunks(CHUNK))
-            .for_each(|(b, c)| rmw_dispatch(level, b, c, 0.5));
-        Ok(())
-    })?;
-    std::hint::black_box(&b);
-    Ok(12.0 * n as f64 / secs / 1e9)
+/// The reference loop: $b_i \leftarrow b_i + s\,c_i$ over two f32 arrays, 12 bytes moved
+/// per element, chunked over the rayon pool exactly like the optimizer kernels.
+struct Reference {
+    b: Vec<f32>,
+    c: Vec<f32>,
 }
 
-/// One optimizer's step throughput.
+impl Reference {
+    /// Arrays for working sets up to `bytes`.
+    fn new(bytes: usize) -> Self {
+        let n = bytes.div_ceil(8);
+        Self {
+            b: vec![1.0; n],
+            c: vec![1e-7; n],
+        }
+    }
+
+    /// One pass over a working set of `bytes`; returns (seconds, bytes moved).
+    fn pass(&mut self, bytes: usize) -> (f64, f64) {
+        let n = bytes.div_ceil(8).min(self.b.len());
+        let level = SimdLevel::current();
+        let (b, c) = (&mut self.b[..n], &self.c[..n]);
+        let start = Instant::now();
+        b.par_chunks_mut(CHUNK)
+            .zip(c.par_chunks(CHUNK))
+            .for_each(|(b, c)| rmw_dispatch(level, b, c, 0.5f32));
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(&self.b);
+        (secs, 12.0 * n as f64)
+    }
+}
+
+/// What `sgdlab bench` measures.
+#[derive(Clone, Debug)]
+pub struct BenchPlan {
+    /// Parameters in all (f32).
+    pub params: usize,
+    /// Layouts to measure: the parameters split into this many equal tensors.
+    pub tensors: Vec<usize>,
+    /// The optimizers.
+    pub specs: Vec<OptimizerSpec>,
+    /// Timed rounds (each one reference pass and one step) per optimizer and layout.
+    pub reps: usize,
+}
+
+impl BenchPlan {
+    /// Checks sizes, layouts and counts (what [`run`] checks first).
+    pub fn validate(&self) -> Result<()> {
+        if self.params == 0 {
+            return Err(Error::invalid("params", 0, "must be at least 1"));
+        }
+        if self.reps == 0 {
+            return Err(Error::invalid("reps", 0, "must be at least 1"));
+        }
+        if self.specs.is_empty() {
+            return Err(Error::invalid(
+                "opt",
+                "(none)",
+                "give at least one optimizer",
+            ));
+        }
+        if self.tensors.is_empty() {
+            return Err(Error::invalid(
+                "tensors",
+                "(none)",
+                "give at least one layout",
+            ));
+        }
+        for &k in &self.tensors {
+            if k == 0 || k > self.params {
+                return Err(Error::invalid(
+                    "tensors",
+                    k,
+                    format!(
+                        "must be between 1 and the number of parameters ({})",
+                        self.params
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One optimizer's step throughput on one layout.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BenchResult {
     /// The optimizer spec.
@@ -83,54 +135,99 @@ pub struct BenchResult {
     /// Median milliseconds per step.
     pub ms_per_step: f64,
     /// Bytes moved per parameter by the fused pass: read and write the parameter and each
-    /// state buffer, read the gradient (f32: Adam 28). The pre-pass re-read of the gradient
-    /// (finiteness, norms) is in the time but not in this count.
+    /// state buffer, read the gradient (f32 Adam: 28). The default NaN/Inf check re-reads the
+    /// gradient in a pre-pass (4 more bytes); that read is in the time but not in this count.
     pub bytes_per_param: usize,
-    /// `bytes_per_param · params / time`, GB/s.
+    /// `bytes_per_param · params / ms_per_step`, GB/s.
     pub gbps: f64,
-    /// `gbps` over the measured read-modify-write bandwidth.
+    /// Median bandwidth of the reference loop over the same working set, timed alternately
+    /// with this optimizer's steps, GB/s.
+    pub bandwidth_gbps: f64,
+    /// Median over rounds of (this round's step GB/s) / (this round's reference GB/s).
     pub fraction_of_bandwidth: f64,
 }
 
-/// Times `reps` f32 steps of `spec` on `params` parameters split into `tensors` equal tensors.
-pub fn bench_optimizer(
-    spec: &OptimizerSpec,
-    params: usize,
-    tensors: usize,
-    reps: usize,
-    bandwidth_gbps: f64,
-) -> Result<BenchResult> {
-    if tensors == 0 || params < tensors {
-        return Err(Error::invalid(
-            "tensors",
-            tensors,
-            format!("must be between 1 and the number of parameters ({params})"),
-        ));
+/// A whole `sgdlab bench` run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// Median of every reference pass of the run, GB/s.
+    pub bandwidth_gbps: f64,
+    /// Worker threads.
+    pub threads: usize,
+    /// The instruction-set level the kernels ran at.
+    pub simd: &'static str,
+    /// One entry per layout and optimizer, layouts outermost.
+    pub results: Vec<BenchResult>,
+}
+
+/// `count` f32 tensors of `per` elements each, filled by `f(i)`.
+fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Vec<Tensor<f32>> {
+    (0..count)
+        .map(|k| Tensor::vector(format!("t{k}"), (0..per).map(f).collect::<Vec<f32>>()))
+        .collect()
+}
+
+/// Runs `plan`: for every layout and optimizer, 3 untimed rounds, then `reps`
+/// rounds of one reference pass and one step; calls `progress` after each optimizer.
+pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<BenchReport> {
+    plan.validate()?;
+    let mut optimizers = Vec::with_capacity(plan.specs.len());
+    for spec in &plan.specs {
+        optimizers.push(Optimizer::<f32>::new(spec.clone())?);
     }
-    let per = params / tensors;
-    let make = |k: usize, f: &dyn Fn(usize) -> f32| {
-        Tensor::vector(format!("t{k}"), (0..per).map(f).collect::<Vec<f32>>())
-    };
-    let mut p: Vec<Tensor<f32>> = (0..tensors)
-        .map(|k| make(k, &|i| ((i % 1000) as f32) * 1e-3 - 0.5))
-        .collect();
-    let g: Vec<Tensor<f32>> = (0..tensors)
-        .map(|k| make(k, &|i| (((i * 7 + 3) % 1000) as f32) * 1e-6 - 5e-4))
-        .collect();
-    let mut opt = Optimizer::<f32>::new(spec.clone())?;
+    let slots = |opt: &Optimizer<f32>| opt.slot_names().len();
+    let max_slots = optimizers.iter().map(slots).max().unwrap_or(0);
+    let mut reference = Reference::new((2 + max_slots) * 4 * plan.params);
     let info = StepInfo::with_loss(1.0);
-    let secs = time_median(reps, || opt.step(&mut p, &g, &info).map(|_| ()))?;
-    let bytes_per_param = (3 + 2 * opt.slot_names().len()) * std::mem::size_of::<f32>();
-    let total = per * tensors;
-    let gbps = (bytes_per_param * total) as f64 / secs / 1e9;
-    Ok(BenchResult {
-        optimizer: spec.to_string(),
-        params: total,
-        tensors,
-        ms_per_step: secs * 1e3,
-        bytes_per_param,
-        gbps,
-        fraction_of_bandwidth: gbps / bandwidth_gbps,
+    let mut all_reference = Vec::new();
+    let mut results = Vec::new();
+    for &count in &plan.tensors {
+        let per = plan.params / count;
+        let total = per * count;
+        let mut params = layout(count, per, |i| ((i % 1000) as f32) * 1e-3 - 0.5);
+        let grads = layout(count, per, |i| (((i * 7 + 3) % 1000) as f32) * 1e-6 - 5e-4);
+        for spec in &plan.specs {
+            // A fresh optimizer per layout, so that the state matches the tensors.
+            let mut opt = Optimizer::<f32>::new(spec.clone())?;
+            let bytes_per_param = (3 + 2 * slots(&opt)) * std::mem::size_of::<f32>();
+            let working_set = (2 + slots(&opt)) * std::mem::size_of::<f32>() * total;
+            let moved = (bytes_per_param * total) as f64;
+            let mut steps = Vec::with_capacity(plan.reps);
+            let mut ratios = Vec::with_capacity(plan.reps);
+            let mut refs = Vec::with_capacity(plan.reps);
+            for round in 0..WARMUP + plan.reps {
+                let (ref_secs, ref_bytes) = reference.pass(working_set);
+                let start = Instant::now();
+                opt.step(&mut params, &grads, &info)?;
+                let secs = start.elapsed().as_secs_f64();
+                if round >= WARMUP {
+                    let ref_gbps = ref_bytes / ref_secs / 1e9;
+                    steps.push(secs);
+                    refs.push(ref_gbps);
+                    ratios.push(moved / secs / 1e9 / ref_gbps);
+                }
+            }
+            all_reference.extend_from_slice(&refs);
+            let secs = median(&mut steps);
+            let result = BenchResult {
+                optimizer: spec.to_string(),
+                params: total,
+                tensors: count,
+                ms_per_step: secs * 1e3,
+                bytes_per_param,
+                gbps: moved / secs / 1e9,
+                bandwidth_gbps: median(&mut refs),
+                fraction_of_bandwidth: median(&mut ratios),
+            };
+            progress(&result);
+            results.push(result);
+        }
+    }
+    Ok(BenchReport {
+        bandwidth_gbps: median(&mut all_reference),
+        threads: rayon::current_num_threads(),
+        simd: SimdLevel::current().name(),
+        results,
     })
 }
 
@@ -138,13 +235,52 @@ pub fn bench_optimizer(
 mod tests {
     use super::*;
 
+    fn plan(params: usize, tensors: Vec<usize>, specs: &[&str]) -> BenchPlan {
+        BenchPlan {
+            params,
+            tensors,
+            specs: specs.iter().map(|s| s.parse().unwrap()).collect(),
+            reps: 3,
+        }
+    }
+
     #[test]
     fn bench_reports_consistent_figures() {
-        let bw = rmw_bandwidth_gbps(28 * 100_000, 3).unwrap();
-        assert!(bw > 0.0);
-        let r = bench_optimizer(&"adam".parse().unwrap(), 100_000, 4, 3, bw).unwrap();
-        assert_eq!((r.params, r.tensors, r.bytes_per_param), (100_000, 4, 28));
-        assert!((r.gbps / bw - r.fraction_of_bandwidth).abs() < 1e-12);
-        assert!(bench_optimizer(&"sgd".parse().unwrap(), 10, 0, 3, bw).is_err());
+        let mut seen = 0;
+        let report = run(&plan(100_000, vec![1, 4], &["adam", "sgd"]), |_| seen += 1).unwrap();
+        assert_eq!(seen, 4);
+        assert!(report.bandwidth_gbps > 0.0);
+        let layouts: Vec<_> = report
+            .results
+            .iter()
+            .map(|r| (r.optimizer.as_str(), r.tensors, r.bytes_per_param))
+            .collect();
+        assert_eq!(
+            layouts,
+            [
+                ("adam", 1, 28),
+                ("sgd", 1, 12),
+                ("adam", 4, 28),
+                ("sgd", 4, 12)
+            ]
+        );
+        for r in &report.results {
+            assert_eq!(r.params, 100_000);
+            let implied = r.bytes_per_param as f64 * 1e5 / (r.ms_per_step * 1e-3) / 1e9;
+            assert!((r.gbps - implied).abs() <= 1e-9 * implied);
+            assert!(r.fraction_of_bandwidth > 0.0 && r.bandwidth_gbps > 0.0);
+        }
+    }
+
+    #[test]
+    fn bad_plans_are_errors() {
+        assert!(run(&plan(10, vec![0], &["sgd"]), |_| ()).is_err());
+        assert!(run(&plan(10, vec![11], &["sgd"]), |_| ()).is_err());
+        assert!(run(&plan(0, vec![1], &["sgd"]), |_| ()).is_err());
+        assert!(run(&plan(10, vec![], &["sgd"]), |_| ()).is_err());
+        assert!(run(&plan(10, vec![1], &[]), |_| ()).is_err());
+        let mut p = plan(10, vec![1], &["sgd"]);
+        p.reps = 0;
+        assert!(run(&p, |_| ()).is_err());
     }
 }

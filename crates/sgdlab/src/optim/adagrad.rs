@@ -1,6 +1,7 @@
 //! Adagrad (PyTorch semantics).
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -61,10 +62,12 @@ impl Adagrad {
         let gs = T::from_f64(ctx.grad_scale);
         let wd = T::from_f64(self.weight_decay);
         let eps = T::from_f64(self.eps);
-        for ((p, &g), s) in p.iter_mut().zip(g).zip(sum.iter_mut()) {
-            let g = g * gs + wd * *p;
-            *s = *s + g * g;
-            *p = *p - clr * (g / (s.sqrt() + eps));
-        }
+        blocks(ctx.prefetch, p, g, [sum], |p, g, [sum]| {
+            for ((p, &g), s) in p.iter_mut().zip(g).zip(sum.iter_mut()) {
+                let g = g * gs + wd * *p;
+                *s = *s + g * g;
+                *p = *p - clr * (g / (s.sqrt() + eps));
+            }
+        });
     }
 }

@@ -1,6 +1,7 @@
 //! Adam and AdamW (PyTorch semantics), with AMSGrad and a choice of bias correction.
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::sgd::ema_coefficients;
 use super::spec::{Debias, check, config};
 use crate::{Real, Result};
@@ -115,23 +116,25 @@ impl Adam {
         macro_rules! run {
             ($rule:expr) => {
                 match &mut *slots {
-                    [m, v] => {
+                    [m, v] => blocks(ctx.prefetch, p, g, [m, v], |p, g, [m, v]| {
                         for (((p, &g), m), v) in
                             p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
                         {
                             $rule(p, g, m, v, None);
                         }
-                    }
+                    }),
                     [m, v, vmax] => {
-                        for ((((p, &g), m), v), vmax) in p
-                            .iter_mut()
-                            .zip(g)
-                            .zip(m.iter_mut())
-                            .zip(v.iter_mut())
-                            .zip(vmax.iter_mut())
-                        {
-                            $rule(p, g, m, v, Some(vmax));
-                        }
+                        blocks(ctx.prefetch, p, g, [m, v, vmax], |p, g, [m, v, vmax]| {
+                            for ((((p, &g), m), v), vmax) in p
+                                .iter_mut()
+                                .zip(g)
+                                .zip(m.iter_mut())
+                                .zip(v.iter_mut())
+                                .zip(vmax.iter_mut())
+                            {
+                                $rule(p, g, m, v, Some(vmax));
+                            }
+                        })
                     }
                     _ => unreachable!("adam has two or three slots"),
                 }

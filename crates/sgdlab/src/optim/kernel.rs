@@ -29,6 +29,79 @@ pub const CHUNK: usize = 32 * 1024;
 /// Below this many elements a step runs on the calling thread.
 const PARALLEL_MIN: usize = 2 * CHUNK;
 
+/// Bytes of each array per block of the prefetching element loop (a multiple of 64, so that
+/// blocks start on cache lines when the arrays do).
+const BLOCK_BYTES: usize = 1024;
+
+/// How far ahead of the block being computed the next lines are prefetched, in bytes.
+const AHEAD_BYTES: usize = 2048;
+
+// The reductions' lanes (64 of `f32` or `f64`) must tile a block exactly, so that only the
+// last block of a chunk is ragged and the sums do not depend on the blocking.
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(64 * 8));
+
+/// Runs `body` over `p`, `g` and the state buffers `slots` (all of one length), block by
+/// block when `prefetch` is set, issuing a software prefetch for each cache line
+/// [`AHEAD_BYTES`] ahead of the block in every array before computing it.
+///
+/// A streaming step's speed is bounded by how many cache misses each core has in flight.
+/// The hardware prefetcher keeps only a few streams going per core, and an update reads
+/// 2–5 of them; explicit prefetches ~2 KiB ahead measured 8–10% faster on a 10M-parameter
+/// Adam step (2 threads, AVX-512). The blocks change only where the loop pauses to prefetch,
+/// not what is computed, so results are the same bits either way.
+#[inline(always)]
+pub(crate) fn blocks<T: Real, const S: usize>(
+    prefetch: bool,
+    p: &mut [T],
+    g: &[T],
+    mut slots: [&mut [T]; S],
+    mut body: impl FnMut(&mut [T], &[T], [&mut [T]; S]),
+) {
+    let n = p.len();
+    let block = (BLOCK_BYTES / std::mem::size_of::<T>()).max(1);
+    if !prefetch || n <= block {
+        body(p, g, slots);
+        return;
+    }
+    let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
+        prefetch_lines(&p[from..to]);
+        prefetch_lines(&g[from..to]);
+        for slot in &slots {
+            prefetch_lines(&slot[from..to]);
+        }
+        body(
+            &mut p[start..end],
+            &g[start..end],
+            slots.each_mut().map(|s| &mut s[start..end]),
+        );
+        start = end;
+    }
+}
+
+/// Asks the CPU to bring every cache line of `xs` into L1 (x86-64; nothing elsewhere).
+#[inline(always)]
+fn prefetch_lines<T>(xs: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let base = xs.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(xs);
+        let mut offset = 0;
+        while offset < bytes {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is a hint that never
+            // dereferences, faults or changes a value (the address is inside `xs` anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(offset)) };
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = xs;
+}
+
 /// An instruction-set level the kernels are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -236,46 +309,131 @@ pub(crate) fn reduce<T: Real>(grads: &[Tensor<T>], norm: bool) -> Result<f64, (u
 }
 
 /// $\sum x^2$ in `f64` with 16 independent lanes (summed in a fixed order at the end), so
-/// that the loop vectorises instead of waiting on one long chain of additions.
+/// that the loop vectorises instead of waiting on one long chain of additions; prefetching
+/// ahead like the update loops ([`blocks`]).
 #[inline(always)]
 fn sum_of_squares<T: Real>(xs: &[T]) -> f64 {
     const LANES: usize = 16;
     let mut acc = [0.0f64; LANES];
-    let mut blocks = xs.chunks_exact(LANES);
-    for block in &mut blocks {
-        for (a, &x) in acc.iter_mut().zip(block) {
-            let x = x.as_f64();
-            *a += x * x;
+    let mut tail = 0.0;
+    read_blocks(xs, |xs| {
+        let mut blocks = xs.chunks_exact(LANES);
+        for block in &mut blocks {
+            for (a, &x) in acc.iter_mut().zip(block) {
+                let x = x.as_f64();
+                *a += x * x;
+            }
         }
-    }
-    let tail: f64 = blocks
-        .remainder()
-        .iter()
-        .map(|&x| x.as_f64() * x.as_f64())
-        .sum();
+        // Only the last block can be ragged (blocks are whole multiples of LANES).
+        tail += blocks
+            .remainder()
+            .iter()
+            .map(|&x| x.as_f64() * x.as_f64())
+            .sum::<f64>();
+    });
     acc.iter().sum::<f64>() + tail
 }
 
 multiversion!(fn sum_of_squares_dispatch<T: Real>(xs: &[T]) -> f64 = sum_of_squares);
 
-/// 0 if every element is finite, NaN otherwise: $\sum (x - x)$ over 16 lanes, which
+/// 0 if every element is finite, NaN otherwise: $\sum (x - x)$ over 64 lanes, which
 /// vectorises and reads each element once ($x - x$ is 0 for finite $x$, NaN for ±∞ and NaN).
+/// Four vector accumulators at AVX-512 (eight at AVX2) keep the additions from waiting on
+/// each other; prefetching ahead like the update loops.
 #[inline(always)]
 #[allow(clippy::eq_op)]
 fn finiteness<T: Real>(xs: &[T]) -> f64 {
-    const LANES: usize = 16;
+    const LANES: usize = 64;
     let mut acc = [T::zero(); LANES];
-    let mut blocks = xs.chunks_exact(LANES);
-    for block in &mut blocks {
-        for (a, &x) in acc.iter_mut().zip(block) {
-            *a = *a + (x - x);
+    let mut tail = T::zero();
+    read_blocks(xs, |xs| {
+        let mut blocks = xs.chunks_exact(LANES);
+        for block in &mut blocks {
+            for (a, &x) in acc.iter_mut().zip(block) {
+                *a = *a + (x - x);
+            }
         }
-    }
-    let tail = blocks
-        .remainder()
-        .iter()
-        .fold(T::zero(), |a, &x| a + (x - x));
+        tail = blocks.remainder().iter().fold(tail, |a, &x| a + (x - x));
+    });
     acc.iter().fold(tail, |a, &b| a + b).as_f64()
 }
 
+/// Runs `body` over `xs` in blocks of [`BLOCK_BYTES`] (a multiple of 64 lanes of `f32` and
+/// of 16 lanes of `f64`), prefetching [`AHEAD_BYTES`] ahead.
+#[inline(always)]
+fn read_blocks<T: Real>(xs: &[T], mut body: impl FnMut(&[T])) {
+    let block = BLOCK_BYTES / std::mem::size_of::<T>();
+    let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+    let n = xs.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        prefetch_lines(&xs[(start + ahead).min(n)..(end + ahead).min(n)]);
+        body(&xs[start..end]);
+        start = end;
+    }
+}
+
 multiversion!(fn finiteness_dispatch<T: Real>(xs: &[T]) -> f64 = finiteness);
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Optimizer, StepContext};
+    use super::*;
+
+    /// The prefetching block loop computes exactly what one pass over the whole slice does,
+    /// for every rule and slot layout, on a length that is not a multiple of the block.
+    #[test]
+    fn blocked_and_whole_loops_give_the_same_bits() {
+        let specs = [
+            "sgd:lr=0.05",
+            "sgd:lr=0.02,momentum=0.9,nesterov=true,weight_decay=0.01",
+            "ema-momentum:lr=0.1,debias=power",
+            "adam:lr=0.01",
+            "adam:lr=0.01,amsgrad=true,weight_decay=0.1",
+            "adamw:lr=0.01",
+            "rmsprop:lr=0.01",
+            "rmsprop:lr=0.01,momentum=0.9",
+            "rmsprop:lr=0.01,centered=true",
+            "rmsprop:lr=0.01,centered=true,momentum=0.9",
+            "adagrad:lr=0.1",
+            "lion:lr=0.01",
+            "madam:lr=0.01",
+            "normsgd:lr=0.1",
+            "multiplicative:lr=0.1",
+            "lossprop:lr=0.1",
+        ];
+        let n = 5 * BLOCK_BYTES / 4 + 7;
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        for spec in specs {
+            let opt = Optimizer::<f32>::from_spec(spec).unwrap();
+            let rule = &opt.spec().rule;
+            let run = |prefetch: bool| {
+                let ctx = StepContext {
+                    t: 3,
+                    lr: rule.lr(),
+                    grad_scale: 1.0,
+                    loss: Some(0.5),
+                    grad_norm_sq: 2.0,
+                    numel: n,
+                    prefetch,
+                };
+                let mut p: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+                let mut slots: Vec<Vec<f32>> = (0..opt.slot_names().len())
+                    .map(|k| (0..n).map(|i| ((i + k) % 5) as f32 * 0.01).collect())
+                    .collect();
+                let mut views: Vec<&mut [f32]> = slots.iter_mut().map(|s| &mut s[..]).collect();
+                super::super::step_tensor(rule, &ctx, &mut p, &g, &mut views, &[2.0]);
+                (p, slots)
+            };
+            let (whole, blocked) = (run(false), run(true));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&whole.0), bits(&blocked.0), "{spec}: parameters");
+            for (a, b) in whole.1.iter().zip(&blocked.1) {
+                assert_eq!(bits(a), bits(b), "{spec}: state");
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Lion (Chen et al. 2023), with optax's semantics.
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -51,18 +52,20 @@ impl Lion {
         let wd = T::from_f64(self.weight_decay);
         let (b1, c1) = (T::from_f64(self.beta1), T::from_f64(1.0 - self.beta1));
         let (b2, c2) = (T::from_f64(self.beta2), T::from_f64(1.0 - self.beta2));
-        for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-            let g = g * gs;
-            let c = b1 * *m + c1 * g;
-            let sign = if c > T::zero() {
-                T::one()
-            } else if c < T::zero() {
-                -T::one()
-            } else {
-                T::zero()
-            };
-            *p = *p - lr * (sign + wd * *p);
-            *m = b2 * *m + c2 * g;
-        }
+        blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
+            for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                let g = g * gs;
+                let c = b1 * *m + c1 * g;
+                let sign = if c > T::zero() {
+                    T::one()
+                } else if c < T::zero() {
+                    -T::one()
+                } else {
+                    T::zero()
+                };
+                *p = *p - lr * (sign + wd * *p);
+                *m = b2 * *m + c2 * g;
+            }
+        });
     }
 }

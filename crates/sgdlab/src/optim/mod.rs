@@ -158,6 +158,9 @@ pub(crate) struct StepContext {
     pub grad_norm_sq: f64,
     /// Number of parameters over all tensors.
     pub numel: usize,
+    /// Whether element loops prefetch ahead ([`kernel::blocks`]): for steps too large to
+    /// stay in cache.
+    pub prefetch: bool,
 }
 
 /// An optimizer: a validated spec and its state.
@@ -319,14 +322,16 @@ impl<T: Real> Optimizer<T> {
             self.allocate(params);
         }
         self.step += 1;
-        let ctx = StepContext {
+        let mut ctx = StepContext {
             t: self.step,
             lr: self.spec.rule.lr() * info.lr_scale,
             grad_scale,
             loss: info.loss,
             grad_norm_sq: norm_sq * grad_scale * grad_scale,
             numel: params.iter().map(Tensor::len).sum(),
+            prefetch: false,
         };
+        ctx.prefetch = !kernel::is_small(ctx.numel);
         if let Rule::Madam(c) = &self.spec.rule {
             for (p, state) in params.iter().zip(&mut self.tensors) {
                 c.begin_tensor(&ctx, &p.data, &mut state.scalars);

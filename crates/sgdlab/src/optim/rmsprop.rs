@@ -1,6 +1,7 @@
 //! RMSprop (PyTorch semantics), plain or centered, with momentum.
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -55,43 +56,32 @@ impl Rmsprop {
         slots: &mut [&mut [T]],
     ) {
         let lr = T::from_f64(ctx.lr);
-        let gs = T::from_f64(ctx.grad_scale);
-        let wd = T::from_f64(self.weight_decay);
-        let alpha = T::from_f64(self.alpha);
-        let rate = T::from_f64(1.0 - self.alpha);
-        let eps = T::from_f64(self.eps);
         let mu = T::from_f64(self.momentum);
-        // Per element: returns the direction g/a after updating the averages.
-        let direction = |p: T, g: T, v: &mut T, gbar: Option<&mut T>| {
-            let g = g * gs + wd * p;
-            *v = alpha * *v + rate * g * g;
-            let a = match gbar {
-                Some(gbar) => {
-                    *gbar = alpha * *gbar + rate * g;
-                    (*v - *gbar * *gbar).sqrt() + eps
-                }
-                None => v.sqrt() + eps,
-            };
-            g / a
+        let k = Coefficients {
+            gs: T::from_f64(ctx.grad_scale),
+            wd: T::from_f64(self.weight_decay),
+            alpha: T::from_f64(self.alpha),
+            rate: T::from_f64(1.0 - self.alpha),
+            eps: T::from_f64(self.eps),
         };
         match (self.momentum > 0.0, slots) {
-            (false, [v]) => {
+            (false, [v]) => blocks(ctx.prefetch, p, g, [v], |p, g, [v]| {
                 for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
-                    *p = *p - lr * direction(*p, g, v, None);
+                    *p = *p - lr * k.direction(*p, g, v, None);
                 }
-            }
-            (true, [v, b]) => {
+            }),
+            (true, [v, b]) => blocks(ctx.prefetch, p, g, [v, b], |p, g, [v, b]| {
                 for (((p, &g), v), b) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(b.iter_mut()) {
-                    *b = mu * *b + direction(*p, g, v, None);
+                    *b = mu * *b + k.direction(*p, g, v, None);
                     *p = *p - lr * *b;
                 }
-            }
-            (false, [v, c]) => {
+            }),
+            (false, [v, c]) => blocks(ctx.prefetch, p, g, [v, c], |p, g, [v, c]| {
                 for (((p, &g), v), c) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(c.iter_mut()) {
-                    *p = *p - lr * direction(*p, g, v, Some(c));
+                    *p = *p - lr * k.direction(*p, g, v, Some(c));
                 }
-            }
-            (true, [v, b, c]) => {
+            }),
+            (true, [v, b, c]) => blocks(ctx.prefetch, p, g, [v, b, c], |p, g, [v, b, c]| {
                 for ((((p, &g), v), b), c) in p
                     .iter_mut()
                     .zip(g)
@@ -99,11 +89,39 @@ impl Rmsprop {
                     .zip(b.iter_mut())
                     .zip(c.iter_mut())
                 {
-                    *b = mu * *b + direction(*p, g, v, Some(c));
+                    *b = mu * *b + k.direction(*p, g, v, Some(c));
                     *p = *p - lr * *b;
                 }
-            }
+            }),
             _ => unreachable!("rmsprop slot layout"),
         }
+    }
+}
+
+/// RMSprop's per-step scalars, converted to the element type once.
+struct Coefficients<T> {
+    gs: T,
+    wd: T,
+    alpha: T,
+    rate: T,
+    eps: T,
+}
+
+impl<T: Real> Coefficients<T> {
+    /// The direction $g/a$ for one element, after updating its averages:
+    /// $v \leftarrow \alpha v + (1-\alpha) g^2$ and $a = \sqrt{v} + \epsilon$, or, centred,
+    /// $\bar g \leftarrow \alpha \bar g + (1-\alpha) g$ and $a = \sqrt{v - \bar g^2} + \epsilon$.
+    #[inline(always)]
+    fn direction(&self, p: T, g: T, v: &mut T, gbar: Option<&mut T>) -> T {
+        let g = g * self.gs + self.wd * p;
+        *v = self.alpha * *v + self.rate * g * g;
+        let a = match gbar {
+            Some(gbar) => {
+                *gbar = self.alpha * *gbar + self.rate * g;
+                (*v - *gbar * *gbar).sqrt() + self.eps
+            }
+            None => v.sqrt() + self.eps,
+        };
+        g / a
     }
 }

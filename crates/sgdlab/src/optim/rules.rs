@@ -2,6 +2,7 @@
 //! (problem 6), multiplicative updates and loss-proportional updates (problem 7).
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -28,9 +29,11 @@ impl NormSgd {
         let d = ctx.numel.max(1) as f64;
         let factor =
             T::from_f64(ctx.lr * ctx.grad_scale / (ctx.grad_norm_sq / d + self.eps).sqrt());
-        for (p, &g) in p.iter_mut().zip(g) {
-            *p = *p - factor * g;
-        }
+        blocks(ctx.prefetch, p, g, [], |p, g, []| {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p = *p - factor * g;
+            }
+        });
     }
 }
 
@@ -56,9 +59,11 @@ impl Multiplicative {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
         let eps = T::from_f64(self.eps);
-        for (p, &g) in p.iter_mut().zip(g) {
-            *p = *p - lr * p.abs().max(eps) * (g * gs);
-        }
+        blocks(ctx.prefetch, p, g, [], |p, g, []| {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p = *p - lr * p.abs().max(eps) * (g * gs);
+            }
+        });
     }
 }
 
@@ -82,8 +87,10 @@ impl LossProp {
     pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
         let loss = ctx.loss.unwrap_or(f64::NAN);
         let factor = T::from_f64(ctx.lr * loss * ctx.grad_scale);
-        for (p, &g) in p.iter_mut().zip(g) {
-            *p = *p - factor * g;
-        }
+        blocks(ctx.prefetch, p, g, [], |p, g, []| {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p = *p - factor * g;
+            }
+        });
     }
 }

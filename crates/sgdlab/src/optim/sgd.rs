@@ -1,6 +1,7 @@
 //! SGD with momentum (PyTorch semantics) and problem 3's EMA-form momentum.
 
 use super::StepContext;
+use super::kernel::blocks;
 use super::spec::{Debias, check, config};
 use crate::{Error, Real, Result};
 
@@ -69,20 +70,20 @@ impl Sgd {
         let keep = T::from_f64(1.0 - self.dampening);
         let first = ctx.t == 1;
         match slots {
-            [] => {
+            [] => blocks(ctx.prefetch, p, g, [], |p, g, []| {
                 for (p, &g) in p.iter_mut().zip(g) {
                     let d = g * gs + wd * *p;
                     *p = *p - lr * d;
                 }
-            }
-            [buf] => {
+            }),
+            [buf] => blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
                     let d = g * gs + wd * *p;
                     *b = if first { d } else { mu * *b + keep * d };
                     let step = if self.nesterov { d + mu * *b } else { *b };
                     *p = *p - lr * step;
                 }
-            }
+            }),
             _ => unreachable!("sgd has at most one slot"),
         }
     }
@@ -131,10 +132,12 @@ impl EmaMomentum {
         let (decay, rate) = (T::from_f64(decay), T::from_f64(rate));
         let step = T::from_f64(ctx.lr * factor);
         let gs = T::from_f64(ctx.grad_scale);
-        for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-            *m = decay * *m + rate * (g * gs);
-            *p = *p - step * *m;
-        }
+        blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
+            for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                *m = decay * *m + rate * (g * gs);
+                *p = *p - step * *m;
+            }
+        });
     }
 }
 
