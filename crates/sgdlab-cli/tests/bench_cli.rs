@@ -1,0 +1,91 @@
+//! End-to-end tests of `sgdlab bench`: the JSON schema, layouts, and argument errors. (Speed
+//! itself is measured, never asserted: these runs are tiny.)
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn sgdlab() -> Command {
+    Command::cargo_bin("sgdlab").expect("the sgdlab binary is built")
+}
+
+#[test]
+fn json_has_every_layout_and_optimizer_with_consistent_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.json");
+    sgdlab()
+        .args([
+            "--threads",
+            "2",
+            "bench",
+            "--params",
+            "70000",
+            "--reps",
+            "3",
+            "--tensors",
+            "1",
+            "--tensors",
+            "7",
+            "--opt",
+            "adam",
+            "--opt",
+            "lion:check_finite=false",
+            "--json",
+        ])
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("lion:check_finite=false"));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(json["bandwidth_gbps"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["threads"], 2);
+    let results = json["results"].as_array().unwrap();
+    let rows: Vec<(&str, u64, u64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["optimizer"].as_str().unwrap(),
+                r["tensors"].as_u64().unwrap(),
+                r["bytes_per_param"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("adam", 1, 28),
+            ("lion:check_finite=false", 1, 20),
+            ("adam", 7, 28),
+            ("lion:check_finite=false", 7, 20)
+        ]
+    );
+    for r in results {
+        let f = |k: &str| r[k].as_f64().unwrap();
+        assert_eq!(r["params"], 70_000);
+        let gbps = f("bytes_per_param") * 70_000.0 / (f("ms_per_step") * 1e-3) / 1e9;
+        assert!((f("gbps") - gbps).abs() <= 1e-9 * gbps);
+        assert!(f("bandwidth_gbps") > 0.0 && f("fraction_of_bandwidth") > 0.0);
+    }
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--tensors", "0"], "tensors"),
+        (&["--params", "10", "--tensors", "11"], "tensors"),
+        (&["--params", "0"], "params"),
+        (&["--reps", "0"], "reps"),
+        (&["--opt", "adam:beta1=2"], "beta1"),
+        (&["--simd", "avx9000"], "--simd"),
+    ];
+    for (args, needle) in cases {
+        sgdlab()
+            .arg("bench")
+            .args(args)
+            .assert()
+            .code(2)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(needle));
+    }
+}
