@@ -1,40 +1,34 @@
 #!/usr/bin/env python3
 """Compare sgdlab's Adam step with PyTorch's fused/foreach Adam and optax's jitted Adam.
 
-Runs `sgdlab bench --json` and, for whichever of torch and optax are installed, the same
-step on the same number of f32 parameters with the same thread count, then prints each
-figure and its ratio to sgdlab's. Not part of CI.
+Runs sgdlab's Adam and, for whichever of torch and optax are installed, the same step on the
+same number of f32 parameters with the same thread count, then prints each figure and its
+ratio to sgdlab's. Not part of CI.
 
-    python3 bench/compare_torch.py [--params 10000000] [--threads 2] [--reps 10]
-        [--rounds 7] [--sgdlab target/release/sgdlab]
+    python3 bench/compare_torch.py [--params 10000000] [--threads 2] [--rounds 100]
+        [--foreach] [--sgdlab target/release/sgdlab]
 
-Each round runs `sgdlab bench` once and then every other implementation, back to back; the
-speed-ups are medians of the per-round ratios.
+sgdlab runs as `sgdlab bench --serve`, which steps on request, so that every round times
+one step of each implementation back to back (in rotating order, each on its own data):
+neighbouring steps see the same machine, and the ratios are taken within rounds. torch runs
+with OMP_WAIT_POLICY=PASSIVE (unless set), so that its idle threads do not spin on the cores
+the next step needs. sgdlab's steps are timed inside the process; the others'
+from Python, which adds the call overhead (tens of microseconds) to theirs.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-
-
-def median_seconds(step, reps):
-    for _ in range(3):
-        step()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def torch_adam(params, threads):
     """Step closures for PyTorch's fused and foreach Adam, if torch is installed."""
+    # libgomp's threads otherwise spin for a while after each parallel region, on the cores
+    # that the next implementation's step then runs on.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError:
@@ -80,55 +74,85 @@ def optax_adam(params):
     return {f"optax {optax.__version__} adam (jit)": run}
 
 
-def sgdlab_adam(binary, params, threads, reps):
-    """Median seconds per step of sgdlab's Adam, with and without the NaN/Inf check."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "bench.json")
-        subprocess.run(
-            [binary, "--threads", str(threads), "bench", "--params", str(params),
-             "--reps", str(reps), "--opt", "adam", "--opt", "adam:check_finite=false",
-             "--json", path],
-            check=True, stdout=subprocess.DEVNULL)
-        with open(path) as f:
-            ours = json.load(f)
-    return {
-        "sgdlab adam (NaN/Inf check, default)": ours["results"][0]["ms_per_step"] / 1e3,
-        "sgdlab adam:check_finite=false": ours["results"][1]["ms_per_step"] / 1e3,
-    }
+class Sgdlab:
+    """`sgdlab bench --serve`: one step of the K-th optimizer per request, timed inside."""
+
+    def __init__(self, binary, params, threads, specs):
+        cmd = [binary, "--threads", str(threads), "bench", "--serve", "--params", str(params)]
+        for spec in specs:
+            cmd += ["--opt", spec]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            sys.exit(f"{binary} bench --serve did not start")
+
+    def step(self, k):
+        self.proc.stdin.write(f"{k}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit("sgdlab bench --serve stopped")
+        return float(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def timed(step):
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4)
+    return q[0], statistics.median(xs), q[2]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=10_000_000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=7,
-                    help="rounds; each times every implementation once, back to back")
+    ap.add_argument("--rounds", type=int, default=100,
+                    help="rounds; each times one step of every implementation, back to back")
+    ap.add_argument("--foreach", action="store_true", help="also time torch's (slow) foreach Adam")
     ap.add_argument("--sgdlab", default="target/release/sgdlab")
     args = ap.parse_args()
 
+    specs = {"sgdlab adam (NaN/Inf check, default)": "adam",
+             "sgdlab adam:check_finite=false": "adam:check_finite=false"}
+    ours = Sgdlab(args.sgdlab, args.params, args.threads, list(specs.values()))
+    steps = {name: (lambda k=k: ours.step(k)) for k, name in enumerate(specs)}
     others = torch_adam(args.params, args.threads)
+    if not args.foreach:
+        others = {k: v for k, v in others.items() if "foreach" not in k}
     others.update(optax_adam(args.params))
-    times = {}   # name -> per-round median seconds
-    for _ in range(args.rounds):
-        for name, secs in sgdlab_adam(args.sgdlab, args.params, args.threads, args.reps).items():
-            times.setdefault(name, []).append(secs)
-        for name, step in others.items():
-            times.setdefault(name, []).append(median_seconds(step, args.reps))
+    steps.update({name: (lambda step=step: timed(step)) for name, step in others.items()})
 
-    # The speed-up is the median over rounds of each round's ratio, so that the drift of a
-    # shared machine's bandwidth, which both sides of a round share, cancels out.
+    for step in steps.values():   # warm-up: allocate state, fault pages in
+        for _ in range(3):
+            step()
+    times = {name: [] for name in steps}
+    order = list(steps)
+    for r in range(args.rounds):
+        # Rotate who goes first, so that no implementation always follows the same one.
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            times[name].append(steps[name]())
+    ours.close()
+
+    # Ratios are taken step by step within a round, so that the drift of a shared machine's
+    # bandwidth, which neighbouring steps share, cancels out.
     base = "sgdlab adam:check_finite=false"
     bytes_moved = 28 * args.params
-    print(f"{args.params} f32 parameters, {args.threads} threads, {args.rounds} rounds "
-          f"of {args.reps} steps each")
-    print(f"{'implementation':40} {'ms/step':>9} {'GB/s@28B':>9} "
-          f"{'sgdlab (no check) speed-up: median [min, max] over rounds':>20}")
+    print(f"{args.params} f32 parameters, {args.threads} threads, {args.rounds} rounds of one "
+          "step each, interleaved")
+    print(f"{'implementation':36} {'ms/step':>8} {'GB/s@28B':>9}   "
+          "time / sgdlab no-check time: median [quartiles]")
     for name, secs in times.items():
-        ratios = sorted(s / b for s, b in zip(secs, times[base]))
+        lo, mid, hi = quartiles([s / b for s, b in zip(secs, times[base])])
         med = statistics.median(secs)
-        print(f"{name:40} {med * 1e3:9.3f} {bytes_moved / med / 1e9:9.1f} "
-              f"{statistics.median(ratios):8.2f}x [{ratios[0]:.2f}, {ratios[-1]:.2f}]")
+        print(f"{name:36} {med * 1e3:8.3f} {bytes_moved / med / 1e9:9.1f}   "
+              f"{mid:5.2f}x [{lo:.2f}, {hi:.2f}]")
     if not others:
         print("(neither torch nor optax is installed: pip install torch / optax jax to compare)")
 

@@ -34,6 +34,33 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Step on demand instead: print `ready`, then for each line `K` read from stdin run one
+    /// step of the K-th `--opt` (from 0) and print its seconds. Lets another process
+    /// interleave its own steps with these one by one (`bench/compare_torch.py`).
+    #[arg(long, conflicts_with = "json")]
+    serve: bool,
+}
+
+/// The `--serve` loop: one step per request line, until end of input.
+fn serve(args: &BenchArgs, specs: &[sgdlab::optim::OptimizerSpec]) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    let tensors = args.tensors.first().copied().unwrap_or(1);
+    let mut work = sgdlab::bench::Workload::new(args.params, tensors, specs)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("cannot read stdin")?;
+        let k: usize = line.trim().parse().with_context(|| {
+            format!(
+                "invalid request {line:?}: expected an optimizer index below {}",
+                work.len()
+            )
+        })?;
+        writeln!(out, "{:e}", work.step(k)?)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +90,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         reps: args.reps,
     };
     plan.validate()?;
+    if args.serve {
+        return serve(&args, &plan.specs);
+    }
     println!(
         "{} f32 parameters, {} threads, {}. Each step is timed alternately with the \
          read-modify-write loop b += s·c over the same working set (\"ref\"); \

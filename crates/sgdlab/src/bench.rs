@@ -167,39 +167,105 @@ fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Vec<Tens
         .collect()
 }
 
+/// The benchmark's problem: `params` f32 parameters in `tensors` equal tensors with a fixed
+/// gradient, one copy per optimizer (so that no step finds another's data in cache), each
+/// stepped on demand. `sgdlab bench --serve` uses it to let another process
+/// (`bench/compare_torch.py`) interleave its own steps with these one by one, so that both
+/// see the same machine.
+pub struct Workload {
+    problems: Vec<Problem>,
+}
+
+/// One optimizer with its own parameters and gradient.
+struct Problem {
+    params: Vec<Tensor<f32>>,
+    grads: Vec<Tensor<f32>>,
+    optimizer: Optimizer<f32>,
+}
+
+impl Workload {
+    /// Builds the tensors and the optimizers (their state is allocated at the first step).
+    pub fn new(params: usize, tensors: usize, specs: &[OptimizerSpec]) -> Result<Self> {
+        BenchPlan {
+            params,
+            tensors: vec![tensors],
+            specs: specs.to_vec(),
+            reps: 1,
+        }
+        .validate()?;
+        let per = params / tensors;
+        let problems = specs
+            .iter()
+            .map(|spec| {
+                Ok(Problem {
+                    params: layout(tensors, per, |i| ((i % 1000) as f32) * 1e-3 - 0.5),
+                    grads: layout(tensors, per, |i| {
+                        (((i * 7 + 3) % 1000) as f32) * 1e-6 - 5e-4
+                    }),
+                    optimizer: Optimizer::new(spec.clone())?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { problems })
+    }
+
+    /// Number of optimizers.
+    pub fn len(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// Whether there are no optimizers.
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// One step of optimizer `k`; returns its wall-clock seconds.
+    pub fn step(&mut self, k: usize) -> Result<f64> {
+        let n = self.problems.len();
+        let Problem {
+            params,
+            grads,
+            optimizer,
+        } = self
+            .problems
+            .get_mut(k)
+            .ok_or_else(|| Error::invalid("optimizer index", k, format!("must be below {n}")))?;
+        let start = Instant::now();
+        optimizer.step(params, grads, &StepInfo::with_loss(1.0))?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
 /// Runs `plan`: for every layout and optimizer, 3 untimed rounds, then `reps`
 /// rounds of one reference pass and one step; calls `progress` after each optimizer.
 pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<BenchReport> {
     plan.validate()?;
-    let mut optimizers = Vec::with_capacity(plan.specs.len());
+    let slots = |spec: &OptimizerSpec| -> Result<usize> {
+        Ok(Optimizer::<f32>::new(spec.clone())?.slot_names().len())
+    };
+    let mut max_slots = 0;
     for spec in &plan.specs {
-        optimizers.push(Optimizer::<f32>::new(spec.clone())?);
+        max_slots = max_slots.max(slots(spec)?);
     }
-    let slots = |opt: &Optimizer<f32>| opt.slot_names().len();
-    let max_slots = optimizers.iter().map(slots).max().unwrap_or(0);
     let mut reference = Reference::new((2 + max_slots) * 4 * plan.params);
-    let info = StepInfo::with_loss(1.0);
     let mut all_reference = Vec::new();
     let mut results = Vec::new();
     for &count in &plan.tensors {
         let per = plan.params / count;
         let total = per * count;
-        let mut params = layout(count, per, |i| ((i % 1000) as f32) * 1e-3 - 0.5);
-        let grads = layout(count, per, |i| (((i * 7 + 3) % 1000) as f32) * 1e-6 - 5e-4);
         for spec in &plan.specs {
-            // A fresh optimizer per layout, so that the state matches the tensors.
-            let mut opt = Optimizer::<f32>::new(spec.clone())?;
-            let bytes_per_param = (3 + 2 * slots(&opt)) * std::mem::size_of::<f32>();
-            let working_set = (2 + slots(&opt)) * std::mem::size_of::<f32>() * total;
+            // A fresh problem per optimizer and layout: the same values every time.
+            let mut work = Workload::new(plan.params, count, std::slice::from_ref(spec))?;
+            let n_slots = slots(spec)?;
+            let bytes_per_param = (3 + 2 * n_slots) * std::mem::size_of::<f32>();
+            let working_set = (2 + n_slots) * std::mem::size_of::<f32>() * total;
             let moved = (bytes_per_param * total) as f64;
             let mut steps = Vec::with_capacity(plan.reps);
             let mut ratios = Vec::with_capacity(plan.reps);
             let mut refs = Vec::with_capacity(plan.reps);
             for round in 0..WARMUP + plan.reps {
                 let (ref_secs, ref_bytes) = reference.pass(working_set);
-                let start = Instant::now();
-                opt.step(&mut params, &grads, &info)?;
-                let secs = start.elapsed().as_secs_f64();
+                let secs = work.step(0)?;
                 if round >= WARMUP {
                     let ref_gbps = ref_bytes / ref_secs / 1e9;
                     steps.push(secs);
