@@ -17,7 +17,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::optim::kernel::{CHUNK, SimdLevel, multiversion};
+use crate::optim::kernel::{CHUNK, SimdLevel, is_small, multiversion};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Real, Result};
 
@@ -56,15 +56,20 @@ impl Reference {
         }
     }
 
-    /// One pass over a working set of `bytes`; returns (seconds, bytes moved).
-    fn pass(&mut self, bytes: usize) -> (f64, f64) {
+    /// One pass over a working set of `bytes`, on the rayon pool or (for steps that the
+    /// optimizers run on the calling thread) sequentially; returns (seconds, bytes moved).
+    fn pass(&mut self, bytes: usize, parallel: bool) -> (f64, f64) {
         let n = bytes.div_ceil(8).min(self.b.len());
         let level = SimdLevel::current();
         let (b, c) = (&mut self.b[..n], &self.c[..n]);
         let start = Instant::now();
-        b.par_chunks_mut(CHUNK)
-            .zip(c.par_chunks(CHUNK))
-            .for_each(|(b, c)| rmw_dispatch(level, b, c, 0.5f32));
+        if parallel {
+            b.par_chunks_mut(CHUNK)
+                .zip(c.par_chunks(CHUNK))
+                .for_each(|(b, c)| rmw_dispatch(level, b, c, 0.5f32));
+        } else {
+            rmw_dispatch(level, b, c, 0.5f32);
+        }
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(&self.b);
         (secs, 12.0 * n as f64)
@@ -264,7 +269,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
             let mut ratios = Vec::with_capacity(plan.reps);
             let mut refs = Vec::with_capacity(plan.reps);
             for round in 0..WARMUP + plan.reps {
-                let (ref_secs, ref_bytes) = reference.pass(working_set);
+                let (ref_secs, ref_bytes) = reference.pass(working_set, !is_small(total));
                 let secs = work.step(0)?;
                 if round >= WARMUP {
                     let ref_gbps = ref_bytes / ref_secs / 1e9;
