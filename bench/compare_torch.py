@@ -6,10 +6,11 @@ same number of f32 parameters with the same thread count, then prints each figur
 ratio to sgdlab's. Not part of CI.
 
     python3 bench/compare_torch.py [--params 10000000] [--threads 2] [--rounds 100]
-        [--foreach] [--sgdlab target/release/sgdlab]
+        [--all] [--foreach] [--sgdlab target/release/sgdlab]
 
 sgdlab runs as `sgdlab bench --serve`, which steps on request, so that every round times
-one step of each implementation back to back (in rotating order, each on its own data):
+one step of each implementation back to back (in a new random order each round, each on
+its own data):
 neighbouring steps see the same machine, and the ratios are taken within rounds. torch runs
 with OMP_WAIT_POLICY=PASSIVE (unless set), so that its idle threads do not spin on the cores
 the next step needs. sgdlab's steps are timed inside the process; the others'
@@ -18,6 +19,7 @@ from Python, which adds the call overhead (tens of microseconds) to theirs.
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -109,50 +111,69 @@ def quartiles(xs):
     return q[0], statistics.median(xs), q[2]
 
 
+# sgdlab optimizers timed by default, and with --all; bytes moved per f32 parameter.
+ADAM = ["adam", "adam:check_finite=false"]
+ALL = ADAM + [f"{spec}{sep}check_finite=false" if unchecked else spec
+              for spec, sep in [("adamw", ":"), ("sgd:momentum=0.9", ","), ("rmsprop", ":"),
+                                ("lion", ":")]
+              for unchecked in (False, True)]
+
+
+def bytes_per_param(spec):
+    return 28 if spec.startswith("adam") else 20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=10_000_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=100,
                     help="rounds; each times one step of every implementation, back to back")
+    ap.add_argument("--all", action="store_true",
+                    help="also time sgdlab's adamw, sgd with momentum, rmsprop and lion")
     ap.add_argument("--foreach", action="store_true", help="also time torch's (slow) foreach Adam")
     ap.add_argument("--sgdlab", default="target/release/sgdlab")
     args = ap.parse_args()
 
-    specs = {"sgdlab adam (NaN/Inf check, default)": "adam",
-             "sgdlab adam:check_finite=false": "adam:check_finite=false"}
-    ours = Sgdlab(args.sgdlab, args.params, args.threads, list(specs.values()))
-    steps = {name: (lambda k=k: ours.step(k)) for k, name in enumerate(specs)}
+    specs = ALL if args.all else ADAM
+    ours = Sgdlab(args.sgdlab, args.params, args.threads, specs)
+    steps = {f"sgdlab {spec}": (lambda k=k: ours.step(k)) for k, spec in enumerate(specs)}
+    moved = {f"sgdlab {spec}": bytes_per_param(spec) * args.params for spec in specs}
     others = torch_adam(args.params, args.threads)
     if not args.foreach:
         others = {k: v for k, v in others.items() if "foreach" not in k}
     others.update(optax_adam(args.params))
     steps.update({name: (lambda step=step: timed(step)) for name, step in others.items()})
+    moved.update({name: 28 * args.params for name in others})
 
     for step in steps.values():   # warm-up: allocate state, fault pages in
         for _ in range(3):
             step()
     times = {name: [] for name in steps}
     order = list(steps)
-    for r in range(args.rounds):
-        # Rotate who goes first, so that no implementation always follows the same one.
-        for name in order[r % len(order):] + order[:r % len(order)]:
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        # A new order every round, so that no implementation always follows the same one
+        # (another runtime's threads may still be busy for a moment after its step).
+        shuffle(order)
+        for name in order:
             times[name].append(steps[name]())
     ours.close()
 
-    # Ratios are taken step by step within a round, so that the drift of a shared machine's
-    # bandwidth, which neighbouring steps share, cancels out.
-    base = "sgdlab adam:check_finite=false"
-    bytes_moved = 28 * args.params
+    # Throughput ratios are taken step by step within a round, so that the drift of a shared
+    # machine's bandwidth, which neighbouring steps share, cancels out.
+    base = next((n for n in steps if "fused" in n), "sgdlab adam:check_finite=false")
     print(f"{args.params} f32 parameters, {args.threads} threads, {args.rounds} rounds of one "
-          "step each, interleaved")
-    print(f"{'implementation':36} {'ms/step':>8} {'GB/s@28B':>9}   "
-          "time / sgdlab no-check time: median [quartiles]")
+          "step each, interleaved; sgdlab's specs without check_finite=false check g for "
+          "NaN/Inf first (one more read of g, not counted in B/param)")
+    print(f"{'implementation':42} {'ms/step':>8} {'B/param':>7} {'GB/s':>6}   "
+          f"GB/s / {base} GB/s: median [quartiles]")
     for name, secs in times.items():
-        lo, mid, hi = quartiles([s / b for s, b in zip(secs, times[base])])
+        lo, mid, hi = quartiles([(moved[name] / s) / (moved[base] / b)
+                                 for s, b in zip(secs, times[base])])
         med = statistics.median(secs)
-        print(f"{name:36} {med * 1e3:8.3f} {bytes_moved / med / 1e9:9.1f}   "
-              f"{mid:5.2f}x [{lo:.2f}, {hi:.2f}]")
+        print(f"{name:42} {med * 1e3:8.3f} {moved[name] // args.params:7} "
+              f"{moved[name] / med / 1e9:6.1f}   {mid:5.2f}x [{lo:.2f}, {hi:.2f}]")
     if not others:
         print("(neither torch nor optax is installed: pip install torch / optax jax to compare)")
 
