@@ -13,8 +13,15 @@
 //! no fused multiply-add, which Rust never introduces implicitly), so every level produces the
 //! same bits.
 //!
+//! Within a chunk, the loops of steps too large for the cache run in blocks of 512 bytes per
+//! array and prefetch 1 KiB ahead in every array; that changes where a loop
+//! pauses, never what it computes.
+//!
 //! The global reduction (finiteness and $\lVert g\rVert^2$) is a separate pre-pass over fixed
-//! chunks with partial sums added in chunk order: deterministic for any thread count.
+//! chunks with partial sums added in chunk order: deterministic for any thread count. It must
+//! finish before any write, so that a non-finite gradient leaves parameters and state
+//! untouched; that costs one more read of the gradient per step (`check_finite=false` skips
+//! it when no norm is needed).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
