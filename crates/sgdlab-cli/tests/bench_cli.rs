@@ -89,3 +89,35 @@ fn bad_arguments_are_clear_errors() {
             .stderr(predicate::str::contains(needle));
     }
 }
+
+#[test]
+fn serve_answers_one_step_per_request_and_rejects_bad_ones() {
+    let out = sgdlab()
+        .args([
+            "bench", "--serve", "--params", "1000", "--opt", "adam", "--opt", "sgd",
+        ])
+        .write_stdin("0\n1\n1\n")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "ready");
+    assert_eq!(lines.len(), 4, "{out}");
+    for line in &lines[1..] {
+        let secs: f64 = line.parse().unwrap();
+        assert!(secs > 0.0 && secs < 10.0, "{line}");
+    }
+    for (request, needle) in [("2\n", "below 2"), ("adam\n", "invalid request")] {
+        sgdlab()
+            .args([
+                "bench", "--serve", "--params", "1000", "--opt", "adam", "--opt", "sgd",
+            ])
+            .write_stdin(request)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle));
+    }
+}
