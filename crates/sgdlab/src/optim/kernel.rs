@@ -61,20 +61,26 @@ pub(crate) fn blocks<T: Real, const S: usize>(
     mut body: impl FnMut(&mut [T], &[T], [&mut [T]; S]),
 ) {
     let n = p.len();
-    let block = (BLOCK_BYTES / std::mem::size_of::<T>()).max(1);
-    if !prefetch || n <= block {
-        body(p, g, slots);
-        return;
-    }
+    // Without prefetching the whole slice is one block. Either way `body` has exactly one
+    // call site, which LLVM always inlines: a closure left out of line would be compiled
+    // without the caller's AVX2/AVX-512 features (measured: 5x slower for SGD with Nesterov
+    // when a second call site kept it out of line).
+    let block = if prefetch {
+        (BLOCK_BYTES / std::mem::size_of::<T>()).max(1)
+    } else {
+        n.max(1)
+    };
     let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
-        let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
-        prefetch_lines(&p[from..to]);
-        prefetch_lines(&g[from..to]);
-        for slot in &slots {
-            prefetch_lines(&slot[from..to]);
+        if prefetch {
+            let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
+            prefetch_lines(&p[from..to]);
+            prefetch_lines(&g[from..to]);
+            for slot in &slots {
+                prefetch_lines(&slot[from..to]);
+            }
         }
         body(
             &mut p[start..end],

@@ -76,14 +76,28 @@ impl Sgd {
                     *p = *p - lr * d;
                 }
             }),
-            [buf] => blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
-                for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-                    let d = g * gs + wd * *p;
-                    *b = if first { d } else { mu * *b + keep * d };
-                    let step = if self.nesterov { d + mu * *b } else { *b };
-                    *p = *p - lr * step;
+            [buf] => {
+                // One loop per (first step, Nesterov), so that no element tests either: the
+                // SSE2 baseline does not vectorise a loop with a select in it.
+                macro_rules! momentum {
+                    ($first:expr, $nesterov:expr) => {
+                        blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
+                            for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                                let d = g * gs + wd * *p;
+                                *b = if $first { d } else { mu * *b + keep * d };
+                                let step = if $nesterov { d + mu * *b } else { *b };
+                                *p = *p - lr * step;
+                            }
+                        })
+                    };
                 }
-            }),
+                match (first, self.nesterov) {
+                    (true, true) => momentum!(true, true),
+                    (true, false) => momentum!(true, false),
+                    (false, true) => momentum!(false, true),
+                    (false, false) => momentum!(false, false),
+                }
+            }
             _ => unreachable!("sgd has at most one slot"),
         }
     }
