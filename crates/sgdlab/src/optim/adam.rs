@@ -70,8 +70,8 @@ impl Adam {
         g: &[T],
         slots: &mut [&mut [T]],
     ) {
-        let (d1, r1, f1) = ema_coefficients(self.beta1, self.debias, ctx.t);
-        let (d2, r2, f2) = ema_coefficients(self.beta2, self.debias, ctx.t);
+        let (d1, r1, f1) = ema_coefficients(self.beta1, ctx.beta_pow[0], self.debias, ctx.t);
+        let (d2, r2, f2) = ema_coefficients(self.beta2, ctx.beta_pow[1], self.debias, ctx.t);
         // Per-step scalars, in f64 once: step size η/(1-β1^t) and 1/√(1-β2^t) (a multiplier,
         // so that the element loop has one division and one square root).
         let step_size = T::from_f64(ctx.lr * f1);

@@ -410,6 +410,7 @@ mod tests {
                     loss: Some(0.5),
                     grad_norm_sq: 2.0,
                     numel: n,
+                    beta_pow: rule.decays().map(|b| b.powf(3.0)),
                     prefetch,
                 };
                 let mut p: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();

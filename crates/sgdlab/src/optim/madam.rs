@@ -67,7 +67,7 @@ impl Madam {
             unreachable!("madam has one tensor scalar")
         };
         let bound = T::from_f64(*max);
-        let bc = T::from_f64(1.0 - MADAM_BETA.powf(ctx.t as f64));
+        let bc = T::from_f64(1.0 - ctx.beta_pow[0]);
         let (b, c) = (T::from_f64(MADAM_BETA), T::from_f64(1.0 - MADAM_BETA));
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);

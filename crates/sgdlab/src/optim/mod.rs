@@ -158,6 +158,8 @@ pub(crate) struct StepContext {
     pub grad_norm_sq: f64,
     /// Number of parameters over all tensors.
     pub numel: usize,
+    /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
+    pub beta_pow: [f64; 2],
     /// Whether element loops prefetch ahead ([`kernel::blocks`]): for steps too large to
     /// stay in cache.
     pub prefetch: bool,
@@ -329,6 +331,7 @@ impl<T: Real> Optimizer<T> {
             loss: info.loss,
             grad_norm_sq: norm_sq * grad_scale * grad_scale,
             numel: params.iter().map(Tensor::len).sum(),
+            beta_pow: self.spec.rule.decays().map(|b| b.powf(self.step as f64)),
             prefetch: false,
         };
         ctx.prefetch = !kernel::is_small(ctx.numel);
@@ -348,20 +351,22 @@ impl<T: Real> Optimizer<T> {
         for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
             let TensorState { slots, scalars } = state;
             let n_slots = slots.len();
-            let mut slot_chunks: Vec<_> = slots
-                .iter_mut()
-                .map(|s| s.chunks_mut(kernel::CHUNK))
-                .collect();
+            // The state buffers not yet cut into units (no allocation per tensor: a step may
+            // have many thousands of small ones).
+            let mut rest: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+            for (r, s) in rest.iter_mut().zip(slots.iter_mut()) {
+                *r = s.as_mut_slice();
+            }
             for (p, g) in p
                 .data
                 .chunks_mut(kernel::CHUNK)
                 .zip(g.data.chunks(kernel::CHUNK))
             {
                 let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
-                for (slot, chunks) in unit_slots.iter_mut().zip(&mut slot_chunks) {
-                    if let Some(chunk) = chunks.next() {
-                        *slot = chunk;
-                    }
+                for (slot, r) in unit_slots.iter_mut().zip(rest.iter_mut()).take(n_slots) {
+                    let (head, tail) = std::mem::take(r).split_at_mut(p.len());
+                    *slot = head;
+                    *r = tail;
                 }
                 units.push(kernel::Unit {
                     p,

@@ -142,7 +142,8 @@ impl EmaMomentum {
         let [m] = slots else {
             unreachable!("ema-momentum has one slot")
         };
-        let (decay, rate, factor) = ema_coefficients(self.beta, self.debias, ctx.t);
+        let (decay, rate, factor) =
+            ema_coefficients(self.beta, ctx.beta_pow[0], self.debias, ctx.t);
         let (decay, rate) = (T::from_f64(decay), T::from_f64(rate));
         let step = T::from_f64(ctx.lr * factor);
         let gs = T::from_f64(ctx.grad_scale);
@@ -162,10 +163,17 @@ impl EmaMomentum {
 /// * `None`: $(\beta, 1-\beta, 1)$;
 /// * `Power`: $(\beta, 1-\beta, 1/(1-\beta^t))$;
 /// * `Horizon`: $(1-r, r, 1)$ with $r = 1/\min(t, 1/(1-\beta))$.
-pub(crate) fn ema_coefficients(beta: f64, debias: Debias, t: u64) -> (f64, f64, f64) {
+///
+/// `beta_pow_t` is $\beta^t$, computed once per step by the caller.
+pub(crate) fn ema_coefficients(
+    beta: f64,
+    beta_pow_t: f64,
+    debias: Debias,
+    t: u64,
+) -> (f64, f64, f64) {
     match debias {
         Debias::None => (beta, 1.0 - beta, 1.0),
-        Debias::Power => (beta, 1.0 - beta, 1.0 / (1.0 - beta.powf(t as f64))),
+        Debias::Power => (beta, 1.0 - beta, 1.0 / (1.0 - beta_pow_t)),
         Debias::Horizon => {
             let r = 1.0 / (t as f64).min(1.0 / (1.0 - beta));
             (1.0 - r, r, 1.0)

@@ -351,6 +351,18 @@ impl Rule {
         }
     }
 
+    /// The decay rates whose $t$-th powers the update needs ($\beta_1, \beta_2$ for Adam and
+    /// AdamW, $\beta$ for EMA momentum, Madam's 0.999; 0 where there is none). The powers are
+    /// taken once per step, not once per chunk: `powf` costs more than a small tensor's loop.
+    pub(crate) fn decays(&self) -> [f64; 2] {
+        match self {
+            Rule::Adam(c) | Rule::AdamW(c) => [c.beta1, c.beta2],
+            Rule::EmaMomentum(c) => [c.beta, 0.0],
+            Rule::Madam(_) => [super::madam::MADAM_BETA, 0.0],
+            _ => [0.0; 2],
+        }
+    }
+
     /// The learning rate.
     pub fn lr(&self) -> f64 {
         match self {
