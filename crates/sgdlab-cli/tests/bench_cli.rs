@@ -88,6 +88,12 @@ fn bad_arguments_are_clear_errors() {
             .stdout(predicate::str::is_empty())
             .stderr(predicate::str::contains(needle));
     }
+    // More memory than any address space: an error naming the size, not an allocator abort.
+    sgdlab()
+        .args(["bench", "--params", "1000000000000000", "--opt", "sgd"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot allocate"));
 }
 
 #[test]

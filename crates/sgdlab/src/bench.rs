@@ -46,14 +46,32 @@ struct Reference {
     c: Vec<f32>,
 }
 
+/// `n` copies of `value`, or an error naming the size if the memory cannot be had (instead
+/// of the allocator's abort); `params` is the benchmark's size, for the message.
+fn filled(n: usize, value: f32, params: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::invalid(
+            "params",
+            params,
+            format!(
+                "the benchmark cannot allocate {:.1} GB for one of its arrays",
+                n as f64 * 4e-9
+            ),
+        )
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 impl Reference {
     /// Arrays for working sets up to `bytes`.
-    fn new(bytes: usize) -> Self {
+    fn new(bytes: usize, params: usize) -> Result<Self> {
         let n = bytes.div_ceil(8);
-        Self {
-            b: vec![1.0; n],
-            c: vec![1e-7; n],
-        }
+        Ok(Self {
+            b: filled(n, 1.0, params)?,
+            c: filled(n, 1e-7, params)?,
+        })
     }
 
     /// One pass over a working set of `bytes`, on the rayon pool or (for steps that the
@@ -166,9 +184,15 @@ pub struct BenchReport {
 }
 
 /// `count` f32 tensors of `per` elements each, filled by `f(i)`.
-fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Vec<Tensor<f32>> {
+fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Result<Vec<Tensor<f32>>> {
     (0..count)
-        .map(|k| Tensor::vector(format!("t{k}"), (0..per).map(f).collect::<Vec<f32>>()))
+        .map(|k| {
+            let mut data = filled(per, 0.0, per * count)?;
+            for (i, x) in data.iter_mut().enumerate() {
+                *x = f(i);
+            }
+            Ok(Tensor::vector(format!("t{k}"), data))
+        })
         .collect()
 }
 
@@ -203,10 +227,10 @@ impl Workload {
             .iter()
             .map(|spec| {
                 Ok(Problem {
-                    params: layout(tensors, per, |i| ((i % 1000) as f32) * 1e-3 - 0.5),
+                    params: layout(tensors, per, |i| ((i % 1000) as f32) * 1e-3 - 0.5)?,
                     grads: layout(tensors, per, |i| {
                         (((i * 7 + 3) % 1000) as f32) * 1e-6 - 5e-4
-                    }),
+                    })?,
                     optimizer: Optimizer::new(spec.clone())?,
                 })
             })
@@ -252,7 +276,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
     for spec in &plan.specs {
         max_slots = max_slots.max(slots(spec)?);
     }
-    let mut reference = Reference::new((2 + max_slots) * 4 * plan.params);
+    let mut reference = Reference::new((2 + max_slots) * 4 * plan.params, plan.params)?;
     let mut all_reference = Vec::new();
     let mut results = Vec::new();
     for &count in &plan.tensors {
