@@ -35,8 +35,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Step on demand instead: print `ready`, then for each line `K` read from stdin run one
-    /// step of the K-th `--opt` (from 0) and print its seconds. Lets another process
-    /// interleave its own steps with these one by one (`bench/compare_torch.py`).
+    /// step of the K-th `--opt` (from 0, each on its own copy of the first `--tensors`
+    /// layout) and print its seconds. Lets another process interleave its own steps with
+    /// these one by one (`bench/compare_torch.py`).
     #[arg(long, conflicts_with = "json")]
     serve: bool,
 }
