@@ -256,9 +256,34 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
             dispatch(level, rule, ctx, u);
         }
     } else {
-        units
-            .par_iter_mut()
-            .for_each(|u| dispatch(level, rule, ctx, u));
+        // Threads take runs of consecutive units; before computing one, a thread prefetches
+        // the start of the next, whose arrays (a separate tensor, elsewhere in memory) the
+        // block loop's look-ahead would otherwise reach cold. Worth ~0.1 µs per small tensor.
+        units.par_chunks_mut(UNITS_PER_JOB).for_each(|run| {
+            for i in 0..run.len() {
+                let (head, tail) = run.split_at_mut(i + 1);
+                if let Some(next) = tail.first() {
+                    next.prefetch_start();
+                }
+                dispatch(level, rule, ctx, &mut head[i]);
+            }
+        });
+    }
+}
+
+/// Consecutive units per rayon job (enough jobs remain for load balance: a 10M-parameter
+/// step has about 300 units).
+const UNITS_PER_JOB: usize = 8;
+
+impl<T> Unit<'_, T> {
+    /// Prefetches the first [`AHEAD_BYTES`] of each of the unit's arrays.
+    fn prefetch_start(&self) {
+        let n = (AHEAD_BYTES / std::mem::size_of::<T>()).min(self.p.len());
+        prefetch_lines(&self.p[..n]);
+        prefetch_lines(&self.g[..n]);
+        for slot in &self.slots[..self.n_slots] {
+            prefetch_lines(&slot[..n]);
+        }
     }
 }
 
