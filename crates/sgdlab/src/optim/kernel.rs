@@ -259,7 +259,9 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
         // Threads take runs of consecutive units; before computing one, a thread prefetches
         // the start of the next, whose arrays (a separate tensor, elsewhere in memory) the
         // block loop's look-ahead would otherwise reach cold. Worth ~0.1 µs per small tensor.
-        units.par_chunks_mut(UNITS_PER_JOB).for_each(|run| {
+        // Runs are short enough to leave every thread at least four of them.
+        let per_job = (units.len() / (4 * rayon::current_num_threads())).clamp(1, UNITS_PER_JOB);
+        units.par_chunks_mut(per_job).for_each(|run| {
             for i in 0..run.len() {
                 let (head, tail) = run.split_at_mut(i + 1);
                 if let Some(next) = tail.first() {
@@ -271,8 +273,7 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
     }
 }
 
-/// Consecutive units per rayon job (enough jobs remain for load balance: a 10M-parameter
-/// step has about 300 units).
+/// Most consecutive units per rayon job.
 const UNITS_PER_JOB: usize = 8;
 
 impl<T> Unit<'_, T> {
