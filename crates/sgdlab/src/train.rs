@@ -415,7 +415,10 @@ pub fn save_checkpoint(dir: &Path, run: &Run, meta: &CheckpointMeta) -> Result<(
                 .map_err(|e| fail(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let blob = safetensors::serialize(views, Some(metadata)).map_err(|e| fail(e.to_string()))?;
+    let blob = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| e.to_string())
+        .and_then(crate::io::canonical_safetensors)
+        .map_err(fail)?;
     run.optimizer.save(&dir.join("optimizer.safetensors"))?;
     crate::io::write_atomic(&dir.join("weights.safetensors"), &blob)
         .map_err(|e| fail(format!("cannot write weights: {e}")))

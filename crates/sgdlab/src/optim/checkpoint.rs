@@ -14,7 +14,8 @@
 //! | `tensor_scalars` | JSON `[[x, ...], ...]` per parameter tensor (exact: shortest round-trip decimal) |
 //!
 //! Every buffer is stored bit for bit, and the per-step scalars are recomputed from the step
-//! count, so a resumed run reproduces the uninterrupted one exactly.
+//! count, so a resumed run reproduces the uninterrupted one exactly. The header's keys are
+//! written sorted, so that equal states give byte-identical files.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -81,6 +82,8 @@ impl<T: Real> Optimizer<T> {
             })
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize(views, Some(metadata))
+            .map_err(|e| e.to_string())
+            .and_then(crate::io::canonical_safetensors)
             .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
     }
 
