@@ -331,11 +331,13 @@ impl<T: Real> Optimizer<T> {
             loss: info.loss,
             grad_norm_sq: norm_sq * grad_scale * grad_scale,
             numel: params.iter().map(Tensor::len).sum(),
-            beta_pow: self
-                .spec
-                .rule
-                .decays()
-                .map(|b| if b == 0.0 { 0.0 } else { b.powf(self.step as f64) }),
+            beta_pow: self.spec.rule.decays().map(|b| {
+                if b == 0.0 {
+                    0.0
+                } else {
+                    b.powf(self.step as f64)
+                }
+            }),
             prefetch: false,
         };
         ctx.prefetch = !kernel::is_small(ctx.numel);
