@@ -40,7 +40,8 @@ fn rmw<T: Real>(b: &mut [T], c: &[T], s: T) {
 multiversion!(fn rmw_dispatch<T: Real>(b: &mut [T], c: &[T], s: T) = rmw);
 
 /// The reference loop: $b_i \leftarrow b_i + s\,c_i$ over two f32 arrays, 12 bytes moved
-/// per element, chunked over the rayon pool exactly like the optimizer kernels.
+/// per element, in the kernels' chunks over the rayon pool (no software prefetch: it stands
+/// for what a plain loop gets from the machine).
 struct Reference {
     b: Vec<f32>,
     c: Vec<f32>,
