@@ -350,3 +350,49 @@ fn every_simd_level_and_thread_count_gives_the_same_bits() {
         check::<f64>(spec);
     }
 }
+
+/// A step large enough to prefetch (working set over 32 MiB) computes exactly what many
+/// small optimizers, each stepping a slice too small to prefetch, compute: the elementwise
+/// rules do not depend on how the loop is cut.
+#[test]
+fn prefetching_steps_give_the_same_bits_as_small_ones() {
+    const N: usize = 3_000_000;
+    const PIECE: usize = 100_000;
+    let value = |i: usize, k: usize| ((i * 31 + k * 7) % 199) as f32 / 99.0 - 1.0;
+    for spec in [
+        "adam:lr=0.01",
+        "sgd:lr=0.02,momentum=0.8,nesterov=true",
+        "rmsprop:lr=0.01,centered=true,momentum=0.9",
+        "lion:lr=0.001",
+    ] {
+        let mut big = Optimizer::<f32>::from_spec(spec).unwrap();
+        let mut p_big = vec![Tensor::vector("p", (0..N).map(|i| value(i, 0)).collect())];
+        let mut small: Vec<Optimizer<f32>> = (0..N / PIECE)
+            .map(|_| Optimizer::from_spec(spec).unwrap())
+            .collect();
+        let mut p_small: Vec<Vec<Tensor<f32>>> = p_big[0]
+            .data()
+            .chunks(PIECE)
+            .map(|c| vec![Tensor::vector("p", c.to_vec())])
+            .collect();
+        for t in 1..=3 {
+            let g: Vec<f32> = (0..N).map(|i| value(i, t) * 0.1).collect();
+            big.step(
+                &mut p_big,
+                &[Tensor::vector("p", g.clone())],
+                &StepInfo::default(),
+            )
+            .unwrap();
+            for ((opt, p), g) in small.iter_mut().zip(&mut p_small).zip(g.chunks(PIECE)) {
+                opt.step(p, &[Tensor::vector("p", g.to_vec())], &StepInfo::default())
+                    .unwrap();
+            }
+        }
+        let joined: Vec<u32> = p_small
+            .iter()
+            .flat_map(|p| p[0].data().iter().map(|x| x.to_bits()))
+            .collect();
+        let whole: Vec<u32> = p_big[0].data().iter().map(|x| x.to_bits()).collect();
+        assert!(joined == whole, "{spec}");
+    }
+}

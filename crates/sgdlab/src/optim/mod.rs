@@ -160,8 +160,8 @@ pub(crate) struct StepContext {
     pub numel: usize,
     /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
     pub beta_pow: [f64; 2],
-    /// Whether element loops prefetch ahead ([`kernel::blocks`]): for steps too large to
-    /// stay in cache.
+    /// Whether element loops prefetch ahead ([`kernel::blocks`]): for steps whose working set
+    /// is at least [`kernel::PREFETCH_MIN_BYTES`].
     pub prefetch: bool,
 }
 
@@ -340,7 +340,8 @@ impl<T: Real> Optimizer<T> {
             }),
             prefetch: false,
         };
-        ctx.prefetch = !kernel::is_small(ctx.numel);
+        let working_set = (2 + self.slot_names().len()) * std::mem::size_of::<T>() * ctx.numel;
+        ctx.prefetch = working_set >= kernel::PREFETCH_MIN_BYTES;
         if let Rule::Madam(c) = &self.spec.rule {
             for (p, state) in params.iter().zip(&mut self.tensors) {
                 c.begin_tensor(&ctx, &p.data, &mut state.scalars);
