@@ -47,9 +47,9 @@ struct Reference {
     c: Vec<f32>,
 }
 
-/// `n` copies of `value`, or an error naming the size if the memory cannot be had (instead
-/// of the allocator's abort); `params` is the benchmark's size, for the message.
-fn filled(n: usize, value: f32, params: usize) -> Result<Vec<f32>> {
+/// `[f(0), …, f(n−1)]`, or an error naming the size if the memory cannot be had (instead of
+/// the allocator's abort); `params` is the benchmark's size, for the message.
+fn filled(n: usize, params: usize, f: impl Fn(usize) -> f32) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         Error::invalid(
@@ -61,7 +61,7 @@ fn filled(n: usize, value: f32, params: usize) -> Result<Vec<f32>> {
             ),
         )
     })?;
-    v.resize(n, value);
+    v.extend((0..n).map(f));
     Ok(v)
 }
 
@@ -70,8 +70,8 @@ impl Reference {
     fn new(bytes: usize, params: usize) -> Result<Self> {
         let n = bytes.div_ceil(8);
         Ok(Self {
-            b: filled(n, 1.0, params)?,
-            c: filled(n, 1e-7, params)?,
+            b: filled(n, params, |_| 1.0)?,
+            c: filled(n, params, |_| 1e-7)?,
         })
     }
 
@@ -188,11 +188,10 @@ pub struct BenchReport {
 fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Result<Vec<Tensor<f32>>> {
     (0..count)
         .map(|k| {
-            let mut data = filled(per, 0.0, per * count)?;
-            for (i, x) in data.iter_mut().enumerate() {
-                *x = f(i);
-            }
-            Ok(Tensor::vector(format!("t{k}"), data))
+            Ok(Tensor::vector(
+                format!("t{k}"),
+                filled(per, per * count, f)?,
+            ))
         })
         .collect()
 }
@@ -270,12 +269,9 @@ impl Workload {
 /// rounds of one reference pass and one step; calls `progress` after each optimizer.
 pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<BenchReport> {
     plan.validate()?;
-    let slots = |spec: &OptimizerSpec| -> Result<usize> {
-        Ok(Optimizer::<f32>::new(spec.clone())?.slot_names().len())
-    };
     let mut max_slots = 0;
     for spec in &plan.specs {
-        max_slots = max_slots.max(slots(spec)?);
+        max_slots = max_slots.max(Optimizer::<f32>::new(spec.clone())?.slot_names().len());
     }
     let mut reference = Reference::new((2 + max_slots) * 4 * plan.params, plan.params)?;
     let mut all_reference = Vec::new();
@@ -286,7 +282,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
         for spec in &plan.specs {
             // A fresh problem per optimizer and layout: the same values every time.
             let mut work = Workload::new(plan.params, count, std::slice::from_ref(spec))?;
-            let n_slots = slots(spec)?;
+            let n_slots = work.problems[0].optimizer.slot_names().len();
             let bytes_per_param = (3 + 2 * n_slots) * std::mem::size_of::<f32>();
             let working_set = (2 + n_slots) * std::mem::size_of::<f32>() * total;
             let moved = (bytes_per_param * total) as f64;
