@@ -1,33 +1,202 @@
-//! File output that never leaves a half-written file behind.
+//! Files that are never half-written, read with bounds, and owned by one process at a time.
+//!
+//! * [`write_atomic`] writes to a uniquely named temporary file in the same directory,
+//!   flushes it to disk, renames it over the target and flushes the directory: after a crash,
+//!   readers find the old file or the new one, never a mix. [`remove_stale_temps`] deletes what
+//!   a killed writer left behind (names ending in [`TEMP_SUFFIX`]).
+//! * [`read_regular_file`] reads at most a stated number of bytes, and only from a regular
+//!   file (not `/dev/zero` or a FIFO, which would never end).
+//! * [`DirLock`] is an exclusive advisory lock on a directory, so that two processes cannot
+//!   write one run directory.
+//! * [`sha256_hex`] is the content hash used to identify data and verify checkpoints.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `bytes` to `path` atomically: to a temporary file in the same directory, flushed to
-/// disk, then renamed over `path`. Readers see the old file or the new one, never a mix; on
-/// error the temporary file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+/// The ending of every temporary file sgdlab writes; [`remove_stale_temps`] removes such files.
+pub const TEMP_SUFFIX: &str = ".sgdlab-tmp";
+
+/// A fresh temporary path beside `path`: `.{name}.{pid}-{n}.sgdlab-tmp` in the same
+/// directory, unique between processes (pid) and between threads of one process (a counter),
+/// and hidden. Rename it over `path` with [`commit_temp`].
+pub fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
+    tmp_name.push(format!(
+        ".{}-{}{TEMP_SUFFIX}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok(parent_dir(path).join(tmp_name))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Renames the finished temporary file `tmp` (from [`temp_path`]) over `path` and flushes the
+/// directory entry to disk; on error `tmp` is removed and `path` is untouched.
+pub fn commit_temp(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let result = std::fs::rename(tmp, path).and_then(|()| sync_dir(parent_dir(path)));
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
+}
+
+/// Flushes a directory's entries (renames, new files) to disk. A no-op where directories
+/// cannot be opened as files (not Unix).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` atomically: to a uniquely named temporary file in the same
+/// directory, flushed to disk, renamed over `path`, and the directory flushed. Readers see the
+/// old file or the new one, never a mix; on error the temporary file is removed and `path` is
+/// untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path(path)?;
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    commit_temp(&tmp, path)
+}
+
+/// Removes the temporary files ([`TEMP_SUFFIX`]) that a killed writer left in `dir`; returns
+/// how many. Call it only while holding the directory's [`DirLock`], so that no live writer
+/// owns them. A missing directory has none.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let is_temp = entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX);
+        if is_temp && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Reads all of `path`, refusing anything but a regular file (after symlinks) and any file
+/// longer than `max_bytes`. `what` names the file's role in errors ("data file", ...).
+pub fn read_regular_file(path: &Path, max_bytes: u64, what: &str) -> std::io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what} must be a regular file, not a device, FIFO or directory"),
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(too_large(what, max_bytes));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(what, max_bytes));
+    }
+    Ok(bytes)
+}
+
+fn too_large(what: &str, max_bytes: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{what} is larger than the limit of {}",
+            crate::resources::human_bytes(max_bytes)
+        ),
+    )
+}
+
+/// The SHA-256 digest of `bytes`, as 64 lowercase hexadecimal digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Lowercase hexadecimal digits of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// An exclusive lock on a directory, held until dropped: the advisory lock of the file
+/// [`DirLock::FILE`] in it. The operating system releases it when the process dies, so a
+/// killed holder never leaves a directory locked.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// The lock file's name.
+    pub const FILE: &'static str = ".sgdlab.lock";
+
+    /// Locks `dir` (which must exist), or errors at once if another process holds it.
+    pub fn acquire(dir: &Path) -> crate::Result<Self> {
+        let path = dir.join(Self::FILE);
+        let fail = |reason: String| crate::Error::Checkpoint {
+            path: dir.display().to_string(),
+            reason,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| fail(format!("cannot open the lock file {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(fail(
+                "another sgdlab process is writing this directory (it holds the lock); wait \
+                 for it to finish or choose another directory"
+                    .to_string(),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(fail(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Rewrites a safetensors file's JSON header with its keys (and the `__metadata__` keys)
@@ -119,5 +288,59 @@ mod tests {
         );
         assert!(write_atomic(&dir.join("missing/out.json"), b"x").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_stale_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("loss.png");
+        let (a, b) = (temp_path(&target).unwrap(), temp_path(&target).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(dir.path()));
+        std::fs::write(&a, b"left by a killed writer").unwrap();
+        std::fs::write(dir.path().join("keep.txt"), b"not ours").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        assert!(!a.exists());
+        assert!(dir.path().join("keep.txt").exists());
+        assert_eq!(remove_stale_temps(&dir.path().join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn reads_only_bounded_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, b"1,2\n").unwrap();
+        assert_eq!(read_regular_file(&path, 4, "data").unwrap(), b"1,2\n");
+        let err = read_regular_file(&path, 3, "data").unwrap_err().to_string();
+        assert!(err.contains("larger than the limit"), "{err}");
+        let err = read_regular_file(dir.path(), 100, "data")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("regular file"), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_regular_file(Path::new("/dev/zero"), 100, "data")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("regular file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_locked_directory_refuses_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path()).unwrap();
+        let err = DirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another sgdlab process"), "{err}");
+        drop(first);
+        DirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn sha256_matches_a_known_digest() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! Runs are deterministic: the initial weights come from the seed (the same for every
 //! optimizer of a comparison), the example order of epoch $e$ from `(seed, e)`, and the
-//! network and optimizer kernels give the same bits for any thread count. A checkpoint holds
-//! the weights, their EMA, the optimizer state and the metrics so far, so a resumed run ends
-//! bit for bit where the uninterrupted run would.
+//! network and optimizer kernels give the same bits for any thread count. A checkpoint is one
+//! file holding the weights, their EMA, the optimizer state, the metrics so far and what
+//! identifies the run ([`CheckpointMeta`]), with a SHA-256 of its contents; it is written
+//! atomically (a crash leaves the previous checkpoint or the new one), and loading refuses a
+//! file that is corrupt, inconsistent or made with other settings. A resumed run ends bit for
+//! bit where the uninterrupted run would, metrics included.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::average::Ema;
@@ -140,6 +143,10 @@ impl TrainConfig {
 }
 
 /// Metrics at the end of one epoch.
+///
+/// In JSON, finite numbers are written exactly (they read back to the same bits) and
+/// non-finite ones as the strings `"NaN"`, `"inf"` and `"-inf"`, so that an overflowing test
+/// loss is recorded as what it is and still reads back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// Epoch number, from 1.
@@ -147,19 +154,92 @@ pub struct EpochMetrics {
     /// Optimizer steps so far.
     pub step: u64,
     /// Mean minibatch loss over the epoch.
+    #[serde(with = "real_json")]
     pub train_loss: f64,
     /// Mean loss on the test set.
+    #[serde(with = "real_json")]
     pub test_loss: f64,
     /// Accuracy on the test set.
+    #[serde(with = "real_json")]
     pub test_accuracy: f64,
     /// Test loss of the EMA of the weights, if kept.
+    #[serde(with = "real_json::option")]
     pub ema_test_loss: Option<f64>,
     /// Test accuracy of the EMA of the weights, if kept.
+    #[serde(with = "real_json::option")]
     pub ema_test_accuracy: Option<f64>,
     /// Learning rate of the epoch's last step.
+    #[serde(with = "real_json")]
     pub lr: f64,
     /// Seconds spent in this epoch's training steps.
+    #[serde(with = "real_json")]
     pub seconds: f64,
+}
+
+/// Serde for `f64` that keeps non-finite values: finite numbers as JSON numbers, NaN and the
+/// infinities as the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no such numbers, and
+/// `serde_json` would write `null`, which does not read back as a number).
+pub mod real_json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    fn decode<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Number(x) => Ok(x),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                _ => Err(E::custom(format!(
+                    "`{t}` is not a number, NaN, inf or -inf"
+                ))),
+            },
+        }
+    }
+
+    /// Writes `x` (see the module docs).
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("NaN")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    /// Reads what [`serialize`] writes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        decode(Repr::deserialize(d)?)
+    }
+
+    /// The same for `Option<f64>` (`None` is `null`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `x`: `null` for `None`.
+        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match x {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads what [`serialize`] writes.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Option::<super::Repr>::deserialize(d)?
+                .map(super::decode)
+                .transpose()
+        }
+    }
 }
 
 /// One optimizer's run: weights, optimizer, progress.
@@ -193,6 +273,8 @@ impl Run {
 pub struct Trainer<'a> {
     net: &'a Network,
     config: TrainConfig,
+    /// The largest |feature| of the training set (named when the first loss overflows).
+    largest_feature: f64,
     x_train: Vec<f32>,
     y_train: Vec<usize>,
     x_test: Vec<f32>,
@@ -204,9 +286,14 @@ fn labels(set: &crate::data::Dataset, classes: usize) -> Result<Vec<usize>> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A trainer of `net` on `split`.
-    pub fn new(net: &'a Network, split: &Split, config: TrainConfig) -> Result<Self> {
+    /// A trainer of `net` on `split`. A batch larger than the training set is the whole
+    /// training set (full-batch gradient descent): `config.batch` is clamped to it.
+    ///
+    /// Errors when the data do not fit the network, or when the network's parameters,
+    /// gradients and per-batch activations would not fit in the memory available.
+    pub fn new(net: &'a Network, split: &Split, mut config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        config.batch = config.batch.min(split.train.len().max(1));
         if net.widths()[0] != split.train.dim() {
             return Err(Error::ShapeMismatch {
                 what: "network inputs vs data features".to_string(),
@@ -214,8 +301,17 @@ impl<'a> Trainer<'a> {
                 got: split.train.dim(),
             });
         }
+        crate::resources::check_memory(
+            "training this network (weights, gradients and activations of a batch)",
+            Self::bytes_per_run(net, &config, 2)?,
+        )?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         Ok(Self {
+            largest_feature: split
+                .train
+                .features()
+                .iter()
+                .fold(0.0f64, |m, x| m.max(x.abs())),
             net,
             x_train: f32s(split.train.features()),
             y_train: labels(&split.train, net.classes())?,
@@ -223,6 +319,46 @@ impl<'a> Trainer<'a> {
             y_test: labels(&split.test, net.classes())?,
             config,
         })
+    }
+
+    /// Bytes one run needs: `copies` f32 copies of the parameters (weights, gradients, EMA,
+    /// optimizer slots) and the batch's activations (pre-activations, activations and
+    /// back-propagated errors of every layer).
+    fn bytes_per_run(net: &Network, config: &TrainConfig, copies: usize) -> Result<u64> {
+        let what = "the network";
+        let params =
+            crate::resources::bytes_for(what, net.num_params() as u128, 4, copies as u128)?;
+        let units: u128 = net.widths().iter().map(|&w| w as u128).sum();
+        let acts = crate::resources::bytes_for(what, units * config.batch as u128, 4, 4)?;
+        params.checked_add(acts).ok_or_else(|| {
+            Error::Unsupported(
+                "the network is too large: it would need more than 2^64 bytes".into(),
+            )
+        })
+    }
+
+    /// Errors unless the runs of `specs`, trained side by side, fit in the memory available:
+    /// per run the weights, gradients, EMA of the weights, every optimizer slot and a batch's
+    /// activations. The message says how much they need.
+    pub fn check_memory(&self, specs: &[OptimizerSpec]) -> Result<()> {
+        let mut total: u64 = 0;
+        for spec in specs {
+            let slots = Optimizer::<f32>::new(spec.clone())?.slot_names().len();
+            let copies = 2 + usize::from(self.config.ema_weights.is_some()) + slots;
+            total = total.saturating_add(Self::bytes_per_run(self.net, &self.config, copies)?);
+        }
+        crate::resources::check_memory(
+            &format!(
+                "training {} run(s) of this network side by side",
+                specs.len()
+            ),
+            total,
+        )
+    }
+
+    /// The configuration in use (`batch` clamped to the training set).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
     }
 
     /// Number of training examples.
@@ -252,8 +388,20 @@ impl<'a> Trainer<'a> {
     /// Trains `run` until it has `config.epochs` epochs or diverges, calling
     /// `progress(steps done in this epoch, steps per epoch, epoch)` after every step.
     pub fn train(&self, run: &mut Run, progress: &(dyn Fn(u64, u64, usize) + Sync)) -> Result<()> {
+        self.train_with(run, progress, &mut |_| Ok(()))
+    }
+
+    /// [`Trainer::train`], calling `after_epoch(run)` after every epoch (e.g. to checkpoint
+    /// it); an error from it stops training and is returned.
+    pub fn train_with(
+        &self,
+        run: &mut Run,
+        progress: &(dyn Fn(u64, u64, usize) + Sync),
+        after_epoch: &mut dyn FnMut(&Run) -> Result<()>,
+    ) -> Result<()> {
         while run.epoch < self.config.epochs && run.diverged.is_none() {
             self.epoch(run, progress)?;
+            after_epoch(run)?;
         }
         Ok(())
     }
@@ -284,8 +432,23 @@ impl<'a> Trainer<'a> {
                 .net
                 .loss_grad(&params, &xb[..b * d], &yb[..b], &mut g, &mut ws);
             if !loss.is_finite() {
+                if run.step == 0 {
+                    // Nothing has been stepped: the initial weights are finite and small, so
+                    // the forward pass itself overflowed f32. That is the data, not divergence.
+                    return Err(Error::Data(format!(
+                        "the loss is {loss} at the initial weights, before any step: the forward \
+                         pass overflows f32 (the largest |feature| is {:e}); rescale the data",
+                        self.largest_feature
+                    )));
+                }
+                let largest = run
+                    .params
+                    .iter()
+                    .flat_map(|t| t.data())
+                    .fold(0.0f32, |m, x| m.max(x.abs()));
                 run.diverged = Some(format!(
-                    "loss {loss} at epoch {}, step {}",
+                    "loss became {loss} at epoch {}, step {}: the run diverged (largest |weight| \
+                     {largest:e})",
                     run.epoch + 1,
                     run.step + 1
                 ));
@@ -354,47 +517,146 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// What a checkpoint must agree on with the command that resumes it.
+/// What identifies a run: every setting that changes its numbers. A checkpoint records it,
+/// and resuming with anything different is refused, naming the differences.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     /// The optimizer spec.
     pub optimizer: String,
     /// Network layer widths.
     pub widths: Vec<usize>,
+    /// Loss unit (`nats` or `bits`).
+    pub loss_unit: String,
     /// Seed.
     pub seed: u64,
-    /// Batch size.
+    /// Batch size (after clamping to the training set).
     pub batch: usize,
     /// Schedule (Display form).
     pub schedule: String,
-    /// Epochs the run was configured for (the cosine schedule depends on it).
+    /// Epochs the run is configured for (only the cosine schedule depends on it; more epochs
+    /// may be asked for on resume otherwise).
     pub epochs: usize,
     /// EMA decay of the weights.
     pub ema_weights: Option<f64>,
-    /// Data set description.
+    /// Data set description, for messages (not compared: the content hash is).
     pub data: String,
+    /// SHA-256 of the training and test sets as trained on ([`split_sha256`]).
+    pub data_sha256: String,
 }
 
-/// Saves `run` into `dir` (created if needed): `weights.safetensors` (weights, their EMA
-/// under `ema/`, metadata and metrics) and `optimizer.safetensors`, both written atomically.
-pub fn save_checkpoint(dir: &Path, run: &Run, meta: &CheckpointMeta) -> Result<()> {
-    let fail = |e: String| Error::Checkpoint {
-        path: dir.display().to_string(),
-        reason: e,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create: {e}")))?;
-    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let bytes = |t: &Tensor<f32>| t.data().iter().flat_map(|x| x.to_le_bytes()).collect();
-    for t in &run.params {
-        entries.push((t.name().to_string(), t.shape().to_vec(), bytes(t)));
+/// SHA-256 of a split's contents: the number of classes, then for the training and the test
+/// set their shape, features and labels as little-endian `f64`. Two paths to the same data
+/// give the same hash; a changed file gives another.
+pub fn split_sha256(split: &Split) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((split.classes as u64).to_le_bytes());
+    for set in [&split.train, &split.test] {
+        h.update((set.len() as u64).to_le_bytes());
+        h.update((set.dim() as u64).to_le_bytes());
+        for x in set.features() {
+            h.update(x.to_le_bytes());
+        }
+        for y in set.targets().unwrap_or(&[]) {
+            h.update(y.to_le_bytes());
+        }
     }
-    for t in run.ema.iter().flatten() {
-        entries.push((format!("ema/{}", t.name()), t.shape().to_vec(), bytes(t)));
+    crate::io::hex(&h.finalize())
+}
+
+impl CheckpointMeta {
+    /// The settings in which `self` (a checkpoint's) and `asked` (a resuming command's)
+    /// differ, in words; empty when the run may be resumed with `asked`.
+    pub fn differences(&self, asked: &CheckpointMeta) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |what: &str, saved: String, now: String| {
+            if saved != now {
+                out.push(format!(
+                    "{what}: the checkpoint has {saved}, this command asks for {now}"
+                ));
+            }
+        };
+        diff(
+            "optimizer",
+            format!("`{}`", self.optimizer),
+            format!("`{}`", asked.optimizer),
+        );
+        diff(
+            "layer widths",
+            format!("{:?}", self.widths),
+            format!("{:?}", asked.widths),
+        );
+        diff("loss unit", self.loss_unit.clone(), asked.loss_unit.clone());
+        diff("seed", self.seed.to_string(), asked.seed.to_string());
+        diff(
+            "batch size",
+            self.batch.to_string(),
+            asked.batch.to_string(),
+        );
+        diff("schedule", self.schedule.clone(), asked.schedule.clone());
+        let ema = |e: Option<f64>| e.map_or("none".to_string(), |b| b.to_string());
+        diff(
+            "EMA of the weights",
+            ema(self.ema_weights),
+            ema(asked.ema_weights),
+        );
+        if self.data_sha256 != asked.data_sha256 {
+            out.push(format!(
+                "data: the checkpoint was trained on {} (SHA-256 {}), this command's data {} \
+                 have other contents (SHA-256 {})",
+                self.data,
+                &self.data_sha256[..self.data_sha256.len().min(12)],
+                asked.data,
+                &asked.data_sha256[..asked.data_sha256.len().min(12)]
+            ));
+        }
+        if self.schedule == Schedule::Cosine.to_string() && self.epochs != asked.epochs {
+            out.push(format!(
+                "epochs: the cosine schedule of the checkpoint spans {} epochs, this command asks \
+                 for {} (the learning rate of every step would change)",
+                self.epochs, asked.epochs
+            ));
+        }
+        out
     }
+}
+
+/// The name of a run's checkpoint file in its directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+const CHECKPOINT_FORMAT: &str = "sgdlab-train-checkpoint";
+const CHECKPOINT_VERSION: &str = "2";
+
+/// SHA-256 over a checkpoint's metadata (every key but `sha256`, sorted, as JSON) and its
+/// data section.
+fn checkpoint_hash(metadata: &HashMap<String, String>, data: &[u8]) -> String {
+    use sha2::Digest;
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "sha256")
+        .collect();
+    let mut h = sha2::Sha256::new();
+    h.update(serde_json::to_vec(&sorted).unwrap_or_default());
+    h.update(data);
+    crate::io::hex(&h.finalize())
+}
+
+/// The data section of safetensors bytes (after the 8-byte length and the header).
+fn data_section(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
+}
+
+/// Serialises `run` as one checkpoint: tensors `weights/{name}`, `ema/{name}` and the
+/// optimizer's `optimizer/{slot}/{name}`; metadata with the format, [`CheckpointMeta`], epoch,
+/// step, metrics, divergence, the optimizer's own metadata (`optimizer.*`) and a SHA-256 of
+/// all of it.
+pub fn checkpoint_bytes(run: &Run, meta: &CheckpointMeta) -> Result<Vec<u8>> {
+    let fail = |e: String| Error::Unsupported(format!("cannot encode the checkpoint: {e}"));
     let json = |v: serde_json::Result<String>| v.map_err(|e| fail(e.to_string()));
-    let metadata = HashMap::from([
-        ("format".to_string(), "sgdlab-train-checkpoint".to_string()),
-        ("version".to_string(), "1".to_string()),
+    let (opt_meta, opt_entries) = run.optimizer.to_parts("optimizer.")?;
+    let mut metadata: HashMap<String, String> = HashMap::from([
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("version".to_string(), CHECKPOINT_VERSION.to_string()),
         ("meta".to_string(), json(serde_json::to_string(meta))?),
         ("epoch".to_string(), run.epoch.to_string()),
         ("step".to_string(), run.step.to_string()),
@@ -407,31 +669,68 @@ pub fn save_checkpoint(dir: &Path, run: &Run, meta: &CheckpointMeta) -> Result<(
             json(serde_json::to_string(&run.diverged))?,
         ),
     ]);
-    let views = entries
-        .iter()
-        .map(|(name, shape, raw)| {
-            TensorView::new(Dtype::F32, shape.clone(), raw)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| fail(e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let blob = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| e.to_string())
-        .and_then(crate::io::canonical_safetensors)
-        .map_err(fail)?;
-    run.optimizer.save(&dir.join("optimizer.safetensors"))?;
-    crate::io::write_atomic(&dir.join("weights.safetensors"), &blob)
-        .map_err(|e| fail(format!("cannot write weights: {e}")))
+    metadata.extend(opt_meta);
+    let le =
+        |t: &Tensor<f32>| -> Vec<u8> { t.data().iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for t in &run.params {
+        owned.push((format!("weights/{}", t.name()), t.shape().to_vec(), le(t)));
+    }
+    for t in run.ema.iter().flatten() {
+        owned.push((format!("ema/{}", t.name()), t.shape().to_vec(), le(t)));
+    }
+    let encode = |metadata: HashMap<String, String>| {
+        crate::optim::checkpoint::encode_with(
+            metadata,
+            owned
+                .iter()
+                .chain(&opt_entries)
+                .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), Dtype::F32)),
+        )
+        .map_err(fail)
+    };
+    // The data section does not depend on the metadata: encode once to hash it, then again
+    // with the hash in the header.
+    let first = encode(metadata.clone())?;
+    let data = data_section(&first).ok_or_else(|| fail("no data section".into()))?;
+    metadata.insert("sha256".to_string(), checkpoint_hash(&metadata, data));
+    encode(metadata)
 }
 
-/// Loads a run saved by [`save_checkpoint`], checking that it was made with `meta`.
+/// Saves `run` to `dir/checkpoint.safetensors` (the directory is created if needed) in one
+/// atomic write: after a crash the directory holds the previous checkpoint or this one.
+pub fn save_checkpoint(dir: &Path, run: &Run, meta: &CheckpointMeta) -> Result<()> {
+    let fail = |e: String| Error::Checkpoint {
+        path: dir.display().to_string(),
+        reason: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create: {e}")))?;
+    let blob = checkpoint_bytes(run, meta)?;
+    crate::io::write_atomic(&dir.join(CHECKPOINT_FILE), &blob)
+        .map_err(|e| fail(format!("cannot write {CHECKPOINT_FILE}: {e}")))
+}
+
+/// Whether `dir` holds a checkpoint file (valid or not).
+pub fn has_checkpoint(dir: &Path) -> bool {
+    dir.join(CHECKPOINT_FILE).is_file()
+}
+
+/// Loads a run saved by [`save_checkpoint`] to continue it with the settings `meta` up to
+/// `meta.epochs` epochs.
+///
+/// Refuses, naming the problem: a file that is not a checkpoint, is truncated or corrupt (its
+/// SHA-256 does not match), has another format version, is internally inconsistent (the
+/// optimizer's step count or layout against the weights', metrics against the epoch), has
+/// tensors of the wrong shape for `net`, was made with other settings (each difference listed
+/// in words), or has more epochs done than `meta.epochs` asks for.
 pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Result<Run> {
-    let path = dir.join("weights.safetensors");
+    let path = dir.join(CHECKPOINT_FILE);
     let fail = |e: String| Error::Checkpoint {
         path: path.display().to_string(),
         reason: e,
     };
-    let blob = std::fs::read(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let blob = crate::io::read_regular_file(&path, u64::MAX, "a checkpoint")
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
     let st = SafeTensors::deserialize(&blob)
         .map_err(|e| fail(format!("not a valid safetensors file ({e})")))?;
     let (_, header) =
@@ -439,27 +738,49 @@ pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Resu
     let md = header
         .metadata()
         .as_ref()
-        .ok_or_else(|| fail("no metadata".to_string()))?;
+        .ok_or_else(|| fail("no metadata: not an sgdlab training checkpoint".to_string()))?;
     let get = |k: &str| {
         md.get(k)
             .ok_or_else(|| fail(format!("metadata lacks `{k}`")))
     };
-    if get("format")? != "sgdlab-train-checkpoint" || get("version")? != "1" {
+    if get("format")? != CHECKPOINT_FORMAT {
+        return Err(fail("not an sgdlab training checkpoint".to_string()));
+    }
+    if get("version")? != CHECKPOINT_VERSION {
+        return Err(fail(format!(
+            "format version {} is not supported (this build reads version {CHECKPOINT_VERSION})",
+            get("version")?
+        )));
+    }
+    let data = data_section(&blob).ok_or_else(|| fail("no data section".to_string()))?;
+    if checkpoint_hash(md, data) != *get("sha256")? {
         return Err(fail(
-            "not an sgdlab training checkpoint (version 1)".to_string(),
+            "its SHA-256 does not match its contents: the file is corrupt; delete it to restart \
+             this run, or restore it from a copy"
+                .to_string(),
         ));
     }
     let saved: CheckpointMeta =
         serde_json::from_str(get("meta")?).map_err(|e| fail(format!("bad meta: {e}")))?;
-    let same_length_matters = meta.schedule == Schedule::Cosine.to_string();
-    let mut wanted = meta.clone();
-    if !same_length_matters {
-        wanted.epochs = saved.epochs;
-    }
-    if saved != wanted {
+    let differences = saved.differences(meta);
+    if !differences.is_empty() {
         return Err(fail(format!(
-            "was made with {saved:?}, but this run asks for {meta:?} (a cosine schedule \
-             also fixes --epochs)"
+            "was made with other settings, so it cannot be resumed by this command:\n  - {}",
+            differences.join("\n  - ")
+        )));
+    }
+    let count = |k: &str| -> Result<u64> {
+        get(k)?
+            .parse()
+            .map_err(|_| fail(format!("`{k}` is not a number")))
+    };
+    let epoch = usize::try_from(count("epoch")?).map_err(|_| fail("bad epoch".to_string()))?;
+    let step = count("step")?;
+    if epoch > meta.epochs {
+        return Err(fail(format!(
+            "has {epoch} epochs done, more than the {} this command asks for; resuming would \
+             discard them: ask for --epochs {epoch} or more",
+            meta.epochs
         )));
     }
     let read = |name: &str, shape: &[usize]| -> Result<Tensor<f32>> {
@@ -478,12 +799,13 @@ pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Resu
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        Tensor::new(name.trim_start_matches("ema/"), shape.to_vec(), data)
+        let plain = name.split_once('/').map_or(name, |(_, n)| n);
+        Tensor::new(plain, shape.to_vec(), data)
     };
     let shapes = net.shapes();
     let params = shapes
         .iter()
-        .map(|(n, s)| read(n, s))
+        .map(|(n, s)| read(&format!("weights/{n}"), s))
         .collect::<Result<Vec<_>>>()?;
     let ema = match meta.ema_weights {
         Some(_) => Some(
@@ -494,22 +816,65 @@ pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Resu
         ),
         None => None,
     };
-    let count = |k: &str| -> Result<u64> {
-        get(k)?
-            .parse()
-            .map_err(|_| fail(format!("`{k}` is not a number")))
-    };
+    let expected_tensors = shapes.len() * (1 + usize::from(meta.ema_weights.is_some()));
+    let own_tensors = st
+        .names()
+        .iter()
+        .filter(|n| !n.starts_with("optimizer."))
+        .count();
+    if own_tensors != expected_tensors {
+        return Err(fail(format!(
+            "holds {own_tensors} weight tensors, expected {expected_tensors}"
+        )));
+    }
+    let optimizer = Optimizer::<f32>::from_parts(md, &st, "optimizer.").map_err(|e| match e {
+        Error::Checkpoint { reason, .. } => fail(format!("optimizer state: {reason}")),
+        other => fail(format!("optimizer state: {other}")),
+    })?;
     let spec: OptimizerSpec = meta.optimizer.parse()?;
+    if *optimizer.spec() != spec {
+        return Err(fail(format!(
+            "holds the optimizer state of `{}`, not of `{spec}`",
+            optimizer.spec()
+        )));
+    }
+    if optimizer.steps() + optimizer.skipped() != step {
+        return Err(fail(format!(
+            "the optimizer has taken {} steps, the weights {step}: the parts belong to different \
+             moments",
+            optimizer.steps() + optimizer.skipped()
+        )));
+    }
+    if let Some(layout) = optimizer.layout() {
+        if layout != shapes.as_slice() {
+            return Err(fail(
+                "the optimizer's tensors are not the network's".to_string(),
+            ));
+        }
+    }
+    let metrics: Vec<EpochMetrics> =
+        serde_json::from_str(get("metrics")?).map_err(|e| fail(format!("bad metrics: {e}")))?;
+    let diverged: Option<String> = serde_json::from_str(get("diverged")?)
+        .map_err(|e| fail(format!("bad diverged flag: {e}")))?;
+    // A run that diverged stopped inside an epoch, after its last metrics.
+    let steps_agree = metrics.last().is_none_or(|m| match diverged {
+        Some(_) => m.step <= step,
+        None => m.step == step,
+    });
+    if metrics.len() != epoch || !steps_agree {
+        return Err(fail(format!(
+            "holds metrics of {} epochs for {epoch} epochs and {step} steps done",
+            metrics.len()
+        )));
+    }
     Ok(Run {
         params,
         ema,
-        optimizer: Optimizer::load_for(&dir.join("optimizer.safetensors"), &spec)?,
-        epoch: count("epoch")? as usize,
-        step: count("step")?,
-        metrics: serde_json::from_str(get("metrics")?)
-            .map_err(|e| fail(format!("bad metrics: {e}")))?,
-        diverged: serde_json::from_str(get("diverged")?)
-            .map_err(|e| fail(format!("bad diverged flag: {e}")))?,
+        optimizer,
+        epoch,
+        step,
+        metrics,
+        diverged,
     })
 }
 
@@ -565,20 +930,22 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("sgdlab-train-{}", std::process::id()));
         let meta = CheckpointMeta {
-            optimizer: spec.to_string(),
-            widths: net.widths().to_vec(),
-            seed: 3,
-            batch: 32,
-            schedule: "constant".into(),
             epochs: 1,
-            ema_weights: Some(0.9),
-            data: "digits".into(),
+            ..meta_for(&spec, &net, &split)
         };
         let first = Trainer::new(&net, &split, config(1)).unwrap();
         let mut run = first.start(&spec).unwrap();
         first.train(&mut run, &|_, _, _| {}).unwrap();
         save_checkpoint(&dir, &run, &meta).unwrap();
-        let mut resumed = load_checkpoint(&dir, &meta, &net).unwrap();
+        let mut resumed = load_checkpoint(
+            &dir,
+            &CheckpointMeta {
+                epochs: 3,
+                ..meta.clone()
+            },
+            &net,
+        )
+        .unwrap();
         trainer.train(&mut resumed, &|_, _, _| {}).unwrap();
         assert_eq!(resumed.params, straight.params);
         assert_eq!(resumed.ema, straight.ema);
@@ -598,6 +965,214 @@ mod tests {
         };
         assert!(load_checkpoint(&dir, &other, &net).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn meta_for(spec: &OptimizerSpec, net: &Network, split: &Split) -> CheckpointMeta {
+        CheckpointMeta {
+            optimizer: spec.to_string(),
+            widths: net.widths().to_vec(),
+            loss_unit: "nats".into(),
+            seed: 3,
+            batch: 32,
+            schedule: "constant".into(),
+            epochs: 2,
+            ema_weights: Some(0.9),
+            data: "digits".into(),
+            data_sha256: split_sha256(split),
+        }
+    }
+
+    fn trained(epochs: usize) -> (Network, Split, Run, CheckpointMeta) {
+        let (net, split) = setup();
+        let spec: OptimizerSpec = "adam:lr=0.01".parse().unwrap();
+        let trainer = Trainer::new(&net, &split, config(epochs)).unwrap();
+        let mut run = trainer.start(&spec).unwrap();
+        trainer.train(&mut run, &|_, _, _| {}).unwrap();
+        let meta = CheckpointMeta {
+            epochs,
+            ..meta_for(&spec, &net, &split)
+        };
+        (net, split, run, meta)
+    }
+
+    #[test]
+    fn a_checkpoint_is_one_file_and_round_trips_metrics_exactly() {
+        let (net, _, mut run, meta) = trained(1);
+        // Values whose shortest decimal form needs the last digit, and non-finite ones.
+        run.metrics[0].train_loss = 0.10008464337058459;
+        run.metrics[0].test_loss = f64::INFINITY;
+        run.metrics[0].ema_test_loss = Some(f64::NAN);
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &run, &meta).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [CHECKPOINT_FILE], "one file, no temporary left");
+        let back = load_checkpoint(dir.path(), &meta, &net).unwrap();
+        let m = &back.metrics[0];
+        assert_eq!(m.train_loss.to_bits(), 0.10008464337058459f64.to_bits());
+        assert_eq!(m.test_loss, f64::INFINITY);
+        assert!(m.ema_test_loss.unwrap().is_nan());
+        assert_eq!(back.params, run.params);
+        assert_eq!(back.optimizer, run.optimizer);
+        // Saving what was loaded gives the same bytes.
+        assert_eq!(
+            checkpoint_bytes(&back, &meta).unwrap(),
+            std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_corrupt_or_inconsistent_checkpoint_is_refused() {
+        let (net, _, run, meta) = trained(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let good = checkpoint_bytes(&run, &meta).unwrap();
+        // A flipped bit anywhere in the data.
+        for at in [good.len() - 1, good.len() / 2, good.len() - 4000] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let err = load_checkpoint(dir.path(), &meta, &net)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SHA-256 does not match"), "{err}");
+        }
+        // Truncated.
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        assert!(load_checkpoint(dir.path(), &meta, &net).is_err());
+        // Weights of one moment beside optimizer state of another (re-hashed, so only the
+        // consistency check can tell).
+        let mut later = run.clone();
+        later.optimizer = {
+            let mut o = run.optimizer.clone();
+            let mut p = run.params.clone();
+            let g: Vec<_> = p.iter().map(Tensor::zeros_like).collect();
+            o.step(&mut p, &g, &StepInfo::default()).unwrap();
+            o
+        };
+        std::fs::write(&path, checkpoint_bytes(&later, &meta).unwrap()).unwrap();
+        let err = load_checkpoint(dir.path(), &meta, &net)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different moments"), "{err}");
+    }
+
+    #[test]
+    fn other_settings_are_listed_in_words() {
+        let (net, split, run, meta) = trained(2);
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &run, &meta).unwrap();
+        let other = CheckpointMeta {
+            seed: 4,
+            loss_unit: "bits".into(),
+            data_sha256: "0".repeat(64),
+            ..meta.clone()
+        };
+        let err = load_checkpoint(dir.path(), &other, &net)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "seed: the checkpoint has 3, this command asks for 4",
+            "loss unit: the checkpoint has nats, this command asks for bits",
+            "data: ",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        assert!(!err.contains("CheckpointMeta"), "{err}");
+        // The same data reached by another path hash the same.
+        assert_eq!(split_sha256(&split), meta.data_sha256);
+        // Fewer epochs than done would discard some.
+        let fewer = CheckpointMeta {
+            epochs: 1,
+            ..meta.clone()
+        };
+        let err = load_checkpoint(dir.path(), &fewer, &net)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 epochs done") && err.contains("--epochs 2"),
+            "{err}"
+        );
+        // More epochs are fine for a constant schedule, not for a cosine one.
+        assert!(
+            load_checkpoint(
+                dir.path(),
+                &CheckpointMeta {
+                    epochs: 5,
+                    ..meta.clone()
+                },
+                &net
+            )
+            .is_ok()
+        );
+        let cosine = CheckpointMeta {
+            schedule: "cosine".into(),
+            ..meta.clone()
+        };
+        save_checkpoint(dir.path(), &run, &cosine).unwrap();
+        let err = load_checkpoint(
+            dir.path(),
+            &CheckpointMeta {
+                epochs: 5,
+                ..cosine
+            },
+            &net,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cosine schedule of the checkpoint spans 2 epochs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_epoch_can_be_checkpointed_and_a_big_batch_is_the_whole_set() {
+        let (net, split) = setup();
+        let mut cfg = config(3);
+        cfg.batch = usize::MAX;
+        let trainer = Trainer::new(&net, &split, cfg).unwrap();
+        assert_eq!(trainer.config().batch, split.train.len());
+        assert_eq!(trainer.steps_per_epoch(), 1);
+        let mut run = trainer.start(&"sgd:lr=0.1".parse().unwrap()).unwrap();
+        let mut seen = Vec::new();
+        trainer
+            .train_with(&mut run, &|_, _, _| {}, &mut |r| {
+                seen.push((r.epoch, r.step));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, [(1, 1), (2, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn memory_is_checked_before_allocation() {
+        let (_, split) = setup();
+        let huge = Network::new(64, &[100_000, 100_000], 10, LossUnit::Nats).unwrap();
+        match Trainer::new(&huge, &split, config(1)) {
+            Err(e) => assert!(e.to_string().contains("of memory"), "{e}"),
+            Ok(_) => assert!(crate::resources::available_memory().is_none()),
+        }
+    }
+
+    #[test]
+    fn an_overflowing_first_loss_blames_the_data() {
+        let text: String = (0..40).map(|i| format!("3e38,3e38,{}\n", i % 2)).collect();
+        let split =
+            stratified_split(&crate::data::parse_csv(&text, true).unwrap(), 0.25, 0).unwrap();
+        let net = Network::new(2, &[16], 2, LossUnit::Nats).unwrap();
+        let trainer = Trainer::new(&net, &split, config(1)).unwrap();
+        let mut run = trainer.start(&"sgd".parse().unwrap()).unwrap();
+        let err = trainer
+            .train(&mut run, &|_, _, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("initial weights") && err.contains("overflows f32"),
+            "{err}"
+        );
     }
 
     #[test]

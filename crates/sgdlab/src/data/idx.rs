@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Dataset, Split, read_maybe_gzip};
+use std::io::{BufRead, BufReader, Read};
+
+use super::{Dataset, Split};
 use crate::{Error, Result};
 
 /// Where Debian's `dataset-fashion-mnist` package installs Fashion-MNIST.
@@ -63,9 +65,72 @@ pub fn parse_idx(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((dims, bytes[header..].to_vec()))
 }
 
+/// Reads `limit` bytes from `reader`, or fewer at its end.
+fn read_up_to(reader: &mut impl Read, limit: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    reader.take(limit).read_to_end(out).map(|_| ())
+}
+
+/// The bytes of the IDX file `path` (decompressed when it starts with the gzip magic number),
+/// read no further than its header declares plus one byte: a file that holds more than it
+/// declares is refused by [`parse_idx`] without being decompressed whole. Only regular files
+/// are read, and a declared size beyond
+/// [`MAX_DATA_FILE_BYTES`](crate::resources::MAX_DATA_FILE_BYTES) or the available memory is
+/// refused before it is allocated.
+pub(crate) fn read_idx_file(path: &Path) -> Result<Vec<u8>> {
+    let what = path.display().to_string();
+    let io_err = |e: std::io::Error| Error::Data(format!("{what}: cannot read ({e})"));
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    if !file.metadata().map_err(io_err)?.is_file() {
+        return Err(Error::Data(format!(
+            "{what}: an IDX file must be a regular file, not a device, FIFO or directory"
+        )));
+    }
+    let mut buffered = BufReader::new(file);
+    let gzip = buffered
+        .fill_buf()
+        .map_err(io_err)?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let gz_err = |e: std::io::Error| {
+        if gzip {
+            Error::Data(format!("{what}: corrupt or truncated gzip ({e})"))
+        } else {
+            Error::Data(format!("{what}: cannot read ({e})"))
+        }
+    };
+    let mut bytes = Vec::new();
+    read_up_to(&mut reader, 4, &mut bytes).map_err(gz_err)?;
+    if bytes.len() < 4 {
+        return Ok(bytes); // parse_idx names the problem
+    }
+    let ndim = u64::from(bytes[3]);
+    read_up_to(&mut reader, 4 * ndim, &mut bytes).map_err(gz_err)?;
+    let declared = bytes[4..]
+        .chunks_exact(4)
+        .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        .try_fold(1u64, |n, d| n.checked_mul(d));
+    let cap = crate::resources::MAX_DATA_FILE_BYTES;
+    let declared = match declared {
+        Some(n) if n <= cap => n,
+        _ => {
+            return Err(Error::Data(format!(
+                "{what}: the header declares more data than the limit of {}",
+                crate::resources::human_bytes(cap)
+            )));
+        }
+    };
+    crate::resources::check_memory(&format!("{what} (as its header declares)"), declared)?;
+    read_up_to(&mut reader, declared + 1, &mut bytes).map_err(gz_err)?;
+    Ok(bytes)
+}
+
 fn load_pair(images: &Path, labels: &Path) -> Result<Dataset> {
-    let (idims, pixels) = parse_idx(&read_maybe_gzip(images)?, &images.display().to_string())?;
-    let (ldims, labels_raw) = parse_idx(&read_maybe_gzip(labels)?, &labels.display().to_string())?;
+    let (idims, pixels) = parse_idx(&read_idx_file(images)?, &images.display().to_string())?;
+    let (ldims, labels_raw) = parse_idx(&read_idx_file(labels)?, &labels.display().to_string())?;
     if idims.len() < 2 {
         return Err(Error::Data(format!(
             "{}: images need at least 2 dimensions, found {idims:?}",
@@ -211,6 +276,32 @@ mod tests {
         )
         .unwrap();
         assert!(load_idx_dir(&dir).is_err());
+        // A gzip bomb: the header declares 2 bytes, the stream holds 4 MB.
+        let mut bomb = idx(&[2], &[0, 1]);
+        bomb.extend(std::iter::repeat_n(7u8, 4 << 20));
+        gz("train-labels-idx1-ubyte", &bomb);
+        let got = read_idx_file(&dir.join("train-labels-idx1-ubyte.gz")).unwrap();
+        assert_eq!(
+            got.len(),
+            8 + 2 + 1,
+            "read stops one byte past the declared size"
+        );
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte"),
+            idx(&[2, 1, 2], &[1, 2, 3, 4]),
+        )
+        .unwrap();
+        std::fs::remove_file(dir.join("train-images-idx3-ubyte.gz")).unwrap();
+        let err = load_idx_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("trailing bytes"), "{err}");
+        // An empty file is named in the error.
+        std::fs::remove_file(dir.join("train-labels-idx1-ubyte.gz")).unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), b"").unwrap();
+        let err = load_idx_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("train-labels-idx1-ubyte") && err.contains("too short"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = load_idx_dir(Path::new(FASHION_MNIST_DIR).join("nope").as_path());
         assert!(missing.unwrap_err().to_string().contains("lacks"));

@@ -113,9 +113,10 @@ impl Dataset {
 
 /// Parses numeric CSV text. With `has_target` the last column is the target.
 ///
-/// Blank lines and lines starting with `#` are skipped; a first line whose fields are all
-/// non-numeric is taken as a header. Errors name the line: a ragged row, a field that is not
-/// a number (or not finite), or no data at all.
+/// Blank lines and lines starting with `#` are skipped, as is a UTF-8 byte-order mark; a first
+/// line whose fields are all non-numeric is taken as a header. Errors name the line: a ragged
+/// row, a field that is not a number, not finite, or beyond the range of `f32` (training
+/// computes in `f32`, where it would be infinite), or no data at all.
 ///
 /// Hand-written rather than with the `csv` crate: the files are purely numeric (no quoting or
 /// escapes to handle), and the error messages need line numbers and the offending field.
@@ -124,6 +125,7 @@ pub fn parse_csv(text: &str, has_target: bool) -> Result<Dataset> {
     let mut targets = has_target.then(Vec::new);
     let mut width = None;
     let mut seen_data_or_header = false;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (k, line) in text.lines().enumerate() {
         let line_no = k + 1;
         let line = line.trim();
@@ -172,6 +174,14 @@ pub fn parse_csv(text: &str, has_target: bool) -> Result<Dataset> {
                     c + 1
                 )));
             }
+            if x.abs() > f64::from(f32::MAX) {
+                return Err(Error::Data(format!(
+                    "line {line_no}, column {}: `{f}` is beyond the range of f32 (±{:e}), in \
+                     which training computes; rescale the column",
+                    c + 1,
+                    f32::MAX
+                )));
+            }
             match &mut targets {
                 Some(t) if c + 1 == fields.len() => t.push(x),
                 _ => features.push(x),
@@ -185,11 +195,23 @@ pub fn parse_csv(text: &str, has_target: bool) -> Result<Dataset> {
 }
 
 /// Reads a numeric CSV file (see [`parse_csv`]); a `.gz` file is decompressed.
+///
+/// The file must be a regular file (not a device or FIFO) of at most
+/// [`MAX_DATA_FILE_BYTES`](crate::resources::MAX_DATA_FILE_BYTES), and so must its
+/// decompressed text.
 pub fn read_csv(path: &Path, has_target: bool) -> Result<Dataset> {
-    let bytes = std::fs::read(path)
+    let cap = crate::resources::MAX_DATA_FILE_BYTES;
+    let bytes = crate::io::read_regular_file(path, cap, "a data file")
         .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
-        gunzip(&bytes).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?
+        let raw = bounded_gunzip(&bytes, cap)
+            .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+        String::from_utf8(raw).map_err(|_| {
+            Error::Data(format!(
+                "{}: the decompressed data are not UTF-8 text",
+                path.display()
+            ))
+        })?
     } else {
         String::from_utf8(bytes)
             .map_err(|_| Error::Data(format!("{} is not UTF-8 text", path.display())))?
@@ -200,32 +222,29 @@ pub fn read_csv(path: &Path, has_target: bool) -> Result<Dataset> {
     })
 }
 
+/// Decompresses gzip `bytes`, stopping with an error past `max_bytes` of output (a small
+/// file can expand a thousandfold).
+pub(crate) fn bounded_gunzip(bytes: &[u8], max_bytes: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(max_bytes + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("corrupt or truncated gzip ({e})"))?;
+    if out.len() as u64 > max_bytes {
+        return Err(format!(
+            "decompresses to more than the limit of {}",
+            crate::resources::human_bytes(max_bytes)
+        ));
+    }
+    Ok(out)
+}
+
 fn gunzip(bytes: &[u8]) -> std::result::Result<String, String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(bytes)
         .read_to_string(&mut text)
         .map_err(|e| format!("not a valid gzip text file ({e})"))?;
     Ok(text)
-}
-
-/// The bytes of `path`, decompressed when they start with the gzip magic number.
-pub(crate) fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::Data(format!(
-                    "{}: corrupt or truncated gzip ({e})",
-                    path.display()
-                ))
-            })?;
-        Ok(out)
-    } else {
-        Ok(bytes)
-    }
 }
 
 /// The bundled digits: 1797 images of 8×8 pixels, features scaled to [0, 1], labels 0–9.
@@ -263,11 +282,34 @@ mod tests {
             ("", "no data"),
             ("# only a comment\n", "no data"),
             ("5\n", "need at least 2"),
+            (
+                "1,2\n1e39,0\n",
+                "line 2, column 1: `1e39` is beyond the range of f32",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse_csv(text, true).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_number() {
+        let d = parse_csv("\u{feff}1,0\n2,1\n", true).unwrap();
+        assert_eq!(d.row(0), &[1.0]);
+        let h = parse_csv("\u{feff}x,y\n2,1\n", true).unwrap();
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn gzip_output_is_bounded() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![b'0'; 1 << 20]).unwrap();
+        let gz = e.finish().unwrap();
+        assert_eq!(bounded_gunzip(&gz, 1 << 20).unwrap().len(), 1 << 20);
+        let err = bounded_gunzip(&gz, 1000).unwrap_err();
+        assert!(err.contains("more than the limit"), "{err}");
     }
 
     #[test]

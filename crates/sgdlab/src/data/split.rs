@@ -27,19 +27,14 @@ impl Split {
                 test.len()
             )));
         }
-        let mut classes = 0;
+        let mut classes = 2;
         for (name, set) in [("training", &train), ("test", &test)] {
             let labels = set
                 .targets()
                 .ok_or_else(|| Error::Data(format!("the {name} set has no labels")))?;
-            for (i, &y) in labels.iter().enumerate() {
-                if y < 0.0 || y != y.round() || y > 1e6 {
-                    return Err(Error::Data(format!(
-                        "{name} example {i}: label {y} is not a class number"
-                    )));
-                }
-                classes = classes.max(y as usize + 1);
-            }
+            let count = crate::resources::class_count(labels)
+                .map_err(|e| Error::Data(format!("{name} set: {e}")))?;
+            classes = classes.max(count);
         }
         if train.dim() != test.dim() {
             return Err(Error::Data(format!(
@@ -69,13 +64,15 @@ pub fn stratified_split(data: &Dataset, test_fraction: f64, seed: u64) -> Result
     let labels = data
         .targets()
         .ok_or_else(|| Error::Data("a split needs labels".to_string()))?;
-    let classes = labels.iter().fold(0.0f64, |m, &y| m.max(y)) as usize + 1;
+    // Labels are checked (integers in a bounded range) before anything per class exists.
+    let classes = crate::resources::class_count(labels)?;
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &y) in labels.iter().enumerate() {
+        by_class[y as usize].push(i);
+    }
     let mut rng = chain_rng(seed, 0);
     let mut test = Vec::new();
-    for c in 0..classes {
-        let mut members: Vec<usize> = (0..labels.len())
-            .filter(|&i| labels[i] == c as f64)
-            .collect();
+    for mut members in by_class {
         members.shuffle(&mut rng);
         let k = (members.len() as f64 * test_fraction).round() as usize;
         test.extend_from_slice(&members[..k]);
@@ -107,5 +104,23 @@ mod tests {
         assert_ne!(a.test.features(), c.test.features());
         let err = stratified_split(&d, 0.0, 7).unwrap_err().to_string();
         assert!(err.contains("0 test"), "{err}");
+    }
+
+    #[test]
+    fn bad_labels_name_the_label_not_the_split() {
+        for (label, needle) in [
+            ("-1", "label -1"),
+            ("0.5", "label 0.5"),
+            ("1e30", "label 1000000000000000000000000000000"),
+            ("1e18", "label 1000000000000000000"),
+        ] {
+            let text = format!("1,0\n2,1\n3,0\n4,{label}\n5,1\n");
+            let data = crate::data::parse_csv(&text, true).unwrap();
+            let err = stratified_split(&data, 0.4, 0).unwrap_err().to_string();
+            assert!(
+                err.contains(needle) && err.contains("example 4"),
+                "{label}: {err}"
+            );
+        }
     }
 }

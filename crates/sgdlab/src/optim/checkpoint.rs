@@ -30,7 +30,7 @@ pub const FORMAT: &str = "sgdlab-optimizer-state";
 /// The version of the format written (and the only one read).
 pub const FORMAT_VERSION: &str = "1";
 
-fn dtype_of<T: Real>() -> Dtype {
+pub(crate) fn dtype_of<T: Real>() -> Dtype {
     if T::BYTES == 4 {
         Dtype::F32
     } else {
@@ -40,28 +40,71 @@ fn dtype_of<T: Real>() -> Dtype {
 
 type Layout = Vec<(String, Vec<usize>)>;
 
+/// A tensor to write: name, shape, little-endian bytes.
+pub(crate) type Entry = (String, Vec<usize>, Vec<u8>);
+
+/// Serialises tensors `(name, shape, little-endian bytes, dtype)` with `metadata` to
+/// safetensors bytes whose header has sorted keys (equal contents, equal bytes).
+pub(crate) fn encode_with<'a>(
+    metadata: HashMap<String, String>,
+    entries: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8], Dtype)>,
+) -> std::result::Result<Vec<u8>, String> {
+    let views = entries
+        .into_iter()
+        .map(|(name, shape, raw, dtype)| {
+            TensorView::new(dtype, shape.to_vec(), raw)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| format!("cannot encode {name}: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| e.to_string())
+        .and_then(crate::io::canonical_safetensors)
+}
+
+fn encode<T: Real>(
+    metadata: HashMap<String, String>,
+    entries: &[Entry],
+) -> std::result::Result<Vec<u8>, String> {
+    encode_with(
+        metadata,
+        entries
+            .iter()
+            .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), dtype_of::<T>())),
+    )
+}
+
 impl<T: Real> Optimizer<T> {
     /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let (metadata, entries) = self.to_parts("")?;
+        encode::<T>(metadata.into_iter().collect(), &entries)
+            .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
+    }
+
+    /// The state as string metadata and safetensors entries `(name, shape, little-endian
+    /// bytes)`, every key and tensor name prefixed with `prefix` (so that a training checkpoint
+    /// can hold the optimizer beside the weights in one file).
+    pub(crate) fn to_parts(&self, prefix: &str) -> Result<(Vec<(String, String)>, Vec<Entry>)> {
         let layout = self.layout.as_ref();
         let scalars: Vec<&Vec<f64>> = self.tensors.iter().map(|t| &t.scalars).collect();
         let json = |v: serde_json::Result<String>| {
             v.map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
         };
-        let metadata = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("version".to_string(), FORMAT_VERSION.to_string()),
-            ("spec".to_string(), self.spec.to_string()),
-            ("dtype".to_string(), T::NAME.to_string()),
-            ("step".to_string(), self.step.to_string()),
-            ("skipped".to_string(), self.skipped.to_string()),
-            ("layout".to_string(), json(serde_json::to_string(&layout))?),
-            (
-                "tensor_scalars".to_string(),
-                json(serde_json::to_string(&scalars))?,
-            ),
-        ]);
-        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let metadata = [
+            ("format", FORMAT.to_string()),
+            ("version", FORMAT_VERSION.to_string()),
+            ("spec", self.spec.to_string()),
+            ("dtype", T::NAME.to_string()),
+            ("step", self.step.to_string()),
+            ("skipped", self.skipped.to_string()),
+            ("layout", json(serde_json::to_string(&layout))?),
+            ("tensor_scalars", json(serde_json::to_string(&scalars))?),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect();
+        let mut entries: Vec<Entry> = Vec::new();
         if let Some(layout) = layout {
             for (s, slot) in self.slot_names().iter().enumerate() {
                 for ((name, shape), state) in layout.iter().zip(&self.tensors) {
@@ -69,22 +112,11 @@ impl<T: Real> Optimizer<T> {
                     for &x in &state.slots[s] {
                         x.write_le(&mut raw);
                     }
-                    bytes.push((format!("{slot}/{name}"), shape.clone(), raw));
+                    entries.push((format!("{prefix}{slot}/{name}"), shape.clone(), raw));
                 }
             }
         }
-        let views = bytes
-            .iter()
-            .map(|(name, shape, raw)| {
-                TensorView::new(dtype_of::<T>(), shape.clone(), raw)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| Error::Unsupported(format!("cannot encode {name}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, Some(metadata))
-            .map_err(|e| e.to_string())
-            .and_then(crate::io::canonical_safetensors)
-            .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
+        Ok((metadata, entries))
     }
 
     /// Saves the optimizer to `path` atomically (temporary file, then rename).
@@ -144,9 +176,23 @@ impl<T: Real> Optimizer<T> {
             .metadata()
             .as_ref()
             .ok_or_else(|| bad("no metadata: not an sgdlab optimizer state".into()))?;
+        Self::from_parts(meta, &st, "")
+    }
+
+    /// Rebuilds an optimizer from [`Optimizer::to_parts`]'s metadata and tensors (with the
+    /// same `prefix`), checking every field. Tensors without the prefix are ignored.
+    pub(crate) fn from_parts(
+        meta: &HashMap<String, String>,
+        st: &SafeTensors<'_>,
+        prefix: &str,
+    ) -> Result<Self> {
+        let bad = |reason: String| Error::Checkpoint {
+            path: "(bytes)".to_string(),
+            reason,
+        };
         let get = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| bad(format!("metadata lacks `{key}`")))
+            meta.get(&format!("{prefix}{key}"))
+                .ok_or_else(|| bad(format!("metadata lacks `{prefix}{key}`")))
         };
         if get("format")? != FORMAT {
             return Err(bad(format!(
@@ -180,12 +226,13 @@ impl<T: Real> Optimizer<T> {
             serde_json::from_str(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
         let scalars: Vec<Vec<f64>> = serde_json::from_str(get("tensor_scalars")?)
             .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?;
+        let buffers = st.names().iter().filter(|n| n.starts_with(prefix)).count();
 
         let mut opt = Optimizer::<T>::new(spec)?;
         opt.step = step;
         opt.skipped = skipped;
         let Some(layout) = layout else {
-            if step != 0 || !st.names().is_empty() {
+            if step != 0 || buffers != 0 {
                 return Err(bad("state buffers without a parameter layout".into()));
             }
             return Ok(opt);
@@ -198,10 +245,10 @@ impl<T: Real> Optimizer<T> {
         if scalars.len() != layout.len() || scalars.iter().any(|s| s.len() != n_scalars) {
             return Err(bad("tensor_scalars do not match the layout".into()));
         }
-        if st.names().len() != slot_names.len() * layout.len() {
+        if buffers != slot_names.len() * layout.len() {
             return Err(bad(format!(
                 "holds {} buffers, expected {} ({} slots × {} tensors)",
-                st.names().len(),
+                buffers,
                 slot_names.len() * layout.len(),
                 slot_names.len(),
                 layout.len()
@@ -211,7 +258,7 @@ impl<T: Real> Optimizer<T> {
         for ((name, shape), scalars) in layout.iter().zip(scalars) {
             let mut slots = Vec::with_capacity(slot_names.len());
             for slot in slot_names {
-                let key = format!("{slot}/{name}");
+                let key = format!("{prefix}{slot}/{name}");
                 let view = st
                     .tensor(&key)
                     .map_err(|_| bad(format!("buffer `{key}` is missing")))?;

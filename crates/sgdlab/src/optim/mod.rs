@@ -19,7 +19,7 @@
 
 pub mod adagrad;
 pub mod adam;
-mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod kernel;
 pub mod lion;
 pub mod madam;
@@ -219,6 +219,11 @@ impl<T: Real> Optimizer<T> {
     /// Number of steps skipped for non-finite gradients.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Names and shapes of the parameter tensors, fixed by the first step (`None` before it).
+    pub fn layout(&self) -> Option<&[(String, Vec<usize>)]> {
+        self.layout.as_deref()
     }
 
     /// Names of the per-parameter state buffers, PyTorch's where it has them
