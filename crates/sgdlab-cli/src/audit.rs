@@ -70,11 +70,11 @@ fn build_model(args: &AuditArgs) -> anyhow::Result<AuditModel> {
         ModelKind::Linreg => AuditModel::LinReg(LinReg::new(data, bias)?),
         ModelKind::Logreg => AuditModel::LogReg(LogReg::new(data, bias, unit)?),
         ModelKind::Softmax => {
-            let classes = data
+            let labels = data
                 .targets()
-                .map(|t| t.iter().fold(0.0f64, |m, &y| m.max(y)) as usize + 1)
-                .unwrap_or(0);
-            AuditModel::Softmax(Classifier::softmax(data, classes.max(2), unit)?)
+                .ok_or_else(|| anyhow::anyhow!("softmax needs a label column"))?;
+            let classes = sgdlab::resources::class_count(labels)?;
+            AuditModel::Softmax(Classifier::softmax(data, classes, unit)?)
         }
     })
 }

@@ -75,8 +75,12 @@ fn parse_specs(texts: &[String]) -> anyhow::Result<Vec<sgdlab::optim::OptimizerS
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            anyhow::bail!("invalid --threads 0: must be at least 1");
+        let max = sgdlab::resources::max_threads();
+        if threads == 0 || threads > max {
+            anyhow::bail!(
+                "invalid --threads {threads}: must lie in 1..={max} (four per core of this \
+                 machine; results do not depend on the count)"
+            );
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -235,9 +235,14 @@ pub fn write(fig: &Figure, stem: &Path) -> anyhow::Result<()> {
     sgdlab::io::write_atomic(&svg_path, svg(fig)?.as_bytes())
         .with_context(|| format!("cannot write {}", svg_path.display()))?;
     let png_path = stem.with_extension("png");
-    let tmp = stem.with_extension("tmp.png");
-    let result = draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), fig)
-        .and_then(|()| std::fs::rename(&tmp, &png_path).map_err(anyhow::Error::from));
+    // A unique temporary name that still ends in .png (plotters picks the encoder by it).
+    let mut tmp = sgdlab::io::temp_path(&png_path)?.into_os_string();
+    tmp.push(".png");
+    let tmp = std::path::PathBuf::from(tmp);
+    let result = draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), fig).and_then(|()| {
+        std::fs::File::open(&tmp)?.sync_all()?;
+        sgdlab::io::commit_temp(&tmp, &png_path).map_err(anyhow::Error::from)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -14,7 +14,8 @@ use sgdlab::lab::figures::{Figure, Line};
 use sgdlab::model::{LossUnit, Network};
 use sgdlab::optim::OptimizerSpec;
 use sgdlab::train::{
-    CheckpointMeta, Run, Schedule, TrainConfig, Trainer, load_checkpoint, save_checkpoint,
+    CheckpointMeta, Run, Schedule, TrainConfig, Trainer, has_checkpoint, load_checkpoint,
+    save_checkpoint, split_sha256,
 };
 
 use crate::table::{Table, num};
@@ -57,9 +58,117 @@ pub struct TrainArgs {
     /// Output directory (default runs/YYYYMMDD-HHMMSS, in UTC).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue the runs checkpointed in --out up to --epochs.
+    /// Continue the runs checkpointed in --out up to --epochs (a run with no checkpoint yet
+    /// starts from the beginning).
     #[arg(long)]
     resume: bool,
+    /// Checkpoint every N epochs (and always after the last epoch or a divergence); a run
+    /// killed in between loses at most N epochs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    checkpoint_every: usize,
+    /// Write into an --out directory that already holds a run, replacing it: its run
+    /// directories and outputs are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+}
+
+/// The files `train` writes at the top of its output directory (besides `runN/`).
+const OUTPUTS: [&str; 7] = [
+    "metrics.csv",
+    "summary.json",
+    "loss.svg",
+    "loss.png",
+    "accuracy.svg",
+    "accuracy.png",
+    "index.html",
+];
+
+/// The run directories `runN` in `dir`, with their N.
+fn run_dirs(dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let k = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run"))
+            .and_then(|k| k.parse::<usize>().ok());
+        if let Some(k) = k
+            && entry.file_type()?.is_dir()
+        {
+            out.push((k, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Prepares `out` for writing: refuses a directory that already holds something unless
+/// resuming or `--force` (which removes earlier runs and outputs), locks it against other
+/// processes, and removes temporary files that a killed writer left behind.
+fn prepare_out(out: &Path, args: &TrainArgs, runs: usize) -> anyhow::Result<sgdlab::io::DirLock> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: is a file, not a run directory", out.display());
+    }
+    if args.resume && !out.exists() {
+        bail!("--resume: {} does not exist", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let lock = sgdlab::io::DirLock::acquire(out)?;
+    let lock_name = sgdlab::io::DirLock::FILE;
+    let mut existing = Vec::new();
+    for entry in std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name != lock_name && !sgdlab::io::is_temp_name(&name) {
+            existing.push(name.into_owned());
+        }
+    }
+    let dirs = run_dirs(out)?;
+    if args.force {
+        for (_, dir) in &dirs {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("--force: cannot remove {}", dir.display()))?;
+        }
+        for name in OUTPUTS {
+            let path = out.join(name);
+            if path.is_file() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("--force: cannot remove {}", path.display()))?;
+            }
+        }
+    } else if !args.resume && !existing.is_empty() {
+        existing.sort();
+        bail!(
+            "--out {} already holds {} (e.g. {}): continue it with --resume, or replace it with \
+             --force",
+            out.display(),
+            if dirs.is_empty() { "files" } else { "a run" },
+            existing
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if args.resume
+        && let Some((k, _)) = dirs.iter().find(|(k, _)| *k >= runs)
+    {
+        bail!(
+            "--resume: {} holds run{k}, but this command has {runs} --opt; pass every --opt \
+             of the original command, in order (or start over with --force)",
+            out.display()
+        );
+    }
+    let mut removed = sgdlab::io::remove_stale_temps(out)?;
+    for (_, dir) in run_dirs(out)? {
+        removed += sgdlab::io::remove_stale_temps(&dir)?;
+    }
+    if removed > 0 {
+        eprintln!("removed {removed} temporary file(s) left by an interrupted run");
+    }
+    Ok(lock)
 }
 
 fn load_data(args: &TrainArgs) -> anyhow::Result<Split> {
@@ -135,37 +244,60 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
     };
     config.validate()?;
+    if args.checkpoint_every == 0 {
+        bail!("invalid --checkpoint-every 0: must be at least 1");
+    }
     let out = match (&args.out, args.resume) {
         (Some(dir), _) => dir.clone(),
         (None, true) => bail!("--resume needs --out DIR, the directory of the runs to continue"),
         (None, false) => PathBuf::from("runs").join(timestamp()),
     };
-    if args.resume && !out.is_dir() {
+    if args.resume && out.exists() && !out.is_dir() {
+        bail!("--out {}: is a file, not a run directory", out.display());
+    }
+    if args.resume && !out.exists() {
         bail!("--resume: {} does not exist", out.display());
     }
     let split = load_data(&args)?;
     let net = Network::new(split.train.dim(), &hidden, split.classes, unit)?;
     let trainer = Trainer::new(&net, &split, config)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    trainer.check_memory(&specs)?;
+    let batch = trainer.config().batch;
+    if batch < args.batch {
+        eprintln!(
+            "--batch {} is more than the {} training examples: each step uses all of them",
+            args.batch, batch
+        );
+    }
+    let _lock = prepare_out(&out, &args, specs.len())?;
 
+    let data_sha256 = split_sha256(&split);
     let meta = |spec: &OptimizerSpec| CheckpointMeta {
         optimizer: spec.to_string(),
         widths: net.widths().to_vec(),
+        loss_unit: args.loss_unit.clone(),
         seed: args.seed,
-        batch: args.batch,
+        batch,
         schedule: schedule.to_string(),
         epochs: args.epochs,
         ema_weights: args.ema_weights,
         data: format!("{} (test fraction {})", args.data, args.test_fraction),
+        data_sha256: data_sha256.clone(),
     };
+    let run_dir = |k: usize| out.join(format!("run{k}"));
     let mut runs = specs
         .iter()
         .enumerate()
         .map(|(k, spec)| {
-            if args.resume {
-                load_checkpoint(&out.join(format!("run{k}")), &meta(spec), &net)
-                    .with_context(|| format!("cannot resume run {k} ({spec})"))
+            if args.resume && has_checkpoint(&run_dir(k)) {
+                load_checkpoint(&run_dir(k), &meta(spec), &net)
+                    .with_context(|| format!("cannot resume run{k} ({spec})"))
             } else {
+                if args.resume {
+                    eprintln!(
+                        "run{k} ({spec}) has no checkpoint yet: it starts from the beginning"
+                    );
+                }
                 Ok(trainer.start(spec)?)
             }
         })
@@ -191,29 +323,48 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let steps = trainer.steps_per_epoch();
-    runs.par_iter_mut()
-        .zip(&specs)
-        .try_for_each(|(run, spec)| -> anyhow::Result<()> {
+    runs.par_iter_mut().zip(&specs).enumerate().try_for_each(
+        |(k, (run, spec))| -> anyhow::Result<()> {
             let remaining = (args.epochs.saturating_sub(run.epoch)) as u64 * steps;
             let bar = bars.add(ProgressBar::new(remaining));
             bar.set_style(style.clone());
             bar.set_prefix(spec.to_string());
             let first = run.epoch;
-            trainer.train(run, &|done, per_epoch, epoch| {
-                if done % 64 == 0 || done == per_epoch {
-                    bar.set_position((epoch - 1 - first) as u64 * per_epoch + done);
-                    bar.set_message(format!("{epoch}/{}", args.epochs));
-                }
-            })?;
+            let dir = run_dir(k);
+            let run_meta = meta(spec);
+            trainer.train_with(
+                run,
+                &|done, per_epoch, epoch| {
+                    if done % 64 == 0 || done == per_epoch {
+                        bar.set_position((epoch - 1 - first) as u64 * per_epoch + done);
+                        bar.set_message(format!("{epoch}/{}", args.epochs));
+                    }
+                },
+                &mut |run| {
+                    let due = run.epoch.is_multiple_of(args.checkpoint_every)
+                        || run.epoch >= args.epochs
+                        || run.diverged.is_some();
+                    if due {
+                        save_checkpoint(&dir, run, &run_meta)?;
+                    }
+                    Ok(())
+                },
+            )?;
             match &run.diverged {
                 Some(why) => bar.abandon_with_message(format!("diverged: {why}")),
                 None => bar.finish(),
             }
             Ok(())
-        })?;
+        },
+    )?;
 
     for (k, (run, spec)) in runs.iter().zip(&specs).enumerate() {
-        save_checkpoint(&out.join(format!("run{k}")), run, &meta(spec))?;
+        // Runs resumed when already finished were not stepped: their checkpoint stands, but a
+        // run that started from nothing and ended at once (e.g. --epochs already reached) has
+        // none yet.
+        if !has_checkpoint(&run_dir(k)) {
+            save_checkpoint(&run_dir(k), run, &meta(spec))?;
+        }
     }
     write_outputs(&out, &args, &specs, &runs, trainer.train_examples())?;
     print!(
@@ -323,23 +474,17 @@ fn write_outputs(
         "schedule": args.schedule,
         "seed": args.seed,
         "loss_unit": args.loss_unit,
-        "runs": specs.iter().zip(runs).map(|(spec, run)| {
+        "runs": specs.iter().zip(runs).enumerate().map(|(k, (spec, run))| {
             let last = run.metrics.last();
-            serde_json::json!({
+            Ok(serde_json::json!({
                 "optimizer": spec.to_string(),
                 "epochs": run.epoch,
-                "final": last.map(|m| serde_json::json!({
-                    "train_loss": m.train_loss,
-                    "test_loss": m.test_loss,
-                    "test_accuracy": m.test_accuracy,
-                    "ema_test_loss": m.ema_test_loss,
-                    "ema_test_accuracy": m.ema_test_accuracy,
-                })),
+                "final": last.map(serde_json::to_value).transpose()?,
                 "diverged": run.diverged,
                 "examples_per_second": run.examples_per_second(examples),
-                "checkpoint": format!("run{}", specs.iter().position(|s| s == spec).unwrap_or(0)),
-            })
-        }).collect::<Vec<_>>(),
+                "checkpoint": format!("run{k}"),
+            }))
+        }).collect::<serde_json::Result<Vec<_>>>()?,
     });
     sgdlab::io::write_atomic(
         &out.join("summary.json"),

@@ -79,6 +79,12 @@ fn bad_cases_are_clear_errors() {
     replay_case(r#"{"optimizer": "sgd", "init": [1], "grads": [[1]], "losses": [1, 2]}"#)
         .code(2)
         .stderr(predicate::str::contains("losses"));
+    replay_case(r#"{"optimizer": "sgd:lr=1e300", "init": [1], "grads": [[1e300]]}"#)
+        .code(2)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains(
+            "in the parameters (as f64) after step 1",
+        ));
     replay_case("not json")
         .code(2)
         .stderr(predicate::str::contains("not a valid case"));

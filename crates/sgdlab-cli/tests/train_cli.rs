@@ -45,9 +45,8 @@ fn trains_and_writes_every_output() {
         "loss.png",
         "accuracy.svg",
         "accuracy.png",
-        "run0/weights.safetensors",
-        "run0/optimizer.safetensors",
-        "run1/weights.safetensors",
+        "run0/checkpoint.safetensors",
+        "run1/checkpoint.safetensors",
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
@@ -57,6 +56,13 @@ fn trains_and_writes_every_output() {
     let runs = s["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs[1]["final"]["test_accuracy"].as_f64().unwrap() > 0.8);
+    assert_eq!(
+        (
+            runs[0]["checkpoint"].as_str(),
+            runs[1]["checkpoint"].as_str()
+        ),
+        (Some("run0"), Some("run1"))
+    );
     let png = std::fs::read(dir.path().join("loss.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
@@ -86,20 +92,41 @@ fn resume_gives_the_uninterrupted_result_bit_for_bit() {
         .success();
     let (a, b) = (summary(straight.path()), summary(resumed.path()));
     for k in 0..2 {
-        assert_eq!(a["runs"][k]["final"], b["runs"][k]["final"], "run {k}");
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        };
+        assert_eq!(
+            strip(&a["runs"][k]["final"]),
+            strip(&b["runs"][k]["final"]),
+            "run {k}"
+        );
         assert_eq!(a["runs"][k]["epochs"], 4);
     }
-    let state = |d: &std::path::Path| {
-        sgdlab::optim::Optimizer::<f32>::load(&d.join("run1/optimizer.safetensors")).unwrap()
-    };
-    assert_eq!(state(straight.path()), state(resumed.path()));
-    // The optimizer files are byte-identical too (the weights files also hold the metrics,
-    // whose wall-clock seconds differ).
+    // Every tensor of both checkpoints (weights, their EMA, optimizer state) is bit-identical;
+    // the metrics differ only in their wall-clock seconds.
     for run in ["run0", "run1"] {
-        let read =
-            |d: &std::path::Path| std::fs::read(d.join(run).join("optimizer.safetensors")).unwrap();
-        assert!(read(straight.path()) == read(resumed.path()), "{run}");
+        assert_eq!(
+            tensors(&straight.path().join(run)),
+            tensors(&resumed.path().join(run)),
+            "{run}"
+        );
     }
+}
+
+/// Every tensor of a run's checkpoint: name, shape and bytes.
+pub fn tensors(run_dir: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort();
+    assert!(out.iter().any(|(n, _, _)| n.starts_with("optimizer.")) || out.len() > 2);
+    out
 }
 
 #[test]
@@ -149,6 +176,7 @@ fn bad_arguments_are_clear_errors() {
         .code(2)
         .stderr(predicate::str::contains("--out"));
     // Resuming with another seed than the checkpoint's is refused.
+    let dir = tempfile::tempdir().unwrap();
     sgdlab()
         .args(["train", "--opt", "sgd", "--epochs", "1", "--out"])
         .arg(dir.path())
@@ -190,4 +218,249 @@ fn csv_data_and_idx_directories_work() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("train-images-idx3-ubyte"));
+}
+
+fn tiny(dir: &std::path::Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    sgdlab()
+        .args([
+            "train", "--model", "softmax", "--opt", "sgd", "--batch", "64", "--out",
+        ])
+        .arg(dir)
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn an_existing_run_is_kept_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sgdlab()
+        .args([
+            "train", "--model", "softmax", "--batch", "64", "--epochs", "1",
+        ])
+        .args(["--opt", "sgd", "--opt", "sgd", "--opt", "adam", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    // Equal specs each name their own directory.
+    let runs = summary(&out)["runs"].clone();
+    let dirs: Vec<_> = (0..3)
+        .map(|k| runs[k]["checkpoint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dirs, ["run0", "run1", "run2"]);
+    tiny(&out, &["--epochs", "1"]).code(2).stderr(
+        predicate::str::contains("already holds a run").and(predicate::str::contains("--force")),
+    );
+    // Resuming with fewer --opt than runs is refused.
+    tiny(&out, &["--epochs", "1", "--resume"])
+        .code(2)
+        .stderr(predicate::str::contains("holds run1"));
+    tiny(&out, &["--epochs", "1", "--force"]).success();
+    assert!(out.join("run0").is_dir());
+    assert!(
+        !out.join("run1").exists() && !out.join("run2").exists(),
+        "stale runs removed"
+    );
+    assert_eq!(summary(&out)["runs"].as_array().unwrap().len(), 1);
+    // --out naming a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    tiny(&file, &["--resume"])
+        .code(2)
+        .stderr(predicate::str::contains("is a file, not a run directory"));
+}
+
+#[test]
+fn what_identifies_a_run_is_checked_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = |path: &std::path::Path, flip: bool| {
+        let mut text = String::new();
+        for i in 0..40 {
+            let y = (i % 2 == 0) ^ (flip && i == 7);
+            text.push_str(&format!("{},{}\n", i as f64 / 40.0, u8::from(y)));
+        }
+        std::fs::write(path, text).unwrap();
+    };
+    csv(&dir.path().join("d.csv"), false);
+    let train = |extra: &[&str]| {
+        let mut cmd = sgdlab();
+        cmd.current_dir(dir.path())
+            .args([
+                "train", "--model", "softmax", "--opt", "sgd", "--out", "out",
+            ])
+            .args(extra);
+        cmd.assert()
+    };
+    train(&["--data", "d.csv", "--epochs", "2"]).success();
+    // The same content by another path is the same run.
+    train(&["--data", "./d.csv", "--epochs", "3", "--resume"]).success();
+    // Fewer epochs than done.
+    train(&["--data", "d.csv", "--epochs", "2", "--resume"])
+        .code(2)
+        .stderr(
+            predicate::str::contains("3 epochs done").and(predicate::str::contains("--epochs 3")),
+        );
+    // Another loss unit, in words.
+    train(&[
+        "--data",
+        "d.csv",
+        "--epochs",
+        "4",
+        "--resume",
+        "--loss-unit",
+        "bits",
+    ])
+    .code(2)
+    .stderr(
+        predicate::str::contains("loss unit: the checkpoint has nats, this command asks for bits")
+            .and(predicate::str::contains("CheckpointMeta").not()),
+    );
+    // Changed content at the same path.
+    csv(&dir.path().join("d.csv"), true);
+    train(&["--data", "d.csv", "--epochs", "4", "--resume"])
+        .code(2)
+        .stderr(predicate::str::contains("other contents"));
+}
+
+#[test]
+fn damaged_checkpoints_and_leftovers_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    tiny(out, &["--epochs", "1"]).success();
+    // A killed writer's temporary files are removed by the next start.
+    let stale = out.join("run0/.checkpoint.safetensors.99999-0.sgdlab-tmp");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let stale_png = out.join(".loss.png.99999-1.sgdlab-tmp.png");
+    std::fs::write(&stale_png, b"half a plot").unwrap();
+    tiny(out, &["--epochs", "2", "--resume"])
+        .success()
+        .stderr(predicate::str::contains("removed 2 temporary file"));
+    assert!(!stale.exists() && !stale_png.exists());
+    // A corrupted checkpoint is refused, not silently resumed.
+    let ckpt = out.join("run0/checkpoint.safetensors");
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 1;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    tiny(out, &["--epochs", "3", "--resume"])
+        .code(2)
+        .stderr(predicate::str::contains("SHA-256 does not match"));
+    // Another process holding the directory.
+    let other = tempfile::tempdir().unwrap();
+    let _lock = sgdlab::io::DirLock::acquire(other.path()).unwrap();
+    tiny(other.path(), &["--epochs", "1"])
+        .code(2)
+        .stderr(predicate::str::contains("another sgdlab process"));
+}
+
+#[test]
+fn hostile_sizes_and_labels_are_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let base: String = (0..20).map(|i| format!("{},{}\n", i, i % 2)).collect();
+    for (label, needle) in [
+        ("-1", "label -1"),
+        ("0.5", "label 0.5"),
+        ("1e18", "label 1000000000000000000"),
+        ("1e300", "beyond the range of f32"),
+    ] {
+        let path = write("labels.csv", &format!("{base}3,{label}\n"));
+        sgdlab()
+            .args(["train", "--opt", "sgd", "--data"])
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join("o"))
+            .timeout(std::time::Duration::from_secs(20))
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(needle).and(predicate::str::contains("panicked").not()),
+            );
+    }
+    let bom = write("bom.csv", &format!("\u{feff}{base}"));
+    let out = dir.path().join("bom-out");
+    sgdlab()
+        .args(["train", "--opt", "sgd", "--epochs", "1", "--data"])
+        .arg(&bom)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    for (args, needle) in [
+        (vec!["--model", "mlp:18446744073709551615"], "too many"),
+        (vec!["--model", "mlp:100000,100000"], "of memory"),
+        (vec!["--data", "/dev/zero"], "--data"),
+    ] {
+        sgdlab()
+            .args(["train", "--opt", "sgd", "--out"])
+            .arg(dir.path().join("o2"))
+            .args(args)
+            .timeout(std::time::Duration::from_secs(20))
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(needle).and(predicate::str::contains("panicked").not()),
+            );
+    }
+    // A batch beyond the data set is the whole set.
+    sgdlab()
+        .args([
+            "train",
+            "--opt",
+            "sgd",
+            "--epochs",
+            "1",
+            "--batch",
+            "1000000000000",
+            "--out",
+        ])
+        .arg(dir.path().join("o3"))
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("each step uses all of them"));
+    sgdlab()
+        .args(["--threads", "10000", "train", "--opt", "sgd"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid --threads 10000"));
+    // audit: a wide CSV and a huge class label.
+    let wide: String = (0..3)
+        .map(|r| {
+            (0..30_001)
+                .map(|c| ((r + c) % 5).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n"
+        })
+        .collect();
+    let wide = write("wide.csv", &wide);
+    sgdlab()
+        .args(["audit", "--model", "linreg", "--opt", "sgd", "--data"])
+        .arg(&wide)
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("at most 1024"));
+    let huge_label = write("label.csv", "1,0\n2,1000000000\n3,1\n");
+    sgdlab()
+        .args(["audit", "--model", "softmax", "--opt", "sgd", "--data"])
+        .arg(&huge_label)
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("label 1000000000")
+                .and(predicate::str::contains("panicked").not()),
+        );
+    sgdlab()
+        .args(["bench", "--reps", "10000000000000000000"])
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("reps"));
 }

@@ -95,6 +95,9 @@ impl Reference {
     }
 }
 
+/// The most timed rounds a benchmark may ask for (each round's timings are kept).
+pub const MAX_REPS: usize = 1_000_000;
+
 /// What `sgdlab bench` measures.
 #[derive(Clone, Debug)]
 pub struct BenchPlan {
@@ -114,8 +117,12 @@ impl BenchPlan {
         if self.params == 0 {
             return Err(Error::invalid("params", 0, "must be at least 1"));
         }
-        if self.reps == 0 {
-            return Err(Error::invalid("reps", 0, "must be at least 1"));
+        if self.reps == 0 || self.reps > MAX_REPS {
+            return Err(Error::invalid(
+                "reps",
+                self.reps,
+                format!("must lie in 1..={MAX_REPS}"),
+            ));
         }
         if self.specs.is_empty() {
             return Err(Error::invalid(

@@ -15,8 +15,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The ending of every temporary file sgdlab writes; [`remove_stale_temps`] removes such files.
+/// The mark in the name of every temporary file sgdlab writes (hidden names that contain it
+/// are what [`remove_stale_temps`] removes).
 pub const TEMP_SUFFIX: &str = ".sgdlab-tmp";
+
+/// Whether `name` is one of sgdlab's temporary file names.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_SUFFIX)
+}
 
 /// A fresh temporary path beside `path`: `.{name}.{pid}-{n}.sgdlab-tmp` in the same
 /// directory, unique between processes (pid) and between threads of one process (a counter),
@@ -85,7 +91,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     commit_temp(&tmp, path)
 }
 
-/// Removes the temporary files ([`TEMP_SUFFIX`]) that a killed writer left in `dir`; returns
+/// Removes the temporary files ([`is_temp_name`]) that a killed writer left in `dir`; returns
 /// how many. Call it only while holding the directory's [`DirLock`], so that no live writer
 /// owns them. A missing directory has none.
 pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
@@ -97,7 +103,7 @@ pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
     for entry in entries {
         let entry = entry?;
-        let is_temp = entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX);
+        let is_temp = is_temp_name(&entry.file_name().to_string_lossy());
         if is_temp && entry.file_type()?.is_file() {
             std::fs::remove_file(entry.path())?;
             removed += 1;

@@ -28,6 +28,7 @@ pub mod linalg;
 pub mod model;
 pub mod optim;
 mod real;
+pub mod replay;
 pub mod resources;
 pub mod train;
 

@@ -579,12 +579,28 @@ pub fn audit_optimizer(
     })
 }
 
+/// The most parameters an audit accepts. The audit is exact: its Newton steps hold a
+/// $d\times d$ Jacobian (8 MB at this limit) and evaluate $d$ gradients over the whole data
+/// set per iteration, so its cost grows as $d^3$ and $n d^2$.
+pub const MAX_AUDIT_PARAMS: usize = 1024;
+
 /// Audits every optimizer of `specs` on `model`.
+///
+/// Errors when the model has more than [`MAX_AUDIT_PARAMS`] parameters (before anything of
+/// that size is allocated), when the loss has no finite minimiser, or when an optimizer fails.
 pub fn audit(
     model: &AuditModel,
     specs: &[OptimizerSpec],
     options: &SimulationOptions,
 ) -> Result<Audit> {
+    let d = model.model().dim();
+    if d > MAX_AUDIT_PARAMS {
+        return Err(Error::Unsupported(format!(
+            "the model has {d} parameters; the audit is exact (Newton steps with a d×d \
+             Jacobian, {} for this model) and accepts at most {MAX_AUDIT_PARAMS}",
+            crate::resources::human_bytes((d as u64).saturating_mul(d as u64).saturating_mul(8))
+        )));
+    }
     let star = model.minimizer()?;
     let optimizers = specs
         .iter()

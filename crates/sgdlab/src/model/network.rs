@@ -177,6 +177,16 @@ impl Network {
         let mut widths = vec![inputs];
         widths.extend_from_slice(hidden);
         widths.push(classes);
+        // Every count below (parameters, bytes) must fit in memory's address range.
+        let params: u128 = widths
+            .windows(2)
+            .map(|w| (w[0] as u128 + 1).saturating_mul(w[1] as u128))
+            .fold(0u128, u128::saturating_add);
+        if params > (isize::MAX as u128) / 16 {
+            return Err(Error::Unsupported(format!(
+                "a network of widths {widths:?} has {params} parameters, too many to store"
+            )));
+        }
         Ok(Self { widths, unit })
     }
 

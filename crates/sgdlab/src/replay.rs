@@ -1,0 +1,111 @@
+//! Recorded gradient sequences ("cases"): run an optimizer on them and return the
+//! parameters after every step — how sgdlab is checked against reference trajectories
+//! (`sgdlab replay`, the conformance tests).
+//!
+//! A case is JSON: `{"optimizer": SPEC, "init": [...], "grads": [[...], ...], "losses":
+//! [...]?}`; any other key (e.g. the reference's `"expected"`) is ignored.
+
+use serde::Deserialize;
+
+use crate::optim::{Optimizer, StepInfo, Tensor};
+use crate::{Error, Real, Result};
+
+/// A recorded gradient sequence.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Case {
+    /// The optimizer spec.
+    pub optimizer: String,
+    /// The initial parameters.
+    pub init: Vec<f64>,
+    /// One gradient per step, each as long as `init`.
+    pub grads: Vec<Vec<f64>>,
+    /// The loss of every step (for rules that use it), if recorded.
+    #[serde(default)]
+    pub losses: Option<Vec<f64>>,
+}
+
+impl Case {
+    /// Parses and checks a case: valid JSON with the fields above, every gradient as long as
+    /// `init`, one loss per step when losses are given. (Non-finite numbers cannot occur:
+    /// JSON has none, and overflowing literals such as `1e999` are refused by the parser.)
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let case: Case = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Data(format!("not a valid case file ({e})")))?;
+        for (t, g) in case.grads.iter().enumerate() {
+            if g.len() != case.init.len() {
+                return Err(Error::Data(format!(
+                    "grads[{t}] has {} values, but init has {}",
+                    g.len(),
+                    case.init.len()
+                )));
+            }
+        }
+        if let Some(losses) = &case.losses
+            && losses.len() != case.grads.len()
+        {
+            return Err(Error::Data(format!(
+                "{} losses for {} gradient steps",
+                losses.len(),
+                case.grads.len()
+            )));
+        }
+        Ok(case)
+    }
+
+    /// Runs the case in precision `T`: the parameters after every step, as `f64`.
+    ///
+    /// Errors on a bad spec, a step the optimizer refuses (e.g. a non-finite gradient), or
+    /// parameters that stop being finite (the optimizer diverged, or the values overflow `T`):
+    /// such a trajectory has no meaningful continuation and is not returned.
+    pub fn replay<T: Real>(&self) -> Result<Vec<Vec<f64>>> {
+        let mut opt = Optimizer::<T>::from_spec(&self.optimizer)?;
+        let convert = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let init = convert(&self.init);
+        crate::error::check_finite(&format!("init (as {})", T::NAME), &init)?;
+        let mut params = vec![Tensor::vector("params", init)];
+        let mut out = Vec::with_capacity(self.grads.len());
+        for (t, g) in self.grads.iter().enumerate() {
+            let info = StepInfo {
+                loss: self.losses.as_ref().map(|l| l[t]),
+                ..StepInfo::default()
+            };
+            let step_err = |e: Error| Error::Data(format!("step {}: {e}", t + 1));
+            opt.step(&mut params, &[Tensor::vector("params", convert(g))], &info)
+                .map_err(step_err)?;
+            crate::error::check_finite(
+                &format!("the parameters (as {}) after step {}", T::NAME, t + 1),
+                params[0].data(),
+            )?;
+            out.push(params[0].data().iter().map(|x| x.as_f64()).collect());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_refuses_divergence() {
+        let case =
+            Case::from_json(br#"{"optimizer": "sgd:lr=0.5", "init": [1], "grads": [[1], [2]]}"#)
+                .unwrap();
+        assert_eq!(case.replay::<f64>().unwrap(), vec![vec![0.5], vec![-0.5]]);
+        let big =
+            Case::from_json(br#"{"optimizer": "sgd:lr=1e30", "init": [1], "grads": [[1e30]]}"#)
+                .unwrap();
+        assert!(big.replay::<f64>().is_ok());
+        let err = big.replay::<f32>().unwrap_err().to_string();
+        assert!(
+            err.contains("after step 1") && err.contains("non-finite"),
+            "{err}"
+        );
+        let err = Case::from_json(br#"{"optimizer": "sgd", "init": [1e300], "grads": [[1]]}"#)
+            .unwrap()
+            .replay::<f32>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("init (as f32)"), "{err}");
+    }
+}
