@@ -22,6 +22,7 @@ pub mod average;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod fuzzing;
 pub mod io;
 pub mod lab;
 pub mod linalg;

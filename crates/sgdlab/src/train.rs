@@ -725,16 +725,31 @@ pub fn has_checkpoint(dir: &Path) -> bool {
 /// in words), or has more epochs done than `meta.epochs` asks for.
 pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Result<Run> {
     let path = dir.join(CHECKPOINT_FILE);
+    let blob = crate::io::read_regular_file(&path, u64::MAX, "a checkpoint").map_err(|e| {
+        Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        }
+    })?;
+    checkpoint_from_bytes(&blob, meta, net).map_err(|e| match e {
+        Error::Checkpoint { reason, .. } => Error::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// [`load_checkpoint`] from the file's bytes (errors name the path `(bytes)`).
+pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) -> Result<Run> {
     let fail = |e: String| Error::Checkpoint {
-        path: path.display().to_string(),
+        path: "(bytes)".to_string(),
         reason: e,
     };
-    let blob = crate::io::read_regular_file(&path, u64::MAX, "a checkpoint")
-        .map_err(|e| fail(format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&blob)
+    let st = SafeTensors::deserialize(blob)
         .map_err(|e| fail(format!("not a valid safetensors file ({e})")))?;
     let (_, header) =
-        SafeTensors::read_metadata(&blob).map_err(|e| fail(format!("corrupt header ({e})")))?;
+        SafeTensors::read_metadata(blob).map_err(|e| fail(format!("corrupt header ({e})")))?;
     let md = header
         .metadata()
         .as_ref()
@@ -752,7 +767,7 @@ pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Resu
             get("version")?
         )));
     }
-    let data = data_section(&blob).ok_or_else(|| fail("no data section".to_string()))?;
+    let data = data_section(blob).ok_or_else(|| fail("no data section".to_string()))?;
     if checkpoint_hash(md, data) != *get("sha256")? {
         return Err(fail(
             "its SHA-256 does not match its contents: the file is corrupt; delete it to restart \

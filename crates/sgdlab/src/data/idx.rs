@@ -85,12 +85,23 @@ pub(crate) fn read_idx_file(path: &Path) -> Result<Vec<u8>> {
             "{what}: an IDX file must be a regular file, not a device, FIFO or directory"
         )));
     }
-    let mut buffered = BufReader::new(file);
+    read_idx_bounded(file, &what)
+}
+
+/// Parses an IDX stream (gzip-compressed or raw) the way files are read: no further than its
+/// header declares plus one byte. `what` names the stream in errors.
+pub fn idx_from_reader(reader: impl Read, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+    parse_idx(&read_idx_bounded(reader, what)?, what)
+}
+
+fn read_idx_bounded(reader: impl Read, what: &str) -> Result<Vec<u8>> {
+    let io_err = |e: std::io::Error| Error::Data(format!("{what}: cannot read ({e})"));
+    let mut buffered = BufReader::new(reader);
     let gzip = buffered
         .fill_buf()
         .map_err(io_err)?
         .starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn Read> = if gzip {
+    let mut reader: Box<dyn Read + '_> = if gzip {
         Box::new(flate2::read::GzDecoder::new(buffered))
     } else {
         Box::new(buffered)

@@ -5,7 +5,7 @@
 mod idx;
 mod split;
 
-pub use idx::{FASHION_MNIST_DIR, load_idx_dir, parse_idx};
+pub use idx::{FASHION_MNIST_DIR, idx_from_reader, load_idx_dir, parse_idx};
 pub use split::{Split, stratified_split};
 
 use std::io::Read;

@@ -1,0 +1,7 @@
+//! See `sgdlab::fuzzing::csv`: the loader never panics on any input.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    sgdlab::fuzzing::csv(data);
+});
