@@ -45,7 +45,9 @@ fn command(out: &Path, resume: bool) -> Command {
 
 /// Every tensor of a run's checkpoint (name, shape, bytes), and its metrics without the
 /// wall-clock seconds.
-fn final_state(out: &Path, run: &str) -> (Vec<(String, Vec<usize>, Vec<u8>)>, serde_json::Value) {
+type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+fn final_state(out: &Path, run: &str) -> (Tensors, serde_json::Value) {
     let bytes = std::fs::read(out.join(run).join("checkpoint.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<_> = st

@@ -48,11 +48,11 @@ pub fn csv(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    if let Ok(set) = crate::data::parse_csv(text, first & 1 == 1) {
-        if let Some(labels) = set.targets() {
-            let _ = crate::resources::class_count(labels);
-            let _ = crate::data::stratified_split(&set, 0.25, 0);
-        }
+    if let Ok(set) = crate::data::parse_csv(text, first & 1 == 1)
+        && let Some(labels) = set.targets()
+    {
+        let _ = crate::resources::class_count(labels);
+        let _ = crate::data::stratified_split(&set, 0.25, 0);
     }
 }
 
@@ -92,10 +92,11 @@ pub fn fuzz_meta(net: &Network) -> CheckpointMeta {
 
 /// Replay cases: parsing never panics; small ones are run in f64 and f32.
 pub fn replay(data: &[u8]) {
-    if let Ok(case) = crate::replay::Case::from_json(data) {
-        if case.init.len() <= 64 && case.grads.len() <= 64 {
-            let _ = case.replay::<f64>();
-            let _ = case.replay::<f32>();
-        }
+    if let Ok(case) = crate::replay::Case::from_json(data)
+        && case.init.len() <= 64
+        && case.grads.len() <= 64
+    {
+        let _ = case.replay::<f64>();
+        let _ = case.replay::<f32>();
     }
 }

@@ -860,12 +860,10 @@ pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) 
             optimizer.steps() + optimizer.skipped()
         )));
     }
-    if let Some(layout) = optimizer.layout() {
-        if layout != shapes.as_slice() {
-            return Err(fail(
-                "the optimizer's tensors are not the network's".to_string(),
-            ));
-        }
+    if optimizer.layout().is_some_and(|l| l != shapes.as_slice()) {
+        return Err(fail(
+            "the optimizer's tensors are not the network's".to_string(),
+        ));
     }
     let metrics: Vec<EpochMetrics> =
         serde_json::from_str(get("metrics")?).map_err(|e| fail(format!("bad metrics: {e}")))?;

@@ -40,6 +40,9 @@ pub(crate) fn dtype_of<T: Real>() -> Dtype {
 
 type Layout = Vec<(String, Vec<usize>)>;
 
+/// String metadata: key, value.
+pub(crate) type Metadata = Vec<(String, String)>;
+
 /// A tensor to write: name, shape, little-endian bytes.
 pub(crate) type Entry = (String, Vec<usize>, Vec<u8>);
 
@@ -85,7 +88,7 @@ impl<T: Real> Optimizer<T> {
     /// The state as string metadata and safetensors entries `(name, shape, little-endian
     /// bytes)`, every key and tensor name prefixed with `prefix` (so that a training checkpoint
     /// can hold the optimizer beside the weights in one file).
-    pub(crate) fn to_parts(&self, prefix: &str) -> Result<(Vec<(String, String)>, Vec<Entry>)> {
+    pub(crate) fn to_parts(&self, prefix: &str) -> Result<(Metadata, Vec<Entry>)> {
         let layout = self.layout.as_ref();
         let scalars: Vec<&Vec<f64>> = self.tensors.iter().map(|t| &t.scalars).collect();
         let json = |v: serde_json::Result<String>| {
