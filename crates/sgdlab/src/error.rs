@@ -41,6 +41,16 @@ pub enum Error {
         /// The length that was passed.
         got: usize,
     },
+    /// Tensors matched by position whose names differ.
+    #[error("name mismatch in {what}: expected `{expected}`, got `{got}`")]
+    NameMismatch {
+        /// What was being matched.
+        what: String,
+        /// The name expected at that position.
+        expected: String,
+        /// The name passed.
+        got: String,
+    },
     /// An optimizer that needs the step's loss (`lossprop`) was stepped without one.
     #[error("{optimizer} needs the loss of each step (StepInfo::loss), but none was given")]
     MissingLoss {

@@ -458,6 +458,7 @@ impl<'a> Trainer<'a> {
             let info = StepInfo {
                 loss: Some(loss),
                 lr_scale,
+                ..StepInfo::default()
             };
             match run.optimizer.step(&mut run.params, &grads, &info) {
                 Ok(_) => {}

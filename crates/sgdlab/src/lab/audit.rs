@@ -194,6 +194,7 @@ fn unit_step(
     let info = StepInfo {
         loss: Some(loss),
         lr_scale,
+        ..StepInfo::default()
     };
     opt.step(&mut params, &grads, &info)?;
     // The step's learning rate; 0 when the call only advances the state.
@@ -463,6 +464,7 @@ pub fn simulated_fixed_point(
             &StepInfo {
                 loss: Some(loss),
                 lr_scale,
+                ..StepInfo::default()
             },
         )
         .map_err(|e| Error::Unsupported(format!("simulating {spec} (step {t}): {e}")))?;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use super::{Rule, StepContext, Tensor};
+use super::{Rule, StepContext};
 use crate::Real;
 
 /// Elements per work unit (128 KiB of f32 per array).
@@ -298,7 +298,7 @@ impl<T> Unit<'_, T> {
 /// The pre-pass over all gradients: the first non-finite element (tensor, index, value) if
 /// any, else $\sum g^2$ in `f64` (summed per [`CHUNK`], then in chunk order) when `norm` is
 /// asked for, or 0.
-pub(crate) fn reduce<T: Real>(grads: &[Tensor<T>], norm: bool) -> Result<f64, (usize, usize, f64)> {
+pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize, usize, f64)> {
     let level = SimdLevel::current();
     let partial = |t: usize, offset: usize, chunk: &[T]| -> Result<f64, (usize, usize, f64)> {
         let sum = if norm {
@@ -319,12 +319,12 @@ pub(crate) fn reduce<T: Real>(grads: &[Tensor<T>], norm: bool) -> Result<f64, (u
             }
         }
     };
-    let total: usize = grads.iter().map(Tensor::len).sum();
+    let total: usize = grads.iter().map(|g| g.len()).sum();
     let mut sum = 0.0;
     if total < PARALLEL_MIN {
         // Small steps: no thread hand-off and no allocation; the same chunk sums, in order.
         for (t, g) in grads.iter().enumerate() {
-            for (c, chunk) in g.data.chunks(CHUNK).enumerate() {
+            for (c, chunk) in g.chunks(CHUNK).enumerate() {
                 sum += partial(t, c * CHUNK, chunk)?;
             }
         }
@@ -334,8 +334,7 @@ pub(crate) fn reduce<T: Real>(grads: &[Tensor<T>], norm: bool) -> Result<f64, (u
         .iter()
         .enumerate()
         .flat_map(|(t, g)| {
-            g.data
-                .chunks(CHUNK)
+            g.chunks(CHUNK)
                 .enumerate()
                 .map(move |(c, chunk)| (t, c * CHUNK, chunk))
         })

@@ -103,6 +103,169 @@ impl<T: Real> Tensor<T> {
     }
 }
 
+impl<'a, T: Real> From<&'a mut Tensor<T>> for ParamMut<'a, T> {
+    fn from(t: &'a mut Tensor<T>) -> Self {
+        ParamMut {
+            name: &t.name,
+            shape: std::borrow::Cow::Borrowed(&t.shape),
+            data: &mut t.data,
+        }
+    }
+}
+
+impl<'a, T: Real> From<&'a Tensor<T>> for GradRef<'a, T> {
+    fn from(t: &'a Tensor<T>) -> Self {
+        GradRef {
+            name: &t.name,
+            shape: std::borrow::Cow::Borrowed(&t.shape),
+            data: &t.data,
+        }
+    }
+}
+
+/// A parameter tensor that the caller owns, borrowed for one step: a name, a shape and the
+/// elements (row-major), updated in place with no copy.
+///
+/// ```
+/// use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo};
+///
+/// let (mut w, mut b) = (vec![1.0f32, 2.0], vec![0.5f32]);
+/// let (gw, gb) = (vec![0.1f32, -0.1], vec![1.0f32]);
+/// let mut opt = Optimizer::<f32>::from_spec("sgd:lr=0.5")?;
+/// opt.step_views(
+///     &mut [ParamMut::vector("w", &mut w), ParamMut::vector("b", &mut b)],
+///     &[GradRef::vector("w", &gw), GradRef::vector("b", &gb)],
+///     &StepInfo::default(),
+/// )?;
+/// assert_eq!((w, b), (vec![0.95, 2.05], vec![0.0]));
+/// # Ok::<(), sgdlab::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ParamMut<'a, T> {
+    name: &'a str,
+    shape: std::borrow::Cow<'a, [usize]>,
+    data: &'a mut [T],
+}
+
+impl<'a, T: Real> ParamMut<'a, T> {
+    /// A view of `data` as a tensor of `shape`; errors unless the shape's product is
+    /// `data.len()`.
+    pub fn new(name: &'a str, shape: &'a [usize], data: &'a mut [T]) -> Result<Self> {
+        check_shape(name, shape, data.len())?;
+        Ok(Self {
+            name,
+            shape: std::borrow::Cow::Borrowed(shape),
+            data,
+        })
+    }
+
+    /// A view of `data` as a one-dimensional tensor.
+    pub fn vector(name: &'a str, data: &'a mut [T]) -> Self {
+        Self {
+            name,
+            shape: std::borrow::Cow::Owned(vec![data.len()]),
+            data,
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The elements.
+    pub fn data(&self) -> &[T] {
+        self.data
+    }
+}
+
+/// A gradient tensor that the caller owns, borrowed (read-only) for one step.
+#[derive(Clone, Debug)]
+pub struct GradRef<'a, T> {
+    name: &'a str,
+    shape: std::borrow::Cow<'a, [usize]>,
+    data: &'a [T],
+}
+
+impl<'a, T: Real> GradRef<'a, T> {
+    /// A view of `data` as a tensor of `shape`; errors unless the shape's product is
+    /// `data.len()`.
+    pub fn new(name: &'a str, shape: &'a [usize], data: &'a [T]) -> Result<Self> {
+        check_shape(name, shape, data.len())?;
+        Ok(Self {
+            name,
+            shape: std::borrow::Cow::Borrowed(shape),
+            data,
+        })
+    }
+
+    /// A view of `data` as a one-dimensional tensor.
+    pub fn vector(name: &'a str, data: &'a [T]) -> Self {
+        Self {
+            name,
+            shape: std::borrow::Cow::Owned(vec![data.len()]),
+            data,
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The elements.
+    pub fn data(&self) -> &[T] {
+        self.data
+    }
+}
+
+fn check_shape(name: &str, shape: &[usize], len: usize) -> Result<()> {
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    check_len(
+        &format!("tensor {name} of shape {shape:?}"),
+        numel.unwrap_or(usize::MAX),
+        len,
+    )
+}
+
+/// Clips gradients to a global norm, as `torch.nn.utils.clip_grad_norm_`: with
+/// $\lVert g\rVert$ the 2-norm over all of them, multiplies every element by
+/// $c = C/(\lVert g\rVert + 10^{-6})$ when $c < 1$, and returns $\lVert g\rVert$ (before
+/// clipping). The norm is summed in a fixed order (deterministic for any thread count).
+///
+/// Errors, changing nothing, on a NaN or infinite element or an invalid `max_norm`.
+pub fn clip_grad_norm<T: Real>(grads: &mut [&mut [T]], max_norm: f64) -> Result<f64> {
+    spec::check::positive("max_norm", max_norm)?;
+    let views: Vec<&[T]> = grads.iter().map(|g| &**g).collect();
+    let norm = kernel::reduce(&views, true)
+        .map_err(|(t, index, value)| Error::NonFinite {
+            what: format!("gradient {t}"),
+            index,
+            value,
+        })?
+        .sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        let c = T::from_f64(coef);
+        for g in grads.iter_mut() {
+            for x in g.iter_mut() {
+                *x = *x * c;
+            }
+        }
+    }
+    Ok(norm)
+}
+
 /// What a step needs to know besides the gradients.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepInfo {
@@ -111,6 +274,10 @@ pub struct StepInfo {
     /// Multiplier $s \ge 0$ of the configured learning rate (a schedule): the step uses
     /// $s\eta$.
     pub lr_scale: f64,
+    /// Gradient accumulation: the gradients passed are *sums* over this many micro-batches
+    /// ($k \ge 1$), and the step uses their mean $g/k$ (applied inside the fused pass, as a
+    /// factor $1/k$: no extra pass or copy). Clipping and `normsgd` see the mean.
+    pub micro_batches: u32,
 }
 
 impl Default for StepInfo {
@@ -118,6 +285,7 @@ impl Default for StepInfo {
         Self {
             loss: None,
             lr_scale: 1.0,
+            micro_batches: 1,
         }
     }
 }
@@ -129,6 +297,25 @@ impl StepInfo {
             loss: Some(loss),
             ..Self::default()
         }
+    }
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Applied or skipped.
+    pub outcome: StepOutcome,
+    /// The learning rate the update used ($s\eta$; for parameter groups, the first group's).
+    pub lr: f64,
+    /// The global 2-norm of the (mean) gradient before clipping, when the step computed it
+    /// (with `clip_norm`, or for `normsgd`).
+    pub grad_norm: Option<f64>,
+}
+
+impl StepReport {
+    /// Whether the update was applied.
+    pub fn applied(&self) -> bool {
+        self.outcome == StepOutcome::Applied
     }
 }
 
@@ -264,15 +451,28 @@ impl<T: Real> Optimizer<T> {
     ///
     /// Errors, leaving parameters and state untouched, on a shape or name mismatch (also
     /// against the tensors of earlier steps), a non-finite gradient or loss (unless
-    /// `skip_nonfinite=true`, which returns [`StepOutcome::Skipped`], or
+    /// `skip_nonfinite=true`, which reports [`StepOutcome::Skipped`], or
     /// `check_finite=false`, which does not look), a missing loss for `lossprop`, or an
-    /// invalid `lr_scale`.
+    /// invalid `lr_scale` or `micro_batches`.
     pub fn step(
         &mut self,
         params: &mut [Tensor<T>],
         grads: &[Tensor<T>],
         info: &StepInfo,
-    ) -> Result<StepOutcome> {
+    ) -> Result<StepReport> {
+        let mut p: Vec<ParamMut<'_, T>> = params.iter_mut().map(ParamMut::from).collect();
+        let g: Vec<GradRef<'_, T>> = grads.iter().map(GradRef::from).collect();
+        self.step_views(&mut p, &g, info)
+    }
+
+    /// [`Optimizer::step`] over tensors the caller owns ([`ParamMut`], [`GradRef`]): the same
+    /// fused kernels, no copy.
+    pub fn step_views(
+        &mut self,
+        params: &mut [ParamMut<'_, T>],
+        grads: &[GradRef<'_, T>],
+        info: &StepInfo,
+    ) -> Result<StepReport> {
         self.check_layout(params, grads)?;
         if !(info.lr_scale.is_finite() && info.lr_scale >= 0.0) {
             return Err(Error::invalid(
@@ -280,6 +480,9 @@ impl<T: Real> Optimizer<T> {
                 info.lr_scale,
                 "must be a finite number >= 0",
             ));
+        }
+        if info.micro_batches == 0 {
+            return Err(Error::invalid("micro_batches", 0, "must be at least 1"));
         }
         if matches!(self.spec.rule, Rule::LossProp(_)) && info.loss.is_none() {
             return Err(Error::MissingLoss {
@@ -302,7 +505,8 @@ impl<T: Real> Optimizer<T> {
         let mut norm_sq = 0.0;
         let need_norm = self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
         if nonfinite.is_none() && (check || need_norm) {
-            match kernel::reduce(grads, need_norm) {
+            let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
+            match kernel::reduce(&slices, need_norm) {
                 Ok(sum) => norm_sq = sum,
                 Err((t, index, value)) => {
                     nonfinite = Some(Error::NonFinite {
@@ -313,17 +517,26 @@ impl<T: Real> Optimizer<T> {
                 }
             }
         }
+        let lr = self.spec.rule.lr() * info.lr_scale;
         if let Some(err) = nonfinite {
             if self.spec.skip_nonfinite {
                 self.skipped += 1;
-                return Ok(StepOutcome::Skipped);
+                return Ok(StepReport {
+                    outcome: StepOutcome::Skipped,
+                    lr,
+                    grad_norm: None,
+                });
             }
             return Err(err);
         }
-        let grad_scale = match self.spec.clip_norm {
+        // The mean of k accumulated micro-batches: g/k, as the factor 1/k (exactly 1 for k = 1).
+        let mean = 1.0 / f64::from(info.micro_batches);
+        let norm_sq = norm_sq * mean * mean;
+        let clip = match self.spec.clip_norm {
             Some(max_norm) => (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0),
             None => 1.0,
         };
+        let grad_scale = mean * clip;
 
         if self.layout.is_none() {
             self.allocate(params);
@@ -331,11 +544,11 @@ impl<T: Real> Optimizer<T> {
         self.step += 1;
         let mut ctx = StepContext {
             t: self.step,
-            lr: self.spec.rule.lr() * info.lr_scale,
+            lr,
             grad_scale,
             loss: info.loss,
-            grad_norm_sq: norm_sq * grad_scale * grad_scale,
-            numel: params.iter().map(Tensor::len).sum(),
+            grad_norm_sq: norm_sq * clip * clip,
+            numel: params.iter().map(|p| p.data.len()).sum(),
             beta_pow: self.spec.rule.decays().map(|b| {
                 if b == 0.0 {
                     0.0
@@ -345,19 +558,24 @@ impl<T: Real> Optimizer<T> {
             }),
             prefetch: false,
         };
+        let report = StepReport {
+            outcome: StepOutcome::Applied,
+            lr,
+            grad_norm: need_norm.then(|| norm_sq.sqrt()),
+        };
         let working_set = (2 + self.slot_names().len()) * std::mem::size_of::<T>() * ctx.numel;
         ctx.prefetch = working_set >= kernel::PREFETCH_MIN_BYTES;
         if let Rule::Madam(c) = &self.spec.rule {
             for (p, state) in params.iter().zip(&mut self.tensors) {
-                c.begin_tensor(&ctx, &p.data, &mut state.scalars);
+                c.begin_tensor(&ctx, p.data, &mut state.scalars);
             }
         }
         if kernel::is_small(ctx.numel) {
             for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
                 let TensorState { slots, scalars } = state;
-                kernel::run_tensor(&self.spec.rule, &ctx, &mut p.data, &g.data, slots, scalars);
+                kernel::run_tensor(&self.spec.rule, &ctx, p.data, g.data, slots, scalars);
             }
-            return Ok(StepOutcome::Applied);
+            return Ok(report);
         }
         let mut units = Vec::with_capacity(ctx.numel / kernel::CHUNK + params.len());
         for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
@@ -390,11 +608,11 @@ impl<T: Real> Optimizer<T> {
             }
         }
         kernel::run_units(&self.spec.rule, &ctx, units);
-        Ok(StepOutcome::Applied)
+        Ok(report)
     }
 
     /// Creates the state buffers for `params` (at the first step).
-    fn allocate(&mut self, params: &[Tensor<T>]) {
+    fn allocate(&mut self, params: &[ParamMut<'_, T>]) {
         let init = match &self.spec.rule {
             Rule::Adagrad(c) => T::from_f64(c.initial_value()),
             _ => T::zero(),
@@ -402,58 +620,95 @@ impl<T: Real> Optimizer<T> {
         self.layout = Some(
             params
                 .iter()
-                .map(|p| (p.name.clone(), p.shape.clone()))
+                .map(|p| (p.name.to_string(), p.shape.to_vec()))
                 .collect(),
         );
         let (slots, scalars) = (self.slot_names().len(), self.tensor_scalar_names().len());
         self.tensors = params
             .iter()
             .map(|p| TensorState {
-                slots: vec![vec![init; p.len()]; slots],
+                slots: vec![vec![init; p.data.len()]; slots],
                 scalars: vec![0.0; scalars],
             })
             .collect();
     }
 
-    fn check_layout(&self, params: &[Tensor<T>], grads: &[Tensor<T>]) -> Result<()> {
+    fn check_layout(&self, params: &[ParamMut<'_, T>], grads: &[GradRef<'_, T>]) -> Result<()> {
         check_len(
             "gradient tensors (one per parameter tensor)",
             params.len(),
             grads.len(),
         )?;
         for (p, g) in params.iter().zip(grads) {
-            if p.name != g.name || p.shape != g.shape {
+            if p.name != g.name {
+                return Err(Error::NameMismatch {
+                    what: "gradients passed with the parameters, in order".to_string(),
+                    expected: p.name.to_string(),
+                    got: g.name.to_string(),
+                });
+            }
+            if p.shape != g.shape {
                 return Err(Error::ShapeMismatch {
                     what: format!(
-                        "gradient {} {:?} for parameter {} {:?}",
-                        g.name, g.shape, p.name, p.shape
+                        "gradient of {} is {:?}, the parameter {:?}",
+                        p.name, g.shape, p.shape
                     ),
-                    expected: p.len(),
-                    got: g.len(),
+                    expected: p.data.len(),
+                    got: g.data.len(),
                 });
             }
         }
         if let Some(layout) = &self.layout {
-            check_len(
-                "parameter tensors (as at the optimizer's first step)",
-                layout.len(),
-                params.len(),
-            )?;
+            if layout.len() != params.len() {
+                return Err(Error::ShapeMismatch {
+                    what: format!(
+                        "parameter tensors: the optimizer's state is for {} tensors ({}), this \
+                         step passes {}",
+                        layout.len(),
+                        names(layout.iter().map(|(n, _)| n.as_str())),
+                        params.len()
+                    ),
+                    expected: layout.len(),
+                    got: params.len(),
+                });
+            }
             for ((name, shape), p) in layout.iter().zip(params) {
-                if *name != p.name || *shape != p.shape {
+                if name != p.name {
+                    return Err(Error::NameMismatch {
+                        what: "parameters, in the order of the optimizer's first step".to_string(),
+                        expected: name.clone(),
+                        got: p.name.to_string(),
+                    });
+                }
+                if **shape != *p.shape {
                     return Err(Error::ShapeMismatch {
                         what: format!(
                             "parameter {} {:?}: the optimizer's state is for {} {:?}",
                             p.name, p.shape, name, shape
                         ),
                         expected: shape.iter().product(),
-                        got: p.len(),
+                        got: p.data.len(),
                     });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Up to five names, quoted: `` `a`, `b`, ... ``.
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = it.collect();
+    let mut s = all
+        .iter()
+        .take(5)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if all.len() > 5 {
+        s.push_str(", ...");
+    }
+    s
 }
 
 /// Applies `rule` to one chunk of a tensor: the single pass over its parameters, gradient and
@@ -520,7 +775,7 @@ mod tests {
         let out = opt
             .step(&mut p, &one(vec![f64::INFINITY]), &StepInfo::default())
             .unwrap();
-        assert_eq!(out, StepOutcome::Skipped);
+        assert_eq!(out.outcome, StepOutcome::Skipped);
         assert_eq!((opt.steps(), opt.skipped(), p[0].data()[0]), (0, 1, 1.0));
     }
 
@@ -566,7 +821,7 @@ mod tests {
         let mut p = one(vec![1.0]);
         let mut opt = Optimizer::from_spec("sgd:lr=0.1,check_finite=false").unwrap();
         let out = opt.step(&mut p, &one(vec![f64::NAN]), &StepInfo::default());
-        assert_eq!(out.unwrap(), StepOutcome::Applied);
+        assert_eq!(out.unwrap().outcome, StepOutcome::Applied);
         assert!(p[0].data()[0].is_nan());
     }
 
@@ -596,6 +851,139 @@ mod tests {
         let s = 13.0f64.sqrt();
         assert!((p[0].data()[0] + 3.0 / s).abs() < 1e-15);
         assert!((p[1].data()[0] + 4.0 / s).abs() < 1e-15);
+    }
+
+    #[test]
+    fn borrowed_views_step_exactly_like_owned_tensors() {
+        let spec = "adamw:lr=0.01,clip_norm=0.5";
+        let (mut owned, mut opt_a) = (
+            vec![
+                Tensor::new("w", vec![2, 3], (0..6).map(|i| i as f32 * 0.1).collect()).unwrap(),
+                Tensor::vector("b", vec![0.5f32, -0.5]),
+            ],
+            Optimizer::<f32>::from_spec(spec).unwrap(),
+        );
+        let (mut w, mut b): (Vec<f32>, Vec<f32>) =
+            (owned[0].data().to_vec(), owned[1].data().to_vec());
+        let mut opt_b = Optimizer::<f32>::from_spec(spec).unwrap();
+        let shape = [2usize, 3];
+        for step in 0..5 {
+            let gw: Vec<f32> = (0..6).map(|i| ((i + step) % 4) as f32 - 1.5).collect();
+            let gb = vec![0.25f32 * step as f32, -1.0];
+            let grads = vec![
+                Tensor::new("w", vec![2, 3], gw.clone()).unwrap(),
+                Tensor::vector("b", gb.clone()),
+            ];
+            let a = opt_a
+                .step(&mut owned, &grads, &StepInfo::default())
+                .unwrap();
+            let r = opt_b
+                .step_views(
+                    &mut [
+                        ParamMut::new("w", &shape, &mut w).unwrap(),
+                        ParamMut::vector("b", &mut b),
+                    ],
+                    &[
+                        GradRef::new("w", &shape, &gw).unwrap(),
+                        GradRef::vector("b", &gb),
+                    ],
+                    &StepInfo::default(),
+                )
+                .unwrap();
+            assert_eq!(a, r);
+            assert!(r.grad_norm.unwrap() > 0.0 && r.lr == 0.01);
+        }
+        assert_eq!((owned[0].data(), owned[1].data()), (&w[..], &b[..]));
+        assert_eq!(opt_a, opt_b);
+        assert!(ParamMut::new("w", &shape, &mut [0.0f32; 5]).is_err());
+    }
+
+    #[test]
+    fn name_mismatches_name_the_tensors() {
+        let mut opt = Optimizer::<f64>::from_spec("sgd").unwrap();
+        let (mut a, mut b) = (vec![1.0, 2.0], vec![3.0, 4.0]);
+        let g = [1.0, 1.0];
+        let err = opt
+            .step_views(
+                &mut [ParamMut::vector("w", &mut a)],
+                &[GradRef::vector("bias", &g)],
+                &StepInfo::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("name mismatch") && err.contains("`w`") && err.contains("`bias`"),
+            "{err}"
+        );
+        opt.step_views(
+            &mut [ParamMut::vector("w", &mut a)],
+            &[GradRef::vector("w", &g)],
+            &StepInfo::default(),
+        )
+        .unwrap();
+        let err = opt
+            .step_views(
+                &mut [ParamMut::vector("v", &mut b)],
+                &[GradRef::vector("v", &g)],
+                &StepInfo::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected `w`, got `v`"), "{err}");
+    }
+
+    #[test]
+    fn accumulated_micro_batches_step_with_their_mean() {
+        // Sum of 4 micro-batch gradients with micro_batches = 4 equals one step on the mean
+        // (exactly, for a power of two).
+        let micro = [[1.0f64, -2.0], [0.5, 0.5], [3.0, 1.0], [-0.5, 2.5]];
+        let sum: Vec<f64> = (0..2).map(|j| micro.iter().map(|g| g[j]).sum()).collect();
+        let mean: Vec<f64> = sum.iter().map(|s| s / 4.0).collect();
+        for spec in [
+            "adam:lr=0.1",
+            "sgd:lr=0.1,momentum=0.9,clip_norm=0.3",
+            "normsgd:lr=0.1,eps=1",
+        ] {
+            let mut a = Optimizer::<f64>::from_spec(spec).unwrap();
+            let mut b = a.clone();
+            let (mut pa, mut pb) = (one(vec![1.0, 1.0]), one(vec![1.0, 1.0]));
+            let info = StepInfo {
+                micro_batches: 4,
+                ..StepInfo::default()
+            };
+            let ra = a.step(&mut pa, &one(sum.clone()), &info).unwrap();
+            let rb = b
+                .step(&mut pb, &one(mean.clone()), &StepInfo::default())
+                .unwrap();
+            assert_eq!((pa, a), (pb, b), "{spec}");
+            assert_eq!(ra, rb);
+        }
+        let mut opt = Optimizer::<f64>::from_spec("sgd").unwrap();
+        let info = StepInfo {
+            micro_batches: 0,
+            ..StepInfo::default()
+        };
+        assert!(
+            opt.step(&mut one(vec![0.0]), &one(vec![1.0]), &info)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn clip_grad_norm_is_pytorchs() {
+        let (mut a, mut b) = (vec![3.0f64], vec![4.0f64]);
+        let norm = clip_grad_norm(&mut [&mut a, &mut b], 1.0).unwrap();
+        assert_eq!(norm, 5.0);
+        let c = 1.0 / (5.0 + 1e-6);
+        assert_eq!((a[0], b[0]), (3.0 * c, 4.0 * c));
+        // Below the bound nothing changes; non-finite is an error that changes nothing.
+        let mut small = vec![0.1f32, 0.2];
+        assert!((clip_grad_norm(&mut [&mut small], 1.0).unwrap() - 0.05f64.sqrt()).abs() < 1e-7);
+        assert_eq!(small, [0.1, 0.2]);
+        let mut bad = vec![1.0f32, f32::NAN];
+        assert!(clip_grad_norm(&mut [&mut bad], 1.0).is_err());
+        assert!(clip_grad_norm(&mut [&mut small], 0.0).is_err());
+        assert_eq!(small, [0.1, 0.2]);
     }
 
     #[test]
