@@ -14,7 +14,7 @@ use sgdlab::lab::figures::{Figure, Line};
 use sgdlab::model::{LossUnit, Network};
 use sgdlab::optim::OptimizerSpec;
 use sgdlab::train::{
-    CheckpointMeta, Run, Schedule, TrainConfig, Trainer, has_checkpoint, load_checkpoint,
+    CheckpointMeta, Run, ScheduleSpec, TrainConfig, Trainer, has_checkpoint, load_checkpoint,
     save_checkpoint, split_sha256,
 };
 
@@ -40,7 +40,10 @@ pub struct TrainArgs {
     /// Examples per step (1 = per-example SGD).
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Learning-rate schedule: constant, step:E,GAMMA, cosine, warmup:S.
+    /// Learning-rate schedule: constant, step:E,GAMMA (every E epochs), cosine (over the run),
+    /// warmup-cosine:S, wsd:W,D (S, W, D in steps), or any schedule in steps: warmup:S,
+    /// linear:A,B,T, cosine:T[,M], decay:E,GAMMA, exp:GAMMA, wsd:W,S,D[,M],
+    /// seq[A;B;...]@T1,..., prod[A;B;...].
     #[arg(long, default_value = "constant")]
     schedule: String,
     /// Keep an EMA of the weights with this decay and evaluate it too.
@@ -234,12 +237,12 @@ fn timestamp() -> String {
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let specs = crate::parse_specs(&args.opts)?;
     let hidden = parse_model(&args.model)?;
-    let schedule: Schedule = args.schedule.parse()?;
+    let schedule: ScheduleSpec = args.schedule.parse()?;
     let unit: LossUnit = args.loss_unit.parse()?;
     let config = TrainConfig {
         epochs: args.epochs,
         batch: args.batch,
-        schedule,
+        schedule: schedule.clone(),
         ema_weights: args.ema_weights,
         seed: args.seed,
     };

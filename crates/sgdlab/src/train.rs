@@ -26,50 +26,111 @@ use crate::model::{Network, Workspace};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Result};
 
-/// A learning-rate schedule: the factor $s_t$ applied to the optimizer's `lr` at step $t$.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Schedule {
-    /// $s_t = 1$.
-    Constant,
-    /// $s = \gamma^{\lfloor e/E \rfloor}$ in epoch $e$ (counting from 0): `step:E,γ`.
-    Step {
+/// A training run's learning-rate schedule, as `train --schedule` writes it: the forms that
+/// depend on the run's length or count in epochs, and any library [`optim::Schedule`]
+/// (counted in steps). It becomes an [`optim::Schedule`] attached to each run's optimizer
+/// ([`ScheduleSpec::for_run`]).
+///
+/// | form | meaning |
+/// |---|---|
+/// | `constant` | $s_t = 1$ |
+/// | `step:E,γ` | $\gamma^{\lfloor e/E\rfloor}$ in epoch $e$ (from 0) |
+/// | `cosine` | cosine decay to 0 over the whole run |
+/// | `warmup-cosine:S` | linear warm-up over $S$ steps, then cosine decay to 0 over the rest |
+/// | `wsd:W,D` | warm-up over $W$ steps, constant, linear decay to 0 over the last $D$ steps |
+/// | anything else | an [`optim::Schedule`] spec in steps, e.g. `warmup:500`, `exp:0.999`, `seq[warmup:100;cosine:900]@100` |
+///
+/// [`optim::Schedule`]: crate::optim::Schedule
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    /// `step:E,γ`: decay by $\gamma$ every $E$ epochs.
+    StepEpochs {
         /// Epochs between decays, $E \ge 1$.
         every: usize,
         /// Decay factor $\gamma \in (0, 1]$.
         gamma: f64,
     },
-    /// $s_t = \tfrac12(1 + \cos(\pi t/T))$ over the $T$ steps of the run: `cosine`.
+    /// `cosine`: over all the run's steps.
     Cosine,
-    /// $s_t = \min(1, (t+1)/S)$, linear warm-up over $S$ steps: `warmup:S`.
-    Warmup {
-        /// Warm-up steps $S \ge 1$.
-        steps: u64,
+    /// `warmup-cosine:S`: warm-up, then cosine over the rest of the run.
+    WarmupCosine {
+        /// Warm-up steps.
+        warmup: u64,
     },
+    /// `wsd:W,D`: warm-up, stable, decay over the last $D$ steps of the run.
+    Wsd {
+        /// Warm-up steps.
+        warmup: u64,
+        /// Decay steps.
+        decay: u64,
+    },
+    /// A library schedule, in steps.
+    Steps(crate::optim::Schedule),
 }
 
-impl Schedule {
-    /// The factor at global step `t` (from 0) in epoch `epoch` (from 0) of a run of `total`
-    /// steps.
-    pub fn factor(&self, t: u64, epoch: usize, total: u64) -> f64 {
-        match *self {
-            Schedule::Constant => 1.0,
-            Schedule::Step { every, gamma } => gamma.powi((epoch / every) as i32),
-            Schedule::Cosine => {
-                0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
+impl ScheduleSpec {
+    /// Whether the schedule depends on the run's total length (so that `--epochs` may not
+    /// change on resume).
+    pub fn depends_on_length(&self) -> bool {
+        matches!(
+            self,
+            ScheduleSpec::Cosine | ScheduleSpec::WarmupCosine { .. } | ScheduleSpec::Wsd { .. }
+        )
+    }
+
+    /// The library schedule of a run of `epochs` epochs of `steps_per_epoch` steps.
+    pub fn for_run(&self, steps_per_epoch: u64, epochs: usize) -> Result<crate::optim::Schedule> {
+        use crate::optim::Schedule as S;
+        let total = steps_per_epoch.saturating_mul(epochs as u64).max(1);
+        let schedule = match self {
+            ScheduleSpec::StepEpochs { every, gamma } => S::StepDecay {
+                every: steps_per_epoch.saturating_mul(*every as u64).max(1),
+                gamma: *gamma,
+            },
+            ScheduleSpec::Cosine => S::Cosine {
+                steps: total,
+                min: 0.0,
+            },
+            ScheduleSpec::WarmupCosine { warmup } => {
+                if *warmup >= total {
+                    return Err(Error::invalid(
+                        "schedule",
+                        self,
+                        format!("the warm-up must be shorter than the run ({total} steps)"),
+                    ));
+                }
+                S::warmup_cosine(*warmup, total - warmup, 0.0)
             }
-            Schedule::Warmup { steps } => ((t + 1) as f64 / steps as f64).min(1.0),
-        }
+            ScheduleSpec::Wsd { warmup, decay } => {
+                if warmup + decay > total {
+                    return Err(Error::invalid(
+                        "schedule",
+                        self,
+                        format!("warm-up and decay exceed the run ({total} steps)"),
+                    ));
+                }
+                S::Wsd {
+                    warmup: *warmup,
+                    stable: total - warmup - decay,
+                    decay: (*decay).max(1),
+                    min: 0.0,
+                }
+            }
+            ScheduleSpec::Steps(s) => s.clone(),
+        };
+        schedule.validate()?;
+        Ok(schedule)
     }
 }
 
-impl FromStr for Schedule {
+impl FromStr for ScheduleSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| Error::invalid("schedule", s, why);
         let (name, args) = s.split_once(':').unwrap_or((s, ""));
+        let int = |t: &str, what: &str| t.trim().parse::<u64>().map_err(|_| bad(what));
         match name {
-            "constant" if args.is_empty() => Ok(Schedule::Constant),
-            "cosine" if args.is_empty() => Ok(Schedule::Cosine),
+            "cosine" if args.is_empty() => Ok(ScheduleSpec::Cosine),
             "step" => {
                 let (e, g) = args
                     .split_once(',')
@@ -82,30 +143,44 @@ impl FromStr for Schedule {
                 if every == 0 || !(gamma > 0.0 && gamma <= 1.0) {
                     return Err(bad("needs E >= 1 and 0 < GAMMA <= 1"));
                 }
-                Ok(Schedule::Step { every, gamma })
+                Ok(ScheduleSpec::StepEpochs { every, gamma })
             }
-            "warmup" => {
-                let steps: u64 = args
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("warmup needs warmup:S with S an integer"))?;
-                if steps == 0 {
-                    return Err(bad("warm-up steps must be at least 1"));
+            "warmup-cosine" => Ok(ScheduleSpec::WarmupCosine {
+                warmup: int(
+                    args,
+                    "warmup-cosine needs warmup-cosine:S with S whole steps",
+                )?,
+            }),
+            "wsd" if args.split(',').count() == 2 => {
+                let (w, d) = args.split_once(',').unwrap_or_default();
+                let decay = int(d, "wsd needs wsd:W,D with whole steps")?;
+                if decay == 0 {
+                    return Err(bad("the decay needs at least 1 step"));
                 }
-                Ok(Schedule::Warmup { steps })
+                Ok(ScheduleSpec::Wsd {
+                    warmup: int(w, "wsd needs wsd:W,D with whole steps")?,
+                    decay,
+                })
             }
-            _ => Err(bad("must be constant, step:E,GAMMA, cosine or warmup:S")),
+            _ => s.parse().map(ScheduleSpec::Steps).map_err(|_| {
+                bad(
+                    "must be constant, step:E,GAMMA (epochs), cosine, warmup-cosine:S, wsd:W,D, \
+                     or a schedule in steps: warmup:S, linear:A,B,T, cosine:T[,M], decay:E,GAMMA, \
+                     exp:GAMMA, wsd:W,S,D[,M], seq[A;B;...]@T1,..., prod[A;B;...]",
+                )
+            }),
         }
     }
 }
 
-impl std::fmt::Display for Schedule {
+impl std::fmt::Display for ScheduleSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Schedule::Constant => write!(f, "constant"),
-            Schedule::Step { every, gamma } => write!(f, "step:{every},{gamma}"),
-            Schedule::Cosine => write!(f, "cosine"),
-            Schedule::Warmup { steps } => write!(f, "warmup:{steps}"),
+            ScheduleSpec::StepEpochs { every, gamma } => write!(f, "step:{every},{gamma}"),
+            ScheduleSpec::Cosine => write!(f, "cosine"),
+            ScheduleSpec::WarmupCosine { warmup } => write!(f, "warmup-cosine:{warmup}"),
+            ScheduleSpec::Wsd { warmup, decay } => write!(f, "wsd:{warmup},{decay}"),
+            ScheduleSpec::Steps(s) => write!(f, "{s}"),
         }
     }
 }
@@ -118,7 +193,7 @@ pub struct TrainConfig {
     /// Examples per step (1 = per-example SGD).
     pub batch: usize,
     /// Learning-rate schedule.
-    pub schedule: Schedule,
+    pub schedule: ScheduleSpec,
     /// Decay $\beta$ of an EMA of the weights, evaluated alongside the raw weights.
     pub ema_weights: Option<f64>,
     /// Seed of the initial weights and of the example order.
@@ -305,6 +380,8 @@ impl<'a> Trainer<'a> {
             "training this network (weights, gradients and activations of a batch)",
             Self::bytes_per_run(net, &config, 2)?,
         )?;
+        let steps_per_epoch = split.train.len().div_ceil(config.batch) as u64;
+        config.schedule.for_run(steps_per_epoch, config.epochs)?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         Ok(Self {
             largest_feature: split
@@ -371,13 +448,22 @@ impl<'a> Trainer<'a> {
         self.y_train.len().div_ceil(self.config.batch) as u64
     }
 
-    /// A fresh run of `spec` from the seeded initial weights.
+    /// The library schedule of this run (see [`ScheduleSpec::for_run`]).
+    pub fn schedule(&self) -> Result<crate::optim::Schedule> {
+        self.config
+            .schedule
+            .for_run(self.steps_per_epoch(), self.config.epochs)
+    }
+
+    /// A fresh run of `spec` from the seeded initial weights, with the schedule attached.
     pub fn start(&self, spec: &OptimizerSpec) -> Result<Run> {
         let params = self.net.init::<f32>(self.config.seed);
+        let mut optimizer = Optimizer::new(spec.clone())?;
+        optimizer.set_schedule(self.schedule()?)?;
         Ok(Run {
             ema: self.config.ema_weights.map(|_| params.clone()),
             params,
-            optimizer: Optimizer::new(spec.clone())?,
+            optimizer,
             epoch: 0,
             step: 0,
             metrics: Vec::new(),
@@ -399,6 +485,9 @@ impl<'a> Trainer<'a> {
         progress: &(dyn Fn(u64, u64, usize) + Sync),
         after_epoch: &mut dyn FnMut(&Run) -> Result<()>,
     ) -> Result<()> {
+        // A resumed run continues its schedule at its step count; attaching it again also
+        // covers a checkpoint whose run was configured for fewer epochs.
+        run.optimizer.set_schedule(self.schedule()?)?;
         while run.epoch < self.config.epochs && run.diverged.is_none() {
             self.epoch(run, progress)?;
             after_epoch(run)?;
@@ -412,13 +501,12 @@ impl<'a> Trainer<'a> {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut chain_rng(self.config.seed, 1 + run.epoch as u64));
         let steps = self.steps_per_epoch();
-        let total = steps * self.config.epochs as u64;
         let ema = self.config.ema_weights.map(Ema::new).transpose()?;
         let mut grads: Vec<Tensor<f32>> = run.params.iter().map(Tensor::zeros_like).collect();
         let mut xb = vec![0.0f32; self.config.batch * d];
         let mut yb = vec![0usize; self.config.batch];
         let mut ws = Workspace::default();
-        let (mut loss_sum, mut lr_scale) = (0.0f64, 1.0);
+        let (mut loss_sum, mut last_lr) = (0.0f64, run.optimizer.current_lr());
         let start = Instant::now();
         for (k, batch) in order.chunks(self.config.batch).enumerate() {
             let b = batch.len();
@@ -454,14 +542,9 @@ impl<'a> Trainer<'a> {
                 ));
                 return Ok(());
             }
-            lr_scale = self.config.schedule.factor(run.step, run.epoch, total);
-            let info = StepInfo {
-                loss: Some(loss),
-                lr_scale,
-                ..StepInfo::default()
-            };
+            let info = StepInfo::with_loss(loss);
             match run.optimizer.step(&mut run.params, &grads, &info) {
-                Ok(_) => {}
+                Ok(report) => last_lr = report.lr,
                 Err(Error::NonFinite { what, value, .. }) => {
                     run.diverged = Some(format!(
                         "{what} became {value} at epoch {}, step {}",
@@ -505,7 +588,7 @@ impl<'a> Trainer<'a> {
             test_accuracy,
             ema_test_loss: ema_eval.map(|e| e.0),
             ema_test_accuracy: ema_eval.map(|e| e.1),
-            lr: run.optimizer.spec().rule.lr() * lr_scale,
+            lr: last_lr,
             seconds,
         });
         Ok(())
@@ -611,11 +694,15 @@ impl CheckpointMeta {
                 &asked.data_sha256[..asked.data_sha256.len().min(12)]
             ));
         }
-        if self.schedule == Schedule::Cosine.to_string() && self.epochs != asked.epochs {
+        let length_matters = self
+            .schedule
+            .parse::<ScheduleSpec>()
+            .map_or(true, |s| s.depends_on_length());
+        if length_matters && self.epochs != asked.epochs {
             out.push(format!(
-                "epochs: the cosine schedule of the checkpoint spans {} epochs, this command asks \
+                "epochs: the {} schedule of the checkpoint spans {} epochs, this command asks \
                  for {} (the learning rate of every step would change)",
-                self.epochs, asked.epochs
+                self.schedule, self.epochs, asked.epochs
             ));
         }
         out
@@ -908,7 +995,7 @@ mod tests {
         TrainConfig {
             epochs,
             batch: 32,
-            schedule: Schedule::Constant,
+            schedule: ScheduleSpec::Steps(crate::optim::Schedule::Constant),
             ema_weights: Some(0.9),
             seed: 3,
         }
@@ -916,17 +1003,46 @@ mod tests {
 
     #[test]
     fn schedules_parse_and_scale() {
-        assert_eq!("constant".parse::<Schedule>().unwrap(), Schedule::Constant);
-        let s: Schedule = "step:2,0.5".parse().unwrap();
-        assert_eq!(s.factor(0, 3, 100), 0.5);
-        let c: Schedule = "cosine".parse().unwrap();
-        assert!((c.factor(50, 0, 100) - 0.5).abs() < 1e-15);
-        let w: Schedule = "warmup:4".parse().unwrap();
-        assert_eq!((w.factor(0, 0, 9), w.factor(10, 0, 9)), (0.25, 1.0));
-        for bad in ["step:0,0.5", "step:2", "warmup:x", "linear", "step:1,2"] {
-            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        let spec = |t: &str| t.parse::<ScheduleSpec>().unwrap();
+        assert_eq!(spec("constant").to_string(), "constant");
+        // step:E,γ counts epochs: with 10 steps per epoch, decay every 20 steps.
+        let s = spec("step:2,0.5").for_run(10, 6).unwrap();
+        assert_eq!((s.factor(19), s.factor(20), s.factor(45)), (1.0, 0.5, 0.25));
+        let c = spec("cosine").for_run(10, 10).unwrap();
+        assert!((c.factor(50) - 0.5).abs() < 1e-15);
+        assert_eq!(spec("warmup:4").for_run(10, 1).unwrap().factor(0), 0.25);
+        let wc = spec("warmup-cosine:10").for_run(10, 11).unwrap();
+        assert_eq!((wc.factor(9), wc.factor(10)), (1.0, 1.0));
+        assert!((wc.factor(60) - 0.5).abs() < 1e-15);
+        let wsd = spec("wsd:10,20").for_run(10, 10).unwrap();
+        assert_eq!(
+            (wsd.factor(0), wsd.factor(50), wsd.factor(90)),
+            (0.1, 1.0, 0.5)
+        );
+        assert!(spec("cosine").depends_on_length() && !spec("step:1,0.5").depends_on_length());
+        assert!(spec("warmup-cosine:200").for_run(10, 10).is_err());
+        for bad in [
+            "step:0,0.5",
+            "step:2",
+            "warmup:x",
+            "linear",
+            "step:1,2",
+            "wsd:1,0",
+        ] {
+            assert!(bad.parse::<ScheduleSpec>().is_err(), "{bad}");
         }
-        assert_eq!(s.to_string().parse::<Schedule>().unwrap(), s);
+        for text in [
+            "step:2,0.5",
+            "cosine",
+            "warmup-cosine:5",
+            "wsd:1,2",
+            "seq[warmup:3;exp:0.9]@3",
+        ] {
+            assert_eq!(
+                spec(text).to_string().parse::<ScheduleSpec>().unwrap(),
+                spec(text)
+            );
+        }
     }
 
     #[test]

@@ -396,3 +396,26 @@ fn prefetching_steps_give_the_same_bits_as_small_ones() {
         assert!(joined == whole, "{spec}");
     }
 }
+
+#[test]
+fn load_as_allows_hyper_parameter_changes_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opt.safetensors");
+    let mut opt = Optimizer::<f32>::from_spec("adam:lr=0.01").unwrap();
+    let mut p = vec![Tensor::vector("w", vec![1.0f32, 2.0])];
+    let g = vec![Tensor::vector("w", vec![0.1f32, 0.2])];
+    opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+    opt.save(&path).unwrap();
+    let other: sgdlab::optim::OptimizerSpec = "adam:lr=0.001,weight_decay=0.1".parse().unwrap();
+    assert!(Optimizer::<f32>::load_for(&path, &other).is_err());
+    let loaded = Optimizer::<f32>::load_as(&path, &other).unwrap();
+    assert_eq!((loaded.spec(), loaded.steps()), (&other, 1));
+    assert_eq!(loaded.state("exp_avg", 0), opt.state("exp_avg", 0));
+    for refused in ["sgd", "adam:amsgrad=true", "adamw"] {
+        let spec = refused.parse().unwrap();
+        assert!(
+            Optimizer::<f32>::load_as(&path, &spec).is_err(),
+            "{refused}"
+        );
+    }
+}

@@ -103,6 +103,7 @@ impl<T: Real> Optimizer<T> {
             ("skipped", self.skipped.to_string()),
             ("layout", json(serde_json::to_string(&layout))?),
             ("tensor_scalars", json(serde_json::to_string(&scalars))?),
+            ("schedule", self.schedule.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
@@ -152,8 +153,23 @@ impl<T: Real> Optimizer<T> {
         })
     }
 
+    /// Loads an optimizer saved by [`Optimizer::save`] and continues it with `spec`, which may
+    /// differ from the saved spec in hyper-parameters that keep the state's shape (`lr`,
+    /// `weight_decay`, betas, ...): the explicit way to change them across a restart. Another
+    /// rule, or a change of the state's buffers, is an error.
+    pub fn load_as(path: &Path, spec: &OptimizerSpec) -> Result<Self> {
+        let mut opt = Self::load(path)?;
+        opt.replace_spec(spec.clone())
+            .map_err(|e| Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(opt)
+    }
+
     /// Loads an optimizer saved by [`Optimizer::save`] and checks that it was saved for
-    /// `spec`: resuming with another optimizer or other hyper-parameters is an error.
+    /// `spec`: resuming with another optimizer or other hyper-parameters is an error (see
+    /// [`Optimizer::load_as`] to allow hyper-parameter changes).
     pub fn load_for(path: &Path, spec: &OptimizerSpec) -> Result<Self> {
         let opt = Self::load(path)?;
         if opt.spec != *spec {
@@ -234,6 +250,12 @@ impl<T: Real> Optimizer<T> {
         let mut opt = Optimizer::<T>::new(spec)?;
         opt.step = step;
         opt.skipped = skipped;
+        // Files written before schedules were attached have none: constant.
+        if let Some(text) = meta.get(&format!("{prefix}schedule")) {
+            opt.schedule = text
+                .parse()
+                .map_err(|e| bad(format!("bad schedule: {e}")))?;
+        }
         let Some(layout) = layout else {
             if step != 0 || buffers != 0 {
                 return Err(bad("state buffers without a parameter layout".into()));

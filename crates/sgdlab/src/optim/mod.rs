@@ -25,9 +25,11 @@ pub mod lion;
 pub mod madam;
 pub mod rmsprop;
 pub mod rules;
+pub mod schedule;
 pub mod sgd;
 pub mod spec;
 
+pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, Rule};
 
 use crate::error::check_len;
@@ -364,6 +366,8 @@ pub struct Optimizer<T: Real> {
     layout: Option<Vec<(String, Vec<usize>)>>,
     /// State of each parameter tensor, in parameter order (empty before the first step).
     tensors: Vec<TensorState<T>>,
+    /// The learning-rate schedule; its position is `step + skipped`.
+    schedule: Schedule,
 }
 
 /// The optimizer state of one parameter tensor.
@@ -385,6 +389,7 @@ impl<T: Real> Optimizer<T> {
             skipped: 0,
             layout: None,
             tensors: Vec::new(),
+            schedule: Schedule::Constant,
         })
     }
 
@@ -406,6 +411,66 @@ impl<T: Real> Optimizer<T> {
     /// Number of steps skipped for non-finite gradients.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Attaches a learning-rate schedule: step $t$ (counting steps taken, applied or skipped)
+    /// uses $s_t\eta$. Its position is the optimizer's step count, so it is saved and resumed
+    /// with the state.
+    pub fn set_schedule(&mut self, schedule: Schedule) -> Result<()> {
+        schedule.validate()?;
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    /// The attached schedule ([`Schedule::Constant`] unless set).
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The learning rate the next step will use: $s_t\eta$ (times any
+    /// [`StepInfo::lr_scale`]).
+    pub fn current_lr(&self) -> f64 {
+        self.spec.rule.lr() * self.schedule.factor(self.step + self.skipped)
+    }
+
+    /// Changes one hyper-parameter mid-run, keeping the state (moments, step count); e.g.
+    /// `set("weight_decay", 0.0)`. Any key of the spec grammar is accepted; a change that
+    /// would change the state's shape (e.g. `amsgrad`, adding a buffer) is refused, as is an
+    /// invalid value. On error nothing changes.
+    pub fn set(&mut self, key: &str, value: impl ToString) -> Result<()> {
+        let mut spec = self.spec.clone();
+        spec.set(key, &value.to_string())?;
+        self.replace_spec(spec)
+    }
+
+    /// Sets the base learning rate $\eta$ (a schedule still multiplies it).
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.set("lr", lr)
+    }
+
+    /// Replaces the spec by `spec`, keeping the state; refused unless the rule is the same
+    /// and its state has the same buffers.
+    fn replace_spec(&mut self, spec: OptimizerSpec) -> Result<()> {
+        spec.validate()?;
+        let next = Optimizer::<T>::new(spec.clone())?;
+        if spec.name() != self.spec.name()
+            || next.slot_names() != self.slot_names()
+            || next.tensor_scalar_names() != self.tensor_scalar_names()
+        {
+            return Err(Error::invalid(
+                "optimizer spec",
+                &spec,
+                format!(
+                    "would change the optimizer's state (`{}` keeps {:?}, `{spec}` would keep \
+                     {:?}); start a new optimizer instead",
+                    self.spec,
+                    self.slot_names(),
+                    next.slot_names()
+                ),
+            ));
+        }
+        self.spec = spec;
+        Ok(())
     }
 
     /// Names and shapes of the parameter tensors, fixed by the first step (`None` before it).
@@ -517,7 +582,25 @@ impl<T: Real> Optimizer<T> {
                 }
             }
         }
-        let lr = self.spec.rule.lr() * info.lr_scale;
+        if let Some(name) = self.schedule.detached() {
+            return Err(Error::Unsupported(format!(
+                "the custom schedule `{name}` was not saved with the optimizer: attach it again \
+                 with set_schedule before stepping"
+            )));
+        }
+        let factor = self.schedule.factor(self.step + self.skipped);
+        if !(factor.is_finite() && factor >= 0.0) {
+            return Err(Error::invalid(
+                format!(
+                    "schedule {} at step {}",
+                    self.schedule,
+                    self.step + self.skipped
+                ),
+                factor,
+                "must give a finite factor >= 0",
+            ));
+        }
+        let lr = self.spec.rule.lr() * (factor * info.lr_scale);
         if let Some(err) = nonfinite {
             if self.spec.skip_nonfinite {
                 self.skipped += 1;
@@ -984,6 +1067,85 @@ mod tests {
         assert!(clip_grad_norm(&mut [&mut bad], 1.0).is_err());
         assert!(clip_grad_norm(&mut [&mut small], 0.0).is_err());
         assert_eq!(small, [0.1, 0.2]);
+    }
+
+    #[test]
+    fn hyper_parameters_change_mid_run_and_keep_the_state() {
+        let mut a = Optimizer::<f64>::from_spec("adamw:lr=0.1").unwrap();
+        let mut p = one(vec![1.0, -1.0]);
+        a.step(&mut p, &one(vec![0.5, 0.5]), &StepInfo::default())
+            .unwrap();
+        let moments = a.state("exp_avg", 0).unwrap().to_vec();
+        a.set_lr(0.05).unwrap();
+        a.set("weight_decay", 0.0).unwrap();
+        assert_eq!(a.spec().to_string(), "adamw:lr=0.05,weight_decay=0");
+        assert_eq!(
+            (a.steps(), a.state("exp_avg", 0).unwrap()),
+            (1, &moments[..])
+        );
+        // The next step equals one of a fresh optimizer with the new values and the old state.
+        let mut b = a.clone();
+        let r = a
+            .step(&mut p.clone(), &one(vec![0.5, 0.5]), &StepInfo::default())
+            .unwrap();
+        assert_eq!(r.lr, 0.05);
+        // Refused: invalid values, changes of the state's shape, unknown keys; nothing changes.
+        for (k, v) in [
+            ("lr", "-1"),
+            ("amsgrad", "true"),
+            ("nope", "1"),
+            ("beta1", "x"),
+        ] {
+            assert!(b.set(k, v).is_err(), "{k}={v}");
+        }
+        assert_eq!(b.spec().to_string(), "adamw:lr=0.05,weight_decay=0");
+        let mut sgd = Optimizer::<f64>::from_spec("sgd:momentum=0.9").unwrap();
+        assert!(sgd.set("nesterov", true).is_ok());
+        assert!(sgd.set("momentum", 0).is_err(), "drops the momentum buffer");
+    }
+
+    #[test]
+    fn an_attached_schedule_sets_every_steps_lr_and_is_saved() {
+        let mut opt = Optimizer::<f64>::from_spec("sgd:lr=1").unwrap();
+        opt.set_schedule("seq[warmup:2;exp:0.5]@2".parse().unwrap())
+            .unwrap();
+        let mut p = one(vec![0.0]);
+        let mut lrs = Vec::new();
+        for _ in 0..3 {
+            lrs.push(opt.current_lr());
+            lrs.push(
+                opt.step(&mut p, &one(vec![1.0]), &StepInfo::default())
+                    .unwrap()
+                    .lr,
+            );
+        }
+        assert_eq!(lrs, [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(p[0].data()[0], -2.5);
+        let back = Optimizer::<f64>::from_bytes(&opt.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, opt);
+        assert_eq!(back.current_lr(), 0.5);
+        // A custom schedule must be attached again after loading.
+        opt.set_schedule(Schedule::custom("third", |_| 1.0 / 3.0))
+            .unwrap();
+        let mut back = Optimizer::<f64>::from_bytes(&opt.to_bytes().unwrap()).unwrap();
+        let err = back
+            .step(&mut p, &one(vec![1.0]), &StepInfo::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("`third`"), "{err}");
+        back.set_schedule(Schedule::custom("third", |_| 1.0 / 3.0))
+            .unwrap();
+        assert_eq!(
+            back.step(&mut p, &one(vec![1.0]), &StepInfo::default())
+                .unwrap()
+                .lr,
+            1.0 / 3.0
+        );
+        let mut bad = Optimizer::<f64>::from_spec("sgd").unwrap();
+        bad.set_schedule(Schedule::custom("neg", |_| -1.0)).unwrap();
+        assert!(
+            bad.step(&mut one(vec![0.0]), &one(vec![1.0]), &StepInfo::default())
+                .is_err()
+        );
     }
 
     #[test]

@@ -397,6 +397,35 @@ impl OptimizerSpec {
         self.rule.name()
     }
 
+    /// Sets `key` (any key of the spec grammar: the rule's, `clip_norm`, `skip_nonfinite`,
+    /// `check_finite`) to the value written as `value`, and validates the result; on error
+    /// the spec is unchanged.
+    ///
+    /// ```
+    /// let mut spec: sgdlab::optim::OptimizerSpec = "adamw:lr=1e-2".parse()?;
+    /// spec.set("weight_decay", "0")?;
+    /// assert_eq!(spec.to_string(), "adamw:lr=0.01,weight_decay=0");
+    /// assert!(spec.set("beta1", "1.5").is_err());
+    /// # Ok::<(), sgdlab::Error>(())
+    /// ```
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let mut next = self.clone();
+        next.set_unchecked(key, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn set_unchecked(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "clip_norm" => self.clip_norm = SpecValue::parse_value(key, value)?,
+            "skip_nonfinite" => self.skip_nonfinite = SpecValue::parse_value(key, value)?,
+            "check_finite" => self.check_finite = SpecValue::parse_value(key, value)?,
+            _ => self.rule.set(key, value)?,
+        }
+        Ok(())
+    }
+
     /// Checks every value, including `clip_norm`.
     pub fn validate(&self) -> Result<()> {
         self.rule.validate()?;
@@ -461,12 +490,7 @@ impl FromStr for OptimizerSpec {
                 return Err(Error::invalid(key, value, "is given twice"));
             }
             seen.push(key);
-            match key {
-                "clip_norm" => spec.clip_norm = SpecValue::parse_value(key, value)?,
-                "skip_nonfinite" => spec.skip_nonfinite = SpecValue::parse_value(key, value)?,
-                "check_finite" => spec.check_finite = SpecValue::parse_value(key, value)?,
-                _ => spec.rule.set(key, value)?,
-            }
+            spec.set_unchecked(key, value)?;
         }
         spec.validate()?;
         Ok(spec)

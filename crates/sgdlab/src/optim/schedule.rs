@@ -1,0 +1,498 @@
+//! Learning-rate schedules: the factor $s_t$ by which step $t$ (from 0) multiplies the
+//! optimizer's `lr`, as a value attached to the optimizer
+//! ([`Optimizer::set_schedule`](super::Optimizer::set_schedule)).
+//!
+//! A schedule's position is the optimizer's own step count, so it is saved with the
+//! optimizer's state and a resumed run continues the exact sequence of learning rates of the
+//! uninterrupted one — including inside a [`Schedule::Sequence`], whose bookkeeping PyTorch's
+//! `SequentialLR` loses on reload.
+//!
+//! | schedule | $s_t$ | spec |
+//! |---|---|---|
+//! | [`Constant`](Schedule::Constant) | $1$ | `constant` |
+//! | [`Warmup`](Schedule::Warmup) | $\min(1, (t+1)/S)$ | `warmup:S` |
+//! | [`Linear`](Schedule::Linear) | $a + (b-a)\min(t, T)/T$ | `linear:A,B,T` |
+//! | [`Cosine`](Schedule::Cosine) | $m + (1-m)\tfrac12(1 + \cos(\pi\min(t,T)/T))$ | `cosine:T[,M]` |
+//! | [`StepDecay`](Schedule::StepDecay) | $\gamma^{\lfloor t/E\rfloor}$ | `decay:E,γ` |
+//! | [`Exponential`](Schedule::Exponential) | $\gamma^t$ | `exp:γ` |
+//! | [`Wsd`](Schedule::Wsd) | warm-up $(t+1)/W$, then 1 for $S$ steps, then linear to $m$ over $D$ | `wsd:W,S,D[,M]` |
+//! | [`Sequence`](Schedule::Sequence) | part $k$ at $t - t_k$ for $t_k \le t < t_{k+1}$ | `seq[A;B;...]@t1,t2,...` |
+//! | [`Product`](Schedule::Product) | $\prod_k s^{(k)}_t$ | `prod[A;B;...]` |
+//! | [`Custom`](Schedule::Custom) | any `Fn(u64) -> f64` | `custom:NAME` (not parsed back) |
+//!
+//! ```
+//! use sgdlab::optim::schedule::Schedule;
+//!
+//! // 100 steps of linear warm-up, then a cosine decay over the next 900 (PyTorch's
+//! // SequentialLR of LinearLR and CosineAnnealingLR with milestone 100).
+//! let s: Schedule = "seq[warmup:100;cosine:900]@100".parse()?;
+//! assert_eq!(s.factor(0), 0.01);
+//! assert_eq!(s.factor(100), 1.0);
+//! assert!((s.factor(550) - 0.5).abs() < 1e-15);
+//! assert_eq!(s.to_string().parse::<Schedule>()?, s);
+//! # Ok::<(), sgdlab::Error>(())
+//! ```
+
+use std::f64::consts::PI;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::spec::SpecValue;
+use crate::{Error, Result};
+
+/// A learning-rate schedule (see the [module docs](self) for the formulas).
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Schedule {
+    /// $s_t = 1$.
+    #[default]
+    Constant,
+    /// $s_t = \min(1, (t+1)/S)$: linear warm-up over $S \ge 1$ steps.
+    Warmup {
+        /// Warm-up steps.
+        steps: u64,
+    },
+    /// $s_t = a + (b - a)\min(t, T)/T$ (PyTorch's `LinearLR` with `start_factor` $a$,
+    /// `end_factor` $b$, `total_iters` $T$).
+    Linear {
+        /// Factor at $t = 0$.
+        from: f64,
+        /// Factor from $t = T$ on.
+        to: f64,
+        /// Steps $T \ge 1$.
+        steps: u64,
+    },
+    /// $s_t = m + (1 - m)\tfrac12(1 + \cos(\pi\min(t, T)/T))$ (PyTorch's
+    /// `CosineAnnealingLR` with `eta_min` $= m\eta$).
+    Cosine {
+        /// Steps $T \ge 1$ of the decay.
+        steps: u64,
+        /// Final factor $m \in [0, 1]$.
+        min: f64,
+    },
+    /// $s_t = \gamma^{\lfloor t/E\rfloor}$ (PyTorch's `StepLR`, counted in steps).
+    StepDecay {
+        /// Steps $E \ge 1$ between decays.
+        every: u64,
+        /// Decay factor $\gamma \in (0, 1]$.
+        gamma: f64,
+    },
+    /// $s_t = \gamma^t$ (PyTorch's `ExponentialLR`, per step).
+    Exponential {
+        /// Decay factor $\gamma \in (0, 1]$.
+        gamma: f64,
+    },
+    /// Warmup–stable–decay: $(t+1)/W$ for $t < W$, then 1 for $S$ steps, then linear from 1
+    /// to $m$ over $D$ steps, then $m$.
+    Wsd {
+        /// Warm-up steps $W$ (0 for none).
+        warmup: u64,
+        /// Steps $S$ at the full rate.
+        stable: u64,
+        /// Decay steps $D \ge 1$.
+        decay: u64,
+        /// Final factor $m \in [0, 1]$.
+        min: f64,
+    },
+    /// Schedules one after another: part $k$ runs from milestone $t_k$ (with $t_0 = 0$) and
+    /// sees the step $t - t_k$ (PyTorch's `SequentialLR`).
+    Sequence {
+        /// The parts, one more than milestones.
+        parts: Vec<Schedule>,
+        /// Increasing steps at which the next part starts.
+        milestones: Vec<u64>,
+    },
+    /// The product of the factors of several schedules (PyTorch's `ChainedScheduler` of
+    /// multiplicative schedules).
+    Product(Vec<Schedule>),
+    /// Any function of the step. It is not saved with the optimizer: after loading, attach it
+    /// again ([`Optimizer::set_schedule`](super::Optimizer::set_schedule)); until then a step
+    /// is an error naming it.
+    Custom {
+        /// A name, saved in checkpoints and shown in errors.
+        name: String,
+        /// $t \mapsto s_t$ (must be finite and $\ge 0$).
+        f: Arc<dyn Fn(u64) -> f64 + Send + Sync>,
+    },
+    /// A custom schedule read back from a checkpoint, waiting to be attached again.
+    Detached {
+        /// The custom schedule's name.
+        name: String,
+    },
+}
+
+impl Schedule {
+    /// A [`Schedule::Custom`] from a closure.
+    pub fn custom(name: impl Into<String>, f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        Schedule::Custom {
+            name: name.into(),
+            f: Arc::new(f),
+        }
+    }
+
+    /// Linear warm-up over `warmup` steps, then a cosine decay to `min` over the next
+    /// `decay` steps (optax's `warmup_cosine_decay_schedule`, as factors).
+    pub fn warmup_cosine(warmup: u64, decay: u64, min: f64) -> Self {
+        Schedule::Sequence {
+            parts: vec![
+                Schedule::Warmup { steps: warmup },
+                Schedule::Cosine { steps: decay, min },
+            ],
+            milestones: vec![warmup],
+        }
+    }
+
+    /// The factor $s_t$ at step `t` (the number of steps before this one).
+    pub fn factor(&self, t: u64) -> f64 {
+        match self {
+            Schedule::Constant | Schedule::Detached { .. } => 1.0,
+            Schedule::Warmup { steps } => ((t + 1) as f64 / *steps as f64).min(1.0),
+            Schedule::Linear { from, to, steps } => {
+                from + (to - from) * t.min(*steps) as f64 / *steps as f64
+            }
+            Schedule::Cosine { steps, min } => {
+                let c = 0.5 * (1.0 + (PI * t.min(*steps) as f64 / *steps as f64).cos());
+                if *min == 0.0 {
+                    c
+                } else {
+                    min + (1.0 - min) * c
+                }
+            }
+            Schedule::StepDecay { every, gamma } => {
+                gamma.powi((t / every).min(i32::MAX as u64) as i32)
+            }
+            Schedule::Exponential { gamma } => gamma.powf(t as f64),
+            Schedule::Wsd {
+                warmup,
+                stable,
+                decay,
+                min,
+            } => {
+                if t < *warmup {
+                    (t + 1) as f64 / *warmup as f64
+                } else if t < warmup + stable {
+                    1.0
+                } else {
+                    let into = (t - warmup - stable).min(*decay) as f64 / *decay as f64;
+                    1.0 - (1.0 - min) * into
+                }
+            }
+            Schedule::Sequence { parts, milestones } => {
+                let k = milestones.iter().take_while(|&&m| t >= m).count();
+                let start = if k == 0 { 0 } else { milestones[k - 1] };
+                parts[k].factor(t - start)
+            }
+            Schedule::Product(parts) => parts.iter().map(|s| s.factor(t)).product(),
+            Schedule::Custom { f, .. } => f(t),
+        }
+    }
+
+    /// Checks the parameters (and every part of a composition).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::invalid("schedule", self, why));
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        match self {
+            Schedule::Constant | Schedule::Custom { .. } | Schedule::Detached { .. } => Ok(()),
+            Schedule::Warmup { steps } if *steps == 0 => bad("warm-up steps must be at least 1"),
+            Schedule::Linear { from, to, steps }
+                if *steps == 0
+                    || !(from.is_finite() && to.is_finite() && *from >= 0.0 && *to >= 0.0) =>
+            {
+                bad("needs T >= 1 and finite factors >= 0")
+            }
+            Schedule::Cosine { steps, min } if *steps == 0 || !unit(*min) => {
+                bad("needs T >= 1 and a final factor in [0, 1]")
+            }
+            Schedule::StepDecay { every, gamma }
+                if *every == 0 || !(*gamma > 0.0 && *gamma <= 1.0) =>
+            {
+                bad("needs E >= 1 and 0 < γ <= 1")
+            }
+            Schedule::Exponential { gamma } if !(*gamma > 0.0 && *gamma <= 1.0) => {
+                bad("needs 0 < γ <= 1")
+            }
+            Schedule::Wsd { decay, min, .. } if *decay == 0 || !unit(*min) => {
+                bad("needs D >= 1 and a final factor in [0, 1]")
+            }
+            Schedule::Sequence { parts, milestones } => {
+                if parts.len() != milestones.len() + 1
+                    || milestones.windows(2).any(|w| w[0] >= w[1])
+                {
+                    return bad("a sequence needs one milestone fewer than parts, increasing");
+                }
+                parts.iter().try_for_each(Schedule::validate)
+            }
+            Schedule::Product(parts) => {
+                if parts.is_empty() {
+                    return bad("a product needs at least one schedule");
+                }
+                parts.iter().try_for_each(Schedule::validate)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The name of a custom schedule that must be attached again, if any (a
+    /// [`Schedule::Detached`] anywhere inside).
+    pub fn detached(&self) -> Option<&str> {
+        match self {
+            Schedule::Detached { name } => Some(name),
+            Schedule::Sequence { parts, .. } | Schedule::Product(parts) => {
+                parts.iter().find_map(Schedule::detached)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({self})")
+    }
+}
+
+/// Custom schedules compare by name.
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |parts: &[Schedule]| {
+            parts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        match self {
+            Schedule::Constant => write!(f, "constant"),
+            Schedule::Warmup { steps } => write!(f, "warmup:{steps}"),
+            Schedule::Linear { from, to, steps } => {
+                write!(f, "linear:{},{},{steps}", from.show(), to.show())
+            }
+            Schedule::Cosine { steps, min } if *min == 0.0 => write!(f, "cosine:{steps}"),
+            Schedule::Cosine { steps, min } => write!(f, "cosine:{steps},{}", min.show()),
+            Schedule::StepDecay { every, gamma } => write!(f, "decay:{every},{}", gamma.show()),
+            Schedule::Exponential { gamma } => write!(f, "exp:{}", gamma.show()),
+            Schedule::Wsd {
+                warmup,
+                stable,
+                decay,
+                min,
+            } => write!(f, "wsd:{warmup},{stable},{decay},{}", min.show()),
+            Schedule::Sequence { parts, milestones } => {
+                let m: Vec<String> = milestones.iter().map(u64::to_string).collect();
+                write!(f, "seq[{}]@{}", join(parts), m.join(","))
+            }
+            Schedule::Product(parts) => write!(f, "prod[{}]", join(parts)),
+            Schedule::Custom { name, .. } | Schedule::Detached { name } => {
+                write!(f, "custom:{name}")
+            }
+        }
+    }
+}
+
+/// Splits `text` at `sep` outside brackets.
+fn split_top(text: &str, sep: char) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            c if c == sep && depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+impl FromStr for Schedule {
+    type Err = Error;
+
+    /// Parses the spec forms of the [module docs](self); `custom:NAME` reads back as a
+    /// [`Schedule::Detached`] placeholder.
+    fn from_str(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = |why: &str| Error::invalid("schedule", text, why);
+        let num = |s: &str| -> Result<f64> { s.trim().parse().map_err(|_| bad("expects numbers")) };
+        let int = |s: &str| -> Result<u64> {
+            s.trim()
+                .parse()
+                .map_err(|_| bad("expects whole step counts"))
+        };
+        let nested = |inner: &str| -> Result<Vec<Schedule>> {
+            split_top(inner, ';').into_iter().map(str::parse).collect()
+        };
+        let schedule = if let Some(rest) = text.strip_prefix("seq[") {
+            let (inner, milestones) = rest
+                .rsplit_once("]@")
+                .ok_or_else(|| bad("a sequence is seq[A;B;...]@T1,T2,..."))?;
+            Schedule::Sequence {
+                parts: nested(inner)?,
+                milestones: milestones.split(',').map(int).collect::<Result<_>>()?,
+            }
+        } else if let Some(rest) = text.strip_prefix("prod[") {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or_else(|| bad("a product is prod[A;B;...]"))?;
+            Schedule::Product(nested(inner)?)
+        } else {
+            let (name, args) = text.split_once(':').unwrap_or((text, ""));
+            let a: Vec<&str> = if args.is_empty() {
+                Vec::new()
+            } else {
+                args.split(',').collect()
+            };
+            match (name, a.as_slice()) {
+                ("constant", []) => Schedule::Constant,
+                ("warmup", [s]) => Schedule::Warmup { steps: int(s)? },
+                ("linear", [x, y, s]) => Schedule::Linear {
+                    from: num(x)?,
+                    to: num(y)?,
+                    steps: int(s)?,
+                },
+                ("cosine", [s]) => Schedule::Cosine {
+                    steps: int(s)?,
+                    min: 0.0,
+                },
+                ("cosine", [s, m]) => Schedule::Cosine {
+                    steps: int(s)?,
+                    min: num(m)?,
+                },
+                ("decay", [e, g]) => Schedule::StepDecay {
+                    every: int(e)?,
+                    gamma: num(g)?,
+                },
+                ("exp", [g]) => Schedule::Exponential { gamma: num(g)? },
+                ("wsd", [w, s, d]) => Schedule::Wsd {
+                    warmup: int(w)?,
+                    stable: int(s)?,
+                    decay: int(d)?,
+                    min: 0.0,
+                },
+                ("wsd", [w, s, d, m]) => Schedule::Wsd {
+                    warmup: int(w)?,
+                    stable: int(s)?,
+                    decay: int(d)?,
+                    min: num(m)?,
+                },
+                ("custom", [n]) if !n.is_empty() => Schedule::Detached {
+                    name: n.to_string(),
+                },
+                _ => {
+                    return Err(bad(
+                        "must be constant, warmup:S, linear:A,B,T, cosine:T[,M], decay:E,GAMMA, \
+                         exp:GAMMA, wsd:W,S,D[,M], seq[A;B;...]@T1,... or prod[A;B;...]",
+                    ));
+                }
+            }
+        };
+        schedule.validate()?;
+        Ok(schedule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_at_their_landmarks() {
+        let s = |t: &str| t.parse::<Schedule>().unwrap();
+        assert_eq!(s("constant").factor(1_000_000), 1.0);
+        assert_eq!(
+            (
+                s("warmup:4").factor(0),
+                s("warmup:4").factor(3),
+                s("warmup:4").factor(99)
+            ),
+            (0.25, 1.0, 1.0)
+        );
+        assert_eq!(
+            (
+                s("linear:0.5,1,10").factor(0),
+                s("linear:0.5,1,10").factor(5),
+                s("linear:0.5,1,10").factor(20)
+            ),
+            (0.5, 0.75, 1.0)
+        );
+        let c = s("cosine:100,0.1");
+        assert!((c.factor(0) - 1.0).abs() < 1e-15 && (c.factor(50) - 0.55).abs() < 1e-15);
+        assert!((c.factor(100) - 0.1).abs() < 1e-15 && c.factor(1000) == c.factor(100));
+        assert_eq!(
+            (
+                s("decay:10,0.5").factor(9),
+                s("decay:10,0.5").factor(10),
+                s("decay:10,0.5").factor(25)
+            ),
+            (1.0, 0.5, 0.25)
+        );
+        assert_eq!(s("exp:0.5").factor(3), 0.125);
+        let w = s("wsd:2,3,4");
+        let f: Vec<f64> = (0..11).map(|t| w.factor(t)).collect();
+        assert_eq!(f, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+        let seq = s("seq[warmup:2;decay:1,0.5]@2");
+        let f: Vec<f64> = (0..5).map(|t| seq.factor(t)).collect();
+        assert_eq!(f, [0.5, 1.0, 1.0, 0.5, 0.25]);
+        assert_eq!(s("prod[exp:0.5;decay:2,0.5]").factor(2), 0.125);
+        assert_eq!(Schedule::custom("half", |_| 0.5).factor(7), 0.5);
+    }
+
+    #[test]
+    fn display_round_trips_and_bad_specs_are_refused() {
+        for text in [
+            "constant",
+            "warmup:5",
+            "linear:0.1,1,7",
+            "cosine:9",
+            "cosine:9,0.25",
+            "decay:3,0.1",
+            "exp:0.99",
+            "wsd:1,2,3,0.5",
+            "seq[warmup:10;cosine:90]@10",
+            "prod[seq[warmup:1;constant]@1;exp:0.9]",
+            "seq[seq[warmup:2;constant]@2;prod[exp:0.5;constant];constant]@5,9",
+        ] {
+            let s: Schedule = text.parse().unwrap();
+            assert_eq!(s.to_string(), text);
+            assert_eq!(s.to_string().parse::<Schedule>().unwrap(), s);
+        }
+        for bad in [
+            "warmup:0",
+            "cosine",
+            "cosine:0",
+            "cosine:5,2",
+            "decay:0,0.5",
+            "decay:2,1.5",
+            "exp:0",
+            "seq[warmup:2;constant]@",
+            "seq[warmup:2;constant]@3,4",
+            "seq[a;b]@1",
+            "prod[]",
+            "linear",
+            "wsd:1,1,0",
+            "nonsense",
+        ] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        }
+        let d: Schedule = "custom:mine".parse().unwrap();
+        assert_eq!(d.detached(), Some("mine"));
+        assert_eq!(Schedule::custom("mine", |_| 1.0), d);
+    }
+
+    #[test]
+    fn warmup_cosine_is_a_sequence() {
+        let s = Schedule::warmup_cosine(10, 90, 0.0);
+        assert_eq!(s.to_string(), "seq[warmup:10;cosine:90]@10");
+        assert_eq!(s.factor(9), 1.0);
+        assert_eq!(s.factor(100), 0.0f64.max(s.factor(100)));
+    }
+}
