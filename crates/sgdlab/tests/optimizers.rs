@@ -419,3 +419,159 @@ fn load_as_allows_hyper_parameter_changes_only_when_asked() {
         );
     }
 }
+
+mod groups {
+    use sgdlab::optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo, Tensor, clip_grad_norm};
+
+    fn params() -> Vec<Tensor<f64>> {
+        vec![
+            Tensor::new("fc.weight", vec![2, 2], vec![0.5, -1.0, 2.0, 0.25]).unwrap(),
+            Tensor::vector("fc.bias", vec![0.1, -0.2]),
+            Tensor::vector("emb.weight", vec![1.0, 2.0, 3.0]),
+        ]
+    }
+
+    fn grads(step: usize) -> Vec<Tensor<f64>> {
+        params()
+            .iter()
+            .map(|p| {
+                let data = (0..p.len())
+                    .map(|i| ((i * 7 + step * 3) % 5) as f64 * 0.3 - 0.6)
+                    .collect();
+                Tensor::new(p.name(), p.shape().to_vec(), data).unwrap()
+            })
+            .collect()
+    }
+
+    fn spec(s: &str) -> OptimizerSpec {
+        s.parse().unwrap()
+    }
+
+    /// One optimizer with groups equals separate optimizers per group, bit for bit (without
+    /// global clipping, the groups do not interact).
+    #[test]
+    fn groups_equal_separate_optimizers() {
+        let groups: Vec<GroupSpec> = vec![
+            "*.bias:weight_decay=0".parse().unwrap(),
+            "emb.*:rule=lion,lr=0.001".parse().unwrap(),
+        ];
+        let mut grouped = Optimizer::<f64>::with_groups(spec("adamw:lr=0.01"), groups).unwrap();
+        let mut separate = [
+            Optimizer::<f64>::new(spec("adamw:lr=0.01")).unwrap(),
+            Optimizer::<f64>::new(spec("adamw:lr=0.01,weight_decay=0")).unwrap(),
+            Optimizer::<f64>::new(spec("lion:lr=0.001")).unwrap(),
+        ];
+        let mut p = params();
+        let mut q: Vec<Vec<Tensor<f64>>> = params().into_iter().map(|t| vec![t]).collect();
+        for step in 0..6 {
+            let g = grads(step);
+            grouped.step(&mut p, &g, &StepInfo::default()).unwrap();
+            for (k, opt) in separate.iter_mut().enumerate() {
+                opt.step(&mut q[k], &g[k..k + 1], &StepInfo::default())
+                    .unwrap();
+            }
+        }
+        for k in 0..3 {
+            assert_eq!(p[k], q[k][0], "tensor {k}");
+        }
+        assert_eq!(
+            (
+                grouped.group_of(0),
+                grouped.group_of(1),
+                grouped.group_of(2)
+            ),
+            (Some(0), Some(1), Some(2))
+        );
+        assert_eq!(grouped.slot_names_of(2), ["exp_avg"]);
+        assert_eq!(grouped.state("exp_avg", 2), separate[2].state("exp_avg", 0));
+        // The state, groups included, round-trips through a checkpoint.
+        let back = Optimizer::<f64>::from_bytes(&grouped.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, grouped);
+        assert_eq!(
+            back.describe(),
+            "adamw:lr=0.01 [*.bias:weight_decay=0] [emb.*:rule=lion,lr=0.001]"
+        );
+    }
+
+    /// Clipping is global: the norm is taken over every group's gradient.
+    #[test]
+    fn clipping_and_the_finiteness_check_stay_global() {
+        let groups: Vec<GroupSpec> = vec!["*.bias:lr=0.1".parse().unwrap()];
+        let mut grouped =
+            Optimizer::<f64>::with_groups(spec("sgd:lr=1,clip_norm=0.5"), groups.clone()).unwrap();
+        let mut plain = Optimizer::<f64>::with_groups(spec("sgd:lr=1"), groups).unwrap();
+        let (mut p, mut q) = (params(), params());
+        let g = grads(1);
+        let report = grouped.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let mut clipped = g.clone();
+        let mut views: Vec<&mut [f64]> = clipped.iter_mut().map(|t| t.data_mut()).collect();
+        let norm = clip_grad_norm(&mut views, 0.5).unwrap();
+        assert_eq!(report.grad_norm, Some(norm));
+        plain.step(&mut q, &clipped, &StepInfo::default()).unwrap();
+        for (a, b) in p.iter().zip(&q) {
+            for (x, y) in a.data().iter().zip(b.data()) {
+                assert!((x - y).abs() < 1e-15, "{x} vs {y}");
+            }
+        }
+        // A NaN in one group's gradient stops the whole step.
+        let before = (p.clone(), grouped.clone());
+        let mut bad = grads(2);
+        bad[2].data_mut()[0] = f64::NAN;
+        assert!(grouped.step(&mut p, &bad, &StepInfo::default()).is_err());
+        assert_eq!((p, grouped), before);
+    }
+
+    #[test]
+    fn changes_reach_the_groups_that_follow_the_base() {
+        let groups: Vec<GroupSpec> = vec![
+            "*.bias:weight_decay=0".parse().unwrap(),
+            "emb.*:lr=0.5".parse().unwrap(),
+        ];
+        let mut opt = Optimizer::<f64>::with_groups(spec("adamw:lr=0.01"), groups).unwrap();
+        opt.step(&mut params(), &grads(0), &StepInfo::default())
+            .unwrap();
+        opt.set_lr(0.02).unwrap();
+        let lrs: Vec<f64> = (0..3)
+            .map(|g| opt.group_spec(g).unwrap().rule.lr())
+            .collect();
+        assert_eq!(lrs, [0.02, 0.02, 0.5]);
+        opt.set("weight_decay", 0.05).unwrap();
+        assert_eq!(
+            opt.group_spec(1).unwrap().to_string(),
+            "adamw:lr=0.02,weight_decay=0"
+        );
+        assert_eq!(
+            opt.group_spec(2).unwrap().to_string(),
+            "adamw:lr=0.5,weight_decay=0.05"
+        );
+        opt.set_group(2, "lr", 0.25).unwrap();
+        assert_eq!(opt.group_spec(2).unwrap().rule.lr(), 0.25);
+        assert!(
+            opt.set_group(1, "amsgrad", true).is_err(),
+            "would add a buffer"
+        );
+        assert!(opt.set_group(3, "lr", 1).is_err());
+        assert!(opt.set_group(1, "clip_norm", 1).is_err());
+    }
+
+    #[test]
+    fn a_group_that_matches_nothing_is_an_error() {
+        let groups: Vec<GroupSpec> = vec!["*.bais:weight_decay=0".parse().unwrap()];
+        let mut opt = Optimizer::<f64>::with_groups(spec("adamw"), groups).unwrap();
+        let err = opt
+            .step(&mut params(), &grads(0), &StepInfo::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("*.bais")
+                && err.contains("matches no parameter")
+                && err.contains("`fc.bias`"),
+            "{err}"
+        );
+        assert_eq!(opt.steps(), 0);
+        assert!(
+            Optimizer::<f64>::with_groups(spec("adamw"), vec!["x:momentum=0.9".parse().unwrap()])
+                .is_err()
+        );
+    }
+}

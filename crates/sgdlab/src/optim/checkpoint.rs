@@ -94,7 +94,7 @@ impl<T: Real> Optimizer<T> {
         let json = |v: serde_json::Result<String>| {
             v.map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
         };
-        let metadata = [
+        let mut metadata = vec![
             ("format", FORMAT.to_string()),
             ("version", FORMAT_VERSION.to_string()),
             ("spec", self.spec.to_string()),
@@ -104,16 +104,26 @@ impl<T: Real> Optimizer<T> {
             ("layout", json(serde_json::to_string(&layout))?),
             ("tensor_scalars", json(serde_json::to_string(&scalars))?),
             ("schedule", self.schedule.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}{k}"), v))
-        .collect();
+        ];
+        if !self.groups.is_empty() {
+            let groups: Vec<String> = self.groups.iter().map(ToString::to_string).collect();
+            let tensor_groups: Vec<usize> = self.tensors.iter().map(|t| t.group).collect();
+            metadata.push(("groups", json(serde_json::to_string(&groups))?));
+            metadata.push((
+                "tensor_groups",
+                json(serde_json::to_string(&tensor_groups))?,
+            ));
+        }
+        let metadata = metadata
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect();
         let mut entries: Vec<Entry> = Vec::new();
         if let Some(layout) = layout {
-            for (s, slot) in self.slot_names().iter().enumerate() {
-                for ((name, shape), state) in layout.iter().zip(&self.tensors) {
-                    let mut raw = Vec::with_capacity(state.slots[s].len() * T::BYTES);
-                    for &x in &state.slots[s] {
+            for (t, ((name, shape), state)) in layout.iter().zip(&self.tensors).enumerate() {
+                for (slot, buffer) in self.slot_names_of(t).iter().zip(&state.slots) {
+                    let mut raw = Vec::with_capacity(buffer.len() * T::BYTES);
+                    for &x in buffer {
                         x.write_le(&mut raw);
                     }
                     entries.push((format!("{prefix}{slot}/{name}"), shape.clone(), raw));
@@ -247,7 +257,16 @@ impl<T: Real> Optimizer<T> {
             .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?;
         let buffers = st.names().iter().filter(|n| n.starts_with(prefix)).count();
 
-        let mut opt = Optimizer::<T>::new(spec)?;
+        let groups: Vec<super::GroupSpec> = match meta.get(&format!("{prefix}groups")) {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<String>>(text)
+                .map_err(|e| bad(format!("bad groups: {e}")))?
+                .iter()
+                .map(|g| g.parse())
+                .collect::<Result<_>>()
+                .map_err(|e| bad(format!("bad group: {e}")))?,
+        };
+        let mut opt = Optimizer::<T>::with_groups(spec, groups)?;
         opt.step = step;
         opt.skipped = skipped;
         // Files written before schedules were attached have none: constant.
@@ -262,25 +281,45 @@ impl<T: Real> Optimizer<T> {
             }
             return Ok(opt);
         };
-        let slot_names = opt.slot_names();
-        let n_scalars = match &opt.spec.rule {
-            super::Rule::Madam(c) => c.tensor_scalars().len(),
-            _ => 0,
+        let tensor_groups: Vec<usize> = match meta.get(&format!("{prefix}tensor_groups")) {
+            None => vec![0; layout.len()],
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| bad(format!("bad tensor_groups: {e}")))?
+            }
         };
-        if scalars.len() != layout.len() || scalars.iter().any(|s| s.len() != n_scalars) {
+        if tensor_groups.len() != layout.len()
+            || tensor_groups.iter().any(|&g| g > opt.groups.len())
+        {
+            return Err(bad(
+                "tensor_groups do not match the layout and groups".into()
+            ));
+        }
+        let specs: Vec<&OptimizerSpec> = tensor_groups
+            .iter()
+            .map(|&g| opt.group_spec(g).unwrap_or(&opt.spec))
+            .collect();
+        if scalars.len() != layout.len()
+            || scalars
+                .iter()
+                .zip(&specs)
+                .any(|(s, spec)| s.len() != super::scalars_of(spec).len())
+        {
             return Err(bad("tensor_scalars do not match the layout".into()));
         }
-        if buffers != slot_names.len() * layout.len() {
+        let expected: usize = specs.iter().map(|s| super::slots_of(s).len()).sum();
+        if buffers != expected {
             return Err(bad(format!(
-                "holds {} buffers, expected {} ({} slots × {} tensors)",
-                buffers,
-                slot_names.len() * layout.len(),
-                slot_names.len(),
+                "holds {buffers} buffers, expected {expected} (the state buffers of {} tensors)",
                 layout.len()
             )));
         }
         let mut tensors = Vec::with_capacity(layout.len());
-        for ((name, shape), scalars) in layout.iter().zip(scalars) {
+        for (((name, shape), scalars), (&group, spec)) in layout
+            .iter()
+            .zip(scalars)
+            .zip(tensor_groups.iter().zip(&specs))
+        {
+            let slot_names = super::slots_of(spec);
             let mut slots = Vec::with_capacity(slot_names.len());
             for slot in slot_names {
                 let key = format!("{prefix}{slot}/{name}");
@@ -299,7 +338,11 @@ impl<T: Real> Optimizer<T> {
                 let data: Vec<T> = view.data().chunks_exact(T::BYTES).map(T::read_le).collect();
                 slots.push(data);
             }
-            tensors.push(TensorState { slots, scalars });
+            tensors.push(TensorState {
+                group,
+                slots,
+                scalars,
+            });
         }
         opt.layout = Some(layout);
         opt.tensors = tensors;

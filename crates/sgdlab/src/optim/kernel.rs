@@ -203,8 +203,11 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// One chunk of one tensor: parameters, gradient and state buffers.
+/// One chunk of one tensor: its rule and step context (its parameter group's), parameters,
+/// gradient and state buffers.
 pub(crate) struct Unit<'a, T> {
+    pub rule: &'a Rule,
+    pub ctx: &'a StepContext,
     pub p: &'a mut [T],
     pub g: &'a [T],
     pub slots: [&'a mut [T]; 3],
@@ -245,6 +248,8 @@ pub(crate) fn run_tensor<T: Real>(
         *u = s.as_mut_slice();
     }
     let mut unit = Unit {
+        rule,
+        ctx,
         p,
         g,
         slots: unit_slots,
@@ -254,12 +259,14 @@ pub(crate) fn run_tensor<T: Real>(
     dispatch(SimdLevel::current(), rule, ctx, &mut unit);
 }
 
-/// Runs every unit, in parallel when the step is large enough.
-pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<Unit<'_, T>>) {
+/// Runs every unit (each with its own rule and context), in parallel when the step is large
+/// enough; `prefetch` as in the units' contexts.
+pub(crate) fn run_units<T: Real>(prefetch: bool, mut units: Vec<Unit<'_, T>>) {
     let level = SimdLevel::current();
     let total: usize = units.iter().map(|u| u.p.len()).sum();
     if total < PARALLEL_MIN {
         for u in &mut units {
+            let (rule, ctx) = (u.rule, u.ctx);
             dispatch(level, rule, ctx, u);
         }
     } else {
@@ -271,10 +278,12 @@ pub(crate) fn run_units<T: Real>(rule: &Rule, ctx: &StepContext, mut units: Vec<
         units.par_chunks_mut(per_job).for_each(|run| {
             for i in 0..run.len() {
                 let (head, tail) = run.split_at_mut(i + 1);
-                if let Some(next) = tail.first().filter(|_| ctx.prefetch) {
+                if let Some(next) = tail.first().filter(|_| prefetch) {
                     next.prefetch_start();
                 }
-                dispatch(level, rule, ctx, &mut head[i]);
+                let unit = &mut head[i];
+                let (rule, ctx) = (unit.rule, unit.ctx);
+                dispatch(level, rule, ctx, unit);
             }
         });
     }

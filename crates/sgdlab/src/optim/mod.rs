@@ -20,6 +20,7 @@
 pub mod adagrad;
 pub mod adam;
 pub(crate) mod checkpoint;
+pub mod group;
 pub mod kernel;
 pub mod lion;
 pub mod madam;
@@ -29,6 +30,7 @@ pub mod schedule;
 pub mod sgd;
 pub mod spec;
 
+pub use group::GroupSpec;
 pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, Rule};
 
@@ -368,11 +370,17 @@ pub struct Optimizer<T: Real> {
     tensors: Vec<TensorState<T>>,
     /// The learning-rate schedule; its position is `step + skipped`.
     schedule: Schedule,
+    /// Parameter groups, in the order their patterns are tried.
+    groups: Vec<GroupSpec>,
+    /// Each group's spec, resolved over `spec` (same order as `groups`).
+    group_specs: Vec<OptimizerSpec>,
 }
 
 /// The optimizer state of one parameter tensor.
 #[derive(Clone, Debug, PartialEq)]
 struct TensorState<T> {
+    /// The tensor's group: 0 for the optimizer's own spec, $k$ for `groups[k - 1]`.
+    group: usize,
     /// One buffer per slot name, each as long as the tensor.
     slots: Vec<Vec<T>>,
     /// Scalar state per tensor (Madam's clamp bound).
@@ -390,7 +398,65 @@ impl<T: Real> Optimizer<T> {
             layout: None,
             tensors: Vec::new(),
             schedule: Schedule::Constant,
+            groups: Vec::new(),
+            group_specs: Vec::new(),
         })
+    }
+
+    /// An optimizer whose tensors are split into parameter `groups` (see [`group`]): a tensor
+    /// steps with the spec of the first group one of whose patterns matches its name, else
+    /// with `spec`. Gradient clipping, the finiteness check and the schedule stay global.
+    ///
+    /// Errors if a group's keys are invalid for its rule. A group that matches no tensor is
+    /// an error at the first step (it is most likely a misspelt pattern).
+    pub fn with_groups(spec: OptimizerSpec, groups: Vec<GroupSpec>) -> Result<Self> {
+        let mut opt = Self::new(spec)?;
+        opt.group_specs = groups
+            .iter()
+            .map(|g| g.resolve(&opt.spec))
+            .collect::<Result<_>>()?;
+        opt.groups = groups;
+        Ok(opt)
+    }
+
+    /// The parameter groups.
+    pub fn groups(&self) -> &[GroupSpec] {
+        &self.groups
+    }
+
+    /// The group of tensor `tensor` (after the first step): 0 for the optimizer's own spec,
+    /// $k \ge 1$ for `groups()[k - 1]`.
+    pub fn group_of(&self, tensor: usize) -> Option<usize> {
+        self.tensors.get(tensor).map(|t| t.group)
+    }
+
+    /// The spec group `group` steps with (0: the optimizer's own).
+    pub fn group_spec(&self, group: usize) -> Option<&OptimizerSpec> {
+        match group {
+            0 => Some(&self.spec),
+            k => self.group_specs.get(k - 1),
+        }
+    }
+
+    /// The spec tensor `tensor` steps with (the optimizer's own before the first step).
+    pub fn spec_of(&self, tensor: usize) -> &OptimizerSpec {
+        self.group_of(tensor)
+            .and_then(|g| self.group_spec(g))
+            .unwrap_or(&self.spec)
+    }
+
+    /// Every spec in use: the optimizer's own, then each group's.
+    fn all_specs(&self) -> impl Iterator<Item = &OptimizerSpec> {
+        std::iter::once(&self.spec).chain(&self.group_specs)
+    }
+
+    /// The optimizer's configuration in one line: its spec, then `[group]` for each group.
+    pub fn describe(&self) -> String {
+        let mut out = self.spec.to_string();
+        for g in &self.groups {
+            out.push_str(&format!(" [{g}]"));
+        }
+        out
     }
 
     /// Parses `spec` (e.g. `"adam:lr=1e-3"`) and builds the optimizer.
@@ -443,33 +509,78 @@ impl<T: Real> Optimizer<T> {
         self.replace_spec(spec)
     }
 
+    /// Sets `key` for parameter group `group` only (0: the optimizer's own spec, as
+    /// [`Optimizer::set`], which also reaches the groups that do not set `key` themselves).
+    pub fn set_group(&mut self, group: usize, key: &str, value: impl ToString) -> Result<()> {
+        if group == 0 {
+            return self.set(key, value);
+        }
+        let Some(g) = self.groups.get(group - 1) else {
+            return Err(Error::invalid(
+                "parameter group",
+                group,
+                format!(
+                    "there are {} groups besides the optimizer's own",
+                    self.groups.len()
+                ),
+            ));
+        };
+        if group::GLOBAL_KEYS.contains(&key) {
+            return Err(Error::invalid(
+                key,
+                value.to_string(),
+                "is global: set it with Optimizer::set",
+            ));
+        }
+        let mut g = g.clone();
+        let text = value.to_string();
+        match g.keys.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = text,
+            None => g.keys.push((key.to_string(), text)),
+        }
+        let mut groups = self.groups.clone();
+        groups[group - 1] = g;
+        self.replace_specs(self.spec.clone(), groups)
+    }
+
     /// Sets the base learning rate $\eta$ (a schedule still multiplies it).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         self.set("lr", lr)
     }
 
-    /// Replaces the spec by `spec`, keeping the state; refused unless the rule is the same
-    /// and its state has the same buffers.
+    /// Replaces the spec by `spec` (the groups follow it), keeping the state.
     fn replace_spec(&mut self, spec: OptimizerSpec) -> Result<()> {
+        self.replace_specs(spec, self.groups.clone())
+    }
+
+    /// Replaces the spec and the groups, keeping the state; refused unless every group keeps
+    /// its rule and the same state buffers. On error nothing changes.
+    fn replace_specs(&mut self, spec: OptimizerSpec, groups: Vec<GroupSpec>) -> Result<()> {
         spec.validate()?;
-        let next = Optimizer::<T>::new(spec.clone())?;
-        if spec.name() != self.spec.name()
-            || next.slot_names() != self.slot_names()
-            || next.tensor_scalar_names() != self.tensor_scalar_names()
-        {
-            return Err(Error::invalid(
-                "optimizer spec",
-                &spec,
-                format!(
-                    "would change the optimizer's state (`{}` keeps {:?}, `{spec}` would keep \
-                     {:?}); start a new optimizer instead",
-                    self.spec,
-                    self.slot_names(),
-                    next.slot_names()
-                ),
-            ));
+        let mut next = vec![spec.clone()];
+        for g in &groups {
+            next.push(g.resolve(&spec)?);
+        }
+        for (now, new) in self.all_specs().zip(&next) {
+            if new.name() != now.name()
+                || slots_of(new) != slots_of(now)
+                || scalars_of(new) != scalars_of(now)
+            {
+                return Err(Error::invalid(
+                    "optimizer spec",
+                    new,
+                    format!(
+                        "would change the optimizer's state (`{now}` keeps {:?}, `{new}` would \
+                         keep {:?}); start a new optimizer instead",
+                        slots_of(now),
+                        slots_of(new)
+                    ),
+                ));
+            }
         }
         self.spec = spec;
+        self.group_specs = next.split_off(1);
+        self.groups = groups;
         Ok(())
     }
 
@@ -481,37 +592,52 @@ impl<T: Real> Optimizer<T> {
     /// Names of the per-parameter state buffers, PyTorch's where it has them
     /// (`exp_avg`, `exp_avg_sq`, `momentum_buffer`, ...).
     pub fn slot_names(&self) -> &'static [&'static str] {
-        match &self.spec.rule {
-            Rule::Sgd(c) => c.slots(),
-            Rule::EmaMomentum(c) => c.slots(),
-            Rule::Adam(c) | Rule::AdamW(c) => c.slots(),
-            Rule::Rmsprop(c) => c.slots(),
-            Rule::Adagrad(c) => c.slots(),
-            Rule::Lion(c) => c.slots(),
-            Rule::Madam(c) => c.slots(),
-            Rule::NormSgd(_) | Rule::Multiplicative(_) | Rule::LossProp(_) => &[],
-        }
+        slots_of(&self.spec)
+    }
+
+    /// The state buffers of tensor `tensor`, by its group's rule.
+    pub fn slot_names_of(&self, tensor: usize) -> &'static [&'static str] {
+        slots_of(self.spec_of(tensor))
     }
 
     /// Whether the rule keeps no state between steps, so that its expected update is a
-    /// function of the parameters alone (plain SGD, `normsgd`, `multiplicative`, `lossprop`).
+    /// function of the parameters alone (plain SGD, `normsgd`, `multiplicative`, `lossprop`);
+    /// with groups, whether every group's rule does.
     pub fn is_stateless(&self) -> bool {
-        self.slot_names().is_empty() && self.tensor_scalar_names().is_empty()
-    }
-
-    fn tensor_scalar_names(&self) -> &'static [&'static str] {
-        match &self.spec.rule {
-            Rule::Madam(c) => c.tensor_scalars(),
-            _ => &[],
-        }
+        self.all_specs()
+            .all(|s| slots_of(s).is_empty() && scalars_of(s).is_empty())
     }
 
     /// The state buffer `slot` of tensor `tensor` (after the first step).
     pub fn state(&self, slot: &str, tensor: usize) -> Option<&[T]> {
-        let s = self.slot_names().iter().position(|&n| n == slot)?;
+        let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
         self.tensors.get(tensor)?.slots.get(s).map(Vec::as_slice)
     }
+}
 
+/// The state buffers of a rule, PyTorch's names where it has them.
+fn slots_of(spec: &OptimizerSpec) -> &'static [&'static str] {
+    match &spec.rule {
+        Rule::Sgd(c) => c.slots(),
+        Rule::EmaMomentum(c) => c.slots(),
+        Rule::Adam(c) | Rule::AdamW(c) => c.slots(),
+        Rule::Rmsprop(c) => c.slots(),
+        Rule::Adagrad(c) => c.slots(),
+        Rule::Lion(c) => c.slots(),
+        Rule::Madam(c) => c.slots(),
+        Rule::NormSgd(_) | Rule::Multiplicative(_) | Rule::LossProp(_) => &[],
+    }
+}
+
+/// The scalar state per tensor of a rule (Madam's clamp bound).
+fn scalars_of(spec: &OptimizerSpec) -> &'static [&'static str] {
+    match &spec.rule {
+        Rule::Madam(c) => c.tensor_scalars(),
+        _ => &[],
+    }
+}
+
+impl<T: Real> Optimizer<T> {
     /// One step: updates `params` in place from `grads` (same names and shapes).
     ///
     /// Errors, leaving parameters and state untouched, on a shape or name mismatch (also
@@ -549,10 +675,18 @@ impl<T: Real> Optimizer<T> {
         if info.micro_batches == 0 {
             return Err(Error::invalid("micro_batches", 0, "must be at least 1"));
         }
-        if matches!(self.spec.rule, Rule::LossProp(_)) && info.loss.is_none() {
+        if self
+            .all_specs()
+            .any(|s| matches!(s.rule, Rule::LossProp(_)))
+            && info.loss.is_none()
+        {
             return Err(Error::MissingLoss {
-                optimizer: self.spec.to_string(),
+                optimizer: self.describe(),
             });
+        }
+        if self.layout.is_none() {
+            // Only checks; the state is allocated once the step is known to go ahead.
+            self.assign_groups(params)?;
         }
 
         // Pre-pass over all tensors: finiteness and the squared norm, deterministically.
@@ -568,7 +702,8 @@ impl<T: Real> Optimizer<T> {
                     value: loss,
                 });
         let mut norm_sq = 0.0;
-        let need_norm = self.spec.clip_norm.is_some() || matches!(self.spec.rule, Rule::NormSgd(_));
+        let need_norm = self.spec.clip_norm.is_some()
+            || self.all_specs().any(|s| matches!(s.rule, Rule::NormSgd(_)));
         if nonfinite.is_none() && (check || need_norm) {
             let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
             match kernel::reduce(&slices, need_norm) {
@@ -622,47 +757,70 @@ impl<T: Real> Optimizer<T> {
         let grad_scale = mean * clip;
 
         if self.layout.is_none() {
-            self.allocate(params);
+            self.allocate(params)?;
         }
         self.step += 1;
-        let mut ctx = StepContext {
-            t: self.step,
-            lr,
-            grad_scale,
-            loss: info.loss,
-            grad_norm_sq: norm_sq * clip * clip,
-            numel: params.iter().map(|p| p.data.len()).sum(),
-            beta_pow: self.spec.rule.decays().map(|b| {
-                if b == 0.0 {
-                    0.0
-                } else {
-                    b.powf(self.step as f64)
-                }
-            }),
-            prefetch: false,
-        };
+        let numel: usize = params.iter().map(|p| p.data.len()).sum();
+        let state_elems: usize = params
+            .iter()
+            .zip(&self.tensors)
+            .map(|(p, s)| p.data.len() * (2 + s.slots.len()))
+            .sum();
+        let prefetch = state_elems * std::mem::size_of::<T>() >= kernel::PREFETCH_MIN_BYTES;
+        // One context per group: its rule's learning rate and decay powers; the gradient
+        // scale, norm and size are global.
+        let contexts: Vec<StepContext> = self
+            .all_specs()
+            .map(|spec| StepContext {
+                t: self.step,
+                lr: spec.rule.lr() * (factor * info.lr_scale),
+                grad_scale,
+                loss: info.loss,
+                grad_norm_sq: norm_sq * clip * clip,
+                numel,
+                beta_pow: spec.rule.decays().map(|b| {
+                    if b == 0.0 {
+                        0.0
+                    } else {
+                        b.powf(self.step as f64)
+                    }
+                }),
+                prefetch,
+            })
+            .collect();
+        let rules: Vec<&Rule> = std::iter::once(&self.spec.rule)
+            .chain(self.group_specs.iter().map(|s| &s.rule))
+            .collect();
         let report = StepReport {
             outcome: StepOutcome::Applied,
             lr,
             grad_norm: need_norm.then(|| norm_sq.sqrt()),
         };
-        let working_set = (2 + self.slot_names().len()) * std::mem::size_of::<T>() * ctx.numel;
-        ctx.prefetch = working_set >= kernel::PREFETCH_MIN_BYTES;
-        if let Rule::Madam(c) = &self.spec.rule {
-            for (p, state) in params.iter().zip(&mut self.tensors) {
-                c.begin_tensor(&ctx, p.data, &mut state.scalars);
+        for (p, state) in params.iter().zip(&mut self.tensors) {
+            if let Rule::Madam(c) = rules[state.group] {
+                c.begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
             }
         }
-        if kernel::is_small(ctx.numel) {
+        if kernel::is_small(numel) {
             for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
-                let TensorState { slots, scalars } = state;
-                kernel::run_tensor(&self.spec.rule, &ctx, p.data, g.data, slots, scalars);
+                let TensorState {
+                    group,
+                    slots,
+                    scalars,
+                } = state;
+                let (rule, ctx) = (rules[*group], &contexts[*group]);
+                kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars);
             }
             return Ok(report);
         }
-        let mut units = Vec::with_capacity(ctx.numel / kernel::CHUNK + params.len());
+        let mut units = Vec::with_capacity(numel / kernel::CHUNK + params.len());
         for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
-            let TensorState { slots, scalars } = state;
+            let TensorState {
+                group,
+                slots,
+                scalars,
+            } = state;
+            let (rule, ctx) = (rules[*group], &contexts[*group]);
             let n_slots = slots.len();
             // The state buffers not yet cut into units (no allocation per tensor: a step may
             // have many thousands of small ones).
@@ -682,6 +840,8 @@ impl<T: Real> Optimizer<T> {
                     *r = tail;
                 }
                 units.push(kernel::Unit {
+                    rule,
+                    ctx,
                     p,
                     g,
                     slots: unit_slots,
@@ -690,30 +850,60 @@ impl<T: Real> Optimizer<T> {
                 });
             }
         }
-        kernel::run_units(&self.spec.rule, &ctx, units);
+        kernel::run_units(prefetch, units);
         Ok(report)
     }
 
-    /// Creates the state buffers for `params` (at the first step).
-    fn allocate(&mut self, params: &[ParamMut<'_, T>]) {
-        let init = match &self.spec.rule {
-            Rule::Adagrad(c) => T::from_f64(c.initial_value()),
-            _ => T::zero(),
-        };
+    /// The group of each tensor, by name; errors if a group matches no tensor.
+    fn assign_groups(&self, params: &[ParamMut<'_, T>]) -> Result<Vec<usize>> {
+        let groups: Vec<usize> = params
+            .iter()
+            .map(|p| {
+                self.groups
+                    .iter()
+                    .position(|g| g.matches(p.name))
+                    .map_or(0, |k| k + 1)
+            })
+            .collect();
+        for (k, g) in self.groups.iter().enumerate() {
+            if !groups.contains(&(k + 1)) {
+                return Err(Error::invalid(
+                    "parameter group",
+                    g,
+                    format!(
+                        "matches no parameter tensor (names: {}); check its patterns",
+                        names(params.iter().map(|p| p.name))
+                    ),
+                ));
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Creates the state buffers for `params` (at the first step), by each tensor's group.
+    fn allocate(&mut self, params: &[ParamMut<'_, T>]) -> Result<()> {
+        let groups = self.assign_groups(params)?;
         self.layout = Some(
             params
                 .iter()
                 .map(|p| (p.name.to_string(), p.shape.to_vec()))
                 .collect(),
         );
-        let (slots, scalars) = (self.slot_names().len(), self.tensor_scalar_names().len());
-        self.tensors = params
-            .iter()
-            .map(|p| TensorState {
-                slots: vec![vec![init; p.data.len()]; slots],
-                scalars: vec![0.0; scalars],
-            })
-            .collect();
+        let mut tensors = Vec::with_capacity(params.len());
+        for (p, group) in params.iter().zip(groups) {
+            let spec = self.group_spec(group).unwrap_or(&self.spec);
+            let init = match &spec.rule {
+                Rule::Adagrad(c) => T::from_f64(c.initial_value()),
+                _ => T::zero(),
+            };
+            tensors.push(TensorState {
+                group,
+                slots: vec![vec![init; p.data.len()]; slots_of(spec).len()],
+                scalars: vec![0.0; scalars_of(spec).len()],
+            });
+        }
+        self.tensors = tensors;
+        Ok(())
     }
 
     fn check_layout(&self, params: &[ParamMut<'_, T>], grads: &[GradRef<'_, T>]) -> Result<()> {
