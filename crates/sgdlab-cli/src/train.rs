@@ -34,6 +34,12 @@ pub struct TrainArgs {
     /// initial weights on the same example order.
     #[arg(long = "opt", value_name = "SPEC", required = true)]
     opts: Vec<String>,
+    /// A parameter group for every --opt (repeatable; the first matching group wins):
+    /// PATTERNS:KEY=VALUE,... with glob patterns over the tensor names layer{l}.weight and
+    /// layer{l}.bias, e.g. '*.bias:weight_decay=0', or 'layer0.*:rule=lion,lr=1e-4' for
+    /// another rule.
+    #[arg(long = "group", value_name = "PATTERNS:KEY=VALUE,...")]
+    groups: Vec<String>,
     /// Epochs (in all, when resuming).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -236,6 +242,16 @@ fn timestamp() -> String {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let specs = crate::parse_specs(&args.opts)?;
+    let groups = args
+        .groups
+        .iter()
+        .map(|g| g.parse::<sgdlab::optim::GroupSpec>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("bad --group")?;
+    for spec in &specs {
+        sgdlab::optim::Optimizer::<f32>::with_groups(spec.clone(), groups.clone())
+            .with_context(|| format!("--group with --opt `{spec}`"))?;
+    }
     let hidden = parse_model(&args.model)?;
     let schedule: ScheduleSpec = args.schedule.parse()?;
     let unit: LossUnit = args.loss_unit.parse()?;
@@ -277,6 +293,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let data_sha256 = split_sha256(&split);
     let meta = |spec: &OptimizerSpec| CheckpointMeta {
         optimizer: spec.to_string(),
+        groups: groups.iter().map(ToString::to_string).collect(),
         widths: net.widths().to_vec(),
         loss_unit: args.loss_unit.clone(),
         seed: args.seed,
@@ -301,7 +318,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                         "run{k} ({spec}) has no checkpoint yet: it starts from the beginning"
                     );
                 }
-                Ok(trainer.start(spec)?)
+                Ok(trainer.start_grouped(spec, &groups)?)
             }
         })
         .collect::<anyhow::Result<Vec<Run>>>()?;
@@ -319,6 +336,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         trainer.steps_per_epoch(),
         args.batch
     );
+    for g in &groups {
+        eprintln!("parameter group: {g}");
+    }
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:<28} [{bar:30}] epoch {msg} {percent:>3}% {per_sec:>14} ETA {eta}",

@@ -464,3 +464,85 @@ fn hostile_sizes_and_labels_are_refused_quickly() {
         .code(2)
         .stderr(predicate::str::contains("reps"));
 }
+
+#[test]
+fn parameter_groups_train_checkpoint_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = |epochs: &str, resume: bool, groups: &[&str]| {
+        let mut cmd = sgdlab();
+        cmd.args([
+            "train",
+            "--model",
+            "mlp:8",
+            "--opt",
+            "adamw:lr=0.01",
+            "--epochs",
+            epochs,
+        ]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd.arg("--out").arg(&out).assert()
+    };
+    let groups = [
+        "*.bias:weight_decay=0",
+        "layer1.*:rule=sgd,lr=0.1,momentum=0.9",
+    ];
+    run("1", false, &groups)
+        .success()
+        .stderr(predicate::str::contains(
+            "parameter group: *.bias:weight_decay=0",
+        ));
+    run("2", true, &groups[..1])
+        .code(2)
+        .stderr(predicate::str::contains(
+            "parameter groups: the checkpoint has",
+        ));
+    run("2", true, &groups).success();
+    let straight = dir.path().join("straight");
+    let mut cmd = sgdlab();
+    cmd.args([
+        "train",
+        "--model",
+        "mlp:8",
+        "--opt",
+        "adamw:lr=0.01",
+        "--epochs",
+        "2",
+    ]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    cmd.arg("--out").arg(&straight).assert().success();
+    assert_eq!(tensors(&out.join("run0")), tensors(&straight.join("run0")));
+    sgdlab()
+        .args([
+            "train",
+            "--opt",
+            "adamw",
+            "--group",
+            "*.bais:weight_decay=0",
+            "--out",
+        ])
+        .arg(dir.path().join("typo"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("matches no parameter tensor"));
+    sgdlab()
+        .args([
+            "train",
+            "--opt",
+            "lion",
+            "--group",
+            "*.bias:momentum=0.9",
+            "--out",
+        ])
+        .arg(dir.path().join("bad-key"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("momentum"));
+}

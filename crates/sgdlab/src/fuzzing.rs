@@ -78,6 +78,7 @@ pub fn checkpoint(data: &[u8]) {
 pub fn fuzz_meta(net: &Network) -> CheckpointMeta {
     CheckpointMeta {
         optimizer: "adam".into(),
+        groups: Vec::new(),
         widths: net.widths().to_vec(),
         loss_unit: "nats".into(),
         seed: 0,

@@ -457,8 +457,18 @@ impl<'a> Trainer<'a> {
 
     /// A fresh run of `spec` from the seeded initial weights, with the schedule attached.
     pub fn start(&self, spec: &OptimizerSpec) -> Result<Run> {
+        self.start_grouped(spec, &[])
+    }
+
+    /// [`Trainer::start`] with parameter groups (over the network's tensor names,
+    /// `layer{l}.weight` and `layer{l}.bias`).
+    pub fn start_grouped(
+        &self,
+        spec: &OptimizerSpec,
+        groups: &[crate::optim::GroupSpec],
+    ) -> Result<Run> {
         let params = self.net.init::<f32>(self.config.seed);
-        let mut optimizer = Optimizer::new(spec.clone())?;
+        let mut optimizer = Optimizer::with_groups(spec.clone(), groups.to_vec())?;
         optimizer.set_schedule(self.schedule()?)?;
         Ok(Run {
             ema: self.config.ema_weights.map(|_| params.clone()),
@@ -607,6 +617,8 @@ impl<'a> Trainer<'a> {
 pub struct CheckpointMeta {
     /// The optimizer spec.
     pub optimizer: String,
+    /// Its parameter groups ([`GroupSpec`](crate::optim::GroupSpec) Display form).
+    pub groups: Vec<String>,
     /// Network layer widths.
     pub widths: Vec<usize>,
     /// Loss unit (`nats` or `bits`).
@@ -664,6 +676,19 @@ impl CheckpointMeta {
             "optimizer",
             format!("`{}`", self.optimizer),
             format!("`{}`", asked.optimizer),
+        );
+        let groups = |g: &[String]| match g {
+            [] => "no parameter groups".to_string(),
+            g => g
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        diff(
+            "parameter groups",
+            groups(&self.groups),
+            groups(&asked.groups),
         );
         diff(
             "layer widths",
@@ -935,10 +960,12 @@ pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) 
         other => fail(format!("optimizer state: {other}")),
     })?;
     let spec: OptimizerSpec = meta.optimizer.parse()?;
-    if *optimizer.spec() != spec {
+    let groups: Vec<String> = optimizer.groups().iter().map(ToString::to_string).collect();
+    if *optimizer.spec() != spec || groups != meta.groups {
         return Err(fail(format!(
-            "holds the optimizer state of `{}`, not of `{spec}`",
-            optimizer.spec()
+            "holds the optimizer state of `{}`, not of `{spec}` with groups {:?}",
+            optimizer.describe(),
+            meta.groups
         )));
     }
     if optimizer.steps() + optimizer.skipped() != step {
@@ -1100,6 +1127,7 @@ mod tests {
     fn meta_for(spec: &OptimizerSpec, net: &Network, split: &Split) -> CheckpointMeta {
         CheckpointMeta {
             optimizer: spec.to_string(),
+            groups: Vec::new(),
             widths: net.widths().to_vec(),
             loss_unit: "nats".into(),
             seed: 3,
