@@ -136,3 +136,22 @@ fn bad_inputs_are_clear_errors() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn the_readmes_audit_example_runs_from_a_clone() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("sgdlab audit --data "))
+        .expect("the README shows an audit command");
+    let args: Vec<&str> = line.split('#').next().unwrap().split_whitespace().skip(1).collect();
+    let out = assert_cmd::Command::cargo_bin("sgdlab")
+        .unwrap()
+        .current_dir(&root)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-0.173262"));
+}
