@@ -145,13 +145,23 @@ fn the_readmes_audit_example_runs_from_a_clone() {
         .lines()
         .find(|l| l.starts_with("sgdlab audit --data "))
         .expect("the README shows an audit command");
-    let args: Vec<&str> = line.split('#').next().unwrap().split_whitespace().skip(1).collect();
+    let args: Vec<&str> = line
+        .split('#')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
     let out = assert_cmd::Command::cargo_bin("sgdlab")
         .unwrap()
         .current_dir(&root)
         .args(&args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("-0.173262"));
 }

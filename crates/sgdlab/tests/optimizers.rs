@@ -575,3 +575,29 @@ mod groups {
         );
     }
 }
+
+#[test]
+fn built_specs_have_the_spec_strings_defaults() {
+    use sgdlab::optim::OptimizerSpec;
+    for name in sgdlab::optim::spec::NAMES {
+        let built = OptimizerSpec::named(name).unwrap();
+        assert_eq!(built, name.parse::<OptimizerSpec>().unwrap(), "{name}");
+        assert_eq!(built.to_string(), *name);
+    }
+    let adamw = OptimizerSpec::named("adamw")
+        .unwrap()
+        .with("lr", 0.01)
+        .unwrap();
+    assert_eq!(adamw, "adamw:lr=0.01".parse().unwrap());
+    let sgdlab::optim::Rule::AdamW(c) = &adamw.rule else {
+        panic!("not adamw")
+    };
+    assert_eq!(c.weight_decay, 0.01);
+    assert!(
+        OptimizerSpec::named("adamw")
+            .unwrap()
+            .with("beta1", 2)
+            .is_err()
+    );
+    assert!(OptimizerSpec::named("nope").is_err());
+}

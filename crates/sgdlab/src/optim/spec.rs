@@ -214,6 +214,11 @@ pub enum Rule {
     /// `adam`: PyTorch's Adam (L2 weight decay), with AMSGrad and debias modes.
     Adam(adam::Adam),
     /// `adamw`: PyTorch's AdamW (decoupled weight decay), with AMSGrad and debias modes.
+    ///
+    /// Its defaults are [`Adam::adamw_default`](adam::Adam::adamw_default) (`weight_decay =
+    /// 0.01`), not `Adam::default()`: write `Rule::AdamW(Adam { lr: 0.01,
+    /// ..Adam::adamw_default() })`, or build specs with [`OptimizerSpec::named`], whose
+    /// defaults are always the spec string's.
     AdamW(adam::Adam),
     /// `rmsprop`: PyTorch's RMSprop, plain or centered, with momentum.
     Rmsprop(rmsprop::Rmsprop),
@@ -395,6 +400,26 @@ impl OptimizerSpec {
     /// The optimizer's name (`adam`, `sgd`, ...).
     pub fn name(&self) -> &'static str {
         self.rule.name()
+    }
+
+    /// The spec of optimizer `name` with every default of its spec string (so
+    /// `named("adamw")` has `weight_decay = 0.01`, as `"adamw"` does); set keys with
+    /// [`OptimizerSpec::with`].
+    ///
+    /// ```
+    /// use sgdlab::optim::OptimizerSpec;
+    /// let spec = OptimizerSpec::named("adamw")?.with("lr", 0.01)?.with("amsgrad", true)?;
+    /// assert_eq!(spec, "adamw:lr=0.01,amsgrad=true".parse()?);
+    /// # Ok::<(), sgdlab::Error>(())
+    /// ```
+    pub fn named(name: &str) -> Result<Self> {
+        Self::new(Rule::default_for(name)?)
+    }
+
+    /// Builder form of [`OptimizerSpec::set`]: the spec with `key` set to `value`.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Result<Self> {
+        self.set(key, &value.to_string())?;
+        Ok(self)
     }
 
     /// Sets `key` (any key of the spec grammar: the rule's, `clip_norm`, `skip_nonfinite`,
