@@ -601,3 +601,40 @@ fn built_specs_have_the_spec_strings_defaults() {
     );
     assert!(OptimizerSpec::named("nope").is_err());
 }
+
+#[test]
+fn a_state_dict_can_be_inspected_edited_and_loaded() {
+    let mut opt = Optimizer::<f64>::from_spec("adam:lr=0.1").unwrap();
+    let mut p = vec![Tensor::vector("w", vec![1.0, 2.0])];
+    opt.step(
+        &mut p,
+        &[Tensor::vector("w", vec![0.5, -0.5])],
+        &StepInfo::default(),
+    )
+    .unwrap();
+    let mut sd = opt.state_dict().unwrap();
+    assert_eq!(sd.metadata["step"], "1");
+    assert_eq!(sd.buffers["exp_avg/w"].1, opt.state("exp_avg", 0).unwrap());
+    assert_eq!(Optimizer::<f64>::from_state_dict(&sd).unwrap(), opt);
+    // Edit: zero the first moment, then load it into an optimizer.
+    sd.buffers.get_mut("exp_avg/w").unwrap().1.fill(0.0);
+    let mut other = Optimizer::<f64>::from_spec("sgd").unwrap();
+    other.load_state_dict(&sd).unwrap();
+    assert_eq!(other.state("exp_avg", 0).unwrap(), [0.0, 0.0]);
+    assert_eq!(other.spec().to_string(), "adam:lr=0.1");
+    // Serialised, it is the file format.
+    let bytes = other.to_bytes().unwrap();
+    assert_eq!(
+        Optimizer::<f64>::from_bytes(&bytes)
+            .unwrap()
+            .state_dict()
+            .unwrap(),
+        sd
+    );
+    // A wrong shape is refused, naming the buffer, and nothing changes.
+    sd.buffers.get_mut("exp_avg/w").unwrap().1.push(1.0);
+    sd.buffers.get_mut("exp_avg/w").unwrap().0 = vec![3];
+    let err = other.load_state_dict(&sd).unwrap_err().to_string();
+    assert!(err.contains("exp_avg/w"), "{err}");
+    assert_eq!(other.state("exp_avg", 0).unwrap(), [0.0, 0.0]);
+}

@@ -43,6 +43,18 @@ type Layout = Vec<(String, Vec<usize>)>;
 /// String metadata: key, value.
 pub(crate) type Metadata = Vec<(String, String)>;
 
+/// An optimizer's state in memory, as a checkpoint file holds it: string metadata (format,
+/// spec, step counts, layout, schedule, groups) and every state buffer by name
+/// (`{slot}/{tensor}`, e.g. `exp_avg/fc.weight`), to inspect, edit, or serialise
+/// ([`Optimizer::from_state_dict`], then [`Optimizer::to_bytes`] or [`Optimizer::save`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateDict<T> {
+    /// The metadata, by key.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The buffers: shape and elements, by name.
+    pub buffers: std::collections::BTreeMap<String, (Vec<usize>, Vec<T>)>,
+}
+
 /// A tensor to write: name, shape, little-endian bytes.
 pub(crate) type Entry = (String, Vec<usize>, Vec<u8>);
 
@@ -215,6 +227,65 @@ impl<T: Real> Optimizer<T> {
         st: &SafeTensors<'_>,
         prefix: &str,
     ) -> Result<Self> {
+        let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        let lookup = |key: &str| {
+            st.tensor(key).ok().map(|view| {
+                if view.dtype() == dtype_of::<T>() {
+                    let data = view.data().chunks_exact(T::BYTES).map(T::read_le).collect();
+                    Ok((view.shape().to_vec(), data))
+                } else {
+                    Err(format!("{:?} {:?}", view.dtype(), view.shape()))
+                }
+            })
+        };
+        Self::from_source(meta, &names, &lookup, prefix)
+    }
+
+    /// The state in memory ([`StateDict`]): the metadata and buffers a checkpoint holds.
+    pub fn state_dict(&self) -> Result<StateDict<T>> {
+        let (metadata, entries) = self.to_parts("")?;
+        let buffers = entries
+            .into_iter()
+            .map(|(name, shape, raw)| {
+                let data = raw.chunks_exact(T::BYTES).map(T::read_le).collect();
+                (name, (shape, data))
+            })
+            .collect();
+        Ok(StateDict {
+            metadata: metadata.into_iter().collect(),
+            buffers,
+        })
+    }
+
+    /// Rebuilds an optimizer from a [`StateDict`] (as from a file: every field checked).
+    pub fn from_state_dict(state: &StateDict<T>) -> Result<Self> {
+        let meta: HashMap<String, String> = state.metadata.clone().into_iter().collect();
+        let names: Vec<String> = state.buffers.keys().cloned().collect();
+        let lookup = |key: &str| {
+            state
+                .buffers
+                .get(key)
+                .map(|(s, d)| Ok((s.clone(), d.clone())))
+        };
+        Self::from_source(&meta, &names, &lookup, "")
+    }
+
+    /// Replaces this optimizer's state by `state` (PyTorch's `load_state_dict`); on error
+    /// nothing changes.
+    pub fn load_state_dict(&mut self, state: &StateDict<T>) -> Result<()> {
+        *self = Self::from_state_dict(state)?;
+        Ok(())
+    }
+
+    /// Rebuilds an optimizer from metadata and a buffer lookup (name → shape and elements,
+    /// or a description of the wrong dtype).
+    #[allow(clippy::type_complexity)]
+    fn from_source(
+        meta: &HashMap<String, String>,
+        names: &[String],
+        lookup: &dyn Fn(&str) -> Option<std::result::Result<(Vec<usize>, Vec<T>), String>>,
+        prefix: &str,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::Checkpoint {
             path: "(bytes)".to_string(),
             reason,
@@ -255,7 +326,7 @@ impl<T: Real> Optimizer<T> {
             serde_json::from_str(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
         let scalars: Vec<Vec<f64>> = serde_json::from_str(get("tensor_scalars")?)
             .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?;
-        let buffers = st.names().iter().filter(|n| n.starts_with(prefix)).count();
+        let buffers = names.iter().filter(|n| n.starts_with(prefix)).count();
 
         let groups: Vec<super::GroupSpec> = match meta.get(&format!("{prefix}groups")) {
             None => Vec::new(),
@@ -323,19 +394,24 @@ impl<T: Real> Optimizer<T> {
             let mut slots = Vec::with_capacity(slot_names.len());
             for slot in slot_names {
                 let key = format!("{prefix}{slot}/{name}");
-                let view = st
-                    .tensor(&key)
-                    .map_err(|_| bad(format!("buffer `{key}` is missing")))?;
-                if view.dtype() != dtype_of::<T>() || view.shape() != shape.as_slice() {
-                    return Err(bad(format!(
-                        "buffer `{key}` is {:?} {:?}, expected {} {:?}",
-                        view.dtype(),
-                        view.shape(),
-                        T::NAME,
-                        shape
-                    )));
-                }
-                let data: Vec<T> = view.data().chunks_exact(T::BYTES).map(T::read_le).collect();
+                let found =
+                    lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))?;
+                let data = match found {
+                    Ok((got, data)) if got == *shape => data,
+                    Ok((got, _)) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is {} {got:?}, expected {} {shape:?}",
+                            T::NAME,
+                            T::NAME
+                        )));
+                    }
+                    Err(what) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is {what}, expected {} {shape:?}",
+                            T::NAME
+                        )));
+                    }
+                };
                 slots.push(data);
             }
             tensors.push(TensorState {

@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod sgd;
 pub mod spec;
 
+pub use checkpoint::StateDict;
 pub use group::GroupSpec;
 pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, Rule};
