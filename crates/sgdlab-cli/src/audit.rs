@@ -87,6 +87,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let specs = crate::parse_specs(&args.opts)?;
+    if let Some(dir) = &args.report {
+        crate::report::prepare_dir(dir)?;
+    }
     let model = build_model(&args)?;
     let options = SimulationOptions {
         burn_in: args.burn_in,

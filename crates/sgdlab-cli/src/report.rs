@@ -90,6 +90,16 @@ figcaption { color: #444; font-size: 0.9em; margin-top: 4px; }
 ";
 
 /// Writes `dir/index.html` (atomically; `dir` is created).
+/// Creates the report directory `dir` and checks that files can be written into it, so that
+/// an unwritable `--report` fails before the work, not after.
+pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let probe = dir.join(".sgdlab-write-check");
+    sgdlab::io::write_atomic(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("cannot write into {}", dir.display()))
+}
+
 pub fn write_page(dir: &Path, title: &str, meta: &str, sections: &[Section]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut html = format!(
@@ -100,8 +110,26 @@ pub fn write_page(dir: &Path, title: &str, meta: &str, sections: &[Section]) -> 
         esc(title),
         esc(meta)
     );
-    for s in sections {
-        let _ = write!(html, "<section><h2>{}</h2>{}", esc(&s.heading), s.body);
+    if sections.len() > 1 {
+        html.push_str("<nav><h2>Contents</h2><ol>");
+        for (k, s) in sections.iter().enumerate() {
+            let _ = write!(
+                html,
+                "<li><a href=\"#s{}\">{}</a></li>",
+                k + 1,
+                esc(&s.heading)
+            );
+        }
+        html.push_str("</ol></nav>");
+    }
+    for (k, s) in sections.iter().enumerate() {
+        let _ = write!(
+            html,
+            "<section id=\"s{}\"><h2>{}</h2>{}",
+            k + 1,
+            esc(&s.heading),
+            s.body
+        );
         for f in &s.figures {
             html.push_str(&figure(f)?);
         }

@@ -37,6 +37,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         quick: args.quick,
     };
+    if let Some(dir) = &args.report {
+        crate::report::prepare_dir(dir)?;
+    }
     let report = verify(&args.problems, &options)?;
     print!("{}", render(&report));
     if let Some(path) = &args.json {
@@ -57,33 +60,91 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn measured(claim: &Claim) -> String {
     match claim.stderr {
-        Some(se) => format!("{} ± {}", num(claim.measured), num(se)),
+        Some(se) => format!("{} ± {}", num(claim.measured), short(se)),
         None => num(claim.measured),
     }
 }
 
+/// A standard error to three significant digits.
+fn short(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && (1e-3..1e4).contains(&x.abs()) {
+        let digits = (2 - x.abs().log10().floor() as i32).clamp(0, 9) as usize;
+        format!("{x:.digits$}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+/// The widest a claim's text runs before it wraps onto the next line (the table then fits
+/// 100 columns).
+const CLAIM_WIDTH: usize = 29;
+
+/// `text` in lines of at most `width` characters, broken at spaces where possible.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if !line.is_empty() && needed > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+        while line.chars().count() > width {
+            let head: String = line.chars().take(width).collect();
+            let tail: String = line.chars().skip(width).collect();
+            lines.push(head);
+            line = tail;
+        }
+    }
+    lines.push(line);
+    lines
+}
+
+/// What the table's symbols mean.
+const LEGEND: &str = "\
+Symbols: y_t, z_t the two running averages of problem 1 (z = γ·sum form, γ its scale); \
+β the decay and N = 1/(1-β) the horizon; σ² the variance of the inputs; μ̂_t an EMA's \
+estimate; η the learning rate; Φ the parameters and Φ* the loss minimiser.
+Columns: expected = the theory's value; measured = Monte Carlo mean ± standard error (or an \
+exact computation); check = z = (measured - expected)/stderr, PASS at |z| < 4, or the \
+tolerance of an exact identity; a \"rejects\" row is a plausible wrong answer, which the \
+measurement must be at least 10 standard errors from.
+";
+
 fn score(claim: &Claim) -> String {
     match claim.z {
         Some(z) => format!("z={z:+.2}"),
-        None => format!("tol {}", num(claim.tolerance)),
+        None => format!("tol {:.0e}", claim.tolerance),
     }
 }
 
 fn render(report: &Report) -> String {
     let mut table = Table::new(&["id", "claim", "expected", "measured", "check", "verdict"]);
+    let continued = |table: &mut Table, lines: &[String]| {
+        for line in lines {
+            table.row(vec![String::new(), line.clone()]);
+        }
+    };
     for claim in &report.claims {
+        let lines = wrap(&claim.title, CLAIM_WIDTH);
         table.row(vec![
             claim.id.clone(),
-            claim.title.clone(),
+            lines[0].clone(),
             num(claim.expected),
             measured(claim),
             score(claim),
             if claim.passed { "PASS" } else { "FAIL" }.to_string(),
         ]);
+        continued(&mut table, &lines[1..]);
         for r in &claim.rejects {
+            let lines = wrap(&format!("rejects {}", r.label), CLAIM_WIDTH - 2);
+            let lines: Vec<String> = lines.iter().map(|l| format!("  {l}")).collect();
             table.row(vec![
                 String::new(),
-                format!("  rejects {}", r.label),
+                lines[0].clone(),
                 num(r.value),
                 String::new(),
                 if r.z.abs() < 1e4 {
@@ -98,10 +159,15 @@ fn render(report: &Report) -> String {
                 }
                 .to_string(),
             ]);
+            continued(&mut table, &lines[1..]);
         }
     }
+    let legend: String = LEGEND
+        .lines()
+        .map(|p| wrap(p, 99).join("\n") + "\n")
+        .collect();
     format!(
-        "{}\n{} passed, {} failed\n",
+        "{}\n{legend}\n{} passed, {} failed\n",
         table.render(),
         report.passed,
         report.failed

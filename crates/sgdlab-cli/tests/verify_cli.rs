@@ -137,3 +137,45 @@ fn help_and_version_succeed() {
         .stdout(predicate::str::contains("verify"));
     sgdlab().arg("--version").assert().success();
 }
+
+#[test]
+fn the_table_fits_100_columns_and_explains_its_symbols() {
+    let out = Command::cargo_bin("sgdlab")
+        .unwrap()
+        .args(["verify", "--quick", "--problem", "2", "--problem", "6"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in text.lines() {
+        // Characters as a terminal shows them (combining marks take no column).
+        let width = line
+            .chars()
+            .filter(|c| !('\u{300}'..='\u{36f}').contains(c))
+            .count();
+        assert!(width <= 100, "{width} columns: {line}");
+    }
+    assert!(
+        text.contains("Symbols:") && text.contains("Φ* the loss minimiser"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unwritable_report_fails_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::cargo_bin("sgdlab")
+        .unwrap()
+        .args(["verify", "--quick", "--report"])
+        .arg(file.join("report"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "no claim ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create"));
+}
