@@ -175,8 +175,22 @@ fn vector(v: &[f64]) -> String {
 
 fn row(o: &OptimizerAudit) -> Vec<String> {
     let drift = match &o.drift_stderr {
-        Some(se) if o.drift.len() == 1 => format!("[{} ± {}]", num(o.drift[0]), num(se[0])),
-        _ => vector(&o.drift),
+        Some(se) => {
+            let shown: Vec<String> = o
+                .drift
+                .iter()
+                .zip(se)
+                .take(4)
+                .map(|(d, s)| format!("{} ± {}", num(*d), num(*s)))
+                .collect();
+            let more = if o.drift.len() > 4 {
+                format!(", … ({} values)", o.drift.len())
+            } else {
+                String::new()
+            };
+            format!("[{}{more}]", shown.join(", "))
+        }
+        None => vector(&o.drift),
     };
     vec![
         o.optimizer.clone(),

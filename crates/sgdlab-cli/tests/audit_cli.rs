@@ -165,3 +165,19 @@ fn the_readmes_audit_example_runs_from_a_clone() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("-0.173262"));
 }
+
+#[test]
+fn simulated_drift_shows_its_standard_error_in_every_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.csv");
+    std::fs::write(&path, "0,1\n1,0\n2,2\n0,0\n").unwrap();
+    let out = assert_cmd::Command::cargo_bin("sgdlab")
+        .unwrap()
+        .args(["audit", "--model", "points", "--opt", "adam", "--data"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.starts_with("adam")).unwrap();
+    assert_eq!(row.matches('±').count(), 2, "{row}");
+}
