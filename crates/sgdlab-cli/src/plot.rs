@@ -50,11 +50,14 @@ fn bounds(fig: &Figure) -> (f64, f64, f64, f64) {
         return (0.0, 1.0, 0.0, 1.0);
     }
     let (dx, dy) = ((x1 - x0).max(1e-9), (y1 - y0).max(1e-9));
+    // With markers, room at the top for the legend (drawn at the upper right), so that it
+    // covers no point of the data.
+    let legend_room = if fig.markers.is_empty() { 0.06 } else { 0.5 };
     (
         x0 - 0.03 * dx,
         x1 + 0.03 * dx,
         y0 - 0.06 * dy,
-        y1 + 0.06 * dy,
+        y1 + legend_room * dy,
     )
 }
 
@@ -123,36 +126,44 @@ where
             PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2))
         });
     }
+    // Markers are outlines — circle, triangle, cross in turn — each larger than the one
+    // before, so that markers at one point (the fixed points of two optimizers that agree,
+    // or the loss minimiser) all stay visible; the legend draws each with its own shape.
     for (i, m) in fig.markers.iter().enumerate() {
         let color = COLORS[(i + 3) % COLORS.len()];
-        let points = m.at.clone();
-        let series = match i % 4 {
+        let (shape, size) = (i % 3, 5 + 2 * i as i32);
+        let style = color.stroke_width(2);
+        let series = match shape {
             0 => chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 6, color.filled())))
+                .draw_series(m.at.iter().map(|&p| Circle::new(p, size, style)))
                 .map_err(err)?,
             1 => chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&p| TriangleMarker::new(p, 8, color.filled())),
-                )
+                .draw_series(m.at.iter().map(|&p| {
+                    let (s, h) = (size, size);
+                    EmptyElement::at(p)
+                        + PathElement::new(vec![(0, -h), (s, h), (-s, h), (0, -h)], style)
+                }))
                 .map_err(err)?,
             _ => chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&p| Cross::new(p, 7, color.stroke_width(3))),
-                )
+                .draw_series(m.at.iter().map(|&p| Cross::new(p, size, style)))
                 .map_err(err)?,
         };
-        let shape = i % 3;
         series
             .label(m.label.clone())
             .legend(move |(x, y)| -> DynElement<DB, (i32, i32)> {
                 match shape {
-                    0 => Circle::new((x + 10, y), 5, color.filled()).into_dyn(),
-                    1 => TriangleMarker::new((x + 10, y), 7, color.filled()).into_dyn(),
-                    _ => Cross::new((x + 10, y), 6, color.stroke_width(3)).into_dyn(),
+                    0 => Circle::new((x + 10, y), 5, style).into_dyn(),
+                    1 => PathElement::new(
+                        vec![
+                            (x + 10, y - 5),
+                            (x + 15, y + 5),
+                            (x + 5, y + 5),
+                            (x + 10, y - 5),
+                        ],
+                        style,
+                    )
+                    .into_dyn(),
+                    _ => Cross::new((x + 10, y), 5, style).into_dyn(),
                 }
             });
     }
