@@ -2,6 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -25,9 +26,13 @@ config! {
     }
 }
 
-impl Adagrad {
+impl UpdateRule for Adagrad {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::at_least("lr_decay", self.lr_decay, 0.0)?;
         check::at_least("weight_decay", self.weight_decay, 0.0)?;
@@ -39,21 +44,22 @@ impl Adagrad {
         check::positive("eps", self.eps)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         &["sum"]
     }
 
-    pub(crate) fn initial_value(&self) -> f64 {
+    fn initial_state(&self) -> f64 {
         self.initial_accumulator_value
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
+        _scalars: &[f64],
     ) {
         let [sum] = slots else {
             unreachable!("adagrad has one slot")

@@ -2,6 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::sgd::ema_coefficients;
 use super::spec::{Debias, check, config};
 use crate::{Real, Result};
@@ -35,17 +36,95 @@ config! {
     }
 }
 
-impl Adam {
-    /// AdamW's defaults: Adam's, with `weight_decay = 0.01`.
-    pub fn adamw_default() -> Self {
-        Self {
-            weight_decay: 1e-2,
-            ..Self::default()
+config! {
+    /// `adamw`: PyTorch's `torch.optim.AdamW`, Adam with decoupled weight decay
+    /// $\Phi \leftarrow (1 - \eta\lambda)\Phi$ before the update (see [`Adam`] for the rest).
+    /// The same keys as Adam, with `weight_decay = 0.01` by default, as in PyTorch.
+    AdamW("adamw") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1e-3,
+        /// First-moment decay $\beta_1 \in [0, 1)$.
+        beta1: f64 = 0.9,
+        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        beta2: f64 = 0.999,
+        /// $\epsilon > 0$ added to $\sqrt{\hat v}$.
+        eps: f64 = 1e-8,
+        /// Decoupled weight decay $\lambda \ge 0$.
+        weight_decay: f64 = 1e-2,
+        /// AMSGrad: divide by the running maximum of $v$.
+        amsgrad: bool = false,
+        /// Start-up bias correction.
+        debias: Debias = Debias::Power,
+    }
+}
+
+impl From<&AdamW> for Adam {
+    fn from(c: &AdamW) -> Self {
+        Adam {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            amsgrad: c.amsgrad,
+            debias: c.debias,
         }
+    }
+}
+
+impl UpdateRule for AdamW {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Adam::from(self).validate()
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        Adam::from(self).slots()
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [self.beta1, self.beta2]
+    }
+
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
+        Adam::from(self).step_with(true, ctx, p, g, slots);
+    }
+}
+
+impl UpdateRule for Adam {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [self.beta1, self.beta2]
+    }
+
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
+        self.step_with(false, ctx, p, g, slots);
     }
 
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;
         check::unit_open("beta2", self.beta2)?;
@@ -53,16 +132,25 @@ impl Adam {
         check::at_least("weight_decay", self.weight_decay, 0.0)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         if self.amsgrad {
             &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
         } else {
             &["exp_avg", "exp_avg_sq"]
         }
     }
+}
 
+impl Adam {
+    /// AdamW's defaults as an `Adam` configuration: Adam's, with `weight_decay = 0.01`
+    /// ([`AdamW::default`] is the configuration of `Rule::AdamW`).
+    pub fn adamw_default() -> Self {
+        Adam::from(&AdamW::default())
+    }
+
+    /// The update with coupled (L2, `adam`) or decoupled (`adamw`) weight decay.
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    pub(crate) fn step_with<T: Real>(
         &self,
         decoupled: bool,
         ctx: &StepContext,

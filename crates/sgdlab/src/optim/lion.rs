@@ -2,6 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -23,26 +24,31 @@ config! {
     }
 }
 
-impl Lion {
+impl UpdateRule for Lion {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_closed("beta1", self.beta1)?;
         check::unit_closed("beta2", self.beta2)?;
         check::at_least("weight_decay", self.weight_decay, 0.0)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         &["exp_avg"]
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
+        _scalars: &[f64],
     ) {
         let [m] = slots else {
             unreachable!("lion has one slot")

@@ -2,6 +2,7 @@
 //! "Learning compositional functions via multiplicative weight updates" (NeurIPS 2020).
 
 use super::StepContext;
+use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -24,21 +25,29 @@ config! {
     }
 }
 
-impl Madam {
+impl UpdateRule for Madam {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [MADAM_BETA, 0.0]
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::positive("p_scale", self.p_scale)?;
         check::positive("g_bound", self.g_bound)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         &["exp_avg_sq"]
     }
 
     /// Fixes the per-tensor clamp bound `max` = p_scale·RMS(Φ) at the first step (a reduction
     /// over the whole tensor, so it runs before the tensor is split into chunks).
-    pub(crate) fn begin_tensor<T: Real>(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]) {
+    fn begin_tensor<T: Real>(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]) {
         if ctx.t == 1 {
             let mean_sq =
                 p.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>() / p.len().max(1) as f64;
@@ -47,12 +56,12 @@ impl Madam {
     }
 
     /// Per-tensor scalars: `max`, the clamp bound fixed at the first step.
-    pub(crate) fn tensor_scalars(&self) -> &'static [&'static str] {
+    fn tensor_scalars(&self) -> &'static [&'static str] {
         &["max"]
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],

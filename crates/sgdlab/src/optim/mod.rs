@@ -25,6 +25,7 @@ pub mod kernel;
 pub mod lion;
 pub mod madam;
 pub mod rmsprop;
+pub mod rule;
 pub mod rules;
 pub mod schedule;
 pub mod sgd;
@@ -32,6 +33,7 @@ pub mod spec;
 
 pub use checkpoint::StateDict;
 pub use group::GroupSpec;
+pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, Rule};
 
@@ -336,7 +338,8 @@ pub enum StepOutcome {
 
 /// Per-step scalars shared by every tensor of a step, computed once in `f64`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct StepContext {
+#[non_exhaustive]
+pub struct StepContext {
     /// This step's number, counting from 1.
     pub t: u64,
     /// The learning rate of this step, $s\eta$.
@@ -618,24 +621,12 @@ impl<T: Real> Optimizer<T> {
 
 /// The state buffers of a rule, PyTorch's names where it has them.
 fn slots_of(spec: &OptimizerSpec) -> &'static [&'static str] {
-    match &spec.rule {
-        Rule::Sgd(c) => c.slots(),
-        Rule::EmaMomentum(c) => c.slots(),
-        Rule::Adam(c) | Rule::AdamW(c) => c.slots(),
-        Rule::Rmsprop(c) => c.slots(),
-        Rule::Adagrad(c) => c.slots(),
-        Rule::Lion(c) => c.slots(),
-        Rule::Madam(c) => c.slots(),
-        Rule::NormSgd(_) | Rule::Multiplicative(_) | Rule::LossProp(_) => &[],
-    }
+    spec.rule.slots()
 }
 
 /// The scalar state per tensor of a rule (Madam's clamp bound).
 fn scalars_of(spec: &OptimizerSpec) -> &'static [&'static str] {
-    match &spec.rule {
-        Rule::Madam(c) => c.tensor_scalars(),
-        _ => &[],
-    }
+    spec.rule.tensor_scalars()
 }
 
 impl<T: Real> Optimizer<T> {
@@ -676,11 +667,7 @@ impl<T: Real> Optimizer<T> {
         if info.micro_batches == 0 {
             return Err(Error::invalid("micro_batches", 0, "must be at least 1"));
         }
-        if self
-            .all_specs()
-            .any(|s| matches!(s.rule, Rule::LossProp(_)))
-            && info.loss.is_none()
-        {
+        if self.all_specs().any(|s| s.rule.needs_loss()) && info.loss.is_none() {
             return Err(Error::MissingLoss {
                 optimizer: self.describe(),
             });
@@ -703,8 +690,8 @@ impl<T: Real> Optimizer<T> {
                     value: loss,
                 });
         let mut norm_sq = 0.0;
-        let need_norm = self.spec.clip_norm.is_some()
-            || self.all_specs().any(|s| matches!(s.rule, Rule::NormSgd(_)));
+        let need_norm =
+            self.spec.clip_norm.is_some() || self.all_specs().any(|s| s.rule.needs_norm());
         if nonfinite.is_none() && (check || need_norm) {
             let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
             match kernel::reduce(&slices, need_norm) {
@@ -798,9 +785,7 @@ impl<T: Real> Optimizer<T> {
             grad_norm: need_norm.then(|| norm_sq.sqrt()),
         };
         for (p, state) in params.iter().zip(&mut self.tensors) {
-            if let Rule::Madam(c) = rules[state.group] {
-                c.begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
-            }
+            rules[state.group].begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
         }
         if kernel::is_small(numel) {
             for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
@@ -893,10 +878,7 @@ impl<T: Real> Optimizer<T> {
         let mut tensors = Vec::with_capacity(params.len());
         for (p, group) in params.iter().zip(groups) {
             let spec = self.group_spec(group).unwrap_or(&self.spec);
-            let init = match &spec.rule {
-                Rule::Adagrad(c) => T::from_f64(c.initial_value()),
-                _ => T::zero(),
-            };
+            let init = T::from_f64(spec.rule.initial_state());
             tensors.push(TensorState {
                 group,
                 slots: vec![vec![init; p.data.len()]; slots_of(spec).len()],
@@ -996,19 +978,7 @@ fn step_tensor<T: Real>(
     slots: &mut [&mut [T]],
     scalars: &[f64],
 ) {
-    match rule {
-        Rule::Sgd(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::EmaMomentum(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::Adam(c) => c.step_tensor(false, ctx, p, g, slots),
-        Rule::AdamW(c) => c.step_tensor(true, ctx, p, g, slots),
-        Rule::Rmsprop(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::Adagrad(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::Lion(c) => c.step_tensor(ctx, p, g, slots),
-        Rule::Madam(c) => c.step_tensor(ctx, p, g, slots, scalars),
-        Rule::NormSgd(c) => c.step_tensor(ctx, p, g),
-        Rule::Multiplicative(c) => c.step_tensor(ctx, p, g),
-        Rule::LossProp(c) => c.step_tensor(ctx, p, g),
-    }
+    rule.step_tensor(ctx, p, g, slots, scalars);
 }
 
 #[cfg(test)]

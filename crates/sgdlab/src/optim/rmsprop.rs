@@ -2,6 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -28,9 +29,13 @@ config! {
     }
 }
 
-impl Rmsprop {
+impl UpdateRule for Rmsprop {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("alpha", self.alpha)?;
         check::positive("eps", self.eps)?;
@@ -38,7 +43,7 @@ impl Rmsprop {
         check::unit_open("momentum", self.momentum)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         match (self.momentum > 0.0, self.centered) {
             (false, false) => &["square_avg"],
             (true, false) => &["square_avg", "momentum_buffer"],
@@ -48,12 +53,13 @@ impl Rmsprop {
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
+        _scalars: &[f64],
     ) {
         let lr = T::from_f64(ctx.lr);
         let mu = T::from_f64(self.momentum);

@@ -3,6 +3,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -17,15 +18,30 @@ config! {
     }
 }
 
-impl NormSgd {
+impl UpdateRule for NormSgd {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn needs_norm(&self) -> bool {
+        true
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::positive("eps", self.eps)
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        _slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
         let d = ctx.numel.max(1) as f64;
         let factor =
             T::from_f64(ctx.lr * ctx.grad_scale / (ctx.grad_norm_sq / d + self.eps).sqrt());
@@ -47,15 +63,26 @@ config! {
     }
 }
 
-impl Multiplicative {
+impl UpdateRule for Multiplicative {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::positive("eps", self.eps)
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        _slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
         let eps = T::from_f64(self.eps);
@@ -77,14 +104,29 @@ config! {
     }
 }
 
-impl LossProp {
+impl UpdateRule for LossProp {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn needs_loss(&self) -> bool {
+        true
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T]) {
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        _slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
         let loss = ctx.loss.unwrap_or(f64::NAN);
         let factor = T::from_f64(ctx.lr * loss * ctx.grad_scale);
         blocks(ctx.prefetch, p, g, [], |p, g, []| {

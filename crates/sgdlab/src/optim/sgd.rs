@@ -2,6 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
+use super::rule::UpdateRule;
 use super::spec::{Debias, check, config};
 use crate::{Error, Real, Result};
 
@@ -27,9 +28,13 @@ config! {
     }
 }
 
-impl Sgd {
+impl UpdateRule for Sgd {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
     /// Checks ranges, and Nesterov's requirements (as PyTorch does).
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("momentum", self.momentum)?;
         check::unit_closed("dampening", self.dampening)?;
@@ -47,7 +52,7 @@ impl Sgd {
         Ok(())
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         if self.momentum == 0.0 {
             &[]
         } else {
@@ -56,12 +61,13 @@ impl Sgd {
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
+        _scalars: &[f64],
     ) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
@@ -120,24 +126,33 @@ config! {
     }
 }
 
-impl EmaMomentum {
+impl UpdateRule for EmaMomentum {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [self.beta, 0.0]
+    }
+
     /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta", self.beta)
     }
 
-    pub(crate) fn slots(&self) -> &'static [&'static str] {
+    fn slots(&self) -> &'static [&'static str] {
         &["exp_avg"]
     }
 
     #[inline(always)]
-    pub(crate) fn step_tensor<T: Real>(
+    fn step_tensor<T: Real>(
         &self,
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
+        _scalars: &[f64],
     ) {
         let [m] = slots else {
             unreachable!("ema-momentum has one slot")

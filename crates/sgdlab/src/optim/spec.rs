@@ -14,6 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::rule::{Keys, UpdateRule};
 use super::{adagrad, adam, lion, madam, rmsprop, rules, sgd};
 use crate::{Error, Result};
 
@@ -144,6 +145,17 @@ macro_rules! config {
                 out
             }
         }
+
+        impl $crate::optim::rule::Keys for $name {
+            const NAME: &'static str = $spec_name;
+            const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
+            fn set_key(&mut self, key: &str, text: &str) -> $crate::Result<()> {
+                self.set(key, text)
+            }
+            fn changed_keys(&self) -> Vec<(&'static str, String)> {
+                self.non_default_pairs()
+            }
+        }
     };
 }
 pub(crate) use config;
@@ -204,22 +216,123 @@ pub(crate) mod check {
     }
 }
 
-/// The update rule of an optimizer, with its hyper-parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Rule {
+/// Declares the registry of update rules: the [`Rule`] enum, [`NAMES`], and every method of
+/// `Rule` as a dispatch to the rule's [`UpdateRule`] implementation. One line per rule.
+macro_rules! registry {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty), )*) => {
+        /// The update rule of an optimizer, with its hyper-parameters: one variant per
+        /// optimizer, each a configuration implementing [`UpdateRule`].
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Rule {
+            $( $(#[$doc])* $variant($ty), )*
+        }
+
+        /// The optimizer names a spec may start with.
+        pub const NAMES: &[&str] = &[$( <$ty as Keys>::NAME ),*];
+
+        impl Rule {
+            /// The rule's name in a spec string.
+            pub fn name(&self) -> &'static str {
+                match self { $( Rule::$variant(_) => <$ty as Keys>::NAME, )* }
+            }
+
+            /// The rule with all defaults for `name`.
+            pub fn default_for(name: &str) -> Result<Self> {
+                $( if name == <$ty as Keys>::NAME {
+                    return Ok(Rule::$variant(<$ty>::default()));
+                } )*
+                Err(Error::invalid(
+                    "optimizer",
+                    name,
+                    format!("unknown optimizer; known: {}", NAMES.join(", ")),
+                ))
+            }
+
+            fn set(&mut self, key: &str, text: &str) -> Result<()> {
+                match self { $( Rule::$variant(c) => c.set_key(key, text), )* }
+            }
+
+            fn non_default_pairs(&self) -> Vec<(&'static str, String)> {
+                match self { $( Rule::$variant(c) => c.changed_keys(), )* }
+            }
+
+            /// Checks every hyper-parameter's range and their combinations.
+            pub fn validate(&self) -> Result<()> {
+                match self { $( Rule::$variant(c) => c.validate(), )* }
+            }
+
+            /// The decay rates whose $t$-th powers the update needs, taken once per step
+            /// (`powf` costs more than a small tensor's loop).
+            pub(crate) fn decays(&self) -> [f64; 2] {
+                match self { $( Rule::$variant(c) => c.decays(), )* }
+            }
+
+            /// The learning rate.
+            pub fn lr(&self) -> f64 {
+                match self { $( Rule::$variant(c) => c.lr(), )* }
+            }
+
+            /// Names of the per-parameter state buffers.
+            pub fn slots(&self) -> &'static [&'static str] {
+                match self { $( Rule::$variant(c) => c.slots(), )* }
+            }
+
+            /// Names of the scalars kept per tensor.
+            pub fn tensor_scalars(&self) -> &'static [&'static str] {
+                match self { $( Rule::$variant(c) => c.tensor_scalars(), )* }
+            }
+
+            /// The initial value of every state buffer.
+            pub(crate) fn initial_state(&self) -> f64 {
+                match self { $( Rule::$variant(c) => c.initial_state(), )* }
+            }
+
+            /// Whether a step needs the loss.
+            pub fn needs_loss(&self) -> bool {
+                match self { $( Rule::$variant(c) => c.needs_loss(), )* }
+            }
+
+            /// Whether a step needs the global gradient norm.
+            pub fn needs_norm(&self) -> bool {
+                match self { $( Rule::$variant(c) => c.needs_norm(), )* }
+            }
+
+            pub(crate) fn begin_tensor<T: crate::Real>(
+                &self,
+                ctx: &super::StepContext,
+                p: &[T],
+                scalars: &mut [f64],
+            ) {
+                match self { $( Rule::$variant(c) => c.begin_tensor(ctx, p, scalars), )* }
+            }
+
+            /// One chunk's update (inlined into each SIMD copy of the kernel).
+            #[inline(always)]
+            pub(crate) fn step_tensor<T: crate::Real>(
+                &self,
+                ctx: &super::StepContext,
+                p: &mut [T],
+                g: &[T],
+                slots: &mut [&mut [T]],
+                scalars: &[f64],
+            ) {
+                match self { $( Rule::$variant(c) => c.step_tensor(ctx, p, g, slots, scalars), )* }
+            }
+        }
+    };
+}
+
+registry! {
     /// `sgd`: PyTorch's SGD with momentum, dampening, Nesterov and L2 weight decay.
     Sgd(sgd::Sgd),
     /// `ema-momentum`: problem 3's EMA-form momentum.
     EmaMomentum(sgd::EmaMomentum),
     /// `adam`: PyTorch's Adam (L2 weight decay), with AMSGrad and debias modes.
     Adam(adam::Adam),
-    /// `adamw`: PyTorch's AdamW (decoupled weight decay), with AMSGrad and debias modes.
-    ///
-    /// Its defaults are [`Adam::adamw_default`](adam::Adam::adamw_default) (`weight_decay =
-    /// 0.01`), not `Adam::default()`: write `Rule::AdamW(Adam { lr: 0.01,
-    /// ..Adam::adamw_default() })`, or build specs with [`OptimizerSpec::named`], whose
-    /// defaults are always the spec string's.
-    AdamW(adam::Adam),
+    /// `adamw`: PyTorch's AdamW (decoupled weight decay), with AMSGrad and debias modes;
+    /// its own configuration type, so that `AdamW { lr: 0.01, ..Default::default() }` has
+    /// AdamW's `weight_decay = 0.01`.
+    AdamW(adam::AdamW),
     /// `rmsprop`: PyTorch's RMSprop, plain or centered, with momentum.
     Rmsprop(rmsprop::Rmsprop),
     /// `adagrad`: PyTorch's Adagrad.
@@ -249,140 +362,6 @@ pub struct OptimizerSpec {
     /// Check gradients (and the loss) for NaN/Inf before the step (default). `false` trades
     /// that safety for one pass over memory less.
     pub check_finite: bool,
-}
-
-/// The optimizer names a spec may start with.
-pub const NAMES: &[&str] = &[
-    "sgd",
-    "ema-momentum",
-    "adam",
-    "adamw",
-    "rmsprop",
-    "adagrad",
-    "lion",
-    "madam",
-    "normsgd",
-    "multiplicative",
-    "lossprop",
-];
-
-impl Rule {
-    /// The rule's name in a spec string.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Rule::Sgd(_) => sgd::Sgd::NAME,
-            Rule::EmaMomentum(_) => sgd::EmaMomentum::NAME,
-            Rule::Adam(_) => "adam",
-            Rule::AdamW(_) => "adamw",
-            Rule::Rmsprop(_) => rmsprop::Rmsprop::NAME,
-            Rule::Adagrad(_) => adagrad::Adagrad::NAME,
-            Rule::Lion(_) => lion::Lion::NAME,
-            Rule::Madam(_) => madam::Madam::NAME,
-            Rule::NormSgd(_) => rules::NormSgd::NAME,
-            Rule::Multiplicative(_) => rules::Multiplicative::NAME,
-            Rule::LossProp(_) => rules::LossProp::NAME,
-        }
-    }
-
-    /// The rule with all defaults for `name`.
-    pub fn default_for(name: &str) -> Result<Self> {
-        Ok(match name {
-            "sgd" => Rule::Sgd(Default::default()),
-            "ema-momentum" => Rule::EmaMomentum(Default::default()),
-            "adam" => Rule::Adam(adam::Adam::default()),
-            "adamw" => Rule::AdamW(adam::Adam::adamw_default()),
-            "rmsprop" => Rule::Rmsprop(Default::default()),
-            "adagrad" => Rule::Adagrad(Default::default()),
-            "lion" => Rule::Lion(Default::default()),
-            "madam" => Rule::Madam(Default::default()),
-            "normsgd" => Rule::NormSgd(Default::default()),
-            "multiplicative" => Rule::Multiplicative(Default::default()),
-            "lossprop" => Rule::LossProp(Default::default()),
-            other => {
-                return Err(Error::invalid(
-                    "optimizer",
-                    other,
-                    format!("unknown optimizer; known: {}", NAMES.join(", ")),
-                ));
-            }
-        })
-    }
-
-    fn set(&mut self, key: &str, text: &str) -> Result<()> {
-        match self {
-            Rule::Sgd(c) => c.set(key, text),
-            Rule::EmaMomentum(c) => c.set(key, text),
-            Rule::Adam(c) | Rule::AdamW(c) => c.set(key, text),
-            Rule::Rmsprop(c) => c.set(key, text),
-            Rule::Adagrad(c) => c.set(key, text),
-            Rule::Lion(c) => c.set(key, text),
-            Rule::Madam(c) => c.set(key, text),
-            Rule::NormSgd(c) => c.set(key, text),
-            Rule::Multiplicative(c) => c.set(key, text),
-            Rule::LossProp(c) => c.set(key, text),
-        }
-    }
-
-    fn non_default_pairs(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Rule::Sgd(c) => c.non_default_pairs(),
-            Rule::EmaMomentum(c) => c.non_default_pairs(),
-            Rule::Adam(c) => c.non_default_pairs(),
-            // AdamW's defaults differ from Adam's (weight_decay = 0.01).
-            Rule::AdamW(c) => c.pairs_differing_from(&adam::Adam::adamw_default()),
-            Rule::Rmsprop(c) => c.non_default_pairs(),
-            Rule::Adagrad(c) => c.non_default_pairs(),
-            Rule::Lion(c) => c.non_default_pairs(),
-            Rule::Madam(c) => c.non_default_pairs(),
-            Rule::NormSgd(c) => c.non_default_pairs(),
-            Rule::Multiplicative(c) => c.non_default_pairs(),
-            Rule::LossProp(c) => c.non_default_pairs(),
-        }
-    }
-
-    /// Checks every hyper-parameter's range and their combinations.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            Rule::Sgd(c) => c.validate(),
-            Rule::EmaMomentum(c) => c.validate(),
-            Rule::Adam(c) | Rule::AdamW(c) => c.validate(),
-            Rule::Rmsprop(c) => c.validate(),
-            Rule::Adagrad(c) => c.validate(),
-            Rule::Lion(c) => c.validate(),
-            Rule::Madam(c) => c.validate(),
-            Rule::NormSgd(c) => c.validate(),
-            Rule::Multiplicative(c) => c.validate(),
-            Rule::LossProp(c) => c.validate(),
-        }
-    }
-
-    /// The decay rates whose $t$-th powers the update needs ($\beta_1, \beta_2$ for Adam and
-    /// AdamW, $\beta$ for EMA momentum, Madam's 0.999; 0 where there is none). The powers are
-    /// taken once per step, not once per chunk: `powf` costs more than a small tensor's loop.
-    pub(crate) fn decays(&self) -> [f64; 2] {
-        match self {
-            Rule::Adam(c) | Rule::AdamW(c) => [c.beta1, c.beta2],
-            Rule::EmaMomentum(c) => [c.beta, 0.0],
-            Rule::Madam(_) => [super::madam::MADAM_BETA, 0.0],
-            _ => [0.0; 2],
-        }
-    }
-
-    /// The learning rate.
-    pub fn lr(&self) -> f64 {
-        match self {
-            Rule::Sgd(c) => c.lr,
-            Rule::EmaMomentum(c) => c.lr,
-            Rule::Adam(c) | Rule::AdamW(c) => c.lr,
-            Rule::Rmsprop(c) => c.lr,
-            Rule::Adagrad(c) => c.lr,
-            Rule::Lion(c) => c.lr,
-            Rule::Madam(c) => c.lr,
-            Rule::NormSgd(c) => c.lr,
-            Rule::Multiplicative(c) => c.lr,
-            Rule::LossProp(c) => c.lr,
-        }
-    }
 }
 
 impl OptimizerSpec {

@@ -1,0 +1,83 @@
+//! What an update rule is: the [`UpdateRule`] trait that each optimizer's file implements,
+//! and [`Keys`], the spec keys its `config!` block derives.
+//!
+//! Adding an optimizer is one file — its `config!` block (keys, defaults, docs) and its
+//! `impl UpdateRule` (validation, state buffers, per-element update) — and one line in the
+//! registry of [`spec`](super::spec), which makes it known to specs, checkpoints, the
+//! kernels, the lab and bench. Nothing else names individual rules.
+
+use super::StepContext;
+use crate::{Real, Result};
+
+/// The spec keys of a rule's configuration (derived by the `config!` macro).
+pub trait Keys {
+    /// The rule's name in a spec string.
+    const NAME: &'static str;
+    /// The keys it accepts (besides the global `clip_norm`, `skip_nonfinite`,
+    /// `check_finite`).
+    const KEYS: &'static [&'static str];
+    /// Sets `key` to the value written as `text`.
+    fn set_key(&mut self, key: &str, text: &str) -> Result<()>;
+    /// `(key, value)` for every value that differs from the default.
+    fn changed_keys(&self) -> Vec<(&'static str, String)>;
+}
+
+/// An optimizer's update: its configuration, state buffers and the per-element rule.
+///
+/// The kernel calls [`UpdateRule::step_tensor`] on chunks of each tensor (of at most
+/// [`CHUNK`](super::kernel::CHUNK) elements), with the per-step scalars of the
+/// [`StepContext`] computed once in `f64`; it must be elementwise (any reduction over a
+/// tensor goes in [`UpdateRule::begin_tensor`]), and use only IEEE-exact operations so that
+/// every SIMD level and thread count gives the same bits.
+pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Send + Sync {
+    /// Checks every hyper-parameter's range and their combinations.
+    fn validate(&self) -> Result<()>;
+
+    /// The learning rate $\eta$.
+    fn lr(&self) -> f64;
+
+    /// Names of the per-parameter state buffers, PyTorch's where it has them.
+    fn slots(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Names of the scalars kept per tensor (e.g. Madam's clamp bound).
+    fn tensor_scalars(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The decay rates whose $t$-th powers the update needs (taken once per step into
+    /// [`StepContext::beta_pow`]); 0 where there is none.
+    fn decays(&self) -> [f64; 2] {
+        [0.0; 2]
+    }
+
+    /// The initial value of every state buffer.
+    fn initial_state(&self) -> f64 {
+        0.0
+    }
+
+    /// Whether a step needs the loss (`StepInfo::loss`).
+    fn needs_loss(&self) -> bool {
+        false
+    }
+
+    /// Whether a step needs the global gradient norm ([`StepContext::grad_norm_sq`]).
+    fn needs_norm(&self) -> bool {
+        false
+    }
+
+    /// Runs once per tensor and step, before its chunks, with the whole tensor (reductions).
+    fn begin_tensor<T: Real>(&self, _ctx: &StepContext, _p: &[T], _scalars: &mut [f64]) {}
+
+    /// The update of one chunk: parameters `p` in place from gradients `g` and the state
+    /// buffers `slots` (in [`UpdateRule::slots`] order), with the tensor's `scalars`.
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
+    );
+}
