@@ -75,12 +75,28 @@ fn worst_relative_error(got: &[Vec<f64>], expected: &[Vec<f64>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The f64 tolerance of a reference file: 1e-10, except for the shared NAdam file, which CPU
+/// torch 2.15.0 itself misses by 1.4e-10 (it was recorded with a CUDA build); sgdlab equals
+/// CPU torch on it bit for bit (`cpu_torch_nadam_is_matched_exactly`).
+fn f64_tolerance(name: &str) -> f64 {
+    if name == "torch-nadam" { 2e-10 } else { 1e-10 }
+}
+
 #[test]
 fn f64_matches_pytorch_to_1e_10() {
     for case in cases() {
         let err = worst_relative_error(&run::<f64>(&case), &case.expected);
-        assert!(err <= 1e-10, "{} ({}): {err:e}", case.name, case.optimizer);
+        let tol = f64_tolerance(&case.name);
+        assert!(err <= tol, "{} ({}): {err:e}", case.name, case.optimizer);
     }
+}
+
+#[test]
+fn cpu_torch_nadam_is_matched_exactly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/reference/torch-cpu-nadam.json");
+    let case: Case = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(run::<f64>(&case), case.expected);
 }
 
 #[test]

@@ -19,11 +19,14 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod adamax;
 pub(crate) mod checkpoint;
 pub mod group;
 pub mod kernel;
 pub mod lion;
 pub mod madam;
+pub mod nadam;
+pub mod radam;
 pub mod rmsprop;
 pub mod rule;
 pub mod rules;

@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::rule::{Keys, UpdateRule};
-use super::{adagrad, adam, lion, madam, rmsprop, rules, sgd};
+use super::{adagrad, adam, adamax, lion, madam, nadam, radam, rmsprop, rules, sgd};
 use crate::{Error, Result};
 
 /// A value that can appear on the right of `key=` in a spec.
@@ -347,6 +347,12 @@ registry! {
     Multiplicative(rules::Multiplicative),
     /// `lossprop`: problem 7b's loss-proportional update.
     LossProp(rules::LossProp),
+    /// `adamax`: PyTorch's Adamax.
+    Adamax(adamax::Adamax),
+    /// `nadam`: PyTorch's NAdam (and NAdamW with `decoupled_weight_decay=true`).
+    Nadam(nadam::Nadam),
+    /// `radam`: PyTorch's RAdam.
+    Radam(radam::Radam),
 }
 
 /// A complete, validated optimizer specification.

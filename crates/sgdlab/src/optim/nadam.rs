@@ -1,0 +1,120 @@
+//! NAdam (PyTorch's `torch.optim.NAdam`): Adam with Nesterov momentum and a momentum schedule.
+
+use super::StepContext;
+use super::kernel::blocks;
+use super::rule::UpdateRule;
+use super::spec::{check, config};
+use crate::{Real, Result};
+
+config! {
+    /// `nadam`: PyTorch's `torch.optim.NAdam` (Dozat 2016).
+    ///
+    /// With the momentum schedule $\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})$ and its running
+    /// product $\Pi_t = \prod_{s\le t}\mu_s$ (kept per tensor, as PyTorch does):
+    /// $m \leftarrow m + (1-\beta_1)(g - m)$, $v \leftarrow \beta_2 v + (1-\beta_2)g^2$,
+    /// $d = \sqrt{v/(1-\beta_2^t)} + \epsilon$,
+    /// $\Phi \leftarrow \Phi - \eta\frac{1-\mu_t}{1-\Pi_t}\,g/d - \eta\frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}}\,m/d$.
+    /// Weight decay $\lambda$ is added to $g$, or with `decoupled_weight_decay=true` applied
+    /// as $\Phi \leftarrow (1-\eta\lambda)\Phi$ first (NAdamW).
+    Nadam("nadam") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 2e-3,
+        /// First-moment decay $\beta_1 \in [0, 1)$.
+        beta1: f64 = 0.9,
+        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        beta2: f64 = 0.999,
+        /// $\epsilon > 0$ added to the denominator.
+        eps: f64 = 1e-8,
+        /// Weight decay $\lambda \ge 0$.
+        weight_decay: f64 = 0.0,
+        /// Momentum decay $\psi \ge 0$ of the schedule $\mu_t$.
+        momentum_decay: f64 = 4e-3,
+        /// Decoupled weight decay (NAdamW) instead of L2.
+        decoupled_weight_decay: bool = false,
+    }
+}
+
+impl Nadam {
+    /// $\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})$.
+    fn mu(&self, t: u64) -> f64 {
+        self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
+    }
+}
+
+impl UpdateRule for Nadam {
+    fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_open("beta1", self.beta1)?;
+        check::unit_open("beta2", self.beta2)?;
+        check::positive("eps", self.eps)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)?;
+        check::at_least("momentum_decay", self.momentum_decay, 0.0)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_avg_sq"]
+    }
+
+    /// `mu_product`, $\Pi_t$.
+    fn tensor_scalars(&self) -> &'static [&'static str] {
+        &["mu_product"]
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [0.0, self.beta2]
+    }
+
+    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        let before = if ctx.t == 1 { 1.0 } else { scalars[0] };
+        scalars[0] = before * self.mu(ctx.t);
+    }
+
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
+    ) {
+        let [m, v] = slots else {
+            unreachable!("nadam has two slots")
+        };
+        let [mu_product] = scalars else {
+            unreachable!("nadam has one tensor scalar")
+        };
+        let (mu, mu_next) = (self.mu(ctx.t), self.mu(ctx.t + 1));
+        let c_grad = T::from_f64(-ctx.lr * (1.0 - mu) / (1.0 - mu_product));
+        let c_avg = T::from_f64((-ctx.lr * mu_next) / (1.0 - mu_product * mu_next));
+        let bc2 = T::from_f64(1.0 - ctx.beta_pow[1]);
+        let gs = T::from_f64(ctx.grad_scale);
+        let wd = T::from_f64(self.weight_decay);
+        let (l2, decay) = if self.decoupled_weight_decay {
+            (T::zero(), T::from_f64(1.0 - ctx.lr * self.weight_decay))
+        } else {
+            (wd, T::one())
+        };
+        let (w1, b2, c2, eps) = (
+            T::from_f64(1.0 - self.beta1),
+            T::from_f64(self.beta2),
+            T::from_f64(1.0 - self.beta2),
+            T::from_f64(self.eps),
+        );
+        blocks(ctx.prefetch, p, g, [m, v], |p, g, [m, v]| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let x = *p * decay;
+                let g = g * gs + l2 * x;
+                *m = *m + w1 * (g - *m);
+                *v = b2 * *v + c2 * g * g;
+                let d = (*v / bc2).sqrt() + eps;
+                let x = x + c_grad * (g / d);
+                *p = x + c_avg * (*m / d);
+            }
+        });
+    }
+}
