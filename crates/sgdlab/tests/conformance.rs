@@ -93,8 +93,8 @@ fn f64_matches_pytorch_to_1e_10() {
 
 #[test]
 fn cpu_torch_nadam_is_matched_exactly() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/reference/torch-cpu-nadam.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference/torch-cpu-nadam.json");
     let case: Case = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(run::<f64>(&case), case.expected);
 }

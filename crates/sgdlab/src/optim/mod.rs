@@ -20,6 +20,7 @@
 pub mod adagrad;
 pub mod adam;
 pub mod adamax;
+pub mod ademamix;
 pub(crate) mod checkpoint;
 pub mod group;
 pub mod kernel;

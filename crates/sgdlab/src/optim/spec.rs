@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::rule::{Keys, UpdateRule};
-use super::{adagrad, adam, adamax, lion, madam, nadam, radam, rmsprop, rules, sgd};
+use super::{adagrad, adam, adamax, ademamix, lion, madam, nadam, radam, rmsprop, rules, sgd};
 use crate::{Error, Result};
 
 /// A value that can appear on the right of `key=` in a spec.
@@ -353,6 +353,8 @@ registry! {
     Nadam(nadam::Nadam),
     /// `radam`: PyTorch's RAdam.
     Radam(radam::Radam),
+    /// `ademamix`: AdEMAMix, optax semantics.
+    Ademamix(ademamix::Ademamix),
 }
 
 /// A complete, validated optimizer specification.
