@@ -22,6 +22,10 @@ pub struct Case {
     /// The loss of every step (for rules that use it), if recorded.
     #[serde(default)]
     pub losses: Option<Vec<f64>>,
+    /// The parameters' shape (row-major), e.g. `[rows, cols]` for matrix rules; a vector of
+    /// `init.len()` elements when absent.
+    #[serde(default)]
+    pub shape: Option<Vec<usize>>,
 }
 
 impl Case {
@@ -36,6 +40,15 @@ impl Case {
                 return Err(Error::Data(format!(
                     "grads[{t}] has {} values, but init has {}",
                     g.len(),
+                    case.init.len()
+                )));
+            }
+        }
+        if let Some(shape) = &case.shape {
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if numel != Some(case.init.len()) {
+                return Err(Error::Data(format!(
+                    "shape {shape:?} does not hold the {} values of init",
                     case.init.len()
                 )));
             }
@@ -62,7 +75,8 @@ impl Case {
         let convert = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
         let init = convert(&self.init);
         crate::error::check_finite(&format!("init (as {})", T::NAME), &init)?;
-        let mut params = vec![Tensor::vector("params", init)];
+        let shape = self.shape.clone().unwrap_or_else(|| vec![init.len()]);
+        let mut params = vec![Tensor::new("params", shape.clone(), init)?];
         let mut out = Vec::with_capacity(self.grads.len());
         for (t, g) in self.grads.iter().enumerate() {
             let info = StepInfo {
@@ -70,8 +84,8 @@ impl Case {
                 ..StepInfo::default()
             };
             let step_err = |e: Error| Error::Data(format!("step {}: {e}", t + 1));
-            opt.step(&mut params, &[Tensor::vector("params", convert(g))], &info)
-                .map_err(step_err)?;
+            let grad = Tensor::new("params", shape.clone(), convert(g))?;
+            opt.step(&mut params, &[grad], &info).map_err(step_err)?;
             crate::error::check_finite(
                 &format!("the parameters (as {}) after step {}", T::NAME, t + 1),
                 params[0].data(),
@@ -107,5 +121,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("init (as f32)"), "{err}");
+        let shaped = Case::from_json(br#"{"optimizer": "sgd", "init": [1, 2, 3, 4, 5, 6], "grads": [[1, 1, 1, 1, 1, 1]], "shape": [2, 3]}"#).unwrap();
+        assert_eq!(shaped.replay::<f64>().unwrap()[0].len(), 6);
+        let bad = Case::from_json(
+            br#"{"optimizer": "sgd", "init": [1, 2, 3], "grads": [], "shape": [2, 2]}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("shape [2, 2]"));
     }
 }
