@@ -316,7 +316,8 @@ impl StepInfo {
 pub struct StepReport {
     /// Applied or skipped.
     pub outcome: StepOutcome,
-    /// The learning rate the update used ($s\eta$; for parameter groups, the first group's).
+    /// The learning rate the update used, $s\eta$ of the optimizer's own spec (group 0;
+    /// other groups scale their own $\eta$ by the same $s$).
     pub lr: f64,
     /// The global 2-norm of the (mean) gradient before clipping, when the step computed it
     /// (with `clip_norm`, or for `normsgd`).
