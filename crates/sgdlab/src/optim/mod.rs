@@ -360,8 +360,8 @@ pub struct StepContext {
     pub numel: usize,
     /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
     pub beta_pow: [f64; 2],
-    /// Whether element loops prefetch ahead ([`kernel::blocks`]): for steps whose working set
-    /// is at least [`kernel::PREFETCH_MIN_BYTES`].
+    /// Whether element loops prefetch ahead (`kernel::blocks`): for steps whose working set
+    /// is at least 32 MiB.
     pub prefetch: bool,
 }
 
