@@ -115,13 +115,9 @@ fn run_dirs(dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
 /// Prepares `out` for writing: refuses a directory that already holds something unless
 /// resuming or `--force` (which removes earlier runs and outputs), locks it against other
 /// processes, and removes temporary files that a killed writer left behind.
+///
+/// `run` has already refused an `--out` that is a file, or missing when resuming.
 fn prepare_out(out: &Path, args: &TrainArgs, runs: usize) -> anyhow::Result<sgdlab::io::DirLock> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out {}: is a file, not a run directory", out.display());
-    }
-    if args.resume && !out.exists() {
-        bail!("--resume: {} does not exist", out.display());
-    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let lock = sgdlab::io::DirLock::acquire(out)?;
     let lock_name = sgdlab::io::DirLock::FILE;
@@ -271,7 +267,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         (None, true) => bail!("--resume needs --out DIR, the directory of the runs to continue"),
         (None, false) => PathBuf::from("runs").join(timestamp()),
     };
-    if args.resume && out.exists() && !out.is_dir() {
+    // Checked before the data are loaded, so that a wrong --out fails at once.
+    if out.exists() && !out.is_dir() {
         bail!("--out {}: is a file, not a run directory", out.display());
     }
     if args.resume && !out.exists() {
