@@ -217,7 +217,7 @@ pub(crate) struct Unit<'a, T> {
 
 #[inline(always)]
 fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
-    super::step_tensor(rule, ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
+    rule.step_tensor(ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
 }
 
 multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
@@ -464,7 +464,7 @@ mod tests {
                     .map(|k| (0..n).map(|i| ((i + k) % 5) as f32 * 0.01).collect())
                     .collect();
                 let mut views: Vec<&mut [f32]> = slots.iter_mut().map(|s| &mut s[..]).collect();
-                super::super::step_tensor(rule, &ctx, &mut p, &g, &mut views, &[2.0]);
+                rule.step_tensor(&ctx, &mut p, &g, &mut views, &[2.0]);
                 (p, slots)
             };
             let (whole, blocked) = (run(false), run(true));

@@ -677,10 +677,12 @@ impl<T: Real> Optimizer<T> {
                 optimizer: self.describe(),
             });
         }
-        if self.layout.is_none() {
-            // Only checks; the state is allocated once the step is known to go ahead.
-            self.assign_groups(params)?;
-        }
+        // The first step fixes each tensor's group; a group that matches nothing is an error
+        // before anything else. The state is allocated once the step is known to go ahead.
+        let first_groups = match self.layout {
+            None => Some(self.assign_groups(params)?),
+            Some(_) => None,
+        };
 
         // Pre-pass over all tensors: finiteness and the squared norm, deterministically.
         // With check_finite=false the pass runs only when a norm is needed (and then it
@@ -749,8 +751,8 @@ impl<T: Real> Optimizer<T> {
         };
         let grad_scale = mean * clip;
 
-        if self.layout.is_none() {
-            self.allocate(params)?;
+        if let Some(groups) = first_groups {
+            self.allocate(params, groups);
         }
         self.step += 1;
         let numel: usize = params.iter().map(|p| p.data.len()).sum();
@@ -871,9 +873,9 @@ impl<T: Real> Optimizer<T> {
         Ok(groups)
     }
 
-    /// Creates the state buffers for `params` (at the first step), by each tensor's group.
-    fn allocate(&mut self, params: &[ParamMut<'_, T>]) -> Result<()> {
-        let groups = self.assign_groups(params)?;
+    /// Creates the state buffers for `params` (at the first step), by each tensor's group
+    /// (from [`Optimizer::assign_groups`]).
+    fn allocate(&mut self, params: &[ParamMut<'_, T>], groups: Vec<usize>) {
         self.layout = Some(
             params
                 .iter()
@@ -891,7 +893,6 @@ impl<T: Real> Optimizer<T> {
             });
         }
         self.tensors = tensors;
-        Ok(())
     }
 
     fn check_layout(&self, params: &[ParamMut<'_, T>], grads: &[GradRef<'_, T>]) -> Result<()> {
@@ -970,20 +971,6 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
         s.push_str(", ...");
     }
     s
-}
-
-/// Applies `rule` to one chunk of a tensor: the single pass over its parameters, gradient and
-/// state buffers (`slots`, in [`Optimizer::slot_names`] order).
-#[inline(always)]
-fn step_tensor<T: Real>(
-    rule: &Rule,
-    ctx: &StepContext,
-    p: &mut [T],
-    g: &[T],
-    slots: &mut [&mut [T]],
-    scalars: &[f64],
-) {
-    rule.step_tensor(ctx, p, g, slots, scalars);
 }
 
 #[cfg(test)]
