@@ -3,7 +3,9 @@
 //! (`sgdlab replay`, the conformance tests).
 //!
 //! A case is JSON: `{"optimizer": SPEC, "init": [...], "grads": [[...], ...], "losses":
-//! [...]?}`; any other key (e.g. the reference's `"expected"`) is ignored.
+//! [...]?, "shape": [...]?, "expected": [[...], ...]?, "expected_eval": [[...], ...]?}`:
+//! `expected` is the reference's parameters after every step and `expected_eval` its
+//! evaluation point (Schedule-Free's $x$); any other key is ignored.
 
 use serde::Deserialize;
 
@@ -26,6 +28,49 @@ pub struct Case {
     /// `init.len()` elements when absent.
     #[serde(default)]
     pub shape: Option<Vec<usize>>,
+    /// The reference's parameters after every step, if recorded.
+    #[serde(default)]
+    pub expected: Option<Vec<Vec<f64>>>,
+    /// The reference's evaluation point after every step (Schedule-Free's $x$), if recorded.
+    #[serde(default)]
+    pub expected_eval: Option<Vec<Vec<f64>>>,
+}
+
+/// What a replay computes: the parameters after every step and, for rules that evaluate
+/// elsewhere (Schedule-Free), the evaluation point after every step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trajectory {
+    /// The parameters after every step.
+    pub params: Vec<Vec<f64>>,
+    /// The evaluation point after every step ([`Optimizer::eval_point`]), for rules that
+    /// have one.
+    pub eval: Option<Vec<Vec<f64>>>,
+}
+
+/// The worst error of `got` relative to each coordinate's magnitude over the `expected`
+/// trajectory (a coordinate passing through zero is judged against its own scale); NaN
+/// counts as infinitely wrong, and trajectories of different lengths or widths too.
+pub fn worst_relative_error(got: &[Vec<f64>], expected: &[Vec<f64>]) -> f64 {
+    if got.len() != expected.len() || got.iter().zip(expected).any(|(a, e)| a.len() != e.len()) {
+        return f64::INFINITY;
+    }
+    let dims = expected.first().map_or(0, Vec::len);
+    let scale: Vec<f64> = (0..dims)
+        .map(|i| {
+            expected
+                .iter()
+                .map(|e| e[i].abs())
+                .fold(f64::MIN_POSITIVE, f64::max)
+        })
+        .collect();
+    got.iter()
+        .zip(expected)
+        .flat_map(|(a, e)| a.iter().zip(e).zip(&scale))
+        .map(|((a, e), s)| {
+            let err = (a - e).abs() / s;
+            if err.is_nan() { f64::INFINITY } else { err }
+        })
+        .fold(0.0, f64::max)
 }
 
 impl Case {
@@ -53,6 +98,21 @@ impl Case {
                 )));
             }
         }
+        for (what, traj) in [
+            ("expected", &case.expected),
+            ("expected_eval", &case.expected_eval),
+        ] {
+            if let Some(traj) = traj
+                && (traj.len() != case.grads.len()
+                    || traj.iter().any(|row| row.len() != case.init.len()))
+            {
+                return Err(Error::Data(format!(
+                    "{what} must hold {} rows of {} values, one per step",
+                    case.grads.len(),
+                    case.init.len()
+                )));
+            }
+        }
         if let Some(losses) = &case.losses
             && losses.len() != case.grads.len()
         {
@@ -71,6 +131,11 @@ impl Case {
     /// parameters that stop being finite (the optimizer diverged, or the values overflow `T`):
     /// such a trajectory has no meaningful continuation and is not returned.
     pub fn replay<T: Real>(&self) -> Result<Vec<Vec<f64>>> {
+        self.run::<T>().map(|t| t.params)
+    }
+
+    /// [`Case::replay`] with the evaluation point of every step too (Schedule-Free's $x$).
+    pub fn run<T: Real>(&self) -> Result<Trajectory> {
         let mut opt = Optimizer::<T>::from_spec(&self.optimizer)?;
         let convert = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
         let init = convert(&self.init);
@@ -78,6 +143,7 @@ impl Case {
         let shape = self.shape.clone().unwrap_or_else(|| vec![init.len()]);
         let mut params = vec![Tensor::new("params", shape.clone(), init)?];
         let mut out = Vec::with_capacity(self.grads.len());
+        let mut eval = Vec::new();
         for (t, g) in self.grads.iter().enumerate() {
             let info = StepInfo {
                 loss: self.losses.as_ref().map(|l| l[t]),
@@ -91,8 +157,12 @@ impl Case {
                 params[0].data(),
             )?;
             out.push(params[0].data().iter().map(|x| x.as_f64()).collect());
+            if let Some(x) = opt.eval_point(0) {
+                eval.push(x.iter().map(|x| x.as_f64()).collect());
+            }
         }
-        Ok(out)
+        let eval = (!eval.is_empty()).then_some(eval);
+        Ok(Trajectory { params: out, eval })
     }
 }
 

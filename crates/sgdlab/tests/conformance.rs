@@ -4,20 +4,30 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sgdlab::Real;
-use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+use sgdlab::replay::worst_relative_error;
 
 #[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// A reference file: its name and the library's replay case (shape, expected trajectories).
 struct Case {
     name: String,
-    optimizer: String,
-    init: Vec<f64>,
-    grads: Vec<Vec<f64>>,
-    losses: Option<Vec<f64>>,
-    expected: Vec<Vec<f64>>,
+    case: sgdlab::replay::Case,
+}
+
+fn load(path: &Path) -> Case {
+    let bytes = std::fs::read(path).unwrap();
+    let named: Named = serde_json::from_slice(&bytes).unwrap();
+    Case {
+        name: named.name,
+        case: sgdlab::replay::Case::from_json(&bytes).unwrap(),
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -28,51 +38,23 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "conformance files missing in {dir:?}");
-    files
-        .iter()
-        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
-        .collect()
+    assert!(files.len() >= 26, "conformance files missing in {dir:?}");
+    files.iter().map(|f| load(f)).collect()
 }
 
-fn run<T: Real>(case: &Case) -> Vec<Vec<f64>> {
-    let mut opt = Optimizer::<T>::from_spec(&case.optimizer).unwrap();
-    let conv = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
-    let mut params = vec![Tensor::vector("params", conv(&case.init))];
-    let mut out = Vec::new();
-    for (t, g) in case.grads.iter().enumerate() {
-        let grads = vec![Tensor::vector("params", conv(g))];
-        let info = StepInfo {
-            loss: case.losses.as_ref().map(|l| l[t]),
-            ..StepInfo::default()
-        };
-        opt.step(&mut params, &grads, &info).unwrap();
-        out.push(params[0].data().iter().map(|x| x.as_f64()).collect());
+/// Worst relative error of the replay in `T` against the reference: the parameters, and the
+/// evaluation point where the reference recorded one (which the rule must then have).
+fn error<T: Real>(c: &Case) -> f64 {
+    let traj = c.case.run::<T>().unwrap();
+    let mut err = worst_relative_error(&traj.params, c.case.expected.as_ref().unwrap());
+    if let Some(want) = &c.case.expected_eval {
+        let got = traj
+            .eval
+            .as_ref()
+            .expect("the rule has an evaluation point");
+        err = err.max(worst_relative_error(got, want));
     }
-    out
-}
-
-/// Worst error relative to each coordinate's magnitude over the trajectory (so that a
-/// coordinate passing through zero is judged against its own scale, not against zero).
-fn worst_relative_error(got: &[Vec<f64>], expected: &[Vec<f64>]) -> f64 {
-    assert_eq!(got.len(), expected.len());
-    let dims = expected[0].len();
-    let scale: Vec<f64> = (0..dims)
-        .map(|i| {
-            expected
-                .iter()
-                .map(|e| e[i].abs())
-                .fold(f64::MIN_POSITIVE, f64::max)
-        })
-        .collect();
-    got.iter()
-        .zip(expected)
-        .flat_map(|(a, e)| a.iter().zip(e).zip(&scale))
-        .map(|((a, e), s)| {
-            let err = (a - e).abs() / s;
-            if err.is_nan() { f64::INFINITY } else { err }
-        })
-        .fold(0.0, f64::max)
+    err
 }
 
 /// The f64 tolerance of a reference file: 1e-10, except for the shared NAdam file, which CPU
@@ -85,9 +67,14 @@ fn f64_tolerance(name: &str) -> f64 {
 #[test]
 fn f64_matches_pytorch_to_1e_10() {
     for case in cases() {
-        let err = worst_relative_error(&run::<f64>(&case), &case.expected);
+        let err = error::<f64>(&case);
         let tol = f64_tolerance(&case.name);
-        assert!(err <= tol, "{} ({}): {err:e}", case.name, case.optimizer);
+        assert!(
+            err <= tol,
+            "{} ({}): {err:e}",
+            case.name,
+            case.case.optimizer
+        );
     }
 }
 
@@ -95,14 +82,19 @@ fn f64_matches_pytorch_to_1e_10() {
 fn cpu_torch_nadam_is_matched_exactly() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference/torch-cpu-nadam.json");
-    let case: Case = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    assert_eq!(run::<f64>(&case), case.expected);
+    let case = load(&path);
+    assert_eq!(Some(case.case.replay::<f64>().unwrap()), case.case.expected);
 }
 
 #[test]
 fn f32_matches_pytorch_to_1e_5() {
     for case in cases() {
-        let err = worst_relative_error(&run::<f32>(&case), &case.expected);
-        assert!(err <= 1e-5, "{} ({}): {err:e}", case.name, case.optimizer);
+        let err = error::<f32>(&case);
+        assert!(
+            err <= 1e-5,
+            "{} ({}): {err:e}",
+            case.name,
+            case.case.optimizer
+        );
     }
 }

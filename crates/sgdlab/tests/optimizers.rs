@@ -26,6 +26,13 @@ const ALL: &[&str] = &[
     "multiplicative:lr=0.1,eps=0.01",
     "lossprop:lr=0.1",
     "adam:lr=0.01,clip_norm=0.5",
+    "adamax:lr=0.01,weight_decay=0.01",
+    "nadam:lr=0.01,weight_decay=0.01",
+    "nadam:lr=0.01,weight_decay=0.01,decoupled_weight_decay=true",
+    "radam:lr=0.01,weight_decay=0.01,decoupled_weight_decay=true",
+    "ademamix:lr=0.01,beta3=0.99,weight_decay=0.01",
+    "sf-sgd:lr=0.1,warmup_steps=2,weight_decay=0.01",
+    "sf-adamw:lr=0.01,warmup_steps=2,weight_decay=0.01,r=1",
 ];
 
 /// A deterministic two-tensor problem: gradient of ½‖p − target‖² plus a wobble.

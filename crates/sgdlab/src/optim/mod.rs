@@ -26,12 +26,14 @@ pub mod group;
 pub mod kernel;
 pub mod lion;
 pub mod madam;
+pub mod muon;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
 pub mod rule;
 pub mod rules;
 pub mod schedule;
+pub mod schedulefree;
 pub mod sgd;
 pub mod spec;
 
@@ -383,6 +385,8 @@ pub struct Optimizer<T: Real> {
     groups: Vec<GroupSpec>,
     /// Each group's spec, resolved over `spec` (same order as `groups`).
     group_specs: Vec<OptimizerSpec>,
+    /// Whether the parameters hold the evaluation point ([`Optimizer::eval_mode`]).
+    eval_mode: bool,
 }
 
 /// The optimizer state of one parameter tensor.
@@ -409,6 +413,7 @@ impl<T: Real> Optimizer<T> {
             schedule: Schedule::Constant,
             groups: Vec::new(),
             group_specs: Vec::new(),
+            eval_mode: false,
         })
     }
 
@@ -622,6 +627,55 @@ impl<T: Real> Optimizer<T> {
         let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
         self.tensors.get(tensor)?.slots.get(s).map(Vec::as_slice)
     }
+
+    /// The point to evaluate (and to ship) for tensor `tensor` when it is not the
+    /// parameters: Schedule-Free's average $x_t$ (the parameters hold $y_t$, where gradients
+    /// are taken). `None` for every other rule, and before the first step.
+    pub fn eval_point(&self, tensor: usize) -> Option<&[T]> {
+        let slot = self.spec_of(tensor).rule.eval_slot()?;
+        self.tensors.get(tensor)?.slots.get(slot).map(Vec::as_slice)
+    }
+
+    /// Whether the parameters hold the evaluation point ([`Optimizer::eval_mode`]).
+    pub fn in_eval_mode(&self) -> bool {
+        self.eval_mode
+    }
+
+    /// Puts the evaluation point into `params` in place (the `schedulefree` package's
+    /// `optimizer.eval()`): Schedule-Free tensors get $x_t$; other rules' tensors are left
+    /// as they are. Call before evaluating or saving the model; [`Optimizer::train_mode`]
+    /// brings back the training point bit for bit. Stepping in eval mode is an error;
+    /// calling it twice is a no-op.
+    pub fn eval_mode(&mut self, params: &mut [ParamMut<'_, T>]) -> Result<()> {
+        self.check_params(params)?;
+        if !self.eval_mode {
+            for (tensor, (p, state)) in params.iter_mut().zip(&self.tensors).enumerate() {
+                if let Some(slot) = self.spec_of(tensor).rule.eval_slot() {
+                    p.data.copy_from_slice(&state.slots[slot]);
+                }
+            }
+            self.eval_mode = true;
+        }
+        Ok(())
+    }
+
+    /// Puts the training point back into `params` after [`Optimizer::eval_mode`]
+    /// (`optimizer.train()`): Schedule-Free's $y_t = \beta x_t + (1-\beta) z_t$, computed
+    /// from the state exactly as the step computed it. A no-op in train mode.
+    pub fn train_mode(&mut self, params: &mut [ParamMut<'_, T>]) -> Result<()> {
+        self.check_params(params)?;
+        if self.eval_mode {
+            for (tensor, (p, state)) in params.iter_mut().zip(&self.tensors).enumerate() {
+                let rule = &self.spec_of(tensor).rule;
+                if rule.eval_slot().is_some() {
+                    let slots: Vec<&[T]> = state.slots.iter().map(Vec::as_slice).collect();
+                    rule.train_point(p.data, &slots);
+                }
+            }
+            self.eval_mode = false;
+        }
+        Ok(())
+    }
 }
 
 /// The state buffers of a rule, PyTorch's names where it has them.
@@ -662,6 +716,13 @@ impl<T: Real> Optimizer<T> {
         info: &StepInfo,
     ) -> Result<StepReport> {
         self.check_layout(params, grads)?;
+        if self.eval_mode {
+            return Err(Error::Unsupported(
+                "a step in eval mode (the parameters hold the evaluation point): call \
+                 train_mode first"
+                    .to_string(),
+            ));
+        }
         if !(info.lr_scale.is_finite() && info.lr_scale >= 0.0) {
             return Err(Error::invalid(
                 "lr_scale",
@@ -794,6 +855,16 @@ impl<T: Real> Optimizer<T> {
         for (p, state) in params.iter().zip(&mut self.tensors) {
             rules[state.group].begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
         }
+        // Whole-tensor rules (Muon) step each matrix at once, with threads inside.
+        for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+            let rule = rules[state.group];
+            if rule.whole_tensor() {
+                let mut slots: Vec<&mut [T]> =
+                    state.slots.iter_mut().map(Vec::as_mut_slice).collect();
+                let ctx = &contexts[state.group];
+                rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots, &state.scalars);
+            }
+        }
         if kernel::is_small(numel) {
             for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
                 let TensorState {
@@ -802,7 +873,9 @@ impl<T: Real> Optimizer<T> {
                     scalars,
                 } = state;
                 let (rule, ctx) = (rules[*group], &contexts[*group]);
-                kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars);
+                if !rule.whole_tensor() {
+                    kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars);
+                }
             }
             return Ok(report);
         }
@@ -814,6 +887,9 @@ impl<T: Real> Optimizer<T> {
                 scalars,
             } = state;
             let (rule, ctx) = (rules[*group], &contexts[*group]);
+            if rule.whole_tensor() {
+                continue;
+            }
             let n_slots = slots.len();
             // The state buffers not yet cut into units (no allocation per tensor: a step may
             // have many thousands of small ones).
@@ -858,6 +934,10 @@ impl<T: Real> Optimizer<T> {
                     .map_or(0, |k| k + 1)
             })
             .collect();
+        for (p, &group) in params.iter().zip(&groups) {
+            let spec = self.group_spec(group).unwrap_or(&self.spec);
+            spec.rule.check_shape(p.name, &p.shape)?;
+        }
         for (k, g) in self.groups.iter().enumerate() {
             if !groups.contains(&(k + 1)) {
                 return Err(Error::invalid(
@@ -886,9 +966,15 @@ impl<T: Real> Optimizer<T> {
         for (p, group) in params.iter().zip(groups) {
             let spec = self.group_spec(group).unwrap_or(&self.spec);
             let init = T::from_f64(spec.rule.initial_state());
+            let slots = (0..slots_of(spec).len())
+                .map(|slot| match spec.rule.slot_starts_at_params(slot) {
+                    true => p.data.to_vec(),
+                    false => vec![init; p.data.len()],
+                })
+                .collect();
             tensors.push(TensorState {
                 group,
-                slots: vec![vec![init; p.data.len()]; slots_of(spec).len()],
+                slots,
                 scalars: vec![0.0; scalars_of(spec).len()],
             });
         }
@@ -920,6 +1006,11 @@ impl<T: Real> Optimizer<T> {
                 });
             }
         }
+        self.check_params(params)
+    }
+
+    /// Checks `params` against the names and shapes of the first step (if any).
+    fn check_params(&self, params: &[ParamMut<'_, T>]) -> Result<()> {
         if let Some(layout) = &self.layout {
             if layout.len() != params.len() {
                 return Err(Error::ShapeMismatch {

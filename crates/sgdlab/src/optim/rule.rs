@@ -57,6 +57,49 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         0.0
     }
 
+    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's $z$
+    /// and $x$) instead of [`UpdateRule::initial_state`].
+    fn slot_starts_at_params(&self, _slot: usize) -> bool {
+        false
+    }
+
+    /// Whether the rule updates a whole tensor at once from its shape (Muon's
+    /// orthogonalisation): such tensors are stepped by [`UpdateRule::step_whole`], one at a
+    /// time, never cut into chunks.
+    fn whole_tensor(&self) -> bool {
+        false
+    }
+
+    /// Checks, at the first step, that the rule can step tensor `name` of `shape` (Muon:
+    /// matrices only); the error names the tensor.
+    fn check_shape(&self, _name: &str, _shape: &[usize]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The update of a whole tensor of `shape` (row-major), for rules with
+    /// [`UpdateRule::whole_tensor`]; others step it chunk by chunk.
+    fn step_whole<T: Real>(
+        &self,
+        ctx: &StepContext,
+        _shape: &[usize],
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
+    ) {
+        self.step_tensor(ctx, p, g, slots, scalars);
+    }
+
+    /// The state buffer holding the point to evaluate, when it is not the parameters
+    /// (Schedule-Free trains at $y$ and evaluates the average $x$).
+    fn eval_slot(&self) -> Option<usize> {
+        None
+    }
+
+    /// Writes the training point into `p` from the state, exactly as a step leaves it (the
+    /// way back from an evaluation swap; rules with an [`UpdateRule::eval_slot`]).
+    fn train_point<T: Real>(&self, _p: &mut [T], _slots: &[&[T]]) {}
+
     /// Whether a step needs the loss (`StepInfo::loss`).
     fn needs_loss(&self) -> bool {
         false

@@ -15,7 +15,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::rule::{Keys, UpdateRule};
-use super::{adagrad, adam, adamax, ademamix, lion, madam, nadam, radam, rmsprop, rules, sgd};
+use super::{
+    adagrad, adam, adamax, ademamix, lion, madam, muon, nadam, radam, rmsprop, rules, schedulefree,
+    sgd,
+};
 use crate::{Error, Result};
 
 /// A value that can appear on the right of `key=` in a spec.
@@ -45,6 +48,16 @@ impl SpecValue for bool {
             "false" => Ok(false),
             _ => Err(Error::invalid(key, text, "must be true or false")),
         }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl SpecValue for u64 {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        text.parse::<u64>()
+            .map_err(|_| Error::invalid(key, text, "must be a whole number >= 0, e.g. 5"))
     }
     fn show(&self) -> String {
         self.to_string()
@@ -287,6 +300,42 @@ macro_rules! registry {
                 match self { $( Rule::$variant(c) => c.initial_state(), )* }
             }
 
+            /// Whether state buffer `slot` starts as a copy of the parameters.
+            pub fn slot_starts_at_params(&self, slot: usize) -> bool {
+                match self { $( Rule::$variant(c) => c.slot_starts_at_params(slot), )* }
+            }
+
+            /// Whether the rule steps whole tensors (by shape) instead of chunks.
+            pub fn whole_tensor(&self) -> bool {
+                match self { $( Rule::$variant(c) => c.whole_tensor(), )* }
+            }
+
+            /// Checks that the rule can step tensor `name` of `shape`.
+            pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+                match self { $( Rule::$variant(c) => c.check_shape(name, shape), )* }
+            }
+
+            pub(crate) fn step_whole<T: crate::Real>(
+                &self,
+                ctx: &super::StepContext,
+                shape: &[usize],
+                p: &mut [T],
+                g: &[T],
+                slots: &mut [&mut [T]],
+                scalars: &[f64],
+            ) {
+                match self { $( Rule::$variant(c) => c.step_whole(ctx, shape, p, g, slots, scalars), )* }
+            }
+
+            /// The state buffer holding the point to evaluate, if not the parameters.
+            pub fn eval_slot(&self) -> Option<usize> {
+                match self { $( Rule::$variant(c) => c.eval_slot(), )* }
+            }
+
+            pub(crate) fn train_point<T: crate::Real>(&self, p: &mut [T], slots: &[&[T]]) {
+                match self { $( Rule::$variant(c) => c.train_point(p, slots), )* }
+            }
+
             /// Whether a step needs the loss.
             pub fn needs_loss(&self) -> bool {
                 match self { $( Rule::$variant(c) => c.needs_loss(), )* }
@@ -355,6 +404,12 @@ registry! {
     Radam(radam::Radam),
     /// `ademamix`: AdEMAMix, optax semantics.
     Ademamix(ademamix::Ademamix),
+    /// `muon`: PyTorch's Muon (matrices only).
+    Muon(muon::Muon),
+    /// `sf-sgd`: Schedule-Free SGD (the `schedulefree` reference).
+    SfSgd(schedulefree::SfSgd),
+    /// `sf-adamw`: Schedule-Free AdamW (the `schedulefree` reference).
+    SfAdamW(schedulefree::SfAdamW),
 }
 
 /// A complete, validated optimizer specification.

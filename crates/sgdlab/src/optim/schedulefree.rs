@@ -1,0 +1,280 @@
+//! Schedule-Free SGD and AdamW (Defazio et al. 2024, "The Road Less Scheduled"), as the
+//! `schedulefree` package's reference implementations.
+//!
+//! Three sequences: the base iterate $z$ takes the gradient steps, the average
+//! $x_t = (1-c_t)x_{t-1} + c_t z_t$ is what a user evaluates and ships, and gradients are
+//! taken at the interpolation $y_t = \beta x_t + (1-\beta) z_t$, which the parameters hold
+//! during training. The averaging weights are
+//! $c_t = w_t / \sum_{s\le t} w_s$ with $w_t = t^r\,\eta_{\max,t}^{p}$ ($p$ =
+//! `weight_lr_power`, $\eta_{\max,t}$ the largest warmed-up learning rate so far): with
+//! `r=0, weight_lr_power=0`, $x_t$ is the uniform average of $z_1..z_t$ — problem 4's rate
+//! $1/\min(t, N)$ with $N = \infty$.
+//!
+//! The state keeps $z$ and $x$ (and AdamW's second moment), so that
+//! [`Optimizer::eval_point`](super::Optimizer::eval_point) reads $x$ exactly and
+//! [`Optimizer::eval_mode`](super::Optimizer::eval_mode) /
+//! [`train_mode`](super::Optimizer::train_mode) swap the parameters between $x$ and $y$ bit
+//! for bit (the package's memory-saving variant recovers $x$ from $y$ and $z$ with rounding).
+
+use super::StepContext;
+use super::kernel::blocks;
+use super::rule::UpdateRule;
+use super::spec::{check, config};
+use crate::{Real, Result};
+
+/// Per-tensor scalars of both rules: $\eta_{\max}$, $\sum w$, and this step's $c_t$.
+const SCALARS: &[&str] = &["lr_max", "weight_sum", "ckp1"];
+
+/// The warm-up and averaging weights of step `ctx.t`: updates `[lr_max, weight_sum, ckp1]`
+/// as the reference does, and returns the warmed-up learning rate.
+fn averaging(ctx: &StepContext, warmup: f64, r: f64, power: f64, scalars: &mut [f64]) -> f64 {
+    if ctx.t == 1 {
+        scalars[0] = -1.0;
+        scalars[1] = 0.0;
+    }
+    let k = (ctx.t - 1) as f64;
+    let sched = if k < warmup { (k + 1.0) / warmup } else { 1.0 };
+    let lr = ctx.lr * sched;
+    scalars[0] = scalars[0].max(lr);
+    let weight = (k + 1.0).powf(r) * scalars[0].powf(power);
+    scalars[1] += weight;
+    scalars[2] = if scalars[1] == 0.0 {
+        0.0
+    } else {
+        weight / scalars[1]
+    };
+    lr
+}
+
+/// The warmed-up learning rate of step `ctx.t` (as [`averaging`] computed it).
+fn warmed_lr(ctx: &StepContext, warmup: f64) -> f64 {
+    let k = (ctx.t - 1) as f64;
+    ctx.lr * if k < warmup { (k + 1.0) / warmup } else { 1.0 }
+}
+
+fn check_common(r: f64, weight_lr_power: f64) -> Result<()> {
+    check::at_least("r", r, 0.0)?;
+    check::at_least("weight_lr_power", weight_lr_power, 0.0)
+}
+
+/// $y = \beta x + (1-\beta) z$, element by element, as the step computes it.
+fn interpolate<T: Real>(p: &mut [T], z: &[T], x: &[T], beta: f64) {
+    let (b, c) = (T::from_f64(beta), T::from_f64(1.0 - beta));
+    for ((p, &z), &x) in p.iter_mut().zip(z).zip(x) {
+        *p = x * b + z * c;
+    }
+}
+
+config! {
+    /// `sf-sgd`: Schedule-Free SGD (`schedulefree.SGDScheduleFreeReference`).
+    ///
+    /// With $\eta_t$ warmed up linearly over `warmup_steps` and L2 decay $\lambda$ at $y$:
+    /// $z \leftarrow z - \eta_t(g + \lambda y)$, $x \leftarrow (1-c_t)x + c_t z$,
+    /// $y \leftarrow \beta x + (1-\beta) z$ (the parameters).
+    SfSgd("sf-sgd") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 1.0,
+        /// Interpolation $\beta \in (0, 1)$ between the average $x$ and the iterate $z$.
+        momentum: f64 = 0.9,
+        /// L2 weight decay $\lambda \ge 0$, taken at $y$.
+        weight_decay: f64 = 0.0,
+        /// Steps of linear learning-rate warm-up.
+        warmup_steps: u64 = 0,
+        /// Power $r \ge 0$ of the polynomial weights $t^r$ of the average.
+        r: f64 = 0.0,
+        /// Power $p \ge 0$ of $\eta_{\max}$ in the average's weights.
+        weight_lr_power: f64 = 2.0,
+    }
+}
+
+impl UpdateRule for SfSgd {
+    fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        if !(self.momentum > 0.0 && self.momentum < 1.0) {
+            return Err(crate::Error::invalid(
+                "momentum",
+                self.momentum,
+                "must lie in (0, 1), exclusive",
+            ));
+        }
+        check::at_least("weight_decay", self.weight_decay, 0.0)?;
+        check_common(self.r, self.weight_lr_power)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        &["z", "x"]
+    }
+
+    fn tensor_scalars(&self) -> &'static [&'static str] {
+        SCALARS
+    }
+
+    fn slot_starts_at_params(&self, _slot: usize) -> bool {
+        true
+    }
+
+    fn eval_slot(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn train_point<T: Real>(&self, p: &mut [T], slots: &[&[T]]) {
+        interpolate(p, slots[0], slots[1], self.momentum);
+    }
+
+    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        averaging(
+            ctx,
+            self.warmup_steps as f64,
+            self.r,
+            self.weight_lr_power,
+            scalars,
+        );
+    }
+
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
+    ) {
+        let [z, x] = slots else {
+            unreachable!("sf-sgd has two slots")
+        };
+        let c = |v: f64| T::from_f64(v);
+        let lr = c(warmed_lr(ctx, self.warmup_steps as f64));
+        let ckp1 = scalars[2];
+        let (keep, take) = (c(1.0 - ckp1), c(ckp1));
+        let (b, cb) = (c(self.momentum), c(1.0 - self.momentum));
+        let (gs, wd) = (c(ctx.grad_scale), c(self.weight_decay));
+        blocks(ctx.prefetch, p, g, [z, x], |p, g, [z, x]| {
+            for (((p, &g), z), x) in p.iter_mut().zip(g).zip(z.iter_mut()).zip(x.iter_mut()) {
+                let g = g * gs + wd * *p;
+                *z = *z - lr * g;
+                *x = *x * keep + *z * take;
+                *p = *x * b + *z * cb;
+            }
+        });
+    }
+}
+
+config! {
+    /// `sf-adamw`: Schedule-Free AdamW (`schedulefree.AdamWScheduleFreeReference`).
+    ///
+    /// With $\eta_t$ warmed up over `warmup_steps`: $z \leftarrow z - \eta_t\lambda y$,
+    /// $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,
+    /// $z \leftarrow z - \eta_t\, g / (\sqrt{v/(1-\beta_2^t)} + \epsilon)$,
+    /// $x \leftarrow (1-c_t)x + c_t z$, $y \leftarrow \beta_1 x + (1-\beta_1) z$.
+    SfAdamW("sf-adamw") {
+        /// Learning rate $\eta \ge 0$.
+        lr: f64 = 0.0025,
+        /// Interpolation $\beta_1 \in [0, 1)$ between the average $x$ and the iterate $z$.
+        beta1: f64 = 0.9,
+        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        beta2: f64 = 0.999,
+        /// $\epsilon > 0$ added to the denominator.
+        eps: f64 = 1e-8,
+        /// Decoupled weight decay $\lambda \ge 0$, taken at $y$.
+        weight_decay: f64 = 0.0,
+        /// Steps of linear learning-rate warm-up.
+        warmup_steps: u64 = 0,
+        /// Power $r \ge 0$ of the polynomial weights $t^r$ of the average.
+        r: f64 = 0.0,
+        /// Power $p \ge 0$ of $\eta_{\max}$ in the average's weights.
+        weight_lr_power: f64 = 2.0,
+    }
+}
+
+impl UpdateRule for SfAdamW {
+    fn validate(&self) -> Result<()> {
+        check::at_least("lr", self.lr, 0.0)?;
+        check::unit_open("beta1", self.beta1)?;
+        check::unit_open("beta2", self.beta2)?;
+        check::positive("eps", self.eps)?;
+        check::at_least("weight_decay", self.weight_decay, 0.0)?;
+        check_common(self.r, self.weight_lr_power)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        &["z", "x", "exp_avg_sq"]
+    }
+
+    fn tensor_scalars(&self) -> &'static [&'static str] {
+        SCALARS
+    }
+
+    fn decays(&self) -> [f64; 2] {
+        [0.0, self.beta2]
+    }
+
+    fn slot_starts_at_params(&self, slot: usize) -> bool {
+        slot < 2
+    }
+
+    fn eval_slot(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn train_point<T: Real>(&self, p: &mut [T], slots: &[&[T]]) {
+        interpolate(p, slots[0], slots[1], self.beta1);
+    }
+
+    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        averaging(
+            ctx,
+            self.warmup_steps as f64,
+            self.r,
+            self.weight_lr_power,
+            scalars,
+        );
+    }
+
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        scalars: &[f64],
+    ) {
+        let [z, x, v] = slots else {
+            unreachable!("sf-adamw has three slots")
+        };
+        let c = |v: f64| T::from_f64(v);
+        let lr_f = warmed_lr(ctx, self.warmup_steps as f64);
+        let (neg_lr, decay) = (c(-lr_f), c(lr_f * self.weight_decay));
+        let ckp1 = scalars[2];
+        let (keep, take) = (c(1.0 - ckp1), c(ckp1));
+        let (b1, cb1) = (c(self.beta1), c(1.0 - self.beta1));
+        let (b2, c2) = (c(self.beta2), c(1.0 - self.beta2));
+        let (bc2, eps, gs) = (c(1.0 - ctx.beta_pow[1]), c(self.eps), c(ctx.grad_scale));
+        blocks(ctx.prefetch, p, g, [z, x, v], |p, g, [z, x, v]| {
+            for ((((p, &g), z), x), v) in p
+                .iter_mut()
+                .zip(g)
+                .zip(z.iter_mut())
+                .zip(x.iter_mut())
+                .zip(v.iter_mut())
+            {
+                let g = g * gs;
+                *z = *z - decay * *p;
+                *v = *v * b2 + c2 * g * g;
+                let d = (*v / bc2).sqrt() + eps;
+                *z = *z + neg_lr * (g / d);
+                *x = *x * keep + *z * take;
+                *p = *x * b1 + *z * cb1;
+            }
+        });
+    }
+}

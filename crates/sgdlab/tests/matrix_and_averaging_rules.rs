@@ -1,0 +1,191 @@
+//! Muon (whole-matrix steps) and Schedule-Free (an evaluation point other than the
+//! parameters): shape checks, thread-count independence, the eval/train swap.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+use sgdlab::Real;
+use sgdlab::optim::group::GroupSpec;
+use sgdlab::optim::muon::{newton_schulz, round_bf16};
+use sgdlab::optim::{Optimizer, OptimizerSpec, ParamMut, StepInfo, Tensor};
+
+fn matrix<T: Real>(name: &str, rows: usize, cols: usize, seed: usize) -> Tensor<T> {
+    let v = (0..rows * cols)
+        .map(|i| T::from_f64((((i * 37 + seed * 11) % 101) as f64 / 50.0 - 1.0) * 0.3))
+        .collect();
+    Tensor::new(name, vec![rows, cols], v).unwrap()
+}
+
+fn grads<T: Real>(params: &[Tensor<T>], t: usize) -> Vec<Tensor<T>> {
+    params
+        .iter()
+        .map(|p| {
+            let mut g = p.zeros_like();
+            for (i, (g, &x)) in g.data_mut().iter_mut().zip(p.data()).enumerate() {
+                *g = x + T::from_f64((((i + t * 13) % 29) as f64 - 14.0) * 0.01);
+            }
+            g
+        })
+        .collect()
+}
+
+#[test]
+fn muon_refuses_non_matrices_by_name_and_groups_route_them() {
+    let mut params = vec![
+        matrix::<f64>("w", 3, 4, 0),
+        Tensor::vector("b", vec![0.1, 0.2, 0.3]),
+    ];
+    let g = grads(&params, 0);
+    let mut opt = Optimizer::<f64>::from_spec("muon:lr=0.02").unwrap();
+    let err = opt
+        .step(&mut params, &g, &StepInfo::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("parameter b") && err.contains("[3]"), "{err}");
+    // Nothing moved.
+    assert_eq!(params[1].data(), &[0.1, 0.2, 0.3]);
+    let groups = vec!["b:rule=adamw".parse::<GroupSpec>().unwrap()];
+    let spec: OptimizerSpec = "muon:lr=0.02".parse().unwrap();
+    let mut opt = Optimizer::<f64>::with_groups(spec, groups).unwrap();
+    opt.step(&mut params, &g, &StepInfo::default()).unwrap();
+    assert!(
+        params
+            .iter()
+            .all(|p| p.data().iter().all(|x| x.is_finite()))
+    );
+    assert_ne!(params[1].data(), &[0.1, 0.2, 0.3]);
+}
+
+#[test]
+fn muon_gives_the_same_bits_for_any_thread_count() {
+    fn run<T: Real>(threads: usize, bf16: bool) -> Vec<Tensor<T>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            // Tall and wide, each spanning several row blocks.
+            let mut p = vec![matrix::<T>("a", 300, 130, 1), matrix::<T>("b", 70, 260, 2)];
+            let spec = format!("muon:lr=0.02,ns_bf16={bf16}");
+            let mut opt = Optimizer::<T>::from_spec(&spec).unwrap();
+            for t in 0..3 {
+                let g = grads(&p, t);
+                opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+            }
+            p
+        })
+    }
+    for bf16 in [false, true] {
+        let one = run::<f32>(1, bf16);
+        assert_eq!(one, run::<f32>(3, bf16), "f32 bf16={bf16}");
+        let one = run::<f64>(1, bf16);
+        assert_eq!(one, run::<f64>(4, bf16), "f64 bf16={bf16}");
+    }
+}
+
+/// The singular values of $X^\top X$'s square roots: the iteration keeps the singular
+/// vectors, so $O^\top O$ has eigenvalues $\sigma_i^2$; their trace and Frobenius norm are
+/// enough to check the band loosely here (the lab measures it exactly).
+#[test]
+fn newton_schulz_output_is_near_orthogonal_and_bf16_rounds() {
+    let g = matrix::<f64>("g", 40, 24, 3);
+    let o = newton_schulz(g.data(), 40, 24, 5, 1e-7, false);
+    // OᵀO (24×24): its diagonal mean is the mean σ², which the quintic puts near 1.
+    let mut diag = 0.0;
+    for j in 0..24 {
+        diag += (0..40).map(|i| o[i * 24 + j].powi(2)).sum::<f64>();
+    }
+    let mean_sq = diag / 24.0;
+    assert!((0.5..1.5).contains(&mean_sq), "{mean_sq}");
+    let o16 = newton_schulz(g.data(), 40, 24, 5, 1e-7, true);
+    assert!(o16.iter().all(|&x| round_bf16(x) == x));
+    let diff = o
+        .iter()
+        .zip(&o16)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff > 0.0 && diff < 0.05, "{diff}");
+    // bf16 rounding: ties to even, exact values stay.
+    assert_eq!(round_bf16(1.0f32), 1.0);
+    assert_eq!(round_bf16(1.0f32 + 2f32.powi(-8)), 1.0);
+    assert_eq!(
+        round_bf16(1.0f32 + 3.0 * 2f32.powi(-8)),
+        1.0 + 2f32.powi(-6)
+    );
+}
+
+#[test]
+fn schedule_free_swaps_to_x_and_back_bit_for_bit() {
+    for spec in [
+        "sf-sgd:lr=0.1,warmup_steps=3",
+        "sf-adamw:lr=0.01,weight_decay=0.1",
+    ] {
+        let mut p = vec![matrix::<f32>("w", 5, 7, 4), matrix::<f32>("v", 3, 3, 5)];
+        let mut opt = Optimizer::<f32>::from_spec(spec).unwrap();
+        for t in 0..5 {
+            let g = grads(&p, t);
+            opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        }
+        let y = p.clone();
+        let x: Vec<Vec<f32>> = (0..2)
+            .map(|k| opt.eval_point(k).unwrap().to_vec())
+            .collect();
+        assert_ne!(x[0], y[0].data(), "{spec}: x and y differ after warm-up");
+        let mut views: Vec<ParamMut<'_, f32>> = p.iter_mut().map(ParamMut::from).collect();
+        opt.eval_mode(&mut views).unwrap();
+        opt.eval_mode(&mut views).unwrap(); // twice is a no-op
+        assert!(opt.in_eval_mode());
+        drop(views);
+        assert_eq!(p[0].data(), x[0].as_slice());
+        assert_eq!(p[1].data(), x[1].as_slice());
+        let g = grads(&p, 9);
+        let err = opt
+            .step(&mut p, &g, &StepInfo::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("eval mode"), "{err}");
+        let mut views: Vec<ParamMut<'_, f32>> = p.iter_mut().map(ParamMut::from).collect();
+        opt.train_mode(&mut views).unwrap();
+        drop(views);
+        assert_eq!(p, y, "{spec}: y restored exactly");
+        // Other rules have no evaluation point and the swap leaves them alone.
+        let mut adam = Optimizer::<f32>::from_spec("adam").unwrap();
+        let g = grads(&p, 0);
+        adam.step(&mut p, &g, &StepInfo::default()).unwrap();
+        assert!(adam.eval_point(0).is_none());
+        let before = p.clone();
+        let mut views: Vec<ParamMut<'_, f32>> = p.iter_mut().map(ParamMut::from).collect();
+        adam.eval_mode(&mut views).unwrap();
+        drop(views);
+        assert_eq!(p, before);
+    }
+}
+
+#[test]
+fn schedule_free_state_resumes_exactly() {
+    let spec = "sf-adamw:lr=0.01,warmup_steps=4,r=0.5";
+    let mut p = vec![matrix::<f64>("w", 4, 6, 6)];
+    let mut straight = Optimizer::<f64>::from_spec(spec).unwrap();
+    let mut q = p.clone();
+    for t in 0..10 {
+        let g = grads(&p, t);
+        straight.step(&mut p, &g, &StepInfo::default()).unwrap();
+        if t == 4 {
+            // Checkpoint mid-warm-up, reload, continue.
+            let mut first = Optimizer::<f64>::from_spec(spec).unwrap();
+            let mut r = q.clone();
+            for s in 0..=4 {
+                let g = grads(&r, s);
+                first.step(&mut r, &g, &StepInfo::default()).unwrap();
+            }
+            let bytes = first.to_bytes().unwrap();
+            let mut resumed = Optimizer::<f64>::from_bytes(&bytes).unwrap();
+            for s in 5..10 {
+                let g = grads(&r, s);
+                resumed.step(&mut r, &g, &StepInfo::default()).unwrap();
+            }
+            q = r;
+            assert!(resumed.eval_point(0).is_some());
+        }
+    }
+    assert_eq!(p, q);
+}
