@@ -15,7 +15,7 @@ use crate::table::{Table, num};
 /// Arguments of `sgdlab verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7). Default: all.
+    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7; 10 is the section beyond the problem set: Schedule-Free, AdEMAMix, Muon). Default: all.
     #[arg(long = "problem", value_name = "N")]
     problems: Vec<u8>,
     /// Also write the results as JSON to FILE.
@@ -174,16 +174,6 @@ fn render(report: &Report) -> String {
     )
 }
 
-const TITLES: [&str; 7] = [
-    "Two running averages",
-    "Variance of an exponential moving average",
-    "Momentum as an exponential moving average",
-    "Bias correction with rate 1/min(t, N)",
-    "Learning rate against the scale of the loss",
-    "Per-example adaptive SGD",
-    "Multiplicative and loss-proportional updates",
-];
-
 fn write_report(
     dir: &std::path::Path,
     args: &VerifyArgs,
@@ -245,7 +235,7 @@ fn write_report(
             &rows,
         );
         sections.push(Section {
-            heading: format!("Problem {p}: {}", TITLES[usize::from(p) - 1]),
+            heading: format!("Problem {p}: {}", sgdlab::lab::claims::title(p)),
             body,
             figures: problem_figures(p, options)?,
         });

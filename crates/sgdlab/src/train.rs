@@ -577,7 +577,16 @@ impl<'a> Trainer<'a> {
             progress(k as u64 + 1, steps, run.epoch + 1);
         }
         let seconds = start.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = self.evaluate(&run.params, &mut ws);
+        // Schedule-Free rules train at y and are evaluated at their average x.
+        let at_eval_point: Vec<&[f32]> = run
+            .params
+            .iter()
+            .enumerate()
+            .map(|(k, t)| run.optimizer.eval_point(k).unwrap_or(t.data()))
+            .collect();
+        let (test_loss, test_accuracy) =
+            self.net
+                .evaluate(&at_eval_point, &self.x_test, &self.y_test, &mut ws);
         let ema_eval = run.ema.as_ref().map(|e| self.evaluate(e, &mut ws));
         if run
             .params
@@ -604,7 +613,8 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Mean loss and accuracy of `params` on the test set.
+    /// Mean loss and accuracy of `params` on the test set (`train` evaluates each epoch at
+    /// the optimizer's evaluation point, [`Optimizer::eval_point`], where it has one).
     pub fn evaluate(&self, params: &[Tensor<f32>], ws: &mut Workspace<f32>) -> (f64, f64) {
         let p: Vec<&[f32]> = params.iter().map(|t| t.data()).collect();
         self.net.evaluate(&p, &self.x_test, &self.y_test, ws)

@@ -111,7 +111,7 @@ where
         .collect()
 }
 
-/// The figures of problem `problem` (1–7; 8 and 9 are 5 and 7).
+/// The figures of problem `problem` (1–7 and section 10; 8 and 9 are 5 and 7).
 pub fn problem_figures(problem: u8, options: &VerifyOptions) -> Result<Vec<Figure>> {
     let chains = if options.quick { 2_000 } else { 8_000 };
     let figures = match super::claims::canonical_problem(problem)? {
@@ -122,6 +122,7 @@ pub fn problem_figures(problem: u8, options: &VerifyOptions) -> Result<Vec<Figur
         5 => p5(options),
         6 => p6(),
         7 => p7(),
+        10 => super::claims::p10::figures(options),
         p => Err(Error::Unsupported(format!("no figures for problem {p}"))),
     }?;
     Ok(figures.into_iter().map(Figure::numbered).collect())

@@ -18,6 +18,7 @@
 //! problem's own tag, so running one problem alone gives the same numbers as running all.
 
 mod p1;
+pub(crate) mod p10;
 mod p2;
 mod p3;
 mod p4;
@@ -110,11 +111,8 @@ impl Claim {
         };
         let within = (measured - expected).abs() <= tolerance;
         let z = stderr.map(|se| (measured - expected) / se);
-        let problem = id
-            .chars()
-            .next()
-            .and_then(|c| c.to_digit(10))
-            .map_or(0, |d| d as u8);
+        let digits: String = id.chars().take_while(char::is_ascii_digit).collect();
+        let problem = digits.parse().unwrap_or(0);
         Self {
             id: id.to_string(),
             problem,
@@ -214,8 +212,24 @@ impl VerifyOptions {
     }
 }
 
-/// The problems whose claims are implemented, in order.
-pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7];
+/// The problems whose claims are implemented, in order; 10 is the section beyond the
+/// problem set (Schedule-Free, AdEMAMix, Muon).
+pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10];
+
+/// The title of problem (or section) `problem`.
+pub fn title(problem: u8) -> &'static str {
+    match problem {
+        1 => "Two running averages",
+        2 => "Variance of an exponential moving average",
+        3 => "Momentum as an exponential moving average",
+        4 => "Bias correction with rate 1/min(t, N)",
+        5 | 8 => "Learning rate against the scale of the loss",
+        6 => "Per-example adaptive SGD",
+        7 | 9 => "Multiplicative and loss-proportional updates",
+        10 => "Beyond the problem set: Schedule-Free, AdEMAMix and Muon",
+        _ => "(no such problem)",
+    }
+}
 
 /// Maps a problem number of the set to the problem whose claims check it (8 repeats 5 and 9
 /// repeats 7) and rejects numbers that are not implemented.
@@ -227,14 +241,15 @@ pub fn canonical_problem(problem: u8) -> Result<u8> {
     };
     if PROBLEMS.contains(&canonical) {
         Ok(canonical)
-    } else if (1..=9).contains(&problem) {
+    } else if (1..=10).contains(&problem) {
         Err(Error::Unsupported(format!(
             "problem {problem}: its claims are not implemented yet (implemented: {})",
             list(PROBLEMS)
         )))
     } else {
         Err(Error::Unsupported(format!(
-            "there is no problem {problem}: the problem set has problems 1-9 (implemented: {})",
+            "there is no problem {problem}: the problem set has problems 1-9, and 10 is the \
+             section beyond it (implemented: {})",
             list(PROBLEMS)
         )))
     }
@@ -282,6 +297,7 @@ pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
             5 => p5::claims(options)?,
             6 => p6::claims(options)?,
             7 => p7::claims(options)?,
+            10 => p10::claims(options)?,
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }
@@ -323,7 +339,10 @@ mod tests {
     #[test]
     fn unknown_problems_are_errors() {
         assert!(canonical_problem(0).is_err());
-        assert!(canonical_problem(10).is_err());
+        assert!(canonical_problem(11).is_err());
+        assert_eq!(canonical_problem(10).unwrap(), 10);
+        let c = Claim::identity("10d.uv", "t", &[], 0.0, 0.0, 1.0);
+        assert_eq!(c.problem, 10);
         assert_eq!(canonical_problem(2).unwrap(), 2);
     }
 

@@ -1,0 +1,729 @@
+//! Section 10, beyond the problem set: Schedule-Free, AdEMAMix and Muon, measured with the
+//! library's own optimizers through the problem set's pieces.
+//!
+//! * Schedule-Free with `warmup_steps=0, r=0, weight_lr_power=0` averages with problem 4's
+//!   rate $1/\min(t, N)$ at $N = \infty$: $x_t = \frac1t\sum_{s\le t} z_s$ exactly. On a noisy
+//!   quadratic $\tfrac h2\Phi^2$ with gradient noise $\sigma$, $\operatorname{Var} x_t$ follows
+//!   the linear-Gaussian covariance recursion of the $(z, x)$ system and decays like $1/t$,
+//!   while plain SGD's stays at its temperature $\eta\sigma^2/(h(2-\eta h))$ (problem 5b).
+//! * AdEMAMix's slow EMA $m_2$ has problem 2's lag $N_3 - 1$ and variance
+//!   $\sigma^2/(2N_3-1)$ with $N_3 = 1/(1-\beta_3)$, and, not bias-corrected, the start-up
+//!   bias $\beta_3^t$ of problem 4.
+//! * Muon's Newton–Schulz iteration acts on each singular value alone: the update's singular
+//!   values are $q(\sigma_i/\lVert G\rVert_F)$ with $q$ the quintic
+//!   $p(x) = ax + bx^3 + cx^5$ applied five times. $q$ does not converge to 1 (the update is
+//!   not $UV^\top$): it maps $[0.02, 1]$ into a band, measured here. The update is invariant
+//!   to the gradient's scale (problem 5's question: no learning-rate change with the loss
+//!   unit).
+
+use rand::RngExt;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{Claim, VerifyOptions};
+use crate::lab::figures::{Figure, Line, Marker};
+use crate::lab::montecarlo::{Estimate, chain_rng};
+use crate::optim::muon::NS_COEFFICIENTS;
+use crate::optim::{Optimizer, StepInfo, Tensor};
+use crate::{Error, Result};
+
+pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let mut claims = vec![sf_uniform_average()?];
+    claims.extend(sf_variance(options)?.claims);
+    claims.extend(ademamix_slow_ema(options)?);
+    claims.extend(muon(options)?.claims);
+    Ok(claims)
+}
+
+/// Runs `spec` on one tensor of `init`, feeding `grad(t, params, out)` for `steps` steps;
+/// calls `after(t, optimizer, params)` after each.
+fn drive(
+    spec: &str,
+    init: Vec<f64>,
+    steps: usize,
+    mut grad: impl FnMut(usize, &[f64], &mut [f64]),
+    mut after: impl FnMut(usize, &Optimizer<f64>, &[f64]) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut opt = Optimizer::<f64>::from_spec(spec)?;
+    let n = init.len();
+    let mut params = [Tensor::vector("p", init)];
+    let mut grads = [Tensor::vector("p", vec![0.0; n])];
+    for t in 1..=steps {
+        grad(t, params[0].data(), grads[0].data_mut());
+        opt.step(&mut params, &grads, &StepInfo::default())?;
+        after(t, &opt, params[0].data())?;
+    }
+    Ok(params[0].data().to_vec())
+}
+
+/// 10a: $x_t$ is the uniform running mean of $z_1..z_t$ on adversarial gradients.
+fn sf_uniform_average() -> Result<Claim> {
+    let (lr, steps) = (0.5, 600usize);
+    // Four coordinates: magnitudes from 1e-8 to 1e8 with alternating signs, a ramp, a
+    // constant, and a spike train (zeros with rare huge values).
+    let g = |t: usize, i: usize| -> f64 {
+        let t = t as f64;
+        match i {
+            0 => {
+                (if (t as u64).is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                }) * 10f64.powf((t % 17.0) - 8.0)
+            }
+            1 => t - 300.0,
+            2 => 3.7,
+            _ => {
+                if (t as u64).is_multiple_of(97) {
+                    1e6
+                } else {
+                    0.0
+                }
+            }
+        }
+    };
+    let init = vec![1.0, -2.0, 1e-3, 5e4];
+    let mut z = init.clone();
+    let mut sum = [0.0; 4];
+    let mut comp = [0.0; 4];
+    let mut scale = [0.0f64; 4];
+    let mut worst = 0.0f64;
+    drive(
+        "sf-sgd:lr=0.5,momentum=0.9,warmup_steps=0,r=0,weight_lr_power=0",
+        init,
+        steps,
+        |t, _, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = g(t, i);
+            }
+        },
+        |t, opt, _| {
+            let x = opt
+                .eval_point(0)
+                .ok_or_else(|| Error::Unsupported("sf-sgd has no evaluation point".into()))?;
+            for i in 0..4 {
+                // z by its own recurrence; the mean by compensated (Neumaier) summation.
+                z[i] -= lr * g(t, i);
+                let (s, v) = (sum[i], z[i]);
+                let next = s + v;
+                comp[i] += if s.abs() >= v.abs() {
+                    (s - next) + v
+                } else {
+                    (v - next) + s
+                };
+                sum[i] = next;
+                scale[i] = scale[i].max(z[i].abs());
+                let mean = (sum[i] + comp[i]) / t as f64;
+                worst = super::sequences::nan_max(worst, (x[i] - mean).abs() / scale[i]);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(Claim::identity(
+        "10a",
+        "Schedule-Free (warmup 0, r = 0, weight_lr_power = 0): x_t is the uniform mean of \
+         z_1..z_t, problem 4's rate 1/min(t,N) at N = ∞ (worst error relative to max |z|)",
+        &[("lr", lr), ("steps", steps as f64)],
+        0.0,
+        worst,
+        1e-12,
+    ))
+}
+
+/// The noisy quadratic of 10b: curvature, noise, learning rate, interpolation, steps.
+const H: f64 = 1.0;
+const SIGMA: f64 = 1.0;
+const ETA: f64 = 0.5;
+const BETA: f64 = 0.9;
+const STEPS: usize = 400;
+
+/// $\operatorname{Var} x_t$ for $t = 1..$`steps` of Schedule-Free SGD with uniform averaging
+/// on $\tfrac h2\Phi^2$ with gradient noise $\sigma$, from $\Phi_0 = 0$: the covariance
+/// recursion $\Sigma_t = A_t\Sigma_{t-1}A_t^\top + bb^\top$ of the state $(z, x)$, with
+/// $c = 1/t$, $A_t = \begin{pmatrix}1-\eta h(1-\beta) & -\eta h\beta\\
+/// c(1-\eta h(1-\beta)) & 1-c-c\eta h\beta\end{pmatrix}$, $b = -\eta\sigma(1, c)$.
+fn sf_predicted_variance(steps: usize) -> Vec<f64> {
+    let (mut szz, mut szx, mut sxx) = (0.0f64, 0.0f64, 0.0f64);
+    let k = 1.0 - ETA * H * (1.0 - BETA);
+    let mut out = Vec::with_capacity(steps);
+    for t in 1..=steps {
+        let c = 1.0 / t as f64;
+        let a = [[k, -ETA * H * BETA], [c * k, 1.0 - c - c * ETA * H * BETA]];
+        let b = [-ETA * SIGMA, -c * ETA * SIGMA];
+        let s = [[szz, szx], [szx, sxx]];
+        let mut n = [[0.0; 2]; 2];
+        for i in 0..2 {
+            for j in 0..2 {
+                let mut v = b[i] * b[j];
+                for p in 0..2 {
+                    for q in 0..2 {
+                        v += a[i][p] * s[p][q] * a[j][q];
+                    }
+                }
+                n[i][j] = v;
+            }
+        }
+        (szz, szx, sxx) = (n[0][0], n[0][1], n[1][1]);
+        out.push(sxx);
+    }
+    out
+}
+
+/// The measured variances behind 10b and its figure.
+struct SfVariance {
+    claims: Vec<Claim>,
+    /// Per step: Var x_t of Schedule-Free, Var Φ_t of SGD (all chains).
+    sf: Vec<Estimate>,
+    sgd: Vec<Estimate>,
+}
+
+/// Runs `spec` on `chains` independent copies of the noisy quadratic (one tensor element
+/// each), returning per-step estimates of the variance of the evaluation point (or the
+/// parameters), over all chains and over the two halves separately.
+fn quadratic_chains(
+    spec: &str,
+    seed: u64,
+    chains: usize,
+) -> Result<(Vec<Estimate>, Vec<Estimate>, Vec<Estimate>)> {
+    let mut rng = chain_rng(seed, 0);
+    let (mut all, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new());
+    let half = chains / 2;
+    drive(
+        spec,
+        vec![0.0; chains],
+        STEPS,
+        |_, p, out| {
+            for (o, &y) in out.iter_mut().zip(p) {
+                let xi: f64 = StandardNormal.sample(&mut rng);
+                *o = H * y + SIGMA * xi;
+            }
+        },
+        |_, opt, p| {
+            let x = opt.eval_point(0).unwrap_or(p);
+            all.push(Estimate::from_samples(x));
+            first.push(Estimate::from_samples(&x[..half]));
+            second.push(Estimate::from_samples(&x[half..]));
+            Ok(())
+        },
+    )?;
+    Ok((all, first, second))
+}
+
+fn sf_variance(options: &VerifyOptions) -> Result<SfVariance> {
+    let chains = if options.quick { 10_000 } else { 40_000 };
+    let seed = options.derive_seed("p10.sf");
+    let spec = format!("sf-sgd:lr={ETA},momentum={BETA},warmup_steps=0,r=0,weight_lr_power=0");
+    let (sf, first, second) = quadratic_chains(&spec, seed, chains)?;
+    let (sgd, _, _) = quadratic_chains(
+        &format!("sgd:lr={ETA}"),
+        options.derive_seed("p10.sgd"),
+        chains,
+    )?;
+    let predicted = sf_predicted_variance(STEPS);
+    let temperature = ETA * SIGMA * SIGMA / (H * (2.0 - ETA * H));
+    let t_late = STEPS;
+    let t_early = STEPS / 4;
+    let params = [
+        ("h", H),
+        ("sigma", SIGMA),
+        ("lr", ETA),
+        ("beta", BETA),
+        ("t", t_late as f64),
+        ("chains", chains as f64),
+    ];
+    // The ratio from disjoint halves of the chains: independent measurements.
+    let ratio = second[t_late - 1]
+        .variance()
+        .ratio(first[t_early - 1].variance());
+    let claims = vec![
+        Claim::monte_carlo(
+            "10b",
+            "Schedule-Free SGD on a noisy quadratic: Var x_T follows the (z, x) covariance \
+             recursion, far below SGD's temperature",
+            &params,
+            predicted[t_late - 1],
+            sf[t_late - 1].variance(),
+        )
+        .reject("SGD's temperature ησ²/(h(2−ηh))", temperature),
+        Claim::monte_carlo(
+            "10b.t",
+            "… and decays like 1/t: Var x_T / Var x_{T/4} (disjoint halves of the chains)",
+            &[("t", t_late as f64), ("t_early", t_early as f64)],
+            predicted[t_late - 1] / predicted[t_early - 1],
+            ratio,
+        )
+        .reject("no decay (1)", 1.0)
+        .reject("1/t² decay (1/16)", 1.0 / 16.0),
+        Claim::monte_carlo(
+            "10b.sgd",
+            "plain SGD on the same quadratic stays at its temperature ησ²/(h(2−ηh)) \
+             (problem 5b)",
+            &params,
+            temperature,
+            sgd[t_late - 1].variance(),
+        )
+        .reject(
+            "small-η approximation ησ²/(2h)",
+            ETA * SIGMA * SIGMA / (2.0 * H),
+        ),
+    ];
+    Ok(SfVariance { claims, sf, sgd })
+}
+
+/// 10c: AdEMAMix's slow EMA — lag, variance, start-up bias — read from the optimizer state.
+fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let beta3 = 0.99f64;
+    let n3 = 1.0 / (1.0 - beta3);
+    let spec = format!("ademamix:lr=0.001,beta3={beta3}");
+    let slow = |opt: &Optimizer<f64>| -> Result<Vec<f64>> {
+        opt.state("exp_avg_slow", 0)
+            .map(<[f64]>::to_vec)
+            .ok_or_else(|| Error::Unsupported("ademamix has no exp_avg_slow".into()))
+    };
+    // Lag on a ramp g_t = t, long after the start-up (β₃^t < 1e-40).
+    let ramp_steps = 10_000;
+    let mut lag = f64::NAN;
+    drive(
+        &spec,
+        vec![0.0],
+        ramp_steps,
+        |t, _, out| out[0] = t as f64,
+        |t, opt, _| {
+            if t == ramp_steps {
+                lag = t as f64 - slow(opt)?[0];
+            }
+            Ok(())
+        },
+    )?;
+    // Start-up bias on a constant input, at t = N₃.
+    let c = 2.5;
+    let t_bias = n3.round() as usize;
+    let mut bias = f64::NAN;
+    drive(
+        &spec,
+        vec![0.0],
+        t_bias,
+        |_, _, out| out[0] = c,
+        |t, opt, _| {
+            if t == t_bias {
+                bias = (c - slow(opt)?[0]) / c;
+            }
+            Ok(())
+        },
+    )?;
+    // Variance on white noise, one chain per element, at t = 20 N₃.
+    let chains = if options.quick { 10_000 } else { 40_000 };
+    let sigma = 1.5f64;
+    let mut rng = chain_rng(options.derive_seed("p10.ademamix"), 0);
+    let t_var = 20 * n3.round() as usize;
+    let mut var = None;
+    drive(
+        &spec,
+        vec![0.0; chains],
+        t_var,
+        |_, _, out| {
+            for o in out.iter_mut() {
+                let xi: f64 = StandardNormal.sample(&mut rng);
+                *o = sigma * xi;
+            }
+        },
+        |t, opt, _| {
+            if t == t_var {
+                var = Some(Estimate::from_samples(&slow(opt)?).variance());
+            }
+            Ok(())
+        },
+    )?;
+    let var = var.ok_or_else(|| Error::Unsupported("no variance measured".into()))?;
+    let s2 = sigma * sigma;
+    Ok(vec![
+        Claim::identity(
+            "10c",
+            "AdEMAMix's slow EMA lags a ramp by N₃ − 1 = β₃/(1−β₃) (problem 2)",
+            &[("beta3", beta3), ("t", ramp_steps as f64)],
+            n3 - 1.0,
+            lag,
+            1e-8,
+        ),
+        Claim::monte_carlo(
+            "10c.var",
+            "its stationary variance on white noise is σ²/(2N₃−1) (problem 2)",
+            &[
+                ("beta3", beta3),
+                ("sigma", sigma),
+                ("t", t_var as f64),
+                ("chains", chains as f64),
+            ],
+            s2 / (2.0 * n3 - 1.0) * (1.0 - beta3.powi(2 * t_var as i32)),
+            var,
+        )
+        .reject("σ²/N₃, a mean of N₃ samples", s2 / n3),
+        Claim::identity(
+            "10c.bias",
+            "not bias-corrected, it starts with the relative bias β₃^t (problem 4), here at \
+             t = N₃",
+            &[("beta3", beta3), ("t", t_bias as f64)],
+            beta3.powi(t_bias as i32),
+            bias,
+            1e-12,
+        ),
+    ])
+}
+
+/// $p(x) = ax + bx^3 + cx^5$ applied `k` times.
+fn quintic(x: f64, k: usize) -> f64 {
+    let (a, b, c) = NS_COEFFICIENTS;
+    (0..k).fold(x, |x, _| {
+        let x2 = x * x;
+        a * x + b * x * x2 + c * x * x2 * x2
+    })
+}
+
+/// Singular values of a row-major `rows` × `cols` matrix, in decreasing order, by one-sided
+/// Jacobi (Hestenes) rotations of its columns (of its rows when wide), which give small
+/// singular values to high relative accuracy. Hand-written for the lab (about 40 lines)
+/// rather than pulling a linear-algebra crate into the library for one use.
+pub(crate) fn singular_values(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    // Vectors to orthogonalise: the columns of the taller orientation.
+    let (n, len) = (rows.min(cols), rows.max(cols));
+    let mut v: Vec<Vec<f64>> = (0..n)
+        .map(|j| {
+            (0..len)
+                .map(|i| {
+                    if rows >= cols {
+                        m[i * cols + j]
+                    } else {
+                        m[j * cols + i]
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for _sweep in 0..60 {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (alpha, beta, gamma) =
+                    (dot(&v[p], &v[p]), dot(&v[q], &v[q]), dot(&v[p], &v[q]));
+                if gamma == 0.0 || gamma.abs() <= 1e-15 * (alpha * beta).sqrt() {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                let (vp, vq) = (v[p].clone(), v[q].clone());
+                for i in 0..len {
+                    v[p][i] = c * vp[i] - s * vq[i];
+                    v[q][i] = s * vp[i] + c * vq[i];
+                }
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+    let mut s: Vec<f64> = v.iter().map(|c| dot(c, c).sqrt()).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    s
+}
+
+/// Muon's orthogonalised update of `g` (row-major `rows` × `cols`), read off the real
+/// optimizer: from $\Phi = 0$ with momentum 0, no decay and $\eta = 1$,
+/// $\Phi_1 = -\eta' O$.
+fn muon_update(g: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>> {
+    let mut opt = Optimizer::<f64>::from_spec("muon:lr=1,weight_decay=0,momentum=0")?;
+    let mut p = [Tensor::new("w", vec![rows, cols], vec![0.0; g.len()])?];
+    let gt = [Tensor::new("w", vec![rows, cols], g.to_vec())?];
+    opt.step(&mut p, &gt, &StepInfo::default())?;
+    let adjusted = (rows as f64 / cols as f64).max(1.0).sqrt();
+    Ok(p[0].data().iter().map(|&x| -x / adjusted).collect())
+}
+
+/// `k` orthonormal vectors of length `n` (modified Gram–Schmidt on Gaussian draws, twice).
+fn orthonormal(rng: &mut crate::lab::montecarlo::ChainRng, n: usize, k: usize) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(k);
+    while out.len() < k {
+        let mut v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        for _ in 0..2 {
+            for u in &out {
+                let d: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+                for (x, &ui) in v.iter_mut().zip(u) {
+                    *x -= d * ui;
+                }
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 1e-8 {
+            out.push(v.into_iter().map(|x| x / norm).collect());
+        }
+    }
+    out
+}
+
+/// Pairs each normalised singular value $x_i$ of a gradient with a singular value of its
+/// update: $q$ is not monotone, so the update's values (sorted, decreasing) are matched to
+/// the $x_i$ in the order of decreasing $q(x_i)$.
+fn matched(xs: &[f64], update: &[f64], steps: usize) -> Vec<(f64, f64)> {
+    let mut order: Vec<usize> = (0..xs.len()).collect();
+    order.sort_by(|&a, &b| quintic(xs[b], steps).total_cmp(&quintic(xs[a], steps)));
+    order
+        .iter()
+        .zip(update)
+        .map(|(&i, &y)| (xs[i], y))
+        .collect()
+}
+
+/// The measurements behind 10d and its figure.
+struct MuonResult {
+    claims: Vec<Claim>,
+    /// (normalised singular value of G, singular value of Muon's update).
+    pairs: Vec<(f64, f64)>,
+    /// q's band on [0.02, 1].
+    band: (f64, f64),
+}
+
+fn muon(options: &VerifyOptions) -> Result<MuonResult> {
+    let mut rng = chain_rng(options.derive_seed("p10.muon"), 0);
+    let steps = 5;
+    // Identity: G = U diag(s) Vᵀ with prescribed, adversarial spectra (rank-deficient,
+    // spread over six decades, clustered), wide and tall.
+    let spectra: [&[f64]; 4] = [
+        &[3.0, 1.0, 0.5, 1e-3, 1e-6, 0.0],
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        &[1e8, 2e7, 5e6, 1e6, 1e5, 1e4],
+        &[1e-9, 1e-9, 5e-10, 1e-10, 0.0, 0.0],
+    ];
+    let mut worst = 0.0f64;
+    let mut pairs = Vec::new();
+    for (k, s) in spectra.iter().enumerate() {
+        let (rows, cols) = if k % 2 == 0 { (6, 11) } else { (13, 6) };
+        let u = orthonormal(&mut rng, rows, 6);
+        let v = orthonormal(&mut rng, cols, 6);
+        let mut g = vec![0.0; rows * cols];
+        for (l, &sl) in s.iter().enumerate() {
+            for i in 0..rows {
+                for j in 0..cols {
+                    g[i * cols + j] += sl * u[l][i] * v[l][j];
+                }
+            }
+        }
+        let o = muon_update(&g, rows, cols)?;
+        let got = singular_values(&o, rows, cols);
+        let norm = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-7);
+        let xs: Vec<f64> = s.iter().map(|si| si / norm).collect();
+        for (x, y) in matched(&xs, &got, steps) {
+            worst = super::sequences::nan_max(worst, (y - quintic(x, steps)).abs());
+            if x > 0.0 {
+                pairs.push((x, y));
+            }
+        }
+    }
+    // The band on Gaussian gradients: q on [0.02, 1] (grid), against every singular value.
+    let grid: Vec<f64> = (0..=20_000)
+        .map(|i| quintic(0.02 + 0.98 * i as f64 / 20_000.0, steps))
+        .collect();
+    let band = (
+        grid.iter().copied().fold(f64::INFINITY, f64::min),
+        grid.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let matrices = if options.quick { 10 } else { 40 };
+    let (rows, cols) = (24, 48);
+    let (mut outside, mut spread, mut predicted_spread) = (0.0f64, 0.0f64, 0.0f64);
+    let mut min_x = f64::INFINITY;
+    for _ in 0..matrices {
+        let g: Vec<f64> = (0..rows * cols)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let o = muon_update(&g, rows, cols)?;
+        let sg = singular_values(&g, rows, cols);
+        let so = singular_values(&o, rows, cols);
+        let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let xs: Vec<f64> = sg.iter().map(|x| x / norm).collect();
+        for (x, y) in matched(&xs, &so, steps) {
+            min_x = min_x.min(x);
+            outside = outside.max(band.0 - y).max(y - band.1);
+            spread = spread.max((y - 1.0).abs());
+            predicted_spread = predicted_spread.max((quintic(x, steps) - 1.0).abs());
+            pairs.push((x, y));
+        }
+    }
+    // Scale invariance through the real optimizer (momentum, Nesterov, several steps).
+    let (sr, sc) = (9, 5);
+    let grads: Vec<Vec<f64>> = (0..4)
+        .map(|_| (0..sr * sc).map(|_| rng.random::<f64>() - 0.5).collect())
+        .collect();
+    let run = |scale: f64| -> Result<Vec<f64>> {
+        let mut opt = Optimizer::<f64>::from_spec("muon:lr=0.02,weight_decay=0")?;
+        let mut p = [Tensor::new("w", vec![sr, sc], vec![0.3; sr * sc])?];
+        for g in &grads {
+            let g = [Tensor::new(
+                "w",
+                vec![sr, sc],
+                g.iter().map(|x| x * scale).collect(),
+            )?];
+            opt.step(&mut p, &g, &StepInfo::default())?;
+        }
+        Ok(p[0].data().to_vec())
+    };
+    let base = run(1.0)?;
+    let mut scale_err = 0.0f64;
+    for c in [1e-4, 0.37, 3.0, 1e5] {
+        let other = run(c)?;
+        for (a, b) in base.iter().zip(&other) {
+            scale_err = super::sequences::nan_max(scale_err, (a - b).abs() / 0.3);
+        }
+    }
+    let claims = vec![
+        Claim::identity(
+            "10d",
+            "Muon's update has singular values q(σᵢ/‖G‖_F), q the quintic applied 5 times \
+             (adversarial spectra: rank-deficient, 1e-10 to 1e8; worst absolute error)",
+            &[("ns_steps", steps as f64)],
+            0.0,
+            worst,
+            1e-9,
+        ),
+        Claim::identity(
+            "10d.band",
+            "on Gaussian 24×48 gradients every singular value of the update lies in q's band \
+             on [0.02, 1] (distance outside it)",
+            &[
+                ("matrices", matrices as f64),
+                ("band_lo", band.0),
+                ("band_hi", band.1),
+                ("min_x", min_x),
+            ],
+            0.0,
+            outside.max(if min_x < 0.02 { f64::INFINITY } else { 0.0 }),
+            1e-9,
+        ),
+        Claim::identity(
+            "10d.uv",
+            "the iteration does not converge to UVᵀ: max |σᵢ − 1| of the update, as q predicts",
+            &[("matrices", matrices as f64)],
+            predicted_spread,
+            spread,
+            1e-9,
+        )
+        .reject("UVᵀ (every σᵢ = 1)", 0.0),
+        Claim::identity(
+            "10d.scale",
+            "Muon's trajectory is invariant to the gradient's scale c ∈ {1e-4, 0.37, 3, 1e5} \
+             (problem 5: no learning-rate change with the loss unit; worst relative change)",
+            &[("steps", grads.len() as f64)],
+            0.0,
+            scale_err,
+            1e-12,
+        ),
+    ];
+    Ok(MuonResult {
+        claims,
+        pairs,
+        band,
+    })
+}
+
+/// The figures of section 10: Schedule-Free's variance against SGD's, and Muon's quintic.
+pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
+    let sf = sf_variance(options)?;
+    let predicted = sf_predicted_variance(STEPS);
+    let temperature = ETA * SIGMA * SIGMA / (H * (2.0 - ETA * H));
+    let series = |e: &[Estimate]| -> Vec<(f64, f64)> {
+        e.iter()
+            .enumerate()
+            .map(|(t, e)| (t as f64 + 1.0, e.variance))
+            .collect()
+    };
+    let line = |label: &str, points: Vec<(f64, f64)>, dashed: bool| Line {
+        label: label.to_string(),
+        points,
+        dashed,
+        group: usize::MAX,
+    };
+    let m = muon(options)?;
+    let curve: Vec<(f64, f64)> = (0..=400)
+        .map(|i| {
+            let x = 10f64.powf(-7.0 + 7.0 * i as f64 / 400.0);
+            (x.log10(), quintic(x, 5))
+        })
+        .collect();
+    Ok(vec![
+        Figure {
+            title: "Section 10: Schedule-Free's average against SGD's temperature".into(),
+            caption: format!(
+                "Variance over chains of the evaluated point on ½hΦ² with gradient noise σ \
+                 (h = {H}, σ = {SIGMA}, η = {ETA}, β = {BETA}): Schedule-Free's x_t (uniform \
+                 averaging) and plain SGD's Φ_t, both run by the library's optimizers; dashed: \
+                 the (z, x) covariance recursion and SGD's temperature ησ²/(h(2−ηh))."
+            ),
+            x_label: "step t".into(),
+            y_label: "variance (units of Φ²)".into(),
+            lines: vec![
+                line("Schedule-Free x_t (measured)", series(&sf.sf), false),
+                line("SGD Φ_t (measured)", series(&sf.sgd), false),
+                line(
+                    "covariance recursion",
+                    predicted
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &v)| (t as f64 + 1.0, v))
+                        .collect(),
+                    true,
+                ),
+                line(
+                    "temperature ησ²/(h(2−ηh))",
+                    vec![(1.0, temperature), (STEPS as f64, temperature)],
+                    true,
+                ),
+            ],
+            ..Figure::default()
+        },
+        Figure {
+            title: "Section 10: Muon's singular values through the quintic".into(),
+            caption: format!(
+                "q(x), the quintic Newton–Schulz map applied 5 times, against x = σᵢ/‖G‖_F \
+                 (log scale); markers: singular values of the library's Muon update for \
+                 adversarial and Gaussian gradients. q's band on [0.02, 1] is [{:.3}, {:.3}]: \
+                 the update is not UVᵀ.",
+                m.band.0, m.band.1
+            ),
+            x_label: "log10 σᵢ/‖G‖_F".into(),
+            y_label: "singular value of the update".into(),
+            lines: vec![line("q(x)", curve, true)],
+            markers: vec![Marker {
+                label: "Muon update (measured)".into(),
+                at: m.pairs.iter().map(|&(x, y)| (x.log10(), y)).collect(),
+            }],
+            ..Figure::default()
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn singular_values_by_hand() {
+        // diag(3, 2) padded, and a rank-one matrix.
+        let s = singular_values(&[3.0, 0.0, 0.0, 0.0, 2.0, 0.0], 2, 3);
+        assert!(
+            (s[0] - 3.0).abs() < 1e-15 && (s[1] - 2.0).abs() < 1e-15,
+            "{s:?}"
+        );
+        let s = singular_values(&[1.0, 2.0, 2.0, 4.0, 3.0, 6.0], 3, 2);
+        assert!(
+            (s[0] - 70f64.sqrt()).abs() < 1e-14 && s[1].abs() < 1e-14,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn the_recursion_starts_at_the_first_step_s_noise() {
+        // After one step (c = 1): z = x = −ησξ, so Var x₁ = η²σ².
+        let v = sf_predicted_variance(1);
+        assert!((v[0] - ETA * ETA * SIGMA * SIGMA).abs() < 1e-15);
+    }
+}
