@@ -191,14 +191,27 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }
 
-/// `count` f32 tensors of `per` elements each, filled by `f(i)`.
+/// The squarest matrix shape of `n` elements: `[r, n / r]` with `r` the largest divisor of
+/// `n` not above $\sqrt n$ (1024 × 1024 for $2^{20}$).
+pub fn squarest(n: usize) -> [usize; 2] {
+    let mut r = n.isqrt().max(1);
+    while !n.is_multiple_of(r) {
+        r -= 1;
+    }
+    [r, n / r]
+}
+
+/// `count` f32 tensors of `per` elements each, filled by `f(i)`, each shaped as the
+/// squarest matrix of its size (matrix rules such as Muon need a matrix; elementwise rules
+/// do not see the shape).
 fn layout(count: usize, per: usize, f: impl Fn(usize) -> f32 + Copy) -> Result<Vec<Tensor<f32>>> {
     (0..count)
         .map(|k| {
-            Ok(Tensor::vector(
+            Tensor::new(
                 format!("t{k}"),
+                squarest(per).to_vec(),
                 filled(per, per * count, f)?,
-            ))
+            )
         })
         .collect()
 }
@@ -369,6 +382,14 @@ mod tests {
             assert!((r.gbps - implied).abs() <= 1e-9 * implied);
             assert!(r.fraction_of_bandwidth > 0.0 && r.bandwidth_gbps > 0.0);
         }
+    }
+
+    #[test]
+    fn squarest_shapes() {
+        assert_eq!(squarest(1 << 20), [1024, 1024]);
+        assert_eq!(squarest(10_000_000), [3125, 3200]);
+        assert_eq!(squarest(7), [1, 7]);
+        assert_eq!(squarest(1), [1, 1]);
     }
 
     #[test]

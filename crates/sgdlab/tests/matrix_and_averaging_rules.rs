@@ -63,8 +63,9 @@ fn muon_gives_the_same_bits_for_any_thread_count() {
             .build()
             .unwrap();
         pool.install(|| {
-            // Tall and wide, each spanning several row blocks.
-            let mut p = vec![matrix::<T>("a", 300, 130, 1), matrix::<T>("b", 70, 260, 2)];
+            // Tall (parallel: over 65,536 elements) and wide (on the calling thread), each spanning
+            // several row blocks.
+            let mut p = vec![matrix::<T>("a", 300, 230, 1), matrix::<T>("b", 70, 260, 2)];
             let spec = format!("muon:lr=0.02,ns_bf16={bf16}");
             let mut opt = Optimizer::<T>::from_spec(&spec).unwrap();
             for t in 0..3 {

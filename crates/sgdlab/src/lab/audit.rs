@@ -175,6 +175,12 @@ fn jacobian(x: &[f64], mut f: impl FnMut(&[f64], &mut [f64])) -> Vec<f64> {
     jac
 }
 
+/// The parameters as the tensor `phi`, a $1 \times d$ row matrix: elementwise rules do not
+/// see the shape, and matrix rules (Muon) then orthogonalise a row, i.e. normalise it.
+fn row(data: Vec<f64>) -> Result<Tensor<f64>> {
+    Tensor::new("phi", vec![1, data.len()], data)
+}
+
 /// Per-unit-learning-rate update of one optimizer step from `phi` on example `i`.
 ///
 /// The step runs with learning rate 1 (via `lr_scale`) so that no precision is lost dividing a
@@ -189,8 +195,8 @@ fn unit_step(
 ) -> Result<()> {
     let mut g = vec![0.0; phi.len()];
     let loss = model.loss_grad(phi, i, &mut g);
-    let mut params = [Tensor::vector("phi", phi.to_vec())];
-    let grads = [Tensor::vector("phi", g)];
+    let mut params = [row(phi.to_vec())?];
+    let grads = [row(g)?];
     let info = StepInfo {
         loss: Some(loss),
         lr_scale,
@@ -340,10 +346,51 @@ impl Default for SimulationOptions {
     }
 }
 
-const BATCHES: usize = 40;
+/// Fine batches of a simulated series: their means are the series whose autocorrelation
+/// the standard error accounts for.
+const BATCHES: usize = 1024;
 
-/// Batch means: the mean of each coordinate over all samples and its standard error from
-/// `BATCHES` consecutive batches (which absorbs the autocorrelation of a Markov chain).
+/// Sokal's window constant: autocorrelations are summed up to the first lag $W$ with
+/// $W \ge C\,\hat\tau(W)$.
+const SOKAL_C: f64 = 5.0;
+
+/// The integrated autocorrelation time $\hat\tau = 1 + 2\sum_{k=1}^{W}\hat\rho_k$ of a
+/// series, in its own steps, with Sokal's automatic window ($W$ the first lag with
+/// $W \ge 5\hat\tau(W)$, at most $n/2$). The variance of the series' mean is then
+/// $\hat c_0\hat\tau/n$. A constant series has $\hat\tau = 1$; anticorrelated ones may go
+/// below 1 (floored at $1/n$).
+pub fn integrated_autocorrelation_time(x: &[f64]) -> f64 {
+    let n = x.len();
+    if n < 2 {
+        return 1.0;
+    }
+    let mean = x.iter().sum::<f64>() / n as f64;
+    let d: Vec<f64> = x.iter().map(|v| v - mean).collect();
+    let c0 = d.iter().map(|v| v * v).sum::<f64>() / n as f64;
+    if c0 <= 0.0 || !c0.is_finite() {
+        return 1.0;
+    }
+    let mut tau = 1.0;
+    for k in 1..n / 2 {
+        let ck = d[..n - k]
+            .iter()
+            .zip(&d[k..])
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / n as f64;
+        tau += 2.0 * ck / c0;
+        if k as f64 >= SOKAL_C * tau {
+            break;
+        }
+    }
+    tau.max(1.0 / n as f64)
+}
+
+/// Batch means: the mean of each coordinate over all samples, and its standard error from
+/// [`BATCHES`] consecutive batch means and their integrated autocorrelation time
+/// ([`integrated_autocorrelation_time`]): batches shorter than the chain's memory are
+/// correlated, and fixed batch counts then understate the error (a fixed 40 batches gave
+/// 6c's z-scores an sd of 1.21 over 340 seeds).
 struct BatchMeans {
     per_batch: usize,
     count: usize,
@@ -383,13 +430,9 @@ impl BatchMeans {
             .collect();
         let se = (0..d)
             .map(|j| {
-                let v = self
-                    .batches
-                    .iter()
-                    .map(|m| (m[j] - mean[j]).powi(2))
-                    .sum::<f64>()
-                    / (b - 1.0);
-                (v / b).sqrt()
+                let series: Vec<f64> = self.batches.iter().map(|m| m[j]).collect();
+                let v = series.iter().map(|x| (x - mean[j]).powi(2)).sum::<f64>() / (b - 1.0);
+                (v * integrated_autocorrelation_time(&series) / b).sqrt()
             })
             .collect();
         (mean, se)
@@ -451,13 +494,13 @@ pub fn simulated_fixed_point(
     let d = start.len();
     let mut opt = Optimizer::<f64>::new(spec.clone())?;
     let mut rng = chain_rng(options.seed, 1);
-    let mut params = [Tensor::vector("phi", start.to_vec())];
+    let mut params = [row(start.to_vec())?];
     let mut g = vec![0.0; d];
     let mut acc = BatchMeans::new(d, options.steps);
     for t in 0..options.burn_in + options.steps {
         let i = rng.random_range(0..model.examples());
         let loss = model.loss_grad(params[0].data(), i, &mut g);
-        let grads = [Tensor::vector("phi", g.clone())];
+        let grads = [row(g.clone())?];
         opt.step(
             &mut params,
             &grads,
@@ -525,6 +568,17 @@ fn distance(a: &[f64], b: &[f64]) -> f64 {
         .sqrt()
 }
 
+/// The largest per-example gradient component at `phi` (over at most 1,000 examples).
+fn gradient_scale(model: &dyn Model<f64>, phi: &[f64]) -> f64 {
+    let mut g = vec![0.0; phi.len()];
+    (0..model.examples().min(1000))
+        .map(|i| {
+            model.loss_grad(phi, i, &mut g);
+            g.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+        })
+        .fold(f64::MIN_POSITIVE, f64::max)
+}
+
 /// Audits one optimizer at the minimiser `star`.
 pub fn audit_optimizer(
     model: &dyn Model<f64>,
@@ -561,10 +615,13 @@ pub fn audit_optimizer(
     };
     let (fp_half, _) = simulated_fixed_point(model, spec, star, 0.5, &half)?;
     let extrapolated: Vec<f64> = fp_half.iter().zip(&fp).map(|(h, f)| 2.0 * h - f).collect();
+    // Within 4 standard errors, or within rounding of the per-example gradients' size (a
+    // rule whose simulated drift is exactly zero up to rounding has a standard error of 0).
+    let floor = 1e-12 * gradient_scale(model, star);
     let consistent = drift
         .iter()
         .zip(&drift_se)
-        .all(|(m, s)| m.abs() <= 4.0 * s || *m == 0.0);
+        .all(|(m, s)| m.abs() <= 4.0 * s + floor);
     Ok(OptimizerAudit {
         optimizer: spec.to_string(),
         method: "simulation",
@@ -620,6 +677,58 @@ mod tests {
     use super::*;
     use crate::data::parse_csv;
     use crate::model::LossUnit;
+
+    /// AR(1) with coefficient ρ has τ = (1+ρ)/(1−ρ); independent draws have τ = 1; and the
+    /// batch-means SE of an AR(1) mean matches the exact asymptotic one.
+    #[test]
+    fn autocorrelation_time_of_known_series() {
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = chain_rng(3, 0);
+        let n = 400_000;
+        let white: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let tau = integrated_autocorrelation_time(&white);
+        assert!((tau - 1.0).abs() < 0.05, "{tau}");
+        let rho = 0.9;
+        let mut x = 0.0;
+        let ar: Vec<f64> = white
+            .iter()
+            .map(|e| {
+                x = rho * x + e;
+                x
+            })
+            .collect();
+        let tau = integrated_autocorrelation_time(&ar);
+        let want = (1.0 + rho) / (1.0 - rho);
+        assert!((tau / want - 1.0).abs() < 0.1, "{tau} vs {want}");
+        // Batches of 390 steps ≫ τ: the SE is σ_x·sqrt(τ/n), σ_x² = 1/(1−ρ²).
+        let mut bm = BatchMeans::new(1, n);
+        for v in &ar {
+            bm.push(&[*v]);
+        }
+        let (_, se) = bm.finish();
+        let exact = (want / (1.0 - rho * rho) / n as f64).sqrt();
+        assert!((se[0] / exact - 1.0).abs() < 0.1, "{} vs {exact}", se[0]);
+        // Slow chains (ρ = 0.9995, τ ≈ 4000 steps, 1024 batches of 390 steps), started in
+        // the stationary distribution: over 8 runs the mean SE is the exact one within 12%
+        // (a single estimate is noisy: its window spans few batches).
+        let rho: f64 = 0.9995;
+        let want = (1.0 + rho) / (1.0 - rho);
+        let exact = (want / (1.0 - rho * rho) / n as f64).sqrt();
+        let mut ratios = 0.0;
+        for seed in 0..8 {
+            let mut rng = chain_rng(100 + seed, 0);
+            let start: f64 = StandardNormal.sample(&mut rng);
+            let mut x = start * (1.0 / (1.0 - rho * rho)).sqrt();
+            let mut bm = BatchMeans::new(1, n);
+            for _ in 0..n {
+                let e: f64 = StandardNormal.sample(&mut rng);
+                x = rho * x + e;
+                bm.push(&[x]);
+            }
+            ratios += bm.finish().1[0] / exact / 8.0;
+        }
+        assert!((ratios - 1.0).abs() < 0.12, "{ratios}");
+    }
 
     fn points(text: &str) -> AuditModel {
         AuditModel::Points(Points::new(parse_csv(text, false).unwrap()))

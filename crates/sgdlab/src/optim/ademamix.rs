@@ -7,14 +7,19 @@ use super::spec::{check, config};
 use crate::{Real, Result};
 
 config! {
-    /// `ademamix`: AdEMAMix as optax's `contrib.ademamix` (without its optional `alpha` and
-    /// `beta3` schedulers).
+    /// `ademamix`: AdEMAMix as optax's `contrib.ademamix`, with the paper's optional warm-up
+    /// of $\alpha$ and $\beta_3$ over `t_alpha_beta3` steps.
     ///
     /// $m_1 \leftarrow \beta_1 m_1 + (1-\beta_1)g$ (fast, bias-corrected),
     /// $m_2 \leftarrow \beta_3 m_2 + (1-\beta_3)g$ (slow, horizon $N_3 = 1/(1-\beta_3)$, **not**
     /// bias-corrected), $\nu \leftarrow \beta_2\nu + (1-\beta_2)g^2$,
     /// $\Phi \leftarrow \Phi - \eta\left(\frac{m_1/(1-\beta_1^t) + \alpha m_2}
     /// {\sqrt{\nu/(1-\beta_2^t)} + \epsilon} + \lambda\Phi\right)$.
+    ///
+    /// With `t_alpha_beta3` $= T > 0$, for $t < T$ (the paper's schedulers, $a = t/T$):
+    /// $\alpha_t = a\alpha$, and $\beta_{3,t} = f^{-1}((1-a)f(\beta_1) + af(\beta_3))$ with
+    /// $f(\beta) = \ln\tfrac12/\ln(\beta + 10^{-8}) - 1$ (the half-life, in steps, grows
+    /// linearly) and $f^{-1}(h) = 0.5^{1/(h+1)}$.
     Ademamix("ademamix") {
         /// Learning rate $\eta \ge 0$.
         lr: f64 = 1e-3,
@@ -30,6 +35,25 @@ config! {
         eps: f64 = 1e-8,
         /// Decoupled weight decay $\lambda \ge 0$ (optax's `add_decayed_weights`).
         weight_decay: f64 = 0.0,
+        /// Warm-up steps $T$ of $\alpha$ and $\beta_3$ (0: none).
+        t_alpha_beta3: u64 = 0,
+    }
+}
+
+impl Ademamix {
+    /// $(\alpha_t, \beta_{3,t})$ at step $t$ (the paper's `linear_warmup_scheduler` and
+    /// `linear_hl_warmup_scheduler`).
+    pub fn scheduled(&self, t: u64) -> (f64, f64) {
+        if t >= self.t_alpha_beta3 {
+            return (self.alpha, self.beta3);
+        }
+        let a = t as f64 / self.t_alpha_beta3 as f64;
+        let f = |beta: f64| 0.5f64.ln() / (beta + 1e-8).ln() - 1.0;
+        let f_inv = |h: f64| 0.5f64.powf(1.0 / (h + 1.0));
+        (
+            a * self.alpha,
+            f_inv((1.0 - a) * f(self.beta1) + a * f(self.beta3)),
+        )
     }
 }
 
@@ -69,16 +93,17 @@ impl UpdateRule for Ademamix {
             unreachable!("ademamix has three slots")
         };
         let c = |x: f64| T::from_f64(x);
+        let (alpha, beta3) = self.scheduled(ctx.t);
         let (b1, c1, b2, c2, b3, c3) = (
             c(self.beta1),
             c(1.0 - self.beta1),
             c(self.beta2),
             c(1.0 - self.beta2),
-            c(self.beta3),
-            c(1.0 - self.beta3),
+            c(beta3),
+            c(1.0 - beta3),
         );
         let (bc1, bc2) = (c(1.0 - ctx.beta_pow[0]), c(1.0 - ctx.beta_pow[1]));
-        let (alpha, eps, wd, lr) = (c(self.alpha), c(self.eps), c(self.weight_decay), c(ctx.lr));
+        let (alpha, eps, wd, lr) = (c(alpha), c(self.eps), c(self.weight_decay), c(ctx.lr));
         let gs = c(ctx.grad_scale);
         blocks(ctx.prefetch, p, g, [m1, m2, nu], |p, g, [m1, m2, nu]| {
             for ((((p, &g), m1), m2), nu) in p
@@ -96,5 +121,31 @@ impl UpdateRule for Ademamix {
                 *p = *p - lr * (update + wd * *p);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedulers_follow_the_paper() {
+        let plain = Ademamix::default();
+        assert_eq!(plain.scheduled(1), (5.0, 0.9999));
+        let s = Ademamix {
+            t_alpha_beta3: 100,
+            ..Ademamix::default()
+        };
+        // α grows linearly from 0; β₃ starts at β₁ and its half-life grows linearly.
+        let (a0, b0) = s.scheduled(0);
+        assert_eq!(a0, 0.0);
+        assert!((b0 - 0.9).abs() < 2e-8, "{b0}"); // f^{-1}(f(β)) = β + 1e-8
+        let paper_f = |b: f64| 0.5f64.ln() / (b + 1e-8).ln() - 1.0;
+        let half_life = |b: f64| 0.5f64.ln() / b.ln() - 1.0;
+        let (a, b) = s.scheduled(25);
+        assert!((a - 1.25).abs() < 1e-15);
+        let want = 0.75 * paper_f(0.9) + 0.25 * paper_f(0.9999);
+        assert!((half_life(b) - want).abs() < 1e-9 * want, "{b}");
+        assert_eq!(s.scheduled(100), (5.0, 0.9999));
     }
 }

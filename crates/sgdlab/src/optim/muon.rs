@@ -208,6 +208,28 @@ pub fn round_bf16<T: Real>(x: T) -> T {
 /// count.
 const ROW_BLOCK: usize = 64;
 
+/// Matrices below this many elements run on the calling thread: waking the pool costs more
+/// than their products (a 64 × 64 step takes microseconds).
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// `f` over the elements of `v`, on the pool when `parallel`; the same bits either way.
+fn each<T: Real>(parallel: bool, v: &mut [T], f: impl Fn(&mut T) + Sync + Send) {
+    if parallel {
+        v.par_iter_mut().for_each(f);
+    } else {
+        v.iter_mut().for_each(f);
+    }
+}
+
+/// `f` over the elements of `v` and `w` in pairs, on the pool when `parallel`.
+fn each2<T: Real>(parallel: bool, v: &mut [T], w: &[T], f: impl Fn(&mut T, T) + Sync + Send) {
+    if parallel {
+        v.par_iter_mut().zip(w).for_each(|(a, &b)| f(a, b));
+    } else {
+        v.iter_mut().zip(w).for_each(|(a, &b)| f(a, b));
+    }
+}
+
 /// $C = A B$ for row-major `a` ($m \times k$), and `b` given as ($k \times n$) with strides
 /// `(rsb, csb)`; rows of $C$ in parallel blocks of [`ROW_BLOCK`].
 fn matmul<T: Real>(m: usize, k: usize, n: usize, a: &[T], b: (&[T], usize, usize), c: &mut [T]) {
@@ -223,34 +245,42 @@ fn matmul<T: Real>(m: usize, k: usize, n: usize, a: &[T], b: (&[T], usize, usize
     if n == 0 {
         return;
     }
-    c[..m * n]
-        .par_chunks_mut(ROW_BLOCK * n)
-        .enumerate()
-        .for_each(|(i, block)| {
-            let r0 = i * ROW_BLOCK;
-            let rows = block.len() / n;
-            let a_rows = &a[r0 * k..(r0 + rows) * k];
-            // SAFETY: A is rows × k row-major inside `a_rows`, B's last element
-            // (k-1)·rsb + (n-1)·csb lies in `bs` (asserted above), C is rows × n row-major in
-            // `block`, a distinct &mut slice that aliases neither.
-            unsafe {
-                T::gemm(
-                    rows,
-                    k,
-                    n,
-                    a_rows.as_ptr(),
-                    k as isize,
-                    1,
-                    bs.as_ptr(),
-                    rsb as isize,
-                    csb as isize,
-                    T::zero(),
-                    block.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        });
+    let block = |(i, block): (usize, &mut [T])| {
+        let r0 = i * ROW_BLOCK;
+        let rows = block.len() / n;
+        let a_rows = &a[r0 * k..(r0 + rows) * k];
+        // SAFETY: A is rows × k row-major inside `a_rows`, B's last element
+        // (k-1)·rsb + (n-1)·csb lies in `bs` (asserted above), C is rows × n row-major in
+        // `block`, a distinct &mut slice that aliases neither.
+        unsafe {
+            T::gemm(
+                rows,
+                k,
+                n,
+                a_rows.as_ptr(),
+                k as isize,
+                1,
+                bs.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                T::zero(),
+                block.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    };
+    if m * n.max(k) >= PARALLEL_MIN {
+        c[..m * n]
+            .par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(block);
+    } else {
+        c[..m * n]
+            .chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(block);
+    }
 }
 
 /// The quintic Newton–Schulz iteration of `update` (`rows` × `cols`, row-major), as
@@ -266,9 +296,10 @@ pub fn newton_schulz<T: Real>(
     eps: f64,
     bf16: bool,
 ) -> Vec<T> {
+    let parallel = rows * cols >= PARALLEL_MIN;
     let round = |v: &mut [T]| {
         if bf16 {
-            v.par_iter_mut().for_each(|x| *x = round_bf16(*x));
+            each(parallel, v, |x| *x = round_bf16(*x));
         }
     };
     let tall = rows > cols;
@@ -284,7 +315,7 @@ pub fn newton_schulz<T: Real>(
     if bf16 {
         norm = round_bf16(norm);
     }
-    x.par_iter_mut().for_each(|v| *v = *v / norm);
+    each(parallel, &mut x, |v| *v = *v / norm);
     round(&mut x);
     let (a, b, cc) = NS_COEFFICIENTS;
     let (a, b, cc) = (T::from_f64(a), T::from_f64(b), T::from_f64(cc));
@@ -296,15 +327,10 @@ pub fn newton_schulz<T: Real>(
         matmul(r, c, r, &x, (&x, 1, c), &mut gram);
         round(&mut gram);
         matmul(r, r, r, &gram, (&gram, r, 1), &mut gram2);
-        gram2
-            .par_iter_mut()
-            .zip(&gram)
-            .for_each(|(g2, &g)| *g2 = b * g + cc * *g2);
+        each2(parallel, &mut gram2, &gram, |g2, g| *g2 = b * g + cc * *g2);
         round(&mut gram2);
         matmul(r, r, c, &gram2, (&x, c, 1), &mut bx);
-        x.par_iter_mut()
-            .zip(&bx)
-            .for_each(|(x, &bx)| *x = a * *x + bx);
+        each2(parallel, &mut x, &bx, |x, bx| *x = a * *x + bx);
         round(&mut x);
     }
     if tall { transpose(&x, r, c) } else { x }
