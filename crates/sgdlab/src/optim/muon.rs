@@ -232,7 +232,20 @@ fn each2<T: Real>(parallel: bool, v: &mut [T], w: &[T], f: impl Fn(&mut T, T) + 
 
 /// $C = A B$ for row-major `a` ($m \times k$), and `b` given as ($k \times n$) with strides
 /// `(rsb, csb)`; rows of $C$ in parallel blocks of [`ROW_BLOCK`].
-fn matmul<T: Real>(m: usize, k: usize, n: usize, a: &[T], b: (&[T], usize, usize), c: &mut [T]) {
+///
+/// With `symmetric` (a square product known to be symmetric: $XX^\top$, $A^2$ for symmetric
+/// $A$), each row block computes only the columns from its first row on, and the rest is
+/// mirrored: half the arithmetic, and the same bits (element $(j, i)$ is the same products
+/// summed in the same order as $(i, j)$).
+fn matmul<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: (&[T], usize, usize),
+    c: &mut [T],
+    symmetric: bool,
+) {
     assert!(
         a.len() >= m * k && c.len() >= m * n,
         "matmul: operand sizes"
@@ -245,26 +258,32 @@ fn matmul<T: Real>(m: usize, k: usize, n: usize, a: &[T], b: (&[T], usize, usize
     if n == 0 {
         return;
     }
+    assert!(
+        !symmetric || m == n,
+        "matmul: a symmetric product is square"
+    );
     let block = |(i, block): (usize, &mut [T])| {
         let r0 = i * ROW_BLOCK;
         let rows = block.len() / n;
         let a_rows = &a[r0 * k..(r0 + rows) * k];
-        // SAFETY: A is rows × k row-major inside `a_rows`, B's last element
-        // (k-1)·rsb + (n-1)·csb lies in `bs` (asserted above), C is rows × n row-major in
-        // `block`, a distinct &mut slice that aliases neither.
+        let col0 = if symmetric { r0 } else { 0 };
+        // SAFETY: A is rows × k row-major inside `a_rows`; B's columns col0..n start at
+        // offset col0·csb, and their last element (k-1)·rsb + (n-1)·csb lies in `bs`
+        // (asserted above); C's columns col0..n of the rows × n row-major `block` start at
+        // offset col0 < n; `block` is a distinct &mut slice that aliases neither.
         unsafe {
             T::gemm(
                 rows,
                 k,
-                n,
+                n - col0,
                 a_rows.as_ptr(),
                 k as isize,
                 1,
-                bs.as_ptr(),
+                bs.as_ptr().add(col0 * csb),
                 rsb as isize,
                 csb as isize,
                 T::zero(),
-                block.as_mut_ptr(),
+                block.as_mut_ptr().add(col0),
                 n as isize,
                 1,
             );
@@ -280,6 +299,13 @@ fn matmul<T: Real>(m: usize, k: usize, n: usize, a: &[T], b: (&[T], usize, usize
             .chunks_mut(ROW_BLOCK * n)
             .enumerate()
             .for_each(block);
+    }
+    if symmetric {
+        for i in 1..n {
+            for j in 0..i.min(i / ROW_BLOCK * ROW_BLOCK) {
+                c[i * n + j] = c[j * n + i];
+            }
+        }
     }
 }
 
@@ -324,12 +350,12 @@ pub fn newton_schulz<T: Real>(
     let mut bx = vec![T::zero(); r * c];
     for _ in 0..steps {
         // A = X Xᵀ: B operand is Xᵀ, i.e. X with strides (1, c).
-        matmul(r, c, r, &x, (&x, 1, c), &mut gram);
+        matmul(r, c, r, &x, (&x, 1, c), &mut gram, true);
         round(&mut gram);
-        matmul(r, r, r, &gram, (&gram, r, 1), &mut gram2);
+        matmul(r, r, r, &gram, (&gram, r, 1), &mut gram2, true);
         each2(parallel, &mut gram2, &gram, |g2, g| *g2 = b * g + cc * *g2);
         round(&mut gram2);
-        matmul(r, r, c, &gram2, (&x, c, 1), &mut bx);
+        matmul(r, r, c, &gram2, (&x, c, 1), &mut bx, false);
         each2(parallel, &mut x, &bx, |x, bx| *x = a * *x + bx);
         round(&mut x);
     }
@@ -345,4 +371,30 @@ fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The half-computed symmetric products are bit for bit the full ones.
+    #[test]
+    fn symmetric_products_equal_full_ones() {
+        fn check<T: Real>() {
+            let (r, c) = (150, 90);
+            let x: Vec<T> = (0..r * c)
+                .map(|i| T::from_f64((((i * 37) % 101) as f64 / 50.0 - 1.0) * 0.3))
+                .collect();
+            let (mut full, mut half) = (vec![T::zero(); r * r], vec![T::zero(); r * r]);
+            matmul(r, c, r, &x, (&x, 1, c), &mut full, false);
+            matmul(r, c, r, &x, (&x, 1, c), &mut half, true);
+            assert!(full == half, "{} XXᵀ", T::NAME);
+            let (mut full2, mut half2) = (vec![T::zero(); r * r], vec![T::zero(); r * r]);
+            matmul(r, r, r, &full, (&full, r, 1), &mut full2, false);
+            matmul(r, r, r, &full, (&full, r, 1), &mut half2, true);
+            assert!(full2 == half2, "{} A²", T::NAME);
+        }
+        check::<f32>();
+        check::<f64>();
+    }
 }
