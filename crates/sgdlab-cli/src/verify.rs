@@ -30,6 +30,11 @@ pub struct VerifyArgs {
     /// Also write a self-contained HTML report with plots to DIR/index.html.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// Calibrate the error bars instead: run every Monte Carlo claim under K seeds (SEED,
+    /// SEED+1, ...) and check that its z-scores are N(0, 1): mean, sd and a
+    /// Kolmogorov–Smirnov test, per claim; exit 1 if one is off by more than K allows.
+    #[arg(long, value_name = "K", conflicts_with = "report")]
+    calibrate: Option<usize>,
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +42,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         quick: args.quick,
     };
+    if let Some(k) = args.calibrate {
+        return calibrate(&args, &options, k);
+    }
     if let Some(dir) = &args.report {
         crate::report::prepare_dir(dir)?;
     }
@@ -52,6 +60,52 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wrote {}", dir.join("index.html").display());
     }
     Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `verify --calibrate K`.
+fn calibrate(args: &VerifyArgs, options: &VerifyOptions, k: usize) -> anyhow::Result<ExitCode> {
+    let cal = sgdlab::lab::calibrate::calibrate(&args.problems, options, k, |i| {
+        eprint!("\rseed {i}/{k}");
+    })?;
+    eprintln!();
+    let mut table = Table::new(&[
+        "claim", "K", "mean z", "sd z", "max |z|", "KS D", "KS p", "verdict",
+    ]);
+    for c in &cal.claims {
+        table.row(vec![
+            c.id.clone(),
+            c.k.to_string(),
+            format!("{:+.3}", c.mean_z),
+            format!("{:.3}", c.sd_z),
+            format!("{:.2}", c.max_abs_z),
+            format!("{:.3}", c.ks_d),
+            format!("{:.3}", c.ks_p),
+            if c.passed { "PASS" } else { "FAIL" }.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    let failed = cal.claims.iter().filter(|c| !c.passed).count();
+    println!(
+        "\nseeds {}..{}: z-scores of {} Monte Carlo claims; a claim passes with |mean z| <= \
+         4/sqrt(K), |sd z - 1| <= 4/sqrt(2(K-1)) and KS p >= 1e-4. {} calibrated, {} not; \
+         {} claim runs failed their own |z| < 4 across all seeds.",
+        cal.first_seed,
+        cal.first_seed.wrapping_add(k as u64 - 1),
+        cal.claims.len(),
+        cal.claims.len() - failed,
+        failed,
+        cal.failed_runs
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&cal)?;
+        sgdlab::io::write_atomic(path, json.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if cal.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

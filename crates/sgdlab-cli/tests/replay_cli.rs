@@ -94,3 +94,35 @@ fn bad_cases_are_clear_errors() {
         .code(2)
         .stderr(predicate::str::contains("cannot read"));
 }
+
+#[test]
+fn compare_checks_the_parameters_and_schedule_free_s_x() {
+    sgdlab()
+        .args([
+            "replay",
+            "--compare",
+            "1e-10",
+            "--json",
+            "/dev/null",
+            "--case",
+        ])
+        .arg(conformance("sf-adamw.json"))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("params: worst relative error"))
+        .stderr(predicate::str::contains("eval: worst relative error"));
+    // A tolerance no float meets fails, naming the comparison.
+    sgdlab()
+        .args(["replay", "--dtype", "f32", "--compare", "1e-12", "--case"])
+        .arg(conformance("torch-muon.json"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("FAIL"));
+    let out = sgdlab()
+        .args(["replay", "--case"])
+        .arg(conformance("sf-sgd.json"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["eval"].as_array().unwrap().len(), 40);
+}

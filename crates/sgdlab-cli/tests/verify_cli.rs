@@ -179,3 +179,46 @@ fn an_unwritable_report_fails_before_the_work() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create"));
 }
+
+#[test]
+fn calibrate_reports_z_statistics_per_claim_and_refuses_one_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cal.json");
+    sgdlab()
+        .args([
+            "verify",
+            "--quick",
+            "--problem",
+            "2",
+            "--calibrate",
+            "3",
+            "--json",
+        ])
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("KS p"))
+        .stdout(predicate::str::contains("2a "));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let claims = v["claims"].as_array().unwrap();
+    assert!(
+        claims
+            .iter()
+            .all(|c| c["k"] == 3 && c["sd_z"].as_f64().unwrap() > 0.0)
+    );
+    sgdlab()
+        .args(["verify", "--quick", "--problem", "2", "--calibrate", "1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("calibrate"));
+}
+
+#[test]
+fn section_10_runs_alone() {
+    sgdlab()
+        .args(["verify", "--quick", "--problem", "10"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("10d.scale"))
+        .stdout(predicate::str::contains("0 failed"));
+}

@@ -2,6 +2,7 @@
 //! meter, and the claims of the problem set.
 
 pub mod audit;
+pub mod calibrate;
 pub mod claims;
 pub mod figures;
 pub mod montecarlo;
