@@ -25,6 +25,7 @@ mod p4;
 mod p5;
 pub(crate) mod p6;
 mod p7;
+mod real;
 mod sequences;
 
 use std::collections::BTreeMap;

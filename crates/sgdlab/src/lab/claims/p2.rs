@@ -14,6 +14,7 @@ use crate::{Error, Result};
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = variance(options)?;
     claims.extend(lag()?);
+    claims.extend(super::real::problem2(options)?);
     Ok(claims)
 }
 

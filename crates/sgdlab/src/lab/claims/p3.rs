@@ -18,6 +18,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(ema_identities(options)?);
     claims.extend(momentum_trajectories(options)?);
     claims.push(library_optimizers(options)?);
+    claims.extend(super::real::problem3()?);
     Ok(claims)
 }
 

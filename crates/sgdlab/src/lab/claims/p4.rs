@@ -16,6 +16,7 @@ use crate::{Error, Result};
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = constant_input()?;
     claims.extend(moments(options)?);
+    claims.extend(super::real::problem4(options)?);
     Ok(claims)
 }
 
