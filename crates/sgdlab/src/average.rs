@@ -403,6 +403,18 @@ mod tests {
         assert_eq!(rm.variance(m[0], v[0]), 0.75);
         let un = RunningMoments::new(0.5, false).unwrap();
         assert_eq!(un.variance(m[0], v[0]), 3.0);
+        // x = 3 then -1 (x² ≠ 2x, unlike x = 2): m = 0.5·(0.5·3) + 0.5·(−1) = 0.25,
+        // v = 0.5·(0.5·9) + 0.5·1 = 2.75, centered variance 2.75 − 0.0625.
+        let (mut m, mut v) = ([0.0f64, 0.0], [0.0f64, 0.0]);
+        rm.update_slice(&mut m, &mut v, &[3.0, 1.0]).unwrap();
+        rm.update_slice(&mut m, &mut v, &[-1.0, 1.0]).unwrap();
+        assert_eq!((m[0], v[0]), (0.25, 2.75));
+        assert_eq!(rm.variance(m[0], v[0]), 2.6875);
+        assert_eq!((m[1], v[1]), (0.75, 0.75));
+        // Errors leave the state unchanged.
+        assert!(rm.update_slice(&mut m, &mut v, &[1.0]).is_err());
+        assert!(rm.update_slice(&mut m, &mut v, &[f64::NAN, 1.0]).is_err());
+        assert_eq!((m[0], v[0]), (0.25, 2.75));
     }
 
     #[test]

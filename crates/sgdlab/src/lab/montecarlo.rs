@@ -175,6 +175,38 @@ mod tests {
     use rand::RngExt;
     use rand_distr::{Distribution, StandardNormal};
 
+    /// Measurement arithmetic against hand-computed delta-method values.
+    #[test]
+    fn measurement_arithmetic_by_hand() {
+        let (a, b) = (Measurement::new(2.0, 0.1), Measurement::new(4.0, 0.3));
+        assert_eq!(a.z(1.8), (2.0 - 1.8) / 0.1);
+        let d = a.minus(b);
+        assert_eq!(d.value, -2.0);
+        assert!((d.stderr - (0.01f64 + 0.09).sqrt()).abs() < 1e-15);
+        // r = a/b, SE = r·sqrt((sa/a)² + (sb/b)²) = 0.5·sqrt(0.0025 + 0.005625).
+        let r = a.ratio(b);
+        assert_eq!(r.value, 0.5);
+        assert!((r.stderr - 0.5 * 0.008125f64.sqrt()).abs() < 1e-15, "{r:?}");
+        // A negative denominator: the SE stays positive.
+        assert!(a.ratio(Measurement::new(-4.0, 0.3)).stderr > 0.0);
+    }
+
+    /// The SE of a sample variance of normal draws is σ²·sqrt(2/(n−1)) for large n.
+    #[test]
+    fn variance_standard_error_of_normal_samples() {
+        let mut rng = chain_rng(5, 0);
+        let x: Vec<f64> = (0..200_000)
+            .map(|_| {
+                let v: f64 = StandardNormal.sample(&mut rng);
+                3.0 * v
+            })
+            .collect();
+        let e = Estimate::from_samples(&x);
+        let exact = 9.0 * (2.0f64 / (x.len() as f64 - 1.0)).sqrt();
+        assert!((e.stderr_variance / exact - 1.0).abs() < 0.02, "{e:?}");
+        assert!((e.variance - 9.0).abs() < 4.0 * exact);
+    }
+
     #[test]
     fn estimate_by_hand() {
         let e = Estimate::from_samples(&[1.0, 2.0, 3.0, 4.0]);

@@ -347,6 +347,31 @@ mod tests {
         assert_eq!(canonical_problem(2).unwrap(), 2);
     }
 
+    /// FNV-1a over the tag from the seed XOR the offset basis: values computed
+    /// independently (Python, 64-bit wrap-around).
+    #[test]
+    fn derived_seeds_are_fnv1a() {
+        let at = |seed| VerifyOptions { seed, quick: false };
+        assert_eq!(at(0).derive_seed("p1"), 636_580_981_707_762_362);
+        assert_eq!(at(20_231).derive_seed("p1"), 63_480_340_474_506_245);
+        assert_eq!(at(7).derive_seed("p10.sf"), 1_288_710_438_256_980_210);
+    }
+
+    #[test]
+    fn quick_runs_a_quarter_of_the_chains() {
+        let full = VerifyOptions::default();
+        let quick = VerifyOptions {
+            quick: true,
+            ..full
+        };
+        assert_eq!(full.monte_carlo("t", 4000).unwrap().chains(), 4000);
+        assert_eq!(quick.monte_carlo("t", 4000).unwrap().chains(), 1000);
+        assert_eq!(
+            quick.monte_carlo("t", 4000).unwrap().seed(),
+            full.derive_seed("t")
+        );
+    }
+
     #[test]
     fn derived_seeds_differ_by_tag_and_seed() {
         let a = VerifyOptions::default();
