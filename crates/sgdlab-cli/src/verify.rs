@@ -92,13 +92,23 @@ fn calibrate(args: &VerifyArgs, options: &VerifyOptions, k: usize) -> anyhow::Re
     println!(
         "\nseeds {}..{}: z-scores of {} Monte Carlo claims; a claim passes with |mean z| <= \
          4/sqrt(K), |sd z - 1| <= 4/sqrt(2(K-1)) and KS p >= 1e-4. {} calibrated, {} not; \
-         {} claim runs failed their own |z| < 4 across all seeds.",
+         {} claim runs failed their own check across all seeds{}.",
         cal.first_seed,
         cal.first_seed.wrapping_add(k as u64 - 1),
         cal.claims.len(),
         cal.claims.len() - failed,
         failed,
-        cal.failed_runs
+        cal.failed_runs.len(),
+        if cal.failed_runs.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = cal
+                .failed_runs
+                .iter()
+                .map(|(seed, id)| format!("{id} at seed {seed}"))
+                .collect();
+            format!(" ({})", list.join(", "))
+        }
     );
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&cal)?;

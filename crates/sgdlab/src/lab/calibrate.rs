@@ -44,8 +44,9 @@ pub struct Calibration {
     pub first_seed: u64,
     /// One entry per Monte Carlo claim, in id order.
     pub claims: Vec<ClaimCalibration>,
-    /// Claims that failed in at least one seed's own verify run (expected at |z| ≥ 4 rates).
-    pub failed_runs: usize,
+    /// Every `(seed, claim id)` whose own verify run failed (|z| ≥ 4, a wrong answer not
+    /// rejected, or an identity out of tolerance).
+    pub failed_runs: Vec<(u64, String)>,
 }
 
 impl Calibration {
@@ -139,15 +140,17 @@ pub fn calibrate(
         ));
     }
     let mut z: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut failed_runs = 0;
+    let mut failed_runs = Vec::new();
     for i in 0..k {
         let seeded = VerifyOptions {
             seed: options.seed.wrapping_add(i as u64),
             ..*options
         };
         let report = verify(problems, &seeded)?;
-        failed_runs += report.failed;
         for c in report.claims {
+            if !c.passed {
+                failed_runs.push((seeded.seed, c.id.clone()));
+            }
             if let Some(v) = c.z {
                 z.entry(c.id).or_default().push(v);
             }
