@@ -190,3 +190,23 @@ fn schedule_free_state_resumes_exactly() {
     }
     assert_eq!(p, q);
 }
+
+#[test]
+fn muon_steps_degenerate_matrices() {
+    for shape in [[0usize, 5], [5, 0], [1, 1], [1, 7], [7, 1]] {
+        let n = shape[0] * shape[1];
+        let mut p = vec![Tensor::new("w", shape.to_vec(), vec![0.5f64; n]).unwrap()];
+        let g = vec![Tensor::new("w", shape.to_vec(), vec![-2.0f64; n]).unwrap()];
+        let mut opt = Optimizer::<f64>::from_spec("muon:lr=0.1,weight_decay=0").unwrap();
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        // A single row or column is normalised: every element moves by the same amount.
+        assert!(p[0].data().iter().all(|x| x.is_finite() && *x > 0.5), "{shape:?}");
+    }
+    // A zero gradient leaves the parameters (the norm's floor ε keeps 0/0 away).
+    let mut p = vec![matrix::<f64>("w", 3, 4, 0)];
+    let before = p.clone();
+    let g = vec![Tensor::new("w", vec![3, 4], vec![0.0; 12]).unwrap()];
+    let mut opt = Optimizer::<f64>::from_spec("muon:weight_decay=0").unwrap();
+    opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+    assert_eq!(p, before);
+}
