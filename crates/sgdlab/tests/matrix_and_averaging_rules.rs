@@ -200,7 +200,10 @@ fn muon_steps_degenerate_matrices() {
         let mut opt = Optimizer::<f64>::from_spec("muon:lr=0.1,weight_decay=0").unwrap();
         opt.step(&mut p, &g, &StepInfo::default()).unwrap();
         // A single row or column is normalised: every element moves by the same amount.
-        assert!(p[0].data().iter().all(|x| x.is_finite() && *x > 0.5), "{shape:?}");
+        assert!(
+            p[0].data().iter().all(|x| x.is_finite() && *x > 0.5),
+            "{shape:?}"
+        );
     }
     // A zero gradient leaves the parameters (the norm's floor ε keeps 0/0 away).
     let mut p = vec![matrix::<f64>("w", 3, 4, 0)];
