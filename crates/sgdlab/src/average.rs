@@ -393,6 +393,52 @@ mod tests {
         assert!(h.rate(0).is_err());
     }
 
+    /// Every `update_slice` is its scalar `update` element by element, with its error paths
+    /// (state unchanged), and every getter returns its definition.
+    #[test]
+    fn slices_and_getters() {
+        let x = [3.0f64, -1.5, 0.25];
+        let start = [1.0f64, 2.0, -4.0];
+        let ema = Ema::from_horizon(4.0).unwrap();
+        assert_eq!((ema.beta(), ema.rate(), ema.horizon()), (0.75, 0.25, 4.0));
+        let mut y = start;
+        ema.update_slice(&mut y, &x).unwrap();
+        assert_eq!(y[1], 0.75 * 2.0 + 0.25 * -1.5);
+        let scaled = ScaledEma::new(0.5, 3.0).unwrap();
+        assert_eq!((scaled.beta(), scaled.gamma()), (0.5, 3.0));
+        let mut z = start;
+        scaled.update_slice(&mut z, &x).unwrap();
+        assert_eq!(z, [0.5 + 9.0, 1.0 - 4.5, -2.0 + 0.75]);
+        let sum = SumMomentum::from_horizon(2.0).unwrap();
+        assert_eq!(sum.beta(), 0.5);
+        let mut b = start;
+        sum.update_slice(&mut b, &x).unwrap();
+        assert_eq!(b, [3.5, -0.5, -1.75]);
+        let horizon = HorizonAverage::new(3.0).unwrap();
+        assert_eq!(horizon.horizon(), 3.0);
+        assert_eq!(horizon.rate(2).unwrap(), 0.5);
+        assert_eq!(horizon.rate(7).unwrap(), 1.0 / 3.0);
+        let mut h = start;
+        horizon.update_slice(2, &mut h, &x).unwrap();
+        assert_eq!(h, [2.0, 0.25, -1.875]);
+        assert!(horizon.update_slice(0, &mut h, &x).is_err());
+        let rm = RunningMoments::new(0.5, true).unwrap();
+        assert!(rm.centered() && !RunningMoments::new(0.5, false).unwrap().centered());
+        assert_eq!(
+            PowerDebias::new(0.5).unwrap().factor(2).unwrap(),
+            1.0 / 0.75
+        );
+        // Errors leave the state unchanged.
+        for bad in [&[1.0, 2.0][..], &[1.0, f64::NAN, 0.0][..]] {
+            let mut y = start;
+            assert!(ema.update_slice(&mut y, bad).is_err());
+            assert!(scaled.update_slice(&mut y, bad).is_err());
+            assert!(sum.update_slice(&mut y, bad).is_err());
+            assert!(horizon.update_slice(1, &mut y, bad).is_err());
+            assert_eq!(y, start);
+        }
+    }
+
     #[test]
     fn running_moments_by_hand() {
         let rm = RunningMoments::new(0.5, true).unwrap();
