@@ -54,6 +54,24 @@ fn replay_writes_json_in_f32() {
     assert_eq!(v["params"].as_array().unwrap().len(), 40);
 }
 
+/// `--json /dev/stdout` (a pipe here) is written in place: the JSON reaches stdout, and no
+/// temporary file is renamed over the device.
+#[test]
+fn json_to_a_device_is_written_in_place() {
+    let out = sgdlab()
+        .args(["replay", "--json", "/dev/stdout", "--case"])
+        .arg(conformance("torch-sgd.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["params"].as_array().unwrap().len(), 40);
+}
+
 fn replay_case(json: &str) -> assert_cmd::assert::Assert {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("case.json");
@@ -97,15 +115,11 @@ fn bad_cases_are_clear_errors() {
 
 #[test]
 fn compare_checks_the_parameters_and_schedule_free_s_x() {
+    let dir = tempfile::tempdir().unwrap();
     sgdlab()
-        .args([
-            "replay",
-            "--compare",
-            "1e-10",
-            "--json",
-            "/dev/null",
-            "--case",
-        ])
+        .args(["replay", "--compare", "1e-10", "--json"])
+        .arg(dir.path().join("out.json"))
+        .arg("--case")
         .arg(conformance("sf-adamw.json"))
         .assert()
         .success()

@@ -3,7 +3,9 @@
 //! * [`write_atomic`] writes to a uniquely named temporary file in the same directory,
 //!   flushes it to disk, renames it over the target and flushes the directory: after a crash,
 //!   readers find the old file or the new one, never a mix. [`remove_stale_temps`] deletes what
-//!   a killed writer left behind (names ending in [`TEMP_SUFFIX`]).
+//!   a killed writer left behind (names ending in [`TEMP_SUFFIX`]). A symlink is followed (the
+//!   file it names is replaced, the link stays), and a target that is not a regular file —
+//!   `/dev/null`, `/dev/stdout`, a FIFO — is written in place, never replaced by a file.
 //! * [`read_regular_file`] reads at most a stated number of bytes, and only from a regular
 //!   file (not `/dev/zero` or a FIFO, which would never end).
 //! * [`DirLock`] is an exclusive advisory lock on a directory, so that two processes cannot
@@ -24,11 +26,46 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(TEMP_SUFFIX)
 }
 
-/// A fresh temporary path beside `path`: `.{name}.{pid}-{n}.sgdlab-tmp` in the same
-/// directory, unique between processes (pid) and between threads of one process (a counter),
-/// and hidden. Rename it over `path` with [`commit_temp`].
+/// Where a write to a path lands.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A regular file, or nothing yet: replaced atomically (the path after symlinks).
+    Replace(PathBuf),
+    /// An existing device, FIFO or socket (after symlinks; the path as given): written in place, since replacing
+    /// it by a regular file would break it for every other program (`/dev/null` above all).
+    InPlace(PathBuf),
+}
+
+/// Follows symlinks from `path` to the file a write must change. A dangling link or a missing
+/// file is replaced at `path` itself.
+fn target(path: &Path) -> Target {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Target::Replace(path.to_path_buf());
+    };
+    if !meta.is_file() && !meta.is_dir() {
+        // Opened by its own name: `/dev/stdout` links to `/proc/self/fd/1`, which may name a
+        // pipe that no path reaches.
+        return Target::InPlace(path.to_path_buf());
+    }
+    // A directory is "replaced", so that the rename reports the error.
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        Target::Replace(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+    } else {
+        Target::Replace(path.to_path_buf())
+    }
+}
+
+/// A fresh temporary path beside `path` (beside the file it links to, for a symlink):
+/// `.{name}.{pid}-{n}.sgdlab-tmp` in the same directory, unique between processes (pid) and
+/// between threads of one process (a counter), and hidden. Rename it over `path` with
+/// [`commit_temp`].
 pub fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let path = match target(path) {
+        Target::Replace(p) => p,
+        Target::InPlace(_) => path.to_path_buf(),
+    };
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
@@ -39,7 +76,7 @@ pub fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    Ok(parent_dir(path).join(tmp_name))
+    Ok(parent_dir(&path).join(tmp_name))
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -49,14 +86,26 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Renames the finished temporary file `tmp` (from [`temp_path`]) over `path` and flushes the
-/// directory entry to disk; on error `tmp` is removed and `path` is untouched.
+/// Renames the finished temporary file `tmp` (from [`temp_path`]) over `path` (over the file
+/// it links to, for a symlink) and flushes the directory entry to disk; on error `tmp` is
+/// removed and `path` is untouched. A `path` that is a device or FIFO gets `tmp`'s bytes
+/// written into it instead, and `tmp` is removed.
 pub fn commit_temp(tmp: &Path, path: &Path) -> std::io::Result<()> {
-    let result = std::fs::rename(tmp, path).and_then(|()| sync_dir(parent_dir(path)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
+    let result = match target(path) {
+        Target::Replace(path) => {
+            std::fs::rename(tmp, &path).and_then(|()| sync_dir(parent_dir(&path)))
+        }
+        Target::InPlace(path) => std::fs::read(tmp).and_then(|bytes| write_in_place(&path, &bytes)),
+    };
+    let _ = std::fs::remove_file(tmp);
     result
+}
+
+/// Writes `bytes` into an existing device or FIFO, without creating or truncating anything.
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(bytes)?;
+    file.flush()
 }
 
 /// Flushes a directory's entries (renames, new files) to disk. A no-op where directories
@@ -76,8 +125,12 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `bytes` to `path` atomically: to a uniquely named temporary file in the same
 /// directory, flushed to disk, renamed over `path`, and the directory flushed. Readers see the
 /// old file or the new one, never a mix; on error the temporary file is removed and `path` is
-/// untouched.
+/// untouched. A symlink keeps linking to the (new) file; a device or FIFO (`/dev/null`,
+/// `/dev/stdout`) is written in place, since it cannot be replaced without breaking it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Target::InPlace(device) = target(path) {
+        return write_in_place(&device, bytes);
+    }
     let tmp = temp_path(path)?;
     let written = (|| {
         let mut file = File::create(&tmp)?;
@@ -277,6 +330,61 @@ mod tests {
         assert_eq!(header.metadata().as_ref().unwrap(), &meta);
         assert!(canonical_safetensors(vec![1, 2, 3]).is_err());
         assert!(canonical_safetensors(vec![255; 16]).is_err());
+    }
+
+    /// The writer must never replace a device by a regular file: once a test wrote
+    /// `--json /dev/null` through a rename, the machine's `/dev/null` became a file, and every
+    /// program reading it (cargo's rustc probe among them) read junk. The device is reached
+    /// through a symlink in a scratch directory, so that a regression replaces the link, never
+    /// `/dev/null` itself.
+    #[cfg(unix)]
+    #[test]
+    fn devices_are_written_in_place_and_symlinks_kept() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = std::env::temp_dir().join(format!("sgdlab-io-dev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let null_link = dir.join("null");
+        std::os::unix::fs::symlink("/dev/null", &null_link).unwrap();
+        write_atomic(&null_link, b"discarded").unwrap();
+        let tmp = temp_path(&null_link).unwrap();
+        std::fs::write(&tmp, b"also discarded").unwrap();
+        commit_temp(&tmp, &null_link).unwrap();
+        assert!(!tmp.exists(), "the temporary file is removed");
+        let link_meta = std::fs::symlink_metadata(&null_link).unwrap();
+        assert!(link_meta.file_type().is_symlink(), "the link was replaced");
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        assert_eq!(std::fs::read(&null_link).unwrap(), b"");
+
+        // A link to a regular file still links to it, and the file has the new bytes.
+        let real = dir.join("real.json");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        // A dangling link is replaced by the file (there is nothing to follow it to).
+        let dangling = dir.join("dangling.json");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        write_atomic(&dangling, b"x").unwrap();
+        assert_eq!(std::fs::read(&dangling).unwrap(), b"x");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !is_temp_name(n)), "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
