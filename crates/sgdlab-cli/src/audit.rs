@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use sgdlab::data::read_csv;
 use sgdlab::lab::audit::{AuditModel, OptimizerAudit, SimulationOptions, audit};
-use sgdlab::model::{Classifier, LinReg, LogReg, LossUnit, Points};
+use sgdlab::model::LossUnit;
 
 use crate::table::{Table, num};
 
@@ -64,19 +64,12 @@ fn build_model(args: &AuditArgs) -> anyhow::Result<AuditModel> {
     let unit: LossUnit = args.loss_unit.parse()?;
     let has_target = !matches!(args.model, ModelKind::Points);
     let data = read_csv(&args.data, has_target)?;
-    let bias = !args.no_bias;
-    Ok(match args.model {
-        ModelKind::Points => AuditModel::Points(Points::new(data)),
-        ModelKind::Linreg => AuditModel::LinReg(LinReg::new(data, bias)?),
-        ModelKind::Logreg => AuditModel::LogReg(LogReg::new(data, bias, unit)?),
-        ModelKind::Softmax => {
-            let labels = data
-                .targets()
-                .ok_or_else(|| anyhow::anyhow!("softmax needs a label column"))?;
-            let classes = sgdlab::resources::class_count(labels)?;
-            AuditModel::Softmax(Classifier::softmax(data, classes, unit)?)
-        }
-    })
+    let kind = args
+        .model
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    Ok(AuditModel::build(&kind, data, !args.no_bias, unit)?)
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {

@@ -44,6 +44,44 @@ pub enum AuditModel {
 }
 
 impl AuditModel {
+    /// The names [`AuditModel::build`] accepts, in the order the CLI lists them.
+    pub const KINDS: [&'static str; 4] = ["points", "linreg", "logreg", "softmax"];
+
+    /// The model `kind` ([`AuditModel::KINDS`]) on `data`: `points` uses every column as a
+    /// coordinate; the others read the last column as the target (`y`, a 0/1 label, or a
+    /// class `0..K-1`). `bias` adds the intercept $b$ (linreg, logreg); `unit` is the loss
+    /// unit of the cross-entropy models.
+    pub fn build(
+        kind: &str,
+        data: crate::data::Dataset,
+        bias: bool,
+        unit: crate::model::LossUnit,
+    ) -> Result<Self> {
+        let needs_target = kind != "points";
+        if needs_target && data.targets().is_none() {
+            return Err(Error::Data(format!(
+                "the {kind} model needs a target column (the last)"
+            )));
+        }
+        Ok(match kind {
+            "points" => AuditModel::Points(Points::new(data)),
+            "linreg" => AuditModel::LinReg(LinReg::new(data, bias)?),
+            "logreg" => AuditModel::LogReg(LogReg::new(data, bias, unit)?),
+            "softmax" => {
+                let labels = data.targets().unwrap_or_default();
+                let classes = crate::resources::class_count(labels)?;
+                AuditModel::Softmax(Classifier::softmax(data, classes, unit)?)
+            }
+            other => {
+                return Err(Error::invalid(
+                    "audit model",
+                    other,
+                    format!("must be one of {}", Self::KINDS.join(", ")),
+                ));
+            }
+        })
+    }
+
     /// The model as a trait object.
     pub fn model(&self) -> &dyn Model<f64> {
         match self {

@@ -89,6 +89,33 @@ fn encode<T: Real>(
     )
 }
 
+/// The element type, `"f32"` or `"f64"`, of the optimizer state serialised in `bytes` (by
+/// [`Optimizer::to_bytes`] or [`Optimizer::save`]), read from its metadata: the type to load
+/// it as when the caller does not know it (the Python package). Errors as
+/// [`Optimizer::from_bytes`] does on bytes that are not an sgdlab optimizer state.
+pub fn stored_dtype(bytes: &[u8]) -> Result<&'static str> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: "(bytes)".to_string(),
+        reason,
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| bad("no metadata: not an sgdlab optimizer state".into()))?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!(
+            "not an sgdlab optimizer state (format is not `{FORMAT}`)"
+        )));
+    }
+    match meta.get("dtype").map(String::as_str) {
+        Some("f32") => Ok("f32"),
+        Some("f64") => Ok("f64"),
+        other => Err(bad(format!("dtype is {other:?}, not f32 or f64"))),
+    }
+}
+
 impl<T: Real> Optimizer<T> {
     /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {

@@ -37,7 +37,7 @@ pub mod schedulefree;
 pub mod sgd;
 pub mod spec;
 
-pub use checkpoint::StateDict;
+pub use checkpoint::{StateDict, stored_dtype};
 pub use group::GroupSpec;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;

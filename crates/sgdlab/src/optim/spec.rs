@@ -249,6 +249,12 @@ macro_rules! registry {
                 match self { $( Rule::$variant(_) => <$ty as Keys>::NAME, )* }
             }
 
+            /// The keys the rule accepts (besides the global `clip_norm`, `skip_nonfinite`,
+            /// `check_finite`).
+            pub fn keys(&self) -> &'static [&'static str] {
+                match self { $( Rule::$variant(_) => <$ty as Keys>::KEYS, )* }
+            }
+
             /// The rule with all defaults for `name`.
             pub fn default_for(name: &str) -> Result<Self> {
                 $( if name == <$ty as Keys>::NAME {

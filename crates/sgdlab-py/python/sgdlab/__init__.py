@@ -1,0 +1,117 @@
+"""sgdlab: SGD built from running averages, on a Rust core.
+
+* :class:`Optimizer` steps numpy arrays in place with any sgdlab optimizer spec — the exact,
+  fused, multi-threaded kernels of the Rust library, with the GIL released during the step.
+* :mod:`sgdlab.torch` (imported on demand; needs torch) has ``torch.optim``-compatible
+  classes on the same kernels.
+* :func:`verify` and :func:`audit` run the lab: every claim of the problem set checked by
+  measurement, and any optimizer's drift and fixed point at the loss minimiser.
+
+Errors of the Rust core arrive as :class:`SgdlabError` (a ``ValueError``) with the library's
+message; wrong argument types raise ``TypeError``.
+
+Example::
+
+    import numpy as np, sgdlab
+    w = np.zeros(3); g = np.array([1.0, -2.0, 0.5])
+    opt = sgdlab.Optimizer("adamw:lr=1e-3,weight_decay=0.01")
+    opt.step([w], [g])          # w is updated in place
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Sequence, Union
+
+from ._core import Optimizer, SgdlabError, __version__, parse_spec, rule_keys, rules
+from . import _core
+
+__all__ = [
+    "Optimizer",
+    "SgdlabError",
+    "audit",
+    "parse_spec",
+    "rule_keys",
+    "rules",
+    "verify",
+    "__version__",
+]
+
+
+def verify(
+    problems: Union[int, Iterable[int], None] = None,
+    quick: bool = False,
+    seed: Union[int, None] = None,
+) -> list[dict[str, Any]]:
+    """Checks the problem set's claims by measurement, as ``sgdlab verify`` does.
+
+    Args:
+        problems: a problem number or several (1–10; 8 and 9 repeat 5 and 7); all when None.
+        quick: fewer samples (wider confidence intervals), as ``--quick``.
+        seed: the seed of every random draw (the CLI's default when None).
+
+    Returns:
+        The claims, as the ``claims`` list of ``sgdlab verify --json``: one dict per claim
+        (``id``, ``statement``, ``measured``, ``expected``, ``passed``, ...). The run does not
+        raise when a claim fails: read ``passed``.
+    """
+    if problems is None:
+        selected: list[int] = []
+    elif isinstance(problems, int):
+        selected = [problems]
+    else:
+        selected = [int(p) for p in problems]
+    for p in selected:
+        if not 0 <= p <= 255:
+            raise SgdlabError(f"invalid problem = {p}: must be one of 1..10")
+    report = json.loads(_core.verify_json(selected, bool(quick), seed))
+    return report["claims"]
+
+
+def audit(
+    data: Union[str, "os.PathLike[str]", Any],
+    model: str = "points",
+    opts: Union[str, Sequence[str]] = ("sgd",),
+    *,
+    bias: bool = True,
+    loss_unit: str = "nats",
+    steps: Union[int, None] = None,
+    burn_in: Union[int, None] = None,
+    seed: Union[int, None] = None,
+) -> dict[str, Any]:
+    """Measures each optimizer's drift at the loss minimiser and its fixed point, as
+    ``sgdlab audit`` does.
+
+    Args:
+        data: a CSV file (optionally .gz), or a 2-D array of rows; the last column is the
+            target except for ``points``.
+        model: ``points``, ``linreg``, ``logreg`` or ``softmax``.
+        opts: optimizer specs (one or several).
+        bias: fit the intercept (linreg, logreg); the CLI's ``--no-bias`` is ``bias=False``.
+        loss_unit: ``nats`` or ``bits`` (cross-entropy models).
+        steps, burn_in, seed: the simulations of stateful optimizers (CLI defaults when None).
+
+    Returns:
+        The audit as ``sgdlab audit --json`` writes it (``minimizer``, ``optimizers``).
+    """
+    if isinstance(opts, str):
+        opts = [opts]
+    opts = list(opts)
+    if not opts:
+        raise SgdlabError("audit needs at least one optimizer spec")
+    if steps is not None and steps < 80:
+        raise SgdlabError(f"invalid steps = {steps}: need at least 80 for batch means")
+    path = rows = None
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+    else:
+        import numpy as np
+
+        rows = np.asarray(data, dtype=np.float64)
+        if rows.ndim != 2:
+            raise ValueError(f"data must be a 2-D array of rows, not {rows.ndim}-D")
+        rows = np.ascontiguousarray(rows)
+    return json.loads(
+        _core.audit_json(path, rows, model, opts, bool(bias), loss_unit, steps, burn_in, seed)
+    )

@@ -1,0 +1,567 @@
+"""``torch.optim``-compatible optimizers on sgdlab's Rust kernels.
+
+:class:`Adam`, :class:`AdamW`, :class:`SGD`, :class:`RMSprop` and :class:`Adagrad` take
+``torch.optim``'s signatures and follow its semantics exactly (the conformance tests compare
+trajectories with ``torch.optim`` to 1e-10 in float64); :class:`Optimizer` runs any sgdlab rule
+(``spec="lion:lr=1e-4"``, ``"sf-adamw"``, ``"muon"``, the problem set's rules, ...).
+
+They are ``torch.optim.Optimizer`` subclasses: parameter groups with per-group
+hyper-parameters, ``zero_grad``, ``step(closure=None)``, ``state_dict``/``load_state_dict``,
+hooks, and ``torch.optim.lr_scheduler`` schedulers (each group's current ``lr`` — and every
+other hyper-parameter — is read at every step).
+
+What differs from ``torch.optim``:
+
+* Parameters must be CPU tensors of one dtype, float32 or float64, contiguous; they are
+  updated in place through shared memory (no copy).
+* The set of parameters that have a gradient is fixed by the first step (``torch.optim``
+  skips a parameter whose ``.grad`` is None; here a change of that set is an error that names
+  the parameter). Add parameter groups before the first step.
+* A non-finite gradient raises :class:`sgdlab.SgdlabError` and changes nothing, unless
+  ``skip_nonfinite=True`` (skip and count the step) or ``check_finite=False`` (do not look,
+  as ``torch.optim``; the fastest step).
+* The state lives in the Rust optimizer: ``state_dict()`` holds it exactly (as checkpoint
+  bytes under ``"sgdlab"``, and per parameter under ``"state"`` as tensors for inspection).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional, Union
+
+import numpy as np
+import torch
+
+from . import _core
+from ._core import SgdlabError
+
+__all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "SgdlabError"]
+
+# Keys torch.optim, its schedulers and wrappers keep in a param group that are not
+# hyper-parameters of the update.
+_TORCH_KEYS = frozenset(
+    {
+        "params",
+        "param_names",
+        "initial_lr",
+        "max_lr",
+        "min_lr",
+        "max_momentum",
+        "base_momentum",
+        "foreach",
+        "fused",
+        "capturable",
+        "differentiable",
+        "maximize",
+    }
+)
+_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite")
+
+
+def _text(value: Any) -> str:
+    """A hyper-parameter as spec text: exact for floats (shortest round-trip repr)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"a hyper-parameter must be a bool, number or str, not {type(value).__name__}")
+
+
+def _value(text: str) -> Any:
+    """Spec text as a Python value (for ``defaults``)."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Any sgdlab optimizer as a ``torch.optim.Optimizer``.
+
+    Args:
+        params: an iterable of tensors, or of dicts (parameter groups) whose other keys
+            override the spec's hyper-parameters for that group (``{"params": ...,
+            "weight_decay": 0}``).
+        spec: an sgdlab optimizer spec, e.g. ``"lion:lr=1e-4"``; its keys are the defaults of
+            every group.
+        check_finite: check every gradient for NaN/inf before the step (an error names the
+            tensor); ``False`` skips the check.
+        skip_nonfinite: skip (and count) a step whose gradient is not finite, instead of
+            raising.
+        clip_norm: global-norm gradient clipping over all parameters, as
+            ``torch.nn.utils.clip_grad_norm_`` before the step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        spec: str = "sgd",
+        *,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+        clip_norm: Optional[float] = None,
+    ) -> None:
+        rule, keys = _core.parse_spec(spec)
+        defaults = {k: _value(v) for k, v in keys if k not in _GLOBAL_KEYS}
+        defaults.setdefault("lr", _core.Optimizer(rule).lr)
+        self._init(params, rule, defaults, check_finite, skip_nonfinite, clip_norm)
+        for k, v in keys:
+            if k in _GLOBAL_KEYS:
+                self._global[k] = v
+
+    # -- set-up shared by every class ------------------------------------------------------
+
+    def _init(
+        self,
+        params: Iterable[Any],
+        rule: str,
+        defaults: dict[str, Any],
+        check_finite: bool,
+        skip_nonfinite: bool,
+        clip_norm: Optional[float],
+        maximize: bool = False,
+    ) -> None:
+        self._rule = rule
+        self._rule_keys = frozenset(_core.rule_keys(rule)) - frozenset(_GLOBAL_KEYS)
+        self._global = {
+            "check_finite": _text(bool(check_finite)),
+            "skip_nonfinite": _text(bool(skip_nonfinite)),
+        }
+        if clip_norm is not None:
+            self._global["clip_norm"] = _text(float(clip_norm))
+        self._maximize = bool(maximize)
+        self._core: Optional[_core.Optimizer] = None
+        self._applied: list[dict[str, str]] = []
+        self._active: Optional[list[tuple[int, int]]] = None
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_core", None) is not None:
+            raise RuntimeError(
+                "sgdlab steps a fixed set of tensors: add parameter groups before the first step"
+            )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._group_keys(group)
+            for p in group["params"]:
+                _check_tensor(p, "parameter")
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _group_keys(self, group: dict[str, Any]) -> dict[str, str]:
+        """The group's hyper-parameters as sgdlab spec keys (text)."""
+        out = {}
+        for k, v in group.items():
+            if k in self._rule_keys:
+                out[k] = _text(v)
+            elif k not in _TORCH_KEYS and k not in self.defaults:
+                raise ValueError(
+                    f"parameter group key `{k}` is not a hyper-parameter of sgdlab's "
+                    f"`{self._rule}` (it takes {', '.join(sorted(self._rule_keys))})"
+                )
+        return out
+
+    def _group_rule(self, group: dict[str, Any]) -> str:
+        return self._rule
+
+    def _build(self, names: list[str]) -> None:
+        """The Rust optimizer, at the first step: one sgdlab group per torch group."""
+        base = ",".join(f"{k}={v}" for k, v in self._global.items())
+        groups = []
+        self._applied = []
+        for gi, group in enumerate(self.param_groups):
+            keys = self._group_keys(group)
+            rule = self._group_rule(group)
+            head = f"rule={rule}," if rule != self._rule else ""
+            body = ",".join(f"{k}={v}" for k, v in keys.items())
+            groups.append(f"{gi}.*:{head}{body}".rstrip(":,"))
+            self._applied.append(keys)
+        self._core = _core.Optimizer(f"{self._rule}:{base}", groups)
+
+    def _sync(self) -> None:
+        """Hands every hyper-parameter a scheduler (or the user) changed to the Rust optimizer."""
+        assert self._core is not None
+        for gi, group in enumerate(self.param_groups):
+            keys = self._group_keys(group)
+            applied = self._applied[gi]
+            if keys != applied:
+                for k, v in keys.items():
+                    if applied.get(k) != v:
+                        self._core.set_group(gi + 1, k, v)
+                        applied[k] = v
+
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[tuple[int, int]]]:
+        params, grads, names, active = [], [], [], []
+        for gi, group in enumerate(self.param_groups):
+            for pj, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise TypeError(f"parameter {gi}.{pj} has a sparse gradient; sgdlab steps dense ones")
+                if p.device.type != "cpu" or g.device.type != "cpu":
+                    raise TypeError(
+                        f"parameter {gi}.{pj} is on {p.device}: sgdlab steps CPU tensors "
+                        "(move the optimizer step to the CPU, e.g. for CPU offload)"
+                    )
+                pa = p.detach().numpy()
+                ga = g.numpy()
+                if self._maximize:
+                    ga = np.negative(ga)
+                params.append(pa)
+                grads.append(ga)
+                names.append(f"{gi}.{pj}")
+                active.append((gi, pj))
+        return params, grads, names, active
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One step over every parameter with a gradient; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, names, active = self._arrays()
+        if self._active is None:
+            if not active:
+                raise ValueError("no parameter has a gradient: call backward() before step()")
+            if self._core is None:
+                self._build(names)
+        elif active != self._active:
+            had, has = set(self._active), set(active)
+            lost, new = sorted(had - has), sorted(has - had)
+            what = (
+                f"parameter {lost[0][0]}.{lost[0][1]} (group.index) had a gradient at the first step and has none now"
+                if lost
+                else f"parameter {new[0][0]}.{new[0][1]} (group.index) has a gradient now and had none at the first step"
+            )
+            raise ValueError(
+                f"{what}: sgdlab steps the set of tensors of its first step (zero its gradient "
+                "instead of setting it to None, e.g. zero_grad(set_to_none=False))"
+            )
+        assert self._core is not None
+        self._sync()
+        loss_value = None
+        if loss is not None:
+            loss_value = float(loss)
+        self._core.step(params, grads, loss_value, names=names)
+        self._active = active
+        return loss
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        """Applied steps."""
+        return 0 if self._core is None else self._core.steps
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for a non-finite gradient (``skip_nonfinite=True``)."""
+        return 0 if self._core is None else self._core.skipped
+
+    @property
+    def core(self) -> Optional[_core.Optimizer]:
+        """The Rust optimizer (``sgdlab.Optimizer``), None before the first step."""
+        return self._core
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state: ``torch.optim``'s ``state`` and ``param_groups`` layout, plus the exact
+        sgdlab state as checkpoint bytes under ``"sgdlab"``."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        groups, index = [], 0
+        ids: dict[tuple[int, int], int] = {}
+        for gi, group in enumerate(self.param_groups):
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(index, index + len(group["params"])))
+            for pj in range(len(group["params"])):
+                ids[(gi, pj)] = index + pj
+            index += len(group["params"])
+            groups.append(packed)
+        state: dict[int, dict[str, Any]] = {}
+        if self._core is not None and self._active is not None:
+            for t, (gi, pj) in enumerate(self._active):
+                entry: dict[str, Any] = {"step": torch.tensor(float(self._core.steps))}
+                for slot in self._core.slot_names(t):
+                    buf = self._core.state(slot, t)
+                    if buf is not None:
+                        entry[slot] = torch.from_numpy(buf)
+                state[ids[(gi, pj)]] = entry
+        out = {
+            "state": state,
+            "param_groups": groups,
+            "sgdlab": {
+                "bytes": None if self._core is None else self._core.to_bytes(),
+                "active": None if self._active is None else [list(a) for a in self._active],
+            },
+        }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, out)
+            if result is not None:
+                out = result
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a ``state_dict()`` of an sgdlab.torch optimizer with the same groups."""
+        state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        saved = state_dict.get("sgdlab")
+        if not isinstance(saved, dict) or "bytes" not in saved:
+            raise ValueError(
+                "not a state dict of an sgdlab.torch optimizer (no `sgdlab` entry): "
+                "torch.optim's state cannot be converted exactly"
+            )
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state dict has {len(groups)} parameter groups, the optimizer {len(self.param_groups)}"
+            )
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
+            if len(mine["params"]) != len(theirs["params"]):
+                raise ValueError(
+                    f"parameter group {gi} has {len(mine['params'])} parameters, the state dict's {len(theirs['params'])}"
+                )
+        core = None if saved["bytes"] is None else _core.Optimizer.from_bytes(saved["bytes"])
+        active = None if saved["active"] is None else [tuple(a) for a in saved["active"]]
+        for mine, theirs in zip(self.param_groups, groups):
+            for k, v in theirs.items():
+                if k != "params":
+                    mine[k] = v
+        self._core, self._active = core, active
+        if core is not None:
+            self._applied = [self._group_keys(g) for g in self.param_groups]
+            self._sync()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    # -- Schedule-Free -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Puts the evaluation point in the parameters (Schedule-Free's x; a no-op for rules
+        without one), as the schedulefree package's ``optimizer.eval()``."""
+        if self._core is not None and not self._core.in_eval_mode:
+            params, _, names, _ = self._arrays_of_active()
+            self._core.eval_mode(params, names=names)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Puts the training point back after :meth:`eval`."""
+        if self._core is not None and self._core.in_eval_mode:
+            params, _, names, _ = self._arrays_of_active()
+            self._core.train_mode(params, names=names)
+
+    def _arrays_of_active(self):
+        assert self._active is not None
+        params = [self.param_groups[gi]["params"][pj].detach().numpy() for gi, pj in self._active]
+        names = [f"{gi}.{pj}" for gi, pj in self._active]
+        return params, None, names, None
+
+    def __repr__(self) -> str:
+        return f"sgdlab.torch.{type(self).__name__}({self._rule}, {len(self.param_groups)} groups, {self.steps} steps)"
+
+    _OWN = ("_rule", "_rule_keys", "_global", "_maximize", "_core", "_applied", "_active")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({k: getattr(self, k) for k in self._OWN})
+        return state
+
+
+def _check_tensor(p: Any, what: str) -> None:
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{what} is a {type(p).__name__}, not a torch.Tensor")
+    if p.device.type != "cpu":
+        raise TypeError(f"{what} is on {p.device}: sgdlab steps CPU tensors")
+    if p.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{what} is {p.dtype}: sgdlab steps float32 or float64 tensors")
+    if not p.is_contiguous():
+        raise ValueError(f"{what} is not contiguous: sgdlab updates parameters in place")
+
+
+def _float(x: Any) -> float:
+    return float(x.item() if isinstance(x, torch.Tensor) else x)
+
+
+def _unsupported(**flags: Any) -> None:
+    for name, value in flags.items():
+        if value:
+            raise ValueError(f"{name}=True is not supported by sgdlab (CPU kernels, no autograd through the step)")
+
+
+class _TorchNamed(Optimizer):
+    """A torch.optim class whose group keys are translated to sgdlab's."""
+
+    _translate: dict[str, str] = {}
+
+    def _group_keys(self, group: dict[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in group.items():
+            if k == "betas":
+                b1, b2 = v
+                out["beta1"], out["beta2"] = _text(_float(b1)), _text(_float(b2))
+            elif k == "lr":
+                out["lr"] = _text(_float(v))
+            elif k in self._rule_keys:
+                out[k] = _text(v)
+            elif k not in _TORCH_KEYS and k != "decoupled_weight_decay":
+                raise ValueError(f"parameter group key `{k}` is not a hyper-parameter of {type(self).__name__}")
+        return out
+
+
+class Adam(_TorchNamed):
+    """``torch.optim.Adam`` on sgdlab's kernels (``decoupled_weight_decay=True``: AdamW)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize)
+
+    def _group_rule(self, group: dict[str, Any]) -> str:
+        return "adamw" if group.get("decoupled_weight_decay") else "adam"
+
+
+class AdamW(_TorchNamed):
+    """``torch.optim.AdamW`` on sgdlab's kernels."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize)
+
+
+class SGD(_TorchNamed):
+    """``torch.optim.SGD`` on sgdlab's kernels."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        _unsupported(differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr), momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
+        )
+        self._init(params, "sgd", defaults, check_finite, skip_nonfinite, None, maximize)
+
+
+class RMSprop(_TorchNamed):
+    """``torch.optim.RMSprop`` on sgdlab's kernels."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr), alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
+        )
+        self._init(params, "rmsprop", defaults, check_finite, skip_nonfinite, None, maximize)
+
+
+class Adagrad(_TorchNamed):
+    """``torch.optim.Adagrad`` on sgdlab's kernels."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: Optional[bool] = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        _unsupported(differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr),
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
+        self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize)
+
