@@ -539,6 +539,21 @@ impl PyOptimizer {
         with_opt!(&mut self.inner, o => o.set_group(group, key, text)).map_err(lib_err)
     }
 
+    /// Sets several keys of parameter group `group` at once (`{"lr": 0.1, "nesterov": True}`):
+    /// the combination is validated, not each key alone; on error nothing changes.
+    fn set_group_keys(&mut self, group: usize, keys: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut pairs = Vec::with_capacity(keys.len());
+        for (k, v) in keys.iter() {
+            let key: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err("hyper-parameter names must be str"))?;
+            pairs.push((key, value_text(&v)?));
+        }
+        let refs: Vec<(&str, String)> =
+            pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        with_opt!(&mut self.inner, o => o.set_group_keys(group, &refs)).map_err(lib_err)
+    }
+
     /// Names and shapes of the tensors, fixed by the first step (`None` before).
     #[getter]
     fn layout(&self) -> Option<Vec<(String, Vec<usize>)>> {

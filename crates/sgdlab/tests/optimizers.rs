@@ -562,6 +562,35 @@ mod groups {
     }
 
     #[test]
+    fn group_keys_set_together_are_validated_together() {
+        let groups: Vec<GroupSpec> = vec!["b:lr=0.5".parse().unwrap()];
+        let base = spec("sgd:lr=0.1,momentum=0.9,dampening=0.1");
+        let mut opt = Optimizer::<f64>::with_groups(base, groups).unwrap();
+        // Nesterov needs zero dampening: alone it is refused, and nothing changes.
+        assert!(opt.set_group(1, "nesterov", true).is_err());
+        let both = [
+            ("dampening", "0".to_string()),
+            ("nesterov", "true".to_string()),
+        ];
+        assert!(opt.set_group_keys(1, &both[1..]).is_err());
+        let before = "sgd:lr=0.5,momentum=0.9,dampening=0.1";
+        assert_eq!(opt.group_spec(1).unwrap().to_string(), before);
+        opt.set_group_keys(1, &both).unwrap();
+        assert_eq!(
+            opt.group_spec(1).unwrap().to_string(),
+            "sgd:lr=0.5,momentum=0.9,nesterov=true"
+        );
+        opt.set_group_keys(0, &both).unwrap();
+        assert_eq!(
+            opt.spec().to_string(),
+            "sgd:lr=0.1,momentum=0.9,nesterov=true"
+        );
+        let bad = [("lr", "0.2".to_string()), ("clip_norm", "1".to_string())];
+        assert!(opt.set_group_keys(1, &bad).is_err());
+        assert_eq!(opt.group_spec(1).unwrap().rule.lr(), 0.5);
+    }
+
+    #[test]
     fn a_group_that_matches_nothing_is_an_error() {
         let groups: Vec<GroupSpec> = vec!["*.bais:weight_decay=0".parse().unwrap()];
         let mut opt = Optimizer::<f64>::with_groups(spec("adamw"), groups).unwrap();

@@ -77,6 +77,10 @@ def _value(text: str) -> Any:
     if text in ("true", "false"):
         return text == "true"
     try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
         return float(text)
     except ValueError:
         return text
@@ -194,10 +198,9 @@ class Optimizer(torch.optim.Optimizer):
             keys = self._group_keys(group)
             applied = self._applied[gi]
             if keys != applied:
-                for k, v in keys.items():
-                    if applied.get(k) != v:
-                        self._core.set_group(gi + 1, k, v)
-                        applied[k] = v
+                changed = {k: v for k, v in keys.items() if applied.get(k) != v}
+                self._core.set_group_keys(gi + 1, changed)
+                self._applied[gi] = keys
 
     def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[tuple[int, int]]]:
         params, grads, names, active = [], [], [], []
@@ -342,8 +345,9 @@ class Optimizer(torch.optim.Optimizer):
                     mine[k] = v
         self._core, self._active = core, active
         if core is not None:
-            self._applied = [self._group_keys(g) for g in self.param_groups]
-            self._sync()
+            # The core holds the hyper-parameters of its last step; the groups may hold newer
+            # ones (a scheduler stepped after it): hand all of them over at the next step.
+            self._applied = [{} for _ in self.param_groups]
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 

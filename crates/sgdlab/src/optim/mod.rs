@@ -526,8 +526,19 @@ impl<T: Real> Optimizer<T> {
     /// Sets `key` for parameter group `group` only (0: the optimizer's own spec, as
     /// [`Optimizer::set`], which also reaches the groups that do not set `key` themselves).
     pub fn set_group(&mut self, group: usize, key: &str, value: impl ToString) -> Result<()> {
+        self.set_group_keys(group, &[(key, value.to_string())])
+    }
+
+    /// Sets several keys of parameter group `group` at once (0: the optimizer's own spec):
+    /// the combination is validated, not each intermediate state (so `nesterov=true` may
+    /// arrive with the `momentum` it needs). On error nothing changes.
+    pub fn set_group_keys(&mut self, group: usize, keys: &[(&str, String)]) -> Result<()> {
         if group == 0 {
-            return self.set(key, value);
+            let mut spec = self.spec.clone();
+            for (key, value) in keys {
+                spec.set(key, value)?;
+            }
+            return self.replace_spec(spec);
         }
         let Some(g) = self.groups.get(group - 1) else {
             return Err(Error::invalid(
@@ -539,18 +550,19 @@ impl<T: Real> Optimizer<T> {
                 ),
             ));
         };
-        if group::GLOBAL_KEYS.contains(&key) {
-            return Err(Error::invalid(
-                key,
-                value.to_string(),
-                "is global: set it with Optimizer::set",
-            ));
-        }
         let mut g = g.clone();
-        let text = value.to_string();
-        match g.keys.iter_mut().find(|(k, _)| k == key) {
-            Some(kv) => kv.1 = text,
-            None => g.keys.push((key.to_string(), text)),
+        for (key, text) in keys {
+            if group::GLOBAL_KEYS.contains(key) {
+                return Err(Error::invalid(
+                    *key,
+                    text,
+                    "is global: set it with Optimizer::set",
+                ));
+            }
+            match g.keys.iter_mut().find(|(k, _)| k == key) {
+                Some(kv) => kv.1 = text.clone(),
+                None => g.keys.push((key.to_string(), text.clone())),
+            }
         }
         let mut groups = self.groups.clone();
         groups[group - 1] = g;

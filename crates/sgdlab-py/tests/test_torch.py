@@ -1,0 +1,260 @@
+"""sgdlab.torch against torch.optim: trajectories with parameter groups and schedulers,
+state_dict round trips, and every refused input."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import sgdlab  # noqa: E402
+import sgdlab.torch as st  # noqa: E402
+from conftest import CONFORMANCE  # noqa: E402
+
+X = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+Y = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    ).to(dtype)
+
+
+def groups(model, lr):
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": weights}, {"params": biases, "lr": lr * 0.5, "weight_decay": 0.0}]
+
+
+def train(model, opt, sched, steps, start=0):
+    for t in range(start, steps):
+        opt.zero_grad()
+        loss = ((model(X) - Y) ** 2).mean() * (1 + 0.3 * math.sin(t))
+        loss.backward()
+        opt.step()
+        sched.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def scheduler(opt):
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.2, total_iters=10)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[10])
+
+
+CONFIGS = {
+    "Adam": dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-2),
+    "Adam-amsgrad": dict(lr=1e-2, amsgrad=True, eps=1e-6),
+    "Adam-decoupled": dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+    "AdamW": dict(lr=1e-2, weight_decay=0.05),
+    "SGD": dict(lr=5e-2, momentum=0.9, dampening=0.1, weight_decay=1e-3),
+    "SGD-nesterov": dict(lr=5e-2, momentum=0.9, nesterov=True),
+    "RMSprop": dict(lr=1e-2, alpha=0.9, momentum=0.5, centered=True, weight_decay=1e-2),
+    "Adagrad": dict(lr=5e-2, lr_decay=1e-2, initial_accumulator_value=0.1, weight_decay=1e-2),
+    "Adam-maximize": dict(lr=1e-2, maximize=True),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_matches_torch_optim_with_groups_and_a_scheduler(name):
+    cls = name.split("-")[0]
+    kw = CONFIGS[name]
+    results = []
+    for module in (torch.optim, st):
+        model = mlp()
+        opt = getattr(module, cls)(groups(model, kw["lr"]), **kw)
+        results.append(train(model, opt, scheduler(opt), 50))
+    ref, got = results
+    err = float(((got - ref).abs() / ref.abs().max()).max())
+    assert err <= 1e-10, err
+
+
+def test_float32_matches_torch_optim():
+    results = []
+    for module in (torch.optim, st):
+        model = mlp(torch.float32)
+        opt = module.AdamW(model.parameters(), lr=1e-2)
+        x, y = X.float(), Y.float()
+        for _ in range(30):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert float((results[0] - results[1]).abs().max()) <= 1e-5
+
+
+def test_stored_reference_groups_and_sequential_lr():
+    """The repository's stored torch reference (AdamW, two groups, SequentialLR), replayed
+    through sgdlab.torch — independent of the torch installed."""
+    ref = json.loads((CONFORMANCE.parent / "reference" / "torch-adamw-groups-sequentiallr.json").read_text())
+    tensors = {t["name"]: torch.tensor(t["init"], dtype=torch.float64).reshape(t["shape"]) for t in ref["tensors"]}
+    opt = st.AdamW(
+        [
+            {"params": [tensors["fc1.weight"], tensors["fc2.weight"]]},
+            {"params": [tensors["fc1.bias"], tensors["fc2.bias"]], "weight_decay": 0.0},
+        ],
+        lr=0.01,
+        weight_decay=0.05,
+    )
+    sched = scheduler_from(opt)
+    worst = 0.0
+    for t, (g, want) in enumerate(zip(ref["grads"], ref["expected"])):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref["lrs"][t], rel=1e-15)
+        for name, p in tensors.items():
+            p.grad = torch.tensor(g[name], dtype=torch.float64).reshape(p.shape)
+        opt.step()
+        sched.step()
+        for name, p in tensors.items():
+            w = np.array(want[name])
+            worst = max(worst, float(np.max(np.abs(p.flatten().numpy() - w) / np.maximum(np.abs(w), 1e-300))))
+    assert worst <= 1e-10, worst
+
+
+def scheduler_from(opt):
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=10)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[10])
+
+
+@pytest.mark.parametrize("cls", ["Adam", "SGD", "RMSprop", "Adagrad", "AdamW"])
+def test_state_dict_round_trip_mid_run_gives_the_uninterrupted_trajectory(cls):
+    kw = dict(lr=1e-2)
+    if cls == "SGD":
+        kw["momentum"] = 0.9
+    model = mlp()
+    opt = getattr(st, cls)(groups(model, 1e-2), **kw)
+    full = train(model, opt, scheduler(opt), 50)
+
+    model = mlp()
+    opt = getattr(st, cls)(groups(model, 1e-2), **kw)
+    sched = scheduler(opt)
+    train(model, opt, sched, 25)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+
+    model2 = mlp()
+    model2.load_state_dict(saved["model"])
+    opt2 = getattr(st, cls)(groups(model2, 1e-2), **kw)
+    sched2 = scheduler(opt2)
+    sched2.load_state_dict(saved["sched"])
+    opt2.load_state_dict(saved["opt"])
+    resumed = train(model2, opt2, sched2, 50, start=25)
+    assert torch.equal(full, resumed)
+    assert opt2.steps == 50
+
+
+def test_state_dict_exposes_torch_style_state():
+    model = mlp()
+    opt = st.Adam(model.parameters(), lr=1e-2)
+    train(model, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), 3)
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1, 2, 3]
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert sd["state"][0]["exp_avg"].shape == model[0].weight.shape
+    assert sd["param_groups"][0]["params"] == [0, 1, 2, 3]
+    ref = torch.optim.Adam(mlp().parameters(), lr=1e-2)
+    m = mlp()
+    ref = torch.optim.Adam(m.parameters(), lr=1e-2)
+    train(m, ref, torch.optim.lr_scheduler.ConstantLR(ref, factor=1.0), 3)
+    assert torch.allclose(ref.state_dict()["state"][0]["exp_avg"], sd["state"][0]["exp_avg"], rtol=1e-12)
+    with pytest.raises(ValueError, match="sgdlab"):
+        opt.load_state_dict(ref.state_dict())
+
+
+def test_generic_optimizer_runs_any_rule_and_matches_the_numpy_core():
+    model = mlp()
+    opt = st.Optimizer(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-3}],
+        spec="lion:lr=1e-4,weight_decay=0.1",
+    )
+    assert opt.param_groups[0]["lr"] == 1e-4 and opt.param_groups[1]["lr"] == 1e-3
+    assert opt.param_groups[0]["weight_decay"] == 0.1
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    ((model(X) - Y) ** 2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    # The same step through the numpy interface with the same groups.
+    core = sgdlab.Optimizer("lion:lr=1e-4,weight_decay=0.1", groups=["1.*:lr=0.001"])
+    arrays = [b.numpy().copy() for b in before]
+    core.step(arrays, [g.numpy() for g in grads], names=["0.0", "0.1", "1.0", "1.1"])
+    for a, p in zip(arrays, model.parameters()):
+        assert np.array_equal(a, p.detach().numpy())
+    with pytest.raises(ValueError, match="not a hyper-parameter"):
+        st.Optimizer([{"params": mlp().parameters(), "betaa": 0.9}], spec="lion")
+
+
+def test_schedule_free_eval_and_train():
+    model = mlp()
+    opt = st.Optimizer(model.parameters(), spec="sf-adamw:lr=0.01,warmup_steps=5")
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    train(model, opt, sched, 10)
+    y = [p.detach().clone() for p in model.parameters()]
+    opt.eval()
+    x = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(xi, torch.from_numpy(opt.core.eval_point(i))) for i, xi in enumerate(x))
+    assert not all(torch.equal(a, b) for a, b in zip(x, y))
+    opt.train()
+    assert all(torch.equal(a, p.detach()) for a, p in zip(y, model.parameters()))
+
+
+def test_closure_and_counters():
+    model = mlp()
+    opt = st.SGD(model.parameters(), lr=0.1, skip_nonfinite=True)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(X) - Y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and opt.steps == 1
+    for p in model.parameters():
+        p.grad.fill_(float("nan"))
+    opt.step()
+    assert opt.skipped == 1 and opt.steps == 1
+
+
+def test_refused_inputs():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        st.Adam([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)])
+    with pytest.raises(TypeError, match="CPU tensors"):
+        st.Adam([torch.zeros(3, device="meta", requires_grad=True)])
+    with pytest.raises(ValueError, match="not supported"):
+        st.Adam(mlp().parameters(), capturable=True)
+    with pytest.raises(sgdlab.SgdlabError, match="beta1"):
+        model = mlp()
+        opt = st.Adam(model.parameters(), betas=(1.5, 0.999))
+        train(model, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), 1)
+
+    model = mlp()
+    opt = st.Adam(model.parameters())
+    with pytest.raises(ValueError, match="backward"):
+        opt.step()
+    ((model(X) - Y) ** 2).mean().backward()
+    opt.step()
+    model[2].bias.grad = None
+    with pytest.raises(ValueError, match="had a gradient at the first step"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    model[2].bias.grad = torch.full((3,), float("nan"), dtype=torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(sgdlab.SgdlabError, match="non-finite"):
+        opt.step()
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))
+    mixed = [torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64, requires_grad=True)]
+    o = st.SGD(mixed, lr=0.1)
+    for p in mixed:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(TypeError, match="one dtype"):
+        o.step()
