@@ -258,3 +258,18 @@ def test_refused_inputs():
         p.grad = torch.ones_like(p)
     with pytest.raises(TypeError, match="one dtype"):
         o.step()
+
+
+def test_the_readme_notebook_example_runs():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "notebook.py"
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    accuracy = float(lines[0].split("accuracy ")[1])
+    assert accuracy >= 0.95, lines[0]
+    passed, total = map(int, lines[1].split()[0].split("/"))
+    assert total >= 60 and passed == total, lines[1]

@@ -53,8 +53,8 @@ def verify(
 
     Returns:
         The claims, as the ``claims`` list of ``sgdlab verify --json``: one dict per claim
-        (``id``, ``statement``, ``measured``, ``expected``, ``passed``, ...). The run does not
-        raise when a claim fails: read ``passed``.
+        (``id``, ``title``, ``expected``, ``measured``, ``stderr``, ``z``, ``passed``, ...).
+        The run does not raise when a claim fails: read ``passed``.
     """
     if problems is None:
         selected: list[int] = []

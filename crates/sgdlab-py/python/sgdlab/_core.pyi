@@ -1,0 +1,126 @@
+"""Type stubs of sgdlab's Rust extension module (``sgdlab._core``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+_Array = npt.NDArray[Union[np.float32, np.float64]]
+_Arrays = Union[Sequence[_Array], Mapping[str, _Array]]
+_Value = Union[bool, int, float, str]
+_Path = Union[str, "os.PathLike[str]"]
+
+class SgdlabError(ValueError):
+    """An error reported by sgdlab's Rust core, with the library's message."""
+
+class Optimizer:
+    """An sgdlab optimizer over numpy arrays.
+
+    Args:
+        spec: any optimizer spec the CLI takes, e.g. ``"adamw:lr=1e-3,weight_decay=0.01"``.
+        groups: parameter groups in the CLI's ``--group`` syntax (``"*.bias:weight_decay=0"``),
+            matched against the names of the arrays stepped.
+    """
+
+    def __init__(self, spec: str, groups: Sequence[str] = ...) -> None: ...
+    def step(
+        self,
+        params: _Arrays,
+        grads: _Arrays,
+        loss: Optional[float] = None,
+        *,
+        names: Optional[Sequence[str]] = None,
+        lr_scale: float = 1.0,
+        micro_batches: int = 1,
+    ) -> dict[str, Any]:
+        """One step: updates every array of ``params`` in place from ``grads``.
+
+        ``params`` and ``grads`` are lists of C-contiguous, writeable float32 or float64 arrays
+        in the same order (named ``"0"``, ``"1"``, ... unless ``names`` is given) or dicts by
+        name. Returns ``{"applied": bool, "lr": float, "grad_norm": float | None}``.
+        """
+    @property
+    def steps(self) -> int:
+        """Applied steps."""
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for a non-finite gradient (``skip_nonfinite=true``)."""
+    @property
+    def spec(self) -> str:
+        """The spec as text."""
+    @property
+    def groups(self) -> list[str]:
+        """The parameter groups as text."""
+    @property
+    def dtype(self) -> str:
+        """``"float32"`` or ``"float64"``: the state's dtype, set by the first step."""
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (group 0); settable."""
+    @lr.setter
+    def lr(self, value: float) -> None: ...
+    def set(self, key: str, value: _Value) -> None:
+        """Sets a key of the spec, keeping the state."""
+    def set_group(self, group: int, key: str, value: _Value) -> None:
+        """Sets a key of parameter group ``group`` (0: the optimizer's own spec)."""
+    def set_group_keys(self, group: int, keys: Mapping[str, _Value]) -> None:
+        """Sets several keys of a group at once, validated together."""
+    @property
+    def layout(self) -> Optional[list[tuple[str, list[int]]]]:
+        """Names and shapes fixed by the first step (None before)."""
+    def group_of(self, tensor: int) -> Optional[int]:
+        """The parameter group of tensor ``tensor``."""
+    def slot_names(self, tensor: int) -> list[str]:
+        """The state buffer names of tensor ``tensor``'s rule."""
+    def state(self, slot: str, tensor: int) -> Optional[_Array]:
+        """A copy of a state buffer, shaped like the tensor."""
+    def eval_point(self, tensor: int) -> Optional[_Array]:
+        """A copy of the evaluation point (Schedule-Free's x) of a tensor."""
+    @property
+    def in_eval_mode(self) -> bool:
+        """Whether the parameters hold the evaluation point."""
+    def eval_mode(self, params: _Arrays, *, names: Optional[Sequence[str]] = None) -> None:
+        """Swaps the parameters in place to the evaluation point."""
+    def train_mode(self, params: _Arrays, *, names: Optional[Sequence[str]] = None) -> None:
+        """Swaps the parameters back after :meth:`eval_mode`."""
+    def state_dict(self) -> dict[str, Any]:
+        """``{"metadata": {str: str}, "buffers": {"slot/tensor": ndarray}}`` (copies)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replaces the state by a :meth:`state_dict` (checked; on error nothing changes)."""
+    def to_bytes(self) -> bytes:
+        """The state as checkpoint bytes (safetensors)."""
+    @staticmethod
+    def from_bytes(data: bytes) -> Optimizer:
+        """An optimizer from :meth:`to_bytes`'s bytes."""
+    def save(self, path: _Path) -> None:
+        """Writes the state to ``path`` atomically."""
+    @staticmethod
+    def load(path: _Path) -> Optimizer:
+        """Loads an optimizer written by :meth:`save`."""
+
+def rules() -> list[str]:
+    """The names of every optimizer rule."""
+
+def rule_keys(name: str) -> list[str]:
+    """The keys a rule accepts, then the global ones."""
+
+def parse_spec(spec: str) -> tuple[str, list[tuple[str, str]]]:
+    """A validated spec: its rule and the keys that differ from the defaults."""
+
+def verify_json(problems: Sequence[int], quick: bool, seed: Optional[int]) -> str: ...
+def audit_json(
+    path: Optional[str],
+    rows: Optional[npt.NDArray[np.float64]],
+    model: str,
+    opts: Sequence[str],
+    bias: bool,
+    loss_unit: str,
+    steps: Optional[int],
+    burn_in: Optional[int],
+    seed: Optional[int],
+) -> str: ...
