@@ -303,3 +303,33 @@ def test_bad_specs_hyper_parameters_and_files(tmp_path, sgdlab_bin):
 def test_muon_refuses_vectors_with_the_name():
     with pytest.raises(sgdlab.SgdlabError, match="bias"):
         sgdlab.Optimizer("muon").step({"bias": np.ones(3)}, {"bias": np.ones(3)})
+
+
+def test_the_step_releases_the_gil():
+    """With the interpreter's forced thread switches off, another Python thread can run during
+    a step only if the step released the GIL."""
+    import sys
+
+    p = np.zeros(20_000_000)
+    g = np.ones(20_000_000)
+    opt = sgdlab.Optimizer("adam:lr=0.01")
+    entered, done, seen = threading.Event(), threading.Event(), []
+
+    def worker():
+        entered.set()
+        opt.step([p], [g])
+        done.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        entered.wait()
+        # Here only if the worker gave the GIL up: inside the step (it holds it otherwise).
+        seen.append(done.is_set())
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert seen == [False], "the main thread ran only after the step: the GIL was held"
+    assert opt.steps == 1

@@ -231,10 +231,13 @@ def test_refused_inputs():
         st.Adam([torch.zeros(3, device="meta", requires_grad=True)])
     with pytest.raises(ValueError, match="not supported"):
         st.Adam(mlp().parameters(), capturable=True)
+    # Hyper-parameters are checked when the optimizer (or a group) is made, as torch does.
     with pytest.raises(sgdlab.SgdlabError, match="beta1"):
-        model = mlp()
-        opt = st.Adam(model.parameters(), betas=(1.5, 0.999))
-        train(model, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), 1)
+        st.Adam(mlp().parameters(), betas=(1.5, 0.999))
+    with pytest.raises(sgdlab.SgdlabError, match="nesterov"):
+        st.SGD(mlp().parameters(), lr=0.1, nesterov=True)
+    with pytest.raises(sgdlab.SgdlabError, match="lr"):
+        st.SGD([{"params": mlp().parameters(), "lr": -1.0}], lr=0.1)
 
     model = mlp()
     opt = st.Adam(model.parameters())
@@ -273,3 +276,17 @@ def test_the_readme_notebook_example_runs():
     assert accuracy >= 0.95, lines[0]
     passed, total = map(int, lines[1].split()[0].split("/"))
     assert total >= 60 and passed == total, lines[1]
+
+
+def test_a_parameter_whose_storage_is_replaced_is_stepped_in_its_new_storage():
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt = st.SGD([p], lr=0.5)
+    p.grad = torch.ones(4, dtype=torch.float64)
+    opt.step()
+    p.data = torch.full((4,), 10.0, dtype=torch.float64)
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((4,), 9.5, dtype=torch.float64))
+    p.data = p.data.reshape(2, 2)
+    p.grad = torch.ones(2, 2, dtype=torch.float64)
+    with pytest.raises(sgdlab.SgdlabError, match="shape|\\[2, 2\\]"):
+        opt.step()

@@ -144,6 +144,8 @@ class Optimizer(torch.optim.Optimizer):
         self._core: Optional[_core.Optimizer] = None
         self._applied: list[dict[str, str]] = []
         self._active: Optional[list[tuple[int, int]]] = None
+        self._names: list[str] = []
+        self._views: dict[int, tuple[int, np.ndarray]] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -154,7 +156,10 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            self._group_keys(group)
+            # The group's hyper-parameters are validated now, as torch.optim does.
+            keys = self._group_keys(group)
+            body = ",".join(f"{k}={v}" for k, v in keys.items())
+            _core.Optimizer(f"{self._group_rule(group)}:{body}".rstrip(":"))
             for p in group["params"]:
                 _check_tensor(p, "parameter")
         except Exception:
@@ -177,7 +182,7 @@ class Optimizer(torch.optim.Optimizer):
     def _group_rule(self, group: dict[str, Any]) -> str:
         return self._rule
 
-    def _build(self, names: list[str]) -> None:
+    def _build(self) -> None:
         """The Rust optimizer, at the first step: one sgdlab group per torch group."""
         base = ",".join(f"{k}={v}" for k, v in self._global.items())
         groups = []
@@ -202,29 +207,30 @@ class Optimizer(torch.optim.Optimizer):
                 self._core.set_group_keys(gi + 1, changed)
                 self._applied[gi] = keys
 
-    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[tuple[int, int]]]:
-        params, grads, names, active = [], [], [], []
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
+        """numpy views (shared memory) of every parameter with a gradient, and of the
+        gradients. A parameter's view is kept between steps while its storage stays the
+        same (checked by address), which saves most of the per-tensor cost."""
+        params, grads, active = [], [], []
+        views = self._views
         for gi, group in enumerate(self.param_groups):
             for pj, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
-                if g.is_sparse:
-                    raise TypeError(f"parameter {gi}.{pj} has a sparse gradient; sgdlab steps dense ones")
-                if p.device.type != "cpu" or g.device.type != "cpu":
-                    raise TypeError(
-                        f"parameter {gi}.{pj} is on {p.device}: sgdlab steps CPU tensors "
-                        "(move the optimizer step to the CPU, e.g. for CPU offload)"
-                    )
-                pa = p.detach().numpy()
-                ga = g.numpy()
-                if self._maximize:
-                    ga = np.negative(ga)
-                params.append(pa)
-                grads.append(ga)
-                names.append(f"{gi}.{pj}")
+                try:
+                    ga = g.numpy()
+                    cached = views.get(id(p))
+                    ptr = p.data_ptr()
+                    if cached is None or cached[0] != ptr or cached[1].shape != p.shape:
+                        cached = (ptr, p.detach().numpy())
+                        views[id(p)] = cached
+                except Exception as e:  # torch's reasons are less direct than ours
+                    raise TypeError(_why_not(p, g, f"parameter {gi}.{pj}")) from e
+                params.append(cached[1])
+                grads.append(np.negative(ga) if self._maximize else ga)
                 active.append((gi, pj))
-        return params, grads, names, active
+        return params, grads, active
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -233,12 +239,13 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads, names, active = self._arrays()
+        params, grads, active = self._arrays()
         if self._active is None:
             if not active:
                 raise ValueError("no parameter has a gradient: call backward() before step()")
             if self._core is None:
-                self._build(names)
+                self._build()
+            self._names = [f"{gi}.{pj}" for gi, pj in active]
         elif active != self._active:
             had, has = set(self._active), set(active)
             lost, new = sorted(had - has), sorted(has - had)
@@ -256,7 +263,7 @@ class Optimizer(torch.optim.Optimizer):
         loss_value = None
         if loss is not None:
             loss_value = float(loss)
-        self._core.step(params, grads, loss_value, names=names)
+        self._core.step(params, grads, loss_value, names=self._names)
         self._active = active
         return loss
 
@@ -344,6 +351,7 @@ class Optimizer(torch.optim.Optimizer):
                 if k != "params":
                     mine[k] = v
         self._core, self._active = core, active
+        self._names = [] if active is None else [f"{gi}.{pj}" for gi, pj in active]
         if core is not None:
             # The core holds the hyper-parameters of its last step; the groups may hold newer
             # ones (a scheduler stepped after it): hand all of them over at the next step.
@@ -371,18 +379,33 @@ class Optimizer(torch.optim.Optimizer):
     def _arrays_of_active(self):
         assert self._active is not None
         params = [self.param_groups[gi]["params"][pj].detach().numpy() for gi, pj in self._active]
-        names = [f"{gi}.{pj}" for gi, pj in self._active]
-        return params, None, names, None
+        return params, None, self._names, None
 
     def __repr__(self) -> str:
         return f"sgdlab.torch.{type(self).__name__}({self._rule}, {len(self.param_groups)} groups, {self.steps} steps)"
 
-    _OWN = ("_rule", "_rule_keys", "_global", "_maximize", "_core", "_applied", "_active")
+    _OWN = ("_rule", "_rule_keys", "_global", "_maximize", "_core", "_applied", "_active", "_names")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update({k: getattr(self, k) for k in self._OWN})
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._views = {}  # views of the unpickled tensors are made at the next step
+
+
+def _why_not(p: Any, g: Any, what: str) -> str:
+    """Why a parameter or its gradient cannot be stepped, in sgdlab's words."""
+    for t, kind in ((p, what), (g, f"the gradient of {what}")):
+        if t.device.type != "cpu":
+            return f"{kind} is on {t.device}: sgdlab steps CPU tensors"
+        if t.is_sparse:
+            return f"{kind} is sparse: sgdlab steps dense tensors"
+        if t.dtype not in (torch.float32, torch.float64):
+            return f"{kind} is {t.dtype}: sgdlab steps float32 or float64 tensors"
+    return f"{what} or its gradient cannot be viewed as a numpy array"
 
 
 def _check_tensor(p: Any, what: str) -> None:
