@@ -222,3 +222,13 @@ fn section_10_runs_alone() {
         .stdout(predicate::str::contains("10d.scale"))
         .stdout(predicate::str::contains("0 failed"));
 }
+
+#[test]
+fn section_11_runs_alone() {
+    sgdlab()
+        .args(["verify", "--quick", "--problem", "11"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("11c"))
+        .stdout(predicate::str::contains("3 passed, 0 failed"));
+}

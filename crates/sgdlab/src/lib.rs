@@ -65,6 +65,7 @@ pub mod fuzzing;
 pub mod io;
 pub mod lab;
 pub mod linalg;
+pub mod lowp;
 pub mod model;
 pub mod optim;
 mod real;

@@ -47,7 +47,8 @@ def verify(
     """Checks the problem set's claims by measurement, as ``sgdlab verify`` does.
 
     Args:
-        problems: a problem number or several (1–10; 8 and 9 repeat 5 and 7); all when None.
+        problems: a problem number or several (1–11; 8 and 9 repeat 5 and 7; 10 and 11 are
+            sections beyond the problem set); all when None.
         quick: fewer samples (wider confidence intervals), as ``--quick``.
         seed: the seed of every random draw (the CLI's default when None).
 
@@ -64,7 +65,7 @@ def verify(
         selected = [int(p) for p in problems]
     for p in selected:
         if not 0 <= p <= 255:
-            raise SgdlabError(f"invalid problem = {p}: must be one of 1..10")
+            raise SgdlabError(f"invalid problem = {p}: there is no such problem (1-11)")
     report = json.loads(_core.verify_json(selected, bool(quick), seed))
     return report["claims"]
 

@@ -19,6 +19,7 @@
 
 mod p1;
 pub(crate) mod p10;
+pub(crate) mod p11;
 mod p2;
 mod p3;
 mod p4;
@@ -213,9 +214,9 @@ impl VerifyOptions {
     }
 }
 
-/// The problems whose claims are implemented, in order; 10 is the section beyond the
-/// problem set (Schedule-Free, AdEMAMix, Muon).
-pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10];
+/// The problems whose claims are implemented, in order; 10 and 11 are sections beyond the
+/// problem set (Schedule-Free, AdEMAMix, Muon; bfloat16 state).
+pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10, 11];
 
 /// The title of problem (or section) `problem`.
 pub fn title(problem: u8) -> &'static str {
@@ -228,6 +229,7 @@ pub fn title(problem: u8) -> &'static str {
         6 => "Per-example adaptive SGD",
         7 | 9 => "Multiplicative and loss-proportional updates",
         10 => "Beyond the problem set: Schedule-Free, AdEMAMix and Muon",
+        11 => "Beyond the problem set: an EMA in bfloat16, rounded to nearest or stochastically",
         _ => "(no such problem)",
     }
 }
@@ -242,15 +244,15 @@ pub fn canonical_problem(problem: u8) -> Result<u8> {
     };
     if PROBLEMS.contains(&canonical) {
         Ok(canonical)
-    } else if (1..=10).contains(&problem) {
+    } else if (1..=11).contains(&problem) {
         Err(Error::Unsupported(format!(
             "problem {problem}: its claims are not implemented yet (implemented: {})",
             list(PROBLEMS)
         )))
     } else {
         Err(Error::Unsupported(format!(
-            "there is no problem {problem}: the problem set has problems 1-9, and 10 is the \
-             section beyond it (implemented: {})",
+            "there is no problem {problem}: the problem set has problems 1-9, and 10 and 11 \
+             are sections beyond it (implemented: {})",
             list(PROBLEMS)
         )))
     }
@@ -299,6 +301,7 @@ pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
             6 => p6::claims(options)?,
             7 => p7::claims(options)?,
             10 => p10::claims(options)?,
+            11 => p11::claims(options)?,
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }

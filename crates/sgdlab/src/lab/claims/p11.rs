@@ -1,0 +1,178 @@
+//! Section 11, beyond the problem set: an EMA stored in bfloat16 — problem 2's running
+//! average when its state has 8 significant bits ([`crate::lowp`]).
+//!
+//! * **Round to nearest stalls.** $v \leftarrow \mathrm{rn}(\beta v + (1-\beta)x)$ cannot move
+//!   once its increment $(1-\beta)(x - v)$ is below half an ulp of $v$. On a constant input
+//!   $c$ from $v = 0$ it climbs one ulp per step and stops at the first bfloat16 $v$ with
+//!   $(1-\beta)(c - v) < \mathrm{ulp}(v)/2$ — for $\beta = 0.999$, $c = 1$ at $v = 0.25$, a
+//!   quarter of the answer, for ever.
+//! * **Stochastic rounding is unbiased.** Rounding up with probability equal to the dropped
+//!   fraction $f$ of an ulp $u$ adds an error $\varepsilon_t$ of conditional mean 0 and
+//!   variance $u_t^2 f_t(1-f_t)$. The EMA is linear, so the difference from the exact (f64)
+//!   EMA on the same inputs is $e_t = \beta e_{t-1} + \varepsilon_t$: $E[e_T] = 0$ and
+//!   $E[e_T^2] = E\big[\sum_t \beta^{2(T-t)} u_t^2 f_t (1-f_t)\big]$, measured against that
+//!   sum accumulated along each chain. The textbook model of a rounding error, uniform on
+//!   $\pm u/2$ (variance $u^2/12$), is rejected: stochastic rounding's error is twice that on
+//!   average.
+
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{Claim, VerifyOptions};
+use crate::lab::montecarlo::Measurement;
+use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
+use crate::{Error, Result};
+
+pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let mut claims = vec![nearest_stalls()?];
+    claims.extend(stochastic(options)?);
+    Ok(claims)
+}
+
+/// One EMA step in f32, as a fused optimizer kernel computes it: $\beta v + (1-\beta)x$.
+#[inline]
+fn ema_f32(v: f32, x: f32, beta: f32) -> f32 {
+    beta * v + (1.0 - beta) * x
+}
+
+/// The predicted stall of a round-to-nearest bfloat16 EMA climbing from 0 to the constant
+/// `c`: the first bfloat16 value $v \ge 0$ whose increment $(1-\beta)(c-v)$ is below half its
+/// ulp — found by scanning the bfloat16 grid, without running the EMA.
+fn predicted_stall(beta: f64, c: f64) -> Option<f64> {
+    (0u16..0x7F7F).find_map(|b| {
+        let v = f64::from(bf16_to_f32(b));
+        let ulp = f64::from(bf16_to_f32(b + 1)) - v;
+        ((1.0 - beta) * (c - v) < ulp / 2.0).then_some(v)
+    })
+}
+
+/// 11a: where a round-to-nearest EMA stops, against the ulp condition.
+fn nearest_stalls() -> Result<Claim> {
+    let (beta, c, steps) = (0.999f64, 1.0f64, 20_000usize);
+    let expected = predicted_stall(beta, c)
+        .ok_or_else(|| Error::Unsupported("no stall predicted on the bfloat16 grid".into()))?;
+    let mut v = 0u16;
+    for _ in 0..steps {
+        v = bf16_nearest(ema_f32(bf16_to_f32(v), c as f32, beta as f32));
+    }
+    let measured = f64::from(bf16_to_f32(v));
+    let exact = c * (1.0 - beta.powi(steps as i32));
+    Ok(Claim::identity(
+        "11a",
+        "a bfloat16 EMA rounded to nearest stalls at the first v with (1−β)(c−v) < ulp(v)/2",
+        &[("beta", beta), ("c", c), ("t", steps as f64)],
+        expected,
+        measured,
+        1e-12,
+    )
+    // The exact EMA's value, and the stall of the naive reading "it stops when (1−β)c
+    // drops below half an ulp of v" (the increment from 0 rather than from v).
+    .reject("the f64 EMA c(1 − β^t)", exact)
+    .reject(
+        "stall where (1−β)c < ulp(v)/2",
+        naive_stall(beta, c).unwrap_or(f64::NAN),
+    ))
+}
+
+/// The stall predicted by the condition $(1-\beta)c < \mathrm{ulp}(v)/2$ (ignoring that the
+/// increment shrinks as $v$ grows).
+fn naive_stall(beta: f64, c: f64) -> Option<f64> {
+    (0u16..0x7F7F).find_map(|b| {
+        let v = f64::from(bf16_to_f32(b));
+        let ulp = f64::from(bf16_to_f32(b + 1)) - v;
+        ((1.0 - beta) * c < ulp / 2.0).then_some(v)
+    })
+}
+
+/// 11b and 11c: the stochastic-rounding EMA against the exact one on the same noisy inputs.
+fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let (beta, steps) = (0.999f64, 2_000usize);
+    let mc = options.monte_carlo("p11.stochastic", 16_000)?;
+    let seed = mc.seed();
+    let (b32, b2) = (beta as f32, beta * beta);
+    // Per chain: e_T (stochastic), e_T (nearest), e_T², S = Σβ^{2(T−t)}u²f(1−f), e_T² − S,
+    // and Σβ^{2(T−t)}u²/12.
+    let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform] = mc.estimate(|rng, chain| {
+        let (mut exact, mut sr, mut rn) = (0.0f64, 0u16, 0u16);
+        let (mut s, mut s12) = (0.0f64, 0.0f64);
+        for t in 0..steps {
+            let g: f64 = StandardNormal.sample(rng);
+            let x = g * g;
+            exact = beta * exact + (1.0 - beta) * x;
+            let pre = ema_f32(bf16_to_f32(sr), x as f32, b32);
+            let key = stream_key(seed, t as u64, chain as u64, 0);
+            sr = bf16_stochastic(pre, counter_bits(key, 0));
+            rn = bf16_nearest(ema_f32(bf16_to_f32(rn), x as f32, b32));
+            // The rounding's conditional variance: neighbours lo < pre <= hi, fraction f.
+            let lo = (pre.to_bits() >> 16) as u16;
+            let (a, b) = (f64::from(bf16_to_f32(lo)), f64::from(bf16_to_f32(lo + 1)));
+            let u = b - a;
+            let f = (f64::from(pre) - a) / u;
+            s = b2 * s + u * u * f * (1.0 - f);
+            s12 = b2 * s12 + u * u / 12.0;
+        }
+        let e = f64::from(bf16_to_f32(sr)) - exact;
+        let rn_err = f64::from(bf16_to_f32(rn)) - exact;
+        [e, rn_err, e * e, s, e * e - s, s12]
+    });
+    let params = [
+        ("beta", beta),
+        ("t", steps as f64),
+        ("chains", mc.chains() as f64),
+    ];
+    let bias = Claim::monte_carlo(
+        "11b",
+        "stochastic rounding is unbiased: E[v_T(bf16, SR) − v_T(f64)] = 0 on x = g², g ~ N(0,1)",
+        &params,
+        0.0,
+        e_sr.mean(),
+    )
+    .reject("round to nearest's bias (measured)", e_rn.mean);
+    // E[e²] against E[S]: the ratio of two means over the same chains is 1 + mean(d)/mean(S)
+    // for the paired difference d = e² − S, whose mean is 0 exactly; its SE is d's.
+    let s = var_sum.mean;
+    let ratio = Measurement::new(e_sq.mean / s, paired.stderr_mean / s);
+    let variance = Claim::monte_carlo(
+        "11c",
+        "its error variance is Σ β^{2(T−t)} u_t² f_t(1−f_t) (ulp u, dropped fraction f): ratio 1",
+        &params,
+        1.0,
+        ratio,
+    )
+    .reject(
+        "uniform rounding error, variance u²/12",
+        var_uniform.mean / s,
+    );
+    Ok(vec![bias, variance])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_prediction_matches_the_hand_derivation() {
+        // β = 0.999, c = 1: in [1/8, 1/4) the increment ≈ 0.001·(1 − v) ≈ 0.8 ulp (2^-10)
+        // moves v one ulp a step; at v = 1/4 it is 0.00075 < ulp/2 = 2^-10.
+        assert_eq!(predicted_stall(0.999, 1.0), Some(0.25));
+        // A faster EMA gets further: β = 0.99 stalls in [1/2, 1) where 0.01(1 − v) < 2^-9.
+        let v = predicted_stall(0.99, 1.0).unwrap();
+        assert!(0.01 * (1.0 - v) < 2f64.powi(-9) && v > 0.5, "{v}");
+        assert_eq!(naive_stall(0.999, 1.0), Some(0.5));
+    }
+
+    #[test]
+    fn section_11_passes_and_its_claims_can_fail() {
+        let claims = claims(&VerifyOptions {
+            quick: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let ids: Vec<_> = claims.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["11a", "11b", "11c"]);
+        assert!(claims.iter().all(|c| c.passed), "{claims:#?}");
+        // Round-to-nearest in place of stochastic rounding is caught by 11b's z alone.
+        let rn_bias = claims[1].rejects[0].value;
+        let se = claims[1].stderr.unwrap();
+        assert!(rn_bias.abs() / se > 100.0);
+    }
+}

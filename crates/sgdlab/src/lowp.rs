@@ -1,0 +1,236 @@
+//! bfloat16: exact conversion, round-to-nearest-even, and stochastic rounding drawn from a
+//! counter-based generator.
+//!
+//! A bfloat16 is the top 16 bits of an `f32` (sign, 8 exponent bits, 7 mantissa bits), so
+//! widening is exact and narrowing drops 16 bits:
+//!
+//! * **nearest** ([`bf16_nearest`]) rounds to the nearest bfloat16, ties to even — an EMA
+//!   $v \leftarrow \beta v + (1-\beta)x$ stored this way stops moving once its increment
+//!   $(1-\beta)(x - v)$ is below half an ulp of $v$;
+//! * **stochastic** ([`bf16_stochastic`]) rounds up with probability equal to the dropped
+//!   fraction of an ulp, $P(\uparrow) = r/2^{16}$ for the dropped bits $r$, so that
+//!   $E[\mathrm{round}(x)] = x$ exactly (for $x$ within the finite range), with variance
+//!   $u^2 f(1-f)$ for ulp $u$ and fraction $f$.
+//!
+//! The random bits of stochastic rounding come from [`counter_bits`]: a hash of a key
+//! (seed, step, tensor, buffer; [`stream_key`]) and the element's index, so that every element's
+//! draw is fixed by where it is, not by which thread computes it or in which order — the
+//! same bits for any thread count, and across a resume.
+
+/// The bfloat16 bits of `x` rounded to nearest, ties to even. NaN stays NaN (quiet);
+/// values beyond the largest bfloat16 round to infinity as IEEE rounding does.
+#[inline(always)]
+pub fn bf16_nearest(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// The bfloat16 bits of `x` rounded stochastically with the 16 random bits `r` (the low half
+/// of a uniform `u32`): up (away from zero) when the 16 dropped bits plus `r` carry, i.e.
+/// with probability (dropped bits)/$2^{16}$. NaN stays NaN; infinities stay infinite.
+#[inline(always)]
+pub fn bf16_stochastic(x: f32, r: u32) -> u16 {
+    let bits = x.to_bits();
+    if !x.is_finite() {
+        return bf16_nearest(x);
+    }
+    (bits.wrapping_add(r & 0xFFFF) >> 16) as u16
+}
+
+/// The `f32` value of bfloat16 bits (exact).
+#[inline(always)]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// `x` narrowed to `f32` with round-to-odd (truncate toward zero, then set the last bit if
+/// anything was dropped): rounding that result to bfloat16 gives the correctly rounded
+/// bfloat16 of `x`, as `f32` keeps 16 more bits than bfloat16 needs.
+#[inline(always)]
+pub fn f64_to_f32_odd(x: f64) -> f32 {
+    let f = x as f32;
+    if !f.is_finite() || f64::from(f) == x {
+        return f;
+    }
+    // `f` is the nearest f32; step toward zero if it rounded away from it.
+    let t = if f64::from(f).abs() > x.abs() {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    };
+    f32::from_bits(t.to_bits() | 1)
+}
+
+/// The 32 random bits of element `index` in the stream `key` (from [`stream_key`]): the
+/// `lowbias32` integer hash (Wellons) of the key and index, a bijection of the index for
+/// each key. Cheap enough to run per element inside a vectorised loop.
+#[inline(always)]
+pub fn counter_bits(key: u64, index: u64) -> u32 {
+    let mut x = (index as u32) ^ (key as u32) ^ ((index >> 32) as u32).wrapping_mul(0x9E37_79B9);
+    x = x.wrapping_add((key >> 32) as u32);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^= x >> 16;
+    x
+}
+
+/// The key of one stream of stochastic rounding: SplitMix64 over the seed, the step, the
+/// tensor and the buffer, so that streams of different steps, tensors and buffers are
+/// unrelated.
+pub fn stream_key(seed: u64, step: u64, tensor: u64, buffer: u64) -> u64 {
+    let mut h = splitmix(seed);
+    for v in [step, tensor, buffer] {
+        h = splitmix(h ^ v);
+    }
+    h
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// How a value is narrowed to bfloat16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Round to nearest, ties to even.
+    Nearest,
+    /// Stochastic rounding with the random bits of a [`stream_key`] stream.
+    Stochastic {
+        /// The stream's key.
+        key: u64,
+    },
+}
+
+impl Rounding {
+    /// `x` as bfloat16 bits, element `index` of the stream.
+    #[inline(always)]
+    pub fn round(self, x: f32, index: u64) -> u16 {
+        match self {
+            Rounding::Nearest => bf16_nearest(x),
+            Rounding::Stochastic { key } => bf16_stochastic(x, counter_bits(key, index)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact reference: the two bfloat16 neighbours of `x` and where `x` lies between them,
+    /// in f64 arithmetic.
+    fn neighbours(x: f32) -> (u16, u16, f64) {
+        let lo = (x.to_bits() >> 16) as u16; // truncation toward zero
+        let hi = lo + 1;
+        let (a, b) = (f64::from(bf16_to_f32(lo)), f64::from(bf16_to_f32(hi)));
+        (lo, hi, (f64::from(x) - a) / (b - a))
+    }
+
+    #[test]
+    fn widening_is_exact_and_narrowing_round_trips_every_bf16() {
+        for b in 0..=u16::MAX {
+            let x = bf16_to_f32(b);
+            if x.is_nan() {
+                assert!(bf16_to_f32(bf16_nearest(x)).is_nan());
+                continue;
+            }
+            assert_eq!(bf16_nearest(x), b, "{b:#06x}");
+            for r in [0, 1, 0x7FFF, 0xFFFF] {
+                assert_eq!(bf16_stochastic(x, r), b, "exact values never move");
+            }
+            assert_eq!(f64::from(x).to_bits(), f64::from(bf16_to_f32(b)).to_bits());
+        }
+    }
+
+    #[test]
+    fn nearest_matches_an_exact_reference_with_ties_to_even() {
+        let mut state = 12345u64;
+        for i in 0..200_000u64 {
+            state = splitmix(state ^ i);
+            let x = f32::from_bits(state as u32);
+            if !x.is_finite() || x.abs() >= 3.38e38 {
+                continue;
+            }
+            let (lo, hi, frac) = neighbours(x.abs());
+            let want = if frac < 0.5 || (frac == 0.5 && lo % 2 == 0) {
+                lo
+            } else {
+                hi
+            };
+            let got = bf16_nearest(x.abs());
+            assert_eq!(got, want, "{x:e}: frac {frac}");
+            assert_eq!(bf16_nearest(-x.abs()), want | 0x8000, "symmetric");
+        }
+        // Ties: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 and goes to the even 1.
+        assert_eq!(bf16_to_f32(bf16_nearest(1.0 + 2f32.powi(-8))), 1.0);
+        assert_eq!(
+            bf16_to_f32(bf16_nearest(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        assert!(bf16_to_f32(bf16_nearest(f32::MAX)).is_infinite());
+    }
+
+    #[test]
+    fn stochastic_rounding_rounds_up_with_the_dropped_fraction() {
+        // Over all 2^16 values of r, the fraction rounded up is exactly the dropped fraction.
+        for x in [1.0f32 + 2f32.powi(-10), -3.3, 1e-20, 123.456, 0.1] {
+            let (lo, hi, frac) = neighbours(x.abs());
+            let ups = (0..=0xFFFFu32)
+                .filter(|&r| bf16_stochastic(x.abs(), r) == hi)
+                .count();
+            let downs = (0..=0xFFFFu32)
+                .filter(|&r| bf16_stochastic(x.abs(), r) == lo)
+                .count();
+            assert_eq!(ups + downs, 65536);
+            assert_eq!(ups as f64 / 65536.0, frac, "{x}");
+        }
+    }
+
+    #[test]
+    fn round_to_odd_makes_f64_rounding_correct() {
+        let mut state = 99u64;
+        for i in 0..100_000u64 {
+            state = splitmix(state ^ i);
+            let x = f64::from_bits(state);
+            if !x.is_finite() || x.abs() > 1e38 || x.abs() < 1e-37 {
+                continue;
+            }
+            let via = bf16_to_f32(bf16_nearest(f64_to_f32_odd(x)));
+            // The nearest bfloat16 computed in f64: compare distances to the two neighbours.
+            let t = bf16_nearest(x as f32);
+            let cand = [t.wrapping_sub(1), t, t.wrapping_add(1)].map(bf16_to_f32);
+            let best = cand
+                .iter()
+                .map(|&c| (f64::from(c) - x).abs())
+                .fold(f64::INFINITY, f64::min);
+            assert!((f64::from(via) - x).abs() <= best, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn counter_bits_are_a_bijection_per_key_and_look_uniform() {
+        let key = stream_key(1, 2, 3, 4);
+        let mut seen = std::collections::HashSet::new();
+        let mut ones = [0u32; 16];
+        for i in 0..65536u64 {
+            let r = counter_bits(key, i);
+            assert!(seen.insert(r));
+            for (b, count) in ones.iter_mut().enumerate() {
+                *count += (r >> b) & 1;
+            }
+        }
+        // Each of the low 16 bits is set about half the time (binomial sd 128).
+        for count in ones {
+            assert!((f64::from(count) - 32768.0).abs() < 6.0 * 128.0, "{count}");
+        }
+        assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 2, 3, 5));
+        assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 3, 3, 4));
+    }
+}
