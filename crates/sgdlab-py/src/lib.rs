@@ -580,7 +580,18 @@ impl PyOptimizer {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         with_opt!(&self.inner, o => {
             let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
-            match (o.state(slot, tensor), shape) {
+            // bfloat16 state (state_dtype=bf16) is widened, exactly, to the parameters' type.
+            let widened;
+            let data = match o.state(slot, tensor) {
+                Some(data) => Some(data),
+                None => {
+                    widened = o.state_bf16(slot, tensor).map(|b| {
+                        b.iter().map(|&x| Real::from_bf16(x)).collect::<Vec<_>>()
+                    });
+                    widened.as_deref()
+                }
+            };
+            match (data, shape) {
                 (Some(data), Some(shape)) => Ok(Some(to_array(py, data, &shape)?)),
                 _ => Ok(None),
             }

@@ -290,3 +290,21 @@ def test_a_parameter_whose_storage_is_replaced_is_stepped_in_its_new_storage():
     p.grad = torch.ones(2, 2, dtype=torch.float64)
     with pytest.raises(sgdlab.SgdlabError, match="shape|\\[2, 2\\]"):
         opt.step()
+
+
+def test_bf16_state_through_torch_and_numpy():
+    model = mlp(torch.float32)
+    opt = st.AdamW(model.parameters(), lr=1e-2, state_dtype="bf16")
+    x, y = X.float(), Y.float()
+    for _ in range(5):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert "state_dtype=bf16" in opt.core.spec
+    exp_avg = opt.state_dict()["state"][0]["exp_avg"]
+    # Every value is a bfloat16: its low 16 bits are zero.
+    assert (exp_avg.numpy().view(np.uint32) & 0xFFFF == 0).all()
+    generic = st.Optimizer(mlp().parameters(), spec="lion:lr=1e-4,state_dtype=bf16,rounding=nearest")
+    assert generic.param_groups[0]["lr"] == 1e-4
+    with pytest.raises(sgdlab.SgdlabError, match="state_dtype"):
+        st.Optimizer(mlp().parameters(), spec="muon:state_dtype=bf16")

@@ -303,8 +303,14 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
             // A fresh problem per optimizer and layout: the same values every time.
             let mut work = Workload::new(plan.params, count, std::slice::from_ref(spec))?;
             let n_slots = work.problems[0].optimizer.slot_names().len();
-            let bytes_per_param = (3 + 2 * n_slots) * std::mem::size_of::<f32>();
-            let working_set = (2 + n_slots) * std::mem::size_of::<f32>() * total;
+            // Parameters read and written, the gradient read, each state element read and
+            // written: 4 bytes each in f32, 2 for bf16 state.
+            let state_bytes = match spec.state_dtype {
+                crate::optim::StateDtype::Bf16 => 2,
+                _ => std::mem::size_of::<f32>(),
+            };
+            let bytes_per_param = 3 * std::mem::size_of::<f32>() + 2 * n_slots * state_bytes;
+            let working_set = (2 * std::mem::size_of::<f32>() + n_slots * state_bytes) * total;
             let moved = (bytes_per_param * total) as f64;
             let mut steps = Vec::with_capacity(plan.reps);
             let mut ratios = Vec::with_capacity(plan.reps);

@@ -18,26 +18,29 @@
 //! same bits for any thread count, and across a resume.
 
 /// The bfloat16 bits of `x` rounded to nearest, ties to even. NaN stays NaN (quiet);
-/// values beyond the largest bfloat16 round to infinity as IEEE rounding does.
+/// values beyond the largest bfloat16 round to infinity as IEEE rounding does. Branch-free,
+/// so that loops over it vectorise.
 #[inline(always)]
 pub fn bf16_nearest(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x0040;
-    }
-    (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) as u16) | 0x0040;
+    if x.is_nan() { quiet_nan } else { rounded }
 }
 
 /// The bfloat16 bits of `x` rounded stochastically with the 16 random bits `r` (the low half
 /// of a uniform `u32`): up (away from zero) when the 16 dropped bits plus `r` carry, i.e.
-/// with probability (dropped bits)/$2^{16}$. NaN stays NaN; infinities stay infinite.
+/// with probability (dropped bits)/$2^{16}$. NaN stays NaN (quiet); infinities stay
+/// infinite. Branch-free, so that loops over it vectorise.
 #[inline(always)]
 pub fn bf16_stochastic(x: f32, r: u32) -> u16 {
     let bits = x.to_bits();
-    if !x.is_finite() {
-        return bf16_nearest(x);
-    }
-    (bits.wrapping_add(r & 0xFFFF) >> 16) as u16
+    let exp_all_ones = (bits & 0x7F80_0000) == 0x7F80_0000;
+    let add = if exp_all_ones { 0 } else { r & 0xFFFF };
+    let rounded = (bits.wrapping_add(add) >> 16) as u16;
+    // A NaN whose payload lies in the dropped bits would truncate to infinity.
+    let quiet = if x.is_nan() { 0x0040 } else { 0 };
+    rounded | quiet
 }
 
 /// The `f32` value of bfloat16 bits (exact).
@@ -66,17 +69,42 @@ pub fn f64_to_f32_odd(x: f64) -> f32 {
 
 /// The 32 random bits of element `index` in the stream `key` (from [`stream_key`]): the
 /// `lowbias32` integer hash (Wellons) of the key and index, a bijection of the index for
-/// each key. Cheap enough to run per element inside a vectorised loop.
+/// each key. Cheap enough to run per element inside a vectorised loop ([`Block`]).
 #[inline(always)]
 pub fn counter_bits(key: u64, index: u64) -> u32 {
-    let mut x = (index as u32) ^ (key as u32) ^ ((index >> 32) as u32).wrapping_mul(0x9E37_79B9);
-    x = x.wrapping_add((key >> 32) as u32);
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7FEB_352D);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846C_A68B);
-    x ^= x >> 16;
-    x
+    Block::new(key, index).bits(index as u32)
+}
+
+/// A stream's random bits for the indices of one block of $2^{32}$ (those sharing
+/// `index >> 32`), with only 32-bit arithmetic left per element: what a vectorised loop over
+/// a chunk of a tensor needs. `Block::new(key, i).bits(i as u32) == counter_bits(key, i)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    xor: u32,
+    add: u32,
+}
+
+impl Block {
+    /// The block of `index` in stream `key`.
+    #[inline(always)]
+    pub fn new(key: u64, index: u64) -> Self {
+        Self {
+            xor: (key as u32) ^ ((index >> 32) as u32).wrapping_mul(0x9E37_79B9),
+            add: (key >> 32) as u32,
+        }
+    }
+
+    /// The bits of the element whose index has low half `index32`.
+    #[inline(always)]
+    pub fn bits(self, index32: u32) -> u32 {
+        let mut x = (index32 ^ self.xor).wrapping_add(self.add);
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7FEB_352D);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846C_A68B);
+        x ^= x >> 16;
+        x
+    }
 }
 
 /// The key of one stream of stochastic rounding: SplitMix64 over the seed, the step, the

@@ -27,6 +27,14 @@ pub trait Real:
     fn write_le(self, out: &mut Vec<u8>);
     /// Reads a value from exactly [`Real::BYTES`] little-endian bytes.
     fn read_le(bytes: &[u8]) -> Self;
+    /// The value of bfloat16 bits (exact: every bfloat16 is an `f32` and an `f64`).
+    fn from_bf16(bits: u16) -> Self;
+    /// `self` as the `f32` from which bfloat16 rounding gives the correctly rounded result:
+    /// itself for `f32`; round-to-odd for `f64` ([`crate::lowp::f64_to_f32_odd`]).
+    fn to_f32_for_bf16(self) -> f32;
+    /// Runs `f` on a scratch buffer of `len` elements owned by the calling thread (reused
+    /// between calls, never shrunk; its contents on entry are unspecified).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
     /// $C \leftarrow A B + \beta C$ (`matrixmultiply`'s `sgemm`/`dgemm` with $\alpha = 1$).
     ///
     /// # Safety
@@ -51,10 +59,31 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($ty:ident, $bytes:literal, $gemm:ident) => {
+    ($ty:ident, $bytes:literal, $gemm:ident, $to32:expr) => {
         impl Real for $ty {
             const NAME: &'static str = stringify!($ty);
             const BYTES: usize = $bytes;
+            #[inline(always)]
+            fn from_bf16(bits: u16) -> Self {
+                Self::from(crate::lowp::bf16_to_f32(bits))
+            }
+            #[inline(always)]
+            fn to_f32_for_bf16(self) -> f32 {
+                let narrow: fn($ty) -> f32 = $to32;
+                narrow(self)
+            }
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<$ty>> =
+                        const { std::cell::RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with_borrow_mut(|buf| {
+                    if buf.len() < len {
+                        buf.resize(len, 0.0);
+                    }
+                    f(&mut buf[..len])
+                })
+            }
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $ty
@@ -97,5 +126,5 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, 4, sgemm);
-impl_real!(f64, 8, dgemm);
+impl_real!(f32, 4, sgemm, |x| x);
+impl_real!(f64, 8, dgemm, crate::lowp::f64_to_f32_odd);

@@ -807,8 +807,12 @@ pub fn checkpoint_bytes(run: &Run, meta: &CheckpointMeta) -> Result<Vec<u8>> {
             metadata,
             owned
                 .iter()
-                .chain(&opt_entries)
-                .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), Dtype::F32)),
+                .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), Dtype::F32))
+                .chain(
+                    opt_entries
+                        .iter()
+                        .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
+                ),
         )
         .map_err(fail)
     };

@@ -17,6 +17,8 @@ What differs from ``torch.optim``:
 * The set of parameters that have a gradient is fixed by the first step (``torch.optim``
   skips a parameter whose ``.grad`` is None; here a change of that set is an error that names
   the parameter). Add parameter groups before the first step.
+* ``state_dtype="bf16"`` (``Adam``, ``AdamW``; any rule through ``spec=``) keeps the moments
+  in bfloat16 with stochastic rounding (``rounding="nearest"`` to round to nearest).
 * A non-finite gradient raises :class:`sgdlab.SgdlabError` and changes nothing, unless
   ``skip_nonfinite=True`` (skip and count the step) or ``check_finite=False`` (do not look,
   as ``torch.optim``; the fastest step).
@@ -54,7 +56,7 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
-_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite")
+_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite", "state_dtype", "rounding", "sr_seed")
 
 
 def _text(value: Any) -> str:
@@ -115,10 +117,8 @@ class Optimizer(torch.optim.Optimizer):
         rule, keys = _core.parse_spec(spec)
         defaults = {k: _value(v) for k, v in keys if k not in _GLOBAL_KEYS}
         defaults.setdefault("lr", _core.Optimizer(rule).lr)
-        self._init(params, rule, defaults, check_finite, skip_nonfinite, clip_norm)
-        for k, v in keys:
-            if k in _GLOBAL_KEYS:
-                self._global[k] = v
+        spec_globals = {k: v for k, v in keys if k in _GLOBAL_KEYS}
+        self._init(params, rule, defaults, check_finite, skip_nonfinite, clip_norm, spec_globals=spec_globals)
 
     # -- set-up shared by every class ------------------------------------------------------
 
@@ -131,6 +131,9 @@ class Optimizer(torch.optim.Optimizer):
         skip_nonfinite: bool,
         clip_norm: Optional[float],
         maximize: bool = False,
+        state_dtype: str = "param",
+        rounding: str = "stochastic",
+        spec_globals: Optional[dict[str, str]] = None,
     ) -> None:
         self._rule = rule
         self._rule_keys = frozenset(_core.rule_keys(rule)) - frozenset(_GLOBAL_KEYS)
@@ -140,6 +143,11 @@ class Optimizer(torch.optim.Optimizer):
         }
         if clip_norm is not None:
             self._global["clip_norm"] = _text(float(clip_norm))
+        if state_dtype != "param":
+            self._global["state_dtype"] = state_dtype
+        if rounding != "stochastic":
+            self._global["rounding"] = rounding
+        self._global.update(spec_globals or {})
         self._maximize = bool(maximize)
         self._core: Optional[_core.Optimizer] = None
         self._applied: list[dict[str, str]] = []
@@ -159,7 +167,8 @@ class Optimizer(torch.optim.Optimizer):
             # The group's hyper-parameters are validated now, as torch.optim does.
             keys = self._group_keys(group)
             body = ",".join(f"{k}={v}" for k, v in keys.items())
-            _core.Optimizer(f"{self._group_rule(group)}:{body}".rstrip(":"))
+            glob = ",".join(f"{k}={v}" for k, v in self._global.items())
+            _core.Optimizer(f"{self._group_rule(group)}:{body},{glob}".replace(":,", ":").rstrip(":,"))
             for p in group["params"]:
                 _check_tensor(p, "parameter")
         except Exception:
@@ -469,6 +478,8 @@ class Adam(_TorchNamed):
         decoupled_weight_decay: bool = False,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        state_dtype: str = "param",
+        rounding: str = "stochastic",
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(
@@ -479,7 +490,7 @@ class Adam(_TorchNamed):
             amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize)
+        self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding)
 
     def _group_rule(self, group: dict[str, Any]) -> str:
         return "adamw" if group.get("decoupled_weight_decay") else "adam"
@@ -504,10 +515,12 @@ class AdamW(_TorchNamed):
         fused: Optional[bool] = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        state_dtype: str = "param",
+        rounding: str = "stochastic",
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-        self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize)
+        self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding)
 
 
 class SGD(_TorchNamed):

@@ -55,8 +55,14 @@ pub struct StateDict<T> {
     pub buffers: std::collections::BTreeMap<String, (Vec<usize>, Vec<T>)>,
 }
 
-/// A tensor to write: name, shape, little-endian bytes.
-pub(crate) type Entry = (String, Vec<usize>, Vec<u8>);
+/// A tensor to write: name, shape, little-endian bytes, element type.
+pub(crate) type Entry = (String, Vec<usize>, Vec<u8>, Dtype);
+
+/// A state buffer read back: in the parameters' type, or bfloat16 bits.
+pub(crate) enum Buffer<T> {
+    Full(Vec<T>),
+    Bf16(Vec<u16>),
+}
 
 /// Serialises tensors `(name, shape, little-endian bytes, dtype)` with `metadata` to
 /// safetensors bytes whose header has sorted keys (equal contents, equal bytes).
@@ -77,7 +83,7 @@ pub(crate) fn encode_with<'a>(
         .and_then(crate::io::canonical_safetensors)
 }
 
-fn encode<T: Real>(
+fn encode(
     metadata: HashMap<String, String>,
     entries: &[Entry],
 ) -> std::result::Result<Vec<u8>, String> {
@@ -85,7 +91,7 @@ fn encode<T: Real>(
         metadata,
         entries
             .iter()
-            .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), dtype_of::<T>())),
+            .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
     )
 }
 
@@ -120,7 +126,7 @@ impl<T: Real> Optimizer<T> {
     /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let (metadata, entries) = self.to_parts("")?;
-        encode::<T>(metadata.into_iter().collect(), &entries)
+        encode(metadata.into_iter().collect(), &entries)
             .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
     }
 
@@ -165,7 +171,13 @@ impl<T: Real> Optimizer<T> {
                     for &x in buffer {
                         x.write_le(&mut raw);
                     }
-                    entries.push((format!("{prefix}{slot}/{name}"), shape.clone(), raw));
+                    let name = format!("{prefix}{slot}/{name}");
+                    entries.push((name, shape.clone(), raw, dtype_of::<T>()));
+                }
+                for (slot, buffer) in self.slot_names_of(t).iter().zip(&state.lowp) {
+                    let raw = buffer.iter().flat_map(|b| b.to_le_bytes()).collect();
+                    let name = format!("{prefix}{slot}/{name}");
+                    entries.push((name, shape.clone(), raw, Dtype::BF16));
                 }
             }
         }
@@ -257,9 +269,16 @@ impl<T: Real> Optimizer<T> {
         let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         let lookup = |key: &str| {
             st.tensor(key).ok().map(|view| {
+                let raw = view.data();
                 if view.dtype() == dtype_of::<T>() {
-                    let data = view.data().chunks_exact(T::BYTES).map(T::read_le).collect();
-                    Ok((view.shape().to_vec(), data))
+                    let data = raw.chunks_exact(T::BYTES).map(T::read_le).collect();
+                    Ok((view.shape().to_vec(), Buffer::Full(data)))
+                } else if view.dtype() == Dtype::BF16 {
+                    let data = raw
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    Ok((view.shape().to_vec(), Buffer::Bf16(data)))
                 } else {
                     Err(format!("{:?} {:?}", view.dtype(), view.shape()))
                 }
@@ -271,10 +290,17 @@ impl<T: Real> Optimizer<T> {
     /// The state in memory ([`StateDict`]): the metadata and buffers a checkpoint holds.
     pub fn state_dict(&self) -> Result<StateDict<T>> {
         let (metadata, entries) = self.to_parts("")?;
+        // bfloat16 buffers are widened (exactly); from_state_dict narrows them back.
         let buffers = entries
             .into_iter()
-            .map(|(name, shape, raw)| {
-                let data = raw.chunks_exact(T::BYTES).map(T::read_le).collect();
+            .map(|(name, shape, raw, dtype)| {
+                let data = if dtype == Dtype::BF16 {
+                    raw.chunks_exact(2)
+                        .map(|b| T::from_bf16(u16::from_le_bytes([b[0], b[1]])))
+                        .collect()
+                } else {
+                    raw.chunks_exact(T::BYTES).map(T::read_le).collect()
+                };
                 (name, (shape, data))
             })
             .collect();
@@ -292,7 +318,7 @@ impl<T: Real> Optimizer<T> {
             state
                 .buffers
                 .get(key)
-                .map(|(s, d)| Ok((s.clone(), d.clone())))
+                .map(|(s, d)| Ok((s.clone(), Buffer::Full(d.clone()))))
         };
         Self::from_source(&meta, &names, &lookup, "")
     }
@@ -310,7 +336,7 @@ impl<T: Real> Optimizer<T> {
     fn from_source(
         meta: &HashMap<String, String>,
         names: &[String],
-        lookup: &dyn Fn(&str) -> Option<std::result::Result<(Vec<usize>, Vec<T>), String>>,
+        lookup: &dyn Fn(&str) -> Option<std::result::Result<(Vec<usize>, Buffer<T>), String>>,
         prefix: &str,
     ) -> Result<Self> {
         let bad = |reason: String| Error::Checkpoint {
@@ -418,7 +444,9 @@ impl<T: Real> Optimizer<T> {
             .zip(tensor_groups.iter().zip(&specs))
         {
             let slot_names = super::slots_of(spec);
+            let bf16 = spec.state_dtype == super::StateDtype::Bf16;
             let mut slots = Vec::with_capacity(slot_names.len());
+            let mut lowp = Vec::new();
             for slot in slot_names {
                 let key = format!("{prefix}{slot}/{name}");
                 let found =
@@ -439,12 +467,39 @@ impl<T: Real> Optimizer<T> {
                         )));
                     }
                 };
-                slots.push(data);
+                match (data, bf16) {
+                    (Buffer::Full(data), false) => slots.push(data),
+                    (Buffer::Bf16(data), true) => lowp.push(data),
+                    (Buffer::Full(data), true) => {
+                        // From a state dict: widened values, narrowed back exactly.
+                        let mut bits = Vec::with_capacity(data.len());
+                        for (i, x) in data.into_iter().enumerate() {
+                            let b = crate::lowp::bf16_nearest(x.to_f32_for_bf16());
+                            let y = T::from_bf16(b);
+                            if y == x || (y.is_nan() && x.is_nan()) {
+                                bits.push(b);
+                            } else {
+                                return Err(bad(format!(
+                                    "buffer `{key}` element {i} = {x:?} is not a bfloat16 value \
+                                     (the spec keeps the state in bf16)"
+                                )));
+                            }
+                        }
+                        lowp.push(bits);
+                    }
+                    (Buffer::Bf16(_), false) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is bf16, but the spec `{spec}` keeps the state in {}",
+                            T::NAME
+                        )));
+                    }
+                }
             }
             tensors.push(TensorState {
                 group,
                 slots,
                 scalars,
+                lowp,
             });
         }
         opt.layout = Some(layout);

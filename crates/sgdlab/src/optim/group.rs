@@ -35,7 +35,14 @@ use super::OptimizerSpec;
 use crate::{Error, Result};
 
 /// Keys that apply to the whole optimizer and cannot differ between groups.
-pub const GLOBAL_KEYS: [&str; 3] = ["clip_norm", "skip_nonfinite", "check_finite"];
+pub const GLOBAL_KEYS: [&str; 6] = [
+    "clip_norm",
+    "skip_nonfinite",
+    "check_finite",
+    "state_dtype",
+    "rounding",
+    "sr_seed",
+];
 
 /// One parameter group: which tensors (name patterns) and how they step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +69,9 @@ impl GroupSpec {
             Some(name) => {
                 let mut s: OptimizerSpec = name.parse().map_err(context)?;
                 s.clip_norm = base.clip_norm;
+                s.state_dtype = base.state_dtype;
+                s.rounding = base.rounding;
+                s.sr_seed = base.sr_seed;
                 s.skip_nonfinite = base.skip_nonfinite;
                 s.check_finite = base.check_finite;
                 s
@@ -71,6 +81,8 @@ impl GroupSpec {
         for (k, v) in &self.keys {
             spec.set(k, v).map_err(context)?;
         }
+        // The base's global keys may not suit the group's rule (bf16 state and Muon).
+        spec.validate().map_err(context)?;
         Ok(spec)
     }
 
@@ -110,8 +122,8 @@ impl FromStr for GroupSpec {
                 return Err(Error::invalid(
                     k,
                     v,
-                    "applies to the whole optimizer (clipping and the finiteness check are global): \
-                     set it on the optimizer's spec, not in a group",
+                    "applies to the whole optimizer (clipping, the finiteness check and the \
+                     state's type are global): set it on the optimizer's spec, not in a group",
                 ));
             } else if pairs.iter().any(|(seen, _)| seen == k) {
                 return Err(bad(&format!("sets `{k}` twice")));

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use super::{Rule, StepContext};
+use super::{Rule, StateRounding, StepContext};
 use crate::Real;
+use crate::lowp::{Block, bf16_nearest, bf16_stochastic};
 
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;
@@ -210,9 +211,23 @@ pub(crate) struct Unit<'a, T> {
     pub ctx: &'a StepContext,
     pub p: &'a mut [T],
     pub g: &'a [T],
+    /// The state buffers in the parameters' type (empty when the state is bfloat16).
     pub slots: [&'a mut [T]; 3],
+    /// How many state buffers the rule has (in `slots`, or in `lowp`).
     pub n_slots: usize,
     pub scalars: &'a [f64],
+    /// The state buffers in bfloat16, when the spec says `state_dtype=bf16`.
+    pub lowp: Option<Lowp<'a>>,
+}
+
+/// bfloat16 state buffers of a unit and how they are narrowed after the update.
+pub(crate) struct Lowp<'a> {
+    pub slots: [&'a mut [u16]; 3],
+    pub rounding: StateRounding,
+    /// The stochastic-rounding stream of each buffer this step ([`crate::lowp::stream_key`]).
+    pub keys: [u64; 3],
+    /// The index in its tensor of the unit's first element (the counter of the stream).
+    pub offset: u64,
 }
 
 #[inline(always)]
@@ -221,6 +236,87 @@ fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
 }
 
 multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
+
+/// Elements per sub-block of a bfloat16 unit: the widened state of one sub-block (up to
+/// three buffers of 8 KiB in f32) stays in L1 between widening, the update and narrowing.
+const LOWP_BLOCK: usize = 2048;
+
+/// A unit with bfloat16 state, sub-block by sub-block: the buffers widened (exactly) into
+/// `scratch`, the rule's element loop on them as on any state, and the results narrowed back
+/// with the spec's rounding. The sub-blocks are small enough for the widened values to stay
+/// in L1, so that memory sees 2 bytes per state element each way and every array streams
+/// at once, as in the plain kernel.
+#[inline(always)]
+fn run_lowp_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) {
+    let Some(lowp) = u.lowp.as_mut() else {
+        return run_unit(rule, ctx, u);
+    };
+    let n = u.p.len();
+    let n_slots = u.n_slots;
+    let mut start = 0;
+    while start < n {
+        let len = LOWP_BLOCK.min(n - start);
+        let end = start + len;
+        let mut bufs: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+        let mut rest = &mut *scratch;
+        for (buf, src) in bufs.iter_mut().zip(lowp.slots.iter()).take(n_slots) {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            for (d, &b) in head.iter_mut().zip(&src[start..end]) {
+                *d = T::from_bf16(b);
+            }
+            *buf = head;
+            rest = tail;
+        }
+        rule.step_tensor(
+            ctx,
+            &mut u.p[start..end],
+            &u.g[start..end],
+            &mut bufs[..n_slots],
+            u.scalars,
+        );
+        for ((buf, dst), &key) in bufs
+            .iter()
+            .zip(lowp.slots.iter_mut())
+            .zip(&lowp.keys)
+            .take(n_slots)
+        {
+            let dst = &mut dst[start..end];
+            match lowp.rounding {
+                StateRounding::Nearest => {
+                    for (d, &x) in dst.iter_mut().zip(buf.iter()) {
+                        *d = bf16_nearest(x.to_f32_for_bf16());
+                    }
+                }
+                StateRounding::Stochastic => {
+                    // A unit never crosses a multiple of 2^32 (units start at multiples of
+                    // CHUNK, a power of two): one block serves it, with 32-bit counters.
+                    let block = Block::new(key, lowp.offset);
+                    let base = (lowp.offset as u32).wrapping_add(start as u32);
+                    for (i, (d, &x)) in dst.iter_mut().zip(buf.iter()).enumerate() {
+                        let r = block.bits(base.wrapping_add(i as u32));
+                        *d = bf16_stochastic(x.to_f32_for_bf16(), r);
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+}
+
+multiversion!(fn dispatch_lowp<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) = run_lowp_unit);
+
+/// Runs one unit at `level`: the plain element loop, or the bfloat16 one on this thread's
+/// scratch buffers.
+#[inline]
+fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
+    let (rule, ctx) = (u.rule, u.ctx);
+    if u.lowp.is_some() {
+        let len = LOWP_BLOCK * u.n_slots;
+        T::with_scratch(len, |scratch| dispatch_lowp(level, rule, ctx, u, scratch));
+    } else {
+        dispatch(level, rule, ctx, u);
+    }
+}
 
 /// Working sets (parameters, gradient and state, in bytes) from which the element loops
 /// prefetch ahead. Prefetching pays when the arrays stream from memory; when they sit in the
@@ -241,8 +337,9 @@ pub(crate) fn run_tensor<T: Real>(
     g: &[T],
     slots: &mut [Vec<T>],
     scalars: &[f64],
+    lowp: Option<Lowp<'_>>,
 ) {
-    let n_slots = slots.len();
+    let n_slots = rule.slots().len();
     let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
     for (u, s) in unit_slots.iter_mut().zip(slots.iter_mut()) {
         *u = s.as_mut_slice();
@@ -255,8 +352,9 @@ pub(crate) fn run_tensor<T: Real>(
         slots: unit_slots,
         n_slots,
         scalars,
+        lowp,
     };
-    dispatch(SimdLevel::current(), rule, ctx, &mut unit);
+    run_one(SimdLevel::current(), &mut unit);
 }
 
 /// Runs every unit (each with its own rule and context), in parallel when the step is large
@@ -266,8 +364,7 @@ pub(crate) fn run_units<T: Real>(prefetch: bool, mut units: Vec<Unit<'_, T>>) {
     let total: usize = units.iter().map(|u| u.p.len()).sum();
     if total < PARALLEL_MIN {
         for u in &mut units {
-            let (rule, ctx) = (u.rule, u.ctx);
-            dispatch(level, rule, ctx, u);
+            run_one(level, u);
         }
     } else {
         // Threads take runs of consecutive units; before computing one, a thread prefetches
@@ -281,9 +378,7 @@ pub(crate) fn run_units<T: Real>(prefetch: bool, mut units: Vec<Unit<'_, T>>) {
                 if let Some(next) = tail.first().filter(|_| prefetch) {
                     next.prefetch_start();
                 }
-                let unit = &mut head[i];
-                let (rule, ctx) = (unit.rule, unit.ctx);
-                dispatch(level, rule, ctx, unit);
+                run_one(level, &mut head[i]);
             }
         });
     }
@@ -298,8 +393,17 @@ impl<T> Unit<'_, T> {
         let n = (AHEAD_BYTES / std::mem::size_of::<T>()).min(self.p.len());
         prefetch_lines(&self.p[..n]);
         prefetch_lines(&self.g[..n]);
-        for slot in &self.slots[..self.n_slots] {
-            prefetch_lines(&slot[..n]);
+        match &self.lowp {
+            None => {
+                for slot in &self.slots[..self.n_slots] {
+                    prefetch_lines(&slot[..n]);
+                }
+            }
+            Some(lowp) => {
+                for slot in &lowp.slots[..self.n_slots] {
+                    prefetch_lines(&slot[..n]);
+                }
+            }
         }
     }
 }

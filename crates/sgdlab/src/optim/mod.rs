@@ -41,7 +41,7 @@ pub use checkpoint::{StateDict, stored_dtype};
 pub use group::GroupSpec;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;
-pub use spec::{Debias, OptimizerSpec, Rule};
+pub use spec::{Debias, OptimizerSpec, Rule, StateDtype, StateRounding};
 
 use crate::error::check_len;
 use crate::{Error, Real, Result};
@@ -398,12 +398,15 @@ struct TensorState<T> {
     slots: Vec<Vec<T>>,
     /// Scalar state per tensor (Madam's clamp bound).
     scalars: Vec<f64>,
+    /// The state buffers in bfloat16 (`state_dtype=bf16`; `slots` is then empty).
+    lowp: Vec<Vec<u16>>,
 }
 
 impl<T: Real> Optimizer<T> {
     /// An optimizer with fresh state.
     pub fn new(spec: OptimizerSpec) -> Result<Self> {
         spec.validate()?;
+        check_state_dtype::<T>(&spec)?;
         Ok(Self {
             spec,
             step: 0,
@@ -591,6 +594,7 @@ impl<T: Real> Optimizer<T> {
             if new.name() != now.name()
                 || slots_of(new) != slots_of(now)
                 || scalars_of(new) != scalars_of(now)
+                || (new.state_dtype == StateDtype::Bf16) != (now.state_dtype == StateDtype::Bf16)
             {
                 return Err(Error::invalid(
                     "optimizer spec",
@@ -638,6 +642,26 @@ impl<T: Real> Optimizer<T> {
     pub fn state(&self, slot: &str, tensor: usize) -> Option<&[T]> {
         let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
         self.tensors.get(tensor)?.slots.get(s).map(Vec::as_slice)
+    }
+
+    /// The state buffer `slot` of tensor `tensor` as bfloat16 bits, when the state is kept
+    /// in bfloat16 (`state_dtype=bf16`; [`Optimizer::state`] is `None` then).
+    pub fn state_bf16(&self, slot: &str, tensor: usize) -> Option<&[u16]> {
+        let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
+        self.tensors.get(tensor)?.lowp.get(s).map(Vec::as_slice)
+    }
+
+    /// The state buffer `slot` of tensor `tensor` in `f64` (exact), whatever type it is kept
+    /// in.
+    pub fn state_values(&self, slot: &str, tensor: usize) -> Option<Vec<f64>> {
+        match self.state(slot, tensor) {
+            Some(s) => Some(s.iter().map(|x| x.as_f64()).collect()),
+            None => self.state_bf16(slot, tensor).map(|b| {
+                b.iter()
+                    .map(|&x| f64::from(crate::lowp::bf16_to_f32(x)))
+                    .collect()
+            }),
+        }
     }
 
     /// The point to evaluate (and to ship) for tensor `tensor` when it is not the
@@ -688,6 +712,26 @@ impl<T: Real> Optimizer<T> {
         }
         Ok(())
     }
+}
+
+/// `state_dtype=f32`/`f64` must name the parameters' type (bf16 and `param` go with any).
+fn check_state_dtype<T: Real>(spec: &OptimizerSpec) -> Result<()> {
+    let named = match spec.state_dtype {
+        StateDtype::F32 => "f32",
+        StateDtype::F64 => "f64",
+        StateDtype::Param | StateDtype::Bf16 => return Ok(()),
+    };
+    if named != T::NAME {
+        return Err(Error::invalid(
+            "state_dtype",
+            named,
+            format!(
+                "the parameters are {}: the state is kept in their type or in bf16",
+                T::NAME
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The state buffers of a rule, PyTorch's names where it has them.
@@ -829,12 +873,12 @@ impl<T: Real> Optimizer<T> {
         }
         self.step += 1;
         let numel: usize = params.iter().map(|p| p.data.len()).sum();
-        let state_elems: usize = params
+        let state_bytes: usize = params
             .iter()
             .zip(&self.tensors)
-            .map(|(p, s)| p.data.len() * (2 + s.slots.len()))
+            .map(|(p, s)| p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len()))
             .sum();
-        let prefetch = state_elems * std::mem::size_of::<T>() >= kernel::PREFETCH_MIN_BYTES;
+        let prefetch = state_bytes >= kernel::PREFETCH_MIN_BYTES;
         // One context per group: its rule's learning rate and decay powers; the gradient
         // scale, norm and size are global.
         let contexts: Vec<StepContext> = self
@@ -877,48 +921,95 @@ impl<T: Real> Optimizer<T> {
                 rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots, &state.scalars);
             }
         }
+        // bfloat16 state: each buffer's stochastic-rounding stream of this step (seed, step,
+        // tensor, buffer); the element's index in its tensor is the stream's counter.
+        let (sr_seed, rounding, step) = (self.spec.sr_seed, self.spec.rounding, self.step);
+        let keys = |tensor: usize| -> [u64; 3] {
+            std::array::from_fn(|b| crate::lowp::stream_key(sr_seed, step, tensor as u64, b as u64))
+        };
         if kernel::is_small(numel) {
-            for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+            for (t, ((p, g), state)) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(&mut self.tensors)
+                .enumerate()
+            {
                 let TensorState {
                     group,
                     slots,
                     scalars,
+                    lowp,
                 } = state;
                 let (rule, ctx) = (rules[*group], &contexts[*group]);
                 if !rule.whole_tensor() {
-                    kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars);
+                    let lowp = (!lowp.is_empty()).then(|| {
+                        let mut bufs: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+                        for (b, l) in bufs.iter_mut().zip(lowp.iter_mut()) {
+                            *b = l.as_mut_slice();
+                        }
+                        kernel::Lowp {
+                            slots: bufs,
+                            rounding,
+                            keys: keys(t),
+                            offset: 0,
+                        }
+                    });
+                    kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars, lowp);
                 }
             }
             return Ok(report);
         }
         let mut units = Vec::with_capacity(numel / kernel::CHUNK + params.len());
-        for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+        for (t, ((p, g), state)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.tensors)
+            .enumerate()
+        {
             let TensorState {
                 group,
                 slots,
                 scalars,
+                lowp,
             } = state;
             let (rule, ctx) = (rules[*group], &contexts[*group]);
             if rule.whole_tensor() {
                 continue;
             }
-            let n_slots = slots.len();
+            let n_slots = rule.slots().len();
+            let is_lowp = !lowp.is_empty();
+            let tensor_keys = keys(t);
             // The state buffers not yet cut into units (no allocation per tensor: a step may
             // have many thousands of small ones).
             let mut rest: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
             for (r, s) in rest.iter_mut().zip(slots.iter_mut()) {
                 *r = s.as_mut_slice();
             }
+            let mut rest_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+            for (r, s) in rest_lowp.iter_mut().zip(lowp.iter_mut()) {
+                *r = s.as_mut_slice();
+            }
+            let mut offset = 0u64;
             for (p, g) in p
                 .data
                 .chunks_mut(kernel::CHUNK)
                 .zip(g.data.chunks(kernel::CHUNK))
             {
+                let len = p.len();
                 let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
-                for (slot, r) in unit_slots.iter_mut().zip(rest.iter_mut()).take(n_slots) {
-                    let (head, tail) = std::mem::take(r).split_at_mut(p.len());
-                    *slot = head;
-                    *r = tail;
+                let mut unit_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+                if is_lowp {
+                    for (slot, r) in unit_lowp.iter_mut().zip(rest_lowp.iter_mut()).take(n_slots) {
+                        let (head, tail) = std::mem::take(r).split_at_mut(len);
+                        *slot = head;
+                        *r = tail;
+                    }
+                } else {
+                    for (slot, r) in unit_slots.iter_mut().zip(rest.iter_mut()).take(n_slots) {
+                        let (head, tail) = std::mem::take(r).split_at_mut(len);
+                        *slot = head;
+                        *r = tail;
+                    }
                 }
                 units.push(kernel::Unit {
                     rule,
@@ -928,7 +1019,14 @@ impl<T: Real> Optimizer<T> {
                     slots: unit_slots,
                     n_slots,
                     scalars,
+                    lowp: is_lowp.then_some(kernel::Lowp {
+                        slots: unit_lowp,
+                        rounding,
+                        keys: tensor_keys,
+                        offset,
+                    }),
                 });
+                offset += len as u64;
             }
         }
         kernel::run_units(prefetch, units);
@@ -978,16 +1076,25 @@ impl<T: Real> Optimizer<T> {
         for (p, group) in params.iter().zip(groups) {
             let spec = self.group_spec(group).unwrap_or(&self.spec);
             let init = T::from_f64(spec.rule.initial_state());
-            let slots = (0..slots_of(spec).len())
-                .map(|slot| match spec.rule.slot_starts_at_params(slot) {
-                    true => p.data.to_vec(),
-                    false => vec![init; p.data.len()],
-                })
-                .collect();
+            let n = slots_of(spec).len();
+            let (slots, lowp) = if spec.state_dtype == StateDtype::Bf16 {
+                // Rules whose buffers start at the parameters refuse bf16 (validate).
+                let b = crate::lowp::bf16_nearest(init.to_f32_for_bf16());
+                (Vec::new(), vec![vec![b; p.data.len()]; n])
+            } else {
+                let slots = (0..n)
+                    .map(|slot| match spec.rule.slot_starts_at_params(slot) {
+                        true => p.data.to_vec(),
+                        false => vec![init; p.data.len()],
+                    })
+                    .collect();
+                (slots, Vec::new())
+            };
             tensors.push(TensorState {
                 group,
                 slots,
                 scalars: vec![0.0; scalars_of(spec).len()],
+                lowp,
             });
         }
         self.tensors = tensors;

@@ -178,7 +178,8 @@ pub(crate) fn unknown_key(optimizer: &str, key: &str, keys: &[&str]) -> Error {
         format!("key `{key}` for {optimizer}"),
         key,
         format!(
-            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite, check_finite",
+            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite, check_finite, \
+             state_dtype, rounding, sr_seed",
             keys.join(", ")
         ),
     )
@@ -418,6 +419,77 @@ registry! {
     SfAdamW(schedulefree::SfAdamW),
 }
 
+/// The element type of the optimizer's state buffers (`state_dtype=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateDtype {
+    /// The parameters' type (`param`, the default; also written `f32` or `f64`, which must
+    /// then be the parameters' type).
+    #[default]
+    Param,
+    /// `f32` state (only for `f32` parameters).
+    F32,
+    /// `f64` state (only for `f64` parameters).
+    F64,
+    /// bfloat16 state (`bf16`): 2 bytes per element, widened exactly for the update and
+    /// narrowed back with the spec's [`StateRounding`].
+    Bf16,
+}
+
+impl StateDtype {
+    /// The name in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateDtype::Param => "param",
+            StateDtype::F32 => "f32",
+            StateDtype::F64 => "f64",
+            StateDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl SpecValue for StateDtype {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        match text {
+            "param" => Ok(StateDtype::Param),
+            "f32" => Ok(StateDtype::F32),
+            "f64" => Ok(StateDtype::F64),
+            "bf16" => Ok(StateDtype::Bf16),
+            _ => Err(Error::invalid(key, text, "must be param, f32, f64 or bf16")),
+        }
+    }
+    fn show(&self) -> String {
+        self.name().to_string()
+    }
+}
+
+/// How state narrowed to bfloat16 is rounded (`rounding=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateRounding {
+    /// Stochastic rounding (the default): unbiased, from a counter-based generator keyed by
+    /// `sr_seed`, the step, the tensor, the buffer and the element (see [`crate::lowp`]).
+    #[default]
+    Stochastic,
+    /// Round to nearest, ties to even.
+    Nearest,
+}
+
+impl SpecValue for StateRounding {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        match text {
+            "stochastic" => Ok(StateRounding::Stochastic),
+            "nearest" => Ok(StateRounding::Nearest),
+            _ => Err(Error::invalid(key, text, "must be stochastic or nearest")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            StateRounding::Stochastic => "stochastic",
+            StateRounding::Nearest => "nearest",
+        }
+        .to_string()
+    }
+}
+
 /// A complete, validated optimizer specification.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerSpec {
@@ -431,6 +503,12 @@ pub struct OptimizerSpec {
     /// Check gradients (and the loss) for NaN/Inf before the step (default). `false` trades
     /// that safety for one pass over memory less.
     pub check_finite: bool,
+    /// The element type of the state buffers (`state_dtype=`).
+    pub state_dtype: StateDtype,
+    /// The rounding of bfloat16 state (`rounding=`).
+    pub rounding: StateRounding,
+    /// The seed of stochastic rounding (`sr_seed=`).
+    pub sr_seed: u64,
 }
 
 impl OptimizerSpec {
@@ -442,6 +520,9 @@ impl OptimizerSpec {
             clip_norm: None,
             skip_nonfinite: false,
             check_finite: true,
+            state_dtype: StateDtype::Param,
+            rounding: StateRounding::Stochastic,
+            sr_seed: 0,
         })
     }
 
@@ -494,6 +575,9 @@ impl OptimizerSpec {
             "clip_norm" => self.clip_norm = SpecValue::parse_value(key, value)?,
             "skip_nonfinite" => self.skip_nonfinite = SpecValue::parse_value(key, value)?,
             "check_finite" => self.check_finite = SpecValue::parse_value(key, value)?,
+            "state_dtype" => self.state_dtype = SpecValue::parse_value(key, value)?,
+            "rounding" => self.rounding = SpecValue::parse_value(key, value)?,
+            "sr_seed" => self.sr_seed = SpecValue::parse_value(key, value)?,
             _ => self.rule.set(key, value)?,
         }
         Ok(())
@@ -504,6 +588,22 @@ impl OptimizerSpec {
         self.rule.validate()?;
         if let Some(c) = self.clip_norm {
             check::positive("clip_norm", c)?;
+        }
+        if self.state_dtype == StateDtype::Bf16 {
+            let why = if self.rule.whole_tensor() {
+                Some("its Newton–Schulz step runs on whole matrices")
+            } else if self.rule.eval_slot().is_some() {
+                Some("its averaged point x must stay exact")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::invalid(
+                    "state_dtype",
+                    "bf16",
+                    format!("is not supported by {} ({why})", self.name()),
+                ));
+            }
         }
         if self.skip_nonfinite && !self.check_finite {
             return Err(Error::invalid(
@@ -537,6 +637,9 @@ impl FromStr for OptimizerSpec {
             clip_norm: None,
             skip_nonfinite: false,
             check_finite: true,
+            state_dtype: StateDtype::Param,
+            rounding: StateRounding::Stochastic,
+            sr_seed: 0,
         };
         let mut seen: Vec<&str> = Vec::new();
         for item in rest.into_iter().flat_map(|r| r.split(',')) {
@@ -581,6 +684,15 @@ impl fmt::Display for OptimizerSpec {
         }
         if !self.check_finite {
             pairs.push(("check_finite", "false".to_string()));
+        }
+        if self.state_dtype != StateDtype::Param {
+            pairs.push(("state_dtype", self.state_dtype.show()));
+        }
+        if self.rounding != StateRounding::Stochastic {
+            pairs.push(("rounding", self.rounding.show()));
+        }
+        if self.sr_seed != 0 {
+            pairs.push(("sr_seed", self.sr_seed.show()));
         }
         f.write_str(self.name())?;
         for (i, (k, v)) in pairs.iter().enumerate() {

@@ -343,8 +343,9 @@ mod tests {
     #[test]
     fn unknown_problems_are_errors() {
         assert!(canonical_problem(0).is_err());
-        assert!(canonical_problem(11).is_err());
+        assert!(canonical_problem(12).is_err());
         assert_eq!(canonical_problem(10).unwrap(), 10);
+        assert_eq!(canonical_problem(11).unwrap(), 11);
         let c = Claim::identity("10d.uv", "t", &[], 0.0, 0.0, 1.0);
         assert_eq!(c.problem, 10);
         assert_eq!(canonical_problem(2).unwrap(), 2);

@@ -18,6 +18,7 @@
 use rand_distr::{Distribution, StandardNormal};
 
 use super::{Claim, VerifyOptions};
+use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::Measurement;
 use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
 use crate::{Error, Result};
@@ -143,6 +144,112 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
         var_uniform.mean / s,
     );
     Ok(vec![bias, variance])
+}
+
+/// The report's plots: the three EMAs on a constant input, and their means over chains on
+/// noisy inputs.
+pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
+    let line = |label: &str, points: Vec<(f64, f64)>, dashed: bool| Line {
+        label: label.to_string(),
+        points,
+        dashed,
+        group: usize::MAX,
+    };
+    let (beta, steps) = (0.999f64, 6_000usize);
+    let b32 = beta as f32;
+    let every = 20;
+    // A constant input c = 1: one chain is the whole story.
+    let (mut exact, mut rn, mut sr) = (0.0f64, 0u16, 0u16);
+    let (mut e_pts, mut rn_pts, mut sr_pts) = (Vec::new(), Vec::new(), Vec::new());
+    let seed = options.derive_seed("p11.figure");
+    for t in 0..steps {
+        exact = beta * exact + (1.0 - beta);
+        rn = bf16_nearest(ema_f32(bf16_to_f32(rn), 1.0, b32));
+        let key = stream_key(seed, t as u64, 0, 0);
+        sr = bf16_stochastic(ema_f32(bf16_to_f32(sr), 1.0, b32), counter_bits(key, 0));
+        if t % every == 0 {
+            let x = t as f64 + 1.0;
+            e_pts.push((x, exact));
+            rn_pts.push((x, f64::from(bf16_to_f32(rn))));
+            sr_pts.push((x, f64::from(bf16_to_f32(sr))));
+        }
+    }
+    let stall = predicted_stall(beta, 1.0).unwrap_or(f64::NAN);
+    // Noisy inputs x = g²: means over chains.
+    let chains = if options.quick { 250 } else { 1_000 };
+    let mc = options.monte_carlo("p11.figure.noisy", chains * 4)?;
+    let samples = steps / every;
+    let runs = mc.run(|rng, chain| {
+        let (mut exact, mut rn, mut sr) = (0.0f64, 0u16, 0u16);
+        let mut out = vec![[0.0f64; 3]; samples];
+        for t in 0..steps {
+            let g: f64 = StandardNormal.sample(rng);
+            let x = g * g;
+            exact = beta * exact + (1.0 - beta) * x;
+            rn = bf16_nearest(ema_f32(bf16_to_f32(rn), x as f32, b32));
+            let key = stream_key(mc.seed(), t as u64, chain as u64, 0);
+            let pre = ema_f32(bf16_to_f32(sr), x as f32, b32);
+            sr = bf16_stochastic(pre, counter_bits(key, 0));
+            if t % every == 0 {
+                out[t / every] = [
+                    exact,
+                    f64::from(bf16_to_f32(rn)),
+                    f64::from(bf16_to_f32(sr)),
+                ];
+            }
+        }
+        out
+    });
+    let mean = |k: usize| -> Vec<(f64, f64)> {
+        (0..samples)
+            .map(|s| {
+                let m = runs.iter().map(|r| r[s][k]).sum::<f64>() / runs.len() as f64;
+                ((s * every) as f64 + 1.0, m)
+            })
+            .collect()
+    };
+    Ok(vec![
+        Figure {
+            title: "Section 11: a bfloat16 EMA on a constant input".into(),
+            caption: format!(
+                "v_t ← round(βv + (1−β)·1) from 0 (β = {beta}): exact (f64), bfloat16 rounded to \
+                 nearest, and bfloat16 rounded stochastically. Nearest stops at {stall}, where \
+                 the increment (1−β)(1−v) falls below half an ulp (dashed: that prediction); \
+                 stochastic rounding follows the exact curve up to its rounding noise."
+            ),
+            x_label: "step t".into(),
+            y_label: "v_t".into(),
+            lines: vec![
+                line("exact (f64)", e_pts, false),
+                line("bf16, round to nearest", rn_pts, false),
+                line("bf16, stochastic rounding", sr_pts, false),
+                line(
+                    "predicted stall",
+                    vec![(1.0, stall), (steps as f64, stall)],
+                    true,
+                ),
+            ],
+            ..Figure::default()
+        },
+        Figure {
+            title: "Section 11: on noisy inputs, means over chains".into(),
+            caption: format!(
+                "The same EMA on x = g², g ~ N(0, 1) (E x = 1), averaged over {} chains: \
+                 round to nearest can only move up once (1−β)v is below half an ulp (a \
+                 decrease needs (1−β)(v−x) > ulp/2), and ends biased upward; stochastic \
+                 rounding's mean is the exact EMA's.",
+                mc.chains()
+            ),
+            x_label: "step t".into(),
+            y_label: "mean of v_t over chains".into(),
+            lines: vec![
+                line("exact (f64)", mean(0), false),
+                line("bf16, round to nearest", mean(1), false),
+                line("bf16, stochastic rounding", mean(2), false),
+            ],
+            ..Figure::default()
+        },
+    ])
 }
 
 #[cfg(test)]
