@@ -714,6 +714,41 @@ impl<T: Real> Optimizer<T> {
     }
 }
 
+/// A buffer of `n` elements `f(i)`, backed by transparent huge pages where the system offers
+/// them on request (Linux with THP in `madvise` mode, the common default): the kernel is
+/// asked before the first write, so that the pages are faulted in 2 MiB at a time. A step
+/// streams every state buffer once, and 4 KiB pages add TLB misses to it: on the development
+/// VM the same 10M-parameter Adam step ran 1.15× faster on numpy's arrays (which numpy backs
+/// this way) than on torch's, and `bench --serve` went from 10.2 to 9.2 ms with its state so
+/// backed (`bench/compare_python.py`, a noisy shared machine). Results are unaffected.
+fn huge_filled<E: Copy>(n: usize, f: impl Fn(usize) -> E) -> Vec<E> {
+    let mut v: Vec<E> = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = n * std::mem::size_of::<E>();
+        if bytes >= 2 * HUGE {
+            let start = v.as_ptr() as usize;
+            let aligned = start.next_multiple_of(HUGE);
+            let end = (start + bytes) / HUGE * HUGE;
+            if end > aligned {
+                // SAFETY: the range lies inside `v`'s allocation (rounded inwards to whole
+                // huge pages); MADV_HUGEPAGE is advice and changes no contents. A failure
+                // (no THP support) is harmless and ignored.
+                unsafe {
+                    libc::madvise(
+                        aligned as *mut libc::c_void,
+                        end - aligned,
+                        libc::MADV_HUGEPAGE,
+                    );
+                }
+            }
+        }
+    }
+    v.extend((0..n).map(f));
+    v
+}
+
 /// `state_dtype=f32`/`f64` must name the parameters' type (bf16 and `param` go with any).
 fn check_state_dtype<T: Real>(spec: &OptimizerSpec) -> Result<()> {
     let named = match spec.state_dtype {
@@ -1080,12 +1115,13 @@ impl<T: Real> Optimizer<T> {
             let (slots, lowp) = if spec.state_dtype == StateDtype::Bf16 {
                 // Rules whose buffers start at the parameters refuse bf16 (validate).
                 let b = crate::lowp::bf16_nearest(init.to_f32_for_bf16());
-                (Vec::new(), vec![vec![b; p.data.len()]; n])
+                let lowp = (0..n).map(|_| huge_filled(p.data.len(), |_| b)).collect();
+                (Vec::new(), lowp)
             } else {
                 let slots = (0..n)
                     .map(|slot| match spec.rule.slot_starts_at_params(slot) {
-                        true => p.data.to_vec(),
-                        false => vec![init; p.data.len()],
+                        true => huge_filled(p.data.len(), |i| p.data[i]),
+                        false => huge_filled(p.data.len(), |_| init),
                     })
                     .collect();
                 (slots, Vec::new())
