@@ -750,6 +750,8 @@ mod tests {
             "adagrad:lr_decay=0.01,initial_accumulator_value=0.1",
             "lion:lr=0.0001,weight_decay=0.1",
             "madam:p_scale=2",
+            "adam:state_dtype=bf16",
+            "adamw:lr=0.01,state_dtype=bf16,rounding=nearest,sr_seed=7",
             "normsgd:eps=1",
             "multiplicative:lr=0.01,eps=0.001",
             "lossprop:lr=0.5",
@@ -791,6 +793,12 @@ mod tests {
             ("sgd:skip_nonfinite=true,check_finite=false", "check_finite"),
             ("normsgd:eps=0", "eps"),
             ("multiplicative:eps=-1", "eps"),
+            ("lossprop:lr=-1", "lr"),
+            ("lossprop:lr=nan", "lr"),
+            ("adam:state_dtype=half", "bf16"),
+            ("adam:rounding=floor", "stochastic or nearest"),
+            ("adam:sr_seed=-1", "sr_seed"),
+            ("sf-sgd:state_dtype=bf16", "sf-sgd"),
             (":lr=1", "optimizer name"),
         ];
         for (spec, needle) in cases {
