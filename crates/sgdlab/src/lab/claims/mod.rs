@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::lab::montecarlo::{Measurement, MonteCarlo};
+use crate::optim::{Optimizer, StepInfo, Tensor};
 use crate::{Error, Result};
 
 /// A Monte Carlo claim passes when $|z|$ is below this.
@@ -212,6 +213,27 @@ impl VerifyOptions {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
     }
+}
+
+/// Runs `spec` on one tensor of `init`, feeding `grad(t, params, out)` for `steps` steps;
+/// calls `after(t, optimizer, params)` after each.
+pub(crate) fn drive(
+    spec: &str,
+    init: Vec<f64>,
+    steps: usize,
+    mut grad: impl FnMut(usize, &[f64], &mut [f64]),
+    mut after: impl FnMut(usize, &Optimizer<f64>, &[f64]) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut opt = Optimizer::<f64>::from_spec(spec)?;
+    let n = init.len();
+    let mut params = [Tensor::vector("p", init)];
+    let mut grads = [Tensor::vector("p", vec![0.0; n])];
+    for t in 1..=steps {
+        grad(t, params[0].data(), grads[0].data_mut());
+        opt.step(&mut params, &grads, &StepInfo::default())?;
+        after(t, &opt, params[0].data())?;
+    }
+    Ok(params[0].data().to_vec())
 }
 
 /// The problems whose claims are implemented, in order; 10 and 11 are sections beyond the

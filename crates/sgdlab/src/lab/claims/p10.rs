@@ -19,7 +19,7 @@
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{Claim, VerifyOptions};
+use super::{Claim, VerifyOptions, drive};
 use crate::lab::figures::{Figure, Line, Marker};
 use crate::lab::montecarlo::{Estimate, chain_rng};
 use crate::optim::muon::NS_COEFFICIENTS;
@@ -32,27 +32,6 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(ademamix_slow_ema(options)?);
     claims.extend(muon(options)?.claims);
     Ok(claims)
-}
-
-/// Runs `spec` on one tensor of `init`, feeding `grad(t, params, out)` for `steps` steps;
-/// calls `after(t, optimizer, params)` after each.
-fn drive(
-    spec: &str,
-    init: Vec<f64>,
-    steps: usize,
-    mut grad: impl FnMut(usize, &[f64], &mut [f64]),
-    mut after: impl FnMut(usize, &Optimizer<f64>, &[f64]) -> Result<()>,
-) -> Result<Vec<f64>> {
-    let mut opt = Optimizer::<f64>::from_spec(spec)?;
-    let n = init.len();
-    let mut params = [Tensor::vector("p", init)];
-    let mut grads = [Tensor::vector("p", vec![0.0; n])];
-    for t in 1..=steps {
-        grad(t, params[0].data(), grads[0].data_mut());
-        opt.step(&mut params, &grads, &StepInfo::default())?;
-        after(t, &opt, params[0].data())?;
-    }
-    Ok(params[0].data().to_vec())
 }
 
 /// 10a: $x_t$ is the uniform running mean of $z_1..z_t$ on adversarial gradients.

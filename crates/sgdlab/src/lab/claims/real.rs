@@ -5,30 +5,10 @@
 
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{Claim, VerifyOptions};
+use super::{Claim, VerifyOptions, drive};
 use crate::lab::montecarlo::{Estimate, chain_rng};
-use crate::optim::{Optimizer, StepInfo, Tensor};
+use crate::optim::Optimizer;
 use crate::{Error, Result};
-
-/// Steps `spec` on one tensor of `n` elements from 0, with gradients `grad(t, out)`;
-/// `after(t, optimizer, params)` after each step.
-fn drive(
-    spec: &str,
-    n: usize,
-    steps: usize,
-    mut grad: impl FnMut(usize, &mut [f64]),
-    mut after: impl FnMut(usize, &Optimizer<f64>, &[f64]) -> Result<()>,
-) -> Result<()> {
-    let mut opt = Optimizer::<f64>::from_spec(spec)?;
-    let mut params = [Tensor::vector("p", vec![0.0; n])];
-    let mut grads = [Tensor::vector("p", vec![0.0; n])];
-    for t in 1..=steps {
-        grad(t, grads[0].data_mut());
-        opt.step(&mut params, &grads, &StepInfo::default())?;
-        after(t, &opt, params[0].data())?;
-    }
-    Ok(())
-}
 
 fn slot(opt: &Optimizer<f64>, name: &str) -> Result<Vec<f64>> {
     opt.state(name, 0)
@@ -48,9 +28,9 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut var = None;
     drive(
         &spec,
-        chains,
+        vec![0.0; chains],
         t_var,
-        |_, out| {
+        |_, _, out| {
             for o in out.iter_mut() {
                 let xi: f64 = StandardNormal.sample(&mut rng);
                 *o = sigma * xi;
@@ -68,9 +48,9 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut lag = f64::NAN;
     drive(
         &spec,
-        1,
+        vec![0.0; 1],
         t_lag,
-        |t, out| out[0] = t as f64,
+        |t, _, out| out[0] = t as f64,
         |t, opt, _| {
             if t == t_lag {
                 lag = t as f64 - slot(opt, "exp_avg")?[0];
@@ -115,9 +95,9 @@ pub(crate) fn problem3() -> Result<Vec<Claim>> {
         let mut worst = 0.0f64;
         drive(
             &spec,
-            1,
+            vec![0.0; 1],
             steps,
-            |_, out| out[0] = c,
+            |_, _, out| out[0] = c,
             |t, _, p| {
                 let step = (before - p[0]) / lr;
                 before = p[0];
@@ -169,9 +149,9 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
         let mut var = None;
         drive(
             &spec,
-            chains,
+            vec![0.0; chains],
             t,
-            |_, out| {
+            |_, _, out| {
                 for o in out.iter_mut() {
                     let xi: f64 = StandardNormal.sample(&mut rng);
                     *o = 1.0 + sigma * xi;
@@ -199,9 +179,9 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
         let mut before = 0.0;
         drive(
             &spec,
-            1,
+            vec![0.0; 1],
             steps,
-            |_, out| out[0] = c,
+            |_, _, out| out[0] = c,
             |_, _, p| {
                 let step = (before - p[0]) / lr;
                 before = p[0];
