@@ -100,26 +100,36 @@ fn encode(
 /// it as when the caller does not know it (the Python package). Errors as
 /// [`Optimizer::from_bytes`] does on bytes that are not an sgdlab optimizer state.
 pub fn stored_dtype(bytes: &[u8]) -> Result<&'static str> {
-    let bad = |reason: String| Error::Checkpoint {
-        path: "(bytes)".to_string(),
-        reason,
-    };
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-    let meta = header
-        .metadata()
-        .as_ref()
-        .ok_or_else(|| bad("no metadata: not an sgdlab optimizer state".into()))?;
+    let meta = metadata_of(bytes)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!(
+        return Err(bytes_error(format!(
             "not an sgdlab optimizer state (format is not `{FORMAT}`)"
         )));
     }
     match meta.get("dtype").map(String::as_str) {
         Some("f32") => Ok("f32"),
         Some("f64") => Ok("f64"),
-        other => Err(bad(format!("dtype is {other:?}, not f32 or f64"))),
+        other => Err(bytes_error(format!("dtype is {other:?}, not f32 or f64"))),
     }
+}
+
+/// A checkpoint error about bytes that came from no file.
+fn bytes_error(reason: String) -> Error {
+    Error::Checkpoint {
+        path: "(bytes)".to_string(),
+        reason,
+    }
+}
+
+/// The string metadata of safetensors `bytes`; an error if they are not safetensors or carry
+/// none (then they are not an sgdlab optimizer state).
+fn metadata_of(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| bytes_error(format!("not a valid safetensors file ({e})")))?;
+    header
+        .metadata()
+        .clone()
+        .ok_or_else(|| bytes_error("no metadata: not an sgdlab optimizer state".into()))
 }
 
 impl<T: Real> Optimizer<T> {
@@ -244,19 +254,9 @@ impl<T: Real> Optimizer<T> {
 
     /// Parses the bytes written by [`Optimizer::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| Error::Checkpoint {
-            path: "(bytes)".to_string(),
-            reason,
-        };
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let meta = header
-            .metadata()
-            .as_ref()
-            .ok_or_else(|| bad("no metadata: not an sgdlab optimizer state".into()))?;
-        Self::from_parts(meta, &st, "")
+            .map_err(|e| bytes_error(format!("not a valid safetensors file ({e})")))?;
+        Self::from_parts(&metadata_of(bytes)?, &st, "")
     }
 
     /// Rebuilds an optimizer from [`Optimizer::to_parts`]'s metadata and tensors (with the
