@@ -1,9 +1,12 @@
 //! Running averages: the building blocks of momentum, Adam and RMSProp (problems 1–4).
 //!
 //! Each type here is a small validated configuration (`Copy`, checked once at construction)
-//! with a per-element update that is plain arithmetic, so that optimizers and the lab share one
-//! definition of every rule. Slice updates check lengths and finiteness and return an error
-//! instead of propagating a NaN.
+//! with a per-element update that is plain arithmetic: the reference recurrences of problems
+//! 1–4, which the lab's claims run. The optimizers in [`crate::optim`] implement the same
+//! recurrences inside their fused kernels (one pass over every slot); they do not call these
+//! types, so problems 2–4's claims also run the optimizers themselves (Adam's `exp_avg`, SGD's
+//! momentum and Nesterov steps, `ema-momentum` with both debias modes, Adam's ε). Slice updates
+//! check lengths and finiteness and return an error instead of propagating a NaN.
 //!
 //! | type | recurrence | problem |
 //! |---|---|---|

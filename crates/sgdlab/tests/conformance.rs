@@ -1,6 +1,7 @@
 //! Conformance with PyTorch: the reference trajectories in `tests/data/conformance/` were
 //! computed with PyTorch in float64 (see each file's `source`). sgdlab must reproduce them to
-//! 1e-10 relative in f64 and 1e-5 relative in f32.
+//! 1e-10 relative in f64 and, in f32, to what single precision allows (1e-6; 3e-6 for Muon's
+//! matrix products).
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
@@ -86,12 +87,20 @@ fn cpu_torch_nadam_is_matched_exactly() {
     assert_eq!(Some(case.case.replay::<f64>().unwrap()), case.case.expected);
 }
 
+/// The f32 tolerance of a reference file: what single precision allows, ~8 ulps
+/// ($2^{-23} \approx 1.2\cdot10^{-7}$) accumulated over the file's 40 steps. Every element-wise
+/// rule measures at most 7.8e-7 (AdamW); Muon's five Newton–Schulz iterations of matrix
+/// products measure 1.3e-6. (1e-5, the earlier bound, was ten times looser than needed.)
+fn f32_tolerance(name: &str) -> f64 {
+    if name == "torch-muon" { 3e-6 } else { 1e-6 }
+}
+
 #[test]
-fn f32_matches_pytorch_to_1e_5() {
+fn f32_matches_pytorch_to_what_f32_allows() {
     for case in cases() {
         let err = error::<f32>(&case);
         assert!(
-            err <= 1e-5,
+            err <= f32_tolerance(&case.name),
             "{} ({}): {err:e}",
             case.name,
             case.case.optimizer

@@ -58,6 +58,31 @@ impl NoisyQuadratic {
         lr * self.sigma / (2.0 - lr / self.sigma)
     }
 
+    /// The per-example gradient $c(\Phi - x)$ and loss $\tfrac c2(\Phi - x)^2$ at `phi` for the
+    /// draw `x`: what the optimizers are fed.
+    fn gradient_and_loss(&self, phi: f64, x: f64) -> (f64, f64) {
+        let r = phi - x;
+        (self.c * r, 0.5 * self.c * r * r)
+    }
+
+    fn noise(&self) -> Result<Normal<f64>> {
+        Normal::new(0.0, self.sigma).map_err(|e| Error::invalid("sigma", self.sigma, e.to_string()))
+    }
+
+    /// `n` fresh gradients at `phi`, drawn from `rng` exactly as the optimizers receive them:
+    /// the input for *measuring* $\sigma_g$ rather than taking it from [`Self::gradient_std`].
+    pub fn gradient_samples(
+        &self,
+        phi: f64,
+        n: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Vec<f64>> {
+        let noise = self.noise()?;
+        Ok((0..n)
+            .map(|_| self.gradient_and_loss(phi, noise.sample(rng)).0)
+            .collect())
+    }
+
     /// Runs `spec` on this problem in every chain of `mc` for `steps` steps from $\Phi = 0$
     /// and summarises the final $\Phi$ across chains.
     pub fn stationary(
@@ -78,8 +103,7 @@ impl NoisyQuadratic {
         steps: usize,
         mc: MonteCarlo,
     ) -> Result<Vec<f64>> {
-        let noise = Normal::new(0.0, self.sigma)
-            .map_err(|e| Error::invalid("sigma", self.sigma, e.to_string()))?;
+        let noise = self.noise()?;
         let template = Optimizer::<f64>::new(spec.clone())?;
         let finals = mc.run(|rng, _| -> Result<f64> {
             let mut opt = template.clone();
@@ -87,9 +111,8 @@ impl NoisyQuadratic {
             let mut grad = [Tensor::vector("phi", vec![0.0])];
             for _ in 0..steps {
                 let x: f64 = noise.sample(rng);
-                let p = phi[0].data()[0];
-                grad[0].data_mut()[0] = self.c * (p - x);
-                let loss = 0.5 * self.c * (p - x) * (p - x);
+                let (g, loss) = self.gradient_and_loss(phi[0].data()[0], x);
+                grad[0].data_mut()[0] = g;
                 opt.step(&mut phi, &grad, &StepInfo::with_loss(loss))?;
             }
             Ok(phi[0].data()[0])

@@ -12,7 +12,10 @@
 //!
 //! Where a plausible wrong answer exists the claim also carries [`Rejection`]s: the measurement
 //! must lie at least [`Z_REJECT`] standard errors (or tolerances) away from each wrong value,
-//! which shows that the measurement is sharp enough to tell the answers apart.
+//! which shows that the measurement is sharp enough to tell the answers apart. For an identity
+//! that is a statement about the tolerance (a loose one fails it); where the wrong value is
+//! itself *measured* by running the alternative (5a's unmapped rate, 5a.unit's nats loss,
+//! 11a's f64 EMA), it is a second measurement.
 //!
 //! Every problem draws its random numbers from a seed derived from the run's seed and the
 //! problem's own tag, so running one problem alone gives the same numbers as running all.
@@ -353,6 +356,15 @@ mod tests {
         let c = Claim::monte_carlo("2a", "t", &[], 1.0, Measurement::new(1.0, 0.01));
         assert!(c.clone().reject("far", 2.0).passed);
         assert!(!c.reject("near", 1.05).passed);
+    }
+
+    #[test]
+    fn an_identity_too_loose_to_tell_a_wrong_answer_apart_fails() {
+        let c = Claim::identity("3a", "t", &[], 15.0, 15.0, 1e-11);
+        assert!(c.clone().reject("(N-1)·c", 13.5).passed);
+        let loose = Claim::identity("3a", "t", &[], 15.0, 15.0, 0.5);
+        assert!(loose.passed);
+        assert!(!loose.reject("(N-1)·c", 13.5).passed);
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! Claims: $\operatorname{Var}\hat\mu_t = \sigma^2(1-\beta^{2t})/(2N-1) \to \sigma^2/(2N-1)$;
 //! a block mean of $N$ samples has variance $\sigma^2/N$, so the EMA is worth a block of
 //! $2N-1$ samples, whose mean lag $N-1$ it shares.
+//!
+//! Block means are computed by the library's [`HorizonAverage`] (problem 4's rate
+//! $1/\min(t, M)$, which for $t \le M$ is the running mean of $x_1..x_t$), so that 2b and the
+//! block's lag measure that code, not the random number generator or integer arithmetic.
 
 use rand_distr::{Distribution, Normal};
 
 use super::{Claim, VerifyOptions};
-use crate::average::Ema;
+use crate::average::{Ema, HorizonAverage};
 use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -25,11 +29,15 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (t_short, t_long) = (2usize, 80usize);
     let rule = Ema::from_horizon(n)?;
     let beta = rule.beta();
+    let blocker = HorizonAverage::new(n)?;
+    let block_rates = (1..=block as u64)
+        .map(|t| blocker.rate(t))
+        .collect::<Result<Vec<_>>>()?;
     let input =
         Normal::new(mean, sigma).map_err(|e| Error::invalid("sigma", sigma, e.to_string()))?;
     let mc = options.monte_carlo("p2.variance", 800_000)?;
     // Each chain: the EMA to t_long (recording t_short), one fresh draw (to measure σ² itself)
-    // and a block mean of N fresh draws.
+    // and a block mean of N fresh draws (the horizon average at t = N).
     let [mu_short, mu_long, fresh, block_mean] = mc.estimate(|rng, _| {
         let (mut mu, mut mu_short) = (0.0f64, 0.0f64);
         for t in 1..=t_long {
@@ -39,7 +47,9 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
             }
         }
         let fresh = input.sample(rng);
-        let block_mean = (0..block).map(|_| input.sample(rng)).sum::<f64>() / n;
+        let block_mean = block_rates.iter().fold(0.0f64, |y, &r| {
+            HorizonAverage::update(r, y, input.sample(rng))
+        });
         [mu_short, mu, fresh, block_mean]
     });
     let chains = mc.chains() as f64;
@@ -75,12 +85,13 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .reject("the limit σ²/(2N-1)", limit),
         Claim::monte_carlo(
             "2b",
-            "a block mean of N samples has variance σ²/N",
+            "a block mean of N samples (HorizonAverage at t = N) has variance σ²/N",
             &params(block),
             sigma2 / n,
             block_var,
         )
-        .reject("σ²/(2N-1)", limit),
+        .reject("σ²/(2N-1)", limit)
+        .reject("σ²/(N-1) (rate 1/(t+1) or 1/(t-1))", sigma2 / (n - 1.0)),
         Claim::monte_carlo(
             "2b.ratio",
             "Var(EMA) / Var(block mean of N) = N/(2N-1)",
@@ -103,7 +114,8 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
 }
 
 /// The mean lag, measured on a ramp $x_t = t$: after the transient the EMA trails the input by
-/// a constant, which must equal $N-1$, the lag of a block mean of $2N-1$ samples.
+/// a constant, which must equal $N-1$, the lag of a block mean of $2N-1$ samples (the
+/// library's horizon average with $M = 2N-1$ run over the ramp's last $M$ values).
 fn lag() -> Result<Vec<Claim>> {
     let n = 4.0f64;
     let len = 400usize;
@@ -114,7 +126,11 @@ fn lag() -> Result<Vec<Claim>> {
     }
     let ema_lag = len as f64 - mu;
     let width = 2 * n as usize - 1;
-    let block_mean = ((len - width + 1)..=len).map(|t| t as f64).sum::<f64>() / width as f64;
+    let blocker = HorizonAverage::new(width as f64)?;
+    let mut block_mean = 0.0f64;
+    for (step, x) in ((len - width + 1)..=len).enumerate() {
+        block_mean = HorizonAverage::update(blocker.rate(step as u64 + 1)?, block_mean, x as f64);
+    }
     let block_lag = len as f64 - block_mean;
     let params = [("N", n), ("t", len as f64)];
     Ok(vec![
@@ -129,11 +145,12 @@ fn lag() -> Result<Vec<Claim>> {
         .reject("N", n),
         Claim::identity(
             "2b.blocklag",
-            "mean lag of a block mean of 2N-1 samples (on the ramp) = N-1",
+            "mean lag of a block mean of 2N-1 samples (HorizonAverage on the ramp) = N-1",
             &params,
             n - 1.0,
             block_lag,
             1e-9,
-        ),
+        )
+        .reject("N (the block of 2N+1 samples)", n),
     ])
 }

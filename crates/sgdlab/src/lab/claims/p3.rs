@@ -82,7 +82,9 @@ fn limit() -> Result<Claim> {
         y,
         1e-12 * n * c,
     )
-    .reject("c", c))
+    // The plausible slip: β/(1-β)·c = (N-1)·c, the sum of the past inputs without the current
+    // one (or the EMA form's limit c scaled by N-1 instead of N).
+    .reject("(N-1)·c = β/(1-β)·c", (n - 1.0) * c))
 }
 
 /// 3b and 3c on adversarial sequences, for several horizons.

@@ -3,21 +3,23 @@
 //! 5a: a loss in bits is the loss in nats over $\ln 2$, so $\eta' = \eta\ln 2$ gives the
 //! identical trajectory. 5b: with RMSProp's exact per-coordinate $\sigma$, doubling the loss
 //! doubles $g$ and $\sigma$, so $\eta' = \eta$ keeps the stationary distribution
-//! ("temperature"); plain SGD needs $\eta' = \eta/2$.
+//! ("temperature"); plain SGD needs $\eta' = \eta/2$. "Exact" $\sigma$ is measured: the
+//! standard deviation of a million fresh gradients of the loss at hand, so that doubling the
+//! loss must double what is measured.
 
 use rand::RngExt;
 
 use super::sequences::nan_max;
 use super::{Claim, VerifyOptions};
-use crate::Result;
 use crate::data::digits;
-use crate::lab::montecarlo::{Measurement, chain_rng};
+use crate::lab::montecarlo::{Estimate, Measurement, chain_rng};
 use crate::lab::temperature::NoisyQuadratic;
 use crate::model::{Classifier, LossUnit, Model};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
+use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
-    let mut claims = vec![nats_and_bits(options)?];
+    let mut claims = vec![nats_and_bits(options)?, bits_unit(options)?];
     claims.extend(temperature(options)?);
     Ok(claims)
 }
@@ -67,14 +69,100 @@ fn nats_and_bits(options: &VerifyOptions) -> Result<Claim> {
     .reject("bits at the same η (no mapping)", worst(&unmapped)))
 }
 
+/// $-\log_2 p_y$ of softmax regression computed from scratch (logits $z = Wx + b$, $W$ row-major
+/// classes × inputs then $b$, the layout of [`Classifier::softmax`]), independent of the
+/// library's [`LossUnit`] scaling.
+fn independent_bits(phi: &[f64], x: &[f64], y: usize, classes: usize) -> f64 {
+    let d = x.len();
+    let logits: Vec<f64> = (0..classes)
+        .map(|k| {
+            let w = &phi[k * d..(k + 1) * d];
+            w.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + phi[classes * d + k]
+        })
+        .collect();
+    let top = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z));
+    let total: f64 = logits.iter().map(|z| (z - top).exp()).sum();
+    -((logits[y] - top).exp() / total).log2()
+}
+
+/// 5a's premise, measured: the model's loss in bits, and its gradient (what SGD steps on), are
+/// those of $-\log_2 p_y$ computed from scratch — at random parameters, on random digits,
+/// the gradient by central differences along random directions.
+fn bits_unit(options: &VerifyOptions) -> Result<Claim> {
+    let data = digits()?;
+    let classes = 10;
+    let model = Classifier::softmax(data.clone(), classes, LossUnit::Bits)?;
+    let nats = Classifier::softmax(data.clone(), classes, LossUnit::Nats)?;
+    let dim = Model::<f64>::dim(&model);
+    let mut rng = chain_rng(options.derive_seed("p5.bits"), 0);
+    let (mut worst_loss, mut worst_nats, mut worst_slope) = (0.0f64, 0.0f64, 0.0f64);
+    let mut grad = vec![0.0; dim];
+    for _ in 0..20 {
+        let phi: Vec<f64> = (0..dim).map(|_| rng.random_range(-0.1..0.1)).collect();
+        let i = rng.random_range(0..data.len());
+        let y = data
+            .target(i)
+            .ok_or_else(|| Error::Data("the digits have no labels".into()))?
+            as usize;
+        let x = data.row(i);
+        let want = independent_bits(&phi, x, y, classes);
+        let got = model.loss_grad(&phi, i, &mut grad);
+        worst_loss = nan_max(worst_loss, (got - want).abs() / want);
+        worst_nats = nan_max(
+            worst_nats,
+            (Model::<f64>::loss(&nats, &phi, i) - want).abs() / want,
+        );
+        let dir: Vec<f64> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h = 1e-5;
+        let at = |s: f64| {
+            let p: Vec<f64> = phi.iter().zip(&dir).map(|(a, b)| a + s * b).collect();
+            independent_bits(&p, x, y, classes)
+        };
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        let analytic: f64 = grad.iter().zip(&dir).map(|(a, b)| a * b).sum();
+        worst_slope = nan_max(
+            worst_slope,
+            (numeric - analytic).abs() / numeric.abs().max(1.0),
+        );
+    }
+    Ok(Claim::identity(
+        "5a.unit",
+        "the bits loss is -log₂ p_y from scratch, its gradient that loss's (worst relative error)",
+        &[("points", 20.0), ("classes", 10.0), ("h", 1e-5)],
+        0.0,
+        worst_loss.max(worst_slope),
+        1e-7,
+    )
+    .reject("the loss in nats (no conversion): its error", worst_nats))
+}
+
 fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (c, sigma, lr) = (0.25f64, 2.0f64, 0.2f64);
     let base = NoisyQuadratic::new(c, sigma)?;
     let doubled = NoisyQuadratic::new(2.0 * c, sigma)?;
     let chains = 20_000;
     let sgd = |lr: f64| -> Result<OptimizerSpec> { format!("sgd:lr={lr}").parse() };
-    // Exact-σ RMSProp: SGD with rate η/σ_g, σ_g = cσ the gradient's exact standard deviation.
-    let exact_rms = |q: &NoisyQuadratic, lr: f64| sgd(lr / q.gradient_std());
+    // Exact-σ RMSProp: SGD with rate η/σ̂_g, σ̂_g the gradient's standard deviation *measured*
+    // on the loss's own gradient stream (not the formula cσ), from `draws` fresh gradients.
+    let draws = if options.quick { 250_000 } else { 1_000_000 };
+    let measured_std = |tag: &str, q: &NoisyQuadratic| -> Result<f64> {
+        let mut rng = chain_rng(options.derive_seed(tag), 0);
+        let grads = q.gradient_samples(0.0, draws, &mut rng)?;
+        Ok(Estimate::from_samples(&grads).variance.sqrt())
+    };
+    let (sigma_l, sigma_2l) = (
+        measured_std("p5.sigma.L", &base)?,
+        measured_std("p5.sigma.2L", &doubled)?,
+    );
+    // σ̂'s relative SE, 1/sqrt(2·draws) for normal gradients, moves Var Φ by a factor
+    // 2/(2-a) of it (a = η c/σ̂): added in quadrature to the Monte Carlo SE.
+    let sigma_rel = 1.0 / (2.0 * draws as f64).sqrt();
+    let with_sigma_error = |v: Measurement, a: f64| {
+        Measurement::new(
+            v.value,
+            v.stderr.hypot(v.value * 2.0 / (2.0 - a) * sigma_rel),
+        )
+    };
     let burn = |rate: f64| (25.0 / rate).ceil() as usize;
     let measure = |tag: &str, q: &NoisyQuadratic, spec: OptimizerSpec, rate: f64| {
         let mc = options.monte_carlo(tag, chains)?;
@@ -84,8 +172,14 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let sgd_2l_half = measure("p5.sgd.2L.half", &doubled, sgd(lr / 2.0)?, lr * c)?;
     let sgd_2l = measure("p5.sgd.2L", &doubled, sgd(lr)?, 2.0 * lr * c)?;
     let rms_rate = lr / sigma;
-    let rms_l = measure("p5.rms.L", &base, exact_rms(&base, lr)?, rms_rate)?;
-    let rms_2l = measure("p5.rms.2L", &doubled, exact_rms(&doubled, lr)?, rms_rate)?;
+    let rms_l = with_sigma_error(
+        measure("p5.rms.L", &base, sgd(lr / sigma_l)?, rms_rate)?,
+        lr * c / sigma_l,
+    );
+    let rms_2l = with_sigma_error(
+        measure("p5.rms.2L", &doubled, sgd(lr / sigma_2l)?, rms_rate)?,
+        2.0 * lr * c / sigma_2l,
+    );
     // The library's RMSProp (running average of g², α = 0.99): scale-invariant too.
     let lib: OptimizerSpec = format!("rmsprop:lr={lr},alpha=0.99").parse()?;
     let lib_l = measure("p5.lib.L", &base, lib.clone(), 0.05)?;
@@ -97,6 +191,9 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
         ("sigma2", sigma * sigma),
         ("lr", lr),
         ("chains", chains),
+        ("sigma_g_measured", sigma_l),
+        ("sigma_g_measured_2L", sigma_2l),
+        ("gradient_draws", draws as f64),
     ];
     let sgd_unmapped_ratio = doubled.sgd_variance(lr) / base.sgd_variance(lr);
     let ratio = |a: Measurement, b: Measurement| a.ratio(b);
