@@ -25,5 +25,6 @@ fn every_claim_passes_at_the_default_seed() {
         })
         .collect();
     assert!(failed.is_empty(), "failed claims:\n{}", failed.join("\n"));
+    assert_eq!((report.passed, report.failed), (report.claims.len(), 0));
     assert!(report.claims.len() >= 66, "{} claims", report.claims.len());
 }

@@ -375,8 +375,28 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_has_its_own_title_and_aliases_share_theirs() {
+        let titles: Vec<&str> = PROBLEMS.iter().map(|&p| title(p)).collect();
+        for t in &titles {
+            assert!(t.len() > 10 && !t.starts_with('('), "{t}");
+        }
+        let mut distinct = titles.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), PROBLEMS.len());
+        assert_eq!(title(8), title(5));
+        assert_eq!(title(9), title(7));
+        assert!(title(2).contains("Variance"));
+        assert_eq!(title(12), "(no such problem)");
+    }
+
+    #[test]
     fn unknown_problems_are_errors() {
-        assert!(canonical_problem(0).is_err());
+        let zero = canonical_problem(0).unwrap_err().to_string();
+        assert!(
+            zero.contains("there is no problem 0") && zero.contains("implemented: 1, 2, 3, 4, 5"),
+            "{zero}"
+        );
         assert!(canonical_problem(12).is_err());
         assert_eq!(canonical_problem(10).unwrap(), 10);
         assert_eq!(canonical_problem(11).unwrap(), 11);

@@ -151,6 +151,35 @@ pub(crate) fn geometric_median(rows: &[[f64; 2]]) -> [f64; 2] {
     m
 }
 
+/// The root of 6a's written condition $\sum_i A_i g_i = 0$ with
+/// $A_i = (\lVert g_i\rVert^2/d + \epsilon)^{-1/2}$ (without the $1/d$ when `per_coordinate` is
+/// false), for squared-distance losses ($g_i = \Phi - x_i$): the fixed point of
+/// $\Phi \leftarrow \sum_i A_i x_i / \sum_i A_i$ (iteratively reweighted least squares,
+/// Weiszfeld's scheme with ε), from `start`.
+fn reweighted_root(model: &Points, eps: f64, per_coordinate: bool, start: &[f64]) -> Vec<f64> {
+    let d = start.len();
+    let n = Model::<f64>::examples(model);
+    let mut phi = start.to_vec();
+    let mut g = vec![0.0; d];
+    for _ in 0..5_000 {
+        let (mut num, mut den) = (vec![0.0; d], 0.0);
+        for i in 0..n {
+            Model::<f64>::loss_grad(model, &phi, i, &mut g);
+            let mut s = g.iter().map(|x| x * x).sum::<f64>();
+            if per_coordinate {
+                s /= d as f64;
+            }
+            let a = 1.0 / (s + eps).sqrt();
+            for ((acc, p), gi) in num.iter_mut().zip(&phi).zip(&g) {
+                *acc += a * (p - gi);
+            }
+            den += a;
+        }
+        phi = num.iter().map(|x| x / den).collect();
+    }
+    phi
+}
+
 /// Five points in the plane: the fixed point tends to the geometric median as ε → 0 and to
 /// the mean as ε → ∞.
 fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
@@ -179,6 +208,15 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
     let small = fixed(1e-12, &mean)?;
     let large = fixed(1e12, &median)?;
     let spread = dist(&mean, &median);
+    // At a finite ε, where d matters: the optimizer's root against the written condition
+    // solved by reweighting (no optimizer, no Newton), and against the same condition without
+    // the 1/d (what a rule that forgot it would solve).
+    let eps = 1.0;
+    let middle = fixed(eps, &mean)?;
+    let (written, no_d) = (
+        reweighted_root(&model, eps, true, &mean),
+        reweighted_root(&model, eps, false, &mean),
+    );
     Ok(vec![
         Claim::identity(
             "6b.median",
@@ -198,6 +236,18 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
             1e-6,
         )
         .reject("the geometric median", 1.0),
+        Claim::identity(
+            "6b.fp2",
+            "ε = 1, 5 points in 2-D: the fixed point solves E[∇L/sqrt(‖∇L‖²/d+ε)] = 0 (reweighting)",
+            &[("eps", eps), ("d", 2.0), ("mean_to_median", spread)],
+            0.0,
+            dist(&middle, &written) / spread,
+            1e-9,
+        )
+        .reject(
+            "the root without the 1/d (its distance from the written one)",
+            dist(&no_d, &written) / spread,
+        ),
     ])
 }
 
