@@ -213,6 +213,10 @@ mod tests {
         assert_eq!(e.mean, 2.5);
         assert!((e.variance - 5.0 / 3.0).abs() < 1e-15);
         assert!((e.stderr_mean - (5.0f64 / 12.0).sqrt()).abs() < 1e-15);
+        // SE(s²)² = (m₄ − s⁴(n−3)/(n−1))/n with m₄ = (2·1.5⁴ + 2·0.5⁴)/4 = 2.5625 and
+        // s² = 5/3: (2.5625 − (25/9)(1/3))/4. A small n, where n±3 and n±1 matter.
+        let want = ((2.5625 - 25.0 / 9.0 / 3.0) / 4.0f64).sqrt();
+        assert!((e.stderr_variance - want).abs() < 1e-15, "{e:?} vs {want}");
     }
 
     #[test]
