@@ -4,8 +4,8 @@
 //! identical trajectory. 5b: with RMSProp's exact per-coordinate $\sigma$, doubling the loss
 //! doubles $g$ and $\sigma$, so $\eta' = \eta$ keeps the stationary distribution
 //! ("temperature"); plain SGD needs $\eta' = \eta/2$. "Exact" $\sigma$ is measured: the
-//! standard deviation of a million fresh gradients of the loss at hand, so that doubling the
-//! loss must double what is measured.
+//! standard deviation of a million fresh gradients (a quarter with `--quick`) of the loss at
+//! hand, so that doubling the loss must double what is measured.
 
 use rand::RngExt;
 
