@@ -125,6 +125,15 @@ impl NoisyQuadratic {
 mod tests {
     use super::*;
 
+    /// The gradient and the loss the optimizers are fed, by hand: c = 0.5, Φ = 1, x = 3.
+    /// (The loss reaches only loss-aware rules such as `lossprop`: no claim watches it.)
+    #[test]
+    fn gradient_and_loss_by_hand() {
+        let q = NoisyQuadratic::new(0.5, 2.0).unwrap();
+        assert_eq!(q.gradient_and_loss(1.0, 3.0), (-1.0, 1.0));
+        assert_eq!(q.gradient_and_loss(3.0, 1.0), (1.0, 1.0));
+    }
+
     #[test]
     fn sgd_temperature_matches_its_prediction() {
         let q = NoisyQuadratic::new(0.5, 2.0).unwrap();
