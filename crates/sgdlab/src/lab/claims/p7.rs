@@ -61,14 +61,7 @@ fn multiplicative() -> Result<Vec<Claim>> {
     let origin = vec![0.0; d];
     let (update, _) = expected_update(model.model(), &spec, &origin)?;
     let mut grad = vec![0.0; d];
-    let mut g = vec![0.0; d];
-    let examples = Model::<f64>::examples(model.model());
-    for i in 0..examples {
-        Model::<f64>::loss_grad(model.model(), &origin, i, &mut g);
-        grad.iter_mut()
-            .zip(&g)
-            .for_each(|(a, b)| *a += b / examples as f64);
-    }
+    Model::<f64>::mean_loss_grad(model.model(), &origin, &mut grad);
     // Relative residual of the update against -ε·∇L(0) (direction and size; 1 if it stands still).
     let residual: Vec<f64> = update.iter().zip(&grad).map(|(u, g)| u + eps * g).collect();
     let floor_residual = norm(&residual) / (eps * norm(&grad));
