@@ -13,7 +13,8 @@
 //!   $u^2 f(1-f)$ for ulp $u$ and fraction $f$.
 //!
 //! The random bits of stochastic rounding come from [`counter_bits`]: a hash of a key
-//! (seed, step, tensor, buffer; [`stream_key`]) and the element's index, so that every element's
+//! (seed, step, tensor, pair of state buffers; [`stream_key`]) and the element's index, each of
+//! the pair taking one half of the 32-bit word ([`half_word`]), so that every element's
 //! draw is fixed by where it is, not by which thread computes it or in which order — the
 //! same bits for any thread count, and across a resume.
 
@@ -107,12 +108,21 @@ impl Block {
     }
 }
 
+/// The 16 random bits that buffer `buffer` takes from a stream's 32-bit `word`: the low half
+/// for even buffers, the high half for odd ones (in the low 16 bits of the result, which
+/// [`bf16_stochastic`] reads). Two state buffers of an element share one hash this way, half
+/// the cost of hashing each; the halves of `lowbias32`'s output are each uniform.
+#[inline(always)]
+pub fn half_word(word: u32, buffer: usize) -> u32 {
+    word >> (16 * (buffer & 1))
+}
+
 /// The key of one stream of stochastic rounding: SplitMix64 over the seed, the step, the
-/// tensor and the buffer, so that streams of different steps, tensors and buffers are
-/// unrelated.
-pub fn stream_key(seed: u64, step: u64, tensor: u64, buffer: u64) -> u64 {
+/// tensor and the stream within the tensor (`stream`: the optimizer uses one per pair of state
+/// buffers), so that streams of different steps, tensors and pairs are unrelated.
+pub fn stream_key(seed: u64, step: u64, tensor: u64, stream: u64) -> u64 {
     let mut h = splitmix(seed);
-    for v in [step, tensor, buffer] {
+    for v in [step, tensor, stream] {
         h = splitmix(h ^ v);
     }
     h
@@ -258,6 +268,30 @@ mod tests {
         for count in ones {
             assert!((f64::from(count) - 32768.0).abs() < 6.0 * 128.0, "{count}");
         }
+        // The two halves that a pair of buffers takes ([`half_word`]) are each uniform
+        // (mean 2^15 - 1/2, sd 2^16/sqrt(12) / sqrt(n)) and uncorrelated with each other.
+        let n = 65536.0;
+        let halves: Vec<(f64, f64)> = (0..65536u64)
+            .map(|i| {
+                let w = counter_bits(key, i);
+                let h = |b| f64::from(half_word(w, b) & 0xFFFF);
+                (h(0), h(1))
+            })
+            .collect();
+        let sd = 65536.0 / 12f64.sqrt();
+        for pick in [|h: &(f64, f64)| h.0, |h: &(f64, f64)| h.1] {
+            let mean = halves.iter().map(pick).sum::<f64>() / n;
+            assert!((mean - 32767.5).abs() < 5.0 * sd / n.sqrt(), "{mean}");
+        }
+        let corr = halves
+            .iter()
+            .map(|(a, b)| (a - 32767.5) * (b - 32767.5))
+            .sum::<f64>()
+            / (n * sd * sd);
+        assert!(corr.abs() < 5.0 / n.sqrt(), "{corr}");
+        assert_eq!(half_word(0xABCD_1234, 0) & 0xFFFF, 0x1234);
+        assert_eq!(half_word(0xABCD_1234, 1), 0xABCD);
+        assert_eq!(half_word(0xABCD_1234, 2) & 0xFFFF, 0x1234);
         assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 2, 3, 5));
         assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 3, 3, 4));
     }

@@ -1,7 +1,7 @@
 //! Adam and AdamW (PyTorch semantics), with AMSGrad and a choice of bias correction.
 
 use super::StepContext;
-use super::kernel::blocks;
+use super::kernel::{Lowp, bf16_elements, blocks};
 use super::rule::UpdateRule;
 use super::sgd::ema_coefficients;
 use super::spec::{Debias, check, config};
@@ -98,7 +98,20 @@ impl UpdateRule for AdamW {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
-        Adam::from(self).step_with(true, ctx, p, g, slots);
+        Adam::from(self).step_with(true, ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        Adam::from(self).step_with(true, ctx, p, g, State::Bf16(state));
+        true
     }
 }
 
@@ -120,7 +133,20 @@ impl UpdateRule for Adam {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
-        self.step_with(false, ctx, p, g, slots);
+        self.step_with(false, ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        self.step_with(false, ctx, p, g, State::Bf16(state));
+        true
     }
 
     /// Checks ranges.
@@ -141,6 +167,14 @@ impl UpdateRule for Adam {
     }
 }
 
+/// Where a chunk's state lives: buffers in the parameters' type, or bfloat16.
+pub(crate) enum State<'s, 'a, T> {
+    /// Buffers in the parameters' type, in [`UpdateRule::slots`] order.
+    Plain(&'s mut [&'a mut [T]]),
+    /// bfloat16 buffers, widened and narrowed in the element loop.
+    Bf16(&'s mut Lowp<'a>),
+}
+
 impl Adam {
     /// AdamW's defaults as an `Adam` configuration: Adam's, with `weight_decay = 0.01`
     /// ([`AdamW::default`] is the configuration of `Rule::AdamW`).
@@ -156,7 +190,7 @@ impl Adam {
         ctx: &StepContext,
         p: &mut [T],
         g: &[T],
-        slots: &mut [&mut [T]],
+        state: State<'_, '_, T>,
     ) {
         let (d1, r1, f1) = ema_coefficients(self.beta1, ctx.beta_pow[0], self.debias, ctx.t);
         let (d2, r2, f2) = ema_coefficients(self.beta2, ctx.beta_pow[1], self.debias, ctx.t);
@@ -201,30 +235,41 @@ impl Adam {
                 }
             };
         }
+        let amsgrad = self.amsgrad;
         macro_rules! run {
             ($rule:expr) => {
-                match &mut *slots {
-                    [m, v] => blocks(ctx.prefetch, p, g, [m, v], |p, g, [m, v]| {
-                        for (((p, &g), m), v) in
-                            p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                        {
-                            $rule(p, g, m, v, None);
-                        }
-                    }),
-                    [m, v, vmax] => {
-                        blocks(ctx.prefetch, p, g, [m, v, vmax], |p, g, [m, v, vmax]| {
-                            for ((((p, &g), m), v), vmax) in p
-                                .iter_mut()
-                                .zip(g)
-                                .zip(m.iter_mut())
-                                .zip(v.iter_mut())
-                                .zip(vmax.iter_mut())
-                            {
-                                $rule(p, g, m, v, Some(vmax));
-                            }
+                match state {
+                    State::Bf16(lowp) if amsgrad => {
+                        bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m, v, vmax]| {
+                            $rule(p, g, m, v, Some(vmax))
                         })
                     }
-                    _ => unreachable!("adam has two or three slots"),
+                    State::Bf16(lowp) => bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m, v]| {
+                        $rule(p, g, m, v, None)
+                    }),
+                    State::Plain(slots) => match slots {
+                        [m, v] => blocks(ctx.prefetch, p, g, [m, v], |p, g, [m, v]| {
+                            for (((p, &g), m), v) in
+                                p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                            {
+                                $rule(p, g, m, v, None);
+                            }
+                        }),
+                        [m, v, vmax] => {
+                            blocks(ctx.prefetch, p, g, [m, v, vmax], |p, g, [m, v, vmax]| {
+                                for ((((p, &g), m), v), vmax) in p
+                                    .iter_mut()
+                                    .zip(g)
+                                    .zip(m.iter_mut())
+                                    .zip(v.iter_mut())
+                                    .zip(vmax.iter_mut())
+                                {
+                                    $rule(p, g, m, v, Some(vmax));
+                                }
+                            })
+                        }
+                        _ => unreachable!("adam has two or three slots"),
+                    },
                 }
             };
         }

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::{Rule, StateRounding, StepContext};
 use crate::Real;
-use crate::lowp::{Block, bf16_nearest, bf16_stochastic};
+use crate::lowp::{Block, bf16_nearest, bf16_stochastic, half_word};
 
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;
@@ -220,14 +220,18 @@ pub(crate) struct Unit<'a, T> {
     pub lowp: Option<Lowp<'a>>,
 }
 
-/// bfloat16 state buffers of a unit and how they are narrowed after the update.
-pub(crate) struct Lowp<'a> {
-    pub slots: [&'a mut [u16]; 3],
-    pub rounding: StateRounding,
-    /// The stochastic-rounding stream of each buffer this step ([`crate::lowp::stream_key`]).
-    pub keys: [u64; 3],
+/// The bfloat16 state buffers of one chunk and how they are narrowed after the update
+/// (`state_dtype=bf16`): what [`UpdateRule::step_tensor_bf16`](super::UpdateRule::step_tensor_bf16)
+/// hands to [`bf16_elements`].
+pub struct Lowp<'a> {
+    pub(crate) slots: [&'a mut [u16]; 3],
+    pub(crate) rounding: StateRounding,
+    /// The stochastic-rounding streams of this step ([`crate::lowp::stream_key`]), one per
+    /// pair of buffers: buffer $b$ rounds with half $b \bmod 2$ of stream $\lfloor b/2\rfloor$'s
+    /// word ([`crate::lowp::half_word`]).
+    pub(crate) keys: [u64; 2],
     /// The index in its tensor of the unit's first element (the counter of the stream).
-    pub offset: u64,
+    pub(crate) offset: u64,
 }
 
 #[inline(always)]
@@ -241,13 +245,31 @@ multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<
 /// three buffers of 8 KiB in f32) stays in L1 between widening, the update and narrowing.
 const LOWP_BLOCK: usize = 2048;
 
-/// A unit with bfloat16 state, sub-block by sub-block: the buffers widened (exactly) into
+/// A unit with bfloat16 state: the rule's fused element loop when it has one
+/// ([`UpdateRule::step_tensor_bf16`](super::rule::UpdateRule::step_tensor_bf16), e.g. Adam),
+/// else [`run_lowp_scratch`]. Both compute the same bits.
+#[inline(always)]
+fn run_lowp_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) {
+    let Some(lowp) = u.lowp.as_mut() else {
+        return run_unit(rule, ctx, u);
+    };
+    if !rule.step_tensor_bf16(ctx, u.p, u.g, lowp, u.scalars) {
+        run_lowp_scratch(rule, ctx, u, scratch);
+    }
+}
+
+/// A unit with bfloat16 state for any rule, sub-block by sub-block: the buffers widened (exactly) into
 /// `scratch`, the rule's element loop on them as on any state, and the results narrowed back
 /// with the spec's rounding. The sub-blocks are small enough for the widened values to stay
 /// in L1, so that memory sees 2 bytes per state element each way and every array streams
 /// at once, as in the plain kernel.
 #[inline(always)]
-fn run_lowp_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) {
+fn run_lowp_scratch<T: Real>(
+    rule: &Rule,
+    ctx: &StepContext,
+    u: &mut Unit<'_, T>,
+    scratch: &mut [T],
+) {
     let Some(lowp) = u.lowp.as_mut() else {
         return run_unit(rule, ctx, u);
     };
@@ -274,12 +296,13 @@ fn run_lowp_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, s
             &mut bufs[..n_slots],
             u.scalars,
         );
-        for ((buf, dst), &key) in bufs
+        for (b, (buf, dst)) in bufs
             .iter()
             .zip(lowp.slots.iter_mut())
-            .zip(&lowp.keys)
             .take(n_slots)
+            .enumerate()
         {
+            let key = lowp.keys[b / 2];
             let dst = &mut dst[start..end];
             match lowp.rounding {
                 StateRounding::Nearest => {
@@ -293,11 +316,107 @@ fn run_lowp_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, s
                     let block = Block::new(key, lowp.offset);
                     let base = (lowp.offset as u32).wrapping_add(start as u32);
                     for (i, (d, &x)) in dst.iter_mut().zip(buf.iter()).enumerate() {
-                        let r = block.bits(base.wrapping_add(i as u32));
+                        let r = half_word(block.bits(base.wrapping_add(i as u32)), b);
                         *d = bf16_stochastic(x.to_f32_for_bf16(), r);
                     }
                 }
             }
+        }
+        start = end;
+    }
+}
+
+/// The element loop of a rule with `S` bfloat16 state buffers, fused: each element's state
+/// is widened (exactly) into registers, `body` updates parameter and state as it would f32
+/// state, and the results are narrowed straight back with the unit's rounding — one pass
+/// over memory at 2 bytes per state element each way, with no scratch buffer. Blocked and
+/// prefetched like [`blocks`] when `prefetch` is set. The stochastic-rounding bits of buffer
+/// $s$, element $i$ of the unit are `Block::new(keys[s], offset).bits(offset + i)`, the same
+/// stream as [`run_lowp_scratch`] draws, so the two paths give the same bits.
+#[inline(always)]
+pub fn bf16_elements<T: Real, const S: usize>(
+    prefetch: bool,
+    p: &mut [T],
+    g: &[T],
+    lowp: &mut Lowp<'_>,
+    mut body: impl FnMut(&mut T, T, &mut [T; S]),
+) {
+    let n = p.len();
+    let g = &g[..n];
+    let mut it = lowp.slots.iter_mut();
+    let mut slots: [&mut [u16]; S] = std::array::from_fn(|_| match it.next() {
+        Some(s) => &mut s[..n],
+        None => unreachable!("at most three state buffers"),
+    });
+    let block = if prefetch {
+        (BLOCK_BYTES / std::mem::size_of::<T>()).max(1)
+    } else {
+        n.max(1)
+    };
+    let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+    // One loop per rounding mode, chosen outside it, so that each vectorises branch-free.
+    #[inline(always)]
+    fn each<T: Real, const S: usize>(
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [u16]; S],
+        range: std::ops::Range<usize>,
+        body: &mut impl FnMut(&mut T, T, &mut [T; S]),
+        narrow: impl Fn(u32, [f32; S]) -> [u16; S],
+    ) {
+        let first = range.start as u32;
+        let p = &mut p[range.clone()];
+        let g = &g[range.clone()];
+        let slots = slots.each_mut().map(|s| &mut s[range.clone()]);
+        let len = p.len();
+        assert!(slots.iter().all(|s| s.len() == len));
+        let slots = slots.map(|s| s.as_mut_ptr());
+        for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
+            // SAFETY: every slot has `len` elements (asserted above) and `i < len`; the slots
+            // are distinct `&mut` borrows, so these accesses alias nothing else. (Indexing
+            // the slices instead leaves a bounds check that LLVM cannot drop, which keeps the
+            // last vector's worth of each block on a scalar path.)
+            let mut state: [T; S] =
+                std::array::from_fn(|s| T::from_bf16(unsafe { *slots[s].add(i) }));
+            body(p, g, &mut state);
+            let narrowed = narrow(
+                first.wrapping_add(i as u32),
+                state.map(|x| x.to_f32_for_bf16()),
+            );
+            for (s, b) in narrowed.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { *slots[s].add(i) = b };
+            }
+        }
+    }
+    // A unit never crosses a multiple of 2^32 (units start at multiples of CHUNK, a power of
+    // two): one block per stream serves it, with 32-bit counters.
+    let streams = lowp.keys.map(|key| Block::new(key, lowp.offset));
+    let base = lowp.offset as u32;
+    let stochastic = lowp.rounding == StateRounding::Stochastic;
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        if prefetch {
+            let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
+            prefetch_lines(&p[from..to]);
+            prefetch_lines(&g[from..to]);
+            for slot in &slots {
+                prefetch_lines(&slot[from..to]);
+            }
+        }
+        if stochastic {
+            each(p, g, &mut slots, start..end, &mut body, |i, xs| {
+                // One word per pair of buffers (the second stream only for a third buffer).
+                let c = base.wrapping_add(i);
+                let words: [u32; 2] =
+                    std::array::from_fn(|k| if 2 * k < S { streams[k].bits(c) } else { 0 });
+                std::array::from_fn(|s| bf16_stochastic(xs[s], half_word(words[s / 2], s)))
+            })
+        } else {
+            each(p, g, &mut slots, start..end, &mut body, |_, xs| {
+                xs.map(bf16_nearest)
+            })
         }
         start = end;
     }
@@ -576,6 +695,91 @@ mod tests {
             assert_eq!(bits(&whole.0), bits(&blocked.0), "{spec}: parameters");
             for (a, b) in whole.1.iter().zip(&blocked.1) {
                 assert_eq!(bits(a), bits(b), "{spec}: state");
+            }
+        }
+    }
+
+    /// A rule's fused bfloat16 loop (Adam's) computes the same bits as the generic path that
+    /// widens into scratch, calls the f32-state element loop and narrows back: both rounding
+    /// modes, two and three buffers, f32 and f64 parameters, with and without the prefetching
+    /// blocks, from a unit that does not start at element 0 of its tensor.
+    #[test]
+    fn fused_bf16_loop_matches_the_scratch_path() {
+        fn check<T: Real>(spec: &str, rounding: StateRounding, prefetch: bool) {
+            let opt = Optimizer::<T>::from_spec(spec).unwrap();
+            let rule = &opt.spec().rule;
+            let n_slots = rule.slots().len();
+            let n = 3 * LOWP_BLOCK + 77;
+            let ctx = StepContext {
+                t: 4,
+                lr: rule.lr(),
+                grad_scale: 0.75,
+                loss: None,
+                grad_norm_sq: 0.0,
+                numel: n,
+                beta_pow: rule.decays().map(|b| b.powf(4.0)),
+                prefetch,
+            };
+            let g: Vec<T> = (0..n)
+                .map(|i| T::from_f64(((i * 37 % 101) as f64 - 50.0) * 1e-3))
+                .collect();
+            let p0: Vec<T> = (0..n)
+                .map(|i| T::from_f64(((i % 17) as f64 - 8.0) * 0.1))
+                .collect();
+            let s0: Vec<Vec<u16>> = (0..n_slots)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| crate::lowp::bf16_nearest(((i + 3 * k) % 11) as f32 * 1e-3))
+                        .collect()
+                })
+                .collect();
+            let run = |fused: bool| {
+                let mut p = p0.clone();
+                let mut s = s0.clone();
+                let mut bufs: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+                for (b, l) in bufs.iter_mut().zip(s.iter_mut()) {
+                    *b = l.as_mut_slice();
+                }
+                let mut unit = Unit {
+                    rule,
+                    ctx: &ctx,
+                    p: &mut p,
+                    g: &g,
+                    slots: [&mut [], &mut [], &mut []],
+                    n_slots,
+                    scalars: &[],
+                    lowp: Some(Lowp {
+                        slots: bufs,
+                        rounding,
+                        keys: [0x1234_5678_9abc_def0, 42],
+                        offset: 5 * CHUNK as u64,
+                    }),
+                };
+                let mut scratch = vec![T::zero(); LOWP_BLOCK * n_slots];
+                if fused {
+                    let lowp = unit.lowp.as_mut().unwrap();
+                    assert!(rule.step_tensor_bf16(&ctx, unit.p, unit.g, lowp, &[]));
+                } else {
+                    run_lowp_scratch(rule, &ctx, &mut unit, &mut scratch);
+                }
+                let bits: Vec<u64> = p.iter().map(|x| x.as_f64().to_bits()).collect();
+                (bits, s)
+            };
+            let (fused, scratch) = (run(true), run(false));
+            assert_eq!(fused.0, scratch.0, "{spec} {rounding:?}: parameters");
+            assert_eq!(fused.1, scratch.1, "{spec} {rounding:?}: state");
+            assert_ne!(fused.1, s0, "{spec}: the state moved");
+        }
+        for spec in [
+            "adam:lr=0.01,weight_decay=0.1",
+            "adam:lr=0.01,amsgrad=true",
+            "adamw:lr=0.01",
+        ] {
+            for rounding in [StateRounding::Nearest, StateRounding::Stochastic] {
+                for prefetch in [false, true] {
+                    check::<f32>(spec, rounding, prefetch);
+                    check::<f64>(spec, rounding, prefetch);
+                }
             }
         }
     }

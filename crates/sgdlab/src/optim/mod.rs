@@ -956,11 +956,12 @@ impl<T: Real> Optimizer<T> {
                 rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots, &state.scalars);
             }
         }
-        // bfloat16 state: each buffer's stochastic-rounding stream of this step (seed, step,
-        // tensor, buffer); the element's index in its tensor is the stream's counter.
+        // bfloat16 state: the stochastic-rounding streams of this step (seed, step, tensor,
+        // pair of buffers); the element's index in its tensor is the stream's counter, and
+        // buffers 2k and 2k + 1 take the low and high halves of stream k's word.
         let (sr_seed, rounding, step) = (self.spec.sr_seed, self.spec.rounding, self.step);
-        let keys = |tensor: usize| -> [u64; 3] {
-            std::array::from_fn(|b| crate::lowp::stream_key(sr_seed, step, tensor as u64, b as u64))
+        let keys = |tensor: usize| -> [u64; 2] {
+            std::array::from_fn(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k as u64))
         };
         if kernel::is_small(numel) {
             for (t, ((p, g), state)) in params

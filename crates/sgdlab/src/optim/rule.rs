@@ -7,6 +7,7 @@
 //! kernels, the lab and bench. Nothing else names individual rules.
 
 use super::StepContext;
+use super::kernel::Lowp;
 use crate::{Real, Result};
 
 /// The spec keys of a rule's configuration (derived by the `config!` macro).
@@ -123,4 +124,21 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         slots: &mut [&mut [T]],
         scalars: &[f64],
     );
+
+    /// The update of one chunk whose state is bfloat16 (`state_dtype=bf16`), fused: the
+    /// rule's element loop run through [`bf16_elements`](super::kernel::bf16_elements), which
+    /// widens each element's state into registers and narrows it back in the same pass.
+    /// Returns `false` (the default) when the rule has no fused loop; the kernel then widens
+    /// the state into L1-sized scratch blocks, calls [`UpdateRule::step_tensor`] on them and
+    /// narrows them back, which computes the same bits with two more passes through L1.
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        _ctx: &StepContext,
+        _p: &mut [T],
+        _g: &[T],
+        _state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        false
+    }
 }

@@ -374,6 +374,20 @@ macro_rules! registry {
             ) {
                 match self { $( Rule::$variant(c) => c.step_tensor(ctx, p, g, slots, scalars), )* }
             }
+
+            /// One chunk's update with bfloat16 state through the rule's fused loop; `false`
+            /// when it has none.
+            #[inline(always)]
+            pub(crate) fn step_tensor_bf16<T: crate::Real>(
+                &self,
+                ctx: &super::StepContext,
+                p: &mut [T],
+                g: &[T],
+                state: &mut super::kernel::Lowp<'_>,
+                scalars: &[f64],
+            ) -> bool {
+                match self { $( Rule::$variant(c) => c.step_tensor_bf16(ctx, p, g, state, scalars), )* }
+            }
         }
     };
 }
