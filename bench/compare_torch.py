@@ -6,7 +6,7 @@ same number of f32 parameters with the same thread count, then prints each figur
 ratio to sgdlab's. Not part of CI.
 
     python3 bench/compare_torch.py [--params 10000000] [--threads 2] [--rounds 100]
-        [--all] [--foreach] [--sgdlab target/release/sgdlab]
+        [--all] [--bf16] [--opt SPEC ...] [--foreach] [--sgdlab target/release/sgdlab]
 
 sgdlab runs as `sgdlab bench --serve`, which steps on request, so that every round times
 one step of each implementation back to back (in a new random order each round, each on
@@ -133,8 +133,18 @@ ALL = ADAM + [f"{spec}{sep}check_finite=false" if unchecked else spec
               for unchecked in (False, True)]
 
 
+# With --bf16: Adam with bfloat16 moments (20 B/param), stochastic rounding and nearest.
+BF16 = ["adam:check_finite=false,state_dtype=bf16",
+        "adam:check_finite=false,state_dtype=bf16,rounding=nearest"]
+
+
 def bytes_per_param(spec):
-    return 28 if spec.startswith("adam") else 20
+    """Bytes moved per f32 parameter: p and g read and written/read (8 + 4), each state
+    buffer read and written at its own width."""
+    slots = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1, "lion": 1}.get(
+        spec.split(":")[0].split(",")[0], 2)
+    width = 2 if "state_dtype=bf16" in spec else 4
+    return 12 + 2 * width * slots
 
 
 def main():
@@ -145,11 +155,15 @@ def main():
                     help="rounds; each times one step of every implementation, back to back")
     ap.add_argument("--all", action="store_true",
                     help="also time sgdlab's adamw, sgd with momentum, rmsprop and lion")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time sgdlab's Adam with bfloat16 moments (both roundings)")
+    ap.add_argument("--opt", action="append", default=[], metavar="SPEC",
+                    help="also time this sgdlab spec (repeatable)")
     ap.add_argument("--foreach", action="store_true", help="also time torch's (slow) foreach Adam")
     ap.add_argument("--sgdlab", default="target/release/sgdlab")
     args = ap.parse_args()
 
-    specs = ALL if args.all else ADAM
+    specs = (ALL if args.all else ADAM) + (BF16 if args.bf16 else []) + args.opt
     ours = Sgdlab(args.sgdlab, args.params, args.threads, specs)
     steps = {f"sgdlab {spec}": (lambda k=k: ours.step(k)) for k, spec in enumerate(specs)}
     moved = {f"sgdlab {spec}": bytes_per_param(spec) * args.params for spec in specs}
@@ -180,14 +194,16 @@ def main():
     print(f"{args.params} f32 parameters, {args.threads} threads, {args.rounds} rounds of one "
           "step each, interleaved; sgdlab's specs without check_finite=false check g for "
           "NaN/Inf first (one more read of g, not counted in B/param)")
-    print(f"{'implementation':52} {'ms/step':>8} {'B/param':>7} {'GB/s':>6}   "
-          f"GB/s / {base} GB/s: median [quartiles]")
+    print(f"{'implementation':60} {'ms/step':>8} {'B/param':>7} {'GB/s':>6}   "
+          f"GB/s / {base} GB/s: median [quartiles]   speed (its time / this time)")
     for name, secs in times.items():
         lo, mid, hi = quartiles([(moved[name] / s) / (moved[base] / b)
                                  for s, b in zip(secs, times[base])])
+        slo, smid, shi = quartiles([b / s for s, b in zip(secs, times[base])])
         med = statistics.median(secs)
-        print(f"{name:52} {med * 1e3:8.3f} {moved[name] // args.params:7} "
-              f"{moved[name] / med / 1e9:6.1f}   {mid:5.2f}x [{lo:.2f}, {hi:.2f}]")
+        print(f"{name:60} {med * 1e3:8.3f} {moved[name] // args.params:7} "
+              f"{moved[name] / med / 1e9:6.1f}   {mid:5.2f}x [{lo:.2f}, {hi:.2f}]"
+              f"   {smid:5.2f}x [{slo:.2f}, {shi:.2f}]")
     if not others:
         print("(neither torch nor optax is installed: pip install torch / optax jax to compare)")
 

@@ -24,9 +24,9 @@
 #[inline(always)]
 pub fn bf16_nearest(x: f32) -> u16 {
     let bits = x.to_bits();
-    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
-    let quiet_nan = ((bits >> 16) as u16) | 0x0040;
-    if x.is_nan() { quiet_nan } else { rounded }
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x0040;
+    (if x.is_nan() { quiet_nan } else { rounded }) as u16
 }
 
 /// The bfloat16 bits of `x` rounded stochastically with the 16 random bits `r` (the low half
@@ -36,12 +36,13 @@ pub fn bf16_nearest(x: f32) -> u16 {
 #[inline(always)]
 pub fn bf16_stochastic(x: f32, r: u32) -> u16 {
     let bits = x.to_bits();
-    let exp_all_ones = (bits & 0x7F80_0000) == 0x7F80_0000;
-    let add = if exp_all_ones { 0 } else { r & 0xFFFF };
-    let rounded = (bits.wrapping_add(add) >> 16) as u16;
-    // A NaN whose payload lies in the dropped bits would truncate to infinity.
-    let quiet = if x.is_nan() { 0x0040 } else { 0 };
-    rounded | quiet
+    // Infinities have 16 zero low bits, so adding r < 2^16 leaves them infinite.
+    let rounded = bits.wrapping_add(r & 0xFFFF) >> 16;
+    // A NaN could carry into its sign (0x7FFF_FFFF + 1) or, with its payload only in the
+    // dropped bits, truncate to infinity: it keeps its top bits, made quiet. (Selected in
+    // 32 bits and narrowed once, so that a vector loop packs one register, not two.)
+    let quiet_nan = (bits >> 16) | 0x0040;
+    (if x.is_nan() { quiet_nan } else { rounded }) as u16
 }
 
 /// The `f32` value of bfloat16 bits (exact).
@@ -213,6 +214,29 @@ mod tests {
             1.0 + 2f32.powi(-6)
         );
         assert!(bf16_to_f32(bf16_nearest(f32::MAX)).is_infinite());
+    }
+
+    #[test]
+    fn stochastic_rounding_keeps_nan_and_infinity() {
+        for bits in [
+            0x7F80_0001u32,
+            0x7FFF_FFFF,
+            0xFFFF_FFFF,
+            0x7FC0_0000,
+            0xFF80_FFFF,
+        ] {
+            let x = f32::from_bits(bits);
+            for r in [0, 1, 0x8000, 0xFFFF, u32::MAX] {
+                let b = bf16_stochastic(x, r);
+                assert!(bf16_to_f32(b).is_nan(), "{bits:#x} {r:#x}: {b:#x}");
+                assert_eq!(b & 0x8000, ((bits >> 16) as u16) & 0x8000, "sign kept");
+            }
+        }
+        for x in [f32::INFINITY, f32::NEG_INFINITY] {
+            for r in [0, 1, 0xFFFF, u32::MAX] {
+                assert_eq!(bf16_to_f32(bf16_stochastic(x, r)), x);
+            }
+        }
     }
 
     #[test]
