@@ -27,6 +27,10 @@ use crate::{Error, Real, Result};
 
 /// The checkpoint format's name in the metadata.
 pub const FORMAT: &str = "sgdlab-optimizer-state";
+/// The name under which the master copy of bfloat16 parameters is stored
+/// (`master/{tensor}`, with `master_weights=true`).
+pub const MASTER: &str = "master";
+
 /// The version of the format written (and the only one read).
 pub const FORMAT_VERSION: &str = "1";
 
@@ -188,6 +192,14 @@ impl<T: Real> Optimizer<T> {
                     let raw = buffer.iter().flat_map(|b| b.to_le_bytes()).collect();
                     let name = format!("{prefix}{slot}/{name}");
                     entries.push((name, shape.clone(), raw, Dtype::BF16));
+                }
+                if !state.master.is_empty() {
+                    let mut raw = Vec::with_capacity(state.master.len() * T::BYTES);
+                    for &x in &state.master {
+                        x.write_le(&mut raw);
+                    }
+                    let name = format!("{prefix}{MASTER}/{name}");
+                    entries.push((name, shape.clone(), raw, dtype_of::<T>()));
                 }
             }
         }
@@ -430,11 +442,26 @@ impl<T: Real> Optimizer<T> {
         {
             return Err(bad("tensor_scalars do not match the layout".into()));
         }
-        let expected: usize = specs.iter().map(|s| super::slots_of(s).len()).sum();
+        let masters = if opt.spec.master_weights {
+            layout.len()
+        } else {
+            0
+        };
+        let expected: usize = specs
+            .iter()
+            .map(|s| super::slots_of(s).len())
+            .sum::<usize>()
+            + masters;
         if buffers != expected {
             return Err(bad(format!(
-                "holds {buffers} buffers, expected {expected} (the state buffers of {} tensors)",
-                layout.len()
+                "holds {buffers} buffers, expected {expected} (the state buffers of {} \
+                 tensors{})",
+                layout.len(),
+                if masters > 0 {
+                    format!(" and their {MASTER}/ copies: master_weights=true")
+                } else {
+                    String::new()
+                }
             )));
         }
         let mut tensors = Vec::with_capacity(layout.len());
@@ -495,11 +522,39 @@ impl<T: Real> Optimizer<T> {
                     }
                 }
             }
+            let master = if opt.spec.master_weights {
+                let key = format!("{prefix}{MASTER}/{name}");
+                match lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))? {
+                    Ok((got, Buffer::Full(data))) if got == *shape => data,
+                    Ok((got, Buffer::Full(_))) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is {} {got:?}, expected {} {shape:?}",
+                            T::NAME,
+                            T::NAME
+                        )));
+                    }
+                    Ok((_, Buffer::Bf16(_))) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is bf16: the master copy of the parameters is {}",
+                            T::NAME
+                        )));
+                    }
+                    Err(what) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is {what}, expected {} {shape:?}",
+                            T::NAME
+                        )));
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             tensors.push(TensorState {
                 group,
                 slots,
                 scalars,
                 lowp,
+                master,
             });
         }
         opt.layout = Some(layout);

@@ -35,13 +35,14 @@ use super::OptimizerSpec;
 use crate::{Error, Result};
 
 /// Keys that apply to the whole optimizer and cannot differ between groups.
-pub const GLOBAL_KEYS: [&str; 6] = [
+pub const GLOBAL_KEYS: [&str; 7] = [
     "clip_norm",
     "skip_nonfinite",
     "check_finite",
     "state_dtype",
     "rounding",
     "sr_seed",
+    "master_weights",
 ];
 
 /// One parameter group: which tensors (name patterns) and how they step.
@@ -72,6 +73,7 @@ impl GroupSpec {
                 s.state_dtype = base.state_dtype;
                 s.rounding = base.rounding;
                 s.sr_seed = base.sr_seed;
+                s.master_weights = base.master_weights;
                 s.skip_nonfinite = base.skip_nonfinite;
                 s.check_finite = base.check_finite;
                 s

@@ -26,6 +26,7 @@ pub mod group;
 pub mod kernel;
 pub mod lion;
 pub mod madam;
+mod mixed;
 pub mod muon;
 pub mod nadam;
 pub mod radam;
@@ -137,7 +138,8 @@ impl<'a, T: Real> From<&'a Tensor<T>> for GradRef<'a, T> {
 }
 
 /// A parameter tensor that the caller owns, borrowed for one step: a name, a shape and the
-/// elements (row-major), updated in place with no copy.
+/// elements (row-major), updated in place with no copy. `ParamMut<'_, u16>` holds bfloat16
+/// parameters (their bits) for [`Optimizer::step_bf16`].
 ///
 /// ```
 /// use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo};
@@ -160,7 +162,7 @@ pub struct ParamMut<'a, T> {
     data: &'a mut [T],
 }
 
-impl<'a, T: Real> ParamMut<'a, T> {
+impl<'a, T> ParamMut<'a, T> {
     /// A view of `data` as a tensor of `shape`; errors unless the shape's product is
     /// `data.len()`.
     pub fn new(name: &'a str, shape: &'a [usize], data: &'a mut [T]) -> Result<Self> {
@@ -197,7 +199,8 @@ impl<'a, T: Real> ParamMut<'a, T> {
     }
 }
 
-/// A gradient tensor that the caller owns, borrowed (read-only) for one step.
+/// A gradient tensor that the caller owns, borrowed (read-only) for one step
+/// (`GradRef<'_, u16>`: bfloat16 bits, for [`Optimizer::step_bf16`]).
 #[derive(Clone, Debug)]
 pub struct GradRef<'a, T> {
     name: &'a str,
@@ -205,7 +208,7 @@ pub struct GradRef<'a, T> {
     data: &'a [T],
 }
 
-impl<'a, T: Real> GradRef<'a, T> {
+impl<'a, T> GradRef<'a, T> {
     /// A view of `data` as a tensor of `shape`; errors unless the shape's product is
     /// `data.len()`.
     pub fn new(name: &'a str, shape: &'a [usize], data: &'a [T]) -> Result<Self> {
@@ -400,6 +403,8 @@ struct TensorState<T> {
     scalars: Vec<f64>,
     /// The state buffers in bfloat16 (`state_dtype=bf16`; `slots` is then empty).
     lowp: Vec<Vec<u16>>,
+    /// The exact copy of bfloat16 parameters (`master_weights=true`), empty otherwise.
+    master: Vec<T>,
 }
 
 impl<T: Real> Optimizer<T> {
@@ -806,6 +811,24 @@ impl<T: Real> Optimizer<T> {
         grads: &[GradRef<'_, T>],
         info: &StepInfo,
     ) -> Result<StepReport> {
+        if self.spec.master_weights {
+            return Err(Error::Unsupported(format!(
+                "a step on {} parameters with master_weights=true (the master copy is of \
+                 bfloat16 parameters): step them with step_bf16",
+                T::NAME
+            )));
+        }
+        self.step_unchecked(params, grads, info)
+    }
+
+    /// [`Optimizer::step_views`] without the `master_weights` check: the step itself, which
+    /// [`Optimizer::step_bf16`] runs on the master copy.
+    pub(crate) fn step_unchecked(
+        &mut self,
+        params: &mut [ParamMut<'_, T>],
+        grads: &[GradRef<'_, T>],
+        info: &StepInfo,
+    ) -> Result<StepReport> {
         self.check_layout(params, grads)?;
         if self.eval_mode {
             return Err(Error::Unsupported(
@@ -975,6 +998,7 @@ impl<T: Real> Optimizer<T> {
                     slots,
                     scalars,
                     lowp,
+                    ..
                 } = state;
                 let (rule, ctx) = (rules[*group], &contexts[*group]);
                 if !rule.whole_tensor() {
@@ -1007,6 +1031,7 @@ impl<T: Real> Optimizer<T> {
                 slots,
                 scalars,
                 lowp,
+                ..
             } = state;
             let (rule, ctx) = (rules[*group], &contexts[*group]);
             if rule.whole_tensor() {
@@ -1132,6 +1157,7 @@ impl<T: Real> Optimizer<T> {
                 slots,
                 scalars: vec![0.0; scalars_of(spec).len()],
                 lowp,
+                master: Vec::new(),
             });
         }
         self.tensors = tensors;

@@ -179,7 +179,7 @@ pub(crate) fn unknown_key(optimizer: &str, key: &str, keys: &[&str]) -> Error {
         key,
         format!(
             "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite, check_finite, \
-             state_dtype, rounding, sr_seed",
+             state_dtype, rounding, sr_seed, master_weights",
             keys.join(", ")
         ),
     )
@@ -523,6 +523,11 @@ pub struct OptimizerSpec {
     pub rounding: StateRounding,
     /// The seed of stochastic rounding (`sr_seed=`).
     pub sr_seed: u64,
+    /// Keep an exact copy of bfloat16 parameters in the parameters' compute type, step it,
+    /// and round it to nearest into the parameters (`master_weights=true`; for
+    /// [`Optimizer::step_bf16`](super::Optimizer::step_bf16), which otherwise rounds the
+    /// updated parameters with `rounding=`).
+    pub master_weights: bool,
 }
 
 impl OptimizerSpec {
@@ -537,6 +542,7 @@ impl OptimizerSpec {
             state_dtype: StateDtype::Param,
             rounding: StateRounding::Stochastic,
             sr_seed: 0,
+            master_weights: false,
         })
     }
 
@@ -592,6 +598,7 @@ impl OptimizerSpec {
             "state_dtype" => self.state_dtype = SpecValue::parse_value(key, value)?,
             "rounding" => self.rounding = SpecValue::parse_value(key, value)?,
             "sr_seed" => self.sr_seed = SpecValue::parse_value(key, value)?,
+            "master_weights" => self.master_weights = SpecValue::parse_value(key, value)?,
             _ => self.rule.set(key, value)?,
         }
         Ok(())
@@ -654,6 +661,7 @@ impl FromStr for OptimizerSpec {
             state_dtype: StateDtype::Param,
             rounding: StateRounding::Stochastic,
             sr_seed: 0,
+            master_weights: false,
         };
         let mut seen: Vec<&str> = Vec::new();
         for item in rest.into_iter().flat_map(|r| r.split(',')) {
@@ -707,6 +715,9 @@ impl fmt::Display for OptimizerSpec {
         }
         if self.sr_seed != 0 {
             pairs.push(("sr_seed", self.sr_seed.show()));
+        }
+        if self.master_weights {
+            pairs.push(("master_weights", "true".to_string()));
         }
         f.write_str(self.name())?;
         for (i, (k, v)) in pairs.iter().enumerate() {
@@ -766,6 +777,7 @@ mod tests {
             "madam:p_scale=2",
             "adam:state_dtype=bf16",
             "adamw:lr=0.01,state_dtype=bf16,rounding=nearest,sr_seed=7",
+            "adam:state_dtype=bf16,master_weights=true",
             "normsgd:eps=1",
             "multiplicative:lr=0.01,eps=0.001",
             "lossprop:lr=0.5",
@@ -812,6 +824,7 @@ mod tests {
             ("adam:state_dtype=half", "bf16"),
             ("adam:rounding=floor", "stochastic or nearest"),
             ("adam:sr_seed=-1", "sr_seed"),
+            ("adam:master_weights=yes", "master_weights"),
             ("sf-sgd:state_dtype=bf16", "sf-sgd"),
             (":lr=1", "optimizer name"),
         ];
