@@ -330,9 +330,11 @@ fn run_lowp_scratch<T: Real>(
 /// is widened (exactly) into registers, `body` updates parameter and state as it would f32
 /// state, and the results are narrowed straight back with the unit's rounding — one pass
 /// over memory at 2 bytes per state element each way, with no scratch buffer. Blocked and
-/// prefetched like [`blocks`] when `prefetch` is set. The stochastic-rounding bits of buffer
-/// $s$, element $i$ of the unit are `Block::new(keys[s], offset).bits(offset + i)`, the same
-/// stream as [`run_lowp_scratch`] draws, so the two paths give the same bits.
+/// prefetched like the plain element loops when `prefetch` is set. The stochastic-rounding
+/// bits of buffer $s$, element $i$ of the unit are half $s \bmod 2$
+/// ([`half_word`](crate::lowp::half_word)) of `Block::new(keys[s / 2], offset).bits(offset + i)`,
+/// the stream the generic path (widening into scratch) draws too, so the two give the same
+/// bits.
 #[inline(always)]
 pub fn bf16_elements<T: Real, const S: usize>(
     prefetch: bool,
