@@ -98,8 +98,21 @@ fn narrow<T: Real>(src: &[T], dst: &mut [u16], how: Narrow) {
 impl<T: Real> Optimizer<T> {
     /// One step on bfloat16 parameters (bits, updated in place) with bfloat16 gradients:
     /// both widened exactly to `T`, the step of [`Optimizer::step_views`] on them, and the
-    /// parameters rounded back — from the master copy to nearest with `master_weights=true`,
-    /// else with the spec's `rounding` (see [`mixed`](self) for the formulas).
+    /// parameters written back:
+    ///
+    /// * `master_weights=true`: the optimizer keeps an exact copy $\Phi$ of the parameters
+    ///   in `T` (made from the bfloat16 values at the first step, saved in checkpoints as
+    ///   `master/{tensor}`, read with [`Optimizer::master`]), steps it, and rounds it to
+    ///   nearest into the parameters, $\Phi_{\text{bf16}} = \mathrm{rn}(\Phi)$: updates
+    ///   below half an ulp accumulate in $\Phi$ instead of being lost;
+    /// * without: the widened parameters are stepped and rounded back with the spec's
+    ///   `rounding` — stochastic by default, $E[\mathrm{sr}(\Phi - \Delta)] = \Phi - \Delta$,
+    ///   with random bits keyed by (`sr_seed`, step, tensor, element) as for the state, so
+    ///   the same for any thread count and across a resume; `nearest` drops every
+    ///   $|\Delta| < \tfrac12\,\mathrm{ulp}(\Phi)$.
+    ///
+    /// Widening and narrowing are passes of their own over memory (vectorised, threaded),
+    /// not fused into the rule's element loop.
     ///
     /// ```
     /// use sgdlab::lowp::{bf16_nearest, bf16_to_f32};
