@@ -332,7 +332,7 @@ fn run_lowp_scratch<T: Real>(
 /// over memory at 2 bytes per state element each way, with no scratch buffer. Blocked and
 /// prefetched like the plain element loops when `prefetch` is set. The stochastic-rounding
 /// bits of buffer $s$, element $i$ of the unit are half $s \bmod 2$
-/// ([`half_word`](crate::lowp::half_word)) of `Block::new(keys[s / 2], offset).bits(offset + i)`,
+/// ([`crate::lowp::half_word`]) of `Block::new(keys[s / 2], offset).bits(offset + i)`,
 /// the stream the generic path (widening into scratch) draws too, so the two give the same
 /// bits.
 #[inline(always)]
