@@ -14,18 +14,30 @@
 //!   sum accumulated along each chain. The textbook model of a rounding error, uniform on
 //!   $\pm u/2$ (variance $u^2/12$), is rejected: stochastic rounding's error is twice that on
 //!   average.
+//! * **In Adam itself** (the optimizer's fused kernel, `state_dtype=bf16`, against f64
+//!   moments on the same gradients, element by element): stochastic rounding leaves
+//!   $E[v_T]$ unbiased, but Adam's step $\hat m/\sqrt{\hat v}$ is not linear in $v$. With
+//!   $e_v$ the state's rounding error, $(1 + e_v/v)^{-1/2} = 1 - \tfrac12 e_v/v +
+//!   \tfrac38 (e_v/v)^2 - \dots$, so the step is larger by
+//!   $\tfrac38 E[(e_v/v)^2]$ on average (Jensen) — measured against that second-order
+//!   prediction, from a state already at $v = E[g^2]$. Round to nearest barely moves a $v$
+//!   that starts there (11d rejects its small bias); from a cold start it stalls far below
+//!   (11a), and its step is too large by tens of percent — the report's plot.
 
 use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 
 use super::{Claim, VerifyOptions};
 use crate::lab::figures::{Figure, Line};
-use crate::lab::montecarlo::Measurement;
+use crate::lab::montecarlo::{Estimate, Measurement};
 use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
+use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo};
 use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![nearest_stalls()?];
     claims.extend(stochastic(options)?);
+    claims.extend(adam(options)?);
     Ok(claims)
 }
 
@@ -146,6 +158,145 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     Ok(vec![bias, variance])
 }
 
+/// One step's gradients, uniform on $\mu \pm \sqrt3\sigma$ (mean $\mu$, variance $\sigma^2$):
+/// 24 bits of a counter-based hash of (step key, element), a few instructions each and the
+/// same for any thread count. (The Adam claims compare optimizers on the same inputs; the
+/// distribution only sets $v$'s level and spread.)
+fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
+    const CHUNK: usize = 4096;
+    let half_width = 3f64.sqrt() * sigma;
+    g.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        for (k, x) in chunk.iter_mut().enumerate() {
+            let bits = counter_bits(key, (c * CHUNK + k) as u64) >> 8;
+            let u = (f64::from(bits) + 0.5) / f64::from(1u32 << 24);
+            *x = mu + half_width * (2.0 * u - 1.0);
+        }
+    });
+}
+
+/// 11d and 11e: Adam with bfloat16 moments (the optimizer's own kernels), stochastic and
+/// nearest rounding, against f64 moments on the same gradients (i.i.d. per element and
+/// step, uniform with mean $\mu$ and variance $\sigma^2$). The parameters are f64 and do not feed back into the
+/// gradients, so each element is an independent chain and the three optimizers see
+/// identical inputs (paired differences, element by element).
+fn adam(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    // E g² = 2.05, just above 2: v sits where bfloat16's ulp is largest relative to it.
+    let (mu, sigma, beta2, lr) = (1.3f64, 0.6f64, 0.999f64, 1e-3f64);
+    let steps = 1_000usize;
+    let n = if options.quick { 400_000 } else { 800_000 };
+    let seed = options.derive_seed("p11.adam");
+    let grad_seed = options.derive_seed("p11.adam.gradients");
+    let spec = |extra: &str| format!("adam:lr={lr},beta2={beta2},sr_seed={seed}{extra}");
+    let mut opts = [
+        Optimizer::<f64>::from_spec(&spec(""))?,
+        Optimizer::<f64>::from_spec(&spec(",state_dtype=bf16"))?,
+        Optimizer::<f64>::from_spec(&spec(",state_dtype=bf16,rounding=nearest"))?,
+    ];
+    let mut params = vec![vec![0.0f64; n]; 3];
+    let mut before = vec![vec![0.0f64; n]; 3];
+    let mut g = vec![0.0f64; n];
+    // Every optimizer starts from the same state: m = μ, v = E g² (rounded to bfloat16
+    // values, which all three hold exactly) at a step count where 1 − β^t = 1, so that the
+    // claims need ~N₂ steps for the rounding noise to build up, not the climb from 0 too.
+    let (m0, v0) = (
+        f64::from(bf16_to_f32(bf16_nearest(mu as f32))),
+        f64::from(bf16_to_f32(bf16_nearest((mu * mu + sigma * sigma) as f32))),
+    );
+    for (opt, p) in opts.iter_mut().zip(&mut params) {
+        opt.step_views(
+            &mut [ParamMut::vector("w", p)],
+            &[GradRef::vector("w", &g)],
+            &StepInfo::default(),
+        )?;
+        let mut dict = opt.state_dict()?;
+        for (slot, value) in [("exp_avg/w", m0), ("exp_avg_sq/w", v0)] {
+            if let Some((_, buffer)) = dict.buffers.get_mut(slot) {
+                buffer.fill(value);
+            }
+        }
+        dict.metadata.insert("step".into(), "1000000".into());
+        *opt = Optimizer::from_state_dict(&dict)?;
+        p.fill(0.0);
+    }
+    for t in 0..steps {
+        uniform_gradients(stream_key(grad_seed, t as u64, 0, 0), mu, sigma, &mut g);
+        for ((opt, p), b) in opts.iter_mut().zip(&mut params).zip(&mut before) {
+            if t + 1 == steps {
+                b.copy_from_slice(p);
+            }
+            opt.step_views(
+                &mut [ParamMut::vector("w", p)],
+                &[GradRef::vector("w", &g)],
+                &StepInfo::default(),
+            )?;
+        }
+    }
+    let state = |k: usize, slot: &str| {
+        opts[k]
+            .state_values(slot, 0)
+            .ok_or_else(|| Error::Unsupported(format!("adam has no `{slot}` buffer")))
+    };
+    let (v64, v_sr, v_rn) = (
+        state(0, "exp_avg_sq")?,
+        state(1, "exp_avg_sq")?,
+        state(2, "exp_avg_sq")?,
+    );
+    let step = |k: usize| -> Vec<f64> {
+        params[k]
+            .iter()
+            .zip(&before[k])
+            .map(|(a, b)| a - b)
+            .collect()
+    };
+    let (d64, d_sr) = (step(0), step(1));
+    let diff = |v: &[f64]| -> Vec<f64> { v.iter().zip(&v64).map(|(a, b)| a - b).collect() };
+    let (e_sr, e_rn) = (
+        Estimate::from_samples(&diff(&v_sr)),
+        Estimate::from_samples(&diff(&v_rn)),
+    );
+    let params_of = [
+        ("mu", mu),
+        ("sigma", sigma),
+        ("beta2", beta2),
+        ("t", steps as f64),
+        ("elements", n as f64),
+    ];
+    let state_claim = Claim::monte_carlo(
+        "11d",
+        "Adam's own kernel, bf16 moments, stochastic rounding: E[v_T − v_T(f64)] = 0 on the \
+         same gradients",
+        &params_of,
+        0.0,
+        e_sr.mean(),
+    )
+    .reject("round to nearest's v_T − v_T(f64) (measured)", e_rn.mean);
+    // The step's relative difference r and its second-order prediction (3/8)(e_v/v)²,
+    // paired element by element: the claim is E[r − (3/8)(e_v/v)²] = 0.
+    let rel = |d: &[f64]| -> Vec<f64> { d.iter().zip(&d64).map(|(a, b)| a / b - 1.0).collect() };
+    let r_sr = rel(&d_sr);
+    let jensen: Vec<f64> = v_sr
+        .iter()
+        .zip(&v64)
+        .map(|(a, b)| 0.375 * ((a - b) / b).powi(2))
+        .collect();
+    let paired: Vec<f64> = r_sr.iter().zip(&jensen).map(|(r, j)| r - j).collect();
+    let (r, q) = (
+        Estimate::from_samples(&r_sr),
+        Estimate::from_samples(&paired),
+    );
+    let predicted = jensen.iter().sum::<f64>() / n as f64;
+    let step_claim = Claim::monte_carlo(
+        "11e",
+        "…and its step is larger by Jensen's second-order term: E[Δ/Δ(f64) − 1] = \
+         (3/8)E[(e_v/v)²], e_v the state's rounding error",
+        &params_of,
+        predicted,
+        Measurement::new(r.mean, q.stderr_mean),
+    )
+    .reject("an unbiased step (0)", 0.0);
+    Ok(vec![state_claim, step_claim])
+}
+
 /// The report's plots: the three EMAs on a constant input, and their means over chains on
 /// noisy inputs.
 pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
@@ -208,6 +359,55 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
             })
             .collect()
     };
+    // Adam from a cold start, per rounding mode: the mean step relative to f64 moments.
+    let (mu, sigma) = (1.3f64, 0.6f64);
+    let n = if options.quick { 2_000 } else { 20_000 };
+    let grad_seed = options.derive_seed("p11.figure.adam");
+    let spec = |extra: &str| format!("adam:lr=0.001,sr_seed={grad_seed}{extra}");
+    let mut opts = [
+        Optimizer::<f64>::from_spec(&spec(""))?,
+        Optimizer::<f64>::from_spec(&spec(",state_dtype=bf16"))?,
+        Optimizer::<f64>::from_spec(&spec(",state_dtype=bf16,rounding=nearest"))?,
+    ];
+    let mut params = vec![vec![0.0f64; n]; 3];
+    let mut g = vec![0.0f64; n];
+    let (mut sr_steps, mut rn_steps) = (Vec::new(), Vec::new());
+    for t in 0..steps {
+        uniform_gradients(stream_key(grad_seed, t as u64, 0, 0), mu, sigma, &mut g);
+        let mut deltas = [0.0f64; 3];
+        for ((opt, p), d) in opts.iter_mut().zip(&mut params).zip(&mut deltas) {
+            let before = p.clone();
+            opt.step_views(
+                &mut [ParamMut::vector("w", p)],
+                &[GradRef::vector("w", &g)],
+                &StepInfo::default(),
+            )?;
+            *d = p.iter().zip(&before).map(|(a, b)| a - b).sum::<f64>();
+        }
+        if t % every == 0 {
+            let x = t as f64 + 1.0;
+            sr_steps.push((x, deltas[1] / deltas[0]));
+            rn_steps.push((x, deltas[2] / deltas[0]));
+        }
+    }
+    let adam_figure = Figure {
+        title: "Section 11: Adam's step with bfloat16 moments, from a cold start".into(),
+        caption: format!(
+            "Adam (lr 10⁻³, β₂ = 0.999) on {n} parameters with i.i.d. gradients of mean {mu} \
+             and sd {sigma}: the summed step of bfloat16 moments over that of f64 moments on \
+             the same gradients. Round to nearest's v stalls below E g² as it climbs (the \
+             increment (1−β₂)(g² − v) falls under half an ulp), so its steps stay too large; \
+             stochastic rounding tracks f64 up to Jensen's (3/8)E[(e_v/v)²] (claim 11e)."
+        ),
+        x_label: "step t".into(),
+        y_label: "step / step with f64 moments".into(),
+        lines: vec![
+            line("bf16, stochastic rounding", sr_steps, false),
+            line("bf16, round to nearest", rn_steps, false),
+            line("f64 moments", vec![(1.0, 1.0), (steps as f64, 1.0)], true),
+        ],
+        ..Figure::default()
+    };
     Ok(vec![
         Figure {
             title: "Section 11: a bfloat16 EMA on a constant input".into(),
@@ -249,6 +449,7 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
             ],
             ..Figure::default()
         },
+        adam_figure,
     ])
 }
 
@@ -275,7 +476,7 @@ mod tests {
         })
         .unwrap();
         let ids: Vec<_> = claims.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["11a", "11b", "11c"]);
+        assert_eq!(ids, ["11a", "11b", "11c", "11d", "11e"]);
         assert!(claims.iter().all(|c| c.passed), "{claims:#?}");
         // Round-to-nearest in place of stochastic rounding is caught by 11b's z alone.
         let rn_bias = claims[1].rejects[0].value;
