@@ -124,11 +124,12 @@ struct PyOptimizer {
     inner: Inner,
 }
 
-/// The arrays of one step, borrowed from Python and checked.
-struct Borrowed<'py, T: numpy::Element> {
+/// The arrays of one step, borrowed from Python and checked: parameters of element type `P`,
+/// gradients of `G` (the same but for bfloat16 parameters, whose gradients may be f32).
+struct Borrowed<'py, P: numpy::Element, G: numpy::Element = P> {
     names: Vec<String>,
-    params: Vec<numpy::PyReadwriteArrayDyn<'py, T>>,
-    grads: Vec<numpy::PyReadonlyArrayDyn<'py, T>>,
+    params: Vec<numpy::PyReadwriteArrayDyn<'py, P>>,
+    grads: Vec<numpy::PyReadonlyArrayDyn<'py, G>>,
 }
 
 /// The names of a step's tensors, and the parameter and gradient objects in order: from two
@@ -243,14 +244,14 @@ fn checked_array<'a, 'py>(
     Ok((array, dtype))
 }
 
-fn borrow_all<'py, T: numpy::Element>(
+fn borrow_all<'py, P: numpy::Element, G: numpy::Element>(
     names: Vec<String>,
     ps: &[Bound<'py, PyAny>],
     gs: &[Bound<'py, PyAny>],
-) -> PyResult<Borrowed<'py, T>> {
+) -> PyResult<Borrowed<'py, P, G>> {
     let mut params = Vec::with_capacity(ps.len());
     for (name, p) in names.iter().zip(ps) {
-        let array = p.cast::<PyArrayDyn<T>>()?;
+        let array = p.cast::<PyArrayDyn<P>>()?;
         let rw = array.try_readwrite().map_err(|e| {
             PyValueError::new_err(format!(
                 "parameter `{name}` cannot be updated in place: {e} (read-only arrays, and \
@@ -261,7 +262,7 @@ fn borrow_all<'py, T: numpy::Element>(
     }
     let mut grads = Vec::with_capacity(gs.len());
     for (name, g) in names.iter().zip(gs) {
-        let array = g.cast::<PyArrayDyn<T>>()?;
+        let array = g.cast::<PyArrayDyn<G>>()?;
         let ro = array.try_readonly().map_err(|e| {
             PyValueError::new_err(format!(
                 "gradient of `{name}` cannot be read: {e} (it shares memory with a parameter)"
@@ -312,6 +313,47 @@ fn step_typed<'py, T: Real + numpy::Element>(
     }
     py.detach(|| opt.step_views(&mut pviews, &gviews, info))
         .map_err(lib_err)
+}
+
+/// A step on bfloat16 parameters (`uint16` bits) with gradients of `G` (`uint16` bits, or
+/// `float32`), through [`Optimizer::step_bf16`] / [`Optimizer::step_bf16_params`].
+fn step_bf16_typed<'py, G: numpy::Element + Sync>(
+    py: Python<'py>,
+    opt: &mut Optimizer<f32>,
+    mut arrays: Borrowed<'py, u16, G>,
+    info: &StepInfo,
+    run: impl FnOnce(
+        &mut Optimizer<f32>,
+        &mut [ParamMut<'_, u16>],
+        &[GradRef<'_, G>],
+        &StepInfo,
+    ) -> sgdlab::Result<sgdlab::optim::StepReport>
+    + Send,
+) -> PyResult<sgdlab::optim::StepReport> {
+    let shapes: Vec<Vec<usize>> = arrays.params.iter().map(|a| a.shape().to_vec()).collect();
+    let gshapes: Vec<Vec<usize>> = arrays.grads.iter().map(|a| a.shape().to_vec()).collect();
+    let mut pviews = Vec::with_capacity(arrays.params.len());
+    for ((rw, name), shape) in arrays.params.iter_mut().zip(&arrays.names).zip(&shapes) {
+        let data = rw
+            .as_slice_mut()
+            .map_err(|e| PyValueError::new_err(format!("parameter `{name}`: {e}")))?;
+        pviews.push(ParamMut::new(name, shape, data).map_err(lib_err)?);
+    }
+    let mut gviews = Vec::with_capacity(arrays.grads.len());
+    for ((ro, name), shape) in arrays.grads.iter().zip(&arrays.names).zip(&gshapes) {
+        let data = ro
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(format!("gradient of `{name}`: {e}")))?;
+        gviews.push(GradRef::new(name, shape, data).map_err(lib_err)?);
+    }
+    py.detach(|| run(opt, &mut pviews, &gviews, info))
+        .map_err(lib_err)
+}
+
+/// Whether `obj` is a C-contiguous numpy array of dtype `T` (native byte order).
+fn is_array_of<T: numpy::Element>(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast::<PyUntypedArray>()
+        .is_ok_and(|a| a.dtype().is_equiv_to(&numpy::dtype::<T>(obj.py())) && a.is_c_contiguous())
 }
 
 /// The names and arrays of `eval_mode`/`train_mode` (a list, a dict, or with `names=`).
@@ -480,10 +522,88 @@ impl PyOptimizer {
             micro_batches,
         };
         let report = match &mut self.inner {
-            Inner::F32(o) => step_typed(py, o, borrow_all::<f32>(names, &ps, &gs)?, &info)?,
-            Inner::F64(o) => step_typed(py, o, borrow_all::<f64>(names, &ps, &gs)?, &info)?,
+            Inner::F32(o) => step_typed(py, o, borrow_all(names, &ps, &gs)?, &info)?,
+            Inner::F64(o) => step_typed(py, o, borrow_all(names, &ps, &gs)?, &info)?,
         };
         report_dict(py, &report)
+    }
+
+    /// One step on bfloat16 parameters: `params` are `uint16` arrays holding bfloat16 bits
+    /// (e.g. `t.view(torch.int16).numpy().view(numpy.uint16)` of a `torch.bfloat16` tensor),
+    /// updated in place; `grads` are `uint16` (bfloat16 bits) or `float32` arrays. The step
+    /// runs in float32 on the values widened exactly, and the parameters are rounded back:
+    /// from a float32 master copy to nearest with `master_weights=true`, else with the spec's
+    /// `rounding` (stochastic by default). Returns `{"applied", "lr", "grad_norm"}`.
+    #[pyo3(signature = (params, grads, loss = None, *, names = None, lr_scale = 1.0, micro_batches = 1))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn step_bf16<'py>(
+        &mut self,
+        py: Python<'py>,
+        params: &Bound<'py, PyAny>,
+        grads: &Bound<'py, PyAny>,
+        loss: Option<f64>,
+        names: Option<Vec<String>>,
+        lr_scale: f64,
+        micro_batches: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let (names, ps, gs) = collect_arrays(params, grads, names)?;
+        if ps.is_empty() {
+            return Err(PyValueError::new_err(
+                "a step needs at least one parameter array",
+            ));
+        }
+        for (name, p) in names.iter().zip(&ps) {
+            if !is_array_of::<u16>(p) {
+                return Err(PyTypeError::new_err(format!(
+                    "parameter `{name}` must be a C-contiguous uint16 numpy array of bfloat16 \
+                     bits (step float32/float64 parameters with step)"
+                )));
+            }
+        }
+        let bf16_grads = gs.iter().all(is_array_of::<u16>);
+        if !bf16_grads && !gs.iter().all(is_array_of::<f32>) {
+            return Err(PyTypeError::new_err(
+                "the gradients of bfloat16 parameters must all be C-contiguous uint16 \
+                 (bfloat16 bits) or all float32 numpy arrays",
+            ));
+        }
+        if self.inner.dtype() != Dtype::F32 {
+            if !self.inner.is_fresh() {
+                return Err(PyTypeError::new_err(
+                    "the optimizer's state is float64: bfloat16 parameters step in float32",
+                ));
+            }
+            self.inner = self.inner.rebuilt(Dtype::F32).map_err(lib_err)?;
+        }
+        let info = StepInfo {
+            loss,
+            lr_scale,
+            micro_batches,
+        };
+        let Inner::F32(o) = &mut self.inner else {
+            unreachable!("rebuilt as float32 above");
+        };
+        let report = if bf16_grads {
+            step_bf16_typed(py, o, borrow_all(names, &ps, &gs)?, &info, |o, p, g, i| {
+                o.step_bf16(p, g, i)
+            })?
+        } else {
+            step_bf16_typed(py, o, borrow_all(names, &ps, &gs)?, &info, |o, p, g, i| {
+                o.step_bf16_params(p, g, i)
+            })?
+        };
+        report_dict(py, &report)
+    }
+
+    /// The float32 master copy of tensor `tensor`'s bfloat16 parameters (`master_weights=true`,
+    /// after the first step), or None.
+    fn master<'py>(&self, py: Python<'py>, tensor: usize) -> Option<Bound<'py, PyArrayDyn<f32>>> {
+        match &self.inner {
+            Inner::F32(o) => o
+                .master(tensor)
+                .map(|m| numpy::PyArray1::from_slice(py, m).to_dyn().clone()),
+            Inner::F64(_) => None,
+        }
     }
 
     /// Applied steps.

@@ -225,8 +225,8 @@ def test_closure_and_counters():
 
 
 def test_refused_inputs():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        st.Adam([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)])
+    with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
+        st.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
     with pytest.raises(TypeError, match="CPU tensors"):
         st.Adam([torch.zeros(3, device="meta", requires_grad=True)])
     with pytest.raises(ValueError, match="not supported"):
@@ -308,3 +308,86 @@ def test_bf16_state_through_torch_and_numpy():
     assert generic.param_groups[0]["lr"] == 1e-4
     with pytest.raises(sgdlab.SgdlabError, match="state_dtype"):
         st.Optimizer(mlp().parameters(), spec="muon:state_dtype=bf16")
+
+
+def _bits(t):
+    """A bfloat16 tensor's bits as a numpy uint16 array (a copy)."""
+    return t.detach().view(torch.int16).numpy().view(np.uint16).copy()
+
+
+def test_bf16_parameters_with_master_weights_follow_float32():
+    """bfloat16 parameters with a float32 master copy step exactly like float32 parameters
+    started at the same values on the same (bfloat16) gradients; the parameters are the
+    master rounded to nearest (torch's own float32 -> bfloat16 conversion)."""
+    model16 = mlp(torch.float32).to(torch.bfloat16)
+    model32 = mlp(torch.float32)
+    with torch.no_grad():
+        for a, b in zip(model32.parameters(), model16.parameters()):
+            a.copy_(b.float())
+    opt16 = st.AdamW(model16.parameters(), lr=1e-2, master_weights=True)
+    opt32 = st.AdamW(model32.parameters(), lr=1e-2)
+    x, y = X.to(torch.bfloat16), Y.to(torch.bfloat16)
+    for _ in range(5):
+        opt16.zero_grad()
+        ((model16(x) - y) ** 2).mean().backward()
+        for a, b in zip(model32.parameters(), model16.parameters()):
+            a.grad = b.grad.float()
+        opt16.step()
+        opt32.step()
+        for t, (a, b) in enumerate(zip(model32.parameters(), model16.parameters())):
+            master = opt16.core.master(t)
+            assert np.array_equal(master, a.detach().numpy().ravel())
+            assert torch.equal(b.detach(), a.detach().to(torch.bfloat16))
+    assert "master_weights=true" in opt16.core.spec
+    # The master copy is in the checkpoint: a reload continues it.
+    state = opt16.state_dict()
+    again = st.AdamW(model16.parameters(), lr=1e-2, master_weights=True)
+    again.load_state_dict(state)
+    assert np.array_equal(again.core.master(0), opt16.core.master(0))
+
+
+def test_bf16_parameters_without_master_round_stochastically():
+    """Without a master copy a quarter-ulp update survives on average (stochastic rounding)
+    and is lost with rounding="nearest"."""
+    n = 100_000
+    for rounding, moved in (("stochastic", True), ("nearest", False)):
+        p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+        opt = st.SGD([p], lr=2.0**-9) if rounding == "stochastic" else st.Optimizer(
+            [p], spec="sgd:lr=0.001953125,rounding=nearest")
+        p.grad = torch.ones(n, dtype=torch.bfloat16)
+        opt.step()
+        mean = p.detach().double().mean().item()
+        if moved:
+            # Each element drops to 1 - 2^-7 with probability 1/4: mean 1 - 2^-9.
+            se = 2.0**-7 * math.sqrt(3 / 16) / math.sqrt(n)
+            assert abs(mean - (1 - 2.0**-9)) < 5 * se
+        else:
+            assert mean == 1.0
+
+
+def test_bf16_parameters_refusals():
+    a = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    b = torch.nn.Parameter(torch.ones(4, dtype=torch.float32))
+    opt = st.SGD([a, b], lr=0.1)
+    a.grad = torch.ones(4, dtype=torch.bfloat16)
+    b.grad = torch.ones(4, dtype=torch.float32)
+    with pytest.raises(TypeError, match="mix bfloat16"):
+        opt.step()
+    # maximize flips the sign bit of bfloat16 gradients.
+    c = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = st.Adam([c], lr=0.5, maximize=True)
+    c.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    assert (c.detach().float() > 1.0).all()
+    # The numpy core: uint16 parameters, and nothing else, go through step_bf16.
+    core = sgdlab.Optimizer("sgd:lr=0.5,master_weights=true")
+    w = _bits(torch.ones(3, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="uint16"):
+        core.step_bf16([np.ones(3, dtype=np.float32)], [np.ones(3, dtype=np.float32)])
+    with pytest.raises(TypeError, match="gradients"):
+        core.step_bf16([w], [np.ones(3, dtype=np.float64)])
+    with pytest.raises(sgdlab.SgdlabError, match="step_bf16"):
+        core.step([np.ones(3, dtype=np.float32)], [np.ones(3, dtype=np.float32)])
+    core.step_bf16([w], [np.ones(3, dtype=np.float32)])
+    assert np.array_equal(core.master(0), np.full(3, 0.5, dtype=np.float32))
+    assert np.array_equal(w, _bits(torch.full((3,), 0.5, dtype=torch.bfloat16)))

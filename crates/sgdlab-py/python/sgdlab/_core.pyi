@@ -44,6 +44,24 @@ class Optimizer:
         in the same order (named ``"0"``, ``"1"``, ... unless ``names`` is given) or dicts by
         name. Returns ``{"applied": bool, "lr": float, "grad_norm": float | None}``.
         """
+    def step_bf16(
+        self,
+        params: _Arrays,
+        grads: _Arrays,
+        loss: Optional[float] = None,
+        *,
+        names: Optional[Sequence[str]] = None,
+        lr_scale: float = 1.0,
+        micro_batches: int = 1,
+    ) -> dict[str, Any]:
+        """One step on bfloat16 parameters: ``params`` are uint16 arrays of bfloat16 bits
+        (updated in place), ``grads`` uint16 (bfloat16 bits) or float32 arrays. The step runs
+        in float32 on the exact widening; the parameters are rounded back from a float32
+        master copy to nearest (``master_weights=true``) or with the spec's ``rounding``.
+        """
+    def master(self, tensor: int) -> Optional[np.ndarray]:
+        """The float32 master copy of tensor ``tensor``'s bfloat16 parameters (flat;
+        ``master_weights=true``, after the first step), or None."""
     @property
     def steps(self) -> int:
         """Applied steps."""

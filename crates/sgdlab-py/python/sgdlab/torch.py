@@ -12,13 +12,18 @@ other hyper-parameter — is read at every step).
 
 What differs from ``torch.optim``:
 
-* Parameters must be CPU tensors of one dtype, float32 or float64, contiguous; they are
-  updated in place through shared memory (no copy).
+* Parameters must be CPU tensors of one dtype, float32, float64 or bfloat16, contiguous;
+  they are updated in place through shared memory (no copy). bfloat16 parameters (with
+  bfloat16 or float32 gradients) step in float32 and are rounded back: stochastically by
+  default, or from a float32 master copy with ``master_weights=True`` (the mixed-precision
+  setting of large-model training).
 * The set of parameters that have a gradient is fixed by the first step (``torch.optim``
   skips a parameter whose ``.grad`` is None; here a change of that set is an error that names
   the parameter). Add parameter groups before the first step.
 * ``state_dtype="bf16"`` (``Adam``, ``AdamW``; any rule through ``spec=``) keeps the moments
-  in bfloat16 with stochastic rounding (``rounding="nearest"`` to round to nearest).
+  in bfloat16 with stochastic rounding (``rounding="nearest"`` to round to nearest);
+  ``master_weights=True`` (``Adam``, ``AdamW``; ``spec="...,master_weights=true"``) keeps a
+  float32 copy of bfloat16 parameters.
 * A non-finite gradient raises :class:`sgdlab.SgdlabError` and changes nothing, unless
   ``skip_nonfinite=True`` (skip and count the step) or ``check_finite=False`` (do not look,
   as ``torch.optim``; the fastest step).
@@ -56,7 +61,7 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
-_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite", "state_dtype", "rounding", "sr_seed")
+_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite", "state_dtype", "rounding", "sr_seed", "master_weights")
 
 
 def _text(value: Any) -> str:
@@ -134,6 +139,7 @@ class Optimizer(torch.optim.Optimizer):
         state_dtype: str = "param",
         rounding: str = "stochastic",
         spec_globals: Optional[dict[str, str]] = None,
+        master_weights: bool = False,
     ) -> None:
         self._rule = rule
         self._rule_keys = frozenset(_core.rule_keys(rule)) - frozenset(_GLOBAL_KEYS)
@@ -147,6 +153,8 @@ class Optimizer(torch.optim.Optimizer):
             self._global["state_dtype"] = state_dtype
         if rounding != "stochastic":
             self._global["rounding"] = rounding
+        if master_weights:
+            self._global["master_weights"] = "true"
         self._global.update(spec_globals or {})
         self._maximize = bool(maximize)
         self._core: Optional[_core.Optimizer] = None
@@ -228,16 +236,19 @@ class Optimizer(torch.optim.Optimizer):
                 if g is None:
                     continue
                 try:
-                    ga = g.numpy()
+                    ga = _numpy(g)
                     cached = views.get(id(p))
                     ptr = p.data_ptr()
                     if cached is None or cached[0] != ptr or cached[1].shape != p.shape:
-                        cached = (ptr, p.detach().numpy())
+                        cached = (ptr, _numpy(p.detach()))
                         views[id(p)] = cached
                 except Exception as e:  # torch's reasons are less direct than ours
                     raise TypeError(_why_not(p, g, f"parameter {gi}.{pj}")) from e
                 params.append(cached[1])
-                grads.append(np.negative(ga) if self._maximize else ga)
+                if self._maximize:
+                    # bfloat16 bits: flip the sign bit (np.negative would negate the integers).
+                    ga = ga ^ np.uint16(0x8000) if ga.dtype == np.uint16 else np.negative(ga)
+                grads.append(ga)
                 active.append((gi, pj))
         return params, grads, active
 
@@ -272,7 +283,16 @@ class Optimizer(torch.optim.Optimizer):
         loss_value = None
         if loss is not None:
             loss_value = float(loss)
-        self._core.step(params, grads, loss_value, names=self._names)
+        bf16 = [p.dtype == np.uint16 for p in params]
+        if any(bf16):
+            if not all(bf16):
+                raise TypeError(
+                    "the parameters mix bfloat16 with float32/float64: one optimizer steps one "
+                    "parameter dtype (use one optimizer per dtype)"
+                )
+            self._core.step_bf16(params, grads, loss_value, names=self._names)
+        else:
+            self._core.step(params, grads, loss_value, names=self._names)
         self._active = active
         return loss
 
@@ -376,7 +396,8 @@ class Optimizer(torch.optim.Optimizer):
         without one), as the schedulefree package's ``optimizer.eval()``."""
         if self._core is not None and not self._core.in_eval_mode:
             params, _, names, _ = self._arrays_of_active()
-            self._core.eval_mode(params, names=names)
+            if all(p.dtype != np.uint16 for p in params):  # bf16: no rule with an eval point
+                self._core.eval_mode(params, names=names)
 
     @torch.no_grad()
     def train(self) -> None:
@@ -387,7 +408,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _arrays_of_active(self):
         assert self._active is not None
-        params = [self.param_groups[gi]["params"][pj].detach().numpy() for gi, pj in self._active]
+        params = [_numpy(self.param_groups[gi]["params"][pj].detach()) for gi, pj in self._active]
         return params, None, self._names, None
 
     def __repr__(self) -> str:
@@ -405,6 +426,13 @@ class Optimizer(torch.optim.Optimizer):
         self._views = {}  # views of the unpickled tensors are made at the next step
 
 
+def _numpy(t: Any) -> np.ndarray:
+    """A numpy view (shared memory) of a CPU tensor; bfloat16 as uint16 bits."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
 def _why_not(p: Any, g: Any, what: str) -> str:
     """Why a parameter or its gradient cannot be stepped, in sgdlab's words."""
     for t, kind in ((p, what), (g, f"the gradient of {what}")):
@@ -412,8 +440,8 @@ def _why_not(p: Any, g: Any, what: str) -> str:
             return f"{kind} is on {t.device}: sgdlab steps CPU tensors"
         if t.is_sparse:
             return f"{kind} is sparse: sgdlab steps dense tensors"
-        if t.dtype not in (torch.float32, torch.float64):
-            return f"{kind} is {t.dtype}: sgdlab steps float32 or float64 tensors"
+        if t.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            return f"{kind} is {t.dtype}: sgdlab steps float32, float64 or bfloat16 tensors"
     return f"{what} or its gradient cannot be viewed as a numpy array"
 
 
@@ -422,8 +450,8 @@ def _check_tensor(p: Any, what: str) -> None:
         raise TypeError(f"{what} is a {type(p).__name__}, not a torch.Tensor")
     if p.device.type != "cpu":
         raise TypeError(f"{what} is on {p.device}: sgdlab steps CPU tensors")
-    if p.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{what} is {p.dtype}: sgdlab steps float32 or float64 tensors")
+    if p.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise TypeError(f"{what} is {p.dtype}: sgdlab steps float32, float64 or bfloat16 tensors")
     if not p.is_contiguous():
         raise ValueError(f"{what} is not contiguous: sgdlab updates parameters in place")
 
@@ -480,6 +508,7 @@ class Adam(_TorchNamed):
         skip_nonfinite: bool = False,
         state_dtype: str = "param",
         rounding: str = "stochastic",
+        master_weights: bool = False,
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(
@@ -490,7 +519,8 @@ class Adam(_TorchNamed):
             amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding)
+        self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
+                   master_weights=master_weights)
 
     def _group_rule(self, group: dict[str, Any]) -> str:
         return "adamw" if group.get("decoupled_weight_decay") else "adam"
@@ -517,10 +547,12 @@ class AdamW(_TorchNamed):
         skip_nonfinite: bool = False,
         state_dtype: str = "param",
         rounding: str = "stochastic",
+        master_weights: bool = False,
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-        self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding)
+        self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
+                   master_weights=master_weights)
 
 
 class SGD(_TorchNamed):
