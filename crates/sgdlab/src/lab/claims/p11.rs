@@ -470,13 +470,15 @@ mod tests {
 
     #[test]
     fn section_11_passes_and_its_claims_can_fail() {
-        let claims = claims(&VerifyOptions {
+        // The EMA claims; 11d and 11e (Adam, 400k elements) run in tests/verify_quick.rs.
+        let options = VerifyOptions {
             quick: true,
             ..Default::default()
-        })
-        .unwrap();
+        };
+        let mut claims = vec![nearest_stalls().unwrap()];
+        claims.extend(stochastic(&options).unwrap());
         let ids: Vec<_> = claims.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["11a", "11b", "11c", "11d", "11e"]);
+        assert_eq!(ids, ["11a", "11b", "11c"]);
         assert!(claims.iter().all(|c| c.passed), "{claims:#?}");
         // Round-to-nearest in place of stochastic rounding is caught by 11b's z alone.
         let rn_bias = claims[1].rejects[0].value;
