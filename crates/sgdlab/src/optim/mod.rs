@@ -804,7 +804,8 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// [`Optimizer::step`] over tensors the caller owns ([`ParamMut`], [`GradRef`]): the same
-    /// fused kernels, no copy.
+    /// fused kernels, no copy. An optimizer with `master_weights=true` refuses it: its
+    /// parameters are bfloat16 ([`Optimizer::step_bf16`]).
     pub fn step_views(
         &mut self,
         params: &mut [ParamMut<'_, T>],
