@@ -1,7 +1,8 @@
 //! Optimizer state on disk: safetensors with JSON metadata, written atomically.
 //!
 //! Layout: one tensor `"{slot}/{parameter}"` per state buffer (dtype and shape of the
-//! parameter), and string metadata:
+//! parameter; BF16 with `state_dtype=bf16`), `"master/{parameter}"` for the master copy of
+//! bfloat16 parameters (`master_weights=true`), and string metadata:
 //!
 //! | key | value |
 //! |---|---|
