@@ -229,6 +229,6 @@ fn section_11_runs_alone() {
         .args(["verify", "--quick", "--problem", "11"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("11c"))
-        .stdout(predicate::str::contains("3 passed, 0 failed"));
+        .stdout(predicate::str::contains("11e"))
+        .stdout(predicate::str::contains("5 passed, 0 failed"));
 }
