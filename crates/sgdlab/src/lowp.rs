@@ -24,9 +24,10 @@
 #[inline(always)]
 pub fn bf16_nearest(x: f32) -> u16 {
     let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
-    let quiet_nan = (bits >> 16) | 0x0040;
-    (if x.is_nan() { quiet_nan } else { rounded }) as u16
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+    // Selected before the one shift that both sides need (a vector loop shifts once).
+    let quiet_nan = bits | 0x0040_0000;
+    ((if x.is_nan() { quiet_nan } else { rounded }) >> 16) as u16
 }
 
 /// The bfloat16 bits of `x` rounded stochastically with the 16 random bits `r` (the low half
@@ -37,12 +38,12 @@ pub fn bf16_nearest(x: f32) -> u16 {
 pub fn bf16_stochastic(x: f32, r: u32) -> u16 {
     let bits = x.to_bits();
     // Infinities have 16 zero low bits, so adding r < 2^16 leaves them infinite.
-    let rounded = bits.wrapping_add(r & 0xFFFF) >> 16;
+    let rounded = bits.wrapping_add(r & 0xFFFF);
     // A NaN could carry into its sign (0x7FFF_FFFF + 1) or, with its payload only in the
     // dropped bits, truncate to infinity: it keeps its top bits, made quiet. (Selected in
-    // 32 bits and narrowed once, so that a vector loop packs one register, not two.)
-    let quiet_nan = (bits >> 16) | 0x0040;
-    (if x.is_nan() { quiet_nan } else { rounded }) as u16
+    // 32 bits, then shifted and narrowed once: one shift and one pack per vector.)
+    let quiet_nan = bits | 0x0040_0000;
+    ((if x.is_nan() { quiet_nan } else { rounded }) >> 16) as u16
 }
 
 /// The `f32` value of bfloat16 bits (exact).
