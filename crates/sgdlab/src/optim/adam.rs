@@ -1,7 +1,7 @@
 //! Adam and AdamW (PyTorch semantics), with AMSGrad and a choice of bias correction.
 
 use super::StepContext;
-use super::kernel::{Lowp, bf16_elements, blocks};
+use super::kernel::{Lowp, State, bf16_elements, blocks};
 use super::rule::UpdateRule;
 use super::sgd::ema_coefficients;
 use super::spec::{Debias, check, config};
@@ -165,14 +165,6 @@ impl UpdateRule for Adam {
             &["exp_avg", "exp_avg_sq"]
         }
     }
-}
-
-/// Where a chunk's state lives: buffers in the parameters' type, or bfloat16.
-pub(crate) enum State<'s, 'a, T> {
-    /// Buffers in the parameters' type, in [`UpdateRule::slots`] order.
-    Plain(&'s mut [&'a mut [T]]),
-    /// bfloat16 buffers, widened and narrowed in the element loop.
-    Bf16(&'s mut Lowp<'a>),
 }
 
 impl Adam {

@@ -234,6 +234,16 @@ pub struct Lowp<'a> {
     pub(crate) offset: u64,
 }
 
+/// Where a chunk's state lives, for a rule whose element loop serves both storages
+/// ([`UpdateRule::step_tensor`](super::UpdateRule::step_tensor) passes `Plain`,
+/// [`UpdateRule::step_tensor_bf16`](super::UpdateRule::step_tensor_bf16) `Bf16`).
+pub(crate) enum State<'s, 'a, T> {
+    /// Buffers in the parameters' type, in [`UpdateRule::slots`](super::UpdateRule::slots) order.
+    Plain(&'s mut [&'a mut [T]]),
+    /// bfloat16 buffers, widened and narrowed in the element loop ([`bf16_elements`]).
+    Bf16(&'s mut Lowp<'a>),
+}
+
 #[inline(always)]
 fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
     rule.step_tensor(ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
@@ -707,19 +717,19 @@ mod tests {
     /// blocks, from a unit that does not start at element 0 of its tensor.
     #[test]
     fn fused_bf16_loop_matches_the_scratch_path() {
-        fn check<T: Real>(spec: &str, rounding: StateRounding, prefetch: bool) {
+        fn check<T: Real>(spec: &str, rounding: StateRounding, prefetch: bool, t: u64) {
             let opt = Optimizer::<T>::from_spec(spec).unwrap();
             let rule = &opt.spec().rule;
             let n_slots = rule.slots().len();
             let n = 3 * LOWP_BLOCK + 77;
             let ctx = StepContext {
-                t: 4,
+                t,
                 lr: rule.lr(),
                 grad_scale: 0.75,
                 loss: None,
                 grad_norm_sq: 0.0,
                 numel: n,
-                beta_pow: rule.decays().map(|b| b.powf(4.0)),
+                beta_pow: rule.decays().map(|b| b.powi(t as i32)),
                 prefetch,
             };
             let g: Vec<T> = (0..n)
@@ -768,19 +778,31 @@ mod tests {
                 (bits, s)
             };
             let (fused, scratch) = (run(true), run(false));
-            assert_eq!(fused.0, scratch.0, "{spec} {rounding:?}: parameters");
-            assert_eq!(fused.1, scratch.1, "{spec} {rounding:?}: state");
+            assert_eq!(fused.0, scratch.0, "{spec} {rounding:?} t={t}: parameters");
+            assert_eq!(fused.1, scratch.1, "{spec} {rounding:?} t={t}: state");
             assert_ne!(fused.1, s0, "{spec}: the state moved");
         }
+        // Every rule with a fused loop, in each of its buffer layouts; t = 1 takes SGD's
+        // first-step branch.
         for spec in [
             "adam:lr=0.01,weight_decay=0.1",
             "adam:lr=0.01,amsgrad=true",
             "adamw:lr=0.01",
+            "sgd:lr=0.1,momentum=0.9,dampening=0.2,weight_decay=0.01",
+            "sgd:lr=0.1,momentum=0.9,nesterov=true",
+            "ema-momentum:lr=0.1,beta=0.8,debias=power",
+            "lion:lr=0.01,weight_decay=0.1",
+            "rmsprop:lr=0.01,weight_decay=0.01",
+            "rmsprop:lr=0.01,momentum=0.9",
+            "rmsprop:lr=0.01,centered=true",
+            "rmsprop:lr=0.01,momentum=0.9,centered=true",
         ] {
             for rounding in [StateRounding::Nearest, StateRounding::Stochastic] {
                 for prefetch in [false, true] {
-                    check::<f32>(spec, rounding, prefetch);
-                    check::<f64>(spec, rounding, prefetch);
+                    for t in [1, 4] {
+                        check::<f32>(spec, rounding, prefetch, t);
+                        check::<f64>(spec, rounding, prefetch, t);
+                    }
                 }
             }
         }

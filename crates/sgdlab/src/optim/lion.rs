@@ -1,7 +1,7 @@
 //! Lion (Chen et al. 2023), with optax's semantics.
 
 use super::StepContext;
-use super::kernel::blocks;
+use super::kernel::{Lowp, State, bf16_elements, blocks};
 use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
@@ -50,28 +50,59 @@ impl UpdateRule for Lion {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
-        let [m] = slots else {
-            unreachable!("lion has one slot")
-        };
+        self.step_with(ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        self.step_with(ctx, p, g, State::Bf16(state));
+        true
+    }
+}
+
+impl Lion {
+    /// One chunk's update, with $m$ in either storage.
+    #[inline(always)]
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
         let wd = T::from_f64(self.weight_decay);
         let (b1, c1) = (T::from_f64(self.beta1), T::from_f64(1.0 - self.beta1));
         let (b2, c2) = (T::from_f64(self.beta2), T::from_f64(1.0 - self.beta2));
-        blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
-            for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                let g = g * gs;
-                let c = b1 * *m + c1 * g;
-                let sign = if c > T::zero() {
-                    T::one()
-                } else if c < T::zero() {
-                    -T::one()
-                } else {
-                    T::zero()
-                };
-                *p = *p - lr * (sign + wd * *p);
-                *m = b2 * *m + c2 * g;
+        macro_rules! element {
+            () => {
+                |p: &mut T, g: T, m: &mut T| {
+                    let g = g * gs;
+                    let c = b1 * *m + c1 * g;
+                    let sign = if c > T::zero() {
+                        T::one()
+                    } else if c < T::zero() {
+                        -T::one()
+                    } else {
+                        T::zero()
+                    };
+                    *p = *p - lr * (sign + wd * *p);
+                    *m = b2 * *m + c2 * g;
+                }
+            };
+        }
+        match state {
+            State::Plain([m]) => blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
+                for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                    element!()(p, g, m);
+                }
+            }),
+            State::Bf16(lowp) => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m]| element!()(p, g, m))
             }
-        });
+            State::Plain(_) => unreachable!("lion has one slot"),
+        }
     }
 }

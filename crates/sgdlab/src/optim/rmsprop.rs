@@ -1,7 +1,7 @@
 //! RMSprop (PyTorch semantics), plain or centered, with momentum.
 
 use super::StepContext;
-use super::kernel::blocks;
+use super::kernel::{Lowp, State, bf16_elements, blocks};
 use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
@@ -61,6 +61,28 @@ impl UpdateRule for Rmsprop {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
+        self.step_with(ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        self.step_with(ctx, p, g, State::Bf16(state));
+        true
+    }
+}
+
+impl Rmsprop {
+    /// One chunk's update, with its buffers ($v$, then the momentum $b$ and the mean
+    /// $\bar g$ when on) in either storage.
+    #[inline(always)]
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let lr = T::from_f64(ctx.lr);
         let mu = T::from_f64(self.momentum);
         let k = Coefficients {
@@ -70,36 +92,63 @@ impl UpdateRule for Rmsprop {
             rate: T::from_f64(1.0 - self.alpha),
             eps: T::from_f64(self.eps),
         };
-        match (self.momentum > 0.0, slots) {
-            (false, [v]) => blocks(ctx.prefetch, p, g, [v], |p, g, [v]| {
+        let momentum = self.momentum > 0.0;
+        match (momentum, state) {
+            (false, State::Plain([v])) => blocks(ctx.prefetch, p, g, [v], |p, g, [v]| {
                 for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
                     *p = *p - lr * k.direction(*p, g, v, None);
                 }
             }),
-            (true, [v, b]) => blocks(ctx.prefetch, p, g, [v, b], |p, g, [v, b]| {
+            (true, State::Plain([v, b])) => blocks(ctx.prefetch, p, g, [v, b], |p, g, [v, b]| {
                 for (((p, &g), v), b) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(b.iter_mut()) {
                     *b = mu * *b + k.direction(*p, g, v, None);
                     *p = *p - lr * *b;
                 }
             }),
-            (false, [v, c]) => blocks(ctx.prefetch, p, g, [v, c], |p, g, [v, c]| {
+            (false, State::Plain([v, c])) => blocks(ctx.prefetch, p, g, [v, c], |p, g, [v, c]| {
                 for (((p, &g), v), c) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(c.iter_mut()) {
                     *p = *p - lr * k.direction(*p, g, v, Some(c));
                 }
             }),
-            (true, [v, b, c]) => blocks(ctx.prefetch, p, g, [v, b, c], |p, g, [v, b, c]| {
-                for ((((p, &g), v), b), c) in p
-                    .iter_mut()
-                    .zip(g)
-                    .zip(v.iter_mut())
-                    .zip(b.iter_mut())
-                    .zip(c.iter_mut())
-                {
+            (true, State::Plain([v, b, c])) => {
+                blocks(ctx.prefetch, p, g, [v, b, c], |p, g, [v, b, c]| {
+                    for ((((p, &g), v), b), c) in p
+                        .iter_mut()
+                        .zip(g)
+                        .zip(v.iter_mut())
+                        .zip(b.iter_mut())
+                        .zip(c.iter_mut())
+                    {
+                        *b = mu * *b + k.direction(*p, g, v, Some(c));
+                        *p = *p - lr * *b;
+                    }
+                })
+            }
+            (_, State::Plain(_)) => unreachable!("rmsprop slot layout"),
+            // The same element rules on bfloat16 buffers (the layout from the configuration:
+            // `Lowp` holds as many buffers as `slots()` names).
+            (false, State::Bf16(lowp)) if !self.centered => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [v]| {
+                    *p = *p - lr * k.direction(*p, g, v, None);
+                })
+            }
+            (true, State::Bf16(lowp)) if !self.centered => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [v, b]| {
+                    *b = mu * *b + k.direction(*p, g, v, None);
+                    *p = *p - lr * *b;
+                })
+            }
+            (false, State::Bf16(lowp)) => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [v, c]| {
+                    *p = *p - lr * k.direction(*p, g, v, Some(c));
+                })
+            }
+            (true, State::Bf16(lowp)) => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [v, b, c]| {
                     *b = mu * *b + k.direction(*p, g, v, Some(c));
                     *p = *p - lr * *b;
-                }
-            }),
-            _ => unreachable!("rmsprop slot layout"),
+                })
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! SGD with momentum (PyTorch semantics) and problem 3's EMA-form momentum.
 
 use super::StepContext;
-use super::kernel::blocks;
+use super::kernel::{Lowp, State, bf16_elements, blocks};
 use super::rule::UpdateRule;
 use super::spec::{Debias, check, config};
 use crate::{Error, Real, Result};
@@ -69,42 +69,71 @@ impl UpdateRule for Sgd {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
+        self.step_with(ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        self.step_with(ctx, p, g, State::Bf16(state));
+        true
+    }
+}
+
+impl Sgd {
+    /// One chunk's update, with the momentum buffer (if any) in either storage.
+    #[inline(always)]
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let lr = T::from_f64(ctx.lr);
         let gs = T::from_f64(ctx.grad_scale);
         let wd = T::from_f64(self.weight_decay);
         let mu = T::from_f64(self.momentum);
         let keep = T::from_f64(1.0 - self.dampening);
         let first = ctx.t == 1;
-        match slots {
-            [] => blocks(ctx.prefetch, p, g, [], |p, g, []| {
+        // The momentum element rule, one loop per (first step, Nesterov), so that no element
+        // tests either: the SSE2 baseline does not vectorise a loop with a select in it.
+        macro_rules! element {
+            ($first:expr, $nesterov:expr) => {
+                |p: &mut T, g: T, b: &mut T| {
+                    let d = g * gs + wd * *p;
+                    *b = if $first { d } else { mu * *b + keep * d };
+                    let step = if $nesterov { d + mu * *b } else { *b };
+                    *p = *p - lr * step;
+                }
+            };
+        }
+        macro_rules! momentum {
+            ($first:expr, $nesterov:expr) => {
+                match state {
+                    State::Plain([buf]) => blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
+                        for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                            element!($first, $nesterov)(p, g, b);
+                        }
+                    }),
+                    State::Bf16(lowp) => bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [b]| {
+                        element!($first, $nesterov)(p, g, b)
+                    }),
+                    State::Plain(_) => unreachable!("sgd has at most one slot"),
+                }
+            };
+        }
+        match (&state, first, self.nesterov) {
+            (State::Plain([]), _, _) => blocks(ctx.prefetch, p, g, [], |p, g, []| {
                 for (p, &g) in p.iter_mut().zip(g) {
                     let d = g * gs + wd * *p;
                     *p = *p - lr * d;
                 }
             }),
-            [buf] => {
-                // One loop per (first step, Nesterov), so that no element tests either: the
-                // SSE2 baseline does not vectorise a loop with a select in it.
-                macro_rules! momentum {
-                    ($first:expr, $nesterov:expr) => {
-                        blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
-                            for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-                                let d = g * gs + wd * *p;
-                                *b = if $first { d } else { mu * *b + keep * d };
-                                let step = if $nesterov { d + mu * *b } else { *b };
-                                *p = *p - lr * step;
-                            }
-                        })
-                    };
-                }
-                match (first, self.nesterov) {
-                    (true, true) => momentum!(true, true),
-                    (true, false) => momentum!(true, false),
-                    (false, true) => momentum!(false, true),
-                    (false, false) => momentum!(false, false),
-                }
-            }
-            _ => unreachable!("sgd has at most one slot"),
+            (_, true, true) => momentum!(true, true),
+            (_, true, false) => momentum!(true, false),
+            (_, false, true) => momentum!(false, true),
+            (_, false, false) => momentum!(false, false),
         }
     }
 }
@@ -154,20 +183,51 @@ impl UpdateRule for EmaMomentum {
         slots: &mut [&mut [T]],
         _scalars: &[f64],
     ) {
-        let [m] = slots else {
-            unreachable!("ema-momentum has one slot")
-        };
+        self.step_with(ctx, p, g, State::Plain(slots));
+    }
+
+    #[inline(always)]
+    fn step_tensor_bf16<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        state: &mut Lowp<'_>,
+        _scalars: &[f64],
+    ) -> bool {
+        self.step_with(ctx, p, g, State::Bf16(state));
+        true
+    }
+}
+
+impl EmaMomentum {
+    /// One chunk's update, with $m$ in either storage.
+    #[inline(always)]
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let (decay, rate, factor) =
             ema_coefficients(self.beta, ctx.beta_pow[0], self.debias, ctx.t);
         let (decay, rate) = (T::from_f64(decay), T::from_f64(rate));
         let step = T::from_f64(ctx.lr * factor);
         let gs = T::from_f64(ctx.grad_scale);
-        blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
-            for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                *m = decay * *m + rate * (g * gs);
-                *p = *p - step * *m;
+        macro_rules! element {
+            () => {
+                |p: &mut T, g: T, m: &mut T| {
+                    *m = decay * *m + rate * (g * gs);
+                    *p = *p - step * *m;
+                }
+            };
+        }
+        match state {
+            State::Plain([m]) => blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
+                for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                    element!()(p, g, m);
+                }
+            }),
+            State::Bf16(lowp) => {
+                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m]| element!()(p, g, m))
             }
-        });
+            State::Plain(_) => unreachable!("ema-momentum has one slot"),
+        }
     }
 }
 
