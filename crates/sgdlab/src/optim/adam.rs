@@ -1,8 +1,8 @@
 //! Adam and AdamW (PyTorch semantics), with AMSGrad and a choice of bias correction.
 
 use super::StepContext;
-use super::kernel::{Lowp, State, bf16_elements, blocks};
-use super::rule::UpdateRule;
+use super::kernel::{State, bf16_elements, blocks};
+use super::rule::{UpdateRule, fused_steps};
 use super::sgd::ema_coefficients;
 use super::spec::{Debias, check, config};
 use crate::{Real, Result};
@@ -89,29 +89,14 @@ impl UpdateRule for AdamW {
         [self.beta1, self.beta2]
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        Adam::from(self).step_with(true, ctx, p, g, State::Plain(slots));
-    }
+    fused_steps!();
+}
 
+impl AdamW {
+    /// One chunk's update ([`fused_steps`]): Adam's, with decoupled weight decay.
     #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        Adam::from(self).step_with(true, ctx, p, g, State::Bf16(state));
-        true
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
+        Adam::from(self).step_with_decay(true, ctx, p, g, state);
     }
 }
 
@@ -124,30 +109,7 @@ impl UpdateRule for Adam {
         [self.beta1, self.beta2]
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        self.step_with(false, ctx, p, g, State::Plain(slots));
-    }
-
-    #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        self.step_with(false, ctx, p, g, State::Bf16(state));
-        true
-    }
+    fused_steps!();
 
     /// Checks ranges.
     fn validate(&self) -> Result<()> {
@@ -174,9 +136,15 @@ impl Adam {
         Adam::from(&AdamW::default())
     }
 
+    /// One chunk's update ([`fused_steps`]), with coupled (L2) weight decay.
+    #[inline(always)]
+    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
+        self.step_with_decay(false, ctx, p, g, state);
+    }
+
     /// The update with coupled (L2, `adam`) or decoupled (`adamw`) weight decay.
     #[inline(always)]
-    pub(crate) fn step_with<T: Real>(
+    pub(crate) fn step_with_decay<T: Real>(
         &self,
         decoupled: bool,
         ctx: &StepContext,

@@ -244,6 +244,31 @@ pub(crate) enum State<'s, 'a, T> {
     Bf16(&'s mut Lowp<'a>),
 }
 
+/// Runs a one-buffer element rule over a chunk whose buffer is in either storage
+/// ([`State`]): `$element`, a closure `|p: &mut T, g: T, m: &mut T|`, is written out in each
+/// loop, so that each copy inlines into its loop (a closure called from two loops may be
+/// left out of line, and then compiled without the caller's SIMD features).
+macro_rules! one_buffer {
+    ($prefetch:expr, $p:expr, $g:expr, $state:expr, $element:expr, $rule:literal) => {
+        match $state {
+            $crate::optim::kernel::State::Plain([m]) => {
+                $crate::optim::kernel::blocks($prefetch, $p, $g, [m], |p, g, [m]| {
+                    for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                        ($element)(p, g, m);
+                    }
+                })
+            }
+            $crate::optim::kernel::State::Bf16(lowp) => {
+                $crate::optim::kernel::bf16_elements($prefetch, $p, $g, lowp, |p, g, [m]| {
+                    ($element)(p, g, m)
+                })
+            }
+            $crate::optim::kernel::State::Plain(_) => unreachable!(concat!($rule, " has one slot")),
+        }
+    };
+}
+pub(crate) use one_buffer;
+
 #[inline(always)]
 fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
     rule.step_tensor(ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);

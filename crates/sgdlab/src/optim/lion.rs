@@ -1,8 +1,8 @@
 //! Lion (Chen et al. 2023), with optax's semantics.
 
 use super::StepContext;
-use super::kernel::{Lowp, State, bf16_elements, blocks};
-use super::rule::UpdateRule;
+use super::kernel::{State, one_buffer};
+use super::rule::{UpdateRule, fused_steps};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -41,30 +41,7 @@ impl UpdateRule for Lion {
         &["exp_avg"]
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        self.step_with(ctx, p, g, State::Plain(slots));
-    }
-
-    #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        self.step_with(ctx, p, g, State::Bf16(state));
-        true
-    }
+    fused_steps!();
 }
 
 impl Lion {
@@ -93,16 +70,6 @@ impl Lion {
                 }
             };
         }
-        match state {
-            State::Plain([m]) => blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
-                for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                    element!()(p, g, m);
-                }
-            }),
-            State::Bf16(lowp) => {
-                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m]| element!()(p, g, m))
-            }
-            State::Plain(_) => unreachable!("lion has one slot"),
-        }
+        one_buffer!(ctx.prefetch, p, g, state, element!(), "lion")
     }
 }

@@ -1,8 +1,8 @@
 //! RMSprop (PyTorch semantics), plain or centered, with momentum.
 
 use super::StepContext;
-use super::kernel::{Lowp, State, bf16_elements, blocks};
-use super::rule::UpdateRule;
+use super::kernel::{State, bf16_elements, blocks};
+use super::rule::{UpdateRule, fused_steps};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -52,30 +52,7 @@ impl UpdateRule for Rmsprop {
         }
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        self.step_with(ctx, p, g, State::Plain(slots));
-    }
-
-    #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        self.step_with(ctx, p, g, State::Bf16(state));
-        true
-    }
+    fused_steps!();
 }
 
 impl Rmsprop {

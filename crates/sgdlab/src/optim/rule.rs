@@ -142,3 +142,37 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         false
     }
 }
+
+/// The two step methods of a rule whose element loop serves both state storages through an
+/// inherent `fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state:
+/// kernel::State<'_, '_, T>)`: [`UpdateRule::step_tensor`] hands it the plain buffers,
+/// [`UpdateRule::step_tensor_bf16`] the bfloat16 ones (the fused loop).
+macro_rules! fused_steps {
+    () => {
+        #[inline(always)]
+        fn step_tensor<T: $crate::Real>(
+            &self,
+            ctx: &$crate::optim::StepContext,
+            p: &mut [T],
+            g: &[T],
+            slots: &mut [&mut [T]],
+            _scalars: &[f64],
+        ) {
+            self.step_with(ctx, p, g, $crate::optim::kernel::State::Plain(slots));
+        }
+
+        #[inline(always)]
+        fn step_tensor_bf16<T: $crate::Real>(
+            &self,
+            ctx: &$crate::optim::StepContext,
+            p: &mut [T],
+            g: &[T],
+            state: &mut $crate::optim::kernel::Lowp<'_>,
+            _scalars: &[f64],
+        ) -> bool {
+            self.step_with(ctx, p, g, $crate::optim::kernel::State::Bf16(state));
+            true
+        }
+    };
+}
+pub(crate) use fused_steps;

@@ -1,8 +1,8 @@
 //! SGD with momentum (PyTorch semantics) and problem 3's EMA-form momentum.
 
 use super::StepContext;
-use super::kernel::{Lowp, State, bf16_elements, blocks};
-use super::rule::UpdateRule;
+use super::kernel::{State, blocks, one_buffer};
+use super::rule::{UpdateRule, fused_steps};
 use super::spec::{Debias, check, config};
 use crate::{Error, Real, Result};
 
@@ -60,30 +60,7 @@ impl UpdateRule for Sgd {
         }
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        self.step_with(ctx, p, g, State::Plain(slots));
-    }
-
-    #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        self.step_with(ctx, p, g, State::Bf16(state));
-        true
-    }
+    fused_steps!();
 }
 
 impl Sgd {
@@ -108,21 +85,6 @@ impl Sgd {
                 }
             };
         }
-        macro_rules! momentum {
-            ($first:expr, $nesterov:expr) => {
-                match state {
-                    State::Plain([buf]) => blocks(ctx.prefetch, p, g, [buf], |p, g, [buf]| {
-                        for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-                            element!($first, $nesterov)(p, g, b);
-                        }
-                    }),
-                    State::Bf16(lowp) => bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [b]| {
-                        element!($first, $nesterov)(p, g, b)
-                    }),
-                    State::Plain(_) => unreachable!("sgd has at most one slot"),
-                }
-            };
-        }
         match (&state, first, self.nesterov) {
             (State::Plain([]), _, _) => blocks(ctx.prefetch, p, g, [], |p, g, []| {
                 for (p, &g) in p.iter_mut().zip(g) {
@@ -130,10 +92,18 @@ impl Sgd {
                     *p = *p - lr * d;
                 }
             }),
-            (_, true, true) => momentum!(true, true),
-            (_, true, false) => momentum!(true, false),
-            (_, false, true) => momentum!(false, true),
-            (_, false, false) => momentum!(false, false),
+            (_, true, true) => {
+                one_buffer!(ctx.prefetch, p, g, state, element!(true, true), "sgd")
+            }
+            (_, true, false) => {
+                one_buffer!(ctx.prefetch, p, g, state, element!(true, false), "sgd")
+            }
+            (_, false, true) => {
+                one_buffer!(ctx.prefetch, p, g, state, element!(false, true), "sgd")
+            }
+            (_, false, false) => {
+                one_buffer!(ctx.prefetch, p, g, state, element!(false, false), "sgd")
+            }
         }
     }
 }
@@ -174,30 +144,7 @@ impl UpdateRule for EmaMomentum {
         &["exp_avg"]
     }
 
-    #[inline(always)]
-    fn step_tensor<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        self.step_with(ctx, p, g, State::Plain(slots));
-    }
-
-    #[inline(always)]
-    fn step_tensor_bf16<T: Real>(
-        &self,
-        ctx: &StepContext,
-        p: &mut [T],
-        g: &[T],
-        state: &mut Lowp<'_>,
-        _scalars: &[f64],
-    ) -> bool {
-        self.step_with(ctx, p, g, State::Bf16(state));
-        true
-    }
+    fused_steps!();
 }
 
 impl EmaMomentum {
@@ -217,17 +164,7 @@ impl EmaMomentum {
                 }
             };
         }
-        match state {
-            State::Plain([m]) => blocks(ctx.prefetch, p, g, [m], |p, g, [m]| {
-                for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                    element!()(p, g, m);
-                }
-            }),
-            State::Bf16(lowp) => {
-                bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m]| element!()(p, g, m))
-            }
-            State::Plain(_) => unreachable!("ema-momentum has one slot"),
-        }
+        one_buffer!(ctx.prefetch, p, g, state, element!(), "ema-momentum")
     }
 }
 
