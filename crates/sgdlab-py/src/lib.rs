@@ -289,47 +289,21 @@ fn report_dict<'py>(
     Ok(d)
 }
 
-fn step_typed<'py, T: Real + numpy::Element>(
+/// Borrows a step's arrays as the library's views (parameters of `P`, gradients of `G`) and
+/// runs `run` on them with the GIL released: [`Optimizer::step_views`] for float arrays,
+/// [`Optimizer::step_bf16`] / [`Optimizer::step_bf16_params`] for bfloat16 parameters.
+fn step_on_views<'py, P: numpy::Element, G: numpy::Element + Sync>(
     py: Python<'py>,
-    opt: &mut Optimizer<T>,
-    mut arrays: Borrowed<'py, T>,
-    info: &StepInfo,
-) -> PyResult<sgdlab::optim::StepReport> {
-    let shapes: Vec<Vec<usize>> = arrays.params.iter().map(|a| a.shape().to_vec()).collect();
-    let gshapes: Vec<Vec<usize>> = arrays.grads.iter().map(|a| a.shape().to_vec()).collect();
-    let mut pviews = Vec::with_capacity(arrays.params.len());
-    for ((rw, name), shape) in arrays.params.iter_mut().zip(&arrays.names).zip(&shapes) {
-        let data = rw
-            .as_slice_mut()
-            .map_err(|e| PyValueError::new_err(format!("parameter `{name}`: {e}")))?;
-        pviews.push(ParamMut::new(name, shape, data).map_err(lib_err)?);
-    }
-    let mut gviews = Vec::with_capacity(arrays.grads.len());
-    for ((ro, name), shape) in arrays.grads.iter().zip(&arrays.names).zip(&gshapes) {
-        let data = ro
-            .as_slice()
-            .map_err(|e| PyValueError::new_err(format!("gradient of `{name}`: {e}")))?;
-        gviews.push(GradRef::new(name, shape, data).map_err(lib_err)?);
-    }
-    py.detach(|| opt.step_views(&mut pviews, &gviews, info))
-        .map_err(lib_err)
-}
-
-/// A step on bfloat16 parameters (`uint16` bits) with gradients of `G` (`uint16` bits, or
-/// `float32`), through [`Optimizer::step_bf16`] / [`Optimizer::step_bf16_params`].
-fn step_bf16_typed<'py, G: numpy::Element + Sync>(
-    py: Python<'py>,
-    opt: &mut Optimizer<f32>,
-    mut arrays: Borrowed<'py, u16, G>,
-    info: &StepInfo,
+    mut arrays: Borrowed<'py, P, G>,
     run: impl FnOnce(
-        &mut Optimizer<f32>,
-        &mut [ParamMut<'_, u16>],
+        &mut [ParamMut<'_, P>],
         &[GradRef<'_, G>],
-        &StepInfo,
     ) -> sgdlab::Result<sgdlab::optim::StepReport>
     + Send,
-) -> PyResult<sgdlab::optim::StepReport> {
+) -> PyResult<sgdlab::optim::StepReport>
+where
+    for<'a> ParamMut<'a, P>: Send,
+{
     let shapes: Vec<Vec<usize>> = arrays.params.iter().map(|a| a.shape().to_vec()).collect();
     let gshapes: Vec<Vec<usize>> = arrays.grads.iter().map(|a| a.shape().to_vec()).collect();
     let mut pviews = Vec::with_capacity(arrays.params.len());
@@ -346,8 +320,7 @@ fn step_bf16_typed<'py, G: numpy::Element + Sync>(
             .map_err(|e| PyValueError::new_err(format!("gradient of `{name}`: {e}")))?;
         gviews.push(GradRef::new(name, shape, data).map_err(lib_err)?);
     }
-    py.detach(|| run(opt, &mut pviews, &gviews, info))
-        .map_err(lib_err)
+    py.detach(|| run(&mut pviews, &gviews)).map_err(lib_err)
 }
 
 /// Whether `obj` is a C-contiguous numpy array of dtype `T` (native byte order).
@@ -522,8 +495,12 @@ impl PyOptimizer {
             micro_batches,
         };
         let report = match &mut self.inner {
-            Inner::F32(o) => step_typed(py, o, borrow_all(names, &ps, &gs)?, &info)?,
-            Inner::F64(o) => step_typed(py, o, borrow_all(names, &ps, &gs)?, &info)?,
+            Inner::F32(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                o.step_views(p, g, &info)
+            })?,
+            Inner::F64(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                o.step_views(p, g, &info)
+            })?,
         };
         report_dict(py, &report)
     }
@@ -584,12 +561,12 @@ impl PyOptimizer {
             unreachable!("rebuilt as float32 above");
         };
         let report = if bf16_grads {
-            step_bf16_typed(py, o, borrow_all(names, &ps, &gs)?, &info, |o, p, g, i| {
-                o.step_bf16(p, g, i)
+            step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                o.step_bf16(p, g, &info)
             })?
         } else {
-            step_bf16_typed(py, o, borrow_all(names, &ps, &gs)?, &info, |o, p, g, i| {
-                o.step_bf16_params(p, g, i)
+            step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                o.step_bf16_params(p, g, &info)
             })?
         };
         report_dict(py, &report)
