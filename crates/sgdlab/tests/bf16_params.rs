@@ -39,21 +39,29 @@ fn shapes(ps: &[Vec<u16>]) -> Vec<Vec<usize>> {
     vec![vec![ps[0].len() / 100, 100], vec![ps[1].len()]]
 }
 
+/// The library's views of parameter tensors named [`NAMES`].
+fn param_views<'a, T>(ps: &'a mut [Vec<T>], shapes: &'a [Vec<usize>]) -> Vec<ParamMut<'a, T>> {
+    ps.iter_mut()
+        .zip(NAMES)
+        .zip(shapes)
+        .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
+        .collect()
+}
+
+/// The library's views of gradient tensors named [`NAMES`].
+fn grad_views<'a, T>(gs: &'a [Vec<T>], shapes: &'a [Vec<usize>]) -> Vec<GradRef<'a, T>> {
+    gs.iter()
+        .zip(NAMES)
+        .zip(shapes)
+        .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
+        .collect()
+}
+
 /// One `step_bf16_params` (bf16 parameters, f32 gradients).
 fn step(opt: &mut Optimizer<f32>, ps: &mut [Vec<u16>], gs: &[Vec<f32>]) -> StepOutcome {
     let shapes = shapes(ps);
-    let mut views: Vec<ParamMut<'_, u16>> = ps
-        .iter_mut()
-        .zip(NAMES)
-        .zip(&shapes)
-        .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
-        .collect();
-    let gviews: Vec<GradRef<'_, f32>> = gs
-        .iter()
-        .zip(NAMES)
-        .zip(&shapes)
-        .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
-        .collect();
+    let mut views = param_views(ps, &shapes);
+    let gviews = grad_views(gs, &shapes);
     opt.step_bf16_params(&mut views, &gviews, &StepInfo::default())
         .unwrap()
         .outcome
@@ -81,18 +89,8 @@ fn master_weights_step_like_f32_and_round_to_nearest() {
             let g = grads(&ps, t);
             assert_eq!(step(&mut opt, &mut ps, &g), StepOutcome::Applied);
             let shapes = shapes(&ps);
-            let mut views: Vec<ParamMut<'_, f32>> = master
-                .iter_mut()
-                .zip(NAMES)
-                .zip(&shapes)
-                .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
-                .collect();
-            let gviews: Vec<GradRef<'_, f32>> = g
-                .iter()
-                .zip(NAMES)
-                .zip(&shapes)
-                .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
-                .collect();
+            let mut views = param_views(&mut master, &shapes);
+            let gviews = grad_views(&g, &shapes);
             reference
                 .step_views(&mut views, &gviews, &StepInfo::default())
                 .unwrap();
@@ -125,18 +123,8 @@ fn without_master_nearest_is_the_f32_step_rounded() {
         let g = grads(&ps, t);
         step(&mut opt, &mut ps, &g);
         let shapes = shapes(&ps);
-        let mut views: Vec<ParamMut<'_, f32>> = wide
-            .iter_mut()
-            .zip(NAMES)
-            .zip(&shapes)
-            .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
-            .collect();
-        let gviews: Vec<GradRef<'_, f32>> = g
-            .iter()
-            .zip(NAMES)
-            .zip(&shapes)
-            .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
-            .collect();
+        let mut views = param_views(&mut wide, &shapes);
+        let gviews = grad_views(&g, &shapes);
         reference
             .step_views(&mut views, &gviews, &StepInfo::default())
             .unwrap();
@@ -265,18 +253,8 @@ fn bf16_gradients_are_their_exact_widening() {
         let g32: Vec<Vec<f32>> = g16.iter().map(|g| widen(g)).collect();
         step(&mut ob, &mut b, &g32);
         let shapes = shapes(&a);
-        let mut views: Vec<ParamMut<'_, u16>> = a
-            .iter_mut()
-            .zip(NAMES)
-            .zip(&shapes)
-            .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
-            .collect();
-        let gviews: Vec<GradRef<'_, u16>> = g16
-            .iter()
-            .zip(NAMES)
-            .zip(&shapes)
-            .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
-            .collect();
+        let mut views = param_views(&mut a, &shapes);
+        let gviews = grad_views(&g16, &shapes);
         oa.step_bf16(&mut views, &gviews, &StepInfo::default())
             .unwrap();
     }
@@ -297,18 +275,8 @@ fn errors_change_nothing() {
     let mut bad = grads(&ps, 1);
     bad[0][17] = f32::NAN;
     let shapes = shapes(&ps);
-    let mut views: Vec<ParamMut<'_, u16>> = ps
-        .iter_mut()
-        .zip(NAMES)
-        .zip(&shapes)
-        .map(|((p, n), s)| ParamMut::new(n, s, p).unwrap())
-        .collect();
-    let gviews: Vec<GradRef<'_, f32>> = bad
-        .iter()
-        .zip(NAMES)
-        .zip(&shapes)
-        .map(|((g, n), s)| GradRef::new(n, s, g).unwrap())
-        .collect();
+    let mut views = param_views(&mut ps, &shapes);
+    let gviews = grad_views(&bad, &shapes);
     let err = opt
         .step_bf16_params(&mut views, &gviews, &StepInfo::default())
         .unwrap_err()
