@@ -17,32 +17,39 @@
 //! learning rate) computed once in `f64`. Quantities over all tensors (the gradient norm for
 //! `clip_norm` and `normsgd`) and the finiteness check come from one deterministic pre-pass.
 
-pub mod adagrad;
-pub mod adam;
-pub mod adamax;
-pub mod ademamix;
 pub(crate) mod checkpoint;
 pub mod group;
 pub mod kernel;
-pub mod lion;
-pub mod madam;
 mod mixed;
-pub mod muon;
-pub mod nadam;
-pub mod radam;
-pub mod rmsprop;
+#[macro_use]
+mod registry;
 pub mod rule;
-pub mod rules;
 pub mod schedule;
-pub mod schedulefree;
-pub mod sgd;
 pub mod spec;
+
+// The registry: one line per optimizer module (its file in this directory), naming the
+// configuration types that become `Rule`'s variants. Nothing else names individual rules.
+registry! {
+    sgd::{Sgd, EmaMomentum},
+    adam::{Adam, AdamW},
+    rmsprop::{Rmsprop},
+    adagrad::{Adagrad},
+    lion::{Lion},
+    madam::{Madam},
+    rules::{NormSgd, Multiplicative, LossProp},
+    adamax::{Adamax},
+    nadam::{Nadam},
+    radam::{Radam},
+    ademamix::{Ademamix},
+    muon::{Muon},
+    schedulefree::{SfSgd, SfAdamW},
+}
 
 pub use checkpoint::{StateDict, stored_dtype};
 pub use group::GroupSpec;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;
-pub use spec::{Debias, OptimizerSpec, Rule, StateDtype, StateRounding};
+pub use spec::{Debias, OptimizerSpec, StateDtype, StateRounding};
 
 use crate::error::check_len;
 use crate::{Error, Real, Result};

@@ -3,8 +3,9 @@
 //!
 //! Adding an optimizer is one file — its `config!` block (keys, defaults, docs) and its
 //! `impl UpdateRule` (validation, state buffers, per-element update) — and one line in the
-//! registry of [`spec`](super::spec), which makes it known to specs, checkpoints, the
-//! kernels, the lab and bench. Nothing else names individual rules.
+//! `registry!` invocation in `optim/mod.rs` (`module::{Type},`), which declares the module
+//! and makes the rule known to specs, checkpoints, the kernels, the lab and bench as a
+//! variant of [`Rule`](super::Rule). Nothing else names individual rules.
 
 use super::StepContext;
 use super::kernel::Lowp;

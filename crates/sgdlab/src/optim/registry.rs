@@ -1,0 +1,175 @@
+//! The registry of update rules: the one place that names every optimizer.
+//!
+//! [`registry!`] takes one line per rule module, `module::{Type, ...}`, and declares the module
+//! (`pub mod module;`, the file `optim/module.rs`), the [`Rule`](super::Rule) enum with a
+//! variant per configuration type, [`NAMES`](super::NAMES), and every method of `Rule` as a
+//! dispatch to the type's [`UpdateRule`](super::UpdateRule) implementation. Adding an
+//! optimizer is its file and its line in the invocation in `optim/mod.rs`.
+
+/// Declares the rule modules, the [`Rule`](super::Rule) enum, [`NAMES`](super::NAMES) and
+/// `Rule`'s dispatching methods from one line per module: `module::{Type, ...}`, each `Type`
+/// a configuration implementing [`UpdateRule`](super::UpdateRule) whose variant takes its name.
+macro_rules! registry {
+    ($( $module:ident::{ $( $variant:ident ),+ $(,)? } ),* $(,)?) => {
+        $( pub mod $module; )*
+
+        /// The update rule of an optimizer, with its hyper-parameters: one variant per
+        /// optimizer, each a configuration implementing [`UpdateRule`].
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Rule {
+            $( $(
+                #[doc = concat!("The rule of [`", stringify!($module), "::", stringify!($variant), "`].")]
+                $variant($module::$variant),
+            )+ )*
+        }
+
+        /// The optimizer names a spec may start with.
+        pub const NAMES: &[&str] = &[$( $( <$module::$variant as Keys>::NAME, )+ )*];
+
+        impl Rule {
+            /// The rule's name in a spec string.
+            pub fn name(&self) -> &'static str {
+                match self { $( $( Rule::$variant(_) => <$module::$variant as Keys>::NAME, )+ )* }
+            }
+
+            /// The keys the rule accepts (besides the global `clip_norm`, `skip_nonfinite`,
+            /// `check_finite`).
+            pub fn keys(&self) -> &'static [&'static str] {
+                match self { $( $( Rule::$variant(_) => <$module::$variant as Keys>::KEYS, )+ )* }
+            }
+
+            /// The rule with all defaults for `name`.
+            pub fn default_for(name: &str) -> Result<Self> {
+                $( $( if name == <$module::$variant as Keys>::NAME {
+                    return Ok(Rule::$variant(<$module::$variant>::default()));
+                } )+ )*
+                Err(Error::invalid(
+                    "optimizer",
+                    name,
+                    format!("unknown optimizer; known: {}", NAMES.join(", ")),
+                ))
+            }
+
+            fn set(&mut self, key: &str, text: &str) -> Result<()> {
+                match self { $( $( Rule::$variant(c) => c.set_key(key, text), )+ )* }
+            }
+
+            fn non_default_pairs(&self) -> Vec<(&'static str, String)> {
+                match self { $( $( Rule::$variant(c) => c.changed_keys(), )+ )* }
+            }
+
+            /// Checks every hyper-parameter's range and their combinations.
+            pub fn validate(&self) -> Result<()> {
+                match self { $( $( Rule::$variant(c) => c.validate(), )+ )* }
+            }
+
+            /// The decay rates whose $t$-th powers the update needs, taken once per step
+            /// (`powf` costs more than a small tensor's loop).
+            pub fn decays(&self) -> [f64; 2] {
+                match self { $( $( Rule::$variant(c) => c.decays(), )+ )* }
+            }
+
+            /// The learning rate.
+            pub fn lr(&self) -> f64 {
+                match self { $( $( Rule::$variant(c) => c.lr(), )+ )* }
+            }
+
+            /// Names of the per-parameter state buffers.
+            pub fn slots(&self) -> &'static [&'static str] {
+                match self { $( $( Rule::$variant(c) => c.slots(), )+ )* }
+            }
+
+            /// Names of the scalars kept per tensor.
+            pub fn tensor_scalars(&self) -> &'static [&'static str] {
+                match self { $( $( Rule::$variant(c) => c.tensor_scalars(), )+ )* }
+            }
+
+            /// The initial value of every state buffer.
+            pub(crate) fn initial_state(&self) -> f64 {
+                match self { $( $( Rule::$variant(c) => c.initial_state(), )+ )* }
+            }
+
+            /// Whether state buffer `slot` starts as a copy of the parameters.
+            pub fn slot_starts_at_params(&self, slot: usize) -> bool {
+                match self { $( $( Rule::$variant(c) => c.slot_starts_at_params(slot), )+ )* }
+            }
+
+            /// Whether the rule steps whole tensors (by shape) instead of chunks.
+            pub fn whole_tensor(&self) -> bool {
+                match self { $( $( Rule::$variant(c) => c.whole_tensor(), )+ )* }
+            }
+
+            /// Checks that the rule can step tensor `name` of `shape`.
+            pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+                match self { $( $( Rule::$variant(c) => c.check_shape(name, shape), )+ )* }
+            }
+
+            pub(crate) fn step_whole<T: crate::Real>(
+                &self,
+                ctx: &StepContext,
+                shape: &[usize],
+                p: &mut [T],
+                g: &[T],
+                slots: &mut [&mut [T]],
+                scalars: &[f64],
+            ) {
+                match self { $( $( Rule::$variant(c) => c.step_whole(ctx, shape, p, g, slots, scalars), )+ )* }
+            }
+
+            /// The state buffer holding the point to evaluate, if not the parameters.
+            pub fn eval_slot(&self) -> Option<usize> {
+                match self { $( $( Rule::$variant(c) => c.eval_slot(), )+ )* }
+            }
+
+            pub(crate) fn train_point<T: crate::Real>(&self, p: &mut [T], slots: &[&[T]]) {
+                match self { $( $( Rule::$variant(c) => c.train_point(p, slots), )+ )* }
+            }
+
+            /// Whether a step needs the loss.
+            pub fn needs_loss(&self) -> bool {
+                match self { $( $( Rule::$variant(c) => c.needs_loss(), )+ )* }
+            }
+
+            /// Whether a step needs the global gradient norm.
+            pub fn needs_norm(&self) -> bool {
+                match self { $( $( Rule::$variant(c) => c.needs_norm(), )+ )* }
+            }
+
+            pub(crate) fn begin_tensor<T: crate::Real>(
+                &self,
+                ctx: &StepContext,
+                p: &[T],
+                scalars: &mut [f64],
+            ) {
+                match self { $( $( Rule::$variant(c) => c.begin_tensor(ctx, p, scalars), )+ )* }
+            }
+
+            /// One chunk's update (inlined into each SIMD copy of the kernel).
+            #[inline(always)]
+            pub(crate) fn step_tensor<T: crate::Real>(
+                &self,
+                ctx: &StepContext,
+                p: &mut [T],
+                g: &[T],
+                slots: &mut [&mut [T]],
+                scalars: &[f64],
+            ) {
+                match self { $( $( Rule::$variant(c) => c.step_tensor(ctx, p, g, slots, scalars), )+ )* }
+            }
+
+            /// One chunk's update with bfloat16 state through the rule's fused loop; `false`
+            /// when it has none.
+            #[inline(always)]
+            pub(crate) fn step_tensor_bf16<T: crate::Real>(
+                &self,
+                ctx: &StepContext,
+                p: &mut [T],
+                g: &[T],
+                state: &mut kernel::Lowp<'_>,
+                scalars: &[f64],
+            ) -> bool {
+                match self { $( $( Rule::$variant(c) => c.step_tensor_bf16(ctx, p, g, state, scalars), )+ )* }
+            }
+        }
+        };
+}
