@@ -1,18 +1,18 @@
 //! The registry of update rules: the one place that names every optimizer.
 //!
-//! [`registry!`] takes one line per rule module, `module::{Type, ...}`, and declares the module
-//! (`pub mod module;`, the file `optim/module.rs`), the [`Rule`](super::Rule) enum with a
-//! variant per configuration type, [`NAMES`](super::NAMES), and every method of `Rule` as a
-//! dispatch to the type's [`UpdateRule`](super::UpdateRule) implementation. Adding an
-//! optimizer is its file and its line in the invocation in `optim/mod.rs`.
+//! [`registry!`] takes one line per rule module, `module::{Type, ...}`, and declares the
+//! [`Rule`](super::Rule) enum with a variant per configuration type, [`NAMES`](super::NAMES),
+//! and every method of `Rule` as a dispatch to the type's [`UpdateRule`](super::UpdateRule)
+//! implementation. Adding an optimizer is its file, its `pub mod` item and its line in the
+//! invocation, both in `optim/mod.rs`. The macro does not declare the modules itself: rustfmt
+//! and cargo-mutants find source files only through `mod` items written in the source, so a
+//! macro-declared module would be silently left unformatted and unmutated.
 
-/// Declares the rule modules, the [`Rule`](super::Rule) enum, [`NAMES`](super::NAMES) and
+/// Declares the [`Rule`](super::Rule) enum, [`NAMES`](super::NAMES) and
 /// `Rule`'s dispatching methods from one line per module: `module::{Type, ...}`, each `Type`
 /// a configuration implementing [`UpdateRule`](super::UpdateRule) whose variant takes its name.
 macro_rules! registry {
     ($( $module:ident::{ $( $variant:ident ),+ $(,)? } ),* $(,)?) => {
-        $( pub mod $module; )*
-
         /// The update rule of an optimizer, with its hyper-parameters: one variant per
         /// optimizer, each a configuration implementing [`UpdateRule`].
         #[derive(Clone, Debug, PartialEq)]
