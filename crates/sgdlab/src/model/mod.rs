@@ -153,6 +153,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn loss_units_parse_by_name_and_refuse_others() {
+        assert_eq!("nats".parse::<LossUnit>().ok(), Some(LossUnit::Nats));
+        assert_eq!("bits".parse::<LossUnit>().ok(), Some(LossUnit::Bits));
+        for bad in ["", "Bits", "nat", "decibels"] {
+            let err = bad.parse::<LossUnit>().err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("nats or bits")),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn class_labels_are_integers_in_zero_to_classes() {
+        assert_eq!(
+            class_labels(Some(&[0.0, 2.0, 1.0]), 3).ok(),
+            Some(vec![0, 2, 1])
+        );
+        // The first bad label is named: one past the last class, negative, fractional, NaN.
+        for (targets, bad) in [
+            (vec![0.0, 1.0, 3.0], "example 2: label 3 "),
+            (vec![-1.0], "example 0: label -1 "),
+            (vec![1.0, 0.5], "example 1: label 0.5 "),
+            (vec![f64::NAN], "example 0: label NaN "),
+        ] {
+            let err = class_labels(Some(&targets), 3).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(bad)),
+                "{targets:?}: {err:?}"
+            );
+        }
+        assert!(class_labels(None, 3).is_err());
+    }
+
+    #[test]
     fn softplus_is_stable() {
         assert_eq!(softplus(1000.0), 1000.0);
         assert!(softplus(-1000.0) >= 0.0 && softplus(-1000.0) < 1e-300);

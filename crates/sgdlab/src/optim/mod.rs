@@ -1273,6 +1273,45 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn views_report_what_they_were_built_from() {
+        let mut w = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let g = [0.5f32; 6];
+        let p = ParamMut::new("w", &[2, 3], &mut w).expect("2 x 3 = 6");
+        assert_eq!(
+            (p.name(), p.shape(), p.data()),
+            (
+                "w",
+                &[2usize, 3][..],
+                &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0][..]
+            )
+        );
+        let r = GradRef::new("w", &[3, 2], &g).expect("3 x 2 = 6");
+        assert_eq!(
+            (r.name(), r.shape(), r.data()),
+            ("w", &[3usize, 2][..], &g[..])
+        );
+        let mut b = vec![7.0f64];
+        let p = ParamMut::vector("b", &mut b);
+        assert_eq!(
+            (p.name(), p.shape(), p.data()),
+            ("b", &[1usize][..], &[7.0][..])
+        );
+        let r = GradRef::vector("b", &[0.25f64, 0.5]);
+        assert_eq!(
+            (r.name(), r.shape(), r.data()),
+            ("b", &[2usize][..], &[0.25, 0.5][..])
+        );
+        assert!(ParamMut::new("w", &[4], &mut w).is_err());
+        assert!(GradRef::new("w", &[2, 2], &g).is_err());
+        let t = Tensor::new("t", vec![0, 3], Vec::<f32>::new()).expect("empty");
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+        let t = Tensor::vector("t", vec![1.0f32]);
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
     fn one(x: Vec<f64>) -> Vec<Tensor<f64>> {
         vec![Tensor::vector("p", x)]
     }
@@ -1308,7 +1347,13 @@ mod tests {
             .step(&mut p, &one(vec![f64::INFINITY]), &StepInfo::default())
             .unwrap();
         assert_eq!(out.outcome, StepOutcome::Skipped);
+        assert!(!out.applied());
         assert_eq!((opt.steps(), opt.skipped(), p[0].data()[0]), (0, 1, 1.0));
+        let out = opt
+            .step(&mut p, &one(vec![0.5]), &StepInfo::default())
+            .unwrap();
+        assert!(out.applied());
+        assert_eq!((opt.steps(), opt.skipped()), (1, 1));
     }
 
     #[test]
