@@ -1274,6 +1274,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn groups_and_schedule_read_back() {
+        let groups: Vec<GroupSpec> = vec![
+            "*.bias:weight_decay=0".parse().unwrap(),
+            "embed.*:rule=lion,lr=1e-4".parse().unwrap(),
+        ];
+        let opt = Optimizer::<f32>::with_groups("adamw:lr=1e-3".parse().unwrap(), groups.clone())
+            .unwrap();
+        assert_eq!(opt.groups(), &groups[..]);
+        let mut opt = Optimizer::<f32>::from_spec("sgd:lr=0.1").unwrap();
+        assert!(opt.groups().is_empty());
+        assert_eq!(opt.schedule().to_string(), "constant");
+        opt.set_schedule("cosine:100,0.1".parse().unwrap()).unwrap();
+        assert_eq!(opt.schedule().to_string(), "cosine:100,0.1");
+        assert_eq!(opt.schedule().factor(100), 0.1);
+    }
+
+    #[test]
+    fn the_schedule_counts_skipped_steps_and_the_layout_is_fixed_by_the_first_step() {
+        // Skipped steps advance the schedule (as PyTorch's scheduler.step() would): after two
+        // applied steps and one skipped, the next step is the schedule's fourth, 0.5^3.
+        let mut opt = Optimizer::from_spec("sgd:lr=1,skip_nonfinite=true").unwrap();
+        opt.set_schedule("exp:0.5".parse().unwrap()).unwrap();
+        let mut p = one(vec![1.0]);
+        assert_eq!(opt.layout(), None);
+        for g in [1.0, f64::NAN, 1.0] {
+            opt.step(&mut p, &one(vec![g]), &StepInfo::default())
+                .unwrap();
+        }
+        assert_eq!((opt.steps(), opt.skipped()), (2, 1));
+        assert_eq!(opt.current_lr(), 0.125);
+        assert_eq!(opt.layout(), Some(&[("p".to_string(), vec![1])][..]));
+    }
+
+    #[test]
     fn views_report_what_they_were_built_from() {
         let mut w = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
         let g = [0.5f32; 6];
