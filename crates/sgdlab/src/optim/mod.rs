@@ -1692,4 +1692,54 @@ mod tests {
         opt.step(&mut p, &one(vec![1.0]), &info).unwrap();
         assert_eq!(p[0].data()[0], -0.25);
     }
+
+    /// `huge_filled` advises the kernel of exactly the whole 2 MiB pages inside the buffer:
+    /// the advice splits the mapping there, and `/proc/self/smaps` shows the advised part as
+    /// its own mapping with the `hg` (MADV_HUGEPAGE) flag. Skipped where the kernel has no
+    /// transparent huge pages.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_filled_advises_the_whole_huge_pages_inside_the_buffer() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            return;
+        }
+        const HUGE: usize = 2 << 20;
+        // The mapping of `addr` in smaps: its bounds and whether it carries the advice.
+        let mapping_of = |addr: usize| -> (usize, usize, bool) {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut found = None;
+            for line in smaps.lines() {
+                let range = line.split_whitespace().next().unwrap_or("");
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        found = (a <= addr && addr < b).then_some((a, b, false)).or(found);
+                        continue;
+                    }
+                }
+                if let (Some(flags), Some((a, b, false))) = (line.strip_prefix("VmFlags:"), found) {
+                    if a <= addr && addr < b {
+                        return (a, b, flags.split_whitespace().any(|f| f == "hg"));
+                    }
+                }
+            }
+            panic!("no mapping holds {addr:#x}");
+        };
+        let n = (5 * HUGE + 12_345) / 4;
+        let v = huge_filled(n, |i| i as f32);
+        assert_eq!(v.len(), n);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
+        let start = v.as_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        let end = (start + 4 * n) / HUGE * HUGE;
+        assert!(end - aligned >= 4 * HUGE, "{aligned:#x}..{end:#x}");
+        assert_eq!(mapping_of(aligned), (aligned, end, true));
+        // Below the first whole huge page: the allocation's own mapping, not advised.
+        assert!(!mapping_of(aligned - 1).2);
+        // A buffer under 4 MiB is left alone.
+        let small = huge_filled((2 * HUGE - 4) / 4, |_| 0f32);
+        let inside = (small.as_ptr() as usize).next_multiple_of(4096);
+        assert!(!mapping_of(inside).2);
+    }
 }
