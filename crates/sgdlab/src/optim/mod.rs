@@ -954,12 +954,7 @@ impl<T: Real> Optimizer<T> {
         }
         self.step += 1;
         let numel: usize = params.iter().map(|p| p.data.len()).sum();
-        let state_bytes: usize = params
-            .iter()
-            .zip(&self.tensors)
-            .map(|(p, s)| p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len()))
-            .sum();
-        let prefetch = state_bytes >= kernel::PREFETCH_MIN_BYTES;
+        let prefetch = self.prefetches(params);
         // One context per group: its rule's learning rate and decay powers; the gradient
         // scale, norm and size are global.
         let contexts: Vec<StepContext> = self
@@ -1267,6 +1262,27 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
         s.push_str(", ...");
     }
     s
+}
+
+/// The working set of a step, which decides whether the element loops prefetch.
+impl<T: Real> Optimizer<T> {
+    /// The working set of a step in bytes: parameters, gradient and state buffers at their
+    /// element sizes, $\sum_{\text{tensors}} n\,\big((2 + k)\,b_T + 2\,k_{16}\big)$ for $n$
+    /// elements, $k$ state buffers of $b_T$-byte elements and $k_{16}$ bfloat16 ones. (The
+    /// master copy of bfloat16 parameters is `params` itself when it is stepped.)
+    fn working_set_bytes(&self, params: &[ParamMut<'_, T>]) -> usize {
+        params
+            .iter()
+            .zip(&self.tensors)
+            .map(|(p, s)| p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len()))
+            .sum()
+    }
+
+    /// Whether the element loops prefetch ahead: from a working set of
+    /// [`kernel::PREFETCH_MIN_BYTES`] on, where the arrays stream from memory.
+    fn prefetches(&self, params: &[ParamMut<'_, T>]) -> bool {
+        self.working_set_bytes(params) >= kernel::PREFETCH_MIN_BYTES
+    }
 }
 
 #[cfg(test)]
@@ -1741,5 +1757,66 @@ mod tests {
         let small = huge_filled((2 * HUGE - 4) / 4, |_| 0f32);
         let inside = (small.as_ptr() as usize).next_multiple_of(4096);
         assert!(!mapping_of(inside).2);
+    }
+
+    /// The working set counts parameters, gradient and state at their element sizes, and
+    /// prefetching starts exactly at [`kernel::PREFETCH_MIN_BYTES`] (a speed decision only:
+    /// nothing else would notice it going wrong).
+    #[test]
+    fn the_working_set_counts_every_buffer_and_prefetching_starts_at_its_threshold() {
+        fn stepped<T: Real>(spec: &str, lens: &[usize]) -> (Optimizer<T>, Vec<Tensor<T>>) {
+            let mut opt = Optimizer::<T>::from_spec(spec).unwrap();
+            let mut p: Vec<Tensor<T>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Tensor::new(format!("p{i}"), vec![n], vec![T::from_f64(1.0); n]))
+                .collect::<Result<_>>()
+                .unwrap();
+            let g = p.clone();
+            opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+            (opt, p)
+        }
+        fn bytes<T: Real>(spec: &str, lens: &[usize]) -> usize {
+            let (opt, mut p) = stepped::<T>(spec, lens);
+            let views: Vec<ParamMut<'_, T>> = p.iter_mut().map(ParamMut::from).collect();
+            opt.working_set_bytes(&views)
+        }
+        // Per element: p and g, plus the state (m and v for Adam, the momentum buffer for SGD).
+        assert_eq!(bytes::<f32>("sgd", &[3, 5]), 8 * 8);
+        assert_eq!(bytes::<f32>("adam", &[3, 5]), 16 * 8);
+        assert_eq!(bytes::<f64>("adam", &[3, 5]), 32 * 8);
+        assert_eq!(
+            bytes::<f32>("sgd:momentum=0.9,state_dtype=bf16", &[3, 5]),
+            10 * 8
+        );
+        assert_eq!(bytes::<f32>("adam:state_dtype=bf16", &[3, 5]), 12 * 8);
+        // Adam in f32 moves 16 B an element: 2 Mi elements are exactly the threshold.
+        let at = kernel::PREFETCH_MIN_BYTES / 16;
+        for (n, expected) in [(at, true), (at - 1, false)] {
+            let (opt, mut p) = stepped::<f32>("adam", &[n]);
+            let views: Vec<ParamMut<'_, f32>> = p.iter_mut().map(ParamMut::from).collect();
+            assert_eq!(opt.prefetches(&views), expected, "{n} elements");
+        }
+    }
+
+    /// The reported learning rate is the step's own: the rule's `lr` times the schedule's
+    /// factor times `lr_scale`, on applied and skipped steps alike.
+    #[test]
+    fn the_report_gives_the_scaled_scheduled_learning_rate() {
+        let mut opt = Optimizer::from_spec("sgd:lr=0.1,skip_nonfinite=true").unwrap();
+        opt.set_schedule("exp:0.5".parse().unwrap()).unwrap();
+        let info = StepInfo {
+            lr_scale: 0.5,
+            ..StepInfo::default()
+        };
+        let mut p = one(vec![1.0]);
+        let report = opt.step(&mut p, &one(vec![2.0]), &info).unwrap();
+        assert_eq!(report.lr, 0.1 * 0.5);
+        assert_eq!(p[0].data()[0], 1.0 - 0.1 * 0.5 * 2.0);
+        let report = opt.step(&mut p, &one(vec![f64::NAN]), &info).unwrap();
+        assert_eq!(report.outcome, StepOutcome::Skipped);
+        assert_eq!(report.lr, 0.1 * (0.5 * 0.5));
+        let report = opt.step(&mut p, &one(vec![2.0]), &info).unwrap();
+        assert_eq!(report.lr, 0.1 * (0.25 * 0.5));
     }
 }
