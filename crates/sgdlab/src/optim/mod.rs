@@ -1723,21 +1723,21 @@ mod tests {
         // The mapping of `addr` in smaps: its bounds and whether it carries the advice.
         let mapping_of = |addr: usize| -> (usize, usize, bool) {
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-            let mut found = None;
+            let hex = |s: &str| usize::from_str_radix(s, 16).ok();
+            // Each mapping is a header line `start-end perms ...`, then fields, VmFlags last.
+            let mut holding = None;
             for line in smaps.lines() {
-                let range = line.split_whitespace().next().unwrap_or("");
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) =
-                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                    {
-                        found = (a <= addr && addr < b).then_some((a, b, false)).or(found);
-                        continue;
-                    }
-                }
-                if let (Some(flags), Some((a, b, false))) = (line.strip_prefix("VmFlags:"), found) {
-                    if a <= addr && addr < b {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    if let Some((a, b)) = holding {
                         return (a, b, flags.split_whitespace().any(|f| f == "hg"));
                     }
+                } else if let Some((a, b)) = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|range| range.split_once('-'))
+                    .and_then(|(a, b)| Some((hex(a)?, hex(b)?)))
+                {
+                    holding = (a <= addr && addr < b).then_some((a, b));
                 }
             }
             panic!("no mapping holds {addr:#x}");
