@@ -1753,9 +1753,11 @@ mod tests {
         assert_eq!(mapping_of(aligned), (aligned, end, true));
         // Below the first whole huge page: the allocation's own mapping, not advised.
         assert!(!mapping_of(aligned - 1).2);
-        // A buffer under 4 MiB is left alone.
+        // A buffer under 4 MiB is left alone, though a whole huge page lies inside it.
         let small = huge_filled((2 * HUGE - 4) / 4, |_| 0f32);
-        let inside = (small.as_ptr() as usize).next_multiple_of(4096);
+        let start = small.as_ptr() as usize;
+        let inside = start.next_multiple_of(HUGE);
+        assert!(inside + HUGE <= start + 4 * small.len());
         assert!(!mapping_of(inside).2);
     }
 
