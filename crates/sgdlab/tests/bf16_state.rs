@@ -181,6 +181,29 @@ fn stochastic_rounding_is_unbiased_in_the_optimizer() {
     assert!((rn - exact).abs() > 50.0 * se, "RN {rn} vs exact {exact}");
 }
 
+/// Each element of a tensor draws its own stochastic rounding (its index is the counter of
+/// the tensor's stream), also across the units the step is cut into for the threads: on a
+/// constant gradient no two blocks of 1,024 elements round alike.
+#[test]
+fn every_element_of_a_large_tensor_draws_its_own_rounding() {
+    let n = 1 << 17;
+    let mut p = vec![Tensor::vector("p", vec![0.0f32; n])];
+    let g = vec![Tensor::vector("p", vec![1.0f32 / 3.0; n])];
+    let mut opt =
+        Optimizer::<f32>::from_spec("sgd:lr=0.0,momentum=0.9,state_dtype=bf16,sr_seed=3").unwrap();
+    opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+    let buf = opt.state_bf16("momentum_buffer", 0).unwrap();
+    assert_eq!(buf.len(), n);
+    let (lo, hi) = (buf.iter().min().unwrap(), buf.iter().max().unwrap());
+    assert_eq!(hi - lo, 1, "1/3 rounds to its two bfloat16 neighbours");
+    let mut seen = std::collections::HashMap::new();
+    for (k, block) in buf.chunks(1024).enumerate() {
+        if let Some(j) = seen.insert(block, k) {
+            panic!("blocks {j} and {k} rounded alike");
+        }
+    }
+}
+
 #[test]
 fn bad_combinations_are_errors() {
     for (spec, what) in [
