@@ -1821,4 +1821,29 @@ mod tests {
         let report = opt.step(&mut p, &one(vec![2.0]), &info).unwrap();
         assert_eq!(report.lr, 0.1 * (0.25 * 0.5));
     }
+
+    /// Error messages list up to five tensor names, then an ellipsis.
+    #[test]
+    fn names_lists_up_to_five() {
+        let list = |k: usize| names(["a", "b", "c", "d", "e", "f"].into_iter().take(k));
+        assert_eq!(list(0), "");
+        assert_eq!(list(2), "`a`, `b`");
+        assert_eq!(list(5), "`a`, `b`, `c`, `d`, `e`");
+        assert_eq!(list(6), "`a`, `b`, `c`, `d`, `e`, ...");
+        let mut opt = Optimizer::from_spec("sgd").unwrap();
+        let mut p = vec![
+            Tensor::vector("w", vec![1.0]),
+            Tensor::vector("b", vec![1.0]),
+        ];
+        let g = p.clone();
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let err = opt
+            .step(&mut p[..1], &g[..1], &StepInfo::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 tensors (`w`, `b`), this step passes 1"),
+            "{err}"
+        );
+    }
 }
