@@ -841,4 +841,28 @@ mod tests {
             .is_err()
         );
     }
+
+    /// `points` takes every column as a coordinate; the other models need the target column.
+    #[test]
+    fn only_points_builds_without_a_target_column() {
+        let data = || parse_csv("1,2\n3,4\n", false).unwrap();
+        let points = AuditModel::build("points", data(), false, LossUnit::Nats).unwrap();
+        assert_eq!(points.minimizer().unwrap(), vec![2.0, 3.0]);
+        for kind in ["linreg", "logreg", "softmax"] {
+            let err = AuditModel::build(kind, data(), true, LossUnit::Nats)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(&format!("the {kind} model needs a target column")),
+                "{kind}: {err}"
+            );
+        }
+        let labelled = parse_csv("1,0\n3,1\n", true).unwrap();
+        let err = AuditModel::build("ridge", labelled, false, LossUnit::Nats)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("points, linreg, logreg, softmax"), "{err}");
+    }
 }
