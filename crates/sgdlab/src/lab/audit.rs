@@ -865,4 +865,28 @@ mod tests {
             .to_string();
         assert!(err.contains("points, linreg, logreg, softmax"), "{err}");
     }
+
+    /// The simulation steps with the loss (loss-proportional rules need it) and at
+    /// `lr_scale`·η: at scale 0 the iterate never leaves its start.
+    #[test]
+    fn the_simulation_passes_the_loss_and_the_learning_rate_scale() {
+        let data = parse_csv("0,0\n2,0\n0,2\n", false).unwrap();
+        let model = AuditModel::build("points", data, false, LossUnit::Nats).unwrap();
+        let options = SimulationOptions {
+            burn_in: 10,
+            steps: 1000,
+            seed: 1,
+        };
+        let start = [5.0, -1.0];
+        let sgd: OptimizerSpec = "sgd:lr=0.1".parse().unwrap();
+        let (fp, se) = simulated_fixed_point(model.model(), &sgd, &start, 0.0, &options).unwrap();
+        assert_eq!(fp, start);
+        assert_eq!(se, [0.0, 0.0]);
+        let (fp, _) = simulated_fixed_point(model.model(), &sgd, &start, 1.0, &options).unwrap();
+        assert!(distance(&fp, &[2.0 / 3.0, 2.0 / 3.0]) < 0.5, "{fp:?}");
+        let lossprop: OptimizerSpec = "lossprop:lr=0.1".parse().unwrap();
+        let (fp, _) =
+            simulated_fixed_point(model.model(), &lossprop, &start, 1.0, &options).unwrap();
+        assert!(fp.iter().all(|x| x.is_finite()), "{fp:?}");
+    }
 }
