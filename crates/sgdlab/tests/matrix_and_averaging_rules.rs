@@ -131,7 +131,7 @@ fn schedule_free_swaps_to_x_and_back_bit_for_bit() {
             .map(|k| opt.eval_point(k).unwrap().to_vec())
             .collect();
         assert_ne!(x[0], y[0].data(), "{spec}: x and y differ after warm-up");
-        assert!(!opt.in_eval_mode(), "{spec}: a new optimizer trains");
+        assert!(!opt.in_eval_mode(), "{spec}: in train mode until eval_mode");
         let mut views: Vec<ParamMut<'_, f32>> = p.iter_mut().map(ParamMut::from).collect();
         opt.eval_mode(&mut views).unwrap();
         opt.eval_mode(&mut views).unwrap(); // twice is a no-op
