@@ -889,4 +889,121 @@ mod tests {
             simulated_fixed_point(model.model(), &lossprop, &start, 1.0, &options).unwrap();
         assert!(fp.iter().all(|x| x.is_finite()), "{fp:?}");
     }
+
+    /// A model of one example whose loss and gradient a closure gives.
+    struct Analytic<F>(usize, F);
+
+    impl<F: Fn(&[f64], &mut [f64]) -> f64 + Sync> Model<f64> for Analytic<F> {
+        fn dim(&self) -> usize {
+            self.0
+        }
+        fn examples(&self) -> usize {
+            1
+        }
+        fn loss_grad(&self, phi: &[f64], _: usize, grad: &mut [f64]) -> f64 {
+            (self.1)(phi, grad)
+        }
+        fn parameter_names(&self) -> Vec<String> {
+            (0..self.0).map(|j| format!("x{j}")).collect()
+        }
+    }
+
+    /// The helpers of the Newton iterations against hand values: the 2-norm, the symmetric
+    /// part of a 3×3 matrix, and a central-difference Jacobian of a non-polynomial map at a
+    /// point far from the origin (where the relative step size matters).
+    #[test]
+    fn norm_symmetrize_and_jacobian_by_hand() {
+        assert_eq!(norm(&[3.0, -4.0]), 5.0);
+        let mut a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+        symmetrize(&mut a, 3);
+        assert_eq!(a, [1.0, 3.0, 5.0, 3.0, 5.0, 7.0, 5.0, 7.0, 9.0]);
+        // f(x) = (10⁻¹² x0³ + 2 x1, exp(x1/10) x0):
+        // J = [[3·10⁻¹² x0², 2], [exp(x1/10), x0 exp(x1/10)/10]].
+        let x = [1.0e4, 3.0];
+        let jac = jacobian(&x, |p, out| {
+            out[0] = 1e-12 * p[0].powi(3) + 2.0 * p[1];
+            out[1] = (p[1] / 10.0).exp() * p[0];
+        });
+        let e = (0.3f64).exp();
+        let want = [3.0e-4, 2.0, e, 1.0e4 * e / 10.0];
+        for (k, (got, want)) in jac.iter().zip(want).enumerate() {
+            assert!(
+                (got / want - 1.0).abs() < 1e-7,
+                "entry {k}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// $\sum_j \sqrt{1 + (x_j - c_j)^2}$ (pseudo-Huber), minimised at `c`: from more than one
+    /// unit away, Newton's undamped step overshoots ($x - c \mapsto -(x-c)^3$), so only the
+    /// damping (raised on a failed step, lowered again on success) reaches the minimiser.
+    fn pseudo_huber(c: [f64; 2]) -> Analytic<impl Fn(&[f64], &mut [f64]) -> f64 + Sync> {
+        Analytic(2, move |p: &[f64], g: &mut [f64]| {
+            let mut loss = 0.0;
+            for j in 0..2 {
+                let r = (1.0 + (p[j] - c[j]).powi(2)).sqrt();
+                g[j] = (p[j] - c[j]) / r;
+                loss += r;
+            }
+            loss
+        })
+    }
+
+    #[test]
+    fn minimize_damps_newton_steps_that_overshoot() {
+        let c = [3.0, -2.0];
+        let star = minimize(&pseudo_huber(c), &[0.0, 0.0]).unwrap();
+        assert!(distance(&star, &c) < 1e-9, "{star:?}");
+        // The same far out: the damping must first grow by many decades, then shrink again.
+        let c = [40.0, 25.0];
+        let star = minimize(&pseudo_huber(c), &[0.0, 0.0]).unwrap();
+        assert!(distance(&star, &c) < 1e-9, "{star:?}");
+    }
+
+    /// $e^{-x}$ has no minimiser: Newton walks off by one unit a step while the gradient
+    /// vanishes. The error says so, and the walk is not taken for a minimiser even though the
+    /// gradient drops below the tolerance (its Newton step stays 1, not tiny).
+    #[test]
+    fn minimize_refuses_a_loss_that_only_vanishes_at_infinity() {
+        let model = Analytic(1, |p: &[f64], g: &mut [f64]| {
+            g[0] = -(-p[0]).exp();
+            (-p[0]).exp()
+        });
+        let err = minimize(&model, &[0.0]).unwrap_err().to_string();
+        assert!(
+            err.contains("its gradient vanishes only as the parameters grow"),
+            "{err}"
+        );
+    }
+
+    /// A loss that falls linearly forever has no curvature to stop the damped Newton step
+    /// $-g/\mu$, which grows as the damping $\mu$ shrinks after each success: it is refused
+    /// once $\lVert\Phi\rVert$ passes $10^8$, within a few steps, not after 500 (each
+    /// costs a Jacobian over the data).
+    #[test]
+    fn minimize_refuses_a_loss_without_curvature_promptly() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = AtomicUsize::new(0);
+        let linear = Analytic(1, |p: &[f64], g: &mut [f64]| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            g[0] = -1.0;
+            -p[0]
+        });
+        let err = minimize(&linear, &[0.0]).unwrap_err().to_string();
+        assert!(err.contains("the loss has no finite minimiser"), "{err}");
+        let calls = calls.into_inner();
+        assert!(calls < 50, "{calls} gradient evaluations");
+    }
+
+    /// The audit refuses lr = 0 for what it is, not by some later failure.
+    #[test]
+    fn zero_lr_is_refused_by_name() {
+        let m = points("0\n3\n");
+        for spec in ["sgd:lr=0", "sgd:lr=0,momentum=0.9"] {
+            let err = audit(&m, &[spec.parse().unwrap()], &SimulationOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lr must be > 0"), "{spec}: {err}");
+        }
+    }
 }
