@@ -1006,4 +1006,187 @@ mod tests {
             assert!(err.contains("lr must be > 0"), "{spec}: {err}");
         }
     }
+
+    /// τ and the batch-means SE in the small cases worked by hand: four values (one per
+    /// batch; τ = 1.5 from ρ₁ = 1/4), a constant series (τ = 1, SE 0), and an alternating one
+    /// (anticorrelated: τ floored at 1/n).
+    #[test]
+    fn batch_means_and_autocorrelation_by_hand() {
+        let mut bm = BatchMeans::new(1, 4);
+        for x in [1.0, 2.0, 3.0, 4.0] {
+            bm.push(&[x]);
+        }
+        assert_eq!(integrated_autocorrelation_time(&[1.0, 2.0, 3.0, 4.0]), 1.5);
+        let (mean, se) = bm.finish();
+        assert_eq!(mean, [2.5]);
+        // Sample variance 5/3, τ = 1.5, 4 batches: SE² = (5/3)(1.5)/4 = 0.625.
+        assert!((se[0] - 0.625f64.sqrt()).abs() < 1e-15, "{se:?}");
+        assert_eq!(integrated_autocorrelation_time(&[7.0; 10]), 1.0);
+        let mut bm = BatchMeans::new(2, 6);
+        for _ in 0..6 {
+            bm.push(&[7.0, -1.0]);
+        }
+        assert_eq!(bm.finish(), (vec![7.0, -1.0], vec![0.0, 0.0]));
+        let alternating: Vec<f64> = (0..10)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        assert_eq!(integrated_autocorrelation_time(&alternating), 0.1);
+    }
+
+    /// For a stateless rule there is no state to average over: with at most 64 examples the
+    /// simulated drift is the exact expected update, every sample alike (SE 0 up to rounding). With more,
+    /// one drawn example per sample: unbiased, with a positive SE.
+    #[test]
+    fn the_simulated_drift_of_a_stateless_rule_is_the_exact_one() {
+        let options = SimulationOptions {
+            burn_in: 100,
+            steps: 2_000,
+            seed: 5,
+        };
+        let spec: OptimizerSpec = "normsgd:lr=0.1,eps=1".parse().unwrap();
+        let m = points("0\n0\n3\n");
+        let (exact, _) = expected_update(m.model(), &spec, &[1.0]).unwrap();
+        assert!(exact[0] < -0.1, "{exact:?}");
+        let (drift, se) = stationary_drift(m.model(), &spec, &[1.0], &options).unwrap();
+        assert!(
+            (drift[0] - exact[0]).abs() < 1e-12,
+            "{drift:?} vs {exact:?}"
+        );
+        assert!(se[0] < 1e-12, "{se:?}");
+        let many: String = (0..65).map(|i| format!("{}\n", (i % 3) as f64)).collect();
+        let m = points(&many);
+        let star = m.minimizer().unwrap();
+        let (exact, _) = expected_update(m.model(), &spec, &star).unwrap();
+        let (drift, se) = stationary_drift(m.model(), &spec, &star, &options).unwrap();
+        assert!(se[0] > 1e-3, "{se:?}");
+        assert!(
+            (drift[0] - exact[0]).abs() < 4.5 * se[0],
+            "{drift:?} vs {exact:?} ± {se:?}"
+        );
+    }
+
+    /// SGD with momentum μ held at the minimiser of points {0, 0, 3}: the drift sample is
+    /// $-\mu b_t$ with $b_t = \mu b_{t-1} + g_t$, an AR(1) of innovation variance σ² = 2, so the
+    /// SE of its mean over N samples is $\mu\sigma/((1-\mu)\sqrt N)$.
+    #[test]
+    fn the_drift_standard_error_of_momentum_is_the_exact_asymptotic_one() {
+        let options = SimulationOptions {
+            burn_in: 1_000,
+            steps: 200_000,
+            seed: 2,
+        };
+        let spec: OptimizerSpec = "sgd:lr=0.1,momentum=0.5".parse().unwrap();
+        let m = points("0\n0\n3\n");
+        let (drift, se) = stationary_drift(m.model(), &spec, &[1.0], &options).unwrap();
+        let exact = 0.5 * 2f64.sqrt() / (0.5 * (options.steps as f64).sqrt());
+        assert!((se[0] / exact - 1.0).abs() < 0.15, "{} vs {exact}", se[0]);
+        assert!(drift[0].abs() < 4.5 * exact, "{drift:?}");
+    }
+
+    /// Newton on the expected update backtracks when the full step overshoots (normsgd with
+    /// a small ε saturates like a sign, so its Newton step from the mean lands far beyond the
+    /// root), and reports convergence against a tolerance that scales with the step size.
+    #[test]
+    fn fixed_point_backtracks_and_reports_convergence() {
+        let spec: OptimizerSpec = "normsgd:lr=0.1,eps=0.01".parse().unwrap();
+        let m = points("0\n0\n3\n");
+        let fp = fixed_point(m.model(), &spec, &[1.0]).unwrap();
+        assert!(fp.converged && fp.residual <= 1e-12, "{fp:?}");
+        assert!(fp.point[0] > 0.0 && fp.point[0] < 0.2, "{fp:?}");
+        let (f, _) = expected_update(m.model(), &spec, &fp.point).unwrap();
+        assert_eq!(f[0].abs(), fp.residual);
+        // Steps of ~10⁶: converged means a residual within 10⁻¹² of that, not of 1.
+        let m = points("1e6\n2e6\n4e6\n");
+        let spec: OptimizerSpec = "sgd:lr=0.1".parse().unwrap();
+        let star = m.minimizer().unwrap();
+        let fp = fixed_point(m.model(), &spec, &star).unwrap();
+        assert!(fp.converged && fp.residual <= 1e-6, "{fp:?}");
+        let a = audit(&m, &[spec], &SimulationOptions::default()).unwrap();
+        assert!(a.optimizers[0].consistent, "{:?}", a.optimizers[0]);
+    }
+
+    /// A stateful audit's parts are the measurements they are documented to be: the drift
+    /// and fixed point of `stationary_drift` and `simulated_fixed_point`, the half-rate run with
+    /// twice the burn-in and steps on the next seed, and the extrapolation $2\bar\Phi_{\eta/2} -
+    /// \bar\Phi_\eta$.
+    #[test]
+    fn a_stateful_audit_is_made_of_its_documented_parts() {
+        let m = points("0\n0\n3\n");
+        let spec: OptimizerSpec = "sgd:lr=0.05,momentum=0.5".parse().unwrap();
+        let options = SimulationOptions {
+            burn_in: 300,
+            steps: 3_000,
+            seed: 9,
+        };
+        let a = audit(&m, std::slice::from_ref(&spec), &options).unwrap();
+        let o = &a.optimizers[0];
+        let star = [1.0];
+        let (drift, drift_se) = stationary_drift(m.model(), &spec, &star, &options).unwrap();
+        let (fp, se) = simulated_fixed_point(m.model(), &spec, &star, 1.0, &options).unwrap();
+        let half = SimulationOptions {
+            burn_in: 600,
+            steps: 6_000,
+            seed: 10,
+        };
+        let (fp_half, _) = simulated_fixed_point(m.model(), &spec, &star, 0.5, &half).unwrap();
+        assert_eq!(o.drift, drift);
+        assert_eq!(o.drift_stderr.as_ref(), Some(&drift_se));
+        assert_eq!(o.fixed_point, fp);
+        assert_eq!(o.stderr.as_ref(), Some(&se));
+        assert_eq!(o.fixed_point_half_lr.as_ref(), Some(&fp_half));
+        assert_eq!(o.extrapolated, Some(vec![2.0 * fp_half[0] - fp[0]]));
+        assert_eq!(o.fixed_point_distance, (fp[0] - 1.0).abs());
+        assert_eq!(o.drift_norm, drift[0].abs());
+    }
+
+    /// Consistency of a stateful rule: RMSprop with a short memory divides each example's
+    /// gradient by a root mean square that includes it, so the large gradient is damped more
+    /// and the drift at the minimiser is far outside its error bars; SGD momentum where every
+    /// example's gradient is exactly 0 has drift 0 with SE 0, and is consistent.
+    #[test]
+    fn stateful_consistency_by_the_error_bars() {
+        let options = SimulationOptions {
+            burn_in: 500,
+            steps: 5_000,
+            seed: 4,
+        };
+        let m = points("0\n0\n3\n");
+        let spec: OptimizerSpec = "rmsprop:lr=0.01,alpha=0.5".parse().unwrap();
+        let a = audit(&m, &[spec], &options).unwrap();
+        let o = &a.optimizers[0];
+        assert!(!o.consistent && o.drift[0] < -0.05, "{o:?}");
+        let m = points("5\n5\n");
+        let spec: OptimizerSpec = "sgd:lr=0.1,momentum=0.9".parse().unwrap();
+        let a = audit(&m, &[spec], &options).unwrap();
+        let o = &a.optimizers[0];
+        assert_eq!(
+            (o.drift_norm, o.drift_stderr.as_deref()),
+            (0.0, Some(&[0.0][..]))
+        );
+        assert!(o.consistent, "{o:?}");
+    }
+
+    /// The audit takes up to [`MAX_AUDIT_PARAMS`] parameters, inclusive.
+    #[test]
+    fn the_parameter_limit_is_inclusive() {
+        let row = |v: f64, d: usize| vec![format!("{v}"); d].join(",");
+        for (d, ok) in [(MAX_AUDIT_PARAMS, true), (MAX_AUDIT_PARAMS + 1, false)] {
+            let m = points(&format!("{}\n{}\n", row(0.0, d), row(2.0, d)));
+            let r = audit(
+                &m,
+                &["sgd:lr=0.1".parse().unwrap()],
+                &SimulationOptions::default(),
+            );
+            match r {
+                Ok(a) => {
+                    assert!(ok, "{d} parameters accepted");
+                    assert_eq!(a.minimizer, vec![1.0; d]);
+                }
+                Err(e) => {
+                    assert!(!ok, "{d}: {e}");
+                    assert!(e.to_string().contains("accepts at most 1024"), "{e}");
+                }
+            }
+        }
+    }
 }
