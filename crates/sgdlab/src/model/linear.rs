@@ -274,4 +274,43 @@ mod tests {
             assert!((a - f64::from(*b)).abs() < 1e-6);
         }
     }
+
+    /// Sizes, names and losses by hand on `small()` (4 examples, 2 features, labels 1 0 1 0)
+    /// at Φ = (0.3, −0.7, 0.2): example 0 has x = (0.5, −1), so w·x = 0.85, z = 0.85 + b.
+    #[test]
+    fn sizes_names_and_losses_by_hand() {
+        let phi = [0.3, -0.7, 0.2];
+        let points = Points::new(small());
+        assert_eq!(points.data().row(2), [-1.0, 1.5]);
+        assert_eq!(
+            (Model::<f64>::dim(&points), Model::<f64>::examples(&points)),
+            (2, 4)
+        );
+        assert_eq!(Model::<f64>::parameter_names(&points), ["phi0", "phi1"]);
+        // ½((0.3 − 0.5)² + (−0.7 + 1)²) = ½(0.04 + 0.09).
+        let l = Model::<f64>::loss(&points, &phi[..2], 0);
+        assert!((l - 0.065).abs() < 1e-15, "{l}");
+        for bias in [true, false] {
+            let d = 2 + usize::from(bias);
+            let names: &[&str] = if bias {
+                &["w0", "w1", "b"]
+            } else {
+                &["w0", "w1"]
+            };
+            let linreg = LinReg::new(small(), bias).unwrap();
+            let logreg = LogReg::new(small(), bias, LossUnit::Bits).unwrap();
+            for m in [&linreg as &dyn Model<f64>, &logreg] {
+                assert_eq!((m.dim(), m.examples()), (d, 4));
+                assert_eq!(m.parameter_names(), names);
+            }
+            let z = 0.85 + if bias { 0.2 } else { 0.0 };
+            // ½(z − 1)² for y = 1.
+            let l = linreg.loss(&phi[..d], 0);
+            assert!((l - 0.5 * (z - 1.0) * (z - 1.0)).abs() < 1e-15, "{l}");
+            // (log(1 + e^z) − z)/ln 2 for y = 1, in bits.
+            let l = logreg.loss(&phi[..d], 0);
+            let want = ((1.0 + f64::exp(z)).ln() - z) / std::f64::consts::LN_2;
+            assert!((l - want).abs() < 1e-15, "{l} vs {want}");
+        }
+    }
 }
