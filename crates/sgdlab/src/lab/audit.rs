@@ -1189,4 +1189,39 @@ mod tests {
             }
         }
     }
+
+    /// $1 - 1/(1+x^2)$: minimum 0 at 0, flat far out (the loss rises to 1 while the gradient
+    /// falls to 0). From $x = 2$ the curvature is negative, so the undamped Newton step points
+    /// uphill to where the gradient is smaller: it must be refused for raising the loss, and
+    /// the damping raised until the step goes downhill.
+    #[test]
+    fn minimize_refuses_steps_that_raise_the_loss_however_flat_they_land() {
+        let model = Analytic(1, |p: &[f64], g: &mut [f64]| {
+            let q = 1.0 + p[0] * p[0];
+            g[0] = 2.0 * p[0] / (q * q);
+            1.0 - 1.0 / q
+        });
+        let star = minimize(&model, &[2.0]).unwrap();
+        assert!(star[0].abs() < 1e-9, "{star:?}");
+    }
+
+    /// The damping grows and shrinks geometrically, so it adapts to the loss's scale: the
+    /// pseudo-Huber loss times 10⁸ (curvature 10⁸ at the minimiser) takes as few steps as
+    /// the loss itself, not a million.
+    #[test]
+    fn minimize_damping_adapts_to_the_loss_scale() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = AtomicUsize::new(0);
+        let inner = pseudo_huber([3.0, -2.0]);
+        let scaled = Analytic(2, |p: &[f64], g: &mut [f64]| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let l = (inner.1)(p, g);
+            g.iter_mut().for_each(|v| *v *= 1e8);
+            l * 1e8
+        });
+        let star = minimize(&scaled, &[0.0, 0.0]).unwrap();
+        assert!(distance(&star, &[3.0, -2.0]) < 1e-9, "{star:?}");
+        let calls = calls.into_inner();
+        assert!(calls < 1_000, "{calls} gradient evaluations");
+    }
 }
