@@ -1224,4 +1224,20 @@ mod tests {
         let calls = calls.into_inner();
         assert!(calls < 1_000, "{calls} gradient evaluations");
     }
+
+    /// A gradient that no step can follow (the loss is constant, the gradient is not: a
+    /// model with a wrong gradient) makes every trial fail; the damping then grows past
+    /// $10^{12}$ and the minimiser stops with an error instead of searching forever.
+    #[test]
+    fn minimize_stops_when_no_step_can_lower_the_loss() {
+        let broken = Analytic(1, |_: &[f64], g: &mut [f64]| {
+            g[0] = 1.0;
+            0.0
+        });
+        let err = minimize(&broken, &[0.0]).unwrap_err().to_string();
+        assert!(
+            err.contains("minimisation stalled at gradient norm 1.000e0"),
+            "{err}"
+        );
+    }
 }
