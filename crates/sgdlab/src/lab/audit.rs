@@ -1240,4 +1240,35 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The step per unit learning rate is taken at rate 1 (`lr_scale` = 1/η), so the exact and
+    /// the simulated drift of rules linear in η are the same at η = 10⁻²⁰⁰ as at η = 0.1
+    /// (dividing a step taken at η by η would underflow to 0).
+    #[test]
+    fn drifts_are_measured_at_unit_rate_whatever_the_learning_rate() {
+        let m = points("0\n0\n3\n");
+        let options = SimulationOptions {
+            burn_in: 100,
+            steps: 2_000,
+            seed: 6,
+        };
+        for (rule, stateful) in [("normsgd:eps=1", false), ("sgd:momentum=0.5", true)] {
+            let at = |lr: &str| -> Vec<f64> {
+                let spec: OptimizerSpec = format!("{rule},lr={lr}").parse().unwrap();
+                if stateful {
+                    stationary_drift(m.model(), &spec, &[1.0], &options)
+                        .unwrap()
+                        .0
+                } else {
+                    expected_update(m.model(), &spec, &[1.0]).unwrap().0
+                }
+            };
+            let (usual, tiny) = (at("0.1"), at("1e-200"));
+            assert!(usual[0].abs() > 1e-3, "{rule}: {usual:?}");
+            assert!(
+                (tiny[0] - usual[0]).abs() < 1e-12,
+                "{rule}: {tiny:?} vs {usual:?}"
+            );
+        }
+    }
 }
