@@ -606,15 +606,18 @@ fn distance(a: &[f64], b: &[f64]) -> f64 {
         .sqrt()
 }
 
-/// The largest per-example gradient component at `phi` (over at most 1,000 examples).
-fn gradient_scale(model: &dyn Model<f64>, phi: &[f64]) -> f64 {
+/// The rounding floor of a simulated drift at `phi`: $10^{-12}\max_{i,j}\lvert(\nabla
+/// \mathcal L_i)_j\rvert$, the largest per-example gradient component over at most 1,000
+/// examples (at least the smallest positive double when every gradient is 0).
+fn rounding_floor(model: &dyn Model<f64>, phi: &[f64]) -> f64 {
     let mut g = vec![0.0; phi.len()];
-    (0..model.examples().min(1000))
+    let largest = (0..model.examples().min(1000))
         .map(|i| {
             model.loss_grad(phi, i, &mut g);
             g.iter().fold(0.0f64, |m, v| m.max(v.abs()))
         })
-        .fold(f64::MIN_POSITIVE, f64::max)
+        .fold(f64::MIN_POSITIVE, f64::max);
+    1e-12 * largest
 }
 
 /// Audits one optimizer at the minimiser `star`.
@@ -655,7 +658,7 @@ pub fn audit_optimizer(
     let extrapolated: Vec<f64> = fp_half.iter().zip(&fp).map(|(h, f)| 2.0 * h - f).collect();
     // Within 4 standard errors, or within rounding of the per-example gradients' size (a
     // rule whose simulated drift is exactly zero up to rounding has a standard error of 0).
-    let floor = 1e-12 * gradient_scale(model, star);
+    let floor = rounding_floor(model, star);
     let consistent = drift
         .iter()
         .zip(&drift_se)
@@ -1270,5 +1273,41 @@ mod tests {
                 "{rule}: {tiny:?} vs {usual:?}"
             );
         }
+    }
+
+    /// The floor is 10⁻¹² of the largest per-example gradient component, over the first
+    /// 1,000 examples only, and positive when every gradient is 0.
+    #[test]
+    fn the_rounding_floor_by_hand() {
+        let m = points("0\n0\n3\n");
+        assert_eq!(rounding_floor(m.model(), &[1.0]), 2e-12);
+        let mut many: String = (0..1000).map(|_| "1\n").collect();
+        many.push_str("1000\n");
+        let m = points(&many);
+        assert_eq!(rounding_floor(m.model(), &[2.0]), 1e-12);
+        let m = points("5\n5\n");
+        assert_eq!(rounding_floor(m.model(), &[5.0]), 1e-12 * f64::MIN_POSITIVE);
+    }
+
+    /// With SGD at lr = 1 on points every iterate is the example just drawn, so the
+    /// simulated fixed point is the mean of the examples drawn after burn-in, drawn by
+    /// `chain_rng(seed, 1)` (steps = 2 × 1,024: every batch is full).
+    #[test]
+    fn the_simulation_averages_the_iterates_after_burn_in() {
+        let m = points("0\n1\n10\n100\n");
+        let options = SimulationOptions {
+            burn_in: 7,
+            steps: 2048,
+            seed: 11,
+        };
+        let spec: OptimizerSpec = "sgd:lr=1".parse().unwrap();
+        let (fp, _) = simulated_fixed_point(m.model(), &spec, &[0.5], 1.0, &options).unwrap();
+        let mut rng = chain_rng(options.seed, 1);
+        let xs = [0.0, 1.0, 10.0, 100.0];
+        let drawn: Vec<f64> = (0..options.burn_in + options.steps)
+            .map(|_| xs[rng.random_range(0..4)])
+            .collect();
+        let want = drawn[options.burn_in..].iter().sum::<f64>() / options.steps as f64;
+        assert!((fp[0] - want).abs() < 1e-12, "{fp:?} vs {want}");
     }
 }
