@@ -552,4 +552,67 @@ mod tests {
         assert!(Network::new(3, &[0], 3, LossUnit::Nats).is_err());
         assert!(Network::new(3, &[], 1, LossUnit::Nats).is_err());
     }
+
+    /// With every parameter 0 each class has probability 1/3: the loss is ln 3 a row (log₂ 3
+    /// in bits), and every row's scores tie, so the prediction is the first class (class 0)
+    /// and the accuracy is the share of rows labelled 0 — over 300 rows, two batches of
+    /// `evaluate`'s 256.
+    #[test]
+    fn evaluate_by_hand_at_zero_parameters() {
+        let labels: Vec<usize> = (0..300).map(|i| [2, 0, 1, 2][i % 4]).collect();
+        let x: Vec<f64> = (0..300).flat_map(|i| data().row(i % 4).to_vec()).collect();
+        for (unit, per_row) in [(LossUnit::Nats, 3f64.ln()), (LossUnit::Bits, 3f64.log2())] {
+            let net = Network::new(2, &[5], 3, unit).unwrap();
+            let zeros: Vec<Vec<f64>> = net
+                .shapes()
+                .iter()
+                .map(|(_, s)| vec![0.0; s.iter().product()])
+                .collect();
+            let params: Vec<&[f64]> = zeros.iter().map(Vec::as_slice).collect();
+            let (loss, accuracy) = net.evaluate(&params, &x, &labels, &mut Workspace::default());
+            assert!((loss - per_row).abs() < 1e-12, "{unit:?}: {loss}");
+            assert_eq!(accuracy, 75.0 / 300.0);
+        }
+    }
+
+    /// The accessors, the parameter count and names, and the initialisation's bounds
+    /// ±1/√fan-in per layer (fan-in 2 for the first, 400 for the second), nearly reached by
+    /// the tensors of 100 elements or more.
+    #[test]
+    fn shapes_names_and_initial_bounds() {
+        let c = Classifier::new(data(), &[5], 3, LossUnit::Bits).unwrap();
+        let net = c.network();
+        assert_eq!(
+            (net.widths(), net.classes(), net.unit()),
+            (&[2, 5, 3][..], 3, LossUnit::Bits)
+        );
+        let shapes: Vec<(String, Vec<usize>)> = vec![
+            ("layer0.weight".into(), vec![5, 2]),
+            ("layer0.bias".into(), vec![5]),
+            ("layer1.weight".into(), vec![3, 5]),
+            ("layer1.bias".into(), vec![3]),
+        ];
+        assert_eq!(net.shapes(), shapes);
+        assert_eq!(net.num_params(), 33);
+        assert_eq!((Model::<f64>::dim(&c), Model::<f64>::examples(&c)), (33, 4));
+        let names = Model::<f64>::parameter_names(&c);
+        assert_eq!(names.len(), 33);
+        assert_eq!(
+            (names[0].as_str(), names[10].as_str(), names[32].as_str()),
+            ("layer0.weight[0]", "layer0.bias[0]", "layer1.bias[2]")
+        );
+        let wide = Network::new(2, &[400], 3, LossUnit::Nats).unwrap();
+        let init = wide.init::<f64>(4);
+        for (t, fan_in) in init.iter().zip([2.0f64, 2.0, 400.0, 400.0]) {
+            let bound = 1.0 / fan_in.sqrt();
+            let largest = t.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(
+                largest < bound && (t.len() < 100 || largest > 0.9 * bound),
+                "{}: {largest} vs {bound}",
+                t.name()
+            );
+        }
+        let err = Network::new(usize::MAX / 4, &[8], 3, LossUnit::Nats).unwrap_err();
+        assert!(err.to_string().contains("too many to store"), "{err}");
+    }
 }
