@@ -615,4 +615,116 @@ mod tests {
         let err = Network::new(usize::MAX / 4, &[8], 3, LossUnit::Nats).unwrap_err();
         assert!(err.to_string().contains("too many to store"), "{err}");
     }
+
+    /// $C = AB + \beta C$ by the definition, with the same (row, column) strides as `gemm`.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[f64], usize, usize),
+        b: (&[f64], usize, usize),
+        beta: f64,
+        c: (&mut [f64], usize, usize),
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|l| a.0[i * a.1 + l * a.2] * b.0[l * b.1 + j * b.2])
+                    .sum();
+                let out = &mut c.0[i * c.1 + j * c.2];
+                *out = beta * *out + dot;
+            }
+        }
+    }
+
+    /// Every path of `gemm` against the definition, on small integers (exact sums): a row
+    /// times a matrix stored by columns, a strided row times one stored by rows, an outer
+    /// product of a strided column, and the general case (`matrixmultiply`); the direct
+    /// loops take exactly the first three.
+    #[test]
+    fn gemm_matches_the_definition_on_every_path() {
+        let v = |len: usize, seed: usize| -> Vec<f64> {
+            (0..len)
+                .map(|i| ((i * 7 + seed * 3) % 11) as f64 - 5.0)
+                .collect()
+        };
+        // (m, k, n, A strides, A len, B strides, B len, direct loops?)
+        type Case = (
+            usize,
+            usize,
+            usize,
+            (usize, usize),
+            usize,
+            (usize, usize),
+            usize,
+            bool,
+        );
+        let cases: [Case; 4] = [
+            (1, 9, 3, (9, 1), 9, (1, 9), 27, true),
+            (1, 4, 3, (8, 2), 8, (3, 1), 12, true),
+            (3, 1, 4, (3, 1), 9, (4, 1), 4, true),
+            (3, 4, 5, (4, 1), 12, (5, 1), 20, false),
+        ];
+        for (case, &(m, k, n, (ra, ca), la, (rb, cb), lb, direct)) in cases.iter().enumerate() {
+            let (a, b) = (v(la, 1), v(lb, 2));
+            let c0 = v(m * n, 3);
+            let mut want = c0.clone();
+            naive(m, k, n, (&a, ra, ca), (&b, rb, cb), 0.5, (&mut want, n, 1));
+            let mut got = c0.clone();
+            let (ai, bi) = (
+                (&a[..], ra as isize, ca as isize),
+                (&b[..], rb as isize, cb as isize),
+            );
+            gemm(m, k, n, ai, bi, 0.5, (&mut got, n as isize, 1));
+            assert_eq!(got, want, "case {case}");
+            let mut direct_out = c0.clone();
+            assert_eq!(
+                small_gemm(m, k, n, ai, bi, 0.5, &mut direct_out, n as isize, 1),
+                direct,
+                "case {case}"
+            );
+        }
+        // An empty product is a no-op, even with an empty C.
+        gemm::<f64>(
+            0,
+            2,
+            3,
+            (&[], 2, 1),
+            (&[1.0; 6], 3, 1),
+            0.0,
+            (&mut [], 3, 1),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: A out of bounds")]
+    fn gemm_refuses_an_operand_too_short() {
+        let mut c = [0.0; 4];
+        gemm(
+            2,
+            2,
+            2,
+            (&[1.0; 3], 2, 1),
+            (&[1.0; 4], 2, 1),
+            0.0,
+            (&mut c, 2, 1),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: B out of bounds")]
+    fn gemm_refuses_a_strided_operand_too_short() {
+        // B's last element is at row 1, column 2: 1·1 + 2·2 = 5, one past its 5 elements.
+        let mut c = [0.0; 3];
+        gemm(
+            1,
+            2,
+            3,
+            (&[1.0; 2], 2, 1),
+            (&[1.0; 5], 1, 2),
+            0.0,
+            (&mut c, 3, 1),
+        );
+    }
 }
