@@ -727,4 +727,31 @@ mod tests {
             (&mut c, 3, 1),
         );
     }
+
+    /// One workspace serves networks of other depths and batch sizes (it is re-prepared for
+    /// them), and keeps its buffers between calls of the same shape (no allocation per step).
+    #[test]
+    fn a_workspace_is_reused_and_re_prepared() {
+        let x = data().features().to_vec();
+        let labels = [2, 0, 1, 2];
+        let mut shared = Workspace::default();
+        for hidden in [vec![5], vec![4, 3], vec![5]] {
+            let net = Network::new(2, &hidden, 3, LossUnit::Nats).unwrap();
+            let params = net.init::<f64>(7);
+            let slices: Vec<&[f64]> = params.iter().map(|t| t.data()).collect();
+            for batch in [4, 1] {
+                let fresh = net.evaluate(
+                    &slices,
+                    &x[..2 * batch],
+                    &labels[..batch],
+                    &mut Workspace::default(),
+                );
+                let reused = net.evaluate(&slices, &x[..2 * batch], &labels[..batch], &mut shared);
+                assert_eq!(fresh, reused, "{hidden:?}, batch {batch}");
+            }
+            let before = shared.z[0].as_ptr();
+            net.evaluate(&slices, &x[..2], &labels[..1], &mut shared);
+            assert_eq!(shared.z[0].as_ptr(), before, "{hidden:?}: reallocated");
+        }
+    }
 }
