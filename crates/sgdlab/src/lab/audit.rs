@@ -832,19 +832,6 @@ mod tests {
         assert!((o.fixed_point[0] - 1.0).abs() < 5.0 * se + 1e-3, "{o:?}");
     }
 
-    #[test]
-    fn zero_lr_is_an_error() {
-        let m = points("0\n3\n");
-        assert!(
-            audit(
-                &m,
-                &["sgd:lr=0".parse().unwrap()],
-                &SimulationOptions::default()
-            )
-            .is_err()
-        );
-    }
-
     /// `points` takes every column as a coordinate; the other models need the target column.
     #[test]
     fn only_points_builds_without_a_target_column() {
