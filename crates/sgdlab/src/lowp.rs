@@ -320,4 +320,138 @@ mod tests {
         assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 2, 3, 5));
         assert_ne!(stream_key(1, 2, 3, 4), stream_key(1, 3, 3, 4));
     }
+
+    /// `counter_bits` is Wellons' `lowbias32` of the index mixed with the key: with key 0 and
+    /// an index below $2^{32}$ the mixing is the identity, so the published inverse
+    /// (`lowbias32_r`, constants `0x43021123`, `0x1d69e2a5`) must give the index back — which
+    /// pins every shift and multiplier, where a bijection or uniformity test would pass a
+    /// different but still invertible mixer. With a key, the inverse gives the index xor the
+    /// key's low half plus its high half, and `Block` agrees with it across a $2^{32}$ block.
+    #[test]
+    fn counter_bits_are_lowbias32_as_published() {
+        fn lowbias32_r(mut x: u32) -> u32 {
+            x ^= x >> 16;
+            x = x.wrapping_mul(0x4302_1123);
+            x ^= x >> 15 ^ x >> 30;
+            x = x.wrapping_mul(0x1d69_e2a5);
+            x ^= x >> 16;
+            x
+        }
+        let mut state = 7u64;
+        for i in (0..4096u64).chain([u64::from(u32::MAX)]) {
+            assert_eq!(lowbias32_r(counter_bits(0, i)), i as u32, "{i}");
+            state = splitmix(state);
+            let (key, index) = (state, u64::from(state as u32 ^ 0x5555));
+            let mixed = (index as u32 ^ key as u32).wrapping_add((key >> 32) as u32);
+            assert_eq!(lowbias32_r(counter_bits(key, index)), mixed);
+        }
+        assert_eq!(counter_bits(0, 0), 0);
+        for i in [(1u64 << 32) - 1, 1 << 32, (1 << 32) + 1, 5 << 32] {
+            let key = stream_key(3, 1, 4, 1);
+            assert_eq!(Block::new(key, i).bits(i as u32), counter_bits(key, i));
+        }
+        assert_ne!(
+            counter_bits(9, 1 << 32),
+            counter_bits(9, 0),
+            "the block counts"
+        );
+    }
+
+    /// `splitmix` is one step of SplitMix64 (Steele, Lea and Flood 2014) from the given state:
+    /// the published sequence from seed 1234567 is `splitmix(1234567 + kγ)` for k = 0, 1, 2.
+    /// Every `(seed, step, tensor, stream)` of a small grid gets its own key.
+    #[test]
+    fn splitmix_matches_the_published_sequence_and_keys_are_distinct() {
+        const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+        let published = [
+            0x599E_D017_FB08_FC85u64,
+            0x2C73_F084_5854_0FA5,
+            0x883E_BCE5_A3F2_7C77,
+        ];
+        for (k, want) in (0u64..).zip(published) {
+            assert_eq!(
+                splitmix(1234567u64.wrapping_add(k.wrapping_mul(GAMMA))),
+                want
+            );
+        }
+        let mut keys = std::collections::HashSet::new();
+        for seed in 0..6 {
+            for step in 0..6 {
+                for tensor in 0..6 {
+                    for stream in 0..6 {
+                        assert!(keys.insert(stream_key(seed, step, tensor, stream)));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            stream_key(1, 2, 3, 4),
+            splitmix(splitmix(splitmix(splitmix(1) ^ 2) ^ 3) ^ 4)
+        );
+    }
+
+    /// Round-to-odd by its definition, on values exactly representable in `f32` (returned as
+    /// they are), on random `f64`s (the truncation toward zero with its last bit set: odd, and
+    /// within one `f32` ulp of `x` on the same side as the truncation), and on the values it
+    /// exists for: just above and below a bfloat16 tie, where rounding to the nearest `f32`
+    /// first lands on the tie and then rounds the wrong way.
+    #[test]
+    fn round_to_odd_by_its_definition() {
+        let mut state = 5u64;
+        for i in 0..100_000u64 {
+            state = splitmix(state ^ i);
+            let exact = f32::from_bits(state as u32);
+            if exact.is_finite() {
+                assert_eq!(f64_to_f32_odd(f64::from(exact)).to_bits(), exact.to_bits());
+            }
+            let x = f64::from_bits(state);
+            if !x.is_finite() || x.abs() > 3e38 || x.abs() < 1e-37 || f64::from(x as f32) == x {
+                continue;
+            }
+            let r = f64_to_f32_odd(x);
+            assert_eq!(r.to_bits() & 1, 1, "{x:e}: odd");
+            // The truncation toward zero: the largest-magnitude f32 not beyond x.
+            let near = x as f32;
+            let trunc = if f64::from(near).abs() > x.abs() {
+                f32::from_bits(near.to_bits() - 1)
+            } else {
+                near
+            };
+            assert!(f64::from(trunc).abs() < x.abs(), "{x:e}");
+            let want = f32::from_bits(trunc.to_bits() | 1);
+            assert_eq!(r.to_bits(), want.to_bits(), "{x:e}");
+            let above = f32::from_bits(trunc.to_bits() + 1);
+            assert!(
+                f64::from(above).abs() > x.abs(),
+                "{x:e}: between neighbours"
+            );
+        }
+        let tie = 1.0 + 2f64.powi(-8);
+        for (x, want) in [
+            (tie + 2f64.powi(-40), 1.0 + 2f32.powi(-7)),
+            (tie - 2f64.powi(-40), 1.0),
+            (-(tie + 2f64.powi(-40)), -(1.0 + 2f32.powi(-7))),
+        ] {
+            assert_eq!(
+                x as f32,
+                (tie as f32).copysign(x as f32),
+                "the trap: lands on the tie"
+            );
+            assert_eq!(bf16_to_f32(bf16_nearest(f64_to_f32_odd(x))), want, "{x}");
+        }
+        assert!(f64_to_f32_odd(1e300).is_infinite() && f64_to_f32_odd(f64::NAN).is_nan());
+    }
+
+    /// `Rounding::round` is `bf16_nearest`, or `bf16_stochastic` with the element's bits of
+    /// the stream.
+    #[test]
+    fn rounding_dispatches_to_its_mode() {
+        let key = stream_key(8, 6, 7, 5);
+        for i in 0..1000u64 {
+            let x = 1.0 + (i as f32) * 1.37e-4;
+            assert_eq!(Rounding::Nearest.round(x, i), bf16_nearest(x));
+            let want = bf16_stochastic(x, counter_bits(key, i));
+            assert_eq!(Rounding::Stochastic { key }.round(x, i), want);
+        }
+    }
 }
