@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use sgdlab::lowp::{bf16_nearest, bf16_to_f32};
+use sgdlab::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
 use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo, StepOutcome};
 
 /// Two tensors of bfloat16 bits: a 2-D `w` (many chunks) and a short `b`.
@@ -134,6 +134,40 @@ fn without_master_nearest_is_the_f32_step_rounded() {
             assert_eq!(&rounded, p, "step {t}");
             *w = widen(p);
         }
+    }
+}
+
+/// Without a master copy and with stochastic rounding (the default), a step is the f32 step
+/// of the widened parameters rounded with the documented bits: element $i$ of tensor $k$ at
+/// step $t$ takes `counter_bits(stream_key(sr_seed, t, k, 2), i)` (stream 2: the state's
+/// pairs of buffers take 0 and 1) — across the chunks of a tensor of several, so that a
+/// resumed or re-threaded run draws the same bits.
+#[test]
+fn without_master_stochastic_is_the_f32_step_rounded_with_the_documented_bits() {
+    let mut ps = params(100_000, 4);
+    let mut opt = Optimizer::<f32>::from_spec("adam:lr=0.01,sr_seed=77").unwrap();
+    let mut reference = Optimizer::<f32>::from_spec("adam:lr=0.01").unwrap();
+    let mut wide: Vec<Vec<f32>> = ps.iter().map(|p| widen(p)).collect();
+    for t in 1..=3u64 {
+        let g = grads(&ps, t);
+        step(&mut opt, &mut ps, &g);
+        let shapes = shapes(&ps);
+        let mut views = param_views(&mut wide, &shapes);
+        let gviews = grad_views(&g, &shapes);
+        reference
+            .step_views(&mut views, &gviews, &StepInfo::default())
+            .unwrap();
+        drop(views);
+        for (k, (w, p)) in wide.iter_mut().zip(&ps).enumerate() {
+            let key = stream_key(77, t, k as u64, 2);
+            let rounded: Vec<u16> = (0u64..)
+                .zip(w.iter())
+                .map(|(i, &x)| bf16_stochastic(x, counter_bits(key, i)))
+                .collect();
+            assert!(rounded == *p, "step {t}, tensor {k}");
+            *w = widen(p);
+        }
+        assert_eq!(opt.master(0), None, "no master copy without master_weights");
     }
 }
 

@@ -640,8 +640,8 @@ mod tests {
 
     /// Every path of `gemm` against the definition, on small integers (exact sums): a row
     /// times a matrix stored by columns, a strided row times one stored by rows, an outer
-    /// product of a strided column, and the general case (`matrixmultiply`); the direct
-    /// loops take exactly the first three.
+    /// product of a strided column, and the general case (`matrixmultiply`), with C's columns
+    /// strided where the path allows it; the direct loops take exactly the first four.
     #[test]
     fn gemm_matches_the_definition_on_every_path() {
         let v = |len: usize, seed: usize| -> Vec<f64> {
@@ -649,7 +649,7 @@ mod tests {
                 .map(|i| ((i * 7 + seed * 3) % 11) as f64 - 5.0)
                 .collect()
         };
-        // (m, k, n, A strides, A len, B strides, B len, direct loops?)
+        // (m, k, n, A strides, A len, B strides, B len, C strides, C len, direct loops?)
         type Case = (
             usize,
             usize,
@@ -658,29 +658,43 @@ mod tests {
             usize,
             (usize, usize),
             usize,
+            (usize, usize),
+            usize,
             bool,
         );
-        let cases: [Case; 4] = [
-            (1, 9, 3, (9, 1), 9, (1, 9), 27, true),
-            (1, 4, 3, (8, 2), 8, (3, 1), 12, true),
-            (3, 1, 4, (3, 1), 9, (4, 1), 4, true),
-            (3, 4, 5, (4, 1), 12, (5, 1), 20, false),
+        let cases: [Case; 5] = [
+            (1, 9, 3, (9, 1), 9, (1, 9), 27, (3, 1), 3, true),
+            (1, 9, 3, (9, 1), 9, (1, 9), 27, (6, 2), 6, true),
+            (1, 4, 3, (8, 2), 8, (3, 1), 12, (3, 1), 3, true),
+            (3, 1, 4, (3, 1), 9, (4, 1), 4, (4, 1), 12, true),
+            (3, 4, 5, (4, 1), 12, (5, 1), 20, (10, 2), 30, false),
         ];
-        for (case, &(m, k, n, (ra, ca), la, (rb, cb), lb, direct)) in cases.iter().enumerate() {
+        for (case, &(m, k, n, (ra, ca), la, (rb, cb), lb, (rc, cc), lc, direct)) in
+            cases.iter().enumerate()
+        {
             let (a, b) = (v(la, 1), v(lb, 2));
-            let c0 = v(m * n, 3);
+            let c0 = v(lc, 3);
             let mut want = c0.clone();
-            naive(m, k, n, (&a, ra, ca), (&b, rb, cb), 0.5, (&mut want, n, 1));
+            naive(
+                m,
+                k,
+                n,
+                (&a, ra, ca),
+                (&b, rb, cb),
+                0.5,
+                (&mut want, rc, cc),
+            );
             let mut got = c0.clone();
             let (ai, bi) = (
                 (&a[..], ra as isize, ca as isize),
                 (&b[..], rb as isize, cb as isize),
             );
-            gemm(m, k, n, ai, bi, 0.5, (&mut got, n as isize, 1));
+            gemm(m, k, n, ai, bi, 0.5, (&mut got, rc as isize, cc as isize));
             assert_eq!(got, want, "case {case}");
             let mut direct_out = c0.clone();
+            let (rc, cc) = (rc as isize, cc as isize);
             assert_eq!(
-                small_gemm(m, k, n, ai, bi, 0.5, &mut direct_out, n as isize, 1),
+                small_gemm(m, k, n, ai, bi, 0.5, &mut direct_out, rc, cc),
                 direct,
                 "case {case}"
             );
