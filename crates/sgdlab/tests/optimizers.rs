@@ -612,6 +612,126 @@ mod groups {
     }
 }
 
+/// `a` and `b` agree to `tol` relative, element by element.
+fn assert_close(a: &[Tensor<f64>], b: &[Tensor<f64>], tol: f64, what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        for (x, y) in x.data().iter().zip(y.data()) {
+            assert!(
+                (x - y).abs() <= tol * x.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+/// Clipping and accumulation are scales of the gradient, for every optimizer: a step with
+/// `clip_norm=0.5` is the unclipped step on the gradient that [`clip_grad_norm`] clips, and
+/// a step on the sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is the step on
+/// one, bit for bit (×4 and ×¼ are exact). Each rule multiplies its gradient by the step's
+/// scale, which no rule's own reference trajectory pins unless it was recorded with
+/// clipping.
+#[test]
+fn clipping_and_accumulation_scale_the_gradient_of_every_optimizer() {
+    use sgdlab::optim::clip_grad_norm;
+    for spec in ALL.iter().filter(|s| !s.contains("clip_norm")) {
+        let mut clipped = Optimizer::<f64>::from_spec(&format!("{spec},clip_norm=0.5")).unwrap();
+        let mut on_clipped = Optimizer::<f64>::from_spec(spec).unwrap();
+        let mut plain = Optimizer::<f64>::from_spec(spec).unwrap();
+        let mut summed = Optimizer::<f64>::from_spec(spec).unwrap();
+        let (mut a, mut b, mut c, mut d) = (init(), init(), init(), init());
+        for t in 0..5 {
+            let (g, loss) = grads_for(&a, t);
+            let report = clipped
+                .step(&mut a, &g, &StepInfo::with_loss(loss))
+                .unwrap();
+            let (mut g, loss) = grads_for(&b, t);
+            let mut views: Vec<&mut [f64]> = g.iter_mut().map(|t| t.data_mut()).collect();
+            let norm = clip_grad_norm(&mut views, 0.5).unwrap();
+            assert!(
+                norm > 0.6 && report.grad_norm == Some(norm),
+                "{spec}: {norm}"
+            );
+            on_clipped
+                .step(&mut b, &g, &StepInfo::with_loss(loss))
+                .unwrap();
+            assert_close(&a, &b, 1e-12, &format!("{spec}, clipped, step {t}"));
+
+            let (g, loss) = grads_for(&c, t);
+            plain.step(&mut c, &g, &StepInfo::with_loss(loss)).unwrap();
+            let (mut g, loss) = grads_for(&d, t);
+            g.iter_mut()
+                .for_each(|t| t.data_mut().iter_mut().for_each(|x| *x *= 4.0));
+            let info = StepInfo {
+                micro_batches: 4,
+                ..StepInfo::with_loss(loss)
+            };
+            summed.step(&mut d, &g, &info).unwrap();
+            assert_eq!(c, d, "{spec}, 4 micro-batches, step {t}");
+        }
+    }
+}
+
+/// Weight decay by its definition, for every optimizer that has it: coupled (L2) decay
+/// $\lambda$ is the step without decay on the gradient $g + \lambda\Phi$; decoupled decay
+/// is the step without decay from the parameters shrunk first, $\Phi(1 - \eta\lambda)$, on
+/// the gradient taken before (PyTorch's AdamW, NAdam and RAdam with
+/// `decoupled_weight_decay`, Lion, AdEMAMix). A rule's reference trajectory, where it has
+/// one, is recorded with one of the two at most.
+#[test]
+fn weight_decay_is_a_gradient_term_or_a_shrink_for_every_optimizer() {
+    let coupled = [
+        "sgd:lr=0.02,momentum=0.9,dampening=0.1",
+        "sgd:lr=0.02,momentum=0.8,nesterov=true",
+        "adam:lr=0.01,amsgrad=true",
+        "rmsprop:lr=0.01,centered=true,momentum=0.9",
+        "adagrad:lr=0.1,lr_decay=0.01,initial_accumulator_value=0.1",
+        "adamax:lr=0.01",
+        "nadam:lr=0.01",
+        "radam:lr=0.01",
+    ];
+    let decoupled = [
+        ("adamw:lr=0.01", "adamw:lr=0.01,weight_decay=0"),
+        ("nadam:lr=0.01,decoupled_weight_decay=true", "nadam:lr=0.01"),
+        ("radam:lr=0.01,decoupled_weight_decay=true", "radam:lr=0.01"),
+        ("lion:lr=0.001", "lion:lr=0.001,weight_decay=0"),
+        (
+            "ademamix:lr=0.01,beta3=0.99",
+            "ademamix:lr=0.01,beta3=0.99,weight_decay=0",
+        ),
+    ];
+    let lambda = 0.05;
+    let cases = coupled
+        .iter()
+        .map(|s| (*s, *s, true))
+        .chain(decoupled.iter().map(|(s, base)| (*s, *base, false)));
+    for (spec, base, is_coupled) in cases {
+        let mut decayed =
+            Optimizer::<f64>::from_spec(&format!("{spec},weight_decay={lambda}")).unwrap();
+        let mut by_hand = Optimizer::<f64>::from_spec(base).unwrap();
+        let lr = by_hand.spec().rule.lr();
+        let (mut a, mut b) = (init::<f64>(), init::<f64>());
+        for t in 0..5 {
+            let (g, _) = grads_for(&a, t);
+            decayed.step(&mut a, &g, &StepInfo::default()).unwrap();
+            let (mut g, _) = grads_for(&b, t);
+            for (g, p) in g.iter_mut().zip(b.iter_mut()) {
+                if is_coupled {
+                    for (g, &p) in g.data_mut().iter_mut().zip(p.data()) {
+                        *g += lambda * p;
+                    }
+                } else {
+                    p.data_mut()
+                        .iter_mut()
+                        .for_each(|p| *p *= 1.0 - lr * lambda);
+                }
+            }
+            by_hand.step(&mut b, &g, &StepInfo::default()).unwrap();
+            assert_close(&a, &b, 1e-12, &format!("{spec}, step {t}"));
+        }
+        assert_ne!(a, init::<f64>(), "{spec}");
+    }
+}
+
 #[test]
 fn built_specs_have_the_spec_strings_defaults() {
     use sgdlab::optim::OptimizerSpec;
