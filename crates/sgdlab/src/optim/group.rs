@@ -226,6 +226,9 @@ mod tests {
             ":lr=1",
             "a,,b:lr=1",
             "a:lr",
+            "a:lr=",
+            "a:=1",
+            "a: = ",
             "a:lr=1,lr=2",
             "a:lr=1,rule=sgd",
             "a:clip_norm=1",
@@ -249,5 +252,45 @@ mod tests {
                 .resolve(&base)
                 .is_err()
         );
+    }
+
+    /// `glob` against the definition read as a recursion (`*` matches nothing or eats one
+    /// character and stays, `?` eats one, a letter eats itself), on every pattern over
+    /// `{a, b, ?, *}` up to 5 characters and every name over `{a, b}` up to 5: 1,365 × 63
+    /// pairs, which cover every backtracking path of the greedy matcher.
+    #[test]
+    fn glob_matches_the_recursive_definition_exhaustively() {
+        fn reference(p: &[char], n: &[char]) -> bool {
+            match p.split_first() {
+                None => n.is_empty(),
+                Some(('*', rest)) => reference(rest, n) || (!n.is_empty() && reference(p, &n[1..])),
+                Some(('?', rest)) => !n.is_empty() && reference(rest, &n[1..]),
+                Some((c, rest)) => n.first() == Some(c) && reference(rest, &n[1..]),
+            }
+        }
+        fn words(alphabet: &[char], max: usize) -> Vec<String> {
+            let mut all = vec![String::new()];
+            let mut last = vec![String::new()];
+            for _ in 0..max {
+                last = last
+                    .iter()
+                    .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                    .collect();
+                all.extend(last.iter().cloned());
+            }
+            all
+        }
+        let (patterns, names) = (words(&['a', 'b', '?', '*'], 5), words(&['a', 'b'], 5));
+        assert_eq!((patterns.len(), names.len()), (1365, 63));
+        let mut matched = 0;
+        for p in &patterns {
+            let pc: Vec<char> = p.chars().collect();
+            for n in &names {
+                let want = reference(&pc, &n.chars().collect::<Vec<_>>());
+                assert_eq!(glob(p, n), want, "{p:?} vs {n:?}");
+                matched += usize::from(want);
+            }
+        }
+        assert!(matched > 10_000 && matched < 1365 * 63 / 2, "{matched}");
     }
 }

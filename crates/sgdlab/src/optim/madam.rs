@@ -208,4 +208,38 @@ mod tests {
         assert_eq!(exp_squarings(0.0), 0);
         assert_eq!(exp_squarings(1e3), usize::MAX);
     }
+
+    /// The largest exponent the bounded kernel takes, $|\eta\,g_{bound}| = 16$ (8 squarings):
+    /// an `f64` step is $e^{\mp 16}$ to 1e-12 relative, which only the `f64` degree gives
+    /// (the `f32` degree's truncation is $2^8 (1/16)^7/7! \approx 2 \cdot 10^{-10}$ there), and
+    /// an `f32` step is the `f32` nearest of it. At the first step the normalised gradient is
+    /// $\mathrm{sign}(g)$ (so $g_{bound} = 1$ does not clip it), and the factor is
+    /// $e^{-\eta\,\mathrm{sign}(g)\,\mathrm{sign}(\Phi)}$.
+    #[test]
+    fn each_precision_takes_the_exp_of_its_own_degree() {
+        use crate::optim::{Optimizer, StepInfo, Tensor};
+        let spec = "madam:lr=16,g_bound=1,p_scale=100";
+        let (p0, g0) = (vec![0.5, -2.0, 0.0], vec![0.25, -3.0, 1.0]);
+        let mut opt = Optimizer::<f64>::from_spec(spec).unwrap();
+        let mut p = vec![Tensor::vector("w", p0.clone())];
+        let g = vec![Tensor::vector("w", g0.clone())];
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let e = (-16f64).exp();
+        for (got, want) in p[0].data().iter().zip([0.5 * e, -2.0 * e, 0.0]) {
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs(),
+                "{got:e} vs {want:e}"
+            );
+        }
+        let mut opt = Optimizer::<f32>::from_spec(spec).unwrap();
+        let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let mut p = vec![Tensor::vector("w", to32(&p0))];
+        let g = vec![Tensor::vector("w", to32(&g0))];
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let e = (-16f64).exp() as f32;
+        for (got, want) in p[0].data().iter().zip([0.5 * e, -2.0 * e, 0.0]) {
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(ulps <= 1, "{got:e} vs {want:e}");
+        }
+    }
 }
