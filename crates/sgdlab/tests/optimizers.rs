@@ -121,6 +121,21 @@ fn horizon_debias_is_the_running_mean_for_the_first_steps() {
     }
 }
 
+/// ema-momentum with debias=power steps by $\eta\,m_t/(1-\beta^t)$, by hand with
+/// $\beta = 1/2$ and gradients 4, 8, 2: $m = 2, 5, 3.5$ over $1-\beta^t = 1/2, 3/4, 7/8$,
+/// steps 4, 20/3, 4 (the first step is the gradient itself).
+#[test]
+fn power_debias_divides_ema_momentum_by_one_minus_beta_to_the_t() {
+    let mut opt = Optimizer::<f64>::from_spec("ema-momentum:lr=1,beta=0.5,debias=power").unwrap();
+    let mut p = vec![Tensor::vector("p", vec![0.0])];
+    for (g, step) in [(4.0, 4.0), (8.0, 20.0 / 3.0), (2.0, 4.0)] {
+        let before = p[0].data()[0];
+        let grad = [Tensor::vector("p", vec![g])];
+        opt.step(&mut p, &grad, &StepInfo::default()).unwrap();
+        assert!((before - p[0].data()[0] - step).abs() < 1e-12, "{g}");
+    }
+}
+
 #[test]
 fn power_debias_makes_the_first_adam_step_lr_sized() {
     // With power debiasing Adam's first step is lr·g/(|g| + eps) = ±lr (nearly); without it,
@@ -680,6 +695,7 @@ fn clipping_and_accumulation_scale_the_gradient_of_every_optimizer() {
 #[test]
 fn weight_decay_is_a_gradient_term_or_a_shrink_for_every_optimizer() {
     let coupled = [
+        "sgd:lr=0.05",
         "sgd:lr=0.02,momentum=0.9,dampening=0.1",
         "sgd:lr=0.02,momentum=0.8,nesterov=true",
         "adam:lr=0.01,amsgrad=true",
