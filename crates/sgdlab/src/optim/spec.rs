@@ -569,6 +569,8 @@ mod tests {
             "lion:lr=0.0001,weight_decay=0.1",
             "madam:p_scale=2",
             "adam:state_dtype=bf16",
+            "adam:state_dtype=f32",
+            "adam:state_dtype=f64",
             "adamw:lr=0.01,state_dtype=bf16,rounding=nearest,sr_seed=7",
             "adam:state_dtype=bf16,master_weights=true",
             "normsgd:eps=1",
@@ -586,6 +588,13 @@ mod tests {
             "adam:lr=0.01,beta2=0.99"
         );
         assert_eq!(parse("adamw").unwrap().to_string(), "adamw");
+        // Every global key at its default value is accepted and printed as the default.
+        assert_eq!(
+            parse("adamw:state_dtype=param,rounding=stochastic,sr_seed=0,clip_norm=none")
+                .unwrap()
+                .to_string(),
+            "adamw"
+        );
     }
 
     #[test]
@@ -605,6 +614,11 @@ mod tests {
             ("sgd:nesterov=true", "nesterov"),
             ("sgd:momentum=0.9,nesterov=true,dampening=0.1", "dampening"),
             ("sgd:lr=nan", "lr"),
+            ("adam:lr=inf", "finite"),
+            ("adam:eps=inf", "finite"),
+            ("sgd:clip_norm=inf", "clip_norm"),
+            ("sgd:momentum=0.5,dampening=1.5", "[0, 1]"),
+            ("sgd:momentum=0.5,dampening=-0.5", "[0, 1]"),
             ("rmsprop:alpha=1", "alpha"),
             ("adam:amsgrad=yes", "true or false"),
             ("adam:debias=sometimes", "horizon"),
