@@ -247,6 +247,174 @@ fn loading_bad_checkpoints_is_a_clear_error() {
     );
 }
 
+/// Every field of a state is checked on loading, and each corruption is refused with a
+/// message that names it: a state with a group of another rule (Madam: one tensor scalar,
+/// the last group's index), edited one field or buffer at a time.
+#[test]
+fn every_corrupt_field_of_a_state_is_refused_by_name() {
+    use sgdlab::optim::{GroupSpec, StateDict};
+    let groups: Vec<GroupSpec> = vec!["b:rule=madam,lr=0.05".parse().unwrap()];
+    let mut opt = Optimizer::<f64>::with_groups("adam:lr=0.1".parse().unwrap(), groups).unwrap();
+    let mut p = vec![
+        Tensor::vector("w", vec![1.0, 2.0]),
+        Tensor::vector("b", vec![0.5]),
+    ];
+    let g = vec![
+        Tensor::vector("w", vec![0.5, -0.5]),
+        Tensor::vector("b", vec![0.25]),
+    ];
+    opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+    let sd = opt.state_dict().unwrap();
+    assert_eq!(sd.metadata["tensor_groups"], "[0,1]");
+    assert_eq!(Optimizer::<f64>::from_state_dict(&sd).unwrap(), opt);
+    let refused = |edit: &dyn Fn(&mut StateDict<f64>), needle: &str| {
+        let mut bad = sd.clone();
+        edit(&mut bad);
+        let err = Optimizer::<f64>::from_state_dict(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    };
+    let set = |key: &'static str, value: &'static str| {
+        move |s: &mut StateDict<f64>| {
+            s.metadata.insert(key.to_string(), value.to_string());
+        }
+    };
+    refused(&set("format", "nope"), "format is `nope`");
+    refused(&set("version", "2"), "format version 2 is not supported");
+    refused(
+        &set("dtype", "f32"),
+        "holds f32 state, but f64 was asked for",
+    );
+    refused(&set("spec", "bogus"), "bad spec");
+    refused(&set("step", "x"), "`step` is not a step count");
+    refused(&set("skipped", "-1"), "`skipped` is not a step count");
+    refused(&set("layout", "["), "bad layout");
+    refused(&set("tensor_scalars", "["), "bad tensor_scalars");
+    refused(&set("groups", "[1]"), "bad groups");
+    refused(&set("groups", "[\"nocolon\"]"), "bad group");
+    refused(&set("schedule", "bogus"), "bad schedule");
+    refused(&set("tensor_groups", "["), "bad tensor_groups");
+    refused(
+        &|s| drop(s.metadata.remove("spec")),
+        "metadata lacks `spec`",
+    );
+    // No layout: only a fresh optimizer (step 0, no buffers) has none.
+    let no_layout = "state buffers without a parameter layout";
+    refused(&set("layout", "null"), no_layout);
+    refused(
+        &|s| {
+            set("layout", "null")(s);
+            s.buffers.clear();
+        },
+        no_layout,
+    );
+    refused(
+        &|s| {
+            set("layout", "null")(s);
+            set("step", "0")(s);
+        },
+        no_layout,
+    );
+    let mut fresh = sd.clone();
+    set("layout", "null")(&mut fresh);
+    set("step", "0")(&mut fresh);
+    fresh.buffers.clear();
+    assert_eq!(
+        Optimizer::<f64>::from_state_dict(&fresh).unwrap().steps(),
+        0
+    );
+    // Groups and scalars per tensor, and the buffers they imply.
+    let groups_mismatch = "tensor_groups do not match the layout and groups";
+    refused(&set("tensor_groups", "[0]"), groups_mismatch);
+    refused(&set("tensor_groups", "[0,2]"), groups_mismatch);
+    let scalars_mismatch = "tensor_scalars do not match the layout";
+    refused(&set("tensor_scalars", "[[]]"), scalars_mismatch);
+    refused(&set("tensor_scalars", "[[],[]]"), scalars_mismatch);
+    refused(&set("tensor_scalars", "[[1.0],[1.0]]"), scalars_mismatch);
+    refused(
+        &|s| {
+            s.buffers.insert("exp_avg/x".into(), (vec![1], vec![0.0]));
+        },
+        "holds 4 buffers, expected 3",
+    );
+    refused(
+        &|s| {
+            let b = s.buffers.remove("exp_avg/w").unwrap();
+            s.buffers.insert("exp_avg/v".into(), b);
+        },
+        "buffer `exp_avg/w` is missing",
+    );
+    refused(
+        &|s| s.buffers.get_mut("exp_avg_sq/b").unwrap().0 = vec![1, 1],
+        "buffer `exp_avg_sq/b` is f64 [1, 1], expected f64 [1]",
+    );
+}
+
+/// bfloat16 state and master copies through a state dict: the widened values load back
+/// exactly (NaN too), a value that is not a bfloat16 is refused, and the master copy must be
+/// there with the parameters' shape.
+#[test]
+fn bf16_state_and_master_copies_are_checked_in_a_state_dict() {
+    use sgdlab::lowp::bf16_nearest;
+    use sgdlab::optim::{GradRef, ParamMut};
+    let mut opt = Optimizer::<f64>::from_spec("adam:lr=0.1,state_dtype=bf16").unwrap();
+    let mut p = vec![Tensor::vector("w", vec![1.0, 2.0])];
+    let g = vec![Tensor::vector("w", vec![0.5, -0.5])];
+    opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+    let sd = opt.state_dict().unwrap();
+    assert_eq!(Optimizer::<f64>::from_state_dict(&sd).unwrap(), opt);
+    let mut nan = sd.clone();
+    nan.buffers.get_mut("exp_avg/w").unwrap().1[0] = f64::NAN;
+    let loaded = Optimizer::<f64>::from_state_dict(&nan).unwrap();
+    let bits = loaded.state_bf16("exp_avg", 0).unwrap()[0];
+    assert!(sgdlab::lowp::bf16_to_f32(bits).is_nan());
+    let mut off = sd.clone();
+    off.buffers.get_mut("exp_avg/w").unwrap().1[1] = 0.1;
+    let err = Optimizer::<f64>::from_state_dict(&off)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("element 1 = 0.1 is not a bfloat16 value"),
+        "{err}"
+    );
+
+    let mut opt = Optimizer::<f64>::from_spec("sgd:lr=0.1,master_weights=true").unwrap();
+    let mut bits = vec![bf16_nearest(1.0), bf16_nearest(2.0)];
+    let grad = [0.5, -0.5];
+    opt.step_bf16_params(
+        &mut [ParamMut::vector("w", &mut bits)],
+        &[GradRef::vector("w", &grad)],
+        &StepInfo::default(),
+    )
+    .unwrap();
+    let sd = opt.state_dict().unwrap();
+    assert_eq!(sd.buffers["master/w"].1, [0.95, 2.05]);
+    assert_eq!(Optimizer::<f64>::from_state_dict(&sd).unwrap(), opt);
+    let mut moved = sd.clone();
+    let m = moved.buffers.remove("master/w").unwrap();
+    moved.buffers.insert("master/v".into(), m);
+    let err = Optimizer::<f64>::from_state_dict(&moved)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("buffer `master/w` is missing"), "{err}");
+    let mut reshaped = sd.clone();
+    reshaped.buffers.get_mut("master/w").unwrap().0 = vec![1, 2];
+    let err = Optimizer::<f64>::from_state_dict(&reshaped)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`master/w` is f64 [1, 2], expected f64 [2]"),
+        "{err}"
+    );
+    let mut gone = sd.clone();
+    gone.buffers.remove("master/w");
+    let err = Optimizer::<f64>::from_state_dict(&gone)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("master_weights=true"), "{err}");
+}
+
 #[test]
 fn save_is_atomic_and_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
