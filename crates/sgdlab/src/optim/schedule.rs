@@ -384,7 +384,8 @@ impl FromStr for Schedule {
                     decay: int(d)?,
                     min: num(m)?,
                 },
-                ("custom", [n]) if !n.is_empty() => Schedule::Detached {
+                // `args` is not empty here, so neither is a name without commas.
+                ("custom", [n]) => Schedule::Detached {
                     name: n.to_string(),
                 },
                 _ => {
@@ -479,20 +480,50 @@ mod tests {
             "prod[]",
             "linear",
             "wsd:1,1,0",
+            "wsd:1,1,3,1.5",
             "nonsense",
+            "linear:1,1,0",
+            "linear:1,inf,5",
+            "linear:inf,1,5",
+            "linear:-1,1,5",
+            "linear:1,-1,5",
+            "cosine:5,-0.5",
+            "decay:2,0",
+            "exp:1.5",
+            "seq[constant;constant;constant]@5,5",
+            "custom:",
         ] {
             assert!(bad.parse::<Schedule>().is_err(), "{bad}");
         }
         let d: Schedule = "custom:mine".parse().unwrap();
         assert_eq!(d.detached(), Some("mine"));
         assert_eq!(Schedule::custom("mine", |_| 1.0), d);
+        // A placeholder anywhere inside a composition must be attached again.
+        for text in ["seq[warmup:2;custom:mine]@2", "prod[exp:0.5;custom:mine]"] {
+            let s: Schedule = text.parse().unwrap();
+            assert_eq!((s.detached(), s.to_string().as_str()), (Some("mine"), text));
+        }
+        assert_eq!(
+            "seq[warmup:2;constant]@2"
+                .parse::<Schedule>()
+                .unwrap()
+                .detached(),
+            None
+        );
+        let parse = |t: &str| t.parse::<Schedule>().unwrap();
+        assert_ne!(parse("warmup:4"), parse("warmup:5"));
+        assert_ne!(
+            Schedule::custom("mine", |_| 1.0),
+            Schedule::custom("yours", |_| 1.0)
+        );
     }
 
     #[test]
     fn warmup_cosine_is_a_sequence() {
         let s = Schedule::warmup_cosine(10, 90, 0.0);
         assert_eq!(s.to_string(), "seq[warmup:10;cosine:90]@10");
-        assert_eq!(s.factor(9), 1.0);
-        assert_eq!(s.factor(100), 0.0f64.max(s.factor(100)));
+        assert_eq!((s.factor(9), s.factor(10), s.factor(100)), (1.0, 1.0, 0.0));
+        let floor = Schedule::warmup_cosine(10, 90, 0.1);
+        assert!((floor.factor(55) - 0.55).abs() < 1e-15 && (floor.factor(100) - 0.1).abs() < 1e-15);
     }
 }
