@@ -916,6 +916,69 @@ fn weight_decay_is_a_gradient_term_or_a_shrink_for_every_optimizer() {
     }
 }
 
+/// The state buffers' names, which checkpoints and state dicts use as keys: PyTorch's where
+/// it has the optimizer (`momentum_buffer`, `square_avg`, `grad_avg`, `sum`, `exp_inf`, ...),
+/// and the per-tensor scalars (Madam's clamp bound, NAdam's `mu_product`, Schedule-Free's
+/// `lr_max`, `weight_sum` and `ckp1`, as in `schedulefree`). And every rule
+/// checks its learning rate.
+#[test]
+fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
+    let table: &[(&str, &[&str])] = &[
+        ("sgd", &[]),
+        ("sgd:momentum=0.9", &["momentum_buffer"]),
+        ("ema-momentum", &["exp_avg"]),
+        ("adam", &["exp_avg", "exp_avg_sq"]),
+        (
+            "adam:amsgrad=true",
+            &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+        ),
+        ("adamw", &["exp_avg", "exp_avg_sq"]),
+        (
+            "adamw:amsgrad=true",
+            &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+        ),
+        ("rmsprop", &["square_avg"]),
+        ("rmsprop:momentum=0.9", &["square_avg", "momentum_buffer"]),
+        ("rmsprop:centered=true", &["square_avg", "grad_avg"]),
+        (
+            "rmsprop:centered=true,momentum=0.9",
+            &["square_avg", "momentum_buffer", "grad_avg"],
+        ),
+        ("adagrad", &["sum"]),
+        ("lion", &["exp_avg"]),
+        ("madam", &["exp_avg_sq"]),
+        ("normsgd", &[]),
+        ("multiplicative", &[]),
+        ("lossprop", &[]),
+        ("adamax", &["exp_avg", "exp_inf"]),
+        ("nadam", &["exp_avg", "exp_avg_sq"]),
+        ("radam", &["exp_avg", "exp_avg_sq"]),
+        ("ademamix", &["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"]),
+        ("muon", &["momentum_buffer"]),
+        ("sf-sgd", &["z", "x"]),
+        ("sf-adamw", &["z", "x", "exp_avg_sq"]),
+    ];
+    for (spec, slots) in table {
+        let opt = Optimizer::<f64>::from_spec(spec).unwrap();
+        assert_eq!(opt.slot_names(), *slots, "{spec}");
+        let scalars: &[&str] = match spec.split(':').next() {
+            Some("madam") => &["max"],
+            Some("nadam") => &["mu_product"],
+            Some("sf-sgd" | "sf-adamw") => &["lr_max", "weight_sum", "ckp1"],
+            _ => &[],
+        };
+        assert_eq!(opt.spec().rule.tensor_scalars(), scalars, "{spec}");
+    }
+    for name in sgdlab::optim::spec::NAMES {
+        assert!(
+            table.iter().any(|(s, _)| s.split(':').next() == Some(name)),
+            "{name}"
+        );
+        let err = Optimizer::<f64>::from_spec(&format!("{name}:lr=-1")).unwrap_err();
+        assert!(err.to_string().contains("lr"), "{name}: {err}");
+    }
+}
+
 #[test]
 fn built_specs_have_the_spec_strings_defaults() {
     use sgdlab::optim::OptimizerSpec;
