@@ -42,11 +42,27 @@ fn grads(ps: &[Tensor<f32>], t: u64) -> Vec<Tensor<f32>> {
 /// checkpoint path, no code of the bf16 kernel).
 #[test]
 fn nearest_equals_f32_steps_with_state_rounded_between_them() {
+    // Every rule with state, and each of its element loops (RMSprop has one per
+    // momentum × centered, SGD per first step × Nesterov).
     for spec in [
         "adam:lr=0.01",
+        "adam:lr=0.01,amsgrad=true,weight_decay=0.01",
+        "adamw:lr=0.01,debias=none",
+        "rmsprop:lr=0.01",
+        "rmsprop:lr=0.01,momentum=0.5",
+        "rmsprop:lr=0.01,centered=true",
         "rmsprop:lr=0.01,momentum=0.5,centered=true",
         "lion:lr=0.001",
         "sgd:lr=0.1,momentum=0.9",
+        "sgd:lr=0.1,momentum=0.9,nesterov=true",
+        "sgd:lr=0.1,momentum=0.9,dampening=0.3,weight_decay=0.01",
+        "ema-momentum:lr=0.1,beta=0.9,debias=horizon",
+        "adagrad:lr=0.1,lr_decay=0.01",
+        "adamax:lr=0.01",
+        "nadam:lr=0.01",
+        "radam:lr=0.01",
+        "ademamix:lr=0.01,beta3=0.99",
+        "madam:lr=0.01",
     ] {
         // 300k parameters: many units, on several threads.
         let mut a = params(300_000, 1);

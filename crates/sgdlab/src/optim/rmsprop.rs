@@ -157,3 +157,45 @@ impl<T: Real> Coefficients<T> {
         g / a
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::optim::{Optimizer, StepInfo, Tensor};
+
+    /// Centered RMSprop without momentum (the one element loop no reference trajectory
+    /// records) by hand: α = 1/2, gradients 2 then −1 give $v = 2, 3/2$ and
+    /// $\bar g = 1, 0$, so steps $\eta\,g/(\sqrt{v - \bar g^2} + \epsilon)$ of $0.1 \cdot 2/1$
+    /// and $0.1 \cdot (-1)/\sqrt{3/2}$; and the same with L2 decay 0.5 at $\Phi = 1$ (the
+    /// gradient becomes $g + \Phi/2$).
+    #[test]
+    fn centered_without_momentum_by_hand() {
+        let eps = 1e-8;
+        for (spec, wd) in [
+            ("rmsprop:lr=0.1,alpha=0.5,centered=true", 0.0),
+            (
+                "rmsprop:lr=0.1,alpha=0.5,centered=true,weight_decay=0.5",
+                0.5,
+            ),
+        ] {
+            let mut opt = Optimizer::<f64>::from_spec(spec).unwrap();
+            let mut p = vec![Tensor::vector("w", vec![1.0])];
+            let (mut v, mut gbar) = (0.0f64, 0.0f64);
+            for g in [2.0, -1.0] {
+                let phi = p[0].data()[0];
+                let grad = [Tensor::vector("w", vec![g])];
+                opt.step(&mut p, &grad, &StepInfo::default()).unwrap();
+                let g = g + wd * phi;
+                v = 0.5 * v + 0.5 * g * g;
+                gbar = 0.5 * gbar + 0.5 * g;
+                let want = phi - 0.1 * g / ((v - gbar * gbar).sqrt() + eps);
+                assert!((p[0].data()[0] - want).abs() < 1e-14, "{spec}");
+            }
+            if wd == 0.0 {
+                let moved = 1.0 - p[0].data()[0];
+                let by_hand = 0.1 * 2.0 / (1.0 + eps) - 0.1 / (1.5f64.sqrt() + eps);
+                assert!((moved - by_hand).abs() < 1e-14, "{moved}");
+            }
+            assert_eq!(opt.state("grad_avg", 0).unwrap()[0], gbar);
+        }
+    }
+}
