@@ -215,3 +215,103 @@ fn muon_steps_degenerate_matrices() {
     opt.step(&mut p, &g, &StepInfo::default()).unwrap();
     assert_eq!(p, before);
 }
+
+/// `a` and `b` agree to `tol` relative to the largest magnitude in `a`.
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "{what}: all zero");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol * scale, "{what}: {x} vs {y}");
+    }
+}
+
+/// One Muon step from zero on a tall matrix is the step on its wide transpose, transposed
+/// (Newton–Schulz runs on the wide orientation), times the ratio of the learning-rate
+/// adjustments, which differ by shape: `original` $\sqrt{\max(1, A/B)}$, `match_rms_adamw`
+/// $0.2\sqrt{\max(A, B)}$, `spectral_unclamped` $\sqrt{A/B}$ — for 6 × 4 against 4 × 6,
+/// $\sqrt{3/2}$, 1 and $3/2$.
+#[test]
+fn muon_on_a_tall_matrix_is_the_wide_step_transposed_and_rescaled() {
+    let (rows, cols) = (4, 6);
+    let g = matrix::<f64>("w", rows, cols, 3);
+    let mut gt = vec![0.0; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            gt[j * rows + i] = g.data()[i * cols + j];
+        }
+    }
+    for (mode, ratio) in [
+        ("original", 1.5f64.sqrt()),
+        ("match_rms_adamw", 1.0),
+        ("spectral_unclamped", 1.5),
+    ] {
+        let spec = format!("muon:lr=0.1,weight_decay=0.5,adjust_lr={mode}");
+        let mut wide = vec![Tensor::new("w", vec![rows, cols], vec![0.0; rows * cols]).unwrap()];
+        let mut tall = vec![Tensor::new("w", vec![cols, rows], vec![0.0; rows * cols]).unwrap()];
+        let mut opt = Optimizer::<f64>::from_spec(&spec).unwrap();
+        opt.step(&mut wide, std::slice::from_ref(&g), &StepInfo::default())
+            .unwrap();
+        let gt = Tensor::new("w", vec![cols, rows], gt.clone()).unwrap();
+        let mut opt = Optimizer::<f64>::from_spec(&spec).unwrap();
+        opt.step(&mut tall, &[gt], &StepInfo::default()).unwrap();
+        let mut want = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                want[j * rows + i] = ratio * wide[0].data()[i * cols + j];
+            }
+        }
+        assert_close(&want, tall[0].data(), 1e-12, mode);
+    }
+    // The wide step's own scale: `original` adjusts nothing (A/B < 1), `match_rms_adamw`
+    // multiplies by 0.2·√6.
+    let step = |mode: &str| {
+        let mut w = vec![Tensor::new("w", vec![rows, cols], vec![0.0; rows * cols]).unwrap()];
+        let spec = format!("muon:lr=0.1,adjust_lr={mode}");
+        let mut opt = Optimizer::<f64>::from_spec(&spec).unwrap();
+        opt.step(&mut w, std::slice::from_ref(&g), &StepInfo::default())
+            .unwrap();
+        w[0].data().to_vec()
+    };
+    let original = step("original");
+    let scaled: Vec<f64> = original.iter().map(|x| x * 0.2 * 6f64.sqrt()).collect();
+    assert_close(&scaled, &step("match_rms_adamw"), 1e-12, "match_rms_adamw");
+    let scaled: Vec<f64> = original.iter().map(|x| x * (4.0f64 / 6.0).sqrt()).collect();
+    assert_close(
+        &scaled,
+        &step("spectral_unclamped"),
+        1e-12,
+        "spectral_unclamped",
+    );
+}
+
+/// Muon's momentum by its definition, $b \leftarrow \mu b + (1-\mu) g$, orthogonalising $b$
+/// (`nesterov=false`) or $g + \mu(b - g)$ (the default): the same parameters as Muon
+/// without momentum fed those updates as its gradients. With $\mu = 0.95$ and $\mu = 0.3$
+/// (the two branches of the interpolation), and the buffer checked against the definition.
+#[test]
+fn muon_momentum_and_nesterov_by_their_definitions() {
+    for mu in [0.95, 0.3] {
+        for nesterov in [false, true] {
+            let spec = format!("muon:lr=0.05,weight_decay=0,momentum={mu},nesterov={nesterov}");
+            let mut opt = Optimizer::<f64>::from_spec(&spec).unwrap();
+            let mut plain =
+                Optimizer::<f64>::from_spec("muon:lr=0.05,weight_decay=0,momentum=0").unwrap();
+            let mut a = vec![matrix::<f64>("w", 3, 5, 1)];
+            let mut b = a.clone();
+            let mut buf = vec![0.0; 15];
+            for t in 0..4 {
+                let g = grads(&a, t);
+                opt.step(&mut a, &g, &StepInfo::default()).unwrap();
+                let mut update = g[0].clone();
+                for ((u, &gi), bi) in update.data_mut().iter_mut().zip(g[0].data()).zip(&mut buf) {
+                    *bi = mu * *bi + (1.0 - mu) * gi;
+                    *u = if nesterov { gi + mu * (*bi - gi) } else { *bi };
+                }
+                plain.step(&mut b, &[update], &StepInfo::default()).unwrap();
+                let what = format!("{spec}, step {t}");
+                assert_close(&buf, opt.state("momentum_buffer", 0).unwrap(), 1e-14, &what);
+                assert_close(a[0].data(), b[0].data(), 1e-12, &what);
+            }
+        }
+    }
+}
