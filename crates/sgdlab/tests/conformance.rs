@@ -39,7 +39,7 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 26, "conformance files missing in {dir:?}");
+    assert!(files.len() >= 28, "conformance files missing in {dir:?}");
     files.iter().map(|f| load(f)).collect()
 }
 
