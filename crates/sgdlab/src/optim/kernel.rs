@@ -590,12 +590,9 @@ pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize,
         }
         match chunk.iter().position(|x| !x.is_finite()) {
             Some(i) => Err((t, offset + i, chunk[i].as_f64())),
-            // Finite values whose squares overflow: rescale by the largest magnitude.
-            None => {
-                let max = chunk.iter().fold(0.0f64, |m, x| m.max(x.as_f64().abs()));
-                let scaled: f64 = chunk.iter().map(|x| (x.as_f64() / max).powi(2)).sum();
-                Ok(max * max * scaled)
-            }
+            // Finite values whose sum of squares overflows `f64`: the squared norm is +∞ (no
+            // rescaling can represent it), and clipping then scales by 0, as PyTorch's does.
+            None => Ok(f64::INFINITY),
         }
     };
     let total: usize = grads.iter().map(|g| g.len()).sum();
@@ -688,6 +685,62 @@ multiversion!(fn finiteness_dispatch<T: Real>(xs: &[T]) -> f64 = finiteness);
 mod tests {
     use super::super::{Optimizer, StepContext};
     use super::*;
+
+    /// `reduce` on every path — short slices, the 64-lane loop with a tail, several chunks,
+    /// and the threaded path from `PARALLEL_MIN` elements — in both precisions: 0 exactly for
+    /// finite gradients without the norm, $\sum g^2$ with it (against a plain sum), and the
+    /// first non-finite element by (tensor, index, value) wherever it lies: first, last, in
+    /// the lanes, in a lane loop's tail, in a later chunk, in the second tensor.
+    #[test]
+    fn reduce_sums_squares_and_finds_the_first_non_finite_element() {
+        fn check<T: Real>() {
+            for n in [3, 255, 256, 300, CHUNK + 5, PARALLEL_MIN + 77] {
+                let a: Vec<T> = (0..n)
+                    .map(|i| T::from_f64(((i * 7919) % 1009) as f64 / 500.0 - 1.0))
+                    .collect();
+                let b: Vec<T> = (0..17).map(|i| T::from_f64(i as f64 * 0.25)).collect();
+                assert_eq!(reduce(&[&a, &b], false), Ok(0.0), "n = {n}");
+                let want: f64 = a.iter().chain(&b).map(|x| x.as_f64() * x.as_f64()).sum();
+                let got = reduce(&[&a, &b], true).unwrap();
+                assert!(
+                    (got - want).abs() <= 1e-12 * want,
+                    "n = {n}: {got} vs {want}"
+                );
+                let mut spots = vec![(0, 0), (0, n - 1), (0, n / 2), (1, 16)];
+                if n > 2 * CHUNK {
+                    spots.push((0, CHUNK + 3));
+                }
+                for (t, i) in spots {
+                    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                        let (mut a, mut b) = (a.clone(), b.clone());
+                        [&mut a, &mut b][t][i] = T::from_f64(bad);
+                        if t == 1 {
+                            a[n - 1] = T::from_f64(f64::INFINITY);
+                            b[i] = T::from_f64(bad);
+                        }
+                        for norm in [false, true] {
+                            let (gt, gi, gv) = reduce(&[&a, &b], norm).unwrap_err();
+                            // With the second tensor poisoned, the first tensor's last
+                            // element comes first.
+                            let (wt, wi, wv) = if t == 1 {
+                                (0, n - 1, f64::INFINITY)
+                            } else {
+                                (t, i, bad)
+                            };
+                            assert_eq!((gt, gi), (wt, wi), "n = {n}, {bad}, norm {norm}");
+                            assert!(gv == wv || (gv.is_nan() && wv.is_nan()), "{gv}");
+                        }
+                    }
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+        // Finite values whose squares overflow: the squared norm is +∞.
+        let huge = [1e200, -1e200, 1.0];
+        assert_eq!(reduce::<f64>(&[&huge], true), Ok(f64::INFINITY));
+        assert_eq!(reduce::<f64>(&[&huge], false), Ok(0.0));
+    }
 
     /// The prefetching block loop computes exactly what one pass over the whole slice does,
     /// for every rule and slot layout, on a length that is not a multiple of the block.
