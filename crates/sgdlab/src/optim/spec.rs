@@ -597,6 +597,39 @@ mod tests {
         );
     }
 
+    /// Every spec value type prints as text that parses back to the same value (what
+    /// `Display` and the checkpoints rely on), `none` included for an optional number.
+    #[test]
+    fn spec_values_round_trip_through_their_text() {
+        fn round_trip<V: SpecValue + PartialEq + std::fmt::Debug>(values: &[V], texts: &[&str]) {
+            for (v, text) in values.iter().zip(texts) {
+                assert_eq!(v.show(), *text);
+                assert_eq!(&V::parse_value("key", text).unwrap(), v, "{text}");
+            }
+        }
+        round_trip(&[0.5, 1e-8, 3.0], &["0.5", "1e-8", "3"]);
+        round_trip(&[true, false], &["true", "false"]);
+        round_trip(&[0u64, 7], &["0", "7"]);
+        round_trip(&[None, Some(0.25)], &["none", "0.25"]);
+        round_trip(
+            &[Debias::None, Debias::Power, Debias::Horizon],
+            &["none", "power", "horizon"],
+        );
+        round_trip(
+            &[
+                StateDtype::Param,
+                StateDtype::F32,
+                StateDtype::F64,
+                StateDtype::Bf16,
+            ],
+            &["param", "f32", "f64", "bf16"],
+        );
+        round_trip(
+            &[StateRounding::Stochastic, StateRounding::Nearest],
+            &["stochastic", "nearest"],
+        );
+    }
+
     #[test]
     fn errors_name_the_problem() {
         let cases = [
