@@ -111,44 +111,15 @@ fn master_weights_step_like_f32_and_round_to_nearest() {
     }
 }
 
-/// Without a master copy and with `rounding=nearest`, a step is the f32 step of the widened
-/// parameters rounded to nearest (done here by hand).
-#[test]
-fn without_master_nearest_is_the_f32_step_rounded() {
-    let mut ps = params(100_000, 2);
-    let mut opt = Optimizer::<f32>::from_spec("adam:lr=0.01,rounding=nearest").unwrap();
+/// Steps `spec` (no master copy) on bfloat16 parameters beside an f32 Adam stepping their
+/// widening, and checks after each step $t$ that the parameters are the f32 step rounded by
+/// `round(t, tensor, element, value)` (done here by hand), over tensors of several chunks.
+fn check_rounded_steps(spec: &str, seed: u64, round: impl Fn(u64, usize, u64, f32) -> u16) {
+    let mut ps = params(100_000, seed);
+    let mut opt = Optimizer::<f32>::from_spec(spec).unwrap();
     let mut reference = Optimizer::<f32>::from_spec("adam:lr=0.01").unwrap();
     let mut wide: Vec<Vec<f32>> = ps.iter().map(|p| widen(p)).collect();
-    for t in 0..4 {
-        let g = grads(&ps, t);
-        step(&mut opt, &mut ps, &g);
-        let shapes = shapes(&ps);
-        let mut views = param_views(&mut wide, &shapes);
-        let gviews = grad_views(&g, &shapes);
-        reference
-            .step_views(&mut views, &gviews, &StepInfo::default())
-            .unwrap();
-        drop(views);
-        for (w, p) in wide.iter_mut().zip(&ps) {
-            let rounded: Vec<u16> = w.iter().map(|&x| bf16_nearest(x)).collect();
-            assert_eq!(&rounded, p, "step {t}");
-            *w = widen(p);
-        }
-    }
-}
-
-/// Without a master copy and with stochastic rounding (the default), a step is the f32 step
-/// of the widened parameters rounded with the documented bits: element $i$ of tensor $k$ at
-/// step $t$ takes `counter_bits(stream_key(sr_seed, t, k, 2), i)` (stream 2: the state's
-/// pairs of buffers take 0 and 1) — across the chunks of a tensor of several, so that a
-/// resumed or re-threaded run draws the same bits.
-#[test]
-fn without_master_stochastic_is_the_f32_step_rounded_with_the_documented_bits() {
-    let mut ps = params(100_000, 4);
-    let mut opt = Optimizer::<f32>::from_spec("adam:lr=0.01,sr_seed=77").unwrap();
-    let mut reference = Optimizer::<f32>::from_spec("adam:lr=0.01").unwrap();
-    let mut wide: Vec<Vec<f32>> = ps.iter().map(|p| widen(p)).collect();
-    for t in 1..=3u64 {
+    for t in 1..=4u64 {
         let g = grads(&ps, t);
         step(&mut opt, &mut ps, &g);
         let shapes = shapes(&ps);
@@ -159,16 +130,36 @@ fn without_master_stochastic_is_the_f32_step_rounded_with_the_documented_bits() 
             .unwrap();
         drop(views);
         for (k, (w, p)) in wide.iter_mut().zip(&ps).enumerate() {
-            let key = stream_key(77, t, k as u64, 2);
             let rounded: Vec<u16> = (0u64..)
                 .zip(w.iter())
-                .map(|(i, &x)| bf16_stochastic(x, counter_bits(key, i)))
+                .map(|(i, &x)| round(t, k, i, x))
                 .collect();
-            assert!(rounded == *p, "step {t}, tensor {k}");
+            assert!(rounded == *p, "{spec}: step {t}, tensor {k}");
             *w = widen(p);
         }
         assert_eq!(opt.master(0), None, "no master copy without master_weights");
     }
+}
+
+/// Without a master copy and with `rounding=nearest`, a step is the f32 step of the widened
+/// parameters rounded to nearest.
+#[test]
+fn without_master_nearest_is_the_f32_step_rounded() {
+    check_rounded_steps("adam:lr=0.01,rounding=nearest", 2, |_, _, _, x| {
+        bf16_nearest(x)
+    });
+}
+
+/// Without a master copy and with stochastic rounding (the default), a step is the f32 step
+/// of the widened parameters rounded with the documented bits: element $i$ of tensor $k$ at
+/// step $t$ takes `counter_bits(stream_key(sr_seed, t, k, 2), i)` (stream 2: the state's
+/// pairs of buffers take 0 and 1) — across the chunks of a tensor of several, so that a
+/// resumed or re-threaded run draws the same bits.
+#[test]
+fn without_master_stochastic_is_the_f32_step_rounded_with_the_documented_bits() {
+    check_rounded_steps("adam:lr=0.01,sr_seed=77", 4, |t, k, i, x| {
+        bf16_stochastic(x, counter_bits(stream_key(77, t, k as u64, 2), i))
+    });
 }
 
 /// An update of a quarter ulp: round to nearest never moves the parameter; stochastic
