@@ -351,6 +351,34 @@ fn every_corrupt_field_of_a_state_is_refused_by_name() {
     );
 }
 
+/// `stored_dtype` reads the element type from a saved state's metadata (the Python package
+/// loads with it), and refuses bytes that are not an sgdlab optimizer state by name.
+#[test]
+fn stored_dtype_reads_the_state_type_and_refuses_other_bytes() {
+    use sgdlab::optim::stored_dtype;
+    let f32_bytes = Optimizer::<f32>::from_spec("adam")
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let f64_bytes = Optimizer::<f64>::from_spec("adam")
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(stored_dtype(&f32_bytes).unwrap(), "f32");
+    assert_eq!(stored_dtype(&f64_bytes).unwrap(), "f64");
+    let err = stored_dtype(b"junk").unwrap_err().to_string();
+    assert!(err.contains("not a valid safetensors"), "{err}");
+    // Valid safetensors whose format name is another's.
+    let mut bytes = f64_bytes.clone();
+    let pos = bytes
+        .windows(22)
+        .position(|w| w == b"sgdlab-optimizer-state")
+        .unwrap();
+    bytes[pos..pos + 6].copy_from_slice(b"xxxxxx");
+    let err = stored_dtype(&bytes).unwrap_err().to_string();
+    assert!(err.contains("not an sgdlab optimizer state"), "{err}");
+}
+
 /// bfloat16 state and master copies through a state dict: the widened values load back
 /// exactly (NaN too), a value that is not a bfloat16 is refused, and the master copy must be
 /// there with the parameters' shape.
