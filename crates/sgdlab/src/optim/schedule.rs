@@ -229,7 +229,13 @@ impl Schedule {
                 }
                 parts.iter().try_for_each(Schedule::validate)
             }
-            _ => Ok(()),
+            // Every arm named: a variant added later must be decided on here.
+            Schedule::Warmup { .. }
+            | Schedule::Linear { .. }
+            | Schedule::Cosine { .. }
+            | Schedule::StepDecay { .. }
+            | Schedule::Exponential { .. }
+            | Schedule::Wsd { .. } => Ok(()),
         }
     }
 
@@ -440,6 +446,9 @@ mod tests {
         let w = s("wsd:2,3,4");
         let f: Vec<f64> = (0..11).map(|t| w.factor(t)).collect();
         assert_eq!(f, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+        let w = s("wsd:2,3,4,0.5");
+        let f: Vec<f64> = (4..11).map(|t| w.factor(t)).collect();
+        assert_eq!(f, [1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.5]);
         let seq = s("seq[warmup:2;decay:1,0.5]@2");
         let f: Vec<f64> = (0..5).map(|t| seq.factor(t)).collect();
         assert_eq!(f, [0.5, 1.0, 1.0, 0.5, 0.25]);
@@ -515,6 +524,41 @@ mod tests {
         assert_ne!(
             Schedule::custom("mine", |_| 1.0),
             Schedule::custom("yours", |_| 1.0)
+        );
+    }
+
+    /// A composition built in code (not parsed, so its parts were not checked on the way)
+    /// is validated part by part, and an empty product or a sequence with the wrong number of
+    /// milestones is refused.
+    #[test]
+    fn compositions_built_in_code_are_validated() {
+        let bad_part = Schedule::Warmup { steps: 0 };
+        assert!(Schedule::Product(vec![]).validate().is_err());
+        assert!(
+            Schedule::Product(vec![Schedule::Constant, bad_part.clone()])
+                .validate()
+                .is_err()
+        );
+        let seq =
+            |parts: Vec<Schedule>, milestones: Vec<u64>| Schedule::Sequence { parts, milestones };
+        assert!(
+            seq(vec![Schedule::Constant, bad_part], vec![3])
+                .validate()
+                .is_err()
+        );
+        assert!(seq(vec![Schedule::Constant], vec![3]).validate().is_err());
+        assert!(
+            seq(
+                vec![Schedule::Constant, Schedule::Warmup { steps: 2 }],
+                vec![3]
+            )
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Schedule::Product(vec![Schedule::Constant])
+                .validate()
+                .is_ok()
         );
     }
 
