@@ -521,6 +521,7 @@ mod tests {
         );
         let parse = |t: &str| t.parse::<Schedule>().unwrap();
         assert_ne!(parse("warmup:4"), parse("warmup:5"));
+        assert_eq!(format!("{:?}", parse("warmup:4")), "Schedule(warmup:4)");
         assert_ne!(
             Schedule::custom("mine", |_| 1.0),
             Schedule::custom("yours", |_| 1.0)
