@@ -742,6 +742,31 @@ mod tests {
         assert_eq!(reduce::<f64>(&[&huge], false), Ok(0.0));
     }
 
+    /// The levels on offer are the baseline and what the CPU reports, in order; a forced
+    /// level is the one steps use until `force(None)` restores the widest; each has its name.
+    /// (The only lib test that forces a level: the levels give the same bits, so other tests
+    /// running meanwhile see no difference.)
+    #[test]
+    fn simd_levels_are_detected_forced_and_named() {
+        let available = SimdLevel::available();
+        assert_eq!(available.first(), Some(&SimdLevel::Baseline));
+        assert!(available.windows(2).all(|w| w[0] < w[1]), "{available:?}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |l| available.contains(&l);
+            assert_eq!(has(SimdLevel::Avx2), is_x86_feature_detected!("avx2"));
+            assert_eq!(has(SimdLevel::Avx512), is_x86_feature_detected!("avx512f"));
+        }
+        for &level in &available {
+            SimdLevel::force(Some(level));
+            assert_eq!(SimdLevel::current(), level);
+        }
+        SimdLevel::force(None);
+        assert_eq!(Some(&SimdLevel::current()), available.last());
+        let names = [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512].map(SimdLevel::name);
+        assert_eq!(names, ["baseline", "avx2", "avx512"]);
+    }
+
     /// The prefetching block loop computes exactly what one pass over the whole slice does,
     /// for every rule and slot layout, on a length that is not a multiple of the block.
     #[test]
