@@ -996,6 +996,31 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
             _ => &[],
         };
         assert_eq!(opt.spec().rule.tensor_scalars(), scalars, "{spec}");
+        // The decay rates whose powers a step takes (0 where the rule has none), at the
+        // defaults, and what else a rule tells the optimizer about itself.
+        let rule = &opt.spec().rule;
+        let name = spec.split(':').next().unwrap();
+        let decays = match name {
+            "adam" | "adamw" | "radam" | "ademamix" => [0.9, 0.999],
+            "ema-momentum" | "adamax" => [0.9, 0.0],
+            "madam" => [0.999, 0.0],
+            "nadam" | "sf-adamw" => [0.0, 0.999],
+            _ => [0.0, 0.0],
+        };
+        assert_eq!(rule.decays(), decays, "{spec}");
+        assert_eq!(rule.needs_loss(), name == "lossprop", "{spec}");
+        assert_eq!(rule.needs_norm(), name == "normsgd", "{spec}");
+        assert_eq!(rule.whole_tensor(), name == "muon", "{spec}");
+        let sf = name.starts_with("sf-");
+        assert_eq!(rule.eval_slot(), sf.then_some(1), "{spec}");
+        let starts: Vec<bool> = (0..slots.len())
+            .map(|s| rule.slot_starts_at_params(s))
+            .collect();
+        assert_eq!(
+            starts,
+            (0..slots.len()).map(|s| sf && s < 2).collect::<Vec<_>>(),
+            "{spec}"
+        );
     }
     for name in sgdlab::optim::spec::NAMES {
         assert!(
