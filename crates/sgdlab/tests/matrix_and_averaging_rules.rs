@@ -315,3 +315,39 @@ fn muon_momentum_and_nesterov_by_their_definitions() {
         }
     }
 }
+
+/// A step at learning rate 0 gives the average a weight of $0^p = 0$: the reference
+/// (`schedulefree`) then takes $c_t = 0$ instead of $0/0$, so neither $z$ nor $x$ moves. A run that
+/// starts at learning rate 0 (a schedule from 0) keeps $x$ at the initial point, and the
+/// first step with a positive rate takes $c_t = 1$: $x = z$ exactly.
+#[test]
+fn schedule_free_at_learning_rate_zero_keeps_its_average_finite() {
+    for spec in ["sf-sgd:lr=0.1", "sf-adamw:lr=0.01,weight_decay=0.1"] {
+        let p0 = vec![matrix::<f64>("w", 3, 4, 2)];
+        let mut p = p0.clone();
+        let mut opt = Optimizer::<f64>::from_spec(spec).unwrap();
+        let at_zero = StepInfo {
+            lr_scale: 0.0,
+            ..StepInfo::default()
+        };
+        for t in 0..3 {
+            let g = grads(&p, t);
+            opt.step(&mut p, &g, &at_zero).unwrap();
+            // z and x stay; y = βx + (1 − β)z is x up to its rounding.
+            assert_eq!(opt.state("z", 0).unwrap(), p0[0].data(), "{spec}: step {t}");
+            assert_eq!(opt.eval_point(0).unwrap(), p0[0].data(), "{spec}: step {t}");
+            for (a, b) in p[0].data().iter().zip(p0[0].data()) {
+                assert!((a - b).abs() <= 1e-16, "{spec}: step {t}: {a} {b}");
+            }
+        }
+        let g = grads(&p, 3);
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let z = opt.state("z", 0).unwrap();
+        assert_ne!(z, p0[0].data(), "{spec}: z moved");
+        assert_eq!(
+            opt.eval_point(0).unwrap(),
+            z,
+            "{spec}: c = 1 at the first weighed step"
+        );
+    }
+}
