@@ -34,6 +34,10 @@ use crate::lowp::{Block, bf16_nearest, bf16_stochastic, half_word};
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;
 
+// Units start at multiples of CHUNK; a power of two keeps every unit inside one 2^32 block
+// of the stochastic-rounding counters (`bf16_elements`, `run_lowp_scratch`, `mixed::narrow`).
+const _: () = assert!(CHUNK.is_power_of_two() && CHUNK as u64 <= 1 << 32);
+
 /// Below this many elements a step runs on the calling thread.
 const PARALLEL_MIN: usize = 2 * CHUNK;
 
