@@ -507,7 +507,8 @@ proptest! {
 #[test]
 fn every_simd_level_and_thread_count_gives_the_same_bits() {
     use sgdlab::optim::kernel::{CHUNK, SimdLevel};
-    // Three tensors: one spanning several chunks (parallel path), one ragged, one tiny.
+    // Three tensors: one spanning several chunks (parallel path), one ragged, one tiny; at 1,
+    // 3 and 8 threads (more threads than units per job: the job size must stay positive).
     fn tensors<T: Real>() -> Vec<Tensor<T>> {
         [3 * CHUNK + 17, CHUNK / 2 + 3, 5]
             .iter()
@@ -549,7 +550,7 @@ fn every_simd_level_and_thread_count_gives_the_same_bits() {
         let reference = pool(1).install(|| run_all::<T>(spec));
         for level in SimdLevel::available() {
             SimdLevel::force(Some(level));
-            for threads in [1, 3] {
+            for threads in [1, 3, 8] {
                 let got = pool(threads).install(|| run_all::<T>(spec));
                 for (a, b) in reference.iter().zip(&got) {
                     let same = a
