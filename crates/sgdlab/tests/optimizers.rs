@@ -508,7 +508,7 @@ proptest! {
 fn every_simd_level_and_thread_count_gives_the_same_bits() {
     use sgdlab::optim::kernel::{CHUNK, SimdLevel};
     // Three tensors: one spanning several chunks (parallel path), one ragged, one tiny; at 1,
-    // 3 and 8 threads (more threads than units per job: the job size must stay positive).
+    // 3 and 8 threads (the pool's size enters how units are handed out).
     fn tensors<T: Real>() -> Vec<Tensor<T>> {
         [3 * CHUNK + 17, CHUNK / 2 + 3, 5]
             .iter()
