@@ -130,12 +130,6 @@ impl UpdateRule for Adam {
 }
 
 impl Adam {
-    /// AdamW's defaults as an `Adam` configuration: Adam's, with `weight_decay = 0.01`
-    /// ([`AdamW::default`] is the configuration of `Rule::AdamW`).
-    pub fn adamw_default() -> Self {
-        Adam::from(&AdamW::default())
-    }
-
     /// One chunk's update ([`fused_steps`]), with coupled (L2) weight decay.
     #[inline(always)]
     fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
