@@ -990,17 +990,17 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
     for (spec, slots) in table {
         let opt = Optimizer::<f64>::from_spec(spec).unwrap();
         assert_eq!(opt.slot_names(), *slots, "{spec}");
-        let scalars: &[&str] = match spec.split(':').next() {
-            Some("madam") => &["max"],
-            Some("nadam") => &["mu_product"],
-            Some("sf-sgd" | "sf-adamw") => &["lr_max", "weight_sum", "ckp1"],
+        let name = spec.split(':').next().unwrap();
+        let rule = &opt.spec().rule;
+        let scalars: &[&str] = match name {
+            "madam" => &["max"],
+            "nadam" => &["mu_product"],
+            "sf-sgd" | "sf-adamw" => &["lr_max", "weight_sum", "ckp1"],
             _ => &[],
         };
-        assert_eq!(opt.spec().rule.tensor_scalars(), scalars, "{spec}");
+        assert_eq!(rule.tensor_scalars(), scalars, "{spec}");
         // The decay rates whose powers a step takes (0 where the rule has none), at the
         // defaults, and what else a rule tells the optimizer about itself.
-        let rule = &opt.spec().rule;
-        let name = spec.split(':').next().unwrap();
         let decays = match name {
             "adam" | "adamw" | "radam" | "ademamix" => [0.9, 0.999],
             "ema-momentum" | "adamax" => [0.9, 0.0],
