@@ -161,6 +161,34 @@ fn power_debias_makes_the_first_adam_step_lr_sized() {
     }
 }
 
+/// RAdam rectifies only when $\rho_t > 5$, as PyTorch's `if rho_t > 5.0`: with
+/// $\beta_2 = 0.8397685748659791$, $\rho_6 = \rho_\infty - 2 \cdot 6\,\beta_2^6/(1-\beta_2^6)$ is
+/// exactly 5 in float64 (found by scanning the ulps around the root), so steps 1–6 take the
+/// unadapted step $\eta\,\hat m_t$ ($= \eta$ for a constant gradient of 1) and step 7 the
+/// rectified one, $r_7 \approx 0.36$ times smaller.
+#[test]
+fn radam_rectifies_only_above_rho_five() {
+    let beta2 = 0.8397685748659791f64;
+    let rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    let rho = |t: f64| rho_inf - 2.0 * t * beta2.powf(t) / (1.0 - beta2.powf(t));
+    assert_eq!(rho(6.0), 5.0, "the boundary case this test is about");
+    assert!(rho(7.0) > 5.0);
+    let lr = 0.01;
+    let mut opt = Optimizer::<f64>::from_spec(&format!("radam:lr={lr},beta2={beta2}")).unwrap();
+    let mut p = vec![Tensor::vector("p", vec![0.0])];
+    let g = [Tensor::vector("p", vec![1.0])];
+    for t in 1..=7 {
+        let before = p[0].data()[0];
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let moved = before - p[0].data()[0];
+        if t <= 6 {
+            assert!((moved - lr).abs() < 1e-12 * lr, "step {t}: {moved}");
+        } else {
+            assert!(moved > 0.2 * lr && moved < 0.5 * lr, "step {t}: {moved}");
+        }
+    }
+}
+
 #[test]
 fn checkpoint_resume_is_bit_identical_for_every_optimizer() {
     let dir = tempfile::tempdir().unwrap();
