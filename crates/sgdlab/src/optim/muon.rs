@@ -332,7 +332,7 @@ pub fn newton_schulz<T: Real>(
             each(parallel, v, |x| *x = round_bf16(*x));
         }
     };
-    let tall = rows > cols;
+    let tall = works_transposed(rows, cols);
     let (r, c) = if tall { (cols, rows) } else { (rows, cols) };
     let mut x: Vec<T> = if tall {
         transpose(update, rows, cols)
@@ -364,6 +364,14 @@ pub fn newton_schulz<T: Real>(
         round(&mut x);
     }
     if tall { transpose(&x, r, c) } else { x }
+}
+
+/// Whether [`newton_schulz`] works on the transpose: PyTorch's `if G.size(-2) > G.size(-1)`,
+/// so that the Gram matrix $XX^\top$ is the smaller one, $\min(r, c)^2$ elements; a square
+/// matrix is not transposed. Either orientation gives the same result up to rounding (both
+/// compute $p(XX^\top)X = X\,p(X^\top X)$), so only the bits and the cost tell them apart.
+fn works_transposed(rows: usize, cols: usize) -> bool {
+    rows > cols
 }
 
 /// The transpose of a row-major `rows` × `cols` matrix.
@@ -400,6 +408,18 @@ mod tests {
         }
         check::<f32>();
         check::<f64>();
+    }
+
+    /// The orientation rule is PyTorch's: only a tall matrix is transposed (a square one
+    /// would get its rounding from $X^\top X$ instead of $XX^\top$, and a tall one a Gram
+    /// matrix of $\max(r, c)^2$ elements, and neither shows beyond rounding).
+    #[test]
+    fn only_tall_matrices_are_transposed() {
+        assert!(works_transposed(6, 4));
+        assert!(works_transposed(2, 1));
+        assert!(!works_transposed(4, 6));
+        assert!(!works_transposed(5, 5));
+        assert!(!works_transposed(1, 1));
     }
 
     /// `lerp` is PyTorch's CPU kernel bit for bit: `torch.lerp` (torch 2.15, float64 and
