@@ -209,6 +209,25 @@ mod tests {
         assert_eq!(exp_squarings(1e3), usize::MAX);
     }
 
+    /// The clamp bound is `p_scale` times the RMS of the tensor at the first step, as the
+    /// reference's `p_scale * (p*p).mean().sqrt()`: with $\Phi_0 = (3, 1, -1, \tfrac12)$ and
+    /// `p_scale` 1 it is $\sqrt{11.25/4}$, which clamps the first element's step
+    /// $3e^{-0.1}$ and leaves the others, $\Phi e^{-\eta\,\mathrm{sign}(g)\,\mathrm{sign}(\Phi)}$
+    /// (the first normalised gradient is $\mathrm{sign}(g)$), unclamped.
+    #[test]
+    fn the_clamp_bound_is_p_scale_times_the_first_rms() {
+        use crate::optim::{Optimizer, StepInfo, Tensor};
+        let mut opt = Optimizer::<f64>::from_spec("madam:lr=0.1,p_scale=1").unwrap();
+        let mut p = vec![Tensor::vector("w", vec![3.0, 1.0, -1.0, 0.5])];
+        let g = vec![Tensor::vector("w", vec![1.0, -1.0, -1.0, 2.0])];
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let e = 0.1f64.exp();
+        let want = [(11.25f64 / 4.0).sqrt(), e, -1.0 / e, 0.5 / e];
+        for (got, want) in p[0].data().iter().zip(want) {
+            assert!((got - want).abs() <= 1e-13, "{got} vs {want}");
+        }
+    }
+
     /// The largest exponent the bounded kernel takes, $|\eta\,g_{bound}| = 16$ (8 squarings):
     /// an `f64` step is $e^{\mp 16}$ to 1e-12 relative, which only the `f64` degree gives
     /// (the `f32` degree's truncation is $2^8 (1/16)^7/7! \approx 2 \cdot 10^{-10}$ there), and
