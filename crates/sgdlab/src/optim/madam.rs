@@ -209,6 +209,34 @@ mod tests {
         assert_eq!(exp_squarings(1e3), usize::MAX);
     }
 
+    /// The exp kernel's squarings are chosen for $|\eta\,g_{bound}|$, the largest exponent a
+    /// step can take, and that exponent is reached: after 70 zero gradients ($v = 0$, the
+    /// normalised gradient 0/0 taken as 0, factor 1), a gradient $\pm1$ normalises to
+    /// $\pm\sqrt{(1-\beta^{71})/(1-\beta)} \approx \pm 8.3$, clipped to $g_{bound} = 8$, so
+    /// with $\eta = 8$ the factor is $e^{-64}$, beyond the bounded kernel (the library `exp`).
+    /// Squarings chosen from $\eta + g_{bound} = 16$ or $\eta / g_{bound} = 1$ would take it with
+    /// 8 or 4 squarings, $6 \cdot 10^{-11}$ relative or far worse.
+    #[test]
+    fn the_exp_kernel_covers_the_largest_exponent() {
+        use crate::optim::{Optimizer, StepInfo, Tensor};
+        let mut opt = Optimizer::<f64>::from_spec("madam:lr=8,g_bound=8,p_scale=1e30").unwrap();
+        let mut p = vec![Tensor::vector("w", vec![0.5, -2.0])];
+        for _ in 0..70 {
+            let zero = vec![Tensor::vector("w", vec![0.0, 0.0])];
+            opt.step(&mut p, &zero, &StepInfo::default()).unwrap();
+        }
+        assert_eq!(p[0].data(), &[0.5, -2.0]);
+        let g = vec![Tensor::vector("w", vec![1.0, -1.0])];
+        opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        let e = (-64f64).exp();
+        for (got, want) in p[0].data().iter().zip([0.5 * e, -2.0 * e]) {
+            assert!(
+                (got - want).abs() <= 1e-13 * want.abs(),
+                "{got:e} vs {want:e}"
+            );
+        }
+    }
+
     /// The clamp bound is `p_scale` times the RMS of the tensor at the first step, as the
     /// reference's `p_scale * (p*p).mean().sqrt()`: with $\Phi_0 = (3, 1, -1, \tfrac12)$ and
     /// `p_scale` 1 it is $\sqrt{11.25/4}$, which clamps the first element's step
