@@ -351,3 +351,50 @@ fn schedule_free_at_learning_rate_zero_keeps_its_average_finite() {
         );
     }
 }
+
+/// Clipping and gradient accumulation scale Muon's gradient as every rule's: `clip_norm`
+/// equals Muon fed the gradients clipped by [`clip_grad_norm`], and 4 micro-batches of
+/// summed gradients equal the mean, bit for bit. The clip scale varies from step to step, so
+/// the momentum buffer sees it (the orthogonalised update alone would not: it is invariant
+/// to one scale).
+#[test]
+fn muon_takes_the_clipped_and_accumulated_gradient() {
+    use sgdlab::optim::clip_grad_norm;
+    let spec = "muon:lr=0.05,momentum=0.9";
+    let init = || vec![matrix::<f64>("w", 4, 6, 1), matrix::<f64>("v", 5, 3, 2)];
+    let mut clipped = Optimizer::<f64>::from_spec(&format!("{spec},clip_norm=0.5")).unwrap();
+    let mut on_clipped = Optimizer::<f64>::from_spec(spec).unwrap();
+    let mut plain = Optimizer::<f64>::from_spec(spec).unwrap();
+    let mut summed = Optimizer::<f64>::from_spec(spec).unwrap();
+    let (mut a, mut b, mut c, mut d) = (init(), init(), init(), init());
+    let mut norms = Vec::new();
+    for t in 0..6 {
+        let g = grads(&a, t);
+        clipped.step(&mut a, &g, &StepInfo::default()).unwrap();
+        let mut g = grads(&b, t);
+        let mut views: Vec<&mut [f64]> = g.iter_mut().map(|t| t.data_mut()).collect();
+        norms.push(clip_grad_norm(&mut views, 0.5).unwrap());
+        on_clipped.step(&mut b, &g, &StepInfo::default()).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_close(x.data(), y.data(), 1e-12, &format!("clipped, step {t}"));
+        }
+
+        let g = grads(&c, t);
+        plain.step(&mut c, &g, &StepInfo::default()).unwrap();
+        let mut g = grads(&d, t);
+        g.iter_mut()
+            .for_each(|t| t.data_mut().iter_mut().for_each(|x| *x *= 4.0));
+        let info = StepInfo {
+            micro_batches: 4,
+            ..StepInfo::default()
+        };
+        summed.step(&mut d, &g, &info).unwrap();
+        assert_eq!(c, d, "4 micro-batches, step {t}");
+    }
+    // The clip binds at every step, by a scale that changes.
+    assert!(norms.iter().all(|&n| n > 0.5), "{norms:?}");
+    assert!(
+        norms.windows(2).all(|w| (w[0] - w[1]).abs() > 1e-3),
+        "{norms:?}"
+    );
+}

@@ -410,6 +410,32 @@ mod tests {
         check::<f64>();
     }
 
+    /// `adjust_lr`'s text is PyTorch's `adjust_lr_fn` names, and each reads back as itself
+    /// (a spec prints its non-default values with `show`, and a checkpoint stores that text).
+    #[test]
+    fn adjust_lr_text_round_trips() {
+        for (mode, text) in [
+            (AdjustLr::Original, "original"),
+            (AdjustLr::MatchRmsAdamw, "match_rms_adamw"),
+            (AdjustLr::SpectralUnclamped, "spectral_unclamped"),
+        ] {
+            assert_eq!(mode.show(), text);
+            assert_eq!(AdjustLr::parse_value("adjust_lr", text).unwrap(), mode);
+            let spec: crate::optim::OptimizerSpec =
+                format!("muon:adjust_lr={text}").parse().unwrap();
+            let printed = spec.to_string();
+            // A spec prints what differs from the defaults.
+            let shown = printed.contains(&format!("adjust_lr={text}"));
+            assert_eq!(shown, mode != AdjustLr::default(), "{printed}");
+            assert_eq!(
+                printed.parse::<crate::optim::OptimizerSpec>().unwrap(),
+                spec
+            );
+        }
+        let err = AdjustLr::parse_value("adjust_lr", "spectral").unwrap_err();
+        assert!(err.to_string().contains("adjust_lr"), "{err}");
+    }
+
     /// The orientation rule is PyTorch's: only a tall matrix is transposed (a square one
     /// would get its rounding from $X^\top X$ instead of $XX^\top$, and a tall one a Gram
     /// matrix of $\max(r, c)^2$ elements, and neither shows beyond rounding).
