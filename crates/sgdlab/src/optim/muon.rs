@@ -216,6 +216,12 @@ const ROW_BLOCK: usize = 64;
 /// than their products (a 64 × 64 step takes microseconds).
 const PARALLEL_MIN: usize = 1 << 16;
 
+/// Whether an $m \times k$ by $k \times n$ product runs its row blocks on the pool: when
+/// $m \max(n, k) \ge$ [`PARALLEL_MIN`]. Speed only: the blocks are the same either way.
+fn parallel_product(m: usize, k: usize, n: usize) -> bool {
+    m * n.max(k) >= PARALLEL_MIN
+}
+
 /// `f` over the elements of `v`, on the pool when `parallel`; the same bits either way.
 fn each<T: Real>(parallel: bool, v: &mut [T], f: impl Fn(&mut T) + Sync + Send) {
     if parallel {
@@ -293,7 +299,7 @@ fn matmul<T: Real>(
             );
         }
     };
-    if m * n.max(k) >= PARALLEL_MIN {
+    if parallel_product(m, k, n) {
         c[..m * n]
             .par_chunks_mut(ROW_BLOCK * n)
             .enumerate()
@@ -318,6 +324,9 @@ fn matmul<T: Real>(
 /// normalised by $\max(\lVert X\rVert_F, \epsilon)$, then `steps` times
 /// $A = XX^\top$, $B = bA + cA^2$, $X \leftarrow aX + BX$. Returns the result in the
 /// original orientation. With `bf16`, the input and every product are rounded to bfloat16.
+///
+/// # Panics
+/// If `update` does not have `rows` × `cols` elements.
 pub fn newton_schulz<T: Real>(
     update: &[T],
     rows: usize,
@@ -326,7 +335,13 @@ pub fn newton_schulz<T: Real>(
     eps: f64,
     bf16: bool,
 ) -> Vec<T> {
-    let parallel = rows * cols >= PARALLEL_MIN;
+    assert_eq!(
+        update.len(),
+        rows * cols,
+        "newton_schulz: not a rows × cols matrix"
+    );
+    // Speed only: `each` gives the same bits either way.
+    let parallel = update.len() >= PARALLEL_MIN;
     let round = |v: &mut [T]| {
         if bf16 {
             each(parallel, v, |x| *x = round_bf16(*x));
@@ -388,6 +403,40 @@ fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Products large enough for the parallel row blocks ($m \max(n, k) \ge$
+    /// [`PARALLEL_MIN`]) are the product by its definition, $C_{ij} = \sum_l A_{il} B_{lj}$, to
+    /// rounding: a general one with a transposed (strided) $B$, and a symmetric $XX^\top$. (The
+    /// thread-count test compares the parallel path only with itself; the reference
+    /// trajectories' matrices are small enough for the serial one.)
+    #[test]
+    fn parallel_products_are_the_product() {
+        let (m, k, n) = (300, 230, 250);
+        assert!(parallel_product(m, k, n) && parallel_product(m, k, m));
+        let entry = |i: usize, s: usize| (((i * 37 + s * 11) % 101) as f64 / 50.0 - 1.0) * 0.3;
+        let a: Vec<f64> = (0..m * k).map(|i| entry(i, 1)).collect();
+        // B (k × n) stored transposed: n × k row-major, so strides (1, k).
+        let bt: Vec<f64> = (0..n * k).map(|i| entry(i, 2)).collect();
+        let check = |c: &[f64], rows: usize, cols: usize, b: &dyn Fn(usize, usize) -> f64| {
+            for i in 0..rows {
+                for j in 0..cols {
+                    let want: f64 = (0..k).map(|l| a[i * k + l] * b(l, j)).sum();
+                    let got = c[i * cols + j];
+                    assert!(
+                        (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                        "({i}, {j})"
+                    );
+                }
+            }
+        };
+        let mut c = vec![0.0; m * n];
+        matmul(m, k, n, &a, (&bt, 1, k), &mut c, false);
+        check(&c, m, n, &|l, j| bt[j * k + l]);
+        // X Xᵀ for X = A (m × k): B is Aᵀ, A with strides (1, k).
+        let mut gram = vec![0.0; m * m];
+        matmul(m, k, m, &a, (&a, 1, k), &mut gram, true);
+        check(&gram, m, m, &|l, j| a[j * k + l]);
+    }
 
     /// The half-computed symmetric products are bit for bit the full ones.
     #[test]
