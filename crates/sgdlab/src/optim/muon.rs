@@ -312,7 +312,8 @@ fn matmul<T: Real>(
     }
     if symmetric {
         for i in 1..n {
-            for j in 0..i.min(i / ROW_BLOCK * ROW_BLOCK) {
+            // Row i's block computed its columns from the block's first row on.
+            for j in 0..i / ROW_BLOCK * ROW_BLOCK {
                 c[i * n + j] = c[j * n + i];
             }
         }
