@@ -864,51 +864,82 @@ fn assert_close(a: &[Tensor<f64>], b: &[Tensor<f64>], tol: f64, what: &str) {
     }
 }
 
-/// Clipping and accumulation are scales of the gradient, for every optimizer: a step with
-/// `clip_norm=0.5` is the unclipped step on the gradient that [`clip_grad_norm`] clips, and
-/// a step on the sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is the step on
-/// one, bit for bit (×4 and ×¼ are exact). Each rule multiplies its gradient by the step's
-/// scale, which no rule's own reference trajectory pins unless it was recorded with
-/// clipping.
+/// Checks that clipping and accumulation are scales of the gradient for the optimizer of
+/// `spec` on the parameters `init` makes, for 5 steps: a step with `clip_norm=0.5` is the
+/// unclipped step on the gradient that [`clip_grad_norm`] clips (to 1e-12), and a step on the
+/// sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is the step on one, bit for
+/// bit (×4 and ×¼ are exact). Returns the gradient norms the clip saw, each > 0.6, so the
+/// clip binds at every step.
+///
+/// [`clip_grad_norm`]: sgdlab::optim::clip_grad_norm
+fn assert_clip_and_accumulation(spec: &str, init: impl Fn() -> Vec<Tensor<f64>>) -> Vec<f64> {
+    use sgdlab::optim::clip_grad_norm;
+    let mut clipped = Optimizer::<f64>::from_spec(&format!("{spec},clip_norm=0.5")).unwrap();
+    let mut on_clipped = Optimizer::<f64>::from_spec(spec).unwrap();
+    let mut plain = Optimizer::<f64>::from_spec(spec).unwrap();
+    let mut summed = Optimizer::<f64>::from_spec(spec).unwrap();
+    let (mut a, mut b, mut c, mut d) = (init(), init(), init(), init());
+    let mut norms = Vec::new();
+    for t in 0..5 {
+        let (g, loss) = grads_for(&a, t);
+        let report = clipped
+            .step(&mut a, &g, &StepInfo::with_loss(loss))
+            .unwrap();
+        let (mut g, loss) = grads_for(&b, t);
+        let mut views: Vec<&mut [f64]> = g.iter_mut().map(|t| t.data_mut()).collect();
+        let norm = clip_grad_norm(&mut views, 0.5).unwrap();
+        assert!(
+            norm > 0.6 && report.grad_norm == Some(norm),
+            "{spec}: {norm}"
+        );
+        norms.push(norm);
+        on_clipped
+            .step(&mut b, &g, &StepInfo::with_loss(loss))
+            .unwrap();
+        assert_close(&a, &b, 1e-12, &format!("{spec}, clipped, step {t}"));
+
+        let (g, loss) = grads_for(&c, t);
+        plain.step(&mut c, &g, &StepInfo::with_loss(loss)).unwrap();
+        let (mut g, loss) = grads_for(&d, t);
+        g.iter_mut()
+            .for_each(|t| t.data_mut().iter_mut().for_each(|x| *x *= 4.0));
+        let info = StepInfo {
+            micro_batches: 4,
+            ..StepInfo::with_loss(loss)
+        };
+        summed.step(&mut d, &g, &info).unwrap();
+        assert_eq!(c, d, "{spec}, 4 micro-batches, step {t}");
+    }
+    norms
+}
+
+/// Clipping and accumulation are scales of the gradient, for every optimizer (see
+/// [`assert_clip_and_accumulation`]). Each rule multiplies its gradient by the step's scale,
+/// which no rule's own reference trajectory pins unless it was recorded with clipping.
 #[test]
 fn clipping_and_accumulation_scale_the_gradient_of_every_optimizer() {
-    use sgdlab::optim::clip_grad_norm;
     for spec in ALL.iter().filter(|s| !s.contains("clip_norm")) {
-        let mut clipped = Optimizer::<f64>::from_spec(&format!("{spec},clip_norm=0.5")).unwrap();
-        let mut on_clipped = Optimizer::<f64>::from_spec(spec).unwrap();
-        let mut plain = Optimizer::<f64>::from_spec(spec).unwrap();
-        let mut summed = Optimizer::<f64>::from_spec(spec).unwrap();
-        let (mut a, mut b, mut c, mut d) = (init(), init(), init(), init());
-        for t in 0..5 {
-            let (g, loss) = grads_for(&a, t);
-            let report = clipped
-                .step(&mut a, &g, &StepInfo::with_loss(loss))
-                .unwrap();
-            let (mut g, loss) = grads_for(&b, t);
-            let mut views: Vec<&mut [f64]> = g.iter_mut().map(|t| t.data_mut()).collect();
-            let norm = clip_grad_norm(&mut views, 0.5).unwrap();
-            assert!(
-                norm > 0.6 && report.grad_norm == Some(norm),
-                "{spec}: {norm}"
-            );
-            on_clipped
-                .step(&mut b, &g, &StepInfo::with_loss(loss))
-                .unwrap();
-            assert_close(&a, &b, 1e-12, &format!("{spec}, clipped, step {t}"));
-
-            let (g, loss) = grads_for(&c, t);
-            plain.step(&mut c, &g, &StepInfo::with_loss(loss)).unwrap();
-            let (mut g, loss) = grads_for(&d, t);
-            g.iter_mut()
-                .for_each(|t| t.data_mut().iter_mut().for_each(|x| *x *= 4.0));
-            let info = StepInfo {
-                micro_batches: 4,
-                ..StepInfo::with_loss(loss)
-            };
-            summed.step(&mut d, &g, &info).unwrap();
-            assert_eq!(c, d, "{spec}, 4 micro-batches, step {t}");
-        }
+        assert_clip_and_accumulation(spec, init);
     }
+}
+
+/// Muon too (it takes matrices only, so not in [`ALL`]). Its orthogonalised update is
+/// invariant to one scale of the gradient, so only a clip scale that changes from step to
+/// step shows, through the momentum buffer: the norms the clip saw must differ.
+#[test]
+fn muon_takes_the_clipped_and_accumulated_gradient() {
+    let matrix = |name: &str, rows: usize, cols: usize, k: f64| {
+        let v = (0..rows * cols)
+            .map(|i| k * (1.0 + i as f64).ln() - 0.4)
+            .collect();
+        Tensor::new(name, vec![rows, cols], v).unwrap()
+    };
+    let init = || vec![matrix("w", 4, 6, 0.9), matrix("v", 5, 3, -0.7)];
+    let norms = assert_clip_and_accumulation("muon:lr=0.05,momentum=0.9", init);
+    assert!(
+        norms.windows(2).all(|w| (w[0] - w[1]).abs() > 1e-3),
+        "{norms:?}"
+    );
 }
 
 /// Weight decay by its definition, for every optimizer that has it: coupled (L2) decay
