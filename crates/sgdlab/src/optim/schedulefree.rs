@@ -25,28 +25,28 @@ use crate::{Real, Result};
 /// Per-tensor scalars of both rules: $\eta_{\max}$, $\sum w$, and this step's $c_t$.
 const SCALARS: &[&str] = &["lr_max", "weight_sum", "ckp1"];
 
-/// The warm-up and averaging weights of step `ctx.t`: updates `[lr_max, weight_sum, ckp1]`
-/// as the reference does, and returns the warmed-up learning rate.
-fn averaging(ctx: &StepContext, warmup: f64, r: f64, power: f64, scalars: &mut [f64]) -> f64 {
+/// The averaging weights of step `ctx.t`: updates `[lr_max, weight_sum, ckp1]` as the
+/// reference does, $\eta_{\max} \leftarrow \max(\eta_{\max}, \eta_t)$,
+/// $w_t = t^r \eta_{\max}^p$, $\sum w \mathrel{+}= w_t$ and $c_t = w_t / \sum w$ (0 while
+/// $\sum w = 0$).
+fn averaging(ctx: &StepContext, warmup: f64, r: f64, power: f64, scalars: &mut [f64]) {
     if ctx.t == 1 {
         scalars[0] = -1.0;
         scalars[1] = 0.0;
     }
-    let k = (ctx.t - 1) as f64;
-    let sched = if k < warmup { (k + 1.0) / warmup } else { 1.0 };
-    let lr = ctx.lr * sched;
-    scalars[0] = scalars[0].max(lr);
-    let weight = (k + 1.0).powf(r) * scalars[0].powf(power);
+    scalars[0] = scalars[0].max(warmed_lr(ctx, warmup));
+    let weight = (ctx.t as f64).powf(r) * scalars[0].powf(power);
     scalars[1] += weight;
     scalars[2] = if scalars[1] == 0.0 {
         0.0
     } else {
         weight / scalars[1]
     };
-    lr
 }
 
-/// The warmed-up learning rate of step `ctx.t` (as [`averaging`] computed it).
+/// The learning rate of step `ctx.t`, warmed up linearly over `warmup` steps:
+/// $\eta_t = \eta \min(1, t/\text{warmup})$, as the reference computes it
+/// ($(k+1)/\text{warmup}$ for $k = t-1 < \text{warmup}$).
 fn warmed_lr(ctx: &StepContext, warmup: f64) -> f64 {
     let k = (ctx.t - 1) as f64;
     ctx.lr * if k < warmup { (k + 1.0) / warmup } else { 1.0 }
