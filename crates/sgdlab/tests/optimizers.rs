@@ -864,11 +864,16 @@ fn assert_close(a: &[Tensor<f64>], b: &[Tensor<f64>], tol: f64, what: &str) {
     }
 }
 
+/// Steps of the tests that check a gradient scale or weight decay against its definition
+/// for every optimizer: more than 5, since RAdam takes its rectified step only from the
+/// step where $\rho_t > 5$, the 6th at the earliest ($\rho_t \le t$ for every β₂).
+const SCALE_STEPS: usize = 8;
+
 /// Checks that clipping and accumulation are scales of the gradient for the optimizer of
-/// `spec` on the parameters `init` makes, for 5 steps: a step with `clip_norm=0.5` is the
-/// unclipped step on the gradient that [`clip_grad_norm`] clips (to 1e-12), and a step on the
-/// sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is the step on one, bit for
-/// bit (×4 and ×¼ are exact). Returns the gradient norms the clip saw, each > 0.6, so the
+/// `spec` on the parameters `init` makes, for [`SCALE_STEPS`] steps: a step with
+/// `clip_norm=0.5` is the unclipped step on the gradient that [`clip_grad_norm`] clips (to
+/// 1e-12), and a step on the sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is
+/// the step on one, bit for bit (×4 and ×¼ are exact). Returns the gradient norms the clip saw, each > 0.6, so the
 /// clip binds at every step.
 ///
 /// [`clip_grad_norm`]: sgdlab::optim::clip_grad_norm
@@ -880,7 +885,7 @@ fn assert_clip_and_accumulation(spec: &str, init: impl Fn() -> Vec<Tensor<f64>>)
     let mut summed = Optimizer::<f64>::from_spec(spec).unwrap();
     let (mut a, mut b, mut c, mut d) = (init(), init(), init(), init());
     let mut norms = Vec::new();
-    for t in 0..5 {
+    for t in 0..SCALE_STEPS {
         let (g, loss) = grads_for(&a, t);
         let report = clipped
             .step(&mut a, &g, &StepInfo::with_loss(loss))
@@ -982,7 +987,7 @@ fn weight_decay_is_a_gradient_term_or_a_shrink_for_every_optimizer() {
         let mut by_hand = Optimizer::<f64>::from_spec(base).unwrap();
         let lr = by_hand.spec().rule.lr();
         let (mut a, mut b) = (init::<f64>(), init::<f64>());
-        for t in 0..5 {
+        for t in 0..SCALE_STEPS {
             let (g, _) = grads_for(&a, t);
             decayed.step(&mut a, &g, &StepInfo::default()).unwrap();
             let (mut g, _) = grads_for(&b, t);
