@@ -873,8 +873,8 @@ const SCALE_STEPS: usize = 8;
 /// `spec` on the parameters `init` makes, for [`SCALE_STEPS`] steps: a step with
 /// `clip_norm=0.5` is the unclipped step on the gradient that [`clip_grad_norm`] clips (to
 /// 1e-12), and a step on the sum of 4 micro-batches (`micro_batches=4`, every gradient ×4) is
-/// the step on one, bit for bit (×4 and ×¼ are exact). Returns the gradient norms the clip saw, each > 0.6, so the
-/// clip binds at every step.
+/// the step on one, bit for bit (×4 and ×¼ are exact). Returns the gradient norms the clip
+/// saw, each > 0.6, so the clip binds at every step.
 ///
 /// [`clip_grad_norm`]: sgdlab::optim::clip_grad_norm
 fn assert_clip_and_accumulation(spec: &str, init: impl Fn() -> Vec<Tensor<f64>>) -> Vec<f64> {
