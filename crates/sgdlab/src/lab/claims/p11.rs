@@ -30,7 +30,9 @@ use rayon::prelude::*;
 use super::{Claim, VerifyOptions};
 use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::{Estimate, Measurement};
-use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
+use crate::lowp::{
+    bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, f64_to_f32_odd, stream_key,
+};
 use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo};
 use crate::{Error, Result};
 
@@ -174,6 +176,29 @@ fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
     });
 }
 
+/// The $v$ that Adam's kernel divides by at a step, from the stored $v$ and the gradient $g$:
+/// $\beta_2 v + (1-\beta_2) g^2$ in f64, before it is rounded to bfloat16 for storage.
+fn adam_v(beta2: f64, v: f64, g: f64) -> f64 {
+    beta2 * v + (1.0 - beta2) * g * g
+}
+
+/// Whether a stored bfloat16 value is one of the two grid neighbours of `x > 0` (`x` itself
+/// when `x` lies on the grid): what stochastic rounding may store for `x`.
+fn is_bf16_neighbour(stored: f64, x: f64) -> bool {
+    // Round to odd keeps f64's bits below f32's as a sticky bit, so truncating its f32 to
+    // 16 bits is the bfloat16 floor of x itself.
+    let lo = (f64_to_f32_odd(x).to_bits() >> 16) as u16;
+    let on_grid = f64::from(bf16_to_f32(lo)) == x;
+    stored == f64::from(bf16_to_f32(lo)) || (!on_grid && stored == f64::from(bf16_to_f32(lo + 1)))
+}
+
+/// Jensen's term of Adam's step through fourth order, for the relative error $x$ of $v$:
+/// $(1+x)^{-1/2} - 1 + x/2 = \tfrac38 x^2 - \tfrac5{16} x^3 + \tfrac{35}{128} x^4 + O(x^5)$
+/// (the linear term has mean zero).
+fn jensen(x: f64) -> f64 {
+    x * x * (0.375 - x * (0.3125 - x * (35.0 / 128.0)))
+}
+
 /// 11d and 11e: Adam with bfloat16 moments (the optimizer's own kernels), stochastic and
 /// nearest rounding, against f64 moments on the same gradients (i.i.d. per element and
 /// step, uniform with mean $\mu$ and variance $\sigma^2$). The parameters are f64 and do not feed back into the
@@ -288,14 +313,22 @@ fn adam(options: &VerifyOptions) -> Result<Vec<Claim>> {
     // for storage (the stored v's E[x²] is 0.23% larger: one more rounding in ~430).
     let rel = |d: &[f64]| -> Vec<f64> { d.iter().zip(&d64).map(|(a, b)| a / b - 1.0).collect() };
     let r_sr = rel(&d_sr);
-    let jensen: Vec<f64> = v_sr_before
+    let v_used: Vec<f64> = v_sr_before
         .iter()
         .zip(&g)
+        .map(|(&v, &g)| adam_v(beta2, v, g))
+        .collect();
+    if let Some(i) = (0..n).find(|&i| !is_bf16_neighbour(v_sr[i], v_used[i])) {
+        return Err(Error::Unsupported(format!(
+            "claim 11e: Adam's stored v[{i}] = {} is not a bfloat16 neighbour of \
+             β₂v + (1−β₂)g² = {}, the v its step is predicted from",
+            v_sr[i], v_used[i]
+        )));
+    }
+    let jensen: Vec<f64> = v_used
+        .iter()
         .zip(&v64)
-        .map(|((v, g), b)| {
-            let x = (beta2 * v + (1.0 - beta2) * g * g - b) / b;
-            x * x * (0.375 - x * (0.3125 - x * (35.0 / 128.0)))
-        })
+        .map(|(a, b)| jensen((a - b) / b))
         .collect();
     let paired: Vec<f64> = r_sr.iter().zip(&jensen).map(|(r, j)| r - j).collect();
     let (r, q) = (
@@ -485,6 +518,56 @@ mod tests {
         let v = predicted_stall(0.99, 1.0).unwrap();
         assert!(0.01 * (1.0 - v) < 2f64.powi(-9) && v > 0.5, "{v}");
         assert_eq!(naive_stall(0.999, 1.0), Some(0.5));
+    }
+
+    #[test]
+    fn jensen_is_the_series_of_the_inverse_square_root() {
+        // (Near 0, rounding in the exact value's cancellation would swamp x⁶.)
+        for x in [-0.2, -0.1, -0.03, 0.03, 0.1, 0.2] {
+            let exact = (1.0f64 + x).powf(-0.5) - 1.0 + x / 2.0;
+            // The series goes on with −(63/256)x⁵ + (231/1024)x⁶ − …
+            let err = jensen(x) - exact;
+            let rest = err - 63.0 / 256.0 * x.powi(5);
+            assert!(rest.abs() < 0.4 * x.powi(6), "{x}: {err}");
+        }
+    }
+
+    #[test]
+    fn adams_stored_v_is_a_bfloat16_neighbour_of_adam_v() {
+        // The kernel's v, from Adam with bfloat16 moments on 10,000 elements: stochastic
+        // rounding stores one of the two neighbours of β₂v + (1−β₂)g².
+        let n = 10_000;
+        let mut opt = Optimizer::<f64>::from_spec("adam:beta2=0.9,state_dtype=bf16").unwrap();
+        let mut p = vec![0.0f64; n];
+        let mut g = vec![0.0f64; n];
+        let mut before = vec![0.0f64; n];
+        for t in 0..5u64 {
+            uniform_gradients(stream_key(7, t, 0, 0), 1.3, 0.6, &mut g);
+            let after = opt
+                .state_values("exp_avg_sq", 0)
+                .unwrap_or_else(|| vec![0.0; n]);
+            before.copy_from_slice(&after);
+            opt.step_views(
+                &mut [ParamMut::vector("w", &mut p)],
+                &[GradRef::vector("w", &g)],
+                &StepInfo::default(),
+            )
+            .unwrap();
+        }
+        let stored = opt.state_values("exp_avg_sq", 0).unwrap();
+        let (mut up, mut down) = (0, 0);
+        for i in 0..n {
+            let x = adam_v(0.9, before[i], g[i]);
+            assert!(is_bf16_neighbour(stored[i], x), "{i}: {} {x}", stored[i]);
+            // Off the grid, both neighbours occur; a wrong v would rarely bracket.
+            assert!(!is_bf16_neighbour(stored[i], x * (1.0 + 2f64.powi(-6))));
+            up += usize::from(stored[i] > x);
+            down += usize::from(stored[i] < x);
+        }
+        assert!(up > n / 10 && down > n / 10, "{up} {down}");
+        // On the grid only the value itself.
+        assert!(is_bf16_neighbour(2.0, 2.0) && !is_bf16_neighbour(2.0 + 2f64.powi(-6), 2.0));
+        assert!(!is_bf16_neighbour(2.0 - 2f64.powi(-7), 2.0));
     }
 
     #[test]
