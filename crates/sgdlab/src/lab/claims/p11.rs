@@ -559,7 +559,7 @@ mod tests {
         for i in 0..n {
             let x = adam_v(0.9, before[i], g[i]);
             assert!(is_bf16_neighbour(stored[i], x), "{i}: {} {x}", stored[i]);
-            // Off the grid, both neighbours occur; a wrong v would rarely bracket.
+            // A v off by 2⁻⁶ of itself (two ulps or more) never brackets the stored one.
             assert!(!is_bf16_neighbour(stored[i], x * (1.0 + 2f64.powi(-6))));
             up += usize::from(stored[i] > x);
             down += usize::from(stored[i] < x);
