@@ -30,11 +30,9 @@ use rayon::prelude::*;
 use super::{Claim, VerifyOptions};
 use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::{Estimate, Measurement};
-use crate::lowp::{
-    bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, f64_to_f32_odd, stream_key,
-};
+use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
 use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo};
-use crate::{Error, Result};
+use crate::{Error, Real, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![nearest_stalls()?];
@@ -185,9 +183,9 @@ fn adam_v(beta2: f64, v: f64, g: f64) -> f64 {
 /// Whether a stored bfloat16 value is one of the two grid neighbours of `x > 0` (`x` itself
 /// when `x` lies on the grid): what stochastic rounding may store for `x`.
 fn is_bf16_neighbour(stored: f64, x: f64) -> bool {
-    // Round to odd keeps f64's bits below f32's as a sticky bit, so truncating its f32 to
-    // 16 bits is the bfloat16 floor of x itself.
-    let lo = (f64_to_f32_odd(x).to_bits() >> 16) as u16;
+    // The f32 the kernels round to bfloat16 (round to odd keeps f64's bits below f32's as a
+    // sticky bit), so truncating it to 16 bits is the bfloat16 floor of x itself.
+    let lo = (x.to_f32_for_bf16().to_bits() >> 16) as u16;
     let on_grid = f64::from(bf16_to_f32(lo)) == x;
     stored == f64::from(bf16_to_f32(lo)) || (!on_grid && stored == f64::from(bf16_to_f32(lo + 1)))
 }
