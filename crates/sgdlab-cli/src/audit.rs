@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sgdlab::data::read_csv;
 use sgdlab::lab::audit::{AuditModel, OptimizerAudit, SimulationOptions, audit};
@@ -73,22 +73,18 @@ fn build_model(args: &AuditArgs) -> anyhow::Result<AuditModel> {
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    if args.steps < 80 {
-        bail!(
-            "invalid --steps {}: need at least 80 for batch means",
-            args.steps
-        );
-    }
-    let specs = crate::parse_specs(&args.opts)?;
-    if let Some(dir) = &args.report {
-        crate::report::prepare_dir(dir)?;
-    }
-    let model = build_model(&args)?;
     let options = SimulationOptions {
         burn_in: args.burn_in,
         steps: args.steps,
         seed: args.seed,
     };
+    // Checked before the data are read: a wrong count fails at once.
+    options.validate()?;
+    let specs = crate::parse_specs(&args.opts)?;
+    if let Some(dir) = &args.report {
+        crate::report::prepare_dir(dir)?;
+    }
+    let model = build_model(&args)?;
     let report = audit(&model, &specs, &options)?;
     println!("loss minimiser Φ* = {}", vector(&report.minimizer));
     println!();

@@ -1,6 +1,7 @@
 //! `sgdlab replay`: run an optimizer on a recorded gradient sequence.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -40,20 +41,34 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let text = sgdlab::io::read_regular_file(&args.case, 1 << 30, "a case file")
         .with_context(|| format!("cannot read {}", args.case.display()))?;
     let case = Case::from_json(&text).with_context(|| format!("{}", args.case.display()))?;
+    drop(text);
     let traj = match args.dtype {
         Dtype::F32 => case.run::<f32>(),
         Dtype::F64 => case.run::<f64>(),
     }
     .with_context(|| format!("{} (optimizer `{}`)", args.case.display(), case.optimizer))?;
-    let mut out = serde_json::json!({ "params": traj.params });
-    if let Some(eval) = &traj.eval {
-        out["eval"] = serde_json::json!(eval);
+    // Written straight from the vectors (no JSON value tree, no whole text in memory): the
+    // memory of a replay is its gradients and its trajectory, a few times the case file.
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        params: &'a [Vec<f64>],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eval: Option<&'a [Vec<f64>]>,
     }
-    let json = serde_json::to_string(&out)?;
+    let out = Output {
+        params: &traj.params,
+        eval: traj.eval.as_deref(),
+    };
     match &args.json {
-        Some(path) => sgdlab::io::write_atomic(path, json.as_bytes())
+        Some(path) => write_json_atomic(path, &out)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => println!("{json}"),
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            serde_json::to_writer(&mut w, &out)?;
+            writeln!(w)?;
+            w.flush()?;
+        }
     }
     if let Some(tol) = args.compare {
         if !(tol.is_finite() && tol >= 0.0) {
@@ -92,4 +107,31 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serialises `value` as JSON into `path` atomically, streaming it through a temporary file
+/// beside `path` (see [`sgdlab::io::write_atomic`]; a device such as `/dev/null` is written
+/// in place).
+fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let bytes_in_place = || -> std::io::Result<()> {
+        let text = serde_json::to_vec(value)?;
+        sgdlab::io::write_atomic(path, &text)
+    };
+    let is_regular_or_missing = std::fs::metadata(path).map_or(true, |m| m.is_file());
+    if !is_regular_or_missing {
+        return bytes_in_place();
+    }
+    let tmp = sgdlab::io::temp_path(path)?;
+    let written = (|| -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut w, value)?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sgdlab::io::commit_temp(&tmp, path)
 }

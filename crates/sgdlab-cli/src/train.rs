@@ -92,7 +92,9 @@ const OUTPUTS: [&str; 7] = [
     "index.html",
 ];
 
-/// The run directories `runN` in `dir`, with their N.
+/// The run directories `runN` in `dir`, with their N: directories (not links to them) whose
+/// name is exactly `run` and N in decimal, as `train` names them (`run007` and `run+1` are
+/// someone else's).
 fn run_dirs(dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
@@ -101,7 +103,8 @@ fn run_dirs(dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
         let k = name
             .to_str()
             .and_then(|n| n.strip_prefix("run"))
-            .and_then(|k| k.parse::<usize>().ok());
+            .and_then(|k| k.parse::<usize>().ok().filter(|n| n.to_string() == k));
+        // DirEntry::file_type does not follow symbolic links.
         if let Some(k) = k
             && entry.file_type()?.is_dir()
         {
@@ -112,9 +115,77 @@ fn run_dirs(dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
+/// Refuses a path `train` would write that is a symbolic link (written through, it would
+/// change a file elsewhere) or not what it should be (a run directory that is a file).
+fn refuse_links(out: &Path, runs: usize) -> anyhow::Result<()> {
+    let link =
+        |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let refuse = |path: &Path| {
+        anyhow::anyhow!(
+            "{} is a symbolic link: sgdlab writes a run's files only as regular files inside \
+             --out, never through a link (remove it, or choose another --out)",
+            path.display()
+        )
+    };
+    for name in OUTPUTS {
+        let path = out.join(name);
+        if link(&path) {
+            return Err(refuse(&path));
+        }
+    }
+    for k in 0..runs {
+        let dir = out.join(format!("run{k}"));
+        if link(&dir) {
+            return Err(refuse(&dir));
+        }
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "{} is not a directory: it is where run {k}'s checkpoint goes (remove it, or \
+                 choose another --out)",
+                dir.display()
+            );
+        }
+        let file = dir.join(sgdlab::train::CHECKPOINT_FILE);
+        if link(&file) {
+            return Err(refuse(&file));
+        }
+    }
+    Ok(())
+}
+
+/// `--force`: removes what `train` wrote in a run directory (its checkpoint and temporary
+/// files), then the directory if nothing else is left in it. Files sgdlab did not write are
+/// kept, and so is the directory that holds them.
+fn remove_run_dir(dir: &Path) -> anyhow::Result<()> {
+    let ours =
+        |name: &str| name == sgdlab::train::CHECKPOINT_FILE || sgdlab::io::is_temp_name(name);
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        if ours(&entry.file_name().to_string_lossy()) && !entry.file_type()?.is_dir() {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("--force: cannot remove {}", entry.path().display()))?;
+        }
+    }
+    let empty = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .next()
+        .is_none();
+    if empty {
+        std::fs::remove_dir(dir)
+            .with_context(|| format!("--force: cannot remove {}", dir.display()))?;
+    } else {
+        eprintln!(
+            "--force: kept {}: it holds files sgdlab did not write",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Prepares `out` for writing: refuses a directory that already holds something unless
-/// resuming or `--force` (which removes earlier runs and outputs), locks it against other
-/// processes, and removes temporary files that a killed writer left behind.
+/// resuming or `--force` (which removes earlier runs' checkpoints and the outputs `train`
+/// writes, and nothing else), refuses symbolic links where `train` writes, locks it against
+/// other processes, and removes temporary files that a killed writer left behind.
 ///
 /// `run` has already refused an `--out` that is a file, or missing when resuming.
 fn prepare_out(out: &Path, args: &TrainArgs, runs: usize) -> anyhow::Result<sgdlab::io::DirLock> {
@@ -129,11 +200,11 @@ fn prepare_out(out: &Path, args: &TrainArgs, runs: usize) -> anyhow::Result<sgdl
             existing.push(name.into_owned());
         }
     }
+    refuse_links(out, runs)?;
     let dirs = run_dirs(out)?;
     if args.force {
         for (_, dir) in &dirs {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("--force: cannot remove {}", dir.display()))?;
+            remove_run_dir(dir)?;
         }
         for name in OUTPUTS {
             let path = out.join(name);

@@ -31,6 +31,15 @@ pub enum Error {
         /// The value itself (NaN, inf or -inf).
         value: f64,
     },
+    /// Finite values whose result does not fit the number type (a squared norm past
+    /// `f64::MAX`), where going on would give a silently wrong step.
+    #[error("{what} overflows: {reason}")]
+    Overflow {
+        /// The quantity that overflows.
+        what: String,
+        /// Why, and what to do about it.
+        reason: String,
+    },
     /// Two buffers that must have the same length do not.
     #[error("shape mismatch in {what}: expected {expected} elements, got {got}")]
     ShapeMismatch {
@@ -82,9 +91,34 @@ impl Error {
     ) -> Self {
         Error::InvalidParameter {
             name: name.into(),
-            value: value.to_string(),
+            value: shortest_number(value.to_string()),
             allowed: allowed.into(),
         }
+    }
+}
+
+/// A number as `Display` prints an `f64` (every digit: `-1e308` as 309 of them, `-1e-8` as
+/// `-0.00000001`) in its shortest round-trip form (`-1e308`, `-1e-8`); other text, and whole
+/// numbers of up to 20 digits (every `u64`), as they are.
+fn shortest_number(text: String) -> String {
+    let digits = text.bytes().filter(u8::is_ascii_digit).count();
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !plain || !(text.contains('.') || digits > 20) {
+        return text;
+    }
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() => {
+            let short = format!("{x:?}");
+            let short = short.strip_suffix(".0").unwrap_or(&short).to_string();
+            if short.len() < text.len() {
+                short
+            } else {
+                text
+            }
+        }
+        _ => text,
     }
 }
 

@@ -165,10 +165,17 @@ pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// Reads all of `path`, refusing anything but a regular file (after symlinks) and any file
-/// longer than `max_bytes`. `what` names the file's role in errors ("data file", ...).
-pub fn read_regular_file(path: &Path, max_bytes: u64, what: &str) -> std::io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+/// Opens `path` for reading if it is a regular file (after symlinks). The file is opened
+/// without blocking, so that a FIFO with no writer is refused instead of waiting for one.
+fn open_regular(path: &Path, what: &str) -> std::io::Result<(File, u64)> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc_nonblock());
+    }
+    let file = options.open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
@@ -176,10 +183,133 @@ pub fn read_regular_file(path: &Path, max_bytes: u64, what: &str) -> std::io::Re
             format!("{what} must be a regular file, not a device, FIFO or directory"),
         ));
     }
-    if meta.len() > max_bytes {
+    Ok((file, meta.len()))
+}
+
+/// `O_NONBLOCK` (Linux and the BSDs differ in its value).
+#[cfg(unix)]
+fn libc_nonblock() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        libc::O_NONBLOCK
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0x0004
+    }
+}
+
+/// The largest safetensors header read: the `safetensors` crate's own limit (100 MB).
+pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Reads a safetensors file whose data section may hold at most `max_data_bytes`, checking
+/// what its header declares before the data are read: the file must be regular (not a
+/// device or FIFO), its header at most [`MAX_SAFETENSORS_HEADER`] bytes, and its length
+/// exactly the header's plus the data the header's tensors declare. A truncated file, one
+/// with bytes past its declared end (a sparse 1 TB file behind a small header), or one that
+/// declares more data than the caller can need is refused without reading its data.
+pub fn read_safetensors_file(
+    path: &Path,
+    max_data_bytes: u64,
+    what: &str,
+) -> std::io::Result<Vec<u8>> {
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let (mut file, len) = open_regular(path, what)?;
+    let mut prefix = [0u8; 8];
+    if len < 8 {
+        return Err(invalid(format!(
+            "{what} has {len} bytes: too short for a safetensors header"
+        )));
+    }
+    file.read_exact(&mut prefix)?;
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_SAFETENSORS_HEADER || n > len - 8 {
+        return Err(invalid(format!(
+            "{what} declares a header of {n} bytes, but {} (the file has {len} bytes)",
+            if n > MAX_SAFETENSORS_HEADER {
+                format!("the limit is {MAX_SAFETENSORS_HEADER}")
+            } else {
+                "the file ends first".to_string()
+            }
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)?;
+    let declared = declared_data_bytes(&header)
+        .map_err(|e| invalid(format!("{what} has an unreadable header ({e})")))?;
+    if declared > max_data_bytes {
+        return Err(invalid(format!(
+            "{what} declares {} of tensor data, more than the {} it can hold",
+            crate::resources::human_bytes(declared),
+            crate::resources::human_bytes(max_data_bytes)
+        )));
+    }
+    let expected = 8 + n + declared;
+    if len != expected {
+        return Err(invalid(format!(
+            "{what} has {len} bytes, but its header declares {expected}: the file is {}",
+            if len < expected {
+                "truncated"
+            } else {
+                "longer than its contents (corrupt)"
+            }
+        )));
+    }
+    let mut bytes = Vec::with_capacity(expected as usize);
+    bytes.extend_from_slice(&prefix);
+    bytes.extend_from_slice(&header);
+    drop(header);
+    file.take(declared + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != expected {
+        return Err(invalid(format!(
+            "{what} changed while it was read ({} bytes, expected {expected})",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The end of the last tensor's data that a safetensors header declares (the size of its
+/// data section), from the `data_offsets` of its entries.
+fn declared_data_bytes(header: &[u8]) -> Result<u64, String> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        data_offsets: (u64, u64),
+    }
+    struct End;
+    impl<'de> Visitor<'de> for End {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a safetensors header (a JSON object)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            let mut end = 0;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "__metadata__" {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    end = end.max(map.next_value::<Entry>()?.data_offsets.1);
+                }
+            }
+            Ok(end)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let end = serde::Deserializer::deserialize_map(&mut de, End).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(end)
+}
+
+/// Reads all of `path`, refusing anything but a regular file (after symlinks) and any file
+/// longer than `max_bytes`. `what` names the file's role in errors ("data file", ...). A
+/// FIFO is refused at once, never waited on.
+pub fn read_regular_file(path: &Path, max_bytes: u64, what: &str) -> std::io::Result<Vec<u8>> {
+    let (file, len) = open_regular(path, what)?;
+    if len > max_bytes {
         return Err(too_large(what, max_bytes));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {

@@ -102,7 +102,7 @@ impl ScheduleSpec {
                 S::warmup_cosine(*warmup, total - warmup, 0.0)
             }
             ScheduleSpec::Wsd { warmup, decay } => {
-                if warmup + decay > total {
+                if warmup.checked_add(*decay).is_none_or(|n| n > total) {
                     return Err(Error::invalid(
                         "schedule",
                         self,
@@ -145,12 +145,18 @@ impl FromStr for ScheduleSpec {
                 }
                 Ok(ScheduleSpec::StepEpochs { every, gamma })
             }
-            "warmup-cosine" => Ok(ScheduleSpec::WarmupCosine {
-                warmup: int(
+            "warmup-cosine" => {
+                let warmup = int(
                     args,
                     "warmup-cosine needs warmup-cosine:S with S whole steps",
-                )?,
-            }),
+                )?;
+                if warmup == 0 {
+                    return Err(bad(
+                        "the warm-up needs at least 1 step (for none, use cosine)",
+                    ));
+                }
+                Ok(ScheduleSpec::WarmupCosine { warmup })
+            }
             "wsd" if args.split(',').count() == 2 => {
                 let (w, d) = args.split_once(',').unwrap_or_default();
                 let decay = int(d, "wsd needs wsd:W,D with whole steps")?;
@@ -162,6 +168,8 @@ impl FromStr for ScheduleSpec {
                     decay,
                 })
             }
+            // A form of the library's grammar: its own error says what is wrong with it.
+            _ if is_library_form(s) => s.parse().map(ScheduleSpec::Steps),
             _ => s.parse().map(ScheduleSpec::Steps).map_err(|_| {
                 bad(
                     "must be constant, step:E,GAMMA (epochs), cosine, warmup-cosine:S, wsd:W,D, \
@@ -170,6 +178,22 @@ impl FromStr for ScheduleSpec {
                 )
             }),
         }
+    }
+}
+
+/// Whether `text` starts like one of the library schedule's forms (`exp:`, `seq[`, ...), so
+/// that a parse error is the library's own (which names the problem) rather than the list of
+/// every form.
+fn is_library_form(text: &str) -> bool {
+    let text = text.trim();
+    let name = text.split([':', '[']).next().unwrap_or(text);
+    let bracketed = text[name.len()..].starts_with('[');
+    match name {
+        "seq" | "prod" => bracketed,
+        "constant" | "warmup" | "linear" | "cosine" | "decay" | "exp" | "wsd" | "custom" => {
+            !bracketed
+        }
+        _ => false,
     }
 }
 
@@ -539,16 +563,11 @@ impl<'a> Trainer<'a> {
                         self.largest_feature
                     )));
                 }
-                let largest = run
-                    .params
-                    .iter()
-                    .flat_map(|t| t.data())
-                    .fold(0.0f32, |m, x| m.max(x.abs()));
                 run.diverged = Some(format!(
-                    "loss became {loss} at epoch {}, step {}: the run diverged (largest |weight| \
-                     {largest:e})",
+                    "loss became {loss} at epoch {}, step {}: the run diverged ({})",
                     run.epoch + 1,
-                    run.step + 1
+                    run.step + 1,
+                    describe_weights(&run.params)
                 ));
                 return Ok(());
             }
@@ -744,30 +763,35 @@ impl CheckpointMeta {
     }
 }
 
+/// The weights of a diverged run in words: how many are NaN or infinite (the first named),
+/// or the largest magnitude when all are finite.
+fn describe_weights(params: &[Tensor<f32>]) -> String {
+    let (mut nan, mut inf, mut largest) = (0usize, 0usize, 0.0f32);
+    let mut first = None;
+    for t in params {
+        for (i, x) in t.data().iter().enumerate() {
+            if x.is_finite() {
+                largest = largest.max(x.abs());
+            } else {
+                if x.is_nan() {
+                    nan += 1;
+                } else {
+                    inf += 1;
+                }
+                first.get_or_insert_with(|| format!("{}[{i}]", t.name()));
+            }
+        }
+    }
+    match first {
+        None => format!("largest |weight| {largest:e}"),
+        Some(first) => format!("{nan} NaN and {inf} infinite weights, the first {first}"),
+    }
+}
+
 /// The name of a run's checkpoint file in its directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_FORMAT: &str = "sgdlab-train-checkpoint";
 const CHECKPOINT_VERSION: &str = "2";
-
-/// SHA-256 over a checkpoint's metadata (every key but `sha256`, sorted, as JSON) and its
-/// data section.
-fn checkpoint_hash(metadata: &HashMap<String, String>, data: &[u8]) -> String {
-    use sha2::Digest;
-    let sorted: std::collections::BTreeMap<&String, &String> = metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "sha256")
-        .collect();
-    let mut h = sha2::Sha256::new();
-    h.update(serde_json::to_vec(&sorted).unwrap_or_default());
-    h.update(data);
-    crate::io::hex(&h.finalize())
-}
-
-/// The data section of safetensors bytes (after the 8-byte length and the header).
-fn data_section(bytes: &[u8]) -> Option<&[u8]> {
-    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
-}
 
 /// Serialises `run` as one checkpoint: tensors `weights/{name}`, `ema/{name}` and the
 /// optimizer's `optimizer/{slot}/{name}`; metadata with the format, [`CheckpointMeta`], epoch,
@@ -819,8 +843,12 @@ pub fn checkpoint_bytes(run: &Run, meta: &CheckpointMeta) -> Result<Vec<u8>> {
     // The data section does not depend on the metadata: encode once to hash it, then again
     // with the hash in the header.
     let first = encode(metadata.clone())?;
-    let data = data_section(&first).ok_or_else(|| fail("no data section".into()))?;
-    metadata.insert("sha256".to_string(), checkpoint_hash(&metadata, data));
+    let data = crate::optim::checkpoint::data_section(&first)
+        .ok_or_else(|| fail("no data section".into()))?;
+    metadata.insert(
+        "sha256".to_string(),
+        crate::optim::checkpoint::content_hash(&metadata, data),
+    );
     encode(metadata)
 }
 
@@ -852,7 +880,11 @@ pub fn has_checkpoint(dir: &Path) -> bool {
 /// in words), or has more epochs done than `meta.epochs` asks for.
 pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Result<Run> {
     let path = dir.join(CHECKPOINT_FILE);
-    let blob = crate::io::read_regular_file(&path, u64::MAX, "a checkpoint").map_err(|e| {
+    // What the network's checkpoint can hold: weights and their EMA in f32, and at most
+    // eight f64 optimizer buffers per parameter (state slots and a master copy) — a bound
+    // checked against the file's header before its data are read.
+    let max_data = (net.num_params() as u64).saturating_mul(2 * 4 + 8 * 8);
+    let blob = crate::io::read_safetensors_file(&path, max_data, "a checkpoint").map_err(|e| {
         Error::Checkpoint {
             path: path.display().to_string(),
             reason: format!("cannot read: {e}"),
@@ -894,8 +926,9 @@ pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) 
             get("version")?
         )));
     }
-    let data = data_section(blob).ok_or_else(|| fail("no data section".to_string()))?;
-    if checkpoint_hash(md, data) != *get("sha256")? {
+    let data = crate::optim::checkpoint::data_section(blob)
+        .ok_or_else(|| fail("no data section".to_string()))?;
+    if crate::optim::checkpoint::content_hash(md, data) != *get("sha256")? {
         return Err(fail(
             "its SHA-256 does not match its contents: the file is corrupt; delete it to restart \
              this run, or restore it from a copy"
@@ -982,7 +1015,7 @@ pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) 
             meta.groups
         )));
     }
-    if optimizer.steps() + optimizer.skipped() != step {
+    if optimizer.steps().checked_add(optimizer.skipped()) != Some(step) {
         return Err(fail(format!(
             "the optimizer has taken {} steps, the weights {step}: the parts belong to different \
              moments",

@@ -384,6 +384,40 @@ impl Default for SimulationOptions {
     }
 }
 
+/// The most simulated steps (burn-in and averaged together) an audit runs per optimizer: at
+/// about a microsecond a step, minutes, not years. The measurement at half the learning rate
+/// runs twice as many.
+pub const MAX_SIMULATION_STEPS: usize = 100_000_000;
+
+/// The fewest averaged steps: batch means need some of each of their batches.
+pub const MIN_SIMULATION_STEPS: usize = 80;
+
+impl SimulationOptions {
+    /// Checks the sample sizes: at least [`MIN_SIMULATION_STEPS`] averaged steps, and burn-in
+    /// plus steps at most [`MAX_SIMULATION_STEPS`] (no count wraps, no audit runs for ever).
+    pub fn validate(&self) -> Result<()> {
+        if self.steps < MIN_SIMULATION_STEPS {
+            return Err(Error::invalid(
+                "steps",
+                self.steps,
+                format!("need at least {MIN_SIMULATION_STEPS} for batch means"),
+            ));
+        }
+        if self
+            .burn_in
+            .checked_add(self.steps)
+            .is_none_or(|n| n > MAX_SIMULATION_STEPS)
+        {
+            return Err(Error::invalid(
+                "steps",
+                format!("{} (with a burn-in of {})", self.steps, self.burn_in),
+                format!("burn-in and steps together may be at most {MAX_SIMULATION_STEPS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Fine batches of a simulated series: their means are the series whose autocorrelation
 /// the standard error accounts for.
 const BATCHES: usize = 1024;
@@ -488,6 +522,7 @@ pub fn stationary_drift(
     phi: &[f64],
     options: &SimulationOptions,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    options.validate()?;
     let lr = unit_lr(spec)?;
     let n = model.examples();
     let d = phi.len();
@@ -529,6 +564,7 @@ pub fn simulated_fixed_point(
     lr_scale: f64,
     options: &SimulationOptions,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    options.validate()?;
     let d = start.len();
     let mut opt = Optimizer::<f64>::new(spec.clone())?;
     let mut rng = chain_rng(options.seed, 1);
@@ -693,6 +729,7 @@ pub fn audit(
     specs: &[OptimizerSpec],
     options: &SimulationOptions,
 ) -> Result<Audit> {
+    options.validate()?;
     let d = model.model().dim();
     if d > MAX_AUDIT_PARAMS {
         return Err(Error::Unsupported(format!(

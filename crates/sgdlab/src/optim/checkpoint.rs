@@ -32,8 +32,82 @@ pub const FORMAT: &str = "sgdlab-optimizer-state";
 /// (`master/{tensor}`, with `master_weights=true`).
 pub const MASTER: &str = "master";
 
-/// The version of the format written (and the only one read).
-pub const FORMAT_VERSION: &str = "1";
+/// The version of the format written. Version 2 carries a SHA-256 of the file (metadata key
+/// `sha256`), checked on every load; version 1 files (without one) are still read.
+pub const FORMAT_VERSION: &str = "2";
+
+/// The versions of the format read.
+const READ_VERSIONS: [&str; 2] = ["1", "2"];
+
+/// SHA-256 over a safetensors file's metadata (every key but `sha256`, sorted, as JSON) and
+/// its data section: the checksum of optimizer-state files and training checkpoints.
+pub(crate) fn content_hash(metadata: &HashMap<String, String>, data: &[u8]) -> String {
+    use sha2::Digest;
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "sha256")
+        .collect();
+    let mut h = sha2::Sha256::new();
+    h.update(serde_json::to_vec(&sorted).unwrap_or_default());
+    h.update(data);
+    crate::io::hex(&h.finalize())
+}
+
+/// The data section of safetensors bytes (after the 8-byte length and the header).
+pub(crate) fn data_section(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
+}
+
+/// Reads an optimizer-state file ([`Optimizer::save`]) with its sizes checked before its data
+/// are read (see [`crate::io::read_safetensors_file`]): a device, a FIFO, a truncated file or
+/// one longer than its header declares is refused at once.
+pub fn read_state_file(path: &Path) -> Result<Vec<u8>> {
+    crate::io::read_safetensors_file(path, u64::MAX, "an optimizer-state file").map_err(|e| {
+        Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        }
+    })
+}
+
+/// A JSON array of at most [`MAX_TENSORS`](super::MAX_TENSORS) elements, refused as soon as
+/// the parser meets one more (so that a crafted header cannot make millions of them).
+struct Bounded<T>(Vec<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Bounded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Bounded<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {} entries", super::MAX_TENSORS)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    if out.len() == super::MAX_TENSORS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {} tensors (the most one optimizer steps)",
+                            super::MAX_TENSORS
+                        )));
+                    }
+                    out.push(x);
+                }
+                Ok(Bounded(out))
+            }
+        }
+        de.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+/// Parses bounded JSON array text.
+fn bounded<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<Option<Vec<T>>> {
+    serde_json::from_str::<Option<Bounded<T>>>(text).map(|o| o.map(|b| b.0))
+}
 
 pub(crate) fn dtype_of<T: Real>() -> Dtype {
     if T::BYTES == 4 {
@@ -139,10 +213,20 @@ fn metadata_of(bytes: &[u8]) -> Result<HashMap<String, String>> {
 
 impl<T: Real> Optimizer<T> {
     /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
+    ///
+    /// The metadata carry a SHA-256 of the whole (key `sha256`, see [`FORMAT_VERSION`]), which
+    /// [`Optimizer::from_bytes`] checks.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let fail = |e: String| Error::Unsupported(format!("cannot encode optimizer state: {e}"));
         let (metadata, entries) = self.to_parts("")?;
-        encode(metadata.into_iter().collect(), &entries)
-            .map_err(|e| Error::Unsupported(format!("cannot encode optimizer state: {e}")))
+        let mut metadata: HashMap<String, String> = metadata.into_iter().collect();
+        // The data section does not depend on the metadata: encode once to hash it, then
+        // again with the hash in the header.
+        let first = encode(metadata.clone(), &entries).map_err(fail)?;
+        let data = data_section(&first).ok_or_else(|| fail("no data section".into()))?;
+        metadata.insert("sha256".to_string(), content_hash(&metadata, data));
+        drop(first);
+        encode(metadata, &entries).map_err(fail)
     }
 
     /// The state as string metadata and safetensors entries `(name, shape, little-endian
@@ -165,6 +249,10 @@ impl<T: Real> Optimizer<T> {
             ("tensor_scalars", json(serde_json::to_string(&scalars))?),
             ("schedule", self.schedule.to_string()),
         ];
+        if self.eval_mode {
+            // The parameters hold the evaluation point: train_mode after a load must know.
+            metadata.push(("eval_mode", "true".to_string()));
+        }
         if !self.groups.is_empty() {
             let groups: Vec<String> = self.groups.iter().map(ToString::to_string).collect();
             let tensor_groups: Vec<usize> = self.tensors.iter().map(|t| t.group).collect();
@@ -221,10 +309,7 @@ impl<T: Real> Optimizer<T> {
     /// Errors name the file and the problem: unreadable, not a safetensors file, truncated,
     /// another format or version, another dtype, or inconsistent buffers.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Checkpoint {
-            path: path.display().to_string(),
-            reason: format!("cannot read: {e}"),
-        })?;
+        let bytes = read_state_file(path)?;
         Self::from_bytes(&bytes).map_err(|e| match e {
             Error::Checkpoint { reason, .. } => Error::Checkpoint {
                 path: path.display().to_string(),
@@ -265,8 +350,34 @@ impl<T: Real> Optimizer<T> {
         Ok(opt)
     }
 
-    /// Parses the bytes written by [`Optimizer::to_bytes`].
+    /// Parses the bytes written by [`Optimizer::to_bytes`], checking their SHA-256 (a flipped
+    /// byte anywhere is an error, not a wrong state).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bytes_error(format!("not a valid safetensors file ({e})")))?;
+        let meta = metadata_of(bytes)?;
+        if meta.get("version").map(String::as_str) != Some("1") {
+            let data = data_section(bytes).ok_or_else(|| bytes_error("no data section".into()))?;
+            match meta.get("sha256") {
+                None => {
+                    return Err(bytes_error(
+                        "metadata lacks `sha256` (the checksum of format version 2)".into(),
+                    ));
+                }
+                Some(sum) if *sum != content_hash(&meta, data) => {
+                    return Err(bytes_error(
+                        "its SHA-256 does not match its contents: the state is corrupt".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Self::from_parts(&meta, &st, "")
+    }
+
+    /// [`Optimizer::from_bytes`] without the checksum, so that the fuzz target reaches the
+    /// parser behind it.
+    pub(crate) fn from_bytes_unverified(bytes: &[u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bytes_error(format!("not a valid safetensors file ({e})")))?;
         Self::from_parts(&metadata_of(bytes)?, &st, "")
@@ -366,7 +477,7 @@ impl<T: Real> Optimizer<T> {
                 get("format")?
             )));
         }
-        if get("version")? != FORMAT_VERSION {
+        if !READ_VERSIONS.contains(&get("version")?.as_str()) {
             return Err(bad(format!(
                 "format version {} is not supported (this build reads version {FORMAT_VERSION})",
                 get("version")?
@@ -388,10 +499,27 @@ impl<T: Real> Optimizer<T> {
                 .map_err(|_| bad(format!("`{key}` is not a step count")))
         };
         let (step, skipped) = (count("step")?, count("skipped")?);
+        if step > super::MAX_STEPS || skipped > super::MAX_STEPS {
+            return Err(bad(format!(
+                "step counts {step} (applied) and {skipped} (skipped) exceed the limit of \
+                 {} (2^53)",
+                super::MAX_STEPS
+            )));
+        }
+        let eval_mode = match meta.get(&format!("{prefix}eval_mode")).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(bad(format!("`eval_mode` is `{other}`, not true or false"))),
+        };
         let layout: Option<Layout> =
-            serde_json::from_str(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
-        let scalars: Vec<Vec<f64>> = serde_json::from_str(get("tensor_scalars")?)
-            .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?;
+            bounded(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
+        if let Some(layout) = &layout {
+            super::check_unique_names("tensor name", layout.iter().map(|(n, _)| n.as_str()))
+                .map_err(|e| bad(format!("bad layout: {e}")))?;
+        }
+        let scalars: Vec<Vec<f64>> = bounded(get("tensor_scalars")?)
+            .map_err(|e| bad(format!("bad tensor_scalars: {e}")))?
+            .unwrap_or_default();
         let buffers = names.iter().filter(|n| n.starts_with(prefix)).count();
 
         let groups: Vec<super::GroupSpec> = match meta.get(&format!("{prefix}groups")) {
@@ -412,6 +540,7 @@ impl<T: Real> Optimizer<T> {
                 .parse()
                 .map_err(|e| bad(format!("bad schedule: {e}")))?;
         }
+        opt.eval_mode = eval_mode;
         let Some(layout) = layout else {
             if step != 0 || buffers != 0 {
                 return Err(bad("state buffers without a parameter layout".into()));
@@ -420,9 +549,9 @@ impl<T: Real> Optimizer<T> {
         };
         let tensor_groups: Vec<usize> = match meta.get(&format!("{prefix}tensor_groups")) {
             None => vec![0; layout.len()],
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| bad(format!("bad tensor_groups: {e}")))?
-            }
+            Some(text) => bounded(text)
+                .map_err(|e| bad(format!("bad tensor_groups: {e}")))?
+                .unwrap_or_default(),
         };
         if tensor_groups.len() != layout.len()
             || tensor_groups.iter().any(|&g| g > opt.groups.len())

@@ -594,8 +594,8 @@ pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize,
         }
         match chunk.iter().position(|x| !x.is_finite()) {
             Some(i) => Err((t, offset + i, chunk[i].as_f64())),
-            // Finite values whose sum of squares overflows `f64`: the squared norm is +∞ (no
-            // rescaling can represent it), and clipping then scales by 0, as PyTorch's does.
+            // Finite values whose sum of squares overflows `f64`: the squared norm is +∞, which
+            // the caller refuses (a norm-dividing step would be zero).
             None => Ok(f64::INFINITY),
         }
     };

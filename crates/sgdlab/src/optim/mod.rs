@@ -281,17 +281,24 @@ fn check_shape(name: &str, shape: &[usize], len: usize) -> Result<()> {
 /// $c = C/(\lVert g\rVert + 10^{-6})$ when $c < 1$, and returns $\lVert g\rVert$ (before
 /// clipping). The norm is summed in a fixed order (deterministic for any thread count).
 ///
-/// Errors, changing nothing, on a NaN or infinite element or an invalid `max_norm`.
+/// Errors, changing nothing, on a NaN or infinite element, on finite elements whose squared
+/// norm overflows `f64` ([`Error::Overflow`]: PyTorch would scale them by 0), or on an invalid
+/// `max_norm`.
 pub fn clip_grad_norm<T: Real>(grads: &mut [&mut [T]], max_norm: f64) -> Result<f64> {
     spec::check::positive("max_norm", max_norm)?;
     let views: Vec<&[T]> = grads.iter().map(|g| &**g).collect();
-    let norm = kernel::reduce(&views, true)
-        .map_err(|(t, index, value)| Error::NonFinite {
-            what: format!("gradient {t}"),
-            index,
-            value,
-        })?
-        .sqrt();
+    let norm_sq = kernel::reduce(&views, true).map_err(|(t, index, value)| Error::NonFinite {
+        what: format!("gradient {t}"),
+        index,
+        value,
+    })?;
+    if !norm_sq.is_finite() {
+        let names: Vec<String> = (0..views.len()).map(|t| format!("gradient {t}")).collect();
+        return Err(norm_overflow(
+            names.iter().map(String::as_str).zip(views.iter().copied()),
+        ));
+    }
+    let norm = norm_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         let c = T::from_f64(coef);
@@ -895,12 +902,18 @@ impl<T: Real> Optimizer<T> {
                     value: loss,
                 });
         let mut norm_sq = 0.0;
-        let need_norm =
-            self.spec.clip_norm.is_some() || self.all_specs().any(|s| s.rule.needs_norm());
+        // Rules that divide by a norm: clipping, `normsgd` (the global norm) and the
+        // whole-tensor rules (Muon normalises each matrix). Finite gradients whose squares
+        // overflow would give them a zero step; the step refuses them like a NaN instead.
+        let need_norm = self.spec.clip_norm.is_some()
+            || self
+                .all_specs()
+                .any(|s| s.rule.needs_norm() || s.rule.whole_tensor());
         if nonfinite.is_none() && (check || need_norm) {
             let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
             match kernel::reduce(&slices, need_norm) {
-                Ok(sum) => norm_sq = sum,
+                Ok(sum) if sum.is_finite() => norm_sq = sum,
+                Ok(_) => nonfinite = Some(norm_overflow(grads.iter().map(|g| (g.name, g.data)))),
                 Err((t, index, value)) => {
                     nonfinite = Some(Error::NonFinite {
                         what: format!("gradient of {}", grads[t].name),
@@ -909,6 +922,13 @@ impl<T: Real> Optimizer<T> {
                     });
                 }
             }
+        }
+        if self.step >= MAX_STEPS || self.skipped >= MAX_STEPS {
+            return Err(Error::invalid(
+                "step count",
+                self.step + self.skipped,
+                format!("an optimizer takes at most {MAX_STEPS} steps (2^53, counted exactly)"),
+            ));
         }
         if let Some(name) = self.schedule.detached() {
             return Err(Error::Unsupported(format!(
@@ -1209,8 +1229,19 @@ impl<T: Real> Optimizer<T> {
         self.check_params(params)
     }
 
-    /// Checks `params` against the names and shapes of the first step (if any).
+    /// Checks `params` against the names and shapes of the first step (if any); before the
+    /// first step, that their names are distinct and not too many.
     fn check_params(&self, params: &[ParamMut<'_, T>]) -> Result<()> {
+        if self.layout.is_none() {
+            if params.len() > MAX_TENSORS {
+                return Err(Error::invalid(
+                    "parameter tensors",
+                    params.len(),
+                    format!("one optimizer steps at most {MAX_TENSORS}"),
+                ));
+            }
+            check_unique_names("parameter name", params.iter().map(|p| p.name))?;
+        }
         if let Some(layout) = &self.layout {
             if layout.len() != params.len() {
                 return Err(Error::ShapeMismatch {
@@ -1247,6 +1278,59 @@ impl<T: Real> Optimizer<T> {
         }
         Ok(())
     }
+}
+
+/// The most steps an optimizer takes (applied, and skipped, each): $2^{53}$, the largest
+/// count every step-dependent scalar ($\beta^t$, a schedule's position) sees exactly as an
+/// `f64`. A loaded state beyond it is refused, and a step at it is an error, so that no
+/// counter wraps.
+pub const MAX_STEPS: u64 = 1 << 53;
+
+/// The most parameter tensors one optimizer steps ($2^{20}$): a bound on the memory a state
+/// file's layout can ask for before any of its buffers is read.
+pub const MAX_TENSORS: usize = 1 << 20;
+
+/// The error of a step whose finite gradients have a squared norm beyond `f64` (elements of
+/// magnitude about $10^{154}$ or more): clipping, `normsgd` and Muon would divide by an
+/// infinite norm and step by zero. Names the largest element.
+fn norm_overflow<'a, T: Real + 'a>(grads: impl Iterator<Item = (&'a str, &'a [T])>) -> Error {
+    let mut largest = (String::new(), 0usize, 0.0f64);
+    for (name, data) in grads {
+        for (i, x) in data.iter().enumerate() {
+            let a = x.as_f64().abs();
+            if a > largest.2 {
+                largest = (name.to_string(), i, a);
+            }
+        }
+    }
+    Error::Overflow {
+        what: "the squared 2-norm of the gradients".to_string(),
+        reason: format!(
+            "finite elements whose squares sum past {:e} (the largest, |{:e}| at index {} of \
+             {}); clipping, normsgd and Muon would divide by an infinite norm and step by zero: \
+             scale the loss down",
+            f64::MAX,
+            largest.2,
+            largest.1,
+            largest.0
+        ),
+    }
+}
+
+/// Refuses tensor names that occur twice: state, checkpoints and parameter groups are keyed
+/// by name.
+fn check_unique_names<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(Error::invalid(
+                what,
+                format!("`{name}`"),
+                "occurs twice: every tensor needs its own name",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Up to five names, quoted: `` `a`, `b`, ... ``.

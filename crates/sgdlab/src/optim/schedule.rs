@@ -147,7 +147,7 @@ impl Schedule {
     pub fn factor(&self, t: u64) -> f64 {
         match self {
             Schedule::Constant | Schedule::Detached { .. } => 1.0,
-            Schedule::Warmup { steps } => ((t + 1) as f64 / *steps as f64).min(1.0),
+            Schedule::Warmup { steps } => (t.saturating_add(1) as f64 / *steps as f64).min(1.0),
             Schedule::Linear { from, to, steps } => {
                 from + (to - from) * t.min(*steps) as f64 / *steps as f64
             }
@@ -169,12 +169,13 @@ impl Schedule {
                 decay,
                 min,
             } => {
+                let decay_start = warmup.saturating_add(*stable);
                 if t < *warmup {
                     (t + 1) as f64 / *warmup as f64
-                } else if t < warmup + stable {
+                } else if t < decay_start {
                     1.0
                 } else {
-                    let into = (t - warmup - stable).min(*decay) as f64 / *decay as f64;
+                    let into = (t - decay_start).min(*decay) as f64 / *decay as f64;
                     1.0 - (1.0 - min) * into
                 }
             }
@@ -320,12 +321,40 @@ fn split_top(text: &str, sep: char) -> Vec<&str> {
     out
 }
 
+/// The deepest nesting of `seq[...]` and `prod[...]` a schedule spec may have: deeper text
+/// is refused before it is parsed, so that no input can exhaust the stack.
+pub const MAX_NESTING: usize = 16;
+
 impl FromStr for Schedule {
     type Err = Error;
 
     /// Parses the spec forms of the [module docs](self); `custom:NAME` reads back as a
-    /// [`Schedule::Detached`] placeholder.
+    /// [`Schedule::Detached`] placeholder. Compositions nest at most [`MAX_NESTING`] deep.
     fn from_str(text: &str) -> Result<Self> {
+        let mut depth = 0usize;
+        for c in text.chars() {
+            match c {
+                '[' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(Error::invalid(
+                            "schedule",
+                            format!("{}...", text.chars().take(40).collect::<String>()),
+                            format!("compositions nest at most {MAX_NESTING} deep"),
+                        ));
+                    }
+                }
+                ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        parse_schedule(text)
+    }
+}
+
+/// [`Schedule::from_str`] once the nesting is known to be bounded.
+fn parse_schedule(text: &str) -> Result<Schedule> {
+    {
         let text = text.trim();
         let bad = |why: &str| Error::invalid("schedule", text, why);
         let num = |s: &str| -> Result<f64> { s.trim().parse().map_err(|_| bad("expects numbers")) };
@@ -335,7 +364,10 @@ impl FromStr for Schedule {
                 .map_err(|_| bad("expects whole step counts"))
         };
         let nested = |inner: &str| -> Result<Vec<Schedule>> {
-            split_top(inner, ';').into_iter().map(str::parse).collect()
+            split_top(inner, ';')
+                .into_iter()
+                .map(parse_schedule)
+                .collect()
         };
         let schedule = if let Some(rest) = text.strip_prefix("seq[") {
             let (inner, milestones) = rest
