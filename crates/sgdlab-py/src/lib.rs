@@ -35,6 +35,77 @@ fn lib_err(e: sgdlab::Error) -> PyErr {
     SgdlabError::new_err(e.to_string())
 }
 
+/// Runs an entry point's body, turning a panic (a bug: every input sgdlab can refuse is
+/// refused with an error) into `SgdlabError`, so that no Python caller ever sees pyo3's
+/// `PanicException` (a `BaseException`, which `except Exception` does not catch).
+fn guarded<R>(what: &str, body: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(SgdlabError::new_err(format!(
+                "internal error in {what}: {message} (a bug in sgdlab: please report it)"
+            )))
+        }
+    }
+}
+
+/// The memory of one array of a step: its address range, whether it is written, its name.
+struct Span<'a> {
+    start: usize,
+    end: usize,
+    written: bool,
+    what: String,
+    _name: &'a str,
+}
+
+/// Refuses arrays whose memory overlaps where one of them is written (a parameter with its
+/// own or another tensor's gradient, two parameters): checked by address ranges, whatever
+/// Python object owns the memory (two `np.frombuffer` views of one buffer, ctypes, a torch
+/// tensor and its `.detach()`), since numpy's own check sees only a common base object.
+fn check_no_overlap(mut spans: Vec<Span<'_>>) -> PyResult<()> {
+    spans.retain(|s| s.end > s.start);
+    spans.sort_by_key(|s| s.start);
+    // Sweep: the span reaching furthest so far, and the written one reaching furthest.
+    let mut furthest: Option<usize> = None;
+    let mut furthest_written: Option<usize> = None;
+    for (i, s) in spans.iter().enumerate() {
+        let clash = |j: Option<usize>| j.filter(|&j| spans[j].end > s.start);
+        let other = if s.written {
+            clash(furthest)
+        } else {
+            clash(furthest_written)
+        };
+        if let Some(j) = other {
+            return Err(SgdlabError::new_err(format!(
+                "{} and {} share memory: the step writes the parameters in place, so an \
+                 overlapping array would be read while it is being changed; pass a copy",
+                spans[j].what, s.what
+            )));
+        }
+        if furthest.is_none_or(|j| s.end > spans[j].end) {
+            furthest = Some(i);
+        }
+        if s.written && furthest_written.is_none_or(|j| s.end > spans[j].end) {
+            furthest_written = Some(i);
+        }
+    }
+    Ok(())
+}
+
+/// The address range of a C-contiguous array.
+fn span_of(array: &Bound<'_, PyUntypedArray>) -> (usize, usize) {
+    // SAFETY: `as_array_ptr` is the live array object; its `data` is the address of its
+    // first element, and a C-contiguous array's elements are `nbytes` consecutive bytes.
+    let start = unsafe { (*array.as_array_ptr()).fields.data } as usize;
+    let nbytes = array.len() * array.dtype().itemsize();
+    (start, start.saturating_add(nbytes))
+}
+
 /// An optimizer of either element type. The type is fixed by the first step (or a loaded
 /// state); a fresh optimizer is rebuilt for the other type when the first step's arrays
 /// need it.
@@ -249,6 +320,21 @@ fn borrow_all<'py, P: numpy::Element, G: numpy::Element>(
     ps: &[Bound<'py, PyAny>],
     gs: &[Bound<'py, PyAny>],
 ) -> PyResult<Borrowed<'py, P, G>> {
+    let mut spans = Vec::with_capacity(ps.len() + gs.len());
+    for (kind, objs, written) in [("parameter", ps, true), ("the gradient of", gs, false)] {
+        for (name, obj) in names.iter().zip(objs) {
+            let array = obj.cast::<PyUntypedArray>()?;
+            let (start, end) = span_of(array);
+            spans.push(Span {
+                start,
+                end,
+                written,
+                what: format!("{kind} `{name}`"),
+                _name: name,
+            });
+        }
+    }
+    check_no_overlap(spans)?;
     let mut params = Vec::with_capacity(ps.len());
     for (name, p) in names.iter().zip(ps) {
         let array = p.cast::<PyArrayDyn<P>>()?;
@@ -336,6 +422,26 @@ fn swap_typed<'py, T: Real + numpy::Element>(
     ps: &[Bound<'py, PyAny>],
     to_eval: bool,
 ) -> PyResult<()> {
+    if names.len() != ps.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} names for {} parameters",
+            names.len(),
+            ps.len()
+        )));
+    }
+    let mut spans = Vec::with_capacity(ps.len());
+    for (name, p) in names.iter().zip(ps) {
+        let (array, _) = checked_array(p, &format!("parameter `{name}`"))?;
+        let (start, end) = span_of(array);
+        spans.push(Span {
+            start,
+            end,
+            written: true,
+            what: format!("parameter `{name}`"),
+            _name: name,
+        });
+    }
+    check_no_overlap(spans)?;
     let mut rws = Vec::with_capacity(ps.len());
     for (name, p) in names.iter().zip(ps) {
         let (_, dt) = checked_array(p, &format!("parameter `{name}`"))?;
@@ -431,14 +537,16 @@ impl PyOptimizer {
     #[new]
     #[pyo3(signature = (spec, groups = Vec::new()))]
     fn new(spec: &str, groups: Vec<String>) -> PyResult<Self> {
-        let spec: OptimizerSpec = spec.parse().map_err(lib_err)?;
-        let groups = groups
-            .iter()
-            .map(|g| g.parse::<GroupSpec>())
-            .collect::<sgdlab::Result<Vec<_>>>()
-            .map_err(lib_err)?;
-        Ok(Self {
-            inner: Inner::F64(Optimizer::with_groups(spec, groups).map_err(lib_err)?),
+        guarded("new", || {
+            let spec: OptimizerSpec = spec.parse().map_err(lib_err)?;
+            let groups = groups
+                .iter()
+                .map(|g| g.parse::<GroupSpec>())
+                .collect::<sgdlab::Result<Vec<_>>>()
+                .map_err(lib_err)?;
+            Ok(Self {
+                inner: Inner::F64(Optimizer::with_groups(spec, groups).map_err(lib_err)?),
+            })
         })
     }
 
@@ -456,53 +564,55 @@ impl PyOptimizer {
         lr_scale: f64,
         micro_batches: u32,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (names, ps, gs) = collect_arrays(params, grads, names)?;
-        let mut dtype = None;
-        for (kind, objs) in [("parameter", &ps), ("gradient of", &gs)] {
-            for (name, obj) in names.iter().zip(objs.iter()) {
-                let (_, dt) = checked_array(obj, &format!("{kind} `{name}`"))?;
-                match dtype {
-                    None => dtype = Some(dt),
-                    Some(d) if d != dt => {
-                        return Err(PyTypeError::new_err(format!(
-                            "{kind} `{name}` is {}, the first array {}: one step takes one dtype",
-                            dt.numpy_name(),
-                            d.numpy_name()
-                        )));
+        guarded("step", || {
+            let (names, ps, gs) = collect_arrays(params, grads, names)?;
+            let mut dtype = None;
+            for (kind, objs) in [("parameter", &ps), ("gradient of", &gs)] {
+                for (name, obj) in names.iter().zip(objs.iter()) {
+                    let (_, dt) = checked_array(obj, &format!("{kind} `{name}`"))?;
+                    match dtype {
+                        None => dtype = Some(dt),
+                        Some(d) if d != dt => {
+                            return Err(PyTypeError::new_err(format!(
+                                "{kind} `{name}` is {}, the first array {}: one step takes one dtype",
+                                dt.numpy_name(),
+                                d.numpy_name()
+                            )));
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
             }
-        }
-        let Some(dtype) = dtype else {
-            return Err(PyValueError::new_err(
-                "a step needs at least one parameter array",
-            ));
-        };
-        if dtype != self.inner.dtype() {
-            if !self.inner.is_fresh() {
-                return Err(PyTypeError::new_err(format!(
-                    "the arrays are {}, the optimizer's state {}: it steps the dtype of its first step",
-                    dtype.numpy_name(),
-                    self.inner.dtype().numpy_name()
-                )));
+            let Some(dtype) = dtype else {
+                return Err(PyValueError::new_err(
+                    "a step needs at least one parameter array",
+                ));
+            };
+            if dtype != self.inner.dtype() {
+                if !self.inner.is_fresh() {
+                    return Err(PyTypeError::new_err(format!(
+                        "the arrays are {}, the optimizer's state {}: it steps the dtype of its first step",
+                        dtype.numpy_name(),
+                        self.inner.dtype().numpy_name()
+                    )));
+                }
+                self.inner = self.inner.rebuilt(dtype).map_err(lib_err)?;
             }
-            self.inner = self.inner.rebuilt(dtype).map_err(lib_err)?;
-        }
-        let info = StepInfo {
-            loss,
-            lr_scale,
-            micro_batches,
-        };
-        let report = match &mut self.inner {
-            Inner::F32(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
-                o.step_views(p, g, &info)
-            })?,
-            Inner::F64(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
-                o.step_views(p, g, &info)
-            })?,
-        };
-        report_dict(py, &report)
+            let info = StepInfo {
+                loss,
+                lr_scale,
+                micro_batches,
+            };
+            let report = match &mut self.inner {
+                Inner::F32(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                    o.step_views(p, g, &info)
+                })?,
+                Inner::F64(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                    o.step_views(p, g, &info)
+                })?,
+            };
+            report_dict(py, &report)
+        })
     }
 
     /// One step on bfloat16 parameters: `params` are `uint16` arrays holding bfloat16 bits
@@ -523,53 +633,55 @@ impl PyOptimizer {
         lr_scale: f64,
         micro_batches: u32,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (names, ps, gs) = collect_arrays(params, grads, names)?;
-        if ps.is_empty() {
-            return Err(PyValueError::new_err(
-                "a step needs at least one parameter array",
-            ));
-        }
-        for (name, p) in names.iter().zip(&ps) {
-            if !is_array_of::<u16>(p) {
-                return Err(PyTypeError::new_err(format!(
-                    "parameter `{name}` must be a C-contiguous uint16 numpy array of bfloat16 \
-                     bits (step float32/float64 parameters with step)"
-                )));
-            }
-        }
-        let bf16_grads = gs.iter().all(is_array_of::<u16>);
-        if !bf16_grads && !gs.iter().all(is_array_of::<f32>) {
-            return Err(PyTypeError::new_err(
-                "the gradients of bfloat16 parameters must all be C-contiguous uint16 \
-                 (bfloat16 bits) or all float32 numpy arrays",
-            ));
-        }
-        if self.inner.dtype() != Dtype::F32 {
-            if !self.inner.is_fresh() {
-                return Err(PyTypeError::new_err(
-                    "the optimizer's state is float64: bfloat16 parameters step in float32",
+        guarded("step_bf16", || {
+            let (names, ps, gs) = collect_arrays(params, grads, names)?;
+            if ps.is_empty() {
+                return Err(PyValueError::new_err(
+                    "a step needs at least one parameter array",
                 ));
             }
-            self.inner = self.inner.rebuilt(Dtype::F32).map_err(lib_err)?;
-        }
-        let info = StepInfo {
-            loss,
-            lr_scale,
-            micro_batches,
-        };
-        let Inner::F32(o) = &mut self.inner else {
-            unreachable!("rebuilt as float32 above");
-        };
-        let report = if bf16_grads {
-            step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
-                o.step_bf16(p, g, &info)
-            })?
-        } else {
-            step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
-                o.step_bf16_params(p, g, &info)
-            })?
-        };
-        report_dict(py, &report)
+            for (name, p) in names.iter().zip(&ps) {
+                if !is_array_of::<u16>(p) {
+                    return Err(PyTypeError::new_err(format!(
+                        "parameter `{name}` must be a C-contiguous uint16 numpy array of bfloat16 \
+                         bits (step float32/float64 parameters with step)"
+                    )));
+                }
+            }
+            let bf16_grads = gs.iter().all(is_array_of::<u16>);
+            if !bf16_grads && !gs.iter().all(is_array_of::<f32>) {
+                return Err(PyTypeError::new_err(
+                    "the gradients of bfloat16 parameters must all be C-contiguous uint16 \
+                     (bfloat16 bits) or all float32 numpy arrays",
+                ));
+            }
+            if self.inner.dtype() != Dtype::F32 {
+                if !self.inner.is_fresh() {
+                    return Err(PyTypeError::new_err(
+                        "the optimizer's state is float64: bfloat16 parameters step in float32",
+                    ));
+                }
+                self.inner = self.inner.rebuilt(Dtype::F32).map_err(lib_err)?;
+            }
+            let info = StepInfo {
+                loss,
+                lr_scale,
+                micro_batches,
+            };
+            let Inner::F32(o) = &mut self.inner else {
+                unreachable!("rebuilt as float32 above");
+            };
+            let report = if bf16_grads {
+                step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                    o.step_bf16(p, g, &info)
+                })?
+            } else {
+                step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
+                    o.step_bf16_params(p, g, &info)
+                })?
+            };
+            report_dict(py, &report)
+        })
     }
 
     /// The float32 master copy of tensor `tensor`'s bfloat16 parameters (`master_weights=true`,
@@ -621,34 +733,42 @@ impl PyOptimizer {
 
     #[setter]
     fn set_lr(&mut self, lr: f64) -> PyResult<()> {
-        with_opt!(&mut self.inner, o => o.set_lr(lr)).map_err(lib_err)
+        guarded("set_lr", || {
+            with_opt!(&mut self.inner, o => o.set_lr(lr)).map_err(lib_err)
+        })
     }
 
     /// Sets a key of the spec (`opt.set("weight_decay", 0.1)`), keeping the state.
     fn set(&mut self, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let text = value_text(value)?;
-        with_opt!(&mut self.inner, o => o.set(key, text)).map_err(lib_err)
+        guarded("set", || {
+            let text = value_text(value)?;
+            with_opt!(&mut self.inner, o => o.set(key, text)).map_err(lib_err)
+        })
     }
 
     /// Sets a key for parameter group `group` only (0: the optimizer's own spec).
     fn set_group(&mut self, group: usize, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let text = value_text(value)?;
-        with_opt!(&mut self.inner, o => o.set_group(group, key, text)).map_err(lib_err)
+        guarded("set_group", || {
+            let text = value_text(value)?;
+            with_opt!(&mut self.inner, o => o.set_group(group, key, text)).map_err(lib_err)
+        })
     }
 
     /// Sets several keys of parameter group `group` at once (`{"lr": 0.1, "nesterov": True}`):
     /// the combination is validated, not each key alone; on error nothing changes.
     fn set_group_keys(&mut self, group: usize, keys: &Bound<'_, PyDict>) -> PyResult<()> {
-        let mut pairs = Vec::with_capacity(keys.len());
-        for (k, v) in keys.iter() {
-            let key: String = k
-                .extract()
-                .map_err(|_| PyTypeError::new_err("hyper-parameter names must be str"))?;
-            pairs.push((key, value_text(&v)?));
-        }
-        let refs: Vec<(&str, String)> =
-            pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        with_opt!(&mut self.inner, o => o.set_group_keys(group, &refs)).map_err(lib_err)
+        guarded("set_group_keys", || {
+            let mut pairs = Vec::with_capacity(keys.len());
+            for (k, v) in keys.iter() {
+                let key: String = k
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("hyper-parameter names must be str"))?;
+                pairs.push((key, value_text(&v)?));
+            }
+            let refs: Vec<(&str, String)> =
+                pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            with_opt!(&mut self.inner, o => o.set_group_keys(group, &refs)).map_err(lib_err)
+        })
     }
 
     /// Names and shapes of the tensors, fixed by the first step (`None` before).
@@ -675,23 +795,25 @@ impl PyOptimizer {
         slot: &str,
         tensor: usize,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        with_opt!(&self.inner, o => {
-            let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
-            // bfloat16 state (state_dtype=bf16) is widened, exactly, to the parameters' type.
-            let widened;
-            let data = match o.state(slot, tensor) {
-                Some(data) => Some(data),
-                None => {
-                    widened = o.state_bf16(slot, tensor).map(|b| {
-                        b.iter().map(|&x| Real::from_bf16(x)).collect::<Vec<_>>()
-                    });
-                    widened.as_deref()
+        guarded("state", || {
+            with_opt!(&self.inner, o => {
+                let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
+                // bfloat16 state (state_dtype=bf16) is widened, exactly, to the parameters' type.
+                let widened;
+                let data = match o.state(slot, tensor) {
+                    Some(data) => Some(data),
+                    None => {
+                        widened = o.state_bf16(slot, tensor).map(|b| {
+                            b.iter().map(|&x| Real::from_bf16(x)).collect::<Vec<_>>()
+                        });
+                        widened.as_deref()
+                    }
+                };
+                match (data, shape) {
+                    (Some(data), Some(shape)) => Ok(Some(to_array(py, data, &shape)?)),
+                    _ => Ok(None),
                 }
-            };
-            match (data, shape) {
-                (Some(data), Some(shape)) => Ok(Some(to_array(py, data, &shape)?)),
-                _ => Ok(None),
-            }
+            })
         })
     }
 
@@ -702,12 +824,14 @@ impl PyOptimizer {
         py: Python<'py>,
         tensor: usize,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        with_opt!(&self.inner, o => {
-            let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
-            match (o.eval_point(tensor), shape) {
-                (Some(data), Some(shape)) => Ok(Some(to_array(py, data, &shape)?)),
-                _ => Ok(None),
-            }
+        guarded("eval_point", || {
+            with_opt!(&self.inner, o => {
+                let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
+                match (o.eval_point(tensor), shape) {
+                    (Some(data), Some(shape)) => Ok(Some(to_array(py, data, &shape)?)),
+                    _ => Ok(None),
+                }
+            })
         })
     }
 
@@ -721,7 +845,7 @@ impl PyOptimizer {
     /// for rules without one. `train_mode` swaps back, bit for bit.
     #[pyo3(signature = (params, *, names = None))]
     fn eval_mode(&mut self, params: &Bound<'_, PyAny>, names: Option<Vec<String>>) -> PyResult<()> {
-        self.swap(params, names, true)
+        guarded("eval_mode", || self.swap(params, names, true))
     }
 
     /// Swaps the parameters back to the training point after `eval_mode`.
@@ -731,85 +855,104 @@ impl PyOptimizer {
         params: &Bound<'_, PyAny>,
         names: Option<Vec<String>>,
     ) -> PyResult<()> {
-        self.swap(params, names, false)
+        guarded("train_mode", || self.swap(params, names, false))
     }
 
     /// The whole state: `{"metadata": {str: str}, "buffers": {"slot/tensor": ndarray}}` (copies).
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        with_opt!(&self.inner, o => state_dict_py(py, o))
+        guarded(
+            "state_dict",
+            || with_opt!(&self.inner, o => state_dict_py(py, o)),
+        )
     }
 
     /// Replaces the state by a `state_dict()` (every field checked; on error nothing changes).
     fn load_state_dict(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
-        let state = state.cast::<PyDict>().map_err(|_| {
-            PyTypeError::new_err("a state dict is a dict with `metadata` and `buffers`")
-        })?;
-        let get = |key: &str| {
-            state
-                .get_item(key)?
-                .ok_or_else(|| PyValueError::new_err(format!("the state dict has no `{key}`")))
-        };
-        let metadata: BTreeMap<String, String> = get("metadata")?
-            .extract()
-            .map_err(|_| PyTypeError::new_err("the state dict's metadata must map str to str"))?;
-        let buffers = get("buffers")?;
-        let buffers = buffers
-            .cast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err("the state dict's buffers must be a dict"))?;
-        self.inner = match metadata.get("dtype").map(String::as_str) {
-            Some("f32") => Inner::F32(state_dict_from_py(metadata, buffers)?),
-            Some("f64") => Inner::F64(state_dict_from_py(metadata, buffers)?),
-            other => {
-                return Err(SgdlabError::new_err(format!(
-                    "the state dict's dtype is {other:?}, not \"f32\" or \"f64\""
-                )));
-            }
-        };
-        Ok(())
+        guarded("load_state_dict", || {
+            let state = state.cast::<PyDict>().map_err(|_| {
+                PyTypeError::new_err("a state dict is a dict with `metadata` and `buffers`")
+            })?;
+            let get = |key: &str| {
+                state
+                    .get_item(key)?
+                    .ok_or_else(|| PyValueError::new_err(format!("the state dict has no `{key}`")))
+            };
+            let metadata: BTreeMap<String, String> = get("metadata")?.extract().map_err(|_| {
+                PyTypeError::new_err("the state dict's metadata must map str to str")
+            })?;
+            let buffers = get("buffers")?;
+            let buffers = buffers
+                .cast::<PyDict>()
+                .map_err(|_| PyTypeError::new_err("the state dict's buffers must be a dict"))?;
+            self.inner = match metadata.get("dtype").map(String::as_str) {
+                Some("f32") => Inner::F32(state_dict_from_py(metadata, buffers)?),
+                Some("f64") => Inner::F64(state_dict_from_py(metadata, buffers)?),
+                other => {
+                    return Err(SgdlabError::new_err(format!(
+                        "the state dict's dtype is {other:?}, not \"f32\" or \"f64\""
+                    )));
+                }
+            };
+            Ok(())
+        })
     }
 
     /// The state as checkpoint bytes (safetensors), as `save` writes them.
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = with_opt!(&self.inner, o => o.to_bytes()).map_err(lib_err)?;
-        Ok(PyBytes::new(py, &bytes))
+        guarded("to_bytes", || {
+            let bytes = with_opt!(&self.inner, o => o.to_bytes()).map_err(lib_err)?;
+            Ok(PyBytes::new(py, &bytes))
+        })
     }
 
     /// An optimizer from `to_bytes()`'s bytes.
     #[staticmethod]
     fn from_bytes(bytes: &[u8]) -> PyResult<Self> {
-        Ok(Self {
-            inner: Inner::from_bytes(bytes).map_err(lib_err)?,
+        guarded("from_bytes", || {
+            Ok(Self {
+                inner: Inner::from_bytes(bytes).map_err(lib_err)?,
+            })
         })
     }
 
     /// Saves the state to `path` atomically (a checkpoint file, as the CLI writes).
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let inner = &self.inner;
-        py.detach(|| with_opt!(inner, o => o.save(&path)))
-            .map_err(lib_err)
+        guarded("save", || {
+            let inner = &self.inner;
+            py.detach(|| with_opt!(inner, o => o.save(&path)))
+                .map_err(lib_err)
+        })
     }
 
     /// Loads an optimizer saved by `save` (or by `sgdlab train`'s checkpoints).
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let bytes = std::fs::read(&path).map_err(|e| {
-            PyErr::from(std::io::Error::new(
-                e.kind(),
-                format!("cannot read {}: {e}", path.display()),
-            ))
-        })?;
-        let inner = py
-            .detach(|| Inner::from_bytes(&bytes))
-            .map_err(|e| SgdlabError::new_err(format!("{}: {e}", path.display())))?;
-        Ok(Self { inner })
+        guarded("load", || {
+            let bytes = py
+                .detach(|| {
+                    sgdlab::io::read_safetensors_file(&path, u64::MAX, "an optimizer-state file")
+                })
+                .map_err(|e| {
+                    PyErr::from(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                })?;
+            let inner = py
+                .detach(|| Inner::from_bytes(&bytes))
+                .map_err(|e| SgdlabError::new_err(format!("{}: {e}", path.display())))?;
+            Ok(Self { inner })
+        })
     }
 
     /// Pickling (multiprocessing, Ray): the state travels as checkpoint bytes.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let py = slf.py();
-        let bytes = slf.borrow().to_bytes(py)?;
-        let ctor = py.get_type::<PyOptimizer>().getattr("from_bytes")?;
-        PyTuple::new(py, [ctor.into_any(), PyTuple::new(py, [bytes])?.into_any()])
+        guarded("__reduce__", || {
+            let py = slf.py();
+            let bytes = slf.borrow().to_bytes(py)?;
+            let ctor = py.get_type::<PyOptimizer>().getattr("from_bytes")?;
+            PyTuple::new(py, [ctor.into_any(), PyTuple::new(py, [bytes])?.into_any()])
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -892,14 +1035,16 @@ fn value_text(value: &Bound<'_, PyAny>) -> PyResult<String> {
 /// `check_finite`).
 #[pyfunction]
 fn rule_keys(name: &str) -> PyResult<Vec<String>> {
-    let spec = OptimizerSpec::named(name).map_err(lib_err)?;
-    let mut keys: Vec<String> = spec.rule.keys().iter().map(|k| k.to_string()).collect();
-    keys.extend(
-        sgdlab::optim::group::GLOBAL_KEYS
-            .iter()
-            .map(|k| k.to_string()),
-    );
-    Ok(keys)
+    guarded("rule_keys", || {
+        let spec = OptimizerSpec::named(name).map_err(lib_err)?;
+        let mut keys: Vec<String> = spec.rule.keys().iter().map(|k| k.to_string()).collect();
+        keys.extend(
+            sgdlab::optim::group::GLOBAL_KEYS
+                .iter()
+                .map(|k| k.to_string()),
+        );
+        Ok(keys)
+    })
 }
 
 /// The names of every optimizer rule.
@@ -912,18 +1057,20 @@ fn rules() -> Vec<&'static str> {
 /// the rule's defaults, plus the global keys that are set.
 #[pyfunction]
 fn parse_spec(spec: &str) -> PyResult<(String, Vec<(String, String)>)> {
-    let spec: OptimizerSpec = spec.parse().map_err(lib_err)?;
-    spec.validate().map_err(lib_err)?;
-    let text = spec.to_string();
-    let keys = match text.split_once(':') {
-        Some((_, rest)) => rest
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok((spec.name().to_string(), keys))
+    guarded("parse_spec", || {
+        let spec: OptimizerSpec = spec.parse().map_err(lib_err)?;
+        spec.validate().map_err(lib_err)?;
+        let text = spec.to_string();
+        let keys = match text.split_once(':') {
+            Some((_, rest)) => rest
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((spec.name().to_string(), keys))
+    })
 }
 
 /// `sgdlab verify` as JSON text (the `--json` file's contents).
@@ -935,17 +1082,19 @@ fn verify_json(
     quick: bool,
     seed: Option<u64>,
 ) -> PyResult<String> {
-    let mut options = sgdlab::lab::claims::VerifyOptions {
-        quick,
-        ..Default::default()
-    };
-    if let Some(seed) = seed {
-        options.seed = seed;
-    }
-    let report = py
-        .detach(|| sgdlab::lab::claims::verify(&problems, &options))
-        .map_err(lib_err)?;
-    serde_json::to_string_pretty(&report).map_err(|e| SgdlabError::new_err(e.to_string()))
+    guarded("verify_json", || {
+        let mut options = sgdlab::lab::claims::VerifyOptions {
+            quick,
+            ..Default::default()
+        };
+        if let Some(seed) = seed {
+            options.seed = seed;
+        }
+        let report = py
+            .detach(|| sgdlab::lab::claims::verify(&problems, &options))
+            .map_err(lib_err)?;
+        serde_json::to_string_pretty(&report).map_err(|e| SgdlabError::new_err(e.to_string()))
+    })
 }
 
 /// `sgdlab audit` as JSON text, on a CSV file (`path`) or the rows of a 2-D float64 array
@@ -965,66 +1114,75 @@ fn audit_json(
     burn_in: Option<usize>,
     seed: Option<u64>,
 ) -> PyResult<String> {
-    use sgdlab::lab::audit::{AuditModel, SimulationOptions};
-    let has_target = model != "points";
-    let data = match (path, rows) {
-        (Some(path), None) => sgdlab::data::read_csv(&path, has_target).map_err(lib_err)?,
-        (None, Some(rows)) => {
-            let array = rows.as_array();
-            let (n, cols) = array.dim();
-            let d = if has_target {
-                cols.saturating_sub(1)
-            } else {
-                cols
-            };
-            if d == 0 || n == 0 {
-                return Err(PyValueError::new_err(format!(
-                    "the data array is {n}×{cols}: it needs rows, and at least one feature column{}",
-                    if has_target {
-                        " besides the target (the last column)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            let mut features = Vec::with_capacity(n * d);
-            let mut targets = Vec::with_capacity(n);
-            for row in array.rows() {
-                features.extend(row.iter().take(d));
-                if has_target {
-                    targets.push(row[cols - 1]);
+    guarded("audit_json", || {
+        use sgdlab::lab::audit::{AuditModel, SimulationOptions};
+        let has_target = model != "points";
+        let data = match (path, rows) {
+            (Some(path), None) => sgdlab::data::read_csv(&path, has_target).map_err(lib_err)?,
+            (None, Some(rows)) => {
+                let array = rows.as_array();
+                let (n, cols) = array.dim();
+                let d = if has_target {
+                    cols.saturating_sub(1)
+                } else {
+                    cols
+                };
+                if d == 0 || n == 0 {
+                    return Err(PyValueError::new_err(format!(
+                        "the data array is {n}×{cols}: it needs rows, and at least one feature column{}",
+                        if has_target {
+                            " besides the target (the last column)"
+                        } else {
+                            ""
+                        }
+                    )));
                 }
+                let mut features = Vec::with_capacity(n * d);
+                let mut targets = Vec::with_capacity(n);
+                for row in array.rows() {
+                    features.extend(row.iter().take(d));
+                    if has_target {
+                        targets.push(row[cols - 1]);
+                    }
+                }
+                sgdlab::data::Dataset::new(features, has_target.then_some(targets), d)
+                    .map_err(lib_err)?
             }
-            sgdlab::data::Dataset::new(features, has_target.then_some(targets), d)
-                .map_err(lib_err)?
+            _ => {
+                return Err(PyTypeError::new_err(
+                    "audit needs a CSV path or a 2-D array",
+                ));
+            }
+        };
+        let unit = loss_unit.parse().map_err(lib_err)?;
+        let model = AuditModel::build(model, data, bias, unit).map_err(lib_err)?;
+        let specs = opts
+            .iter()
+            .map(|s| s.parse::<OptimizerSpec>())
+            .collect::<sgdlab::Result<Vec<_>>>()
+            .map_err(lib_err)?;
+        let mut options = SimulationOptions::default();
+        if let Some(steps) = steps {
+            options.steps = steps;
         }
-        _ => {
-            return Err(PyTypeError::new_err(
-                "audit needs a CSV path or a 2-D array",
-            ));
+        if let Some(burn_in) = burn_in {
+            options.burn_in = burn_in;
         }
-    };
-    let unit = loss_unit.parse().map_err(lib_err)?;
-    let model = AuditModel::build(model, data, bias, unit).map_err(lib_err)?;
-    let specs = opts
-        .iter()
-        .map(|s| s.parse::<OptimizerSpec>())
-        .collect::<sgdlab::Result<Vec<_>>>()
-        .map_err(lib_err)?;
-    let mut options = SimulationOptions::default();
-    if let Some(steps) = steps {
-        options.steps = steps;
-    }
-    if let Some(burn_in) = burn_in {
-        options.burn_in = burn_in;
-    }
-    if let Some(seed) = seed {
-        options.seed = seed;
-    }
-    let report = py
-        .detach(|| sgdlab::lab::audit::audit(&model, &specs, &options))
-        .map_err(lib_err)?;
-    serde_json::to_string_pretty(&report).map_err(|e| SgdlabError::new_err(e.to_string()))
+        if let Some(seed) = seed {
+            options.seed = seed;
+        }
+        let report = py
+            .detach(|| sgdlab::lab::audit::audit(&model, &specs, &options))
+            .map_err(lib_err)?;
+        serde_json::to_string_pretty(&report).map_err(|e| SgdlabError::new_err(e.to_string()))
+    })
+}
+
+/// Panics on purpose, inside an entry point's guard: the test suite checks with it that a
+/// panic reaches Python as `SgdlabError`, never as pyo3's `PanicException`.
+#[pyfunction]
+fn _panic_for_tests(message: &str) -> PyResult<()> {
+    guarded("_panic_for_tests", || panic!("{message}"))
 }
 
 /// The extension module.
@@ -1037,6 +1195,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_spec, m)?)?;
     m.add_function(wrap_pyfunction!(verify_json, m)?)?;
     m.add_function(wrap_pyfunction!(audit_json, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -218,14 +218,15 @@ pub fn read_safetensors_file(
     let mut prefix = [0u8; 8];
     if len < 8 {
         return Err(invalid(format!(
-            "{what} has {len} bytes: too short for a safetensors header"
+            "{what} is not a valid safetensors file: {len} bytes, too short for its header"
         )));
     }
     file.read_exact(&mut prefix)?;
     let n = u64::from_le_bytes(prefix);
     if n > MAX_SAFETENSORS_HEADER || n > len - 8 {
         return Err(invalid(format!(
-            "{what} declares a header of {n} bytes, but {} (the file has {len} bytes)",
+            "{what} is not a valid safetensors file: it declares a header of {n} bytes, but \
+             {} (the file has {len} bytes)",
             if n > MAX_SAFETENSORS_HEADER {
                 format!("the limit is {MAX_SAFETENSORS_HEADER}")
             } else {
@@ -235,8 +236,11 @@ pub fn read_safetensors_file(
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)?;
-    let declared = declared_data_bytes(&header)
-        .map_err(|e| invalid(format!("{what} has an unreadable header ({e})")))?;
+    let declared = declared_data_bytes(&header).map_err(|e| {
+        invalid(format!(
+            "{what} is not a valid safetensors file: unreadable header ({e})"
+        ))
+    })?;
     if declared > max_data_bytes {
         return Err(invalid(format!(
             "{what} declares {} of tensor data, more than the {} it can hold",

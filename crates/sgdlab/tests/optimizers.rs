@@ -309,7 +309,7 @@ fn every_corrupt_field_of_a_state_is_refused_by_name() {
         }
     };
     refused(&set("format", "nope"), "format is `nope`");
-    refused(&set("version", "2"), "format version 2 is not supported");
+    refused(&set("version", "3"), "format version 3 is not supported");
     refused(
         &set("dtype", "f32"),
         "holds f32 state, but f64 was asked for",

@@ -33,6 +33,7 @@ What differs from ``torch.optim``:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
@@ -64,9 +65,16 @@ _TORCH_KEYS = frozenset(
 _GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite", "state_dtype", "rounding", "sr_seed", "master_weights")
 
 
-def _text(value: Any) -> str:
+# A string value is one word of the spec grammar (``bf16``, ``nearest``): never text that
+# could carry separators into the spec it is written into.
+_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def _text(value: Any, key: str = "hyper-parameter") -> str:
     """A hyper-parameter as spec text: exact for floats (shortest round-trip repr)."""
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"`{key}` is a tensor of {value.numel()} elements, not a number")
         value = value.item()
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
@@ -75,8 +83,13 @@ def _text(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return repr(float(value))
     if isinstance(value, str):
+        if not _WORD.fullmatch(value):
+            raise ValueError(
+                f"`{key}` = {value!r} is not a number, a boolean or one word (letters, digits, "
+                "`_.+-`): hyper-parameters are values, never spec text"
+            )
         return value
-    raise TypeError(f"a hyper-parameter must be a bool, number or str, not {type(value).__name__}")
+    raise TypeError(f"`{key}` must be a bool, number or str, not {type(value).__name__}")
 
 
 def _value(text: str) -> Any:
@@ -188,7 +201,7 @@ class Optimizer(torch.optim.Optimizer):
         out = {}
         for k, v in group.items():
             if k in self._rule_keys:
-                out[k] = _text(v)
+                out[k] = _text(v, k)
             elif k not in _TORCH_KEYS and k not in self.defaults:
                 raise ValueError(
                     f"parameter group key `{k}` is not a hyper-parameter of sgdlab's "
@@ -235,12 +248,22 @@ class Optimizer(torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
+                if not (p.is_contiguous() and g.is_contiguous()):
+                    which = "parameter" if not p.is_contiguous() else "gradient of parameter"
+                    raise ValueError(
+                        f"{which} {gi}.{pj} (group.index) is not contiguous (strides "
+                        f"{tuple(p.stride()) if which == 'parameter' else tuple(g.stride())}, e.g. "
+                        "after `p.data = p.data.t()`): sgdlab updates parameters in place and never "
+                        "copies; make it contiguous (`p.data = p.data.contiguous()`)"
+                    )
                 try:
                     ga = _numpy(g)
                     cached = views.get(id(p))
-                    ptr = p.data_ptr()
-                    if cached is None or cached[0] != ptr or cached[1].shape != p.shape:
-                        cached = (ptr, _numpy(p.detach()))
+                    # The whole layout, not only the address: `p.data = p.data.t()` keeps the
+                    # pointer and (square) shape but not the strides.
+                    key = (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+                    if cached is None or cached[0] != key:
+                        cached = (key, _numpy(p.detach()))
                         views[id(p)] = cached
                 except Exception as e:  # torch's reasons are less direct than ours
                     raise TypeError(_why_not(p, g, f"parameter {gi}.{pj}")) from e
@@ -294,7 +317,16 @@ class Optimizer(torch.optim.Optimizer):
         else:
             self._core.step(params, grads, loss_value, names=self._names)
         self._active = active
+        self._changed(active)
         return loss
+
+    def _changed(self, active: list[tuple[int, int]]) -> None:
+        """Tells autograd that the parameters changed in place (their version counters), as
+        torch.optim's in-place updates do: a graph built before the change then refuses
+        ``backward()`` instead of using the new weights silently."""
+        torch.autograd.graph.increment_version(
+            [self.param_groups[gi]["params"][pj] for gi, pj in active]
+        )
 
     # -- state ---------------------------------------------------------------------------
 
@@ -374,7 +406,7 @@ class Optimizer(torch.optim.Optimizer):
                     f"parameter group {gi} has {len(mine['params'])} parameters, the state dict's {len(theirs['params'])}"
                 )
         core = None if saved["bytes"] is None else _core.Optimizer.from_bytes(saved["bytes"])
-        active = None if saved["active"] is None else [tuple(a) for a in saved["active"]]
+        active = _checked_active(saved.get("active"), groups, core)
         for mine, theirs in zip(self.param_groups, groups):
             for k, v in theirs.items():
                 if k != "params":
@@ -398,6 +430,7 @@ class Optimizer(torch.optim.Optimizer):
             params, _, names, _ = self._arrays_of_active()
             if all(p.dtype != np.uint16 for p in params):  # bf16: no rule with an eval point
                 self._core.eval_mode(params, names=names)
+                self._changed(self._active)
 
     @torch.no_grad()
     def train(self) -> None:
@@ -405,6 +438,7 @@ class Optimizer(torch.optim.Optimizer):
         if self._core is not None and self._core.in_eval_mode:
             params, _, names, _ = self._arrays_of_active()
             self._core.train_mode(params, names=names)
+            self._changed(self._active)
 
     def _arrays_of_active(self):
         assert self._active is not None
@@ -424,6 +458,39 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}  # views of the unpickled tensors are made at the next step
+
+
+def _checked_active(active: Any, groups: list[dict[str, Any]], core: Optional[_core.Optimizer]) -> Optional[list[tuple[int, int]]]:
+    """The ``active`` entry of a state dict, checked: (group, index) pairs of existing
+    parameters, each once, one per tensor of the saved optimizer and named as its tensors."""
+    if active is None:
+        if core is not None and core.layout is not None:
+            raise ValueError("corrupt state dict: the optimizer has stepped but `active` is None")
+        return None
+    if not isinstance(active, (list, tuple)):
+        raise ValueError(f"corrupt state dict: `active` is a {type(active).__name__}, not a list")
+    out = []
+    for entry in active:
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in entry)
+        ):
+            raise ValueError(f"corrupt state dict: `active` entry {entry!r} is not a pair of ints")
+        gi, pj = entry
+        if not (0 <= gi < len(groups) and 0 <= pj < len(groups[gi]["params"])):
+            raise ValueError(
+                f"corrupt state dict: `active` names parameter {gi}.{pj}, which its "
+                f"{len(groups)} parameter groups do not have"
+            )
+        out.append((gi, pj))
+    if len(set(out)) != len(out):
+        raise ValueError("corrupt state dict: `active` names a parameter twice")
+    layout = None if core is None else core.layout
+    names = None if layout is None else [name for name, _ in layout]
+    if names is not None and names != [f"{gi}.{pj}" for gi, pj in out]:
+        raise ValueError("corrupt state dict: `active` does not match the tensors of the optimizer's state")
+    return out
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -456,8 +523,13 @@ def _check_tensor(p: Any, what: str) -> None:
         raise ValueError(f"{what} is not contiguous: sgdlab updates parameters in place")
 
 
-def _float(x: Any) -> float:
-    return float(x.item() if isinstance(x, torch.Tensor) else x)
+def _float(x: Any, key: str = "hyper-parameter") -> float:
+    """A number (a float, int, bool or one-element tensor); text is refused, not parsed."""
+    if isinstance(x, torch.Tensor):
+        x = x.item()
+    if isinstance(x, (str, bytes)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{key}` must be a number, not {type(x).__name__} {x!r}")
+    return float(x)
 
 
 def _unsupported(**flags: Any) -> None:
@@ -476,11 +548,11 @@ class _TorchNamed(Optimizer):
         for k, v in group.items():
             if k == "betas":
                 b1, b2 = v
-                out["beta1"], out["beta2"] = _text(_float(b1)), _text(_float(b2))
+                out["beta1"], out["beta2"] = _text(_float(b1, "beta1"), "beta1"), _text(_float(b2, "beta2"), "beta2")
             elif k == "lr":
-                out["lr"] = _text(_float(v))
+                out["lr"] = _text(_float(v, "lr"), "lr")
             elif k in self._rule_keys:
-                out[k] = _text(v)
+                out[k] = _text(v, k)
             elif k not in _TORCH_KEYS and k != "decoupled_weight_decay":
                 raise ValueError(f"parameter group key `{k}` is not a hyper-parameter of {type(self).__name__}")
         return out

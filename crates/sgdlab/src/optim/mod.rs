@@ -60,7 +60,7 @@ registry! {
     schedulefree::{SfSgd, SfAdamW},
 }
 
-pub use checkpoint::{StateDict, stored_dtype};
+pub use checkpoint::{StateDict, read_state_file, stored_dtype};
 pub use group::GroupSpec;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;
@@ -589,6 +589,13 @@ impl<T: Real> Optimizer<T> {
         };
         let mut g = g.clone();
         for (key, text) in keys {
+            if text.is_empty() || text.contains([',', ';', ':', '=', '[', ']']) {
+                return Err(Error::invalid(
+                    *key,
+                    format!("{text:?}"),
+                    "a value is one word of the spec grammar (no , ; : = or brackets)",
+                ));
+            }
             if group::GLOBAL_KEYS.contains(key) {
                 return Err(Error::invalid(
                     *key,
@@ -1307,7 +1314,7 @@ fn norm_overflow<'a, T: Real + 'a>(grads: impl Iterator<Item = (&'a str, &'a [T]
         what: "the squared 2-norm of the gradients".to_string(),
         reason: format!(
             "finite elements whose squares sum past {:e} (the largest, |{:e}| at index {} of \
-             {}); clipping, normsgd and Muon would divide by an infinite norm and step by zero: \
+             `{}`); clipping, normsgd and Muon would divide by an infinite norm and step by zero: \
              scale the loss down",
             f64::MAX,
             largest.2,
