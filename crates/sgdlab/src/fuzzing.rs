@@ -10,7 +10,16 @@ use crate::optim::{Optimizer, OptimizerSpec};
 use crate::train::{CheckpointMeta, checkpoint_from_bytes};
 
 /// The names of the fuzz targets, as in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 5] = ["spec", "csv", "idx", "checkpoint", "replay"];
+pub const TARGETS: [&str; 8] = [
+    "spec",
+    "csv",
+    "idx",
+    "checkpoint",
+    "replay",
+    "state",
+    "state_dict",
+    "schedule",
+];
 
 /// Runs the target `name` on `data`; `false` for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -20,6 +29,9 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "idx" => idx(data),
         "checkpoint" => checkpoint(data),
         "replay" => replay(data),
+        "state" => state(data),
+        "state_dict" => state_dict(data),
+        "schedule" => schedule(data),
         _ => return false,
     }
     true
@@ -105,5 +117,119 @@ pub fn replay(data: &[u8]) {
     {
         let _ = case.replay::<f64>();
         let _ = case.replay::<f32>();
+    }
+}
+
+/// The most elements a fuzz target steps after loading a state (a bound on its time).
+const STEP_LIMIT: usize = 4096;
+
+/// Steps a loaded optimizer once on zero parameters and unit gradients of its layout (if it
+/// has one and it is small): whatever a state holds, a step returns (an error or a report).
+fn step_loaded<T: crate::Real>(opt: &mut Optimizer<T>) {
+    use crate::optim::{StepInfo, Tensor};
+    let Some(layout) = opt.layout().map(<[_]>::to_vec) else {
+        return;
+    };
+    let numel = layout.iter().try_fold(0usize, |n, (_, shape)| {
+        n.checked_add(shape.iter().try_fold(1usize, |m, &d| m.checked_mul(d))?)
+    });
+    if numel.is_none_or(|n| n > STEP_LIMIT) {
+        return;
+    }
+    let tensors = |x: f64| -> Option<Vec<Tensor<T>>> {
+        layout
+            .iter()
+            .map(|(name, shape)| {
+                let n = shape.iter().product();
+                Tensor::new(name.clone(), shape.clone(), vec![T::from_f64(x); n]).ok()
+            })
+            .collect()
+    };
+    if let (Some(mut params), Some(grads)) = (tensors(0.0), tensors(1.0)) {
+        let _ = opt.step(&mut params, &grads, &StepInfo::with_loss(1.0));
+    }
+}
+
+/// Optimizer-state bytes as the Python package loads them (`Optimizer.from_bytes`, `load`,
+/// unpickling): the element type from the metadata, the checksum, then the state itself (also
+/// past the checksum, so that the parser behind it is reached); a loaded state converts to a
+/// state dict and back unchanged, and takes a step.
+pub fn state(data: &[u8]) {
+    let _ = Optimizer::<f64>::from_bytes(data);
+    match crate::optim::stored_dtype(data) {
+        Ok("f32") => state_of::<f32>(data),
+        Ok(_) => state_of::<f64>(data),
+        Err(_) => {}
+    }
+}
+
+fn state_of<T: crate::Real>(data: &[u8]) {
+    if let Ok(mut opt) = Optimizer::<T>::from_bytes_unverified(data) {
+        let sd = opt.state_dict().expect("a loaded state has a state dict");
+        let back = Optimizer::<T>::from_state_dict(&sd).expect("a state dict loads back");
+        assert!(back.to_bytes().ok() == opt.to_bytes().ok());
+        step_loaded(&mut opt);
+    }
+}
+
+/// A state dict as the Python package receives one (`load_state_dict`): string metadata and
+/// named buffers, here from JSON `{"metadata": {...}, "buffers": {name: [shape, values]}}`;
+/// loading never panics, and a loaded state takes a step.
+pub fn state_dict(data: &[u8]) {
+    use crate::optim::StateDict;
+    use std::collections::BTreeMap;
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        metadata: BTreeMap<String, String>,
+        buffers: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    }
+    let Ok(raw) = serde_json::from_slice::<Raw>(data) else {
+        return;
+    };
+    let f64s = StateDict {
+        metadata: raw.metadata.clone(),
+        buffers: raw.buffers.clone(),
+    };
+    if let Ok(mut opt) = Optimizer::<f64>::from_state_dict(&f64s) {
+        step_loaded(&mut opt);
+    }
+    let f32s = StateDict {
+        metadata: raw.metadata,
+        buffers: raw
+            .buffers
+            .into_iter()
+            .map(|(k, (s, v))| (k, (s, v.into_iter().map(|x| x as f32).collect())))
+            .collect(),
+    };
+    if let Ok(mut opt) = Optimizer::<f32>::from_state_dict(&f32s) {
+        step_loaded(&mut opt);
+    }
+}
+
+/// Schedule text (the library's grammar and `train --schedule`'s): parsing never panics or
+/// overflows the stack, a parsed schedule prints back to itself, and its factor is defined at
+/// every step, the last a counter can hold included.
+pub fn schedule(data: &[u8]) {
+    use crate::optim::Schedule;
+    use crate::train::ScheduleSpec;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(s) = text.parse::<Schedule>() {
+        let shown = s.to_string();
+        let again: Schedule = shown
+            .parse()
+            .unwrap_or_else(|e| panic!("`{text}` printed as `{shown}`, which fails: {e}"));
+        assert_eq!(again, s, "`{text}` printed as `{shown}`");
+        for t in [0, 1, 2, 1000, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+            let _ = s.factor(t);
+        }
+    }
+    if let Ok(spec) = text.parse::<ScheduleSpec>() {
+        for (steps, epochs) in [(1, 1), (10, 3), (u64::MAX, usize::MAX)] {
+            if let Ok(s) = spec.for_run(steps, epochs) {
+                let _ = s.factor(steps.saturating_sub(1));
+            }
+        }
     }
 }

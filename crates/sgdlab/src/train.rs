@@ -1262,6 +1262,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("different moments"), "{err}");
+        // A step count at the top of u64, re-hashed: refused by the optimizer's bound, not
+        // wrapped into a sum that matches the weights' step.
+        let forged = resealed(&good, |md| {
+            md.insert("optimizer.step".into(), u64::MAX.to_string());
+            md.insert("step".into(), (u64::MAX - 1).to_string());
+            md.insert("optimizer.skipped".into(), 0.to_string());
+        });
+        std::fs::write(&path, &forged).unwrap();
+        let err = load_checkpoint(dir.path(), &meta, &net)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceed the limit"), "{err}");
+        // Sparse bytes past the declared end: refused before they are read.
+        std::fs::write(&path, &good).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let err = load_checkpoint(dir.path(), &meta, &net)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than its contents"), "{err}");
+    }
+
+    /// `bytes` (a checkpoint) with its metadata edited and its SHA-256 recomputed, as a
+    /// deliberate forger would.
+    fn resealed(bytes: &[u8], edit: impl FnOnce(&mut HashMap<String, String>)) -> Vec<u8> {
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+        let mut md = header.metadata().clone().unwrap();
+        edit(&mut md);
+        md.remove("sha256");
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec(), v.dtype()))
+            .collect();
+        let encode = |md: HashMap<String, String>| {
+            crate::optim::checkpoint::encode_with(
+                md,
+                tensors
+                    .iter()
+                    .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
+            )
+            .unwrap()
+        };
+        let first = encode(md.clone());
+        let data = crate::optim::checkpoint::data_section(&first).unwrap();
+        md.insert(
+            "sha256".into(),
+            crate::optim::checkpoint::content_hash(&md, data),
+        );
+        encode(md)
+    }
+
+    #[test]
+    fn diverged_weights_are_described_by_what_they_hold() {
+        let finite = Tensor::vector("w", vec![1.0f32, -3.0]);
+        assert_eq!(
+            describe_weights(std::slice::from_ref(&finite)),
+            "largest |weight| 3e0"
+        );
+        let broken = Tensor::vector("v", vec![0.0f32, f32::NAN, f32::INFINITY, f32::NAN]);
+        assert_eq!(
+            describe_weights(&[finite, broken]),
+            "2 NaN and 1 infinite weights, the first v[1]"
+        );
     }
 
     #[test]
