@@ -165,9 +165,18 @@ pub fn state(data: &[u8]) {
 
 fn state_of<T: crate::Real>(data: &[u8]) {
     if let Ok(mut opt) = Optimizer::<T>::from_bytes_unverified(data) {
-        let sd = opt.state_dict().expect("a loaded state has a state dict");
-        let back = Optimizer::<T>::from_state_dict(&sd).expect("a state dict loads back");
-        assert!(back.to_bytes().ok() == opt.to_bytes().ok());
+        let through_dict = |o: &Optimizer<T>| {
+            let sd = o.state_dict().expect("a loaded state has a state dict");
+            Optimizer::<T>::from_state_dict(&sd).expect("a state dict loads back")
+        };
+        let back = through_dict(&opt);
+        // Bit for bit (NaNs included) in f32; in f64 a signalling NaN in bfloat16 state comes
+        // back quiet (the widening to f64 quiets it), so there the round trip must be a fixed
+        // point from the first one on.
+        if T::BYTES == 4 {
+            assert!(back.to_bytes().ok() == opt.to_bytes().ok());
+        }
+        assert!(through_dict(&back).to_bytes().ok() == back.to_bytes().ok());
         step_loaded(&mut opt);
     }
 }

@@ -309,3 +309,21 @@ fn group_values_are_one_word() {
     assert!(err.to_string().contains("one word"), "{err}");
     assert_eq!(opt.groups()[0].to_string(), "w:lr=0.1");
 }
+
+#[test]
+fn a_state_dict_buffer_must_hold_as_many_elements_as_its_shape() {
+    let (opt, mut p) = stepped("adam", 1);
+    let mut sd = opt.state_dict().unwrap();
+    let (shape, data) = sd.buffers.get_mut("exp_avg/w").unwrap();
+    assert_eq!(shape, &vec![3]);
+    data.pop();
+    let err = Optimizer::<f64>::from_state_dict(&sd).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has 2 elements, but its shape [3] holds 3"),
+        "{err}"
+    );
+    // Intact, it loads and steps.
+    let mut back = Optimizer::<f64>::from_state_dict(&opt.state_dict().unwrap()).unwrap();
+    back.step(&mut p, &grads(), &StepInfo::default()).unwrap();
+}

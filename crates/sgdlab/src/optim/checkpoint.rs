@@ -143,6 +143,15 @@ pub(crate) enum Buffer<T> {
     Bf16(Vec<u16>),
 }
 
+impl<T> Buffer<T> {
+    fn len(&self) -> usize {
+        match self {
+            Buffer::Full(v) => v.len(),
+            Buffer::Bf16(v) => v.len(),
+        }
+    }
+}
+
 /// Serialises tensors `(name, shape, little-endian bytes, dtype)` with `metadata` to
 /// safetensors bytes whose header has sorted keys (equal contents, equal bytes).
 pub(crate) fn encode_with<'a>(
@@ -602,6 +611,10 @@ impl<T: Real> Optimizer<T> {
         {
             let slot_names = super::slots_of(spec);
             let bf16 = spec.state_dtype == super::StateDtype::Bf16;
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| bad(format!("tensor `{name}` has a shape {shape:?} past usize")))?;
             let mut slots = Vec::with_capacity(slot_names.len());
             let mut lowp = Vec::new();
             for slot in slot_names {
@@ -609,7 +622,13 @@ impl<T: Real> Optimizer<T> {
                 let found =
                     lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))?;
                 let data = match found {
-                    Ok((got, data)) if got == *shape => data,
+                    Ok((got, data)) if got == *shape && data.len() == numel => data,
+                    Ok((got, data)) if got == *shape => {
+                        return Err(bad(format!(
+                            "buffer `{key}` has {} elements, but its shape {shape:?} holds {numel}",
+                            data.len()
+                        )));
+                    }
                     Ok((got, _)) => {
                         return Err(bad(format!(
                             "buffer `{key}` is {} {got:?}, expected {} {shape:?}",
@@ -631,7 +650,12 @@ impl<T: Real> Optimizer<T> {
                         // From a state dict: widened values, narrowed back exactly.
                         let mut bits = Vec::with_capacity(data.len());
                         for (i, x) in data.into_iter().enumerate() {
-                            let b = crate::lowp::bf16_nearest(x.to_f32_for_bf16());
+                            // A NaN keeps its bits (rounding would quiet a signalling one).
+                            let b = if x.is_nan() {
+                                (x.to_f32_for_bf16().to_bits() >> 16) as u16
+                            } else {
+                                crate::lowp::bf16_nearest(x.to_f32_for_bf16())
+                            };
                             let y = T::from_bf16(b);
                             if y == x || (y.is_nan() && x.is_nan()) {
                                 bits.push(b);
@@ -655,7 +679,13 @@ impl<T: Real> Optimizer<T> {
             let master = if opt.spec.master_weights {
                 let key = format!("{prefix}{MASTER}/{name}");
                 match lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))? {
-                    Ok((got, Buffer::Full(data))) if got == *shape => data,
+                    Ok((got, Buffer::Full(data))) if got == *shape && data.len() == numel => data,
+                    Ok((got, Buffer::Full(data))) if got == *shape => {
+                        return Err(bad(format!(
+                            "buffer `{key}` has {} elements, but its shape {shape:?} holds {numel}",
+                            data.len()
+                        )));
+                    }
                     Ok((got, Buffer::Full(_))) => {
                         return Err(bad(format!(
                             "buffer `{key}` is {} {got:?}, expected {} {shape:?}",
