@@ -405,6 +405,21 @@ impl<'a> Trainer<'a> {
             Self::bytes_per_run(net, &config, 2)?,
         )?;
         let steps_per_epoch = split.train.len().div_ceil(config.batch) as u64;
+        if steps_per_epoch
+            .checked_mul(config.epochs as u64)
+            .is_none_or(|n| n > crate::optim::MAX_STEPS)
+        {
+            return Err(Error::invalid(
+                "epochs",
+                config.epochs,
+                format!(
+                    "{} epochs of {steps_per_epoch} steps exceed the {} steps an optimizer \
+                     takes",
+                    config.epochs,
+                    crate::optim::MAX_STEPS
+                ),
+            ));
+        }
         config.schedule.for_run(steps_per_epoch, config.epochs)?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         Ok(Self {
@@ -1317,6 +1332,16 @@ mod tests {
             crate::optim::checkpoint::content_hash(&md, data),
         );
         encode(md)
+    }
+
+    #[test]
+    fn a_run_longer_than_an_optimizer_can_step_is_refused() {
+        let (net, split) = setup();
+        let err = Trainer::new(&net, &split, config(usize::MAX))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("exceed the 9007199254740992 steps"), "{err}");
     }
 
     #[test]
