@@ -933,10 +933,16 @@ impl PyOptimizer {
                     sgdlab::io::read_safetensors_file(&path, u64::MAX, "an optimizer-state file")
                 })
                 .map_err(|e| {
-                    PyErr::from(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot read {}: {e}", path.display()),
-                    ))
+                    // Bytes that are there but wrong (truncated, corrupt) are sgdlab's finding;
+                    // a file that cannot be opened or read is the system's (FileNotFoundError).
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        SgdlabError::new_err(format!("{}: {e}", path.display()))
+                    } else {
+                        PyErr::from(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot read {}: {e}", path.display()),
+                        ))
+                    }
                 })?;
             let inner = py
                 .detach(|| Inner::from_bytes(&bytes))

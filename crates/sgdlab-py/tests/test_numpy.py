@@ -240,9 +240,9 @@ def test_read_only_and_aliased_arrays_raise():
     with pytest.raises(ValueError, match="not writeable"):
         fresh().step([p], [np.ones(3)])
     q = np.ones(3)
-    with pytest.raises(ValueError, match="shares memory"):
+    with pytest.raises(ValueError, match="share memory"):
         fresh().step([q], [q])
-    with pytest.raises(ValueError, match="shares memory"):
+    with pytest.raises(ValueError, match="share memory"):
         fresh().step([q], [q[:]])
     assert np.array_equal(q, np.ones(3))
 

@@ -43,6 +43,10 @@ class Optimizer:
         ``params`` and ``grads`` are lists of C-contiguous, writeable float32 or float64 arrays
         in the same order (named ``"0"``, ``"1"``, ... unless ``names`` is given) or dicts by
         name. Returns ``{"applied": bool, "lr": float, "grad_norm": float | None}``.
+
+        Names must be distinct, and no parameter may share memory with another array of the
+        step (checked by address range). The GIL is released during the step: other threads
+        may read the arrays, but must not write, resize or free them until it returns.
         """
     def step_bf16(
         self,

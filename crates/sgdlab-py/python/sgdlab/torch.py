@@ -29,6 +29,10 @@ What differs from ``torch.optim``:
   as ``torch.optim``; the fastest step).
 * The state lives in the Rust optimizer: ``state_dict()`` holds it exactly (as checkpoint
   bytes under ``"sgdlab"``, and per parameter under ``"state"`` as tensors for inspection).
+* As with ``torch.optim``, a step (and ``eval()``/``train()``) changes the parameters in
+  place and bumps their autograd version counters. A gradient sharing memory with a parameter
+  (``p.grad = p.detach()``) is refused. During a step (which releases the GIL) other threads
+  must not write or resize the parameters or gradients.
 """
 
 from __future__ import annotations
