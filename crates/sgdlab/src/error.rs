@@ -146,3 +146,24 @@ pub fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `Display`'s long renderings of an `f64` are shortened: text as a user wrote it
+    /// (`1.000e3`), whole numbers of up to 20 digits, and numbers past `f64` stay as they are.
+    #[test]
+    fn only_long_float_renderings_are_shortened() {
+        let shown = |text: &str| shortest_number(text.to_string());
+        assert_eq!(shown(&(-1e308f64).to_string()), "-1e308");
+        assert_eq!(shown(&(-1e-8f64).to_string()), "-1e-8");
+        assert_eq!(shown("0.1"), "0.1");
+        assert_eq!(shown("1.000e3"), "1.000e3");
+        assert_eq!(shown("10000000000000000000"), "10000000000000000000");
+        assert_eq!(shown("100000000000000000000"), "1e20");
+        let huge = format!("1{}", "0".repeat(400));
+        assert_eq!(shown(&huge), huge);
+        assert_eq!(shown("adam"), "adam");
+    }
+}

@@ -439,6 +439,57 @@ pub(crate) fn canonical_safetensors(mut bytes: Vec<u8>) -> Result<Vec<u8>, Strin
 mod tests {
     use super::*;
 
+    /// Each check of a safetensors file's declared sizes, with the message that names it: too
+    /// short for the length prefix, a header past the limit (a sparse file, so that nothing
+    /// of that size is written), a header past the end, data past or short of the declared
+    /// end, data beyond what the caller can need, and a good file read whole.
+    #[test]
+    fn safetensors_files_are_checked_against_their_declared_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let read = |bytes: &[u8], max: u64| {
+            std::fs::write(&path, bytes).unwrap();
+            read_safetensors_file(&path, max, "the file").map_err(|e| e.to_string())
+        };
+        let with_len = |n: u64, rest: &[u8]| [&n.to_le_bytes()[..], rest].concat();
+        assert!(
+            read(b"short", 1 << 20)
+                .unwrap_err()
+                .contains("5 bytes, too short")
+        );
+        let huge = with_len(MAX_SAFETENSORS_HEADER + 1, b"");
+        std::fs::write(&path, &huge).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2 * MAX_SAFETENSORS_HEADER)
+            .unwrap();
+        let err = read_safetensors_file(&path, u64::MAX, "the file").unwrap_err();
+        assert!(err.to_string().contains("the limit is 100000000"), "{err}");
+        let err = read(&with_len(1000, b"{}"), 1 << 20).unwrap_err();
+        assert!(err.contains("the file ends first"), "{err}");
+        let header =
+            br#"{"__metadata__":{"a":"b"},"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+        let good = [&with_len(header.len() as u64, header)[..], b"abcd"].concat();
+        assert_eq!(read(&good, 4).unwrap(), good);
+        let err = read(&good, 3).unwrap_err();
+        assert!(
+            err.contains("declares 4 B of tensor data, more than the 3 B"),
+            "{err}"
+        );
+        let err = read(&good[..good.len() - 1], 4).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        let err = read(&[&good[..], b"x"].concat(), 4).unwrap_err();
+        assert!(err.contains("longer than its contents"), "{err}");
+        let err = read(&with_len(2, b"[]"), 4).unwrap_err();
+        assert!(err.contains("unreadable header"), "{err}");
+        // The data section's size is the largest end offset, whatever the order of entries.
+        let two = br#"{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+        assert_eq!(declared_data_bytes(two), Ok(4));
+        assert_eq!(declared_data_bytes(br#"{"__metadata__":{}}"#), Ok(0));
+    }
+
     #[test]
     fn canonical_headers_sort_keys_and_keep_data() {
         let data = [1u8, 2, 3, 4, 5, 6, 7, 8];
