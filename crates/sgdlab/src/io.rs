@@ -263,10 +263,11 @@ pub fn read_safetensors_file(
     bytes.extend_from_slice(&prefix);
     bytes.extend_from_slice(&header);
     drop(header);
-    file.take(declared + 1).read_to_end(&mut bytes)?;
+    // Never more than declared: bytes appended meanwhile are not the file's contents.
+    file.take(declared).read_to_end(&mut bytes)?;
     if bytes.len() as u64 != expected {
         return Err(invalid(format!(
-            "{what} changed while it was read ({} bytes, expected {expected})",
+            "{what} shrank while it was read ({} bytes, expected {expected})",
             bytes.len()
         )));
     }
