@@ -484,7 +484,10 @@ mod tests {
         let err = read(&[&good[..], b"x"].concat(), 4).unwrap_err();
         assert!(err.contains("longer than its contents"), "{err}");
         let err = read(&with_len(2, b"[]"), 4).unwrap_err();
-        assert!(err.contains("unreadable header"), "{err}");
+        assert!(
+            err.contains("unreadable header") && err.contains("expected a safetensors header"),
+            "{err}"
+        );
         // The data section's size is the largest end offset, whatever the order of entries.
         let two = br#"{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
         assert_eq!(declared_data_bytes(two), Ok(4));
@@ -611,6 +614,7 @@ mod tests {
         let path = dir.path().join("d.csv");
         std::fs::write(&path, b"1,2\n").unwrap();
         assert_eq!(read_regular_file(&path, 4, "data").unwrap(), b"1,2\n");
+        assert_eq!(read_regular_file(&path, 100, "data").unwrap(), b"1,2\n");
         let err = read_regular_file(&path, 3, "data").unwrap_err().to_string();
         assert!(err.contains("larger than the limit"), "{err}");
         let err = read_regular_file(dir.path(), 100, "data")
