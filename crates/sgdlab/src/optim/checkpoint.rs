@@ -223,7 +223,7 @@ fn metadata_of(bytes: &[u8]) -> Result<HashMap<String, String>> {
 impl<T: Real> Optimizer<T> {
     /// Serialises the optimizer (spec, step counts, every state buffer) to safetensors bytes.
     ///
-    /// The metadata carry a SHA-256 of the whole (key `sha256`, see [`FORMAT_VERSION`]), which
+    /// The metadata carry a SHA-256 of the whole (key `sha256`, format version 2), which
     /// [`Optimizer::from_bytes`] checks.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let fail = |e: String| Error::Unsupported(format!("cannot encode optimizer state: {e}"));
