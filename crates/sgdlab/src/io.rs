@@ -468,8 +468,20 @@ mod tests {
             .unwrap();
         let err = read_safetensors_file(&path, u64::MAX, "the file").unwrap_err();
         assert!(err.to_string().contains("the limit is 100000000"), "{err}");
-        let err = read(&with_len(1000, b"{}"), 1 << 20).unwrap_err();
-        assert!(err.contains("the file ends first"), "{err}");
+        for n in [3, 1000] {
+            let err = read(&with_len(n, b"{}"), 1 << 20).unwrap_err();
+            assert!(err.contains("the file ends first"), "{n}: {err}");
+        }
+        // A header of exactly the limit is read (and here refused for what it holds).
+        std::fs::write(&path, with_len(MAX_SAFETENSORS_HEADER, b"")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8 + MAX_SAFETENSORS_HEADER)
+            .unwrap();
+        let err = read_safetensors_file(&path, u64::MAX, "the file").unwrap_err();
+        assert!(err.to_string().contains("unreadable header"), "{err}");
         let header =
             br#"{"__metadata__":{"a":"b"},"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
         let good = [&with_len(header.len() as u64, header)[..], b"abcd"].concat();
