@@ -79,7 +79,12 @@ fn step_counts_are_bounded_so_that_no_counter_wraps() {
     let err = opt
         .step(&mut p, &grads(), &StepInfo::default())
         .unwrap_err();
-    assert!(err.to_string().contains("at most"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("step count = 9007199254740992 (applied), 0 (skipped)")
+            && text.contains("at most 9007199254740992 steps"),
+        "{text}"
+    );
     assert_eq!(p, before);
     assert_eq!(opt.steps(), MAX_STEPS);
 }
@@ -326,4 +331,30 @@ fn a_state_dict_buffer_must_hold_as_many_elements_as_its_shape() {
     // Intact, it loads and steps.
     let mut back = Optimizer::<f64>::from_state_dict(&opt.state_dict().unwrap()).unwrap();
     back.step(&mut p, &grads(), &StepInfo::default()).unwrap();
+}
+
+#[test]
+fn one_optimizer_takes_at_most_the_tensor_limit() {
+    let names: Vec<String> = (0..=MAX_TENSORS).map(|i| format!("t{i}")).collect();
+    let mut data = vec![0.0f64; MAX_TENSORS + 1];
+    for (n, ok) in [(MAX_TENSORS, true), (MAX_TENSORS + 1, false)] {
+        let mut opt = Optimizer::<f64>::from_spec("sgd").unwrap();
+        let mut params: Vec<ParamMut<'_, f64>> = names[..n]
+            .iter()
+            .zip(data[..n].chunks_mut(1))
+            .map(|(name, x)| ParamMut::vector(name, x))
+            .collect();
+        // eval_mode checks the tensors as a first step does, and (for sgd) changes nothing.
+        match opt.eval_mode(&mut params) {
+            Ok(()) => assert!(ok, "{n} tensors were accepted"),
+            Err(e) => {
+                assert!(!ok, "{n}: {e}");
+                assert!(
+                    e.to_string()
+                        .contains("one optimizer steps at most 1048576"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }

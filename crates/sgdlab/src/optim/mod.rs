@@ -933,7 +933,7 @@ impl<T: Real> Optimizer<T> {
         if self.step >= MAX_STEPS || self.skipped >= MAX_STEPS {
             return Err(Error::invalid(
                 "step count",
-                self.step + self.skipped,
+                format!("{} (applied), {} (skipped)", self.step, self.skipped),
                 format!("an optimizer takes at most {MAX_STEPS} steps (2^53, counted exactly)"),
             ));
         }
