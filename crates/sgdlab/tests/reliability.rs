@@ -166,6 +166,13 @@ fn a_layout_longer_than_the_tensor_limit_is_refused_while_it_is_parsed() {
         err.to_string().contains("more than 1048576 tensors"),
         "{err}"
     );
+    sd.metadata.insert("layout".into(), "5".into());
+    let err = Optimizer::<f64>::from_state_dict(&sd).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected an array of at most 1048576 entries"),
+        "{err}"
+    );
 }
 
 #[test]
