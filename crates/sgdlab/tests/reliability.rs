@@ -72,6 +72,12 @@ fn step_counts_are_bounded_so_that_no_counter_wraps() {
         let err = Optimizer::<f64>::from_state_dict(&bad).unwrap_err();
         assert!(err.to_string().contains("exceed the limit"), "{key}: {err}");
     }
+    let mut skipped_at = sd.clone();
+    skipped_at
+        .metadata
+        .insert("skipped".into(), MAX_STEPS.to_string());
+    let mut full = Optimizer::<f64>::from_state_dict(&skipped_at).unwrap();
+    assert!(full.step(&mut p, &grads(), &StepInfo::default()).is_err());
     let mut at = sd.clone();
     at.metadata.insert("step".into(), MAX_STEPS.to_string());
     let mut opt = Optimizer::<f64>::from_state_dict(&at).unwrap();
