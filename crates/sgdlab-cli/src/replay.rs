@@ -1,7 +1,7 @@
 //! `sgdlab replay`: run an optimizer on a recorded gradient sequence.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -60,8 +60,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eval: traj.eval.as_deref(),
     };
     match &args.json {
-        Some(path) => write_json_atomic(path, &out)
-            .with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => sgdlab::io::write_atomic_with(path, |w| {
+            serde_json::to_writer(&mut *w, &out).map_err(std::io::Error::from)
+        })
+        .with_context(|| format!("cannot write {}", path.display()))?,
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
@@ -107,31 +109,4 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Serialises `value` as JSON into `path` atomically, streaming it through a temporary file
-/// beside `path` (see [`sgdlab::io::write_atomic`]; a device such as `/dev/null` is written
-/// in place).
-fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    let bytes_in_place = || -> std::io::Result<()> {
-        let text = serde_json::to_vec(value)?;
-        sgdlab::io::write_atomic(path, &text)
-    };
-    let is_regular_or_missing = std::fs::metadata(path).map_or(true, |m| m.is_file());
-    if !is_regular_or_missing {
-        return bytes_in_place();
-    }
-    let tmp = sgdlab::io::temp_path(path)?;
-    let written = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
-        serde_json::to_writer(&mut w, value)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sgdlab::io::commit_temp(&tmp, path)
 }

@@ -54,20 +54,20 @@ fn guarded<R>(what: &str, body: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
     }
 }
 
-/// The memory of one array of a step: its address range, whether it is written, its name.
-struct Span<'a> {
+/// The memory of one array of a step: its address range, whether it is written, and what it
+/// is (for the error).
+struct Span {
     start: usize,
     end: usize,
     written: bool,
     what: String,
-    _name: &'a str,
 }
 
 /// Refuses arrays whose memory overlaps where one of them is written (a parameter with its
 /// own or another tensor's gradient, two parameters): checked by address ranges, whatever
 /// Python object owns the memory (two `np.frombuffer` views of one buffer, ctypes, a torch
 /// tensor and its `.detach()`), since numpy's own check sees only a common base object.
-fn check_no_overlap(mut spans: Vec<Span<'_>>) -> PyResult<()> {
+fn check_no_overlap(mut spans: Vec<Span>) -> PyResult<()> {
     spans.retain(|s| s.end > s.start);
     spans.sort_by_key(|s| s.start);
     // Sweep: the span reaching furthest so far, and the written one reaching furthest.
@@ -330,7 +330,6 @@ fn borrow_all<'py, P: numpy::Element, G: numpy::Element>(
                 end,
                 written,
                 what: format!("{kind} `{name}`"),
-                _name: name,
             });
         }
     }
@@ -438,7 +437,6 @@ fn swap_typed<'py, T: Real + numpy::Element>(
             end,
             written: true,
             what: format!("parameter `{name}`"),
-            _name: name,
         });
     }
     check_no_overlap(spans)?;

@@ -128,14 +128,27 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// untouched. A symlink keeps linking to the (new) file; a device or FIFO (`/dev/null`,
 /// `/dev/stdout`) is written in place, since it cannot be replaced without breaking it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents streamed by `write` (through a buffer) instead of held
+/// in memory: a large JSON output is serialised straight into the temporary file. A device
+/// or FIFO gets the streamed bytes in place.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     if let Target::InPlace(device) = target(path) {
-        return write_in_place(&device, bytes);
+        let mut out =
+            std::io::BufWriter::new(std::fs::OpenOptions::new().write(true).open(device)?);
+        write(&mut out)?;
+        return out.flush();
     }
     let tmp = temp_path(path)?;
     let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
