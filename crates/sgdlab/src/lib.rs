@@ -58,20 +58,13 @@
 //! parameter groups, warm-up + cosine and gradient accumulation, and save/kill/resume.
 
 pub mod average;
-pub mod bench;
 pub mod data;
-pub mod error;
 pub mod fuzzing;
-pub mod io;
 pub mod lab;
 pub mod linalg;
-pub mod lowp;
 pub mod model;
-pub mod optim;
-mod real;
-pub mod replay;
 pub mod resources;
 pub mod train;
 
-pub use error::{Error, Result};
-pub use real::Real;
+pub use sgdlab_optim as optim;
+pub use sgdlab_optim::{Error, Real, Result, bench, error, io, lowp, replay};

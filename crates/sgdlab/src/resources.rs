@@ -19,23 +19,7 @@ pub const MAX_CLASSES: usize = 65_536;
 /// huge output layer.
 pub const CLASSES_PER_EXAMPLE: usize = 10;
 
-/// Bytes in human units: `512 B`, `3.2 GB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1000.0 {
-            break;
-        }
-        value /= 1000.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
+pub use crate::io::human_bytes;
 
 /// The memory available to a new allocation, in bytes: `MemAvailable` of `/proc/meminfo`
 /// (Linux), or `None` where the system does not say.

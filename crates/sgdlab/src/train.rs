@@ -688,8 +688,7 @@ pub struct CheckpointMeta {
 /// set their shape, features and labels as little-endian `f64`. Two paths to the same data
 /// give the same hash; a changed file gives another.
 pub fn split_sha256(split: &Split) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
+    let mut h = crate::io::Sha256::new();
     h.update((split.classes as u64).to_le_bytes());
     for set in [&split.train, &split.test] {
         h.update((set.len() as u64).to_le_bytes());
@@ -701,7 +700,7 @@ pub fn split_sha256(split: &Split) -> String {
             h.update(y.to_le_bytes());
         }
     }
-    crate::io::hex(&h.finalize())
+    h.hex()
 }
 
 impl CheckpointMeta {

@@ -238,7 +238,7 @@ impl Network {
                 let data = (0..n)
                     .map(|_| T::from_f64(rng.random_range(-bound..bound)))
                     .collect();
-                Tensor { name, shape, data }
+                Tensor::new(name, shape, data).expect("`n` is the shape's product")
             })
             .collect()
     }

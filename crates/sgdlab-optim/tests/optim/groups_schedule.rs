@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
 use serde_json::Value;
-use sgdlab::optim::{GroupSpec, Optimizer, StepInfo, Tensor};
+use sgdlab_optim::{GroupSpec, Optimizer, StepInfo, Tensor};
 
 fn reference() -> Value {
     let path = concat!(

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
 use proptest::prelude::*;
-use sgdlab::Real;
-use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+use sgdlab_optim::Real;
+use sgdlab_optim::{Optimizer, StepInfo, Tensor};
 
 /// Every optimizer, with non-default settings that exercise all of its state.
 const ALL: &[&str] = &[
@@ -280,7 +280,7 @@ fn loading_bad_checkpoints_is_a_clear_error() {
 /// the last group's index), edited one field or buffer at a time.
 #[test]
 fn every_corrupt_field_of_a_state_is_refused_by_name() {
-    use sgdlab::optim::{GroupSpec, StateDict};
+    use sgdlab_optim::{GroupSpec, StateDict};
     let groups: Vec<GroupSpec> = vec!["b:rule=madam,lr=0.05".parse().unwrap()];
     let mut opt = Optimizer::<f64>::with_groups("adam:lr=0.1".parse().unwrap(), groups).unwrap();
     let mut p = vec![
@@ -383,7 +383,7 @@ fn every_corrupt_field_of_a_state_is_refused_by_name() {
 /// loads with it), and refuses bytes that are not an sgdlab optimizer state by name.
 #[test]
 fn stored_dtype_reads_the_state_type_and_refuses_other_bytes() {
-    use sgdlab::optim::stored_dtype;
+    use sgdlab_optim::stored_dtype;
     let f32_bytes = Optimizer::<f32>::from_spec("adam")
         .unwrap()
         .to_bytes()
@@ -412,8 +412,8 @@ fn stored_dtype_reads_the_state_type_and_refuses_other_bytes() {
 /// there with the parameters' shape.
 #[test]
 fn bf16_state_and_master_copies_are_checked_in_a_state_dict() {
-    use sgdlab::lowp::bf16_nearest;
-    use sgdlab::optim::{GradRef, ParamMut};
+    use sgdlab_optim::lowp::bf16_nearest;
+    use sgdlab_optim::{GradRef, ParamMut};
     let mut opt = Optimizer::<f64>::from_spec("adam:lr=0.1,state_dtype=bf16").unwrap();
     let mut p = vec![Tensor::vector("w", vec![1.0, 2.0])];
     let g = vec![Tensor::vector("w", vec![0.5, -0.5])];
@@ -424,7 +424,7 @@ fn bf16_state_and_master_copies_are_checked_in_a_state_dict() {
     nan.buffers.get_mut("exp_avg/w").unwrap().1[0] = f64::NAN;
     let loaded = Optimizer::<f64>::from_state_dict(&nan).unwrap();
     let bits = loaded.state_bf16("exp_avg", 0).unwrap()[0];
-    assert!(sgdlab::lowp::bf16_to_f32(bits).is_nan());
+    assert!(sgdlab_optim::lowp::bf16_to_f32(bits).is_nan());
     let mut off = sd.clone();
     off.buffers.get_mut("exp_avg/w").unwrap().1[1] = 0.1;
     let err = Optimizer::<f64>::from_state_dict(&off)
@@ -526,15 +526,15 @@ proptest! {
     fn specs_round_trip(lr in 0.0..10.0f64, b1 in 0.0..0.999f64, b2 in 0.0..0.9999f64, eps in 1e-12..1.0f64, wd in 0.0..1.0f64, ams in any::<bool>()) {
         for name in ["adam", "adamw"] {
             let s = format!("{name}:lr={lr},beta1={b1},beta2={b2},eps={eps},weight_decay={wd},amsgrad={ams}");
-            let spec: sgdlab::optim::OptimizerSpec = s.parse().unwrap();
-            prop_assert_eq!(spec.to_string().parse::<sgdlab::optim::OptimizerSpec>().unwrap(), spec);
+            let spec: sgdlab_optim::OptimizerSpec = s.parse().unwrap();
+            prop_assert_eq!(spec.to_string().parse::<sgdlab_optim::OptimizerSpec>().unwrap(), spec);
         }
     }
 }
 
 #[test]
 fn every_simd_level_and_thread_count_gives_the_same_bits() {
-    use sgdlab::optim::kernel::{CHUNK, SimdLevel};
+    use sgdlab_optim::kernel::{CHUNK, SimdLevel};
     // Three tensors: one spanning several chunks (parallel path), one ragged, one tiny; at 1,
     // 3 and 8 threads (the pool's size enters how units are handed out).
     fn tensors<T: Real>() -> Vec<Tensor<T>> {
@@ -653,7 +653,7 @@ fn load_as_allows_hyper_parameter_changes_only_when_asked() {
     let g = vec![Tensor::vector("w", vec![0.1f32, 0.2])];
     opt.step(&mut p, &g, &StepInfo::default()).unwrap();
     opt.save(&path).unwrap();
-    let other: sgdlab::optim::OptimizerSpec = "adam:lr=0.001,weight_decay=0.1".parse().unwrap();
+    let other: sgdlab_optim::OptimizerSpec = "adam:lr=0.001,weight_decay=0.1".parse().unwrap();
     assert!(Optimizer::<f32>::load_for(&path, &other).is_err());
     let loaded = Optimizer::<f32>::load_as(&path, &other).unwrap();
     assert_eq!((loaded.spec(), loaded.steps()), (&other, 1));
@@ -668,7 +668,7 @@ fn load_as_allows_hyper_parameter_changes_only_when_asked() {
 }
 
 mod groups {
-    use sgdlab::optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo, Tensor, clip_grad_norm};
+    use sgdlab_optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo, Tensor, clip_grad_norm};
 
     fn params() -> Vec<Tensor<f64>> {
         vec![
@@ -876,9 +876,9 @@ const SCALE_STEPS: usize = 8;
 /// the step on one, bit for bit (×4 and ×¼ are exact). Returns the gradient norms the clip
 /// saw, each > 0.6, so the clip binds at every step.
 ///
-/// [`clip_grad_norm`]: sgdlab::optim::clip_grad_norm
+/// [`clip_grad_norm`]: sgdlab_optim::clip_grad_norm
 fn assert_clip_and_accumulation(spec: &str, init: impl Fn() -> Vec<Tensor<f64>>) -> Vec<f64> {
-    use sgdlab::optim::clip_grad_norm;
+    use sgdlab_optim::clip_grad_norm;
     let mut clipped = Optimizer::<f64>::from_spec(&format!("{spec},clip_norm=0.5")).unwrap();
     let mut on_clipped = Optimizer::<f64>::from_spec(spec).unwrap();
     let mut plain = Optimizer::<f64>::from_spec(spec).unwrap();
@@ -1087,7 +1087,7 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
             "{spec}"
         );
     }
-    for name in sgdlab::optim::spec::NAMES {
+    for name in sgdlab_optim::spec::NAMES {
         assert!(
             table.iter().any(|(s, _)| s.split(':').next() == Some(name)),
             "{name}"
@@ -1099,8 +1099,8 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
 
 #[test]
 fn built_specs_have_the_spec_strings_defaults() {
-    use sgdlab::optim::OptimizerSpec;
-    for name in sgdlab::optim::spec::NAMES {
+    use sgdlab_optim::OptimizerSpec;
+    for name in sgdlab_optim::spec::NAMES {
         let built = OptimizerSpec::named(name).unwrap();
         assert_eq!(built, name.parse::<OptimizerSpec>().unwrap(), "{name}");
         assert_eq!(built.to_string(), *name);
@@ -1110,7 +1110,7 @@ fn built_specs_have_the_spec_strings_defaults() {
         .with("lr", 0.01)
         .unwrap();
     assert_eq!(adamw, "adamw:lr=0.01".parse().unwrap());
-    let sgdlab::optim::Rule::AdamW(c) = &adamw.rule else {
+    let sgdlab_optim::Rule::AdamW(c) = &adamw.rule else {
         panic!("not adamw")
     };
     assert_eq!(c.weight_decay, 0.01);

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sgdlab::Real;
-use sgdlab::replay::worst_relative_error;
+use sgdlab_optim::Real;
+use sgdlab_optim::replay::worst_relative_error;
 
 #[derive(Deserialize)]
 struct Named {
@@ -19,7 +19,7 @@ struct Named {
 /// A reference file: its name and the library's replay case (shape, expected trajectories).
 struct Case {
     name: String,
-    case: sgdlab::replay::Case,
+    case: sgdlab_optim::replay::Case,
 }
 
 fn load(path: &Path) -> Case {
@@ -27,7 +27,7 @@ fn load(path: &Path) -> Case {
     let named: Named = serde_json::from_slice(&bytes).unwrap();
     Case {
         name: named.name,
-        case: sgdlab::replay::Case::from_json(&bytes).unwrap(),
+        case: sgdlab_optim::replay::Case::from_json(&bytes).unwrap(),
     }
 }
 

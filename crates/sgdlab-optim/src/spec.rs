@@ -133,10 +133,10 @@ macro_rules! config {
             pub const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
 
             pub(crate) fn set(&mut self, key: &str, text: &str) -> $crate::Result<()> {
-                use $crate::optim::spec::SpecValue;
+                use $crate::spec::SpecValue;
                 match key {
                     $( stringify!($field) => self.$field = SpecValue::parse_value(key, text)?, )*
-                    _ => return Err($crate::optim::spec::unknown_key(Self::NAME, key, Self::KEYS)),
+                    _ => return Err($crate::spec::unknown_key(Self::NAME, key, Self::KEYS)),
                 }
                 Ok(())
             }
@@ -146,7 +146,7 @@ macro_rules! config {
             }
 
             pub(crate) fn pairs_differing_from(&self, base: &Self) -> Vec<(&'static str, String)> {
-                use $crate::optim::spec::SpecValue;
+                use $crate::spec::SpecValue;
                 let mut out = Vec::new();
                 $( if self.$field != base.$field {
                     out.push((stringify!($field), self.$field.show()));
@@ -155,7 +155,7 @@ macro_rules! config {
             }
         }
 
-        impl $crate::optim::rule::Keys for $name {
+        impl $crate::rule::Keys for $name {
             const NAME: &'static str = $spec_name;
             const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
             fn set_key(&mut self, key: &str, text: &str) -> $crate::Result<()> {
@@ -349,10 +349,10 @@ impl OptimizerSpec {
     /// [`OptimizerSpec::with`].
     ///
     /// ```
-    /// use sgdlab::optim::OptimizerSpec;
+    /// use sgdlab_optim::OptimizerSpec;
     /// let spec = OptimizerSpec::named("adamw")?.with("lr", 0.01)?.with("amsgrad", true)?;
     /// assert_eq!(spec, "adamw:lr=0.01,amsgrad=true".parse()?);
-    /// # Ok::<(), sgdlab::Error>(())
+    /// # Ok::<(), sgdlab_optim::Error>(())
     /// ```
     pub fn named(name: &str) -> Result<Self> {
         Self::new(Rule::default_for(name)?)
@@ -369,11 +369,11 @@ impl OptimizerSpec {
     /// the spec is unchanged.
     ///
     /// ```
-    /// let mut spec: sgdlab::optim::OptimizerSpec = "adamw:lr=1e-2".parse()?;
+    /// let mut spec: sgdlab_optim::OptimizerSpec = "adamw:lr=1e-2".parse()?;
     /// spec.set("weight_decay", "0")?;
     /// assert_eq!(spec.to_string(), "adamw:lr=0.01,weight_decay=0");
     /// assert!(spec.set("beta1", "1.5").is_err());
-    /// # Ok::<(), sgdlab::Error>(())
+    /// # Ok::<(), sgdlab_optim::Error>(())
     /// ```
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let mut next = self.clone();

@@ -261,19 +261,19 @@ pub(crate) enum State<'s, 'a, T> {
 macro_rules! one_buffer {
     ($prefetch:expr, $p:expr, $g:expr, $state:expr, $element:expr, $rule:literal) => {
         match $state {
-            $crate::optim::kernel::State::Plain([m]) => {
-                $crate::optim::kernel::blocks($prefetch, $p, $g, [m], |p, g, [m]| {
+            $crate::kernel::State::Plain([m]) => {
+                $crate::kernel::blocks($prefetch, $p, $g, [m], |p, g, [m]| {
                     for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
                         ($element)(p, g, m);
                     }
                 })
             }
-            $crate::optim::kernel::State::Bf16(lowp) => {
-                $crate::optim::kernel::bf16_elements($prefetch, $p, $g, lowp, |p, g, [m]| {
+            $crate::kernel::State::Bf16(lowp) => {
+                $crate::kernel::bf16_elements($prefetch, $p, $g, lowp, |p, g, [m]| {
                     ($element)(p, g, m)
                 })
             }
-            $crate::optim::kernel::State::Plain(_) => unreachable!(concat!($rule, " has one slot")),
+            $crate::kernel::State::Plain(_) => unreachable!(concat!($rule, " has one slot")),
         }
     };
 }

@@ -2,14 +2,14 @@
 //! names and semantics, checkpoint/resume, and errors instead of silent NaNs.
 //!
 //! ```
-//! use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+//! use sgdlab_optim::{Optimizer, StepInfo, Tensor};
 //!
 //! let mut params = vec![Tensor::vector("w", vec![1.0f64, -2.0])];
 //! let grads = vec![Tensor::vector("w", vec![0.5, 0.5])];
 //! let mut opt = Optimizer::<f64>::from_spec("sgd:lr=0.1,momentum=0.9")?;
 //! opt.step(&mut params, &grads, &StepInfo::default())?;
 //! assert_eq!(params[0].data(), &[0.95, -2.05]);
-//! # Ok::<(), sgdlab::Error>(())
+//! # Ok::<(), sgdlab_optim::Error>(())
 //! ```
 //!
 //! Each optimizer's mathematics lives in one place, its module's `step_tensor`, a single pass
@@ -17,10 +17,20 @@
 //! learning rate) computed once in `f64`. Quantities over all tensors (the gradient norm for
 //! `clip_norm` and `normsgd`) and the finiteness check come from one deterministic pre-pass.
 
-pub(crate) mod checkpoint;
+pub mod error;
+pub mod io;
+pub mod lowp;
+mod real;
+
+pub use error::{Error, Result};
+pub use real::Real;
+
+pub mod bench;
+pub mod checkpoint;
 pub mod group;
 pub mod kernel;
 mod mixed;
+pub mod replay;
 #[macro_use]
 mod registry;
 pub mod rule;
@@ -67,7 +77,6 @@ pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, StateDtype, StateRounding};
 
 use crate::error::check_len;
-use crate::{Error, Real, Result};
 
 /// A named, shaped, contiguous tensor of parameters or gradients.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,7 +173,7 @@ impl<'a, T: Real> From<&'a Tensor<T>> for GradRef<'a, T> {
 /// parameters (their bits) for [`Optimizer::step_bf16`].
 ///
 /// ```
-/// use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo};
+/// use sgdlab_optim::{GradRef, Optimizer, ParamMut, StepInfo};
 ///
 /// let (mut w, mut b) = (vec![1.0f32, 2.0], vec![0.5f32]);
 /// let (gw, gb) = (vec![0.1f32, -0.1], vec![1.0f32]);
@@ -175,7 +184,7 @@ impl<'a, T: Real> From<&'a Tensor<T>> for GradRef<'a, T> {
 ///     &StepInfo::default(),
 /// )?;
 /// assert_eq!((w, b), (vec![0.95, 2.05], vec![0.0]));
-/// # Ok::<(), sgdlab::Error>(())
+/// # Ok::<(), sgdlab_optim::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct ParamMut<'a, T> {

@@ -218,7 +218,7 @@ mod tests {
     /// 8 or 4 squarings, $6 \cdot 10^{-11}$ relative or far worse.
     #[test]
     fn the_exp_kernel_covers_the_largest_exponent() {
-        use crate::optim::{Optimizer, StepInfo, Tensor};
+        use crate::{Optimizer, StepInfo, Tensor};
         let mut opt = Optimizer::<f64>::from_spec("madam:lr=8,g_bound=8,p_scale=1e30").unwrap();
         let mut p = vec![Tensor::vector("w", vec![0.5, -2.0])];
         for _ in 0..70 {
@@ -244,7 +244,7 @@ mod tests {
     /// (the first normalised gradient is $\mathrm{sign}(g)$), unclamped.
     #[test]
     fn the_clamp_bound_is_p_scale_times_the_first_rms() {
-        use crate::optim::{Optimizer, StepInfo, Tensor};
+        use crate::{Optimizer, StepInfo, Tensor};
         let mut opt = Optimizer::<f64>::from_spec("madam:lr=0.1,p_scale=1").unwrap();
         let mut p = vec![Tensor::vector("w", vec![3.0, 1.0, -1.0, 0.5])];
         let g = vec![Tensor::vector("w", vec![1.0, -1.0, -1.0, 2.0])];
@@ -264,7 +264,7 @@ mod tests {
     /// $e^{-\eta\,\mathrm{sign}(g)\,\mathrm{sign}(\Phi)}$.
     #[test]
     fn each_precision_takes_the_exp_of_its_own_degree() {
-        use crate::optim::{Optimizer, StepInfo, Tensor};
+        use crate::{Optimizer, StepInfo, Tensor};
         let spec = "madam:lr=16,g_bound=1,p_scale=100";
         let (p0, g0) = (vec![0.5, -2.0, 0.0], vec![0.25, -3.0, 1.0]);
         let mut opt = Optimizer::<f64>::from_spec(spec).unwrap();

@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use sgdlab::Real;
-use sgdlab::optim::group::GroupSpec;
-use sgdlab::optim::muon::{newton_schulz, round_bf16};
-use sgdlab::optim::{Optimizer, OptimizerSpec, ParamMut, StepInfo, Tensor};
+use sgdlab_optim::Real;
+use sgdlab_optim::group::GroupSpec;
+use sgdlab_optim::muon::{newton_schulz, round_bf16};
+use sgdlab_optim::{Optimizer, OptimizerSpec, ParamMut, StepInfo, Tensor};
 
 fn matrix<T: Real>(name: &str, rows: usize, cols: usize, seed: usize) -> Tensor<T> {
     let v = (0..rows * cols)

@@ -471,16 +471,12 @@ mod tests {
         ] {
             assert_eq!(mode.show(), text);
             assert_eq!(AdjustLr::parse_value("adjust_lr", text).unwrap(), mode);
-            let spec: crate::optim::OptimizerSpec =
-                format!("muon:adjust_lr={text}").parse().unwrap();
+            let spec: crate::OptimizerSpec = format!("muon:adjust_lr={text}").parse().unwrap();
             let printed = spec.to_string();
             // A spec prints what differs from the defaults.
             let shown = printed.contains(&format!("adjust_lr={text}"));
             assert_eq!(shown, mode != AdjustLr::default(), "{printed}");
-            assert_eq!(
-                printed.parse::<crate::optim::OptimizerSpec>().unwrap(),
-                spec
-            );
+            assert_eq!(printed.parse::<crate::OptimizerSpec>().unwrap(), spec);
         }
         let err = AdjustLr::parse_value("adjust_lr", "spectral").unwrap_err();
         assert!(err.to_string().contains("adjust_lr"), "{err}");

@@ -160,7 +160,7 @@ impl<T: Real> Coefficients<T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::optim::{Optimizer, StepInfo, Tensor};
+    use crate::{Optimizer, StepInfo, Tensor};
 
     /// Centered RMSprop without momentum (the one element loop no reference trajectory
     /// records) by hand: α = 1/2, gradients 2 then −1 give $v = 2, 3/2$ and

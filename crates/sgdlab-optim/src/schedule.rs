@@ -21,7 +21,7 @@
 //! | [`Custom`](Schedule::Custom) | any `Fn(u64) -> f64` | `custom:NAME` (not parsed back) |
 //!
 //! ```
-//! use sgdlab::optim::schedule::Schedule;
+//! use sgdlab_optim::schedule::Schedule;
 //!
 //! // 100 steps of linear warm-up, then a cosine decay over the next 900 (PyTorch's
 //! // SequentialLR of LinearLR and CosineAnnealingLR with milestone 100).
@@ -30,7 +30,7 @@
 //! assert_eq!(s.factor(100), 1.0);
 //! assert!((s.factor(550) - 0.5).abs() < 1e-15);
 //! assert_eq!(s.to_string().parse::<Schedule>()?, s);
-//! # Ok::<(), sgdlab::Error>(())
+//! # Ok::<(), sgdlab_optim::Error>(())
 //! ```
 
 use std::f64::consts::PI;

@@ -115,8 +115,8 @@ impl<T: Real> Optimizer<T> {
     /// not fused into the rule's element loop.
     ///
     /// ```
-    /// use sgdlab::lowp::{bf16_nearest, bf16_to_f32};
-    /// use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo};
+    /// use sgdlab_optim::lowp::{bf16_nearest, bf16_to_f32};
+    /// use sgdlab_optim::{GradRef, Optimizer, ParamMut, StepInfo};
     ///
     /// // 1 + 2^-10 is not a bfloat16: without a master copy, round to nearest loses it.
     /// let mut w = vec![bf16_nearest(1.0)];
@@ -128,7 +128,7 @@ impl<T: Real> Optimizer<T> {
     /// }
     /// assert_eq!(opt.master(0), Some(&[1.005859375f32][..])); // 1 + 6 * 2^-10, exact
     /// assert_eq!(bf16_to_f32(w[0]), 1.0078125);                // the nearest bfloat16 of it
-    /// # Ok::<(), sgdlab::Error>(())
+    /// # Ok::<(), sgdlab_optim::Error>(())
     /// ```
     ///
     /// Errors as [`Optimizer::step_views`] does, leaving parameters, master copy and state

@@ -13,7 +13,7 @@ fn sgdlab() -> Command {
 
 fn conformance(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../sgdlab/tests/data/conformance")
+        .join("../sgdlab-optim/tests/data/conformance")
         .join(name)
 }
 

@@ -41,7 +41,7 @@ const READ_VERSIONS: [&str; 2] = ["1", "2"];
 
 /// SHA-256 over a safetensors file's metadata (every key but `sha256`, sorted, as JSON) and
 /// its data section: the checksum of optimizer-state files and training checkpoints.
-pub(crate) fn content_hash(metadata: &HashMap<String, String>, data: &[u8]) -> String {
+pub fn content_hash(metadata: &HashMap<String, String>, data: &[u8]) -> String {
     use sha2::Digest;
     let sorted: std::collections::BTreeMap<&String, &String> = metadata
         .iter()
@@ -54,7 +54,7 @@ pub(crate) fn content_hash(metadata: &HashMap<String, String>, data: &[u8]) -> S
 }
 
 /// The data section of safetensors bytes (after the 8-byte length and the header).
-pub(crate) fn data_section(bytes: &[u8]) -> Option<&[u8]> {
+pub fn data_section(bytes: &[u8]) -> Option<&[u8]> {
     let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
 }
@@ -120,7 +120,7 @@ pub(crate) fn dtype_of<T: Real>() -> Dtype {
 type Layout = Vec<(String, Vec<usize>)>;
 
 /// String metadata: key, value.
-pub(crate) type Metadata = Vec<(String, String)>;
+pub type Metadata = Vec<(String, String)>;
 
 /// An optimizer's state in memory, as a checkpoint file holds it: string metadata (format,
 /// spec, step counts, layout, schedule, groups) and every state buffer by name
@@ -135,7 +135,7 @@ pub struct StateDict<T> {
 }
 
 /// A tensor to write: name, shape, little-endian bytes, element type.
-pub(crate) type Entry = (String, Vec<usize>, Vec<u8>, Dtype);
+pub type Entry = (String, Vec<usize>, Vec<u8>, Dtype);
 
 /// A state buffer read back: in the parameters' type, or bfloat16 bits.
 pub(crate) enum Buffer<T> {
@@ -154,7 +154,7 @@ impl<T> Buffer<T> {
 
 /// Serialises tensors `(name, shape, little-endian bytes, dtype)` with `metadata` to
 /// safetensors bytes whose header has sorted keys (equal contents, equal bytes).
-pub(crate) fn encode_with<'a>(
+pub fn encode_with<'a>(
     metadata: HashMap<String, String>,
     entries: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8], Dtype)>,
 ) -> std::result::Result<Vec<u8>, String> {
@@ -241,7 +241,7 @@ impl<T: Real> Optimizer<T> {
     /// The state as string metadata and safetensors entries `(name, shape, little-endian
     /// bytes)`, every key and tensor name prefixed with `prefix` (so that a training checkpoint
     /// can hold the optimizer beside the weights in one file).
-    pub(crate) fn to_parts(&self, prefix: &str) -> Result<(Metadata, Vec<Entry>)> {
+    pub fn to_parts(&self, prefix: &str) -> Result<(Metadata, Vec<Entry>)> {
         let layout = self.layout.as_ref();
         let scalars: Vec<&Vec<f64>> = self.tensors.iter().map(|t| &t.scalars).collect();
         let json = |v: serde_json::Result<String>| {
@@ -384,9 +384,10 @@ impl<T: Real> Optimizer<T> {
         Self::from_parts(&meta, &st, "")
     }
 
-    /// [`Optimizer::from_bytes`] without the checksum, so that the fuzz target reaches the
-    /// parser behind it.
-    pub(crate) fn from_bytes_unverified(bytes: &[u8]) -> Result<Self> {
+    /// [`Optimizer::from_bytes`] without the checksum, so that a fuzz target reaches the
+    /// parser behind it. Not for loading files: nothing detects a corrupt one.
+    #[doc(hidden)]
+    pub fn from_bytes_unverified(bytes: &[u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bytes_error(format!("not a valid safetensors file ({e})")))?;
         Self::from_parts(&metadata_of(bytes)?, &st, "")
@@ -394,7 +395,7 @@ impl<T: Real> Optimizer<T> {
 
     /// Rebuilds an optimizer from [`Optimizer::to_parts`]'s metadata and tensors (with the
     /// same `prefix`), checking every field. Tensors without the prefix are ignored.
-    pub(crate) fn from_parts(
+    pub fn from_parts(
         meta: &HashMap<String, String>,
         st: &SafeTensors<'_>,
         prefix: &str,

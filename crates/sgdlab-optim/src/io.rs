@@ -257,8 +257,8 @@ pub fn read_safetensors_file(
     if declared > max_data_bytes {
         return Err(invalid(format!(
             "{what} declares {} of tensor data, more than the {} it can hold",
-            crate::resources::human_bytes(declared),
-            crate::resources::human_bytes(max_data_bytes)
+            human_bytes(declared),
+            human_bytes(max_data_bytes)
         )));
     }
     let expected = 8 + n + declared;
@@ -341,7 +341,7 @@ fn too_large(what: &str, max_bytes: u64) -> std::io::Error {
         std::io::ErrorKind::InvalidData,
         format!(
             "{what} is larger than the limit of {}",
-            crate::resources::human_bytes(max_bytes)
+            human_bytes(max_bytes)
         ),
     )
 }
@@ -350,6 +350,30 @@ fn too_large(what: &str, max_bytes: u64) -> std::io::Error {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(bytes))
+}
+
+/// A SHA-256 hash computed incrementally: [`Sha256::update`] with each piece, then
+/// [`Sha256::hex`].
+#[derive(Clone, Debug, Default)]
+pub struct Sha256(sha2::Sha256);
+
+impl Sha256 {
+    /// An empty hash.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds `bytes` to the hash.
+    pub fn update(&mut self, bytes: impl AsRef<[u8]>) {
+        use sha2::Digest;
+        self.0.update(bytes);
+    }
+
+    /// The digest, as 64 lowercase hexadecimal digits.
+    pub fn hex(self) -> String {
+        use sha2::Digest;
+        hex(&self.0.finalize())
+    }
 }
 
 /// Lowercase hexadecimal digits of `bytes`.
@@ -447,6 +471,24 @@ pub(crate) fn canonical_safetensors(mut bytes: Vec<u8>) -> Result<Vec<u8>, Strin
     text.resize(end - 8, b' ');
     bytes[8..end].copy_from_slice(&text);
     Ok(bytes)
+}
+
+/// Bytes in human units: `512 B`, `3.2 GB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1000.0 {
+            break;
+        }
+        value /= 1000.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::optim::kernel::{CHUNK, SimdLevel, is_small, multiversion};
-use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
+use crate::kernel::{CHUNK, SimdLevel, is_small, multiversion};
 use crate::{Error, Real, Result};
+use crate::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 
 /// Steps (and reference passes) run before timing starts: the first step allocates state.
 const WARMUP: usize = 3;
@@ -306,7 +306,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
             // Parameters read and written, the gradient read, each state element read and
             // written: 4 bytes each in f32, 2 for bf16 state.
             let state_bytes = match spec.state_dtype {
-                crate::optim::StateDtype::Bf16 => 2,
+                crate::StateDtype::Bf16 => 2,
                 _ => std::mem::size_of::<f32>(),
             };
             let bytes_per_param = 3 * std::mem::size_of::<f32>() + 2 * n_slots * state_bytes;

@@ -9,8 +9,8 @@
 
 use serde::Deserialize;
 
-use crate::optim::{Optimizer, StepInfo, Tensor};
 use crate::{Error, Real, Result};
+use crate::{Optimizer, StepInfo, Tensor};
 
 /// A recorded gradient sequence.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use sgdlab::lowp::{bf16_nearest, bf16_to_f32};
-use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+use sgdlab_optim::lowp::{bf16_nearest, bf16_to_f32};
+use sgdlab_optim::{Optimizer, StepInfo, Tensor};
 
 fn params(n: usize, seed: u64) -> Vec<Tensor<f32>> {
     let mut x = seed;
@@ -229,7 +229,7 @@ fn bad_combinations_are_errors() {
         ("adam:state_dtype=bf16,rounding=up", "rounding"),
     ] {
         let err = spec
-            .parse::<sgdlab::optim::OptimizerSpec>()
+            .parse::<sgdlab_optim::OptimizerSpec>()
             .unwrap_err()
             .to_string();
         assert!(err.contains(what), "{spec}: {err}");
@@ -251,7 +251,7 @@ fn bad_combinations_are_errors() {
         Optimizer::<f32>::with_groups("adam:state_dtype=bf16".parse().unwrap(), groups).is_err()
     );
     let err = "b:state_dtype=param"
-        .parse::<sgdlab::optim::GroupSpec>()
+        .parse::<sgdlab_optim::GroupSpec>()
         .unwrap_err()
         .to_string();
     assert!(err.contains("whole optimizer"), "{err}");

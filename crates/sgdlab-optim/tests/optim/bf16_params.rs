@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use sgdlab::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
-use sgdlab::optim::{GradRef, Optimizer, ParamMut, StepInfo, StepOutcome};
+use sgdlab_optim::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
+use sgdlab_optim::{GradRef, Optimizer, ParamMut, StepInfo, StepOutcome};
 
 /// Two tensors of bfloat16 bits: a 2-D `w` (many chunks) and a short `b`.
 fn params(n: usize, seed: u64) -> Vec<Vec<u16>> {

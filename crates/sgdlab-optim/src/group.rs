@@ -9,7 +9,7 @@
 //! the rest follow the optimizer's own spec.
 //!
 //! ```
-//! use sgdlab::optim::{GroupSpec, Optimizer, StepInfo, Tensor};
+//! use sgdlab_optim::{GroupSpec, Optimizer, StepInfo, Tensor};
 //!
 //! // AdamW, with no weight decay for biases and norms, and Lion for the embedding.
 //! let mut opt = Optimizer::<f64>::with_groups(
@@ -25,7 +25,7 @@
 //! opt.step(&mut params, &grads, &StepInfo::default())?;
 //! assert_eq!(opt.group_of(2), Some(1)); // fc.bias: the first group
 //! assert_eq!(opt.spec_of(2).to_string(), "adamw:weight_decay=0");
-//! # Ok::<(), sgdlab::Error>(())
+//! # Ok::<(), sgdlab_optim::Error>(())
 //! ```
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //! against the machine's measured memory bandwidth.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sgdlab::optim::{Optimizer, StepInfo, Tensor};
+use sgdlab_optim::{Optimizer, StepInfo, Tensor};
 
 fn tensors(total: usize, count: usize, scale: f32) -> Vec<Tensor<f32>> {
     let per = total / count;

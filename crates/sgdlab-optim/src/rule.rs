@@ -153,25 +153,25 @@ macro_rules! fused_steps {
         #[inline(always)]
         fn step_tensor<T: $crate::Real>(
             &self,
-            ctx: &$crate::optim::StepContext,
+            ctx: &$crate::StepContext,
             p: &mut [T],
             g: &[T],
             slots: &mut [&mut [T]],
             _scalars: &[f64],
         ) {
-            self.step_with(ctx, p, g, $crate::optim::kernel::State::Plain(slots));
+            self.step_with(ctx, p, g, $crate::kernel::State::Plain(slots));
         }
 
         #[inline(always)]
         fn step_tensor_bf16<T: $crate::Real>(
             &self,
-            ctx: &$crate::optim::StepContext,
+            ctx: &$crate::StepContext,
             p: &mut [T],
             g: &[T],
-            state: &mut $crate::optim::kernel::Lowp<'_>,
+            state: &mut $crate::kernel::Lowp<'_>,
             _scalars: &[f64],
         ) -> bool {
-            self.step_with(ctx, p, g, $crate::optim::kernel::State::Bf16(state));
+            self.step_with(ctx, p, g, $crate::kernel::State::Bf16(state));
             true
         }
     };

@@ -1,0 +1,11 @@
+//! The optimizer crate's integration tests, in one binary (one link instead of six):
+//! conformance with the reference trajectories of `tests/data/`, every rule's semantics,
+//! parameter groups and schedules, matrix and averaging rules, and bfloat16 parameters and
+//! state.
+
+mod bf16_params;
+mod bf16_state;
+mod conformance;
+mod groups_schedule;
+mod matrix_and_averaging_rules;
+mod optimizers;
