@@ -18,13 +18,15 @@
 //! count, so a resumed run reproduces the uninterrupted one exactly. The header's keys are
 //! written sorted, so that equal states give byte-identical files.
 
+use crate::{
+    Error, Optimizer, OptimizerSpec, Real, Result, checks::check_unique_names,
+    optimizer::TensorState, optimizer::scalars_of, optimizer::slots_of,
+};
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-
-use super::{Optimizer, OptimizerSpec, TensorState};
-use crate::{Error, Real, Result};
 
 /// The checkpoint format's name in the metadata.
 pub const FORMAT: &str = "sgdlab-optimizer-state";
@@ -71,7 +73,7 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// A JSON array of at most [`MAX_TENSORS`](super::MAX_TENSORS) elements, refused as soon as
+/// A JSON array of at most [`MAX_TENSORS`](crate::MAX_TENSORS) elements, refused as soon as
 /// the parser meets one more (so that a crafted header cannot make millions of them).
 struct Bounded<T>(Vec<T>);
 
@@ -81,7 +83,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Bounded<T> {
         impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
             type Value = Bounded<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "an array of at most {} entries", super::MAX_TENSORS)
+                write!(f, "an array of at most {} entries", crate::MAX_TENSORS)
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
@@ -89,10 +91,10 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Bounded<T> {
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some(x) = seq.next_element()? {
-                    if out.len() == super::MAX_TENSORS {
+                    if out.len() == crate::MAX_TENSORS {
                         return Err(serde::de::Error::custom(format!(
                             "more than {} tensors (the most one optimizer steps)",
-                            super::MAX_TENSORS
+                            crate::MAX_TENSORS
                         )));
                     }
                     out.push(x);
@@ -509,11 +511,11 @@ impl<T: Real> Optimizer<T> {
                 .map_err(|_| bad(format!("`{key}` is not a step count")))
         };
         let (step, skipped) = (count("step")?, count("skipped")?);
-        if step > super::MAX_STEPS || skipped > super::MAX_STEPS {
+        if step > crate::MAX_STEPS || skipped > crate::MAX_STEPS {
             return Err(bad(format!(
                 "step counts {step} (applied) and {skipped} (skipped) exceed the limit of \
                  {} (2^53)",
-                super::MAX_STEPS
+                crate::MAX_STEPS
             )));
         }
         let eval_mode = match meta.get(&format!("{prefix}eval_mode")).map(String::as_str) {
@@ -524,7 +526,7 @@ impl<T: Real> Optimizer<T> {
         let layout: Option<Layout> =
             bounded(get("layout")?).map_err(|e| bad(format!("bad layout: {e}")))?;
         if let Some(layout) = &layout {
-            super::check_unique_names("tensor name", layout.iter().map(|(n, _)| n.as_str()))
+            check_unique_names("tensor name", layout.iter().map(|(n, _)| n.as_str()))
                 .map_err(|e| bad(format!("bad layout: {e}")))?;
         }
         let scalars: Vec<Vec<f64>> = bounded(get("tensor_scalars")?)
@@ -532,7 +534,7 @@ impl<T: Real> Optimizer<T> {
             .unwrap_or_default();
         let buffers = names.iter().filter(|n| n.starts_with(prefix)).count();
 
-        let groups: Vec<super::GroupSpec> = match meta.get(&format!("{prefix}groups")) {
+        let groups: Vec<crate::GroupSpec> = match meta.get(&format!("{prefix}groups")) {
             None => Vec::new(),
             Some(text) => serde_json::from_str::<Vec<String>>(text)
                 .map_err(|e| bad(format!("bad groups: {e}")))?
@@ -578,7 +580,7 @@ impl<T: Real> Optimizer<T> {
             || scalars
                 .iter()
                 .zip(&specs)
-                .any(|(s, spec)| s.len() != super::scalars_of(spec).len())
+                .any(|(s, spec)| s.len() != scalars_of(spec).len())
         {
             return Err(bad("tensor_scalars do not match the layout".into()));
         }
@@ -587,11 +589,7 @@ impl<T: Real> Optimizer<T> {
         } else {
             0
         };
-        let expected: usize = specs
-            .iter()
-            .map(|s| super::slots_of(s).len())
-            .sum::<usize>()
-            + masters;
+        let expected: usize = specs.iter().map(|s| slots_of(s).len()).sum::<usize>() + masters;
         if buffers != expected {
             return Err(bad(format!(
                 "holds {buffers} buffers, expected {expected} (the state buffers of {} \
@@ -610,7 +608,7 @@ impl<T: Real> Optimizer<T> {
             .zip(scalars)
             .zip(tensor_groups.iter().zip(&specs))
         {
-            let slot_names = super::slots_of(spec);
+            let slot_names = slots_of(spec);
             let bf16 = spec.state_dtype == super::StateDtype::Bf16;
             let numel = shape
                 .iter()

@@ -145,7 +145,7 @@ impl<T: Real> Optimizer<T> {
             .iter()
             .zip(&wide)
             .map(|(g, w)| GradRef {
-                name: g.name,
+                name: std::borrow::Cow::Borrowed(&g.name),
                 shape: g.shape.clone(),
                 data: w,
             })
@@ -212,7 +212,7 @@ impl<T: Real> Optimizer<T> {
             .iter()
             .zip(points.iter_mut())
             .map(|(p, m)| ParamMut {
-                name: p.name,
+                name: std::borrow::Cow::Borrowed(&p.name),
                 shape: p.shape.clone(),
                 data: m.as_mut_slice(),
             })

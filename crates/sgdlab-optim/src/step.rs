@@ -1,0 +1,471 @@
+//! The step pipeline: validate the views, one deterministic pre-pass (finiteness, the
+//! gradient norm), the per-step scalars, then one fused pass per tensor (the kernel).
+
+use crate::{
+    Error, GradRef, MAX_STEPS, Optimizer, ParamMut, Real, Result, Rule, Tensor,
+    checks::norm_overflow, kernel, optimizer::TensorState,
+};
+
+/// Clips gradients to a global norm, as `torch.nn.utils.clip_grad_norm_`: with
+/// $\lVert g\rVert$ the 2-norm over all of them, multiplies every element by
+/// $c = C/(\lVert g\rVert + 10^{-6})$ when $c < 1$, and returns $\lVert g\rVert$ (before
+/// clipping). The norm is summed in a fixed order (deterministic for any thread count).
+///
+/// Errors, changing nothing, on a NaN or infinite element, on finite elements whose squared
+/// norm overflows `f64` ([`Error::Overflow`]: PyTorch would scale them by 0), or on an invalid
+/// `max_norm`.
+pub fn clip_grad_norm<T: Real>(grads: &mut [&mut [T]], max_norm: f64) -> Result<f64> {
+    crate::spec::check::positive("max_norm", max_norm)?;
+    let views: Vec<&[T]> = grads.iter().map(|g| &**g).collect();
+    let norm_sq = kernel::reduce(&views, true).map_err(|(t, index, value)| Error::NonFinite {
+        what: format!("gradient {t}"),
+        index,
+        value,
+    })?;
+    if !norm_sq.is_finite() {
+        let names: Vec<String> = (0..views.len()).map(|t| format!("gradient {t}")).collect();
+        return Err(norm_overflow(
+            names.iter().map(String::as_str).zip(views.iter().copied()),
+        ));
+    }
+    let norm = norm_sq.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        let c = T::from_f64(coef);
+        for g in grads.iter_mut() {
+            for x in g.iter_mut() {
+                *x = *x * c;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// What a step needs to know besides the gradients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepInfo {
+    /// The loss at this step (required by `lossprop`, ignored by the others).
+    pub loss: Option<f64>,
+    /// Multiplier $s \ge 0$ of the configured learning rate (a schedule): the step uses
+    /// $s\eta$.
+    pub lr_scale: f64,
+    /// Gradient accumulation: the gradients passed are *sums* over this many micro-batches
+    /// ($k \ge 1$), and the step uses their mean $g/k$ (applied inside the fused pass, as a
+    /// factor $1/k$: no extra pass or copy). Clipping and `normsgd` see the mean.
+    pub micro_batches: u32,
+}
+
+impl Default for StepInfo {
+    fn default() -> Self {
+        Self {
+            loss: None,
+            lr_scale: 1.0,
+            micro_batches: 1,
+        }
+    }
+}
+
+impl StepInfo {
+    /// A step with this loss and no schedule.
+    pub fn with_loss(loss: f64) -> Self {
+        Self {
+            loss: Some(loss),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Applied or skipped.
+    pub outcome: StepOutcome,
+    /// The learning rate the update used, $s\eta$ of the optimizer's own spec (group 0;
+    /// other groups scale their own $\eta$ by the same $s$).
+    pub lr: f64,
+    /// The global 2-norm of the (mean) gradient before clipping, when the step computed it
+    /// (with `clip_norm`, or for `normsgd`).
+    pub grad_norm: Option<f64>,
+}
+
+impl StepReport {
+    /// Whether the update was applied.
+    pub fn applied(&self) -> bool {
+        self.outcome == StepOutcome::Applied
+    }
+}
+
+/// Whether a step changed anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The update was applied.
+    Applied,
+    /// The gradient was not finite and `skip_nonfinite=true`: nothing changed but the count
+    /// of skipped steps.
+    Skipped,
+}
+
+/// Per-step scalars shared by every tensor of a step, computed once in `f64`.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct StepContext {
+    /// This step's number, counting from 1.
+    pub t: u64,
+    /// The learning rate of this step, $s\eta$.
+    pub lr: f64,
+    /// The gradient clipping factor (1 without clipping).
+    pub grad_scale: f64,
+    /// The step's loss, if given.
+    pub loss: Option<f64>,
+    /// $\lVert g \rVert^2$ over all tensors, after clipping (computed only when `clip_norm`
+    /// or `normsgd` needs it; 0 otherwise).
+    pub grad_norm_sq: f64,
+    /// Number of parameters over all tensors.
+    pub numel: usize,
+    /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
+    pub beta_pow: [f64; 2],
+    /// Whether element loops prefetch ahead (`kernel::blocks`): for steps whose working set
+    /// is at least 32 MiB.
+    pub prefetch: bool,
+}
+
+impl<T: Real> Optimizer<T> {
+    /// One step: updates `params` in place from `grads` (same names and shapes).
+    ///
+    /// Errors, leaving parameters and state untouched, on a shape or name mismatch (also
+    /// against the tensors of earlier steps), a non-finite gradient or loss (unless
+    /// `skip_nonfinite=true`, which reports [`StepOutcome::Skipped`], or
+    /// `check_finite=false`, which does not look), a missing loss for `lossprop`, or an
+    /// invalid `lr_scale` or `micro_batches`.
+    pub fn step(
+        &mut self,
+        params: &mut [Tensor<T>],
+        grads: &[Tensor<T>],
+        info: &StepInfo,
+    ) -> Result<StepReport> {
+        let mut p: Vec<ParamMut<'_, T>> = params.iter_mut().map(ParamMut::from).collect();
+        let g: Vec<GradRef<'_, T>> = grads.iter().map(GradRef::from).collect();
+        self.step_views(&mut p, &g, info)
+    }
+
+    /// [`Optimizer::step`] over tensors the caller owns ([`ParamMut`], [`GradRef`]): the same
+    /// fused kernels, no copy. An optimizer with `master_weights=true` refuses it: its
+    /// parameters are bfloat16 ([`Optimizer::step_bf16`]).
+    pub fn step_views(
+        &mut self,
+        params: &mut [ParamMut<'_, T>],
+        grads: &[GradRef<'_, T>],
+        info: &StepInfo,
+    ) -> Result<StepReport> {
+        if self.spec.master_weights {
+            return Err(Error::Unsupported(format!(
+                "a step on {} parameters with master_weights=true (the master copy is of \
+                 bfloat16 parameters): step them with step_bf16",
+                T::NAME
+            )));
+        }
+        self.step_unchecked(params, grads, info)
+    }
+
+    /// [`Optimizer::step_views`] without the `master_weights` check: the step itself, which
+    /// [`Optimizer::step_bf16`] runs on the master copy.
+    pub(crate) fn step_unchecked(
+        &mut self,
+        params: &mut [ParamMut<'_, T>],
+        grads: &[GradRef<'_, T>],
+        info: &StepInfo,
+    ) -> Result<StepReport> {
+        self.check_layout(params, grads)?;
+        if self.eval_mode {
+            return Err(Error::Unsupported(
+                "a step in eval mode (the parameters hold the evaluation point): call \
+                 train_mode first"
+                    .to_string(),
+            ));
+        }
+        if !(info.lr_scale.is_finite() && info.lr_scale >= 0.0) {
+            return Err(Error::invalid(
+                "lr_scale",
+                info.lr_scale,
+                "must be a finite number >= 0",
+            ));
+        }
+        if info.micro_batches == 0 {
+            return Err(Error::invalid("micro_batches", 0, "must be at least 1"));
+        }
+        if self.all_specs().any(|s| s.rule.needs_loss()) && info.loss.is_none() {
+            return Err(Error::MissingLoss {
+                optimizer: self.describe(),
+            });
+        }
+        // The first step fixes each tensor's group; a group that matches nothing is an error
+        // before anything else. The state is allocated once the step is known to go ahead.
+        let first_groups = match self.layout {
+            None => Some(self.assign_groups(params)?),
+            Some(_) => None,
+        };
+
+        // Pre-pass over all tensors: finiteness and the squared norm, deterministically.
+        // With check_finite=false the pass runs only when a norm is needed (and then it
+        // still reports what it finds: a NaN norm would poison every parameter).
+        let check = self.spec.check_finite;
+        let mut nonfinite =
+            info.loss
+                .filter(|l| check && !l.is_finite())
+                .map(|loss| Error::NonFinite {
+                    what: "loss".to_string(),
+                    index: 0,
+                    value: loss,
+                });
+        let mut norm_sq = 0.0;
+        // Rules that divide by a norm: clipping, `normsgd` (the global norm) and the
+        // whole-tensor rules (Muon normalises each matrix). Finite gradients whose squares
+        // overflow would give them a zero step; the step refuses them like a NaN instead.
+        let need_norm = self.spec.clip_norm.is_some()
+            || self
+                .all_specs()
+                .any(|s| s.rule.needs_norm() || s.rule.whole_tensor());
+        if nonfinite.is_none() && (check || need_norm) {
+            let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
+            match kernel::reduce(&slices, need_norm) {
+                Ok(sum) if sum.is_finite() => norm_sq = sum,
+                Ok(_) => nonfinite = Some(norm_overflow(grads.iter().map(|g| (&*g.name, g.data)))),
+                Err((t, index, value)) => {
+                    nonfinite = Some(Error::NonFinite {
+                        what: format!("gradient of {}", grads[t].name),
+                        index,
+                        value,
+                    });
+                }
+            }
+        }
+        if self.step >= MAX_STEPS || self.skipped >= MAX_STEPS {
+            return Err(Error::invalid(
+                "step count",
+                format!("{} (applied), {} (skipped)", self.step, self.skipped),
+                format!("an optimizer takes at most {MAX_STEPS} steps (2^53, counted exactly)"),
+            ));
+        }
+        if let Some(name) = self.schedule.detached() {
+            return Err(Error::Unsupported(format!(
+                "the custom schedule `{name}` was not saved with the optimizer: attach it again \
+                 with set_schedule before stepping"
+            )));
+        }
+        let factor = self.schedule.factor(self.step + self.skipped);
+        if !(factor.is_finite() && factor >= 0.0) {
+            return Err(Error::invalid(
+                format!(
+                    "schedule {} at step {}",
+                    self.schedule,
+                    self.step + self.skipped
+                ),
+                factor,
+                "must give a finite factor >= 0",
+            ));
+        }
+        let lr = self.spec.rule.lr() * (factor * info.lr_scale);
+        if let Some(err) = nonfinite {
+            if self.spec.skip_nonfinite {
+                self.skipped += 1;
+                return Ok(StepReport {
+                    outcome: StepOutcome::Skipped,
+                    lr,
+                    grad_norm: None,
+                });
+            }
+            return Err(err);
+        }
+        // The mean of k accumulated micro-batches: g/k, as the factor 1/k (exactly 1 for k = 1).
+        let mean = 1.0 / f64::from(info.micro_batches);
+        let norm_sq = norm_sq * mean * mean;
+        let clip = match self.spec.clip_norm {
+            Some(max_norm) => (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        let grad_scale = mean * clip;
+
+        if let Some(groups) = first_groups {
+            self.allocate(params, groups);
+        }
+        self.step += 1;
+        let numel: usize = params.iter().map(|p| p.data.len()).sum();
+        let prefetch = self.prefetches(params);
+        // One context per group: its rule's learning rate and decay powers; the gradient
+        // scale, norm and size are global.
+        let contexts: Vec<StepContext> = self
+            .all_specs()
+            .map(|spec| StepContext {
+                t: self.step,
+                lr: spec.rule.lr() * (factor * info.lr_scale),
+                grad_scale,
+                loss: info.loss,
+                grad_norm_sq: norm_sq * clip * clip,
+                numel,
+                beta_pow: spec.rule.decays().map(|b| {
+                    if b == 0.0 {
+                        0.0
+                    } else {
+                        b.powf(self.step as f64)
+                    }
+                }),
+                prefetch,
+            })
+            .collect();
+        let rules: Vec<&Rule> = std::iter::once(&self.spec.rule)
+            .chain(self.group_specs.iter().map(|s| &s.rule))
+            .collect();
+        let report = StepReport {
+            outcome: StepOutcome::Applied,
+            lr,
+            grad_norm: need_norm.then(|| norm_sq.sqrt()),
+        };
+        for (p, state) in params.iter().zip(&mut self.tensors) {
+            rules[state.group].begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
+        }
+        // Whole-tensor rules (Muon) step each matrix at once, with threads inside.
+        for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
+            let rule = rules[state.group];
+            if rule.whole_tensor() {
+                let mut slots: Vec<&mut [T]> =
+                    state.slots.iter_mut().map(Vec::as_mut_slice).collect();
+                let ctx = &contexts[state.group];
+                rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots, &state.scalars);
+            }
+        }
+        // bfloat16 state: the stochastic-rounding streams of this step (seed, step, tensor,
+        // pair of buffers); the element's index in its tensor is the stream's counter, and
+        // buffers 2k and 2k + 1 take the low and high halves of stream k's word.
+        let (sr_seed, rounding, step) = (self.spec.sr_seed, self.spec.rounding, self.step);
+        let keys = |tensor: usize| -> [u64; 2] {
+            std::array::from_fn(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k as u64))
+        };
+        if kernel::is_small(numel) {
+            for (t, ((p, g), state)) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(&mut self.tensors)
+                .enumerate()
+            {
+                let TensorState {
+                    group,
+                    slots,
+                    scalars,
+                    lowp,
+                    ..
+                } = state;
+                let (rule, ctx) = (rules[*group], &contexts[*group]);
+                if !rule.whole_tensor() {
+                    let lowp = (!lowp.is_empty()).then(|| {
+                        let mut bufs: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+                        for (b, l) in bufs.iter_mut().zip(lowp.iter_mut()) {
+                            *b = l.as_mut_slice();
+                        }
+                        kernel::Lowp {
+                            slots: bufs,
+                            rounding,
+                            keys: keys(t),
+                            offset: 0,
+                        }
+                    });
+                    kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars, lowp);
+                }
+            }
+            return Ok(report);
+        }
+        let mut units = Vec::with_capacity(numel / kernel::CHUNK + params.len());
+        for (t, ((p, g), state)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.tensors)
+            .enumerate()
+        {
+            let TensorState {
+                group,
+                slots,
+                scalars,
+                lowp,
+                ..
+            } = state;
+            let (rule, ctx) = (rules[*group], &contexts[*group]);
+            if rule.whole_tensor() {
+                continue;
+            }
+            let n_slots = rule.slots().len();
+            let is_lowp = !lowp.is_empty();
+            let tensor_keys = keys(t);
+            // The state buffers not yet cut into units (no allocation per tensor: a step may
+            // have many thousands of small ones).
+            let mut rest: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+            for (r, s) in rest.iter_mut().zip(slots.iter_mut()) {
+                *r = s.as_mut_slice();
+            }
+            let mut rest_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+            for (r, s) in rest_lowp.iter_mut().zip(lowp.iter_mut()) {
+                *r = s.as_mut_slice();
+            }
+            let mut offset = 0u64;
+            for (p, g) in p
+                .data
+                .chunks_mut(kernel::CHUNK)
+                .zip(g.data.chunks(kernel::CHUNK))
+            {
+                let len = p.len();
+                let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
+                let mut unit_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
+                if is_lowp {
+                    for (slot, r) in unit_lowp.iter_mut().zip(rest_lowp.iter_mut()).take(n_slots) {
+                        let (head, tail) = std::mem::take(r).split_at_mut(len);
+                        *slot = head;
+                        *r = tail;
+                    }
+                } else {
+                    for (slot, r) in unit_slots.iter_mut().zip(rest.iter_mut()).take(n_slots) {
+                        let (head, tail) = std::mem::take(r).split_at_mut(len);
+                        *slot = head;
+                        *r = tail;
+                    }
+                }
+                units.push(kernel::Unit {
+                    rule,
+                    ctx,
+                    p,
+                    g,
+                    slots: unit_slots,
+                    n_slots,
+                    scalars,
+                    lowp: is_lowp.then_some(kernel::Lowp {
+                        slots: unit_lowp,
+                        rounding,
+                        keys: tensor_keys,
+                        offset,
+                    }),
+                });
+                offset += len as u64;
+            }
+        }
+        kernel::run_units(prefetch, units);
+        Ok(report)
+    }
+}
+
+/// The working set of a step, which decides whether the element loops prefetch.
+impl<T: Real> Optimizer<T> {
+    /// The working set of a step in bytes: parameters, gradient and state buffers at their
+    /// element sizes, $\sum_{\text{tensors}} n\,\big((2 + k)\,b_T + 2\,k_{16}\big)$ for $n$
+    /// elements, $k$ state buffers of $b_T$-byte elements and $k_{16}$ bfloat16 ones. (The
+    /// master copy of bfloat16 parameters is `params` itself when it is stepped.)
+    pub(crate) fn working_set_bytes(&self, params: &[ParamMut<'_, T>]) -> usize {
+        params
+            .iter()
+            .zip(&self.tensors)
+            .map(|(p, s)| p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len()))
+            .sum()
+    }
+
+    /// Whether the element loops prefetch ahead: from a working set of
+    /// [`kernel::PREFETCH_MIN_BYTES`] on, where the arrays stream from memory.
+    pub(crate) fn prefetches(&self, params: &[ParamMut<'_, T>]) -> bool {
+        self.working_set_bytes(params) >= kernel::PREFETCH_MIN_BYTES
+    }
+}
