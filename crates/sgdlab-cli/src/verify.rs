@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use sgdlab::lab::claims::{Claim, PROBLEMS, Report, VerifyOptions, canonical_problem, verify};
+use sgdlab::lab::claims::{
+    Claim, PROBLEMS, Report, VerifyOptions, canonical_problem, verify_with_progress,
+};
 use sgdlab::lab::figures::problem_figures;
 
 use crate::report::{Section, esc, write_page};
@@ -48,7 +50,19 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.report {
         crate::report::prepare_dir(dir)?;
     }
-    let report = verify(&args.problems, &options)?;
+    // A progress line on stderr while the claims run (drawn only on a terminal).
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} verify: {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = verify_with_progress(&args.problems, &options, |done, total, problem| {
+        if done < total {
+            bar.set_message(format!("problem {problem} ({} of {total})", done + 1));
+        }
+    });
+    bar.finish_and_clear();
+    let report = report?;
     print!("{}", render(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

@@ -34,17 +34,6 @@ use std::str::FromStr;
 use super::OptimizerSpec;
 use crate::{Error, Result};
 
-/// Keys that apply to the whole optimizer and cannot differ between groups.
-pub const GLOBAL_KEYS: [&str; 7] = [
-    "clip_norm",
-    "skip_nonfinite",
-    "check_finite",
-    "state_dtype",
-    "rounding",
-    "sr_seed",
-    "master_weights",
-];
-
 /// One parameter group: which tensors (name patterns) and how they step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupSpec {
@@ -120,7 +109,7 @@ impl FromStr for GroupSpec {
                     return Err(bad("`rule=NAME` must come first"));
                 }
                 rule = Some(v.to_string());
-            } else if GLOBAL_KEYS.contains(&k) {
+            } else if crate::keys::is_global(k) {
                 return Err(Error::invalid(
                     k,
                     v,

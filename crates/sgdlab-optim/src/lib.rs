@@ -1,5 +1,19 @@
-//! Optimizers: every update rule of the problem set and the ones people use, with PyTorch's
-//! names and semantics, checkpoint/resume, and errors instead of silent NaNs.
+//! # sgdlab-optim
+//!
+//! Optimizers built from running averages: every update rule of the sgdlab problem set and
+//! the ones people use, with PyTorch's names and semantics, fused multi-threaded SIMD
+//! kernels, parameter groups, schedules, low-precision state, crash-consistent
+//! checkpoints, and errors instead of silent NaNs. It depends on nothing of sgdlab's lab,
+//! models, data or training (`sgdlab` re-exports it as `sgdlab::optim`).
+//!
+//! * [`Optimizer`] — a validated [`OptimizerSpec`] (`"adamw:lr=1e-3,weight_decay=0.01"`), its
+//!   [`GroupSpec`] parameter groups and [`Schedule`], and its state;
+//! * [`ParamMut`] / [`GradRef`] — views of the caller's tensors that a step updates in place
+//!   ([`Tensor`] owns its elements);
+//! * one module per rule ([`adam`], [`sgd`], [`muon`], ...), listed once in the registry
+//!   ([`NAMES`]); the [`GLOBAL_KEYS`] every rule accepts;
+//! * [`checkpoint`] and [`replay`] — state on disk, and a rule run on recorded gradients;
+//!   [`bench`](mod@bench) — step throughput against the measured memory bandwidth.
 //!
 //! ```
 //! use sgdlab_optim::{Optimizer, StepInfo, Tensor};
@@ -18,6 +32,11 @@
 //! `clip_norm` and `normsgd`) and the finiteness check come from one deterministic pre-pass.
 
 pub mod error;
+
+/// The crate's README, compiled as a doctest so that its example cannot fall behind.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub mod io;
 pub mod lowp;
 mod real;
@@ -31,6 +50,7 @@ pub mod checkpoint;
 mod checks;
 pub mod group;
 pub mod kernel;
+pub mod keys;
 mod mixed;
 pub mod replay;
 #[macro_use]
@@ -79,6 +99,7 @@ registry! {
 
 pub use checkpoint::{StateDict, read_state_file, stored_dtype};
 pub use group::GroupSpec;
+pub use keys::{GLOBAL_KEYS, GlobalKey};
 pub use optimizer::Optimizer;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;

@@ -1,7 +1,7 @@
 //! [`Optimizer`]: a validated spec, its parameter groups and schedule, its state, and the
 //! configuration API (hyper-parameters mid-run, state access, evaluation mode).
 
-use crate::{Error, GroupSpec, OptimizerSpec, ParamMut, Real, Result, Schedule, StateDtype, group};
+use crate::{Error, GroupSpec, OptimizerSpec, ParamMut, Real, Result, Schedule, StateDtype};
 
 /// An optimizer: a validated spec and its state.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,7 +200,7 @@ impl<T: Real> Optimizer<T> {
                     "a value is one word of the spec grammar (no , ; : = or brackets)",
                 ));
             }
-            if group::GLOBAL_KEYS.contains(key) {
+            if crate::keys::is_global(key) {
                 return Err(Error::invalid(
                     *key,
                     text,

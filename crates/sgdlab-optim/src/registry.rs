@@ -32,8 +32,7 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(_) => <$module::$variant as Keys>::NAME, )+ )* }
             }
 
-            /// The keys the rule accepts (besides the global `clip_norm`, `skip_nonfinite`,
-            /// `check_finite`).
+            /// The keys the rule accepts (besides the [`GLOBAL_KEYS`](crate::GLOBAL_KEYS)).
             pub fn keys(&self) -> &'static [&'static str] {
                 match self { $( $( Rule::$variant(_) => <$module::$variant as Keys>::KEYS, )+ )* }
             }

@@ -15,8 +15,7 @@ use crate::{Real, Result};
 pub trait Keys {
     /// The rule's name in a spec string.
     const NAME: &'static str;
-    /// The keys it accepts (besides the global `clip_norm`, `skip_nonfinite`,
-    /// `check_finite`).
+    /// The keys it accepts (besides the [`GLOBAL_KEYS`](crate::GLOBAL_KEYS)).
     const KEYS: &'static [&'static str];
     /// Sets `key` to the value written as `text`.
     fn set_key(&mut self, key: &str, text: &str) -> Result<()>;

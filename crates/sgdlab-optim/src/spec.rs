@@ -129,7 +129,7 @@ macro_rules! config {
         impl $name {
             /// The name of this optimizer in a spec string.
             pub const NAME: &'static str = $spec_name;
-            /// The keys this optimizer accepts (besides `clip_norm` and `skip_nonfinite`).
+            /// The keys this optimizer's rule accepts (besides the [`GLOBAL_KEYS`](crate::GLOBAL_KEYS)).
             pub const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
 
             pub(crate) fn set(&mut self, key: &str, text: &str) -> $crate::Result<()> {
@@ -174,9 +174,9 @@ pub(crate) fn unknown_key(optimizer: &str, key: &str, keys: &[&str]) -> Error {
         format!("key `{key}` for {optimizer}"),
         key,
         format!(
-            "unknown key; {optimizer} accepts {}, clip_norm, skip_nonfinite, check_finite, \
-             state_dtype, rounding, sr_seed, master_weights",
-            keys.join(", ")
+            "unknown key; {optimizer} accepts {}, and the global keys {}",
+            keys.join(", "),
+            crate::keys::global_key_names()
         ),
     )
 }
@@ -364,8 +364,8 @@ impl OptimizerSpec {
         Ok(self)
     }
 
-    /// Sets `key` (any key of the spec grammar: the rule's, `clip_norm`, `skip_nonfinite`,
-    /// `check_finite`) to the value written as `value`, and validates the result; on error
+    /// Sets `key` (any key of the spec grammar: the rule's, or one of the
+    /// [`GLOBAL_KEYS`](crate::GLOBAL_KEYS)) to the value written as `value`, and validates the result; on error
     /// the spec is unchanged.
     ///
     /// ```

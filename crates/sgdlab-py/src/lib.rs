@@ -1035,17 +1035,17 @@ fn value_text(value: &Bound<'_, PyAny>) -> PyResult<String> {
     )))
 }
 
-/// The keys rule `name` accepts (its own, then the global `clip_norm`, `skip_nonfinite`,
-/// `check_finite`).
+/// The keys rule `name` accepts (its own, then the global keys of
+/// [`sgdlab::optim::GLOBAL_KEYS`]).
 #[pyfunction]
 fn rule_keys(name: &str) -> PyResult<Vec<String>> {
     guarded("rule_keys", || {
         let spec = OptimizerSpec::named(name).map_err(lib_err)?;
         let mut keys: Vec<String> = spec.rule.keys().iter().map(|k| k.to_string()).collect();
         keys.extend(
-            sgdlab::optim::group::GLOBAL_KEYS
+            sgdlab::optim::GLOBAL_KEYS
                 .iter()
-                .map(|k| k.to_string()),
+                .map(|k| k.name.to_string()),
         );
         Ok(keys)
     })
@@ -1201,5 +1201,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(audit_json, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The keys every optimizer takes whatever its rule: the library's one table.
+    let global_keys: Vec<&str> = sgdlab::optim::GLOBAL_KEYS.iter().map(|k| k.name).collect();
+    m.add(
+        "GLOBAL_KEYS",
+        pyo3::types::PyTuple::new(m.py(), global_keys)?,
+    )?;
     Ok(())
 }

@@ -5,8 +5,10 @@
 //!
 //! * [`average`] — the running averages of the problem set (EMA in both parameterisations,
 //!   sum-form momentum, power and horizon bias correction, running moments);
-//! * [`optim`] — the optimizers (PyTorch semantics where PyTorch has them, and the problem
-//!   set's own rules), specs, fused multi-threaded SIMD kernels, checkpoint/resume;
+//! * [`optim`] — the optimizers: the `sgdlab-optim` crate, re-exported (PyTorch semantics
+//!   where PyTorch has them, and the problem set's own rules), specs, fused multi-threaded
+//!   SIMD kernels, checkpoint/resume; usable on its own;
+//! * [`rng`] — the seeded random streams everything else draws from;
 //! * [`model`] — exact per-example models (points, linear and logistic regression, softmax and
 //!   ReLU networks) with batched gradients;
 //! * [`data`] — CSV and MNIST-format IDX loaders, the bundled digits, stratified splits;
@@ -14,7 +16,8 @@
 //!   ([`lab::audit`]), the temperature meter, the claims of the problem set, each checked by
 //!   measurement ([`lab::claims::verify`]), and the data of the report's figures;
 //! * [`train`] — the training loop with schedules, weight averaging and exact resume;
-//! * [`bench`](mod@bench) — optimizer throughput against the measured memory bandwidth.
+//! * [`bench`](mod@bench) — optimizer throughput against the measured memory bandwidth (from
+//!   `sgdlab-optim`).
 //!
 //! All computation is deterministic given a seed, whatever the number of threads.
 //!
@@ -58,12 +61,19 @@
 //! parameter groups, warm-up + cosine and gradient accumulation, and save/kill/resume.
 
 pub mod average;
+
+/// The repository's README, compiled as a doctest so that its Rust quickstart cannot fall
+/// behind.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub mod data;
 pub mod fuzzing;
 pub mod lab;
 pub mod linalg;
 pub mod model;
 pub mod resources;
+pub mod rng;
 pub mod train;
 
 pub use sgdlab_optim as optim;

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::average::Ema;
 use crate::data::Split;
-use crate::lab::montecarlo::chain_rng;
 use crate::model::{Network, Workspace};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
+use crate::rng::chain_rng;
 use crate::{Error, Result};
 
 /// A training run's learning-rate schedule, as `train --schedule` writes it: the forms that

@@ -6,6 +6,7 @@
 mod bf16_params;
 mod bf16_state;
 mod conformance;
+mod docs;
 mod groups_schedule;
 mod matrix_and_averaging_rules;
 mod optimizers;

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+#: The keys every optimizer takes whatever its rule (the library's one table).
+GLOBAL_KEYS: tuple[str, ...]
 
 _Array = npt.NDArray[Union[np.float32, np.float64]]
 _Arrays = Union[Sequence[_Array], Mapping[str, _Array]]

@@ -38,7 +38,7 @@ What differs from ``torch.optim``:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -66,7 +66,8 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
-_GLOBAL_KEYS = ("clip_norm", "skip_nonfinite", "check_finite", "state_dtype", "rounding", "sr_seed", "master_weights")
+# The keys every optimizer takes whatever its rule: the Rust library's one table.
+_GLOBAL_KEYS: Tuple[str, ...] = tuple(_core.GLOBAL_KEYS)
 
 
 # A string value is one word of the spec grammar (``bf16``, ``nearest``): never text that

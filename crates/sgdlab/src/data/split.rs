@@ -3,7 +3,7 @@
 use rand::seq::SliceRandom;
 
 use super::Dataset;
-use crate::lab::montecarlo::chain_rng;
+use crate::rng::chain_rng;
 use crate::{Error, Result};
 
 /// A training set and a test set of labelled examples with classes `0..classes`.

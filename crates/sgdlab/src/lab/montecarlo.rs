@@ -6,22 +6,12 @@
 //! rayon; their outputs are collected in chain order and reduced sequentially, so every
 //! statistic is bit-identical for any number of threads.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// The random number generator each chain receives.
-pub type ChainRng = ChaCha8Rng;
-
-/// The generator of chain `chain` in a run seeded with `seed`.
-pub fn chain_rng(seed: u64, chain: u64) -> ChainRng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(chain);
-    rng
-}
+pub use crate::rng::{ChainRng, chain_rng};
 
 /// A Monte Carlo run: `chains` independent replications seeded from `seed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

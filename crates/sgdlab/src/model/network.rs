@@ -18,8 +18,8 @@ use rand::RngExt;
 
 use super::{LossUnit, Model, class_labels};
 use crate::data::Dataset;
-use crate::lab::montecarlo::chain_rng;
 use crate::optim::Tensor;
+use crate::rng::chain_rng;
 use crate::{Error, Real, Result};
 
 /// $C \leftarrow \alpha A B + \beta C$ with explicit strides (row stride, column stride).

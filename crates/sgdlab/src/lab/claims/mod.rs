@@ -306,6 +306,17 @@ pub struct Report {
 ///
 /// Problems are deduplicated and run in ascending order; 8 and 9 are aliases of 5 and 7.
 pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
+    verify_with_progress(problems, options, |_, _, _| {})
+}
+
+/// [`verify`], calling `progress(done, total, problem)` before each problem is run (`done`
+/// of the `total` selected problems are finished) and `progress(total, total, 0)` at the end,
+/// so that a front end can show how far it is.
+pub fn verify_with_progress(
+    problems: &[u8],
+    options: &VerifyOptions,
+    mut progress: impl FnMut(usize, usize, u8),
+) -> Result<Report> {
     let mut selected = problems
         .iter()
         .map(|&p| canonical_problem(p))
@@ -316,7 +327,9 @@ pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
     selected.sort_unstable();
     selected.dedup();
     let mut claims = Vec::new();
-    for problem in selected {
+    let total = selected.len();
+    for (done, problem) in selected.into_iter().enumerate() {
+        progress(done, total, problem);
         claims.extend(match problem {
             1 => p1::claims(options)?,
             2 => p2::claims(options)?,
@@ -330,6 +343,7 @@ pub fn verify(problems: &[u8], options: &VerifyOptions) -> Result<Report> {
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }
+    progress(total, total, 0);
     let passed = claims.iter().filter(|c| c.passed).count();
     Ok(Report {
         failed: claims.len() - passed,
