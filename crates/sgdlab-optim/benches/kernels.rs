@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the fused optimizer kernels: one tensor and many, 10k to 10M f32
-//! parameters. Run with `cargo bench -p sgdlab`; `sgdlab bench` gives the same figures
+//! parameters. Run with `cargo bench -p sgdlab-optim`; `sgdlab bench` gives the same figures
 //! against the machine's measured memory bandwidth.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

@@ -4,7 +4,7 @@
 //! [`Rule`](super::Rule) enum with a variant per configuration type, [`NAMES`](super::NAMES),
 //! and every method of `Rule` as a dispatch to the type's [`UpdateRule`](super::UpdateRule)
 //! implementation. Adding an optimizer is its file, its `pub mod` item and its line in the
-//! invocation, both in `optim/mod.rs`. The macro does not declare the modules itself: rustfmt
+//! invocation, both in `lib.rs`. The macro does not declare the modules itself: rustfmt
 //! and cargo-mutants find source files only through `mod` items written in the source, so a
 //! macro-declared module would be silently left unformatted and unmutated.
 

@@ -3,7 +3,7 @@
 //!
 //! Adding an optimizer is one file — its `config!` block (keys, defaults, docs) and its
 //! `impl UpdateRule` (validation, state buffers, per-element update) — plus its `pub mod`
-//! item and one line in the `registry!` invocation in `optim/mod.rs` (`module::{Type},`),
+//! item and one line in the `registry!` invocation in `lib.rs` (`module::{Type},`),
 //! which makes the rule known to specs, checkpoints, the kernels, the lab and bench as a
 //! variant of [`Rule`](super::Rule). Nothing else names individual rules.
 

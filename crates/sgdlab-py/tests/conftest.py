@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-CONFORMANCE = ROOT / "crates" / "sgdlab" / "tests" / "data" / "conformance"
+CONFORMANCE = ROOT / "crates" / "sgdlab-optim" / "tests" / "data" / "conformance"
 DATA = ROOT / "data"
 
 

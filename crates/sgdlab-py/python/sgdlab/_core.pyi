@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
+
+__all__ = [
+    "Optimizer",
+    "SgdlabError",
+    "rule_keys",
+    "rules",
+    "parse_spec",
+    "verify_json",
+    "audit_json",
+    "_panic_for_tests",
+    "__version__",
+    "GLOBAL_KEYS",
+]
 
 __version__: str
 #: The keys every optimizer takes whatever its rule (the library's one table).
@@ -20,6 +34,7 @@ _Path = Union[str, "os.PathLike[str]"]
 class SgdlabError(ValueError):
     """An error reported by sgdlab's Rust core, with the library's message."""
 
+@final
 class Optimizer:
     """An sgdlab optimizer over numpy arrays.
 
@@ -29,7 +44,11 @@ class Optimizer:
             matched against the names of the arrays stepped.
     """
 
-    def __init__(self, spec: str, groups: Sequence[str] = ...) -> None: ...
+    def __new__(cls, spec: str, groups: Sequence[str] = ...) -> Self: ...
+    def __copy__(self) -> Optimizer:
+        """An independent copy (state and all)."""
+    def __deepcopy__(self, _memo: dict[int, Any]) -> Optimizer:
+        """An independent copy (state and all)."""
     def step(
         self,
         params: _Arrays,
@@ -119,7 +138,7 @@ class Optimizer:
     def to_bytes(self) -> bytes:
         """The state as checkpoint bytes (safetensors)."""
     @staticmethod
-    def from_bytes(data: bytes) -> Optimizer:
+    def from_bytes(bytes: bytes) -> Optimizer:
         """An optimizer from :meth:`to_bytes`'s bytes."""
     def save(self, path: _Path) -> None:
         """Writes the state to ``path`` atomically."""
@@ -148,3 +167,6 @@ def audit_json(
     burn_in: Optional[int],
     seed: Optional[int],
 ) -> str: ...
+
+def _panic_for_tests(message: str) -> None:
+    """Panics in the Rust core with ``message`` (for the tests of the panic guard only)."""
