@@ -72,6 +72,7 @@ pub mod adagrad;
 pub mod adam;
 pub mod adamax;
 pub mod ademamix;
+pub mod adopt;
 pub mod lion;
 pub mod madam;
 pub mod muon;
@@ -95,6 +96,7 @@ registry! {
     ademamix::{Ademamix},
     muon::{Muon},
     schedulefree::{SfSgd, SfAdamW},
+    adopt::{Adopt},
 }
 
 pub use checkpoint::{StateDict, read_state_file, stored_dtype};

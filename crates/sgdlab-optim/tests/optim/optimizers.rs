@@ -1048,6 +1048,7 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         ("adamax", &["exp_avg", "exp_inf"]),
         ("nadam", &["exp_avg", "exp_avg_sq"]),
         ("radam", &["exp_avg", "exp_avg_sq"]),
+        ("adopt", &["exp_avg", "exp_avg_sq"]),
         ("ademamix", &["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"]),
         ("muon", &["momentum_buffer"]),
         ("sf-sgd", &["z", "x"]),
