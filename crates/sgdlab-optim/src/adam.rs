@@ -85,8 +85,8 @@ impl UpdateRule for AdamW {
         Adam::from(self).slots()
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta1, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta1, self.beta2]
     }
 
     fused_steps!();
@@ -105,8 +105,8 @@ impl UpdateRule for Adam {
         self.lr
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta1, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta1, self.beta2]
     }
 
     fused_steps!();

@@ -43,8 +43,8 @@ impl UpdateRule for Adamax {
         &["exp_avg", "exp_inf"]
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta1, 0.0]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta1, 0.0]
     }
 
     #[inline(always)]

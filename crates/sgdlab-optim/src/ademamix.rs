@@ -76,8 +76,8 @@ impl UpdateRule for Ademamix {
         &["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"]
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta1, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta1, self.beta2]
     }
 
     #[inline(always)]

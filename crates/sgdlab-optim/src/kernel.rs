@@ -214,6 +214,13 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// The state buffers of one chunk, as many as the rule declares (up to four inline, without
+/// allocation).
+pub(crate) type Bufs<'a, E> = smallvec::SmallVec<[&'a mut [E]; 4]>;
+
+/// The stochastic-rounding stream keys of one tensor's step, one per pair of state buffers.
+pub(crate) type Keys = smallvec::SmallVec<[u64; 2]>;
+
 /// One chunk of one tensor: its rule and step context (its parameter group's), parameters,
 /// gradient and state buffers.
 pub(crate) struct Unit<'a, T> {
@@ -222,7 +229,7 @@ pub(crate) struct Unit<'a, T> {
     pub p: &'a mut [T],
     pub g: &'a [T],
     /// The state buffers in the parameters' type (empty when the state is bfloat16).
-    pub slots: [&'a mut [T]; 3],
+    pub slots: Bufs<'a, T>,
     /// How many state buffers the rule has (in `slots`, or in `lowp`).
     pub n_slots: usize,
     pub scalars: &'a [f64],
@@ -234,12 +241,12 @@ pub(crate) struct Unit<'a, T> {
 /// (`state_dtype=bf16`): what [`UpdateRule::step_tensor_bf16`](super::UpdateRule::step_tensor_bf16)
 /// hands to [`bf16_elements`].
 pub struct Lowp<'a> {
-    pub(crate) slots: [&'a mut [u16]; 3],
+    pub(crate) slots: Bufs<'a, u16>,
     pub(crate) rounding: StateRounding,
     /// The stochastic-rounding streams of this step ([`crate::lowp::stream_key`]), one per
     /// pair of buffers: buffer $b$ rounds with half $b \bmod 2$ of stream $\lfloor b/2\rfloor$'s
     /// word ([`crate::lowp::half_word`]).
-    pub(crate) keys: [u64; 2],
+    pub(crate) keys: Keys,
     /// The index in its tensor of the unit's first element (the counter of the stream).
     pub(crate) offset: u64,
 }
@@ -324,16 +331,20 @@ fn run_lowp_scratch<T: Real>(
     while start < n {
         let len = LOWP_BLOCK.min(n - start);
         let end = start + len;
-        let mut bufs: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
         let mut rest = &mut *scratch;
-        for (buf, src) in bufs.iter_mut().zip(lowp.slots.iter()).take(n_slots) {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            for (d, &b) in head.iter_mut().zip(&src[start..end]) {
-                *d = T::from_bf16(b);
-            }
-            *buf = head;
-            rest = tail;
-        }
+        let mut bufs: Bufs<'_, T> = lowp
+            .slots
+            .iter()
+            .take(n_slots)
+            .map(|src| {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                for (d, &b) in head.iter_mut().zip(&src[start..end]) {
+                    *d = T::from_bf16(b);
+                }
+                rest = tail;
+                head
+            })
+            .collect();
         rule.step_tensor(
             ctx,
             &mut u.p[start..end],
@@ -397,7 +408,7 @@ pub fn bf16_elements<T: Real, const S: usize>(
     let mut it = lowp.slots.iter_mut();
     let mut slots: [&mut [u16]; S] = std::array::from_fn(|_| match it.next() {
         Some(s) => &mut s[..n],
-        None => unreachable!("at most three state buffers"),
+        None => unreachable!("the rule's element loop takes as many buffers as it declares"),
     });
     let block = if prefetch {
         (BLOCK_BYTES / std::mem::size_of::<T>()).max(1)
@@ -442,7 +453,9 @@ pub fn bf16_elements<T: Real, const S: usize>(
     }
     // A unit never crosses a multiple of 2^32 (units start at multiples of CHUNK, a power of
     // two): one block per stream serves it, with 32-bit counters.
-    let streams = lowp.keys.map(|key| Block::new(key, lowp.offset));
+    // (Stream k serves buffers 2k and 2k + 1; the streams past S/2 are never drawn.)
+    let streams: [Block; S] =
+        std::array::from_fn(|k| Block::new(lowp.keys.get(k).copied().unwrap_or(0), lowp.offset));
     let base = lowp.offset as u32;
     let stochastic = lowp.rounding == StateRounding::Stochastic;
     let mut start = 0;
@@ -458,9 +471,9 @@ pub fn bf16_elements<T: Real, const S: usize>(
         }
         if stochastic {
             each(p, g, &mut slots, start..end, &mut body, |i, xs| {
-                // One word per pair of buffers (the second stream only for a third buffer).
+                // One word per pair of buffers (stream k for buffers 2k and 2k + 1).
                 let c = base.wrapping_add(i);
-                let words: [u32; 2] =
+                let words: [u32; S] =
                     std::array::from_fn(|k| if 2 * k < S { streams[k].bits(c) } else { 0 });
                 std::array::from_fn(|s| bf16_stochastic(xs[s], half_word(words[s / 2], s)))
             })
@@ -500,20 +513,17 @@ pub(crate) fn is_small(numel: usize) -> bool {
 }
 
 /// Runs one whole tensor on the calling thread (the small-step path: no allocation).
-pub(crate) fn run_tensor<T: Real>(
-    rule: &Rule,
-    ctx: &StepContext,
-    p: &mut [T],
-    g: &[T],
-    slots: &mut [Vec<T>],
-    scalars: &[f64],
-    lowp: Option<Lowp<'_>>,
+pub(crate) fn run_tensor<'a, T: Real>(
+    rule: &'a Rule,
+    ctx: &'a StepContext,
+    p: &'a mut [T],
+    g: &'a [T],
+    slots: &'a mut [Vec<T>],
+    scalars: &'a [f64],
+    lowp: Option<Lowp<'a>>,
 ) {
     let n_slots = rule.slots().len();
-    let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
-    for (u, s) in unit_slots.iter_mut().zip(slots.iter_mut()) {
-        *u = s.as_mut_slice();
-    }
+    let unit_slots: Bufs<'a, T> = slots.iter_mut().map(Vec::as_mut_slice).collect();
     let mut unit = Unit {
         rule,
         ctx,
@@ -808,7 +818,7 @@ mod tests {
                     loss: Some(0.5),
                     grad_norm_sq: 2.0,
                     numel: n,
-                    beta_pow: rule.decays().map(|b| b.powf(3.0)),
+                    beta_pow: rule.decays().iter().map(|b| b.powf(3.0)).collect(),
                     prefetch,
                 };
                 let mut p: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
@@ -846,7 +856,7 @@ mod tests {
                 loss: None,
                 grad_norm_sq: 0.0,
                 numel: n,
-                beta_pow: rule.decays().map(|b| b.powi(t as i32)),
+                beta_pow: rule.decays().iter().map(|b| b.powi(t as i32)).collect(),
                 prefetch,
             };
             let g: Vec<T> = (0..n)
@@ -865,22 +875,19 @@ mod tests {
             let run = |fused: bool| {
                 let mut p = p0.clone();
                 let mut s = s0.clone();
-                let mut bufs: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
-                for (b, l) in bufs.iter_mut().zip(s.iter_mut()) {
-                    *b = l.as_mut_slice();
-                }
+                let bufs: Bufs<'_, u16> = s.iter_mut().map(Vec::as_mut_slice).collect();
                 let mut unit = Unit {
                     rule,
                     ctx: &ctx,
                     p: &mut p,
                     g: &g,
-                    slots: [&mut [], &mut [], &mut []],
+                    slots: Bufs::new(),
                     n_slots,
                     scalars: &[],
                     lowp: Some(Lowp {
                         slots: bufs,
                         rounding,
-                        keys: [0x1234_5678_9abc_def0, 42],
+                        keys: smallvec::smallvec![0x1234_5678_9abc_def0, 42],
                         offset: 5 * CHUNK as u64,
                     }),
                 };
@@ -891,6 +898,7 @@ mod tests {
                 } else {
                     run_lowp_scratch(rule, &ctx, &mut unit, &mut scratch);
                 }
+                drop(unit);
                 let bits: Vec<u64> = p.iter().map(|x| x.as_f64().to_bits()).collect();
                 (bits, s)
             };
@@ -913,6 +921,9 @@ mod tests {
             "rmsprop:lr=0.01,momentum=0.9",
             "rmsprop:lr=0.01,centered=true",
             "rmsprop:lr=0.01,momentum=0.9,centered=true",
+            "adopt:lr=0.01,weight_decay=0.1",
+            "adopt:lr=0.01,decoupled_weight_decay=true,weight_decay=0.1,clip=none",
+            "adan:lr=0.01,weight_decay=0.1",
         ] {
             for rounding in [StateRounding::Nearest, StateRounding::Stochastic] {
                 for prefetch in [false, true] {

@@ -71,6 +71,7 @@ mod tests;
 pub mod adagrad;
 pub mod adam;
 pub mod adamax;
+pub mod adan;
 pub mod ademamix;
 pub mod adopt;
 pub mod lion;
@@ -97,6 +98,7 @@ registry! {
     muon::{Muon},
     schedulefree::{SfSgd, SfAdamW},
     adopt::{Adopt},
+    adan::{Adan},
 }
 
 pub use checkpoint::{StateDict, read_state_file, stored_dtype};

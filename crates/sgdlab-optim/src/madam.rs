@@ -30,8 +30,8 @@ impl UpdateRule for Madam {
         self.lr
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [MADAM_BETA, 0.0]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![MADAM_BETA, 0.0]
     }
 
     /// Checks ranges.

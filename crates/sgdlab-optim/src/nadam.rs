@@ -64,8 +64,8 @@ impl UpdateRule for Nadam {
         &["mu_product"]
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [0.0, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![0.0, self.beta2]
     }
 
     fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {

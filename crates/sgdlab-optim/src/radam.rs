@@ -48,8 +48,8 @@ impl UpdateRule for Radam {
         &["exp_avg", "exp_avg_sq"]
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta1, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta1, self.beta2]
     }
 
     #[inline(always)]

@@ -64,7 +64,7 @@ macro_rules! registry {
 
             /// The decay rates whose $t$-th powers the update needs, taken once per step
             /// (`powf` costs more than a small tensor's loop).
-            pub fn decays(&self) -> [f64; 2] {
+            pub fn decays(&self) -> $crate::rule::Decays {
                 match self { $( $( Rule::$variant(c) => c.decays(), )+ )* }
             }
 

@@ -11,6 +11,9 @@ use super::StepContext;
 use super::kernel::Lowp;
 use crate::{Real, Result};
 
+/// A rule's decay rates (any number; up to four are kept inline, without allocation).
+pub type Decays = smallvec::SmallVec<[f64; 4]>;
+
 /// The spec keys of a rule's configuration (derived by the `config!` macro).
 pub trait Keys {
     /// The rule's name in a spec string.
@@ -47,10 +50,10 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         &[]
     }
 
-    /// The decay rates whose $t$-th powers the update needs (taken once per step into
-    /// [`StepContext::beta_pow`]); 0 where there is none.
-    fn decays(&self) -> [f64; 2] {
-        [0.0; 2]
+    /// The decay rates whose $t$-th powers the update needs, as many as it has (taken once
+    /// per step into [`StepContext::beta_pow`], in this order; a 0 gives the power 0).
+    fn decays(&self) -> Decays {
+        Decays::new()
     }
 
     /// The initial value of every state buffer.

@@ -213,8 +213,8 @@ impl UpdateRule for SfAdamW {
         SCALARS
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [0.0, self.beta2]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![0.0, self.beta2]
     }
 
     fn slot_starts_at_params(&self, slot: usize) -> bool {

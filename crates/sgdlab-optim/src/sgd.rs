@@ -130,8 +130,8 @@ impl UpdateRule for EmaMomentum {
         self.lr
     }
 
-    fn decays(&self) -> [f64; 2] {
-        [self.beta, 0.0]
+    fn decays(&self) -> crate::rule::Decays {
+        smallvec::smallvec![self.beta, 0.0]
     }
 
     /// Checks ranges.

@@ -106,7 +106,7 @@ pub enum StepOutcome {
 }
 
 /// Per-step scalars shared by every tensor of a step, computed once in `f64`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StepContext {
     /// This step's number, counting from 1.
@@ -123,7 +123,7 @@ pub struct StepContext {
     /// Number of parameters over all tensors.
     pub numel: usize,
     /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
-    pub beta_pow: [f64; 2],
+    pub beta_pow: crate::rule::Decays,
     /// Whether element loops prefetch ahead (`kernel::blocks`): for steps whose working set
     /// is at least 32 MiB.
     pub prefetch: bool,
@@ -302,13 +302,18 @@ impl<T: Real> Optimizer<T> {
                 loss: info.loss,
                 grad_norm_sq: norm_sq * clip * clip,
                 numel,
-                beta_pow: spec.rule.decays().map(|b| {
-                    if b == 0.0 {
-                        0.0
-                    } else {
-                        b.powf(self.step as f64)
-                    }
-                }),
+                beta_pow: spec
+                    .rule
+                    .decays()
+                    .into_iter()
+                    .map(|b| {
+                        if b == 0.0 {
+                            0.0
+                        } else {
+                            b.powf(self.step as f64)
+                        }
+                    })
+                    .collect(),
                 prefetch,
             })
             .collect();
@@ -337,8 +342,10 @@ impl<T: Real> Optimizer<T> {
         // pair of buffers); the element's index in its tensor is the stream's counter, and
         // buffers 2k and 2k + 1 take the low and high halves of stream k's word.
         let (sr_seed, rounding, step) = (self.spec.sr_seed, self.spec.rounding, self.step);
-        let keys = |tensor: usize| -> [u64; 2] {
-            std::array::from_fn(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k as u64))
+        let keys = |tensor: usize, n_slots: usize| -> kernel::Keys {
+            (0..n_slots.div_ceil(2) as u64)
+                .map(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k))
+                .collect()
         };
         if kernel::is_small(numel) {
             for (t, ((p, g), state)) in params
@@ -356,17 +363,12 @@ impl<T: Real> Optimizer<T> {
                 } = state;
                 let (rule, ctx) = (rules[*group], &contexts[*group]);
                 if !rule.whole_tensor() {
-                    let lowp = (!lowp.is_empty()).then(|| {
-                        let mut bufs: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
-                        for (b, l) in bufs.iter_mut().zip(lowp.iter_mut()) {
-                            *b = l.as_mut_slice();
-                        }
-                        kernel::Lowp {
-                            slots: bufs,
-                            rounding,
-                            keys: keys(t),
-                            offset: 0,
-                        }
+                    let n_lowp = lowp.len();
+                    let lowp = (n_lowp > 0).then(|| kernel::Lowp {
+                        slots: lowp.iter_mut().map(Vec::as_mut_slice).collect(),
+                        rounding,
+                        keys: keys(t, n_lowp),
+                        offset: 0,
                     });
                     kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars, lowp);
                 }
@@ -393,17 +395,12 @@ impl<T: Real> Optimizer<T> {
             }
             let n_slots = rule.slots().len();
             let is_lowp = !lowp.is_empty();
-            let tensor_keys = keys(t);
+            let tensor_keys = keys(t, lowp.len());
             // The state buffers not yet cut into units (no allocation per tensor: a step may
             // have many thousands of small ones).
-            let mut rest: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
-            for (r, s) in rest.iter_mut().zip(slots.iter_mut()) {
-                *r = s.as_mut_slice();
-            }
-            let mut rest_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
-            for (r, s) in rest_lowp.iter_mut().zip(lowp.iter_mut()) {
-                *r = s.as_mut_slice();
-            }
+            let mut rest: kernel::Bufs<'_, T> = slots.iter_mut().map(Vec::as_mut_slice).collect();
+            let mut rest_lowp: kernel::Bufs<'_, u16> =
+                lowp.iter_mut().map(Vec::as_mut_slice).collect();
             let mut offset = 0u64;
             for (p, g) in p
                 .data
@@ -411,21 +408,22 @@ impl<T: Real> Optimizer<T> {
                 .zip(g.data.chunks(kernel::CHUNK))
             {
                 let len = p.len();
-                let mut unit_slots: [&mut [T]; 3] = [&mut [], &mut [], &mut []];
-                let mut unit_lowp: [&mut [u16]; 3] = [&mut [], &mut [], &mut []];
-                if is_lowp {
-                    for (slot, r) in unit_lowp.iter_mut().zip(rest_lowp.iter_mut()).take(n_slots) {
+                let unit_slots: kernel::Bufs<'_, T> = rest
+                    .iter_mut()
+                    .map(|r| {
                         let (head, tail) = std::mem::take(r).split_at_mut(len);
-                        *slot = head;
                         *r = tail;
-                    }
-                } else {
-                    for (slot, r) in unit_slots.iter_mut().zip(rest.iter_mut()).take(n_slots) {
+                        head
+                    })
+                    .collect();
+                let unit_lowp: kernel::Bufs<'_, u16> = rest_lowp
+                    .iter_mut()
+                    .map(|r| {
                         let (head, tail) = std::mem::take(r).split_at_mut(len);
-                        *slot = head;
                         *r = tail;
-                    }
-                }
+                        head
+                    })
+                    .collect();
                 units.push(kernel::Unit {
                     rule,
                     ctx,
@@ -437,7 +435,7 @@ impl<T: Real> Optimizer<T> {
                     lowp: is_lowp.then_some(kernel::Lowp {
                         slots: unit_lowp,
                         rounding,
-                        keys: tensor_keys,
+                        keys: tensor_keys.clone(),
                         offset,
                     }),
                 });

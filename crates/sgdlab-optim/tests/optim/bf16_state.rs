@@ -63,6 +63,8 @@ fn nearest_equals_f32_steps_with_state_rounded_between_them() {
         "radam:lr=0.01",
         "ademamix:lr=0.01,beta3=0.99",
         "madam:lr=0.01",
+        "adopt:lr=0.01",
+        "adan:lr=0.01",
     ] {
         // 300k parameters: many units, on several threads.
         let mut a = params(300_000, 1);

@@ -31,6 +31,9 @@ const ALL: &[&str] = &[
     "nadam:lr=0.01,weight_decay=0.01,decoupled_weight_decay=true",
     "radam:lr=0.01,weight_decay=0.01,decoupled_weight_decay=true",
     "ademamix:lr=0.01,beta3=0.99,weight_decay=0.01",
+    "adopt:lr=0.01,weight_decay=0.01",
+    "adopt:lr=0.01,weight_decay=0.01,decoupled_weight_decay=true,clip=0.5",
+    "adan:lr=0.01,weight_decay=0.01",
     "sf-sgd:lr=0.1,warmup_steps=2,weight_decay=0.01",
     "sf-adamw:lr=0.01,warmup_steps=2,weight_decay=0.01,r=1",
 ];
@@ -1049,6 +1052,10 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         ("nadam", &["exp_avg", "exp_avg_sq"]),
         ("radam", &["exp_avg", "exp_avg_sq"]),
         ("adopt", &["exp_avg", "exp_avg_sq"]),
+        (
+            "adan",
+            &["exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"],
+        ),
         ("ademamix", &["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"]),
         ("muon", &["momentum_buffer"]),
         ("sf-sgd", &["z", "x"]),
@@ -1068,14 +1075,15 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         assert_eq!(rule.tensor_scalars(), scalars, "{spec}");
         // The decay rates whose powers a step takes (0 where the rule has none), at the
         // defaults, and what else a rule tells the optimizer about itself.
-        let decays = match name {
-            "adam" | "adamw" | "radam" | "ademamix" => [0.9, 0.999],
-            "ema-momentum" | "adamax" => [0.9, 0.0],
-            "madam" => [0.999, 0.0],
-            "nadam" | "sf-adamw" => [0.0, 0.999],
-            _ => [0.0, 0.0],
+        let decays: &[f64] = match name {
+            "adam" | "adamw" | "radam" | "ademamix" => &[0.9, 0.999],
+            "adan" => &[0.98, 0.92, 0.99],
+            "ema-momentum" | "adamax" => &[0.9, 0.0],
+            "madam" => &[0.999, 0.0],
+            "nadam" | "sf-adamw" => &[0.0, 0.999],
+            _ => &[],
         };
-        assert_eq!(rule.decays(), decays, "{spec}");
+        assert_eq!(rule.decays()[..], *decays, "{spec}");
         assert_eq!(rule.needs_loss(), name == "lossprop", "{spec}");
         assert_eq!(rule.needs_norm(), name == "normsgd", "{spec}");
         assert_eq!(rule.whole_tensor(), name == "muon", "{spec}");
