@@ -39,6 +39,7 @@ pub mod error;
 pub struct ReadmeDoctests;
 pub mod io;
 pub mod lowp;
+pub mod math;
 mod real;
 
 pub use error::{Error, Result};

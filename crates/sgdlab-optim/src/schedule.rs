@@ -160,7 +160,7 @@ impl Schedule {
                 }
             }
             Schedule::StepDecay { every, gamma } => {
-                gamma.powi((t / every).min(i32::MAX as u64) as i32)
+                crate::math::powi(*gamma, (t / every).min(i32::MAX as u64) as i32)
             }
             Schedule::Exponential { gamma } => gamma.powf(t as f64),
             Schedule::Wsd {

@@ -16,6 +16,7 @@ use crate::data::parse_csv;
 use crate::model::{LinReg, Model, Points};
 use crate::optim::OptimizerSpec;
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 /// A polyline.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -210,7 +211,7 @@ fn p2(options: &VerifyOptions, chains: usize) -> Result<Vec<Figure>> {
                     .map(|t| {
                         (
                             t as f64,
-                            s2 * (1.0 - beta.powi(2 * t as i32)) / (2.0 * n - 1.0),
+                            s2 * (1.0 - powi(beta, 2 * t as i32)) / (2.0 * n - 1.0),
                         )
                     })
                     .collect(),
@@ -355,7 +356,7 @@ fn p4(options: &VerifyOptions, chains: usize) -> Result<Vec<Figure>> {
                 line(
                     "uncorrected EMA: −β^t x̄",
                     (1..=steps)
-                        .map(|t| (t as f64, -ema.beta().powi(t as i32)))
+                        .map(|t| (t as f64, -powi(ema.beta(), t as i32)))
                         .collect(),
                     true,
                 ),

@@ -10,6 +10,7 @@ use super::sequences::{adversarial, nan_max, worst_relative_residual};
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, ScaledEma};
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = limits(options)?;
@@ -72,7 +73,7 @@ fn limits(options: &VerifyOptions) -> Result<Vec<Claim>> {
             "1a.t",
             "E y_t = (1-β^t)·x̄ at finite t",
             &params(t_short),
-            (1.0 - beta.powi(t_short as i32)) * xbar,
+            (1.0 - powi(beta, t_short as i32)) * xbar,
             y_short.mean(),
         )
         .reject("x̄ (no start-up bias)", xbar),
@@ -115,7 +116,7 @@ fn identity(options: &VerifyOptions) -> Result<Vec<Claim>> {
     for (t, &x) in sequences[5].1.iter().take(60).enumerate() {
         y = y_rule.update(y, x);
         z = z_rule.update(z, x);
-        let predicted = beta.powi(t as i32 + 1) * (z0 - k * y0);
+        let predicted = powi(beta, t as i32 + 1) * (z0 - k * y0);
         worst_start = nan_max(
             worst_start,
             ((z - k * y) - predicted).abs() / predicted.abs(),

@@ -25,6 +25,7 @@ use crate::lab::montecarlo::{Estimate, chain_rng};
 use crate::optim::muon::NS_COEFFICIENTS;
 use crate::optim::{Optimizer, StepInfo, Tensor};
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![sf_uniform_average()?];
@@ -332,7 +333,7 @@ fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
                 ("t", t_var as f64),
                 ("chains", chains as f64),
             ],
-            s2 / (2.0 * n3 - 1.0) * (1.0 - beta3.powi(2 * t_var as i32)),
+            s2 / (2.0 * n3 - 1.0) * (1.0 - powi(beta3, 2 * t_var as i32)),
             var,
         )
         .reject("σ²/N₃, a mean of N₃ samples", s2 / n3),
@@ -341,7 +342,7 @@ fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
             "not bias-corrected, it starts with the relative bias β₃^t (problem 4), here at \
              t = N₃",
             &[("beta3", beta3), ("t", t_bias as f64)],
-            beta3.powi(t_bias as i32),
+            powi(beta3, t_bias as i32),
             bias,
             1e-12,
         ),

@@ -33,6 +33,7 @@ use crate::lab::montecarlo::{Estimate, Measurement};
 use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
 use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo};
 use crate::{Error, Real, Result};
+use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![nearest_stalls()?];
@@ -68,7 +69,7 @@ fn nearest_stalls() -> Result<Claim> {
         v = bf16_nearest(ema_f32(bf16_to_f32(v), c as f32, beta as f32));
     }
     let measured = f64::from(bf16_to_f32(v));
-    let exact = c * (1.0 - beta.powi(steps as i32));
+    let exact = c * (1.0 - powi(beta, steps as i32));
     Ok(Claim::identity(
         "11a",
         "a bfloat16 EMA rounded to nearest stalls at the first v with (1−β)(c−v) < ulp(v)/2",

@@ -14,6 +14,7 @@ use rand_distr::{Distribution, Normal};
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, HorizonAverage};
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = variance(options)?;
@@ -79,7 +80,7 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
             "2a.t",
             "Var μ̂_t = σ²(1-β^{2t})/(2N-1) at finite t",
             &params(t_short),
-            sigma2 * (1.0 - beta.powi(2 * t_short as i32)) / (2.0 * n - 1.0),
+            sigma2 * (1.0 - powi(beta, 2 * t_short as i32)) / (2.0 * n - 1.0),
             mu_short.variance(),
         )
         .reject("the limit σ²/(2N-1)", limit),

@@ -12,6 +12,7 @@ use super::sequences::nan_max;
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, HorizonAverage, PowerDebias};
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = constant_input()?;
@@ -110,9 +111,9 @@ fn moments(options: &VerifyOptions) -> Result<Vec<Claim>> {
         ]
     };
     let late_steps = (t_late - t_horizon) as i32;
-    let transient = beta.powi(2 * late_steps);
+    let transient = powi(beta, 2 * late_steps);
     let late_variance = transient * sigma2 / n + (1.0 - transient) * sigma2 / (2.0 * n - 1.0);
-    let bt = beta.powi(t_horizon as i32);
+    let bt = powi(beta, t_horizon as i32);
     let adam_variance = sigma2 * (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt));
     Ok(vec![
         Claim::monte_carlo(
@@ -124,7 +125,7 @@ fn moments(options: &VerifyOptions) -> Result<Vec<Claim>> {
         )
         .reject(
             "(1-β^t)·x̄ (uncorrected EMA)",
-            (1.0 - beta.powi(t_early as i32)) * mean,
+            (1.0 - powi(beta, t_early as i32)) * mean,
         ),
         Claim::monte_carlo(
             "4.var",

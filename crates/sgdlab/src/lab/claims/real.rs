@@ -9,6 +9,7 @@ use super::{Claim, VerifyOptions, drive};
 use crate::lab::montecarlo::{Estimate, chain_rng};
 use crate::optim::Optimizer;
 use crate::{Error, Result};
+use crate::optim::math::powi;
 
 fn slot(opt: &Optimizer<f64>, name: &str) -> Result<Vec<f64>> {
     opt.state(name, 0)
@@ -69,7 +70,7 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
                 ("t", t_var as f64),
                 ("chains", chains as f64),
             ],
-            s2 / (2.0 * n - 1.0) * (1.0 - beta1.powi(2 * t_var as i32)),
+            s2 / (2.0 * n - 1.0) * (1.0 - powi(beta1, 2 * t_var as i32)),
             var,
         )
         .reject("σ²/N", s2 / n),
@@ -102,7 +103,7 @@ pub(crate) fn problem3() -> Result<Vec<Claim>> {
                 let step = (before - p[0]) / lr;
                 before = p[0];
                 let power = if nesterov { t + 1 } else { t };
-                let want = c * (1.0 - beta.powi(power as i32)) / (1.0 - beta);
+                let want = c * (1.0 - powi(beta, power as i32)) / (1.0 - beta);
                 worst = super::sequences::nan_max(worst, ((step - want) / want).abs());
                 Ok(())
             },
@@ -169,8 +170,8 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
         var.ok_or_else(|| Error::Unsupported("no variance measured".into()))
     };
     let s2 = sigma * sigma;
-    let adam_var = s2 * (1.0 - beta) * (1.0 + beta.powi(t as i32))
-        / ((1.0 + beta) * (1.0 - beta.powi(t as i32)));
+    let adam_var = s2 * (1.0 - beta) * (1.0 + powi(beta, t as i32))
+        / ((1.0 + beta) * (1.0 - powi(beta, t as i32)));
     // Adam on a constant gradient: each step exactly lr·c/(c+ε), for both corrections.
     let (c, eps, steps) = (3e-4f64, 1e-8f64, 60usize);
     let mut worst = 0.0f64;
@@ -218,7 +219,7 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .reject("σ²/t", s2 / t as f64)
         .reject("β^(t−1) in the correction", {
             let tm = t as i32 - 1;
-            adam_var * (1.0 - beta.powi(t as i32)).powi(2) / (1.0 - beta.powi(tm)).powi(2)
+            adam_var * (1.0 - powi(beta, t as i32)).powi(2) / (1.0 - powi(beta, tm)).powi(2)
         }),
         Claim::identity(
             "4.lib.adam",
