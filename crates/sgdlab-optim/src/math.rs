@@ -40,7 +40,11 @@ mod tests {
         assert_eq!(powi(-2.0, 3), -8.0);
         let x = std::hint::black_box(0.999);
         for n in [1, 2, 7, 100, 1000, 65_537, -5] {
-            assert_eq!(powi(x, n).to_bits(), x.powi(std::hint::black_box(n)).to_bits(), "{n}");
+            assert_eq!(
+                powi(x, n).to_bits(),
+                x.powi(std::hint::black_box(n)).to_bits(),
+                "{n}"
+            );
         }
     }
 }

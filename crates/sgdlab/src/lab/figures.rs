@@ -15,8 +15,8 @@ use crate::average::{Ema, HorizonAverage, PowerDebias, ScaledEma, SumMomentum};
 use crate::data::parse_csv;
 use crate::model::{LinReg, Model, Points};
 use crate::optim::OptimizerSpec;
-use crate::{Error, Result};
 use crate::optim::math::powi;
+use crate::{Error, Result};
 
 /// A polyline.
 #[derive(Clone, Debug, PartialEq, Serialize)]

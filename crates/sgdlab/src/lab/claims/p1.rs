@@ -9,8 +9,8 @@ use rand_distr::{Distribution, Exp};
 use super::sequences::{adversarial, nan_max, worst_relative_residual};
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, ScaledEma};
-use crate::{Error, Result};
 use crate::optim::math::powi;
+use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = limits(options)?;

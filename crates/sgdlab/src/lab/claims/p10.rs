@@ -22,10 +22,10 @@ use rand_distr::{Distribution, StandardNormal};
 use super::{Claim, VerifyOptions, drive};
 use crate::lab::figures::{Figure, Line, Marker};
 use crate::lab::montecarlo::{Estimate, chain_rng};
+use crate::optim::math::powi;
 use crate::optim::muon::NS_COEFFICIENTS;
 use crate::optim::{Optimizer, StepInfo, Tensor};
 use crate::{Error, Result};
-use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![sf_uniform_average()?];

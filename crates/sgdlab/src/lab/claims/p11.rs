@@ -31,9 +31,9 @@ use super::{Claim, VerifyOptions};
 use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::{Estimate, Measurement};
 use crate::lowp::{bf16_nearest, bf16_stochastic, bf16_to_f32, counter_bits, stream_key};
+use crate::optim::math::powi;
 use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo};
 use crate::{Error, Real, Result};
-use crate::optim::math::powi;
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = vec![nearest_stalls()?];

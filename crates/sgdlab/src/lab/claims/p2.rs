@@ -13,8 +13,8 @@ use rand_distr::{Distribution, Normal};
 
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, HorizonAverage};
-use crate::{Error, Result};
 use crate::optim::math::powi;
+use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = variance(options)?;

@@ -11,8 +11,8 @@ use rand_distr::{Distribution, Normal};
 use super::sequences::nan_max;
 use super::{Claim, VerifyOptions};
 use crate::average::{Ema, HorizonAverage, PowerDebias};
-use crate::{Error, Result};
 use crate::optim::math::powi;
+use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let mut claims = constant_input()?;

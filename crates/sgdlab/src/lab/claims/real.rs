@@ -8,8 +8,8 @@ use rand_distr::{Distribution, StandardNormal};
 use super::{Claim, VerifyOptions, drive};
 use crate::lab::montecarlo::{Estimate, chain_rng};
 use crate::optim::Optimizer;
-use crate::{Error, Result};
 use crate::optim::math::powi;
+use crate::{Error, Result};
 
 fn slot(opt: &Optimizer<f64>, name: &str) -> Result<Vec<f64>> {
     opt.state(name, 0)
