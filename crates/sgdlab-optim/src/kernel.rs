@@ -218,6 +218,21 @@ pub(crate) use multiversion;
 /// allocation).
 pub(crate) type Bufs<'a, E> = smallvec::SmallVec<[&'a mut [E]; 4]>;
 
+/// [`Bufs`] of `slices`: filled in place when they fit inline (the common case, kept cheap
+/// since a step builds one per work unit), collected otherwise.
+#[inline]
+pub(crate) fn bufs<'a, E>(slices: impl ExactSizeIterator<Item = &'a mut [E]>) -> Bufs<'a, E> {
+    let n = slices.len();
+    if n > 4 {
+        return slices.collect();
+    }
+    let mut inline: [&'a mut [E]; 4] = [&mut [], &mut [], &mut [], &mut []];
+    for (b, s) in inline.iter_mut().zip(slices) {
+        *b = s;
+    }
+    Bufs::from_buf_and_len(inline, n)
+}
+
 /// The stochastic-rounding stream keys of one tensor's step, one per pair of state buffers.
 pub(crate) type Keys = smallvec::SmallVec<[u64; 2]>;
 
@@ -523,7 +538,7 @@ pub(crate) fn run_tensor<'a, T: Real>(
     lowp: Option<Lowp<'a>>,
 ) {
     let n_slots = rule.slots().len();
-    let unit_slots: Bufs<'a, T> = slots.iter_mut().map(Vec::as_mut_slice).collect();
+    let unit_slots: Bufs<'a, T> = bufs(slots.iter_mut().map(Vec::as_mut_slice));
     let mut unit = Unit {
         rule,
         ctx,

@@ -398,9 +398,8 @@ impl<T: Real> Optimizer<T> {
             let tensor_keys = keys(t, lowp.len());
             // The state buffers not yet cut into units (no allocation per tensor: a step may
             // have many thousands of small ones).
-            let mut rest: kernel::Bufs<'_, T> = slots.iter_mut().map(Vec::as_mut_slice).collect();
-            let mut rest_lowp: kernel::Bufs<'_, u16> =
-                lowp.iter_mut().map(Vec::as_mut_slice).collect();
+            let mut rest = kernel::bufs(slots.iter_mut().map(Vec::as_mut_slice));
+            let mut rest_lowp = kernel::bufs(lowp.iter_mut().map(Vec::as_mut_slice));
             let mut offset = 0u64;
             for (p, g) in p
                 .data
@@ -408,22 +407,16 @@ impl<T: Real> Optimizer<T> {
                 .zip(g.data.chunks(kernel::CHUNK))
             {
                 let len = p.len();
-                let unit_slots: kernel::Bufs<'_, T> = rest
-                    .iter_mut()
-                    .map(|r| {
-                        let (head, tail) = std::mem::take(r).split_at_mut(len);
-                        *r = tail;
-                        head
-                    })
-                    .collect();
-                let unit_lowp: kernel::Bufs<'_, u16> = rest_lowp
-                    .iter_mut()
-                    .map(|r| {
-                        let (head, tail) = std::mem::take(r).split_at_mut(len);
-                        *r = tail;
-                        head
-                    })
-                    .collect();
+                let unit_slots = kernel::bufs(rest.iter_mut().map(|r| {
+                    let (head, tail) = std::mem::take(r).split_at_mut(len);
+                    *r = tail;
+                    head
+                }));
+                let unit_lowp = kernel::bufs(rest_lowp.iter_mut().map(|r| {
+                    let (head, tail) = std::mem::take(r).split_at_mut(len);
+                    *r = tail;
+                    head
+                }));
                 units.push(kernel::Unit {
                     rule,
                     ctx,
