@@ -111,6 +111,7 @@ fn bounded<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<Opt
     serde_json::from_str::<Option<Bounded<T>>>(text).map(|o| o.map(|b| b.0))
 }
 
+/// The safetensors element type of `T`.
 pub(crate) fn dtype_of<T: Real>() -> Dtype {
     if T::BYTES == 4 {
         Dtype::F32

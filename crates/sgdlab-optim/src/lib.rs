@@ -47,6 +47,7 @@ pub use real::Real;
 
 mod alloc;
 pub mod bench;
+pub mod bundle;
 pub mod checkpoint;
 mod checks;
 pub mod group;
