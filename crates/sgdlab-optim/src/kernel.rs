@@ -415,9 +415,9 @@ pub fn bf16_elements<T: Real, const S: usize>(
     mut body: impl FnMut(&mut T, T, &mut [T; S]),
 ) {
     // This repeats `blocks`' block and prefetch loop on purpose: built on `blocks` (one
-    // closure per rounding mode handed to it), the closures were compiled out of line,
-    // without the caller's SIMD features: Adam with bf16 state fell to 0.19x of the reference
-    // (stop 22; CI's `nm` check names such closures).
+    // closure per rounding mode handed to it), the closures are compiled out of line,
+    // without the caller's SIMD features, and Adam with bf16 state runs at a fifth of the
+    // reference's speed (CI's `nm` check names such closures).
     let n = p.len();
     let g = &g[..n];
     let mut it = lowp.slots.iter_mut();

@@ -1,6 +1,6 @@
 """Hostile and careless use of the Python package: every case ends in a correct result or a
 Python exception that names the problem — never a silently wrong number, a panic, a crash or a
-hang. (docs/reliability.md lists the guarantees these tests hold the package to.)"""
+hang. (docs/src/reliability.md lists the guarantees these tests hold the package to.)"""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 Errors of the Rust core arrive as :class:`SgdlabError` (a ``ValueError``) with the library's
 message; wrong argument types raise ``TypeError``. A step's arrays belong to the step until it
 returns: other threads may read them, not write, resize or free them (the GIL is released).
-What is guaranteed, and how it is tested: ``docs/reliability.md`` in the repository.
+What is guaranteed, and how it is tested: ``docs/src/reliability.md`` in the repository.
 
 Example::
 

@@ -1,6 +1,6 @@
-//! Inputs that once gave a silently wrong result, a wrapped counter, an unbounded read or a
-//! crash: each now gives the right result or an error that names the problem (see
-//! `docs/reliability.md`).
+//! Inputs that could give a silently wrong result, a wrapped counter, an unbounded read or a
+//! crash: each gives the right result or an error that names the problem (see
+//! `docs/src/reliability.md`).
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
