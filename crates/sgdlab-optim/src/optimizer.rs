@@ -58,7 +58,7 @@ impl<T: Real> Optimizer<T> {
         })
     }
 
-    /// An optimizer whose tensors are split into parameter `groups` (see [`group`]): a tensor
+    /// An optimizer whose tensors are split into parameter `groups` (see [`group`](crate::group)): a tensor
     /// steps with the spec of the first group one of whose patterns matches its name, else
     /// with `spec`. Gradient clipping, the finiteness check and the schedule stay global.
     ///
@@ -149,7 +149,7 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// The learning rate the next step will use: $s_t\eta$ (times any
-    /// [`StepInfo::lr_scale`]).
+    /// [`StepInfo::lr_scale`](crate::StepInfo::lr_scale)).
     pub fn current_lr(&self) -> f64 {
         self.spec.rule.lr() * self.schedule.factor(self.step + self.skipped)
     }

@@ -98,7 +98,7 @@ impl<'a, T: Real> From<&'a Tensor<T>> for GradRef<'a, T> {
 
 /// A parameter tensor that the caller owns, borrowed for one step: a name, a shape and the
 /// elements (row-major), updated in place with no copy. `ParamMut<'_, u16>` holds bfloat16
-/// parameters (their bits) for [`Optimizer::step_bf16`].
+/// parameters (their bits) for [`Optimizer::step_bf16`](crate::Optimizer::step_bf16).
 ///
 /// ```
 /// use sgdlab_optim::{GradRef, Optimizer, ParamMut, StepInfo};
@@ -164,7 +164,7 @@ impl<'a, T> ParamMut<'a, T> {
 }
 
 /// A gradient tensor that the caller owns, borrowed (read-only) for one step
-/// (`GradRef<'_, u16>`: bfloat16 bits, for [`Optimizer::step_bf16`]).
+/// (`GradRef<'_, u16>`: bfloat16 bits, for [`Optimizer::step_bf16`](crate::Optimizer::step_bf16)).
 #[derive(Clone, Debug)]
 pub struct GradRef<'a, T> {
     pub(crate) name: Cow<'a, str>,

@@ -8,9 +8,9 @@
 //! Every error of the library arrives in Python as `sgdlab.SgdlabError` (a `ValueError`) with
 //! the library's message; wrong argument types raise `TypeError`, unreadable files `OSError`.
 //!
-//! The rooms: [`optimizer`] (the `Optimizer` class), [`arrays`] (borrowing a step's arrays),
-//! [`state_dict`] (state dicts), [`specs`] (spec text and the rules' keys), [`lab`]
-//! (`verify`, `audit`).
+//! The rooms: `optimizer.rs` (the `Optimizer` class), `arrays.rs` (borrowing a step's
+//! arrays), `state_dict.rs` (state dicts), `specs.rs` (spec text and the rules' keys),
+//! `lab.rs` (`verify`, `audit`).
 
 mod arrays;
 mod lab;

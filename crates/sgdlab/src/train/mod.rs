@@ -10,8 +10,9 @@
 //! file that is corrupt, inconsistent or made with other settings. A resumed run ends bit for
 //! bit where the uninterrupted run would, metrics included.
 //!
-//! The rooms: [`schedule`] (`train --schedule`'s forms), [`metrics`] (what an epoch
-//! records), [`checkpoint`] (a run's one-file checkpoint), and this module (the loop).
+//! The rooms: `schedule.rs` ([`ScheduleSpec`], `train --schedule`'s forms), `metrics.rs`
+//! ([`EpochMetrics`]), `checkpoint.rs` (a run's one-file checkpoint, [`save_checkpoint`]),
+//! and this module (the loop).
 
 mod checkpoint;
 mod metrics;
