@@ -6,4 +6,5 @@ pub mod calibrate;
 pub mod claims;
 pub mod figures;
 pub mod montecarlo;
+pub mod stats;
 pub mod temperature;
