@@ -1,0 +1,80 @@
+//! The element loop over parameters, gradient and state, blocked and prefetching when the
+//! step streams from memory.
+
+use crate::Real;
+
+/// Bytes of each array per block of the prefetching element loop (a multiple of 64, so that
+/// blocks start on cache lines when the arrays do).
+pub(crate) const BLOCK_BYTES: usize = 512;
+
+/// How far ahead of the block being computed the next lines are prefetched, in bytes.
+pub(crate) const AHEAD_BYTES: usize = 1024;
+
+/// Runs `body` over `p`, `g` and the state buffers `slots` (all of one length), block by
+/// block when `prefetch` is set, issuing a software prefetch for each cache line
+/// [`AHEAD_BYTES`] ahead of the block in every array before computing it.
+///
+/// A streaming step's speed is bounded by how many cache misses each core keeps in flight.
+/// Software prefetches into L1, 1 KiB ahead in each of the 2–5 arrays, start them earlier
+/// than the hardware prefetcher alone does: 7–23% faster on 10M-parameter steps (2 threads,
+/// AVX-512; the distance from a sweep of 128 B–2 KiB blocks and 512 B–16 KiB distances). The
+/// blocks change only where the loop pauses to prefetch, not what is computed, so results
+/// are the same bits either way.
+#[inline(always)]
+pub(crate) fn blocks<T: Real, const S: usize>(
+    prefetch: bool,
+    p: &mut [T],
+    g: &[T],
+    mut slots: [&mut [T]; S],
+    mut body: impl FnMut(&mut [T], &[T], [&mut [T]; S]),
+) {
+    let n = p.len();
+    // Without prefetching the whole slice is one block. Either way `body` has exactly one
+    // call site, which LLVM always inlines: a closure left out of line would be compiled
+    // without the caller's AVX2/AVX-512 features (measured: 5x slower for SGD with Nesterov
+    // when a second call site kept it out of line).
+    let block = if prefetch {
+        (BLOCK_BYTES / std::mem::size_of::<T>()).max(1)
+    } else {
+        n.max(1)
+    };
+    let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        if prefetch {
+            let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
+            prefetch_lines(&p[from..to]);
+            prefetch_lines(&g[from..to]);
+            for slot in &slots {
+                prefetch_lines(&slot[from..to]);
+            }
+        }
+        body(
+            &mut p[start..end],
+            &g[start..end],
+            slots.each_mut().map(|s| &mut s[start..end]),
+        );
+        start = end;
+    }
+}
+
+/// Asks the CPU to bring every cache line of `xs` into L1 (x86-64; nothing elsewhere).
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(xs: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let base = xs.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(xs);
+        let mut offset = 0;
+        while offset < bytes {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is a hint that never
+            // dereferences, faults or changes a value (the address is inside `xs` anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(offset)) };
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = xs;
+}

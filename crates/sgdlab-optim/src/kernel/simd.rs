@@ -1,0 +1,101 @@
+//! The instruction-set levels the kernels are compiled for, and `multiversion!`, which
+//! compiles a loop once per level and dispatches at run time.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set level the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum SimdLevel {
+    /// The target's baseline (SSE2 on x86-64, NEON on aarch64; scalar elsewhere).
+    Baseline = 1,
+    /// x86-64 with AVX2.
+    Avx2 = 2,
+    /// x86-64 with AVX-512F.
+    Avx512 = 3,
+}
+
+impl SimdLevel {
+    /// The levels this CPU can run, from the baseline up.
+    pub fn available() -> Vec<SimdLevel> {
+        let mut levels = vec![SimdLevel::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                levels.push(SimdLevel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                levels.push(SimdLevel::Avx512);
+            }
+        }
+        levels
+    }
+
+    /// The level steps use: the widest available, unless [`SimdLevel::force`] chose another.
+    pub fn current() -> SimdLevel {
+        match FORCED.load(Ordering::Relaxed) {
+            2 => SimdLevel::Avx2,
+            3 => SimdLevel::Avx512,
+            1 => SimdLevel::Baseline,
+            _ => {
+                *DETECTED.get_or_init(|| *Self::available().last().unwrap_or(&SimdLevel::Baseline))
+            }
+        }
+    }
+
+    /// Forces a level for the whole process (`None` restores automatic choice); for tests
+    /// and benchmarks. A level the CPU lacks falls back to the widest available.
+    pub fn force(level: Option<SimdLevel>) {
+        let level = level.filter(|l| Self::available().contains(l));
+        FORCED.store(level.map_or(0, |l| l as u8), Ordering::Relaxed);
+    }
+
+    /// The level's name (`baseline`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+}
+
+static FORCED: AtomicU8 = AtomicU8::new(0);
+static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+
+/// Defines `$name(level, args...)`: calls the `#[inline(always)]` function `$inner` compiled
+/// for the baseline, for AVX2 or for AVX-512F according to `level` (x86-64; the baseline
+/// elsewhere). The same source is compiled three times, so every level computes the same
+/// IEEE operations in the same order.
+///
+/// Built with `--cfg sgdlab_mutants` (what `scripts/mutants` sets), every level runs the
+/// baseline copy: a mutant then compiles its kernel once instead of three times (the
+/// rebuild of the library and its tests for one mutant: 74 s → 42 s on 2 cores). The copies
+/// share their source, and the tests check that the levels agree bit for bit, so mutation
+/// testing loses nothing a mutant could change in one copy alone.
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident<$T:ident: Real>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $inner:ident) => {
+        $vis fn $name<$T: Real>(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+                $inner($($arg),*)
+            }
+            match level {
+                #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+                // SAFETY: `SimdLevel::available` only offers AVX2 when the CPU reports it.
+                SimdLevel::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+                // SAFETY: `SimdLevel::available` only offers AVX-512F when the CPU reports it.
+                SimdLevel::Avx512 => unsafe { avx512($($arg),*) },
+                _ => $inner($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
