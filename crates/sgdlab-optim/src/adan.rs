@@ -3,8 +3,8 @@
 //! decay rates.
 
 use super::StepContext;
-use super::kernel::{State, bf16_elements, blocks};
-use super::rule::{Decays, UpdateRule, fused_steps};
+use super::kernel::{BlockBody, blocks_with};
+use super::rule::{Decays, UpdateRule};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -54,67 +54,102 @@ impl UpdateRule for Adan {
         smallvec::smallvec![self.beta1, self.beta2, self.beta3]
     }
 
-    fused_steps!();
+    /// One chunk's update. bfloat16 state takes the kernel's scratch path (widened into
+    /// L1-sized blocks, this loop, narrowed back: the same bits a fused loop gives); a fused
+    /// loop of four buffers is compiled out of line, outside the SIMD copies.
+    #[inline(always)]
+    fn step_tensor<T: Real>(
+        &self,
+        ctx: &StepContext,
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
+        let (bc1, bc2, bc3) = (
+            1.0 - ctx.beta_pow[0],
+            1.0 - ctx.beta_pow[1],
+            1.0 - ctx.beta_pow[2],
+        );
+        let mut k = Coefficients {
+            first: ctx.t == 1,
+            gs: T::from_f64(ctx.grad_scale),
+            w1: T::from_f64(1.0 - self.beta1),
+            w2: T::from_f64(1.0 - self.beta2),
+            b2: T::from_f64(self.beta2),
+            b3: T::from_f64(self.beta3),
+            c3: T::from_f64(1.0 - self.beta3),
+            step1: T::from_f64(ctx.lr / bc1),
+            step2: T::from_f64(ctx.lr * self.beta2 / bc2),
+            bc3_sqrt: T::from_f64(bc3.sqrt()),
+            eps: T::from_f64(self.eps),
+            decay: T::from_f64(1.0 + ctx.lr * self.weight_decay),
+        };
+        let [m, v, n, d] = slots else {
+            unreachable!("adan has four slots")
+        };
+        blocks_with(ctx.prefetch, p, g, [m, v, n, d], &mut k);
+    }
 }
 
-impl Adan {
-    /// One chunk's update ([`fused_steps`]), with the four buffers in either storage.
+/// Adan's per-step scalars, in the parameters' type.
+#[derive(Clone, Copy)]
+struct Coefficients<T> {
+    /// The first step, where the gradient difference is 0.
+    first: bool,
+    gs: T,
+    w1: T,
+    w2: T,
+    b2: T,
+    b3: T,
+    c3: T,
+    step1: T,
+    step2: T,
+    bc3_sqrt: T,
+    eps: T,
+    decay: T,
+}
+
+impl<T: Real> BlockBody<T, 4> for Coefficients<T> {
+    /// The loop over one block: [`element`] on each parameter and its four buffers.
     #[inline(always)]
-    fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
-        let first = ctx.t == 1;
-        let gs = T::from_f64(ctx.grad_scale);
-        let (w1, w2) = (T::from_f64(1.0 - self.beta1), T::from_f64(1.0 - self.beta2));
-        let (b2, b3, c3) = (
-            T::from_f64(self.beta2),
-            T::from_f64(self.beta3),
-            T::from_f64(1.0 - self.beta3),
-        );
-        let [bc1, bc2, bc3] = [0, 1, 2].map(|k| 1.0 - ctx.beta_pow[k]);
-        let (step1, step2) = (
-            T::from_f64(ctx.lr / bc1),
-            T::from_f64(ctx.lr * self.beta2 / bc2),
-        );
-        let bc3_sqrt = T::from_f64(bc3.sqrt());
-        let eps = T::from_f64(self.eps);
-        let decay = T::from_f64(1.0 + ctx.lr * self.weight_decay);
-        macro_rules! rule {
-            () => {
-                |p: &mut T, g: T, m: &mut T, v: &mut T, n: &mut T, d: &mut T| {
-                    let g = g * gs;
-                    // d holds -g_{t-1}: the difference g_t - g_{t-1} (0 at the first step,
-                    // where the reference starts d at -g_1).
-                    let diff = if first { T::zero() } else { *d + g };
-                    *m = *m + w1 * (g - *m);
-                    *n = *n + w2 * (diff - *n);
-                    let u = diff * b2 + g;
-                    *v = *v * b3 + c3 * u * u;
-                    let den = v.sqrt() / bc3_sqrt + eps;
-                    *p = *p - step1 * (*m / den);
-                    *p = *p - step2 * (*n / den);
-                    *p = *p / decay;
-                    *d = -g;
-                }
-            };
-        }
-        match state {
-            State::Bf16(lowp) => bf16_elements(ctx.prefetch, p, g, lowp, |p, g, [m, v, n, d]| {
-                rule!()(p, g, m, v, n, d)
-            }),
-            State::Plain([m, v, n, d]) => {
-                blocks(ctx.prefetch, p, g, [m, v, n, d], |p, g, [m, v, n, d]| {
-                    for (((((p, &g), m), v), n), d) in p
-                        .iter_mut()
-                        .zip(g)
-                        .zip(m.iter_mut())
-                        .zip(v.iter_mut())
-                        .zip(n.iter_mut())
-                        .zip(d.iter_mut())
-                    {
-                        rule!()(p, g, m, v, n, d);
-                    }
-                })
-            }
-            State::Plain(_) => unreachable!("adan has four slots"),
+    fn run(&mut self, p: &mut [T], g: &[T], [m, v, n, d]: [&mut [T]; 4]) {
+        for (((((p, &g), m), v), n), d) in p
+            .iter_mut()
+            .zip(g)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(n.iter_mut())
+            .zip(d.iter_mut())
+        {
+            element(self, p, g, m, v, n, d);
         }
     }
+}
+
+/// One element's update (a function, not a closure, so that it is always inlined into the
+/// SIMD copies of the loop).
+#[inline(always)]
+fn element<T: Real>(
+    k: &Coefficients<T>,
+    p: &mut T,
+    g: T,
+    m: &mut T,
+    v: &mut T,
+    n: &mut T,
+    d: &mut T,
+) {
+    let g = g * k.gs;
+    // d holds -g_{t-1}: the difference g_t - g_{t-1} (0 at the first step, where the
+    // reference starts d at -g_1).
+    let diff = if k.first { T::zero() } else { *d + g };
+    *m = *m + k.w1 * (g - *m);
+    *n = *n + k.w2 * (diff - *n);
+    let u = diff * k.b2 + g;
+    *v = *v * k.b3 + k.c3 * u * u;
+    let den = v.sqrt() / k.bc3_sqrt + k.eps;
+    *p = *p - k.step1 * (*m / den);
+    *p = *p - k.step2 * (*n / den);
+    *p = *p / k.decay;
+    *d = -g;
 }

@@ -143,8 +143,9 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.begin_tensor(ctx, p, scalars), )+ )* }
             }
 
-            /// One chunk's update (inlined into each SIMD copy of the kernel).
-            #[inline(always)]
+            /// One chunk's update (the tests' way in; steps go through
+            /// [`Rule::dispatch_unit`]).
+            #[cfg(test)]
             pub(crate) fn step_tensor<T: crate::Real>(
                 &self,
                 ctx: &StepContext,
@@ -156,9 +157,49 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.step_tensor(ctx, p, g, slots, scalars), )+ )* }
             }
 
+            /// Runs a work unit at `level` through this rule's own SIMD copy of the kernel
+            /// ([`kernel::dispatch`]).
+            #[inline]
+            pub(crate) fn dispatch_unit<T: crate::Real>(
+                &self,
+                level: kernel::SimdLevel,
+                ctx: &StepContext,
+                u: &mut kernel::Unit<'_, T>,
+            ) {
+                match self { $( $( Rule::$variant(c) => kernel::dispatch(level, c, ctx, u), )+ )* }
+            }
+
+            /// Runs a work unit with bfloat16 state at `level` through this rule's own SIMD
+            /// copy ([`kernel::dispatch_lowp`]).
+            #[inline]
+            pub(crate) fn dispatch_lowp_unit<T: crate::Real>(
+                &self,
+                level: kernel::SimdLevel,
+                ctx: &StepContext,
+                u: &mut kernel::Unit<'_, T>,
+                scratch: &mut [T],
+            ) {
+                match self {
+                    $( $( Rule::$variant(c) => kernel::dispatch_lowp(level, c, ctx, u, scratch), )+ )*
+                }
+            }
+
+            /// The bfloat16 scratch path of [`kernel::run_lowp_scratch`] for this rule (tests).
+            #[cfg(test)]
+            pub(crate) fn run_lowp_scratch<T: crate::Real>(
+                &self,
+                ctx: &StepContext,
+                u: &mut kernel::Unit<'_, T>,
+                scratch: &mut [T],
+            ) {
+                match self {
+                    $( $( Rule::$variant(c) => kernel::run_lowp_scratch(c, ctx, u, scratch), )+ )*
+                }
+            }
+
             /// One chunk's update with bfloat16 state through the rule's fused loop; `false`
-            /// when it has none.
-            #[inline(always)]
+            /// when it has none (the tests' way in).
+            #[cfg(test)]
             pub(crate) fn step_tensor_bf16<T: crate::Real>(
                 &self,
                 ctx: &StepContext,

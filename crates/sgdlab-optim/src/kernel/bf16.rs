@@ -5,7 +5,8 @@ use super::blocks::{AHEAD_BYTES, BLOCK_BYTES, prefetch_lines};
 use super::{Bufs, Lowp, SimdLevel, Unit, multiversion, run_unit};
 use crate::Real;
 use crate::lowp::{Block, bf16_nearest, bf16_stochastic, half_word};
-use crate::{Rule, StateRounding, StepContext};
+use crate::rule::UpdateRule;
+use crate::{StateRounding, StepContext};
 
 /// Elements per sub-block of a bfloat16 unit: the widened state of one sub-block (up to
 /// three buffers of 8 KiB in f32) stays in L1 between widening, the update and narrowing.
@@ -15,8 +16,8 @@ pub(crate) const LOWP_BLOCK: usize = 2048;
 /// ([`UpdateRule::step_tensor_bf16`](super::rule::UpdateRule::step_tensor_bf16), e.g. Adam),
 /// else [`run_lowp_scratch`]. Both compute the same bits.
 #[inline(always)]
-pub(crate) fn run_lowp_unit<T: Real>(
-    rule: &Rule,
+pub(crate) fn run_lowp_unit<R: UpdateRule, T: Real>(
+    rule: &R,
     ctx: &StepContext,
     u: &mut Unit<'_, T>,
     scratch: &mut [T],
@@ -35,8 +36,8 @@ pub(crate) fn run_lowp_unit<T: Real>(
 /// in L1, so that memory sees 2 bytes per state element each way and every array streams
 /// at once, as in the plain kernel.
 #[inline(always)]
-pub(crate) fn run_lowp_scratch<T: Real>(
-    rule: &Rule,
+pub(crate) fn run_lowp_scratch<R: UpdateRule, T: Real>(
+    rule: &R,
     ctx: &StepContext,
     u: &mut Unit<'_, T>,
     scratch: &mut [T],
@@ -205,4 +206,4 @@ pub fn bf16_elements<T: Real, const S: usize>(
     }
 }
 
-multiversion!(pub(crate) fn dispatch_lowp<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) = run_lowp_unit);
+multiversion!(pub(crate) fn dispatch_lowp<R: UpdateRule, T: Real>(rule: &R, ctx: &StepContext, u: &mut Unit<'_, T>, scratch: &mut [T]) = run_lowp_unit);

@@ -25,8 +25,42 @@ pub(crate) fn blocks<T: Real, const S: usize>(
     prefetch: bool,
     p: &mut [T],
     g: &[T],
-    mut slots: [&mut [T]; S],
+    slots: [&mut [T]; S],
     mut body: impl FnMut(&mut [T], &[T], [&mut [T]; S]),
+) {
+    blocks_with(prefetch, p, g, slots, &mut ClosureBody(&mut body));
+}
+
+/// The element loop of one block, as a type: [`blocks_with`] calls its `run`, which the
+/// implementation marks `#[inline(always)]`, so that the loop is compiled into each SIMD copy
+/// of the kernel however large it is. (A closure is one function shared by the baseline,
+/// AVX2 and AVX-512 copies, inlined into them only while the compiler finds it small enough:
+/// a loop over four state buffers is not.)
+pub(crate) trait BlockBody<T, const S: usize> {
+    /// Runs the loop over one block of parameters, gradient and state.
+    fn run(&mut self, p: &mut [T], g: &[T], slots: [&mut [T]; S]);
+}
+
+/// A closure as a [`BlockBody`].
+struct ClosureBody<'f, F>(&'f mut F);
+
+impl<T, const S: usize, F: FnMut(&mut [T], &[T], [&mut [T]; S])> BlockBody<T, S>
+    for ClosureBody<'_, F>
+{
+    #[inline(always)]
+    fn run(&mut self, p: &mut [T], g: &[T], slots: [&mut [T]; S]) {
+        (self.0)(p, g, slots)
+    }
+}
+
+/// [`blocks`] with the loop given as a [`BlockBody`].
+#[inline(always)]
+pub(crate) fn blocks_with<T: Real, const S: usize>(
+    prefetch: bool,
+    p: &mut [T],
+    g: &[T],
+    mut slots: [&mut [T]; S],
+    body: &mut impl BlockBody<T, S>,
 ) {
     let n = p.len();
     // Without prefetching the whole slice is one block. Either way `body` has exactly one
@@ -50,7 +84,7 @@ pub(crate) fn blocks<T: Real, const S: usize>(
                 prefetch_lines(&slot[from..to]);
             }
         }
-        body(
+        body.run(
             &mut p[start..end],
             &g[start..end],
             slots.each_mut().map(|s| &mut s[start..end]),

@@ -36,7 +36,7 @@ mod simd;
 mod tests;
 
 pub use bf16::bf16_elements;
-pub(crate) use blocks::blocks;
+pub(crate) use blocks::{BlockBody, blocks, blocks_with};
 pub(crate) use reduce::reduce;
 pub use simd::SimdLevel;
 pub(crate) use simd::multiversion;
@@ -44,8 +44,12 @@ pub(crate) use simd::multiversion;
 use rayon::prelude::*;
 
 use crate::Real;
+use crate::rule::UpdateRule;
 use crate::{Rule, StateRounding, StepContext};
-use bf16::{LOWP_BLOCK, dispatch_lowp};
+use bf16::LOWP_BLOCK;
+pub(crate) use bf16::dispatch_lowp;
+#[cfg(test)]
+pub(crate) use bf16::run_lowp_scratch;
 use blocks::{AHEAD_BYTES, prefetch_lines};
 
 /// Elements per work unit (128 KiB of f32 per array).
@@ -145,12 +149,15 @@ macro_rules! one_buffer {
 }
 pub(crate) use one_buffer;
 
+/// One unit with state in the parameters' type: the rule's element loop.
 #[inline(always)]
-pub(crate) fn run_unit<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) {
+pub(crate) fn run_unit<R: UpdateRule, T: Real>(rule: &R, ctx: &StepContext, u: &mut Unit<'_, T>) {
     rule.step_tensor(ctx, u.p, u.g, &mut u.slots[..u.n_slots], u.scalars);
 }
 
-multiversion!(fn dispatch<T: Real>(rule: &Rule, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
+// One copy per rule type and level ([`Rule::dispatch_unit`] picks it): each holds one rule's
+// loops only, so that its element closures are inlined into the SIMD copy.
+multiversion!(pub(crate) fn dispatch<R: UpdateRule, T: Real>(rule: &R, ctx: &StepContext, u: &mut Unit<'_, T>) = run_unit);
 
 /// Runs one unit at `level`: the plain element loop, or the bfloat16 one on this thread's
 /// scratch buffers.
@@ -159,9 +166,11 @@ pub(crate) fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
     let (rule, ctx) = (u.rule, u.ctx);
     if u.lowp.is_some() {
         let len = LOWP_BLOCK * u.n_slots;
-        T::with_scratch(len, |scratch| dispatch_lowp(level, rule, ctx, u, scratch));
+        T::with_scratch(len, |scratch| {
+            rule.dispatch_lowp_unit(level, ctx, u, scratch)
+        });
     } else {
-        dispatch(level, rule, ctx, u);
+        rule.dispatch_unit(level, ctx, u);
     }
 }
 

@@ -65,7 +65,9 @@ static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
 
 /// Defines `$name(level, args...)`: calls the `#[inline(always)]` function `$inner` compiled
 /// for the baseline, for AVX2 or for AVX-512F according to `level` (x86-64; the baseline
-/// elsewhere). The same source is compiled three times, so every level computes the same
+/// elsewhere). Its generic parameters are written with their bounds (`<R: UpdateRule, T:
+/// Real>`): a kernel generic over the rule gets one copy per rule and level, small enough
+/// for the rule's element closures to be inlined into it whatever the number of rules. The same source is compiled three times, so every level computes the same
 /// IEEE operations in the same order.
 ///
 /// Built with `--cfg sgdlab_mutants` (what `scripts/mutants` sets), every level runs the
@@ -74,16 +76,16 @@ static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
 /// share their source, and the tests check that the levels agree bit for bit, so mutation
 /// testing loses nothing a mutant could change in one copy alone.
 macro_rules! multiversion {
-    ($vis:vis fn $name:ident<$T:ident: Real>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $inner:ident) => {
-        $vis fn $name<$T: Real>(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
+    ($vis:vis fn $name:ident<$($G:ident: $B:path),+>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $inner:ident) => {
+        $vis fn $name<$($G: $B),+>(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+            unsafe fn avx2<$($G: $B),+>($($arg: $ty),*) $(-> $ret)? {
                 $inner($($arg),*)
             }
             #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512<$T: Real>($($arg: $ty),*) $(-> $ret)? {
+            unsafe fn avx512<$($G: $B),+>($($arg: $ty),*) $(-> $ret)? {
                 $inner($($arg),*)
             }
             match level {
