@@ -101,7 +101,7 @@ pub(crate) struct Unit<'a, T> {
 }
 
 /// The bfloat16 state buffers of one chunk and how they are narrowed after the update
-/// (`state_dtype=bf16`): what [`UpdateRule::step_tensor_bf16`](super::UpdateRule::step_tensor_bf16)
+/// (`state_dtype=bf16`): what [`UpdateRule::step_tensor_bf16`]
 /// hands to [`bf16_elements`].
 pub struct Lowp<'a> {
     pub(crate) slots: Bufs<'a, u16>,
