@@ -28,7 +28,7 @@ use std::path::Path;
 
 use safetensors::tensor::SafeTensors;
 
-use crate::checkpoint::{content_hash, data_section, dtype_of, encode_with};
+use crate::checkpoint::{content_hash, data_section, dtype_of, encode_hashed};
 use crate::checks::check_unique_names;
 use crate::{Error, MAX_TENSORS, Optimizer, Real, Result, Tensor};
 
@@ -109,28 +109,18 @@ impl<T: Real> Optimizer<T> {
                 (format!("weights/{}", w.name()), raw)
             })
             .collect();
-        let encode = |metadata: HashMap<String, String>| {
-            encode_with(
-                metadata,
-                weights
-                    .iter()
-                    .zip(&weight_entries)
-                    .map(|(w, (n, raw))| (n.as_str(), w.shape(), raw.as_slice(), dtype_of::<T>()))
-                    .chain(
-                        opt_entries
-                            .iter()
-                            .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
-                    ),
-            )
-            .map_err(fail)
-        };
-        // The data section does not depend on the metadata: encode once to hash it, then
-        // again with the hash in the header.
-        let first = encode(metadata.clone())?;
-        let data = data_section(&first).ok_or_else(|| fail("no data section".into()))?;
-        metadata.insert("sha256".into(), content_hash(&metadata, data));
-        drop(first);
-        encode(metadata)
+        encode_hashed(metadata, || {
+            weights
+                .iter()
+                .zip(&weight_entries)
+                .map(|(w, (n, raw))| (n.as_str(), w.shape(), raw.as_slice(), dtype_of::<T>()))
+                .chain(
+                    opt_entries
+                        .iter()
+                        .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
+                )
+        })
+        .map_err(fail)
     }
 
     /// [`Optimizer::load_with_weights`] from the file's bytes (errors name the path

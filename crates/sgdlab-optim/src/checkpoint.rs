@@ -174,16 +174,22 @@ pub fn encode_with<'a>(
         .and_then(crate::io::canonical_safetensors)
 }
 
-fn encode(
-    metadata: HashMap<String, String>,
-    entries: &[Entry],
-) -> std::result::Result<Vec<u8>, String> {
-    encode_with(
-        metadata,
-        entries
-            .iter()
-            .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
-    )
+/// [`encode_with`], with a `sha256` key added to `metadata`: the [`content_hash`] of the
+/// metadata and the data section, which the loaders check. The data section does not depend
+/// on the metadata, so the tensors (`entries()`, called twice) are encoded once to hash them,
+/// then again with the hash in the header.
+pub fn encode_hashed<'a, I>(
+    mut metadata: HashMap<String, String>,
+    entries: impl Fn() -> I,
+) -> std::result::Result<Vec<u8>, String>
+where
+    I: IntoIterator<Item = (&'a str, &'a [usize], &'a [u8], Dtype)>,
+{
+    let first = encode_with(metadata.clone(), entries())?;
+    let data = data_section(&first).ok_or("no data section")?;
+    metadata.insert("sha256".to_string(), content_hash(&metadata, data));
+    drop(first);
+    encode_with(metadata, entries())
 }
 
 /// The element type, `"f32"` or `"f64"`, of the optimizer state serialised in `bytes` (by
@@ -231,14 +237,12 @@ impl<T: Real> Optimizer<T> {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let fail = |e: String| Error::Unsupported(format!("cannot encode optimizer state: {e}"));
         let (metadata, entries) = self.to_parts("")?;
-        let mut metadata: HashMap<String, String> = metadata.into_iter().collect();
-        // The data section does not depend on the metadata: encode once to hash it, then
-        // again with the hash in the header.
-        let first = encode(metadata.clone(), &entries).map_err(fail)?;
-        let data = data_section(&first).ok_or_else(|| fail("no data section".into()))?;
-        metadata.insert("sha256".to_string(), content_hash(&metadata, data));
-        drop(first);
-        encode(metadata, &entries).map_err(fail)
+        encode_hashed(metadata.into_iter().collect(), || {
+            entries
+                .iter()
+                .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d))
+        })
+        .map_err(fail)
     }
 
     /// The state as string metadata and safetensors entries `(name, shape, little-endian

@@ -365,7 +365,7 @@ impl<T: Real> Optimizer<T> {
                 if !rule.whole_tensor() {
                     let n_lowp = lowp.len();
                     let lowp = (n_lowp > 0).then(|| kernel::Lowp {
-                        slots: lowp.iter_mut().map(Vec::as_mut_slice).collect(),
+                        slots: kernel::bufs(lowp.iter_mut().map(Vec::as_mut_slice)),
                         rounding,
                         keys: keys(t, n_lowp),
                         offset: 0,

@@ -173,30 +173,17 @@ pub fn checkpoint_bytes(run: &Run, meta: &CheckpointMeta) -> Result<Vec<u8>> {
     for t in run.ema.iter().flatten() {
         owned.push((format!("ema/{}", t.name()), t.shape().to_vec(), le(t)));
     }
-    let encode = |metadata: HashMap<String, String>| {
-        crate::optim::checkpoint::encode_with(
-            metadata,
-            owned
-                .iter()
-                .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), Dtype::F32))
-                .chain(
-                    opt_entries
-                        .iter()
-                        .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
-                ),
-        )
-        .map_err(fail)
-    };
-    // The data section does not depend on the metadata: encode once to hash it, then again
-    // with the hash in the header.
-    let first = encode(metadata.clone())?;
-    let data = crate::optim::checkpoint::data_section(&first)
-        .ok_or_else(|| fail("no data section".into()))?;
-    metadata.insert(
-        "sha256".to_string(),
-        crate::optim::checkpoint::content_hash(&metadata, data),
-    );
-    encode(metadata)
+    crate::optim::checkpoint::encode_hashed(metadata, || {
+        owned
+            .iter()
+            .map(|(n, s, r)| (n.as_str(), s.as_slice(), r.as_slice(), Dtype::F32))
+            .chain(
+                opt_entries
+                    .iter()
+                    .map(|(n, s, r, d)| (n.as_str(), s.as_slice(), r.as_slice(), *d)),
+            )
+    })
+    .map_err(fail)
 }
 
 /// Saves `run` to `dir/checkpoint.safetensors` (the directory is created if needed) in one
