@@ -80,9 +80,25 @@ pub enum Error {
     /// A request the library cannot carry out, e.g. an unknown problem number.
     #[error("{0}")]
     Unsupported(String),
+    /// A file or directory that cannot be read or written (the operating system's reason).
+    #[error("{what}: {reason}")]
+    Io {
+        /// What was being done, naming the path (`cannot write runs/a/metrics.csv`).
+        what: String,
+        /// The operating system's error.
+        reason: String,
+    },
 }
 
 impl Error {
+    /// An [`Error::Io`]: `what` (naming the path) failed with `err`.
+    pub fn io(what: impl Into<String>, err: &std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            reason: err.to_string(),
+        }
+    }
+
     /// Builds an [`Error::InvalidParameter`].
     pub fn invalid(
         name: impl Into<String>,

@@ -93,9 +93,18 @@ impl Inner {
     /// A fresh optimizer of the same spec and groups for `dtype`.
     fn rebuilt(&self, dtype: Dtype) -> sgdlab::Result<Self> {
         let (spec, groups) = self.spec_and_groups();
+        let schedule = with_opt!(self, o => o.schedule().clone());
         Ok(match dtype {
-            Dtype::F32 => Inner::F32(Optimizer::with_groups(spec, groups)?),
-            Dtype::F64 => Inner::F64(Optimizer::with_groups(spec, groups)?),
+            Dtype::F32 => {
+                let mut o = Optimizer::with_groups(spec, groups)?;
+                o.set_schedule(schedule)?;
+                Inner::F32(o)
+            }
+            Dtype::F64 => {
+                let mut o = Optimizer::with_groups(spec, groups)?;
+                o.set_schedule(schedule)?;
+                Inner::F64(o)
+            }
         })
     }
 
@@ -320,6 +329,21 @@ impl PyOptimizer {
     fn set_lr(&mut self, lr: f64) -> PyResult<()> {
         guarded("set_lr", || {
             with_opt!(&mut self.inner, o => o.set_lr(lr)).map_err(lib_err)
+        })
+    }
+
+    /// The learning-rate schedule in the library's grammar (`"seq[warmup:100;cosine:900]@100"`,
+    /// lengths in steps); settable. Its position is the optimizer's step count.
+    #[getter]
+    fn schedule(&self) -> String {
+        with_opt!(&self.inner, o => o.schedule().to_string())
+    }
+
+    #[setter]
+    fn set_schedule(&mut self, text: &str) -> PyResult<()> {
+        guarded("schedule", || {
+            let schedule: sgdlab::optim::Schedule = text.parse().map_err(lib_err)?;
+            with_opt!(&mut self.inner, o => o.set_schedule(schedule.clone())).map_err(lib_err)
         })
     }
 

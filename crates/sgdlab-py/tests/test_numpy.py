@@ -113,6 +113,29 @@ def test_groups_names_dicts_and_set():
         opt.step([w, b], [np.ones((2, 3)), np.ones(3)], names=["fc.weight", "other"])
 
 
+def test_schedule_in_the_library_grammar_survives_the_dtype_switch_and_saving():
+    opt = sgdlab.Optimizer("sgd:lr=1")
+    opt.schedule = "seq[warmup:2;cosine:4]@2"
+    assert opt.schedule == "seq[warmup:2;cosine:4]@2" and opt.lr == 0.5
+    p = np.zeros(1, dtype=np.float32)  # the first step rebuilds the optimizer for float32
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.lr)
+        before = p.copy()
+        opt.step([p], [np.ones(1, dtype=np.float32)])
+        assert np.isclose(before - p, lrs[-1], rtol=1e-6).all()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5,
+                                 0.5 - 0.5 * np.cos(np.pi / 4), 0.0])
+    again = sgdlab.Optimizer.from_bytes(opt.to_bytes())
+    assert again.schedule == opt.schedule and again.lr == opt.lr
+    # Lengths open to a training run are refused here, saying why.
+    for text, why in [("cosine", "training run"), ("wsd:1,*,2", "training run"),
+                      ("cosine:0", "T >= 1"), ("bogus", "must be constant")]:
+        with pytest.raises(sgdlab.SgdlabError, match=why):
+            opt.schedule = text
+    assert opt.schedule == "seq[warmup:2;cosine:4]@2"
+
+
 def test_state_dict_round_trip_mid_run_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     grads = [rng.standard_normal(5) for _ in range(20)]

@@ -215,7 +215,7 @@ pub fn state_dict(data: &[u8]) {
     }
 }
 
-/// Schedule text (the library's grammar and `train --schedule`'s): parsing never panics or
+/// Schedule text (the one grammar, closed and with a run's open lengths): parsing never panics or
 /// overflows the stack, a parsed schedule prints back to itself, and its factor is defined at
 /// every step, the last a counter can hold included.
 pub fn schedule(data: &[u8]) {
@@ -235,7 +235,7 @@ pub fn schedule(data: &[u8]) {
         }
     }
     if let Ok(spec) = text.parse::<ScheduleSpec>() {
-        for (steps, epochs) in [(1, 1), (10, 3), (u64::MAX, usize::MAX)] {
+        for (steps, epochs) in [(1, 1), (10, 3), (u64::MAX, u64::MAX)] {
             if let Ok(s) = spec.for_run(steps, epochs) {
                 let _ = s.factor(steps.saturating_sub(1));
             }

@@ -122,8 +122,10 @@ fn schedule_errors_name_their_problem() {
             "warmup-cosine:0",
             "warmup-cosine:0: the warm-up needs at least 1 step",
         ),
-        ("wsd:18446744073709551615,1", "exceed the run"),
-        ("wsd:100,18446744073709551600", "exceed the run"),
+        ("wsd:18446744073709551615,*,1", "exceed the run"),
+        ("wsd:10,20", "wsd:W,*,D"),
+        ("step:2,0.1", "decay:E,GAMMA"),
+        ("wsd:100,*,18446744073709551600", "exceed the run"),
     ] {
         train(
             &dir.path().join("out"),

@@ -107,6 +107,11 @@ class Optimizer:
         """The learning rate of the next step (group 0); settable."""
     @lr.setter
     def lr(self, value: float) -> None: ...
+    @property
+    def schedule(self) -> str:
+        """The learning-rate schedule in the library's grammar (lengths in steps); settable."""
+    @schedule.setter
+    def schedule(self, value: str) -> None: ...
     def set(self, key: str, value: _Value) -> None:
         """Sets a key of the spec, keeping the state."""
     def set_group(self, group: int, key: str, value: _Value) -> None:

@@ -38,6 +38,15 @@ impl LossUnit {
     }
 }
 
+impl std::fmt::Display for LossUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossUnit::Nats => "nats",
+            LossUnit::Bits => "bits",
+        })
+    }
+}
+
 impl std::str::FromStr for LossUnit {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -10,22 +10,31 @@
 //! file that is corrupt, inconsistent or made with other settings. A resumed run ends bit for
 //! bit where the uninterrupted run would, metrics included.
 //!
-//! The rooms: `schedule.rs` ([`ScheduleSpec`], `train --schedule`'s forms), `metrics.rs`
-//! ([`EpochMetrics`]), `checkpoint.rs` (a run's one-file checkpoint, [`save_checkpoint`]),
+//! A run's schedule is the library's [`ScheduleSpec`]: its open lengths (`cosine`, `*`,
+//! `3ep`) resolve against the run's length and epochs.
+//!
+//! [`Experiment`] is a whole `sgdlab train` command: several optimizers side by side, with
+//! an output directory ([`OutMode`]), checkpoints and tables.
+//!
+//! The rooms: `experiment.rs` ([`Experiment`]), `outdir.rs` (the output directory),
+//! `metrics.rs` ([`EpochMetrics`]), `checkpoint.rs` (a run's one-file checkpoint, [`save_checkpoint`]),
 //! and this module (the loop).
 
 mod checkpoint;
+mod experiment;
 mod metrics;
-mod schedule;
+mod outdir;
 #[cfg(test)]
 mod tests;
 
+pub use crate::optim::schedule::ScheduleSpec;
 pub use checkpoint::{
     CHECKPOINT_FILE, CheckpointMeta, checkpoint_bytes, checkpoint_from_bytes, has_checkpoint,
     load_checkpoint, save_checkpoint, split_sha256,
 };
+pub use experiment::{DataSource, Experiment, ModelSpec, Observer, Outcome, Plan, Silent};
 pub use metrics::EpochMetrics;
-pub use schedule::ScheduleSpec;
+pub use outdir::{OUTPUTS, OutMode};
 
 use std::time::Instant;
 
@@ -149,7 +158,9 @@ impl<'a> Trainer<'a> {
                 ),
             ));
         }
-        config.schedule.for_run(steps_per_epoch, config.epochs)?;
+        config
+            .schedule
+            .for_run(steps_per_epoch, config.epochs as u64)?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         Ok(Self {
             largest_feature: split
@@ -220,7 +231,7 @@ impl<'a> Trainer<'a> {
     pub fn schedule(&self) -> Result<crate::optim::Schedule> {
         self.config
             .schedule
-            .for_run(self.steps_per_epoch(), self.config.epochs)
+            .for_run(self.steps_per_epoch(), self.config.epochs as u64)
     }
 
     /// A fresh run of `spec` from the seeded initial weights, with the schedule attached.

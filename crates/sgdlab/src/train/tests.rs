@@ -18,7 +18,7 @@ fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         epochs,
         batch: 32,
-        schedule: ScheduleSpec::Steps(crate::optim::Schedule::Constant),
+        schedule: crate::optim::Schedule::Constant.into(),
         ema_weights: Some(0.9),
         seed: 3,
     }
@@ -28,8 +28,8 @@ fn config(epochs: usize) -> TrainConfig {
 fn schedules_parse_and_scale() {
     let spec = |t: &str| t.parse::<ScheduleSpec>().unwrap();
     assert_eq!(spec("constant").to_string(), "constant");
-    // step:E,γ counts epochs: with 10 steps per epoch, decay every 20 steps.
-    let s = spec("step:2,0.5").for_run(10, 6).unwrap();
+    // decay:Eep,γ counts epochs: with 10 steps per epoch, decay every 20 steps.
+    let s = spec("decay:2ep,0.5").for_run(10, 6).unwrap();
     assert_eq!((s.factor(19), s.factor(20), s.factor(45)), (1.0, 0.5, 0.25));
     let c = spec("cosine").for_run(10, 10).unwrap();
     assert!((c.factor(50) - 0.5).abs() < 1e-15);
@@ -37,28 +37,30 @@ fn schedules_parse_and_scale() {
     let wc = spec("warmup-cosine:10").for_run(10, 11).unwrap();
     assert_eq!((wc.factor(9), wc.factor(10)), (1.0, 1.0));
     assert!((wc.factor(60) - 0.5).abs() < 1e-15);
-    let wsd = spec("wsd:10,20").for_run(10, 10).unwrap();
+    let wsd = spec("wsd:10,*,20").for_run(10, 10).unwrap();
     assert_eq!(
         (wsd.factor(0), wsd.factor(50), wsd.factor(90)),
         (0.1, 1.0, 0.5)
     );
-    assert!(spec("cosine").depends_on_length() && !spec("step:1,0.5").depends_on_length());
+    assert!(spec("cosine").depends_on_length() && !spec("decay:1ep,0.5").depends_on_length());
     assert!(spec("warmup-cosine:200").for_run(10, 10).is_err());
     for bad in [
-        "step:0,0.5",
-        "step:2",
+        "decay:0ep,0.5",
+        "decay:2ep",
         "warmup:x",
         "linear",
-        "step:1,2",
-        "wsd:1,0",
+        "decay:1ep,2",
+        "wsd:1,*,0",
+        "step:2,0.5",
+        "wsd:1,2",
     ] {
         assert!(bad.parse::<ScheduleSpec>().is_err(), "{bad}");
     }
     for text in [
-        "step:2,0.5",
+        "decay:2ep,0.5",
         "cosine",
         "warmup-cosine:5",
-        "wsd:1,2",
+        "wsd:1,*,2",
         "seq[warmup:3;exp:0.9]@3",
     ] {
         assert_eq!(

@@ -12,13 +12,20 @@
 //! | [`Constant`](Schedule::Constant) | $1$ | `constant` |
 //! | [`Warmup`](Schedule::Warmup) | $\min(1, (t+1)/S)$ | `warmup:S` |
 //! | [`Linear`](Schedule::Linear) | $a + (b-a)\min(t, T)/T$ | `linear:A,B,T` |
-//! | [`Cosine`](Schedule::Cosine) | $m + (1-m)\tfrac12(1 + \cos(\pi\min(t,T)/T))$ | `cosine:T[,M]` |
+//! | [`Cosine`](Schedule::Cosine) | $m + (1-m)\tfrac12(1 + \cos(\pi\min(t,T)/T))$ | `cosine[:T[,M]]` |
+//! | warm-up then cosine ([`Schedule::warmup_cosine`]) | `warmup:W`, then `cosine:T,M` from $W$ | `warmup-cosine:W[,T[,M]]` |
 //! | [`StepDecay`](Schedule::StepDecay) | $\gamma^{\lfloor t/E\rfloor}$ | `decay:E,γ` |
 //! | [`Exponential`](Schedule::Exponential) | $\gamma^t$ | `exp:γ` |
 //! | [`Wsd`](Schedule::Wsd) | warm-up $(t+1)/W$, then 1 for $S$ steps, then linear to $m$ over $D$ | `wsd:W,S,D[,M]` |
 //! | [`Sequence`](Schedule::Sequence) | part $k$ at $t - t_k$ for $t_k \le t < t_{k+1}$ | `seq[A;B;...]@t1,t2,...` |
 //! | [`Product`](Schedule::Product) | $\prod_k s^{(k)}_t$ | `prod[A;B;...]` |
 //! | [`Custom`](Schedule::Custom) | any `Fn(u64) -> f64` | `custom:NAME` (not parsed back) |
+//!
+//! Lengths are whole steps. A training run (`train --schedule`, or any [`ScheduleSpec`]
+//! resolved against a [`Horizon`]) also takes lengths in epochs (`3ep`) and `*`, the rest of
+//! the run or of a `seq` part, which an omitted `T` of `cosine` and `warmup-cosine` means
+//! too: `cosine` decays over the whole run, `wsd:100,*,200` holds the rate between its
+//! warm-up and its last 200 steps ([`grammar`]).
 //!
 //! ```
 //! use sgdlab_optim::schedule::Schedule;
@@ -35,8 +42,10 @@
 
 use std::f64::consts::PI;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
+
+pub mod grammar;
+pub use grammar::{Horizon, MAX_NESTING, ScheduleSpec};
 
 use super::spec::SpecValue;
 use crate::{Error, Result};
@@ -300,142 +309,6 @@ impl fmt::Display for Schedule {
                 write!(f, "custom:{name}")
             }
         }
-    }
-}
-
-/// Splits `text` at `sep` outside brackets.
-fn split_top(text: &str, sep: char) -> Vec<&str> {
-    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
-    for (i, c) in text.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
-            c if c == sep && depth == 0 => {
-                out.push(&text[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    out.push(&text[start..]);
-    out
-}
-
-/// The deepest nesting of `seq[...]` and `prod[...]` a schedule spec may have: deeper text
-/// is refused before it is parsed, so that no input can exhaust the stack.
-pub const MAX_NESTING: usize = 16;
-
-impl FromStr for Schedule {
-    type Err = Error;
-
-    /// Parses the spec forms of the [module docs](self); `custom:NAME` reads back as a
-    /// [`Schedule::Detached`] placeholder. Compositions nest at most [`MAX_NESTING`] deep.
-    fn from_str(text: &str) -> Result<Self> {
-        let mut depth = 0usize;
-        for c in text.chars() {
-            match c {
-                '[' => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(Error::invalid(
-                            "schedule",
-                            format!("{}...", text.chars().take(40).collect::<String>()),
-                            format!("compositions nest at most {MAX_NESTING} deep"),
-                        ));
-                    }
-                }
-                ']' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        parse_schedule(text)
-    }
-}
-
-/// [`Schedule::from_str`] once the nesting is known to be bounded.
-fn parse_schedule(text: &str) -> Result<Schedule> {
-    {
-        let text = text.trim();
-        let bad = |why: &str| Error::invalid("schedule", text, why);
-        let num = |s: &str| -> Result<f64> { s.trim().parse().map_err(|_| bad("expects numbers")) };
-        let int = |s: &str| -> Result<u64> {
-            s.trim()
-                .parse()
-                .map_err(|_| bad("expects whole step counts"))
-        };
-        let nested = |inner: &str| -> Result<Vec<Schedule>> {
-            split_top(inner, ';')
-                .into_iter()
-                .map(parse_schedule)
-                .collect()
-        };
-        let schedule = if let Some(rest) = text.strip_prefix("seq[") {
-            let (inner, milestones) = rest
-                .rsplit_once("]@")
-                .ok_or_else(|| bad("a sequence is seq[A;B;...]@T1,T2,..."))?;
-            Schedule::Sequence {
-                parts: nested(inner)?,
-                milestones: milestones.split(',').map(int).collect::<Result<_>>()?,
-            }
-        } else if let Some(rest) = text.strip_prefix("prod[") {
-            let inner = rest
-                .strip_suffix(']')
-                .ok_or_else(|| bad("a product is prod[A;B;...]"))?;
-            Schedule::Product(nested(inner)?)
-        } else {
-            let (name, args) = text.split_once(':').unwrap_or((text, ""));
-            let a: Vec<&str> = if args.is_empty() {
-                Vec::new()
-            } else {
-                args.split(',').collect()
-            };
-            match (name, a.as_slice()) {
-                ("constant", []) => Schedule::Constant,
-                ("warmup", [s]) => Schedule::Warmup { steps: int(s)? },
-                ("linear", [x, y, s]) => Schedule::Linear {
-                    from: num(x)?,
-                    to: num(y)?,
-                    steps: int(s)?,
-                },
-                ("cosine", [s]) => Schedule::Cosine {
-                    steps: int(s)?,
-                    min: 0.0,
-                },
-                ("cosine", [s, m]) => Schedule::Cosine {
-                    steps: int(s)?,
-                    min: num(m)?,
-                },
-                ("decay", [e, g]) => Schedule::StepDecay {
-                    every: int(e)?,
-                    gamma: num(g)?,
-                },
-                ("exp", [g]) => Schedule::Exponential { gamma: num(g)? },
-                ("wsd", [w, s, d]) => Schedule::Wsd {
-                    warmup: int(w)?,
-                    stable: int(s)?,
-                    decay: int(d)?,
-                    min: 0.0,
-                },
-                ("wsd", [w, s, d, m]) => Schedule::Wsd {
-                    warmup: int(w)?,
-                    stable: int(s)?,
-                    decay: int(d)?,
-                    min: num(m)?,
-                },
-                // `args` is not empty here, so neither is a name without commas.
-                ("custom", [n]) => Schedule::Detached {
-                    name: n.to_string(),
-                },
-                _ => {
-                    return Err(bad(
-                        "must be constant, warmup:S, linear:A,B,T, cosine:T[,M], decay:E,GAMMA, \
-                         exp:GAMMA, wsd:W,S,D[,M], seq[A;B;...]@T1,... or prod[A;B;...]",
-                    ));
-                }
-            }
-        };
-        schedule.validate()?;
-        Ok(schedule)
     }
 }
 
