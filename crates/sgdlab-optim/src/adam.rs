@@ -77,6 +77,10 @@ impl UpdateRule for AdamW {
         self.lr
     }
 
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        crate::rule::DecayForm::decoupled(ctx.lr, self.weight_decay)
+    }
+
     fn validate(&self) -> Result<()> {
         Adam::from(self).validate()
     }
@@ -103,6 +107,11 @@ impl AdamW {
 impl UpdateRule for Adam {
     fn lr(&self) -> f64 {
         self.lr
+    }
+
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        let _ = ctx;
+        crate::rule::DecayForm::coupled(self.weight_decay)
     }
 
     fn decays(&self) -> crate::rule::Decays {

@@ -27,6 +27,11 @@ config! {
 }
 
 impl UpdateRule for Adamax {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        let _ = ctx;
+        crate::rule::DecayForm::coupled(self.weight_decay)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

@@ -33,6 +33,14 @@ config! {
 }
 
 impl UpdateRule for Adan {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        // (p - ηu)/(1 + ηλ): the update scaled by 1/(1 + ηλ) > 0.
+        crate::rule::DecayForm {
+            shrink: 1.0 / (1.0 + ctx.lr * self.weight_decay),
+            l2: 0.0,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

@@ -58,6 +58,10 @@ impl Ademamix {
 }
 
 impl UpdateRule for Ademamix {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        crate::rule::DecayForm::decoupled(ctx.lr, self.weight_decay)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

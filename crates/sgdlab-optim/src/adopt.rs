@@ -35,6 +35,10 @@ config! {
 }
 
 impl UpdateRule for Adopt {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        crate::rule::DecayForm::either(self.decoupled_weight_decay, ctx.lr, self.weight_decay)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

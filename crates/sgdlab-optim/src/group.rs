@@ -65,6 +65,7 @@ impl GroupSpec {
                 s.master_weights = base.master_weights;
                 s.skip_nonfinite = base.skip_nonfinite;
                 s.check_finite = base.check_finite;
+                s.cautious = base.cautious;
                 s
             }
             None => base.clone(),
@@ -109,7 +110,7 @@ impl FromStr for GroupSpec {
                     return Err(bad("`rule=NAME` must come first"));
                 }
                 rule = Some(v.to_string());
-            } else if crate::keys::is_global(k) {
+            } else if crate::keys::is_optimizer_wide(k) {
                 return Err(Error::invalid(
                     k,
                     v,

@@ -1,5 +1,5 @@
 //! The global keys: the spec keys every optimizer accepts whatever its rule, applied around
-//! the rule and shared by all of its parameter groups.
+//! the rule; all but [`cautious`](GlobalKey::group) are shared by its parameter groups.
 //!
 //! [`GLOBAL_KEYS`] is the one list of them: the spec parser and its error messages,
 //! parameter groups (which refuse them), the Python layer (`sgdlab._core.GLOBAL_KEYS`) and
@@ -17,6 +17,9 @@ pub struct GlobalKey {
     pub default: &'static str,
     /// What it does.
     pub doc: &'static str,
+    /// Whether a parameter group may set its own value (the others apply to the whole
+    /// optimizer, and a group inherits them).
+    pub group: bool,
 }
 
 /// Every global key, in the order specs print them.
@@ -27,6 +30,7 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "none",
         doc: "global-norm gradient clipping before the rule: every gradient is scaled by \
               min(1, C/(‖g‖ + 1e-6)), ‖g‖ over all tensors (torch.nn.utils.clip_grad_norm_)",
+        group: false,
     },
     GlobalKey {
         name: "skip_nonfinite",
@@ -34,6 +38,7 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "false",
         doc: "a step whose gradient (or loss) holds a NaN or an infinity is skipped and \
               counted instead of being an error; either way nothing changes",
+        group: false,
     },
     GlobalKey {
         name: "check_finite",
@@ -41,6 +46,7 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "true",
         doc: "check gradients for NaN/Inf in a pre-pass before anything changes; false \
               drops the check, as PyTorch does, for one read of the gradient less per step",
+        group: false,
     },
     GlobalKey {
         name: "state_dtype",
@@ -48,6 +54,7 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "param",
         doc: "the element type of the state buffers: the parameters' own (param, or its \
               name), or bfloat16 (element-wise rules)",
+        group: false,
     },
     GlobalKey {
         name: "rounding",
@@ -55,12 +62,14 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "stochastic",
         doc: "how bfloat16 state (and bfloat16 parameters without master weights) is \
               rounded: unbiased stochastic rounding from counter-based bits, or to nearest",
+        group: false,
     },
     GlobalKey {
         name: "sr_seed",
         values: "an integer ≥ 0",
         default: "0",
         doc: "the seed of stochastic rounding's counter-based bits",
+        group: false,
     },
     GlobalKey {
         name: "master_weights",
@@ -68,12 +77,29 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
         default: "false",
         doc: "keep an exact copy of bfloat16 parameters, step it, and round it to nearest \
               into the parameters",
+        group: false,
+    },
+    GlobalKey {
+        name: "cautious",
+        values: "true | false",
+        default: "false",
+        doc: "cautious masking (C-AdamW, C-Lion): the coordinates of the rule's update u \
+              whose sign disagrees with the gradient's are zeroed and the rest scaled by \
+              numel/(count + 1), per tensor, before the learning rate and weight decay; \
+              element-wise rules",
+        group: true,
     },
 ];
 
 /// Whether `key` is a global key.
 pub fn is_global(key: &str) -> bool {
     GLOBAL_KEYS.iter().any(|k| k.name == key)
+}
+
+/// Whether `key` is a global key that applies to the whole optimizer (a group may not set
+/// it).
+pub fn is_optimizer_wide(key: &str) -> bool {
+    GLOBAL_KEYS.iter().any(|k| k.name == key && !k.group)
 }
 
 /// The global keys' names, comma-separated, for messages.

@@ -65,6 +65,7 @@ mod step;
 mod tensor;
 #[cfg(test)]
 mod tests;
+pub mod transform;
 
 // The optimizer modules, one file each, and the registry: one line per module naming the
 // configuration types that become `Rule`'s variants. Nothing else names individual rules.

@@ -25,6 +25,10 @@ config! {
 }
 
 impl UpdateRule for Lion {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        crate::rule::DecayForm::decoupled(ctx.lr, self.weight_decay)
+    }
+
     fn lr(&self) -> f64 {
         self.lr
     }

@@ -42,6 +42,10 @@ impl Nadam {
 }
 
 impl UpdateRule for Nadam {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        crate::rule::DecayForm::either(self.decoupled_weight_decay, ctx.lr, self.weight_decay)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

@@ -23,6 +23,8 @@ pub struct Optimizer<T: Real> {
     pub(crate) group_specs: Vec<OptimizerSpec>,
     /// Whether the parameters hold the evaluation point ([`Optimizer::eval_mode`]).
     pub(crate) eval_mode: bool,
+    /// The parameters' copy of cautious masking ([`crate::transform`]), kept between steps.
+    pub(crate) scratch: crate::transform::Scratch<T>,
 }
 
 /// The optimizer state of one parameter tensor.
@@ -55,6 +57,7 @@ impl<T: Real> Optimizer<T> {
             groups: Vec::new(),
             group_specs: Vec::new(),
             eval_mode: false,
+            scratch: Default::default(),
         })
     }
 

@@ -129,6 +129,11 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.needs_loss(), )+ )* }
             }
 
+            /// How the rule decays the parameters besides its update ([`DecayForm`](crate::rule::DecayForm)).
+            pub(crate) fn decay_form(&self, ctx: &StepContext) -> crate::rule::DecayForm {
+                match self { $( $( Rule::$variant(c) => c.decay_form(ctx), )+ )* }
+            }
+
             /// Whether a step needs the global gradient norm.
             pub fn needs_norm(&self) -> bool {
                 match self { $( $( Rule::$variant(c) => c.needs_norm(), )+ )* }

@@ -30,6 +30,11 @@ config! {
 }
 
 impl UpdateRule for Rmsprop {
+    fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
+        let _ = ctx;
+        crate::rule::DecayForm::coupled(self.weight_decay)
+    }
+
     fn lr(&self) -> f64 {
         self.lr
     }

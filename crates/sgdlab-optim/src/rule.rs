@@ -114,6 +114,13 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         false
     }
 
+    /// How the rule's step moves the parameters besides its update, for the transformations
+    /// that act on the update alone (cautious masking): see [`DecayForm`]. A rule with
+    /// weight decay must say how it applies it; the default is none.
+    fn decay_form(&self, _ctx: &StepContext) -> DecayForm {
+        DecayForm::NONE
+    }
+
     /// Runs once per tensor and step, before its chunks, with the whole tensor (reductions).
     fn begin_tensor<T: Real>(&self, _ctx: &StepContext, _p: &[T], _scalars: &mut [f64]) {}
 
@@ -143,6 +150,53 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         _scalars: &[f64],
     ) -> bool {
         false
+    }
+}
+
+/// How an element-wise rule's step decays the parameters: it moves them as
+/// $p' = s\,p - c\,u$, with $u$ the rule's update, $c > 0$ the same for a whole tensor (the
+/// learning rate, for most rules) and $s$ the decoupled decay's shrink; and the gradient its
+/// update follows is $g' = \gamma g + \lambda p$, with $\gamma > 0$ the step's gradient scale
+/// and $\lambda$ the coupled (L2) decay. From $p$, $p'$ and these, a transformation recovers
+/// $c\,u = s\,p - p'$ and $g'$ for any rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecayForm {
+    /// $s$: the factor on $p$ of a decoupled decay ($1 - \eta\lambda$ for AdamW), 1 if none.
+    pub shrink: f64,
+    /// $\lambda$: the coupled decay added to the gradient, 0 if none.
+    pub l2: f64,
+}
+
+impl DecayForm {
+    /// No weight decay.
+    pub const NONE: DecayForm = DecayForm {
+        shrink: 1.0,
+        l2: 0.0,
+    };
+
+    /// L2 decay: $\lambda p$ added to the gradient.
+    pub fn coupled(weight_decay: f64) -> Self {
+        DecayForm {
+            shrink: 1.0,
+            l2: weight_decay,
+        }
+    }
+
+    /// Decoupled decay $p \leftarrow (1 - \eta\lambda)\,p$ beside the update.
+    pub fn decoupled(lr: f64, weight_decay: f64) -> Self {
+        DecayForm {
+            shrink: 1.0 - lr * weight_decay,
+            l2: 0.0,
+        }
+    }
+
+    /// One of the two, as a rule's `decoupled` flag says.
+    pub fn either(decoupled: bool, lr: f64, weight_decay: f64) -> Self {
+        if decoupled {
+            Self::decoupled(lr, weight_decay)
+        } else {
+            Self::coupled(weight_decay)
+        }
     }
 }
 

@@ -321,6 +321,10 @@ pub struct OptimizerSpec {
     /// [`Optimizer::step_bf16`](super::Optimizer::step_bf16), which otherwise rounds the
     /// updated parameters with `rounding=`).
     pub master_weights: bool,
+    /// Cautious masking of the rule's update (`cautious=true`; element-wise rules): the
+    /// coordinates where the update $u$ and the gradient $g'$ disagree in sign are zeroed and
+    /// the rest scaled by $n/(c+1)$, with $c$ the count kept of the tensor's $n$.
+    pub cautious: bool,
 }
 
 impl OptimizerSpec {
@@ -336,6 +340,7 @@ impl OptimizerSpec {
             rounding: StateRounding::Stochastic,
             sr_seed: 0,
             master_weights: false,
+            cautious: false,
         })
     }
 
@@ -392,6 +397,7 @@ impl OptimizerSpec {
             "rounding" => self.rounding = SpecValue::parse_value(key, value)?,
             "sr_seed" => self.sr_seed = SpecValue::parse_value(key, value)?,
             "master_weights" => self.master_weights = SpecValue::parse_value(key, value)?,
+            "cautious" => self.cautious = SpecValue::parse_value(key, value)?,
             _ => self.rule.set(key, value)?,
         }
         Ok(())
@@ -416,6 +422,25 @@ impl OptimizerSpec {
                     "state_dtype",
                     "bf16",
                     format!("is not supported by {} ({why})", self.name()),
+                ));
+            }
+        }
+        if self.cautious {
+            let why = if self.rule.whole_tensor() {
+                Some("its update is a whole matrix's")
+            } else if self.rule.eval_slot().is_some() {
+                Some("its parameters are an interpolation, not the iterate its update moves")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::invalid(
+                    "cautious",
+                    true,
+                    format!(
+                        "is not supported by {} ({why}); it applies to element-wise rules",
+                        self.name()
+                    ),
                 ));
             }
         }
@@ -455,6 +480,7 @@ impl FromStr for OptimizerSpec {
             rounding: StateRounding::Stochastic,
             sr_seed: 0,
             master_weights: false,
+            cautious: false,
         };
         let mut seen: Vec<&str> = Vec::new();
         for item in rest.into_iter().flat_map(|r| r.split(',')) {
@@ -511,6 +537,9 @@ impl fmt::Display for OptimizerSpec {
         }
         if self.master_weights {
             pairs.push(("master_weights", "true".to_string()));
+        }
+        if self.cautious {
+            pairs.push(("cautious", "true".to_string()));
         }
         f.write_str(self.name())?;
         for (i, (k, v)) in pairs.iter().enumerate() {

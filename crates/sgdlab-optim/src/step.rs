@@ -1,6 +1,10 @@
 //! The step pipeline: validate the views, one deterministic pre-pass (finiteness, the
 //! gradient norm), the per-step scalars, then one fused pass per tensor (the kernel).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::rule::DecayForm;
+use crate::transform::{self, Cautious};
 use crate::{
     Error, GradRef, MAX_STEPS, Optimizer, ParamMut, Real, Result, Rule, Tensor,
     checks::norm_overflow, kernel, optimizer::TensorState,
@@ -328,6 +332,43 @@ impl<T: Real> Optimizer<T> {
         for (p, state) in params.iter().zip(&mut self.tensors) {
             rules[state.group].begin_tensor(&contexts[state.group], p.data, &mut state.scalars);
         }
+        // Cautious masking (`transform`): each group's decay form where it is on; the copy of
+        // the parameters it needs, one scratch buffer for all its tensors; one count each.
+        let forms: Vec<Option<DecayForm>> = self
+            .all_specs()
+            .zip(&contexts)
+            .map(|(spec, ctx)| spec.cautious.then(|| spec.rule.decay_form(ctx)))
+            .collect();
+        let masked = |state: &TensorState<T>| forms[state.group].is_some();
+        let cautious_len: usize = params
+            .iter()
+            .zip(&self.tensors)
+            .filter(|(_, s)| masked(s))
+            .map(|(p, _)| p.data.len())
+            .sum();
+        if self.scratch.0.len() < cautious_len {
+            self.scratch.0.resize(cautious_len, T::zero());
+        }
+        let kept: Vec<AtomicU64> = if cautious_len > 0 {
+            params.iter().map(|_| AtomicU64::new(0)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut scratch_rest: &mut [T] = &mut self.scratch.0[..cautious_len];
+        let gs = T::from_f64(grad_scale);
+        let mut cautious_of = |t: usize, state: &TensorState<T>, len: usize| {
+            forms[state.group].map(|form| {
+                let (old, rest) = std::mem::take(&mut scratch_rest).split_at_mut(len);
+                scratch_rest = rest;
+                Cautious {
+                    old,
+                    shrink: T::from_f64(form.shrink),
+                    l2: T::from_f64(form.l2),
+                    grad_scale: gs,
+                    kept: &kept[t],
+                }
+            })
+        };
         // Whole-tensor rules (Muon) step each matrix at once, with threads inside.
         for ((p, g), state) in params.iter_mut().zip(grads).zip(&mut self.tensors) {
             let rule = rules[state.group];
@@ -354,6 +395,7 @@ impl<T: Real> Optimizer<T> {
                 .zip(&mut self.tensors)
                 .enumerate()
             {
+                let cautious = cautious_of(t, state, p.data.len());
                 let TensorState {
                     group,
                     slots,
@@ -370,9 +412,22 @@ impl<T: Real> Optimizer<T> {
                         keys: keys(t, n_lowp),
                         offset: 0,
                     });
-                    kernel::run_tensor(rule, ctx, p.data, g.data, slots, scalars, lowp);
+                    // The whole tensor as one unit, on the calling thread (no allocation).
+                    let mut unit = kernel::Unit {
+                        rule,
+                        ctx,
+                        p: p.data,
+                        g: g.data,
+                        slots: kernel::bufs(slots.iter_mut().map(Vec::as_mut_slice)),
+                        n_slots: rule.slots().len(),
+                        scalars,
+                        lowp,
+                        cautious,
+                    };
+                    kernel::run_one(kernel::SimdLevel::current(), &mut unit);
                 }
             }
+            self.finish_cautious(params, &forms, &kept);
             return Ok(report);
         }
         let mut units = Vec::with_capacity(numel / kernel::CHUNK + params.len());
@@ -382,6 +437,7 @@ impl<T: Real> Optimizer<T> {
             .zip(&mut self.tensors)
             .enumerate()
         {
+            let mut cautious = cautious_of(t, state, p.data.len());
             let TensorState {
                 group,
                 slots,
@@ -407,6 +463,11 @@ impl<T: Real> Optimizer<T> {
                 .zip(g.data.chunks(kernel::CHUNK))
             {
                 let len = p.len();
+                let unit_cautious = cautious.as_mut().map(|c| {
+                    let (old, rest) = std::mem::take(&mut c.old).split_at_mut(len);
+                    c.old = rest;
+                    Cautious { old, ..*c }
+                });
                 let unit_slots = kernel::bufs(rest.iter_mut().map(|r| {
                     let (head, tail) = std::mem::take(r).split_at_mut(len);
                     *r = tail;
@@ -431,12 +492,33 @@ impl<T: Real> Optimizer<T> {
                         keys: tensor_keys.clone(),
                         offset,
                     }),
+                    cautious: unit_cautious,
                 });
                 offset += len as u64;
             }
         }
         kernel::run_units(prefetch, units);
+        self.finish_cautious(params, &forms, &kept);
         Ok(report)
+    }
+
+    /// The second pass of cautious masking, once every chunk of a tensor is counted
+    /// ([`transform::finish`]).
+    fn finish_cautious(
+        &self,
+        params: &mut [ParamMut<'_, T>],
+        forms: &[Option<DecayForm>],
+        kept: &[AtomicU64],
+    ) {
+        let mut offset = 0;
+        for (t, (p, state)) in params.iter_mut().zip(&self.tensors).enumerate() {
+            if let Some(form) = forms[state.group] {
+                let n = p.data.len();
+                let old = &self.scratch.0[offset..offset + n];
+                transform::finish(p.data, old, form, kept[t].load(Ordering::Relaxed));
+                offset += n;
+            }
+        }
     }
 }
 

@@ -45,6 +45,7 @@ use rayon::prelude::*;
 
 use crate::Real;
 use crate::rule::UpdateRule;
+use crate::transform::Cautious;
 use crate::{Rule, StateRounding, StepContext};
 use bf16::LOWP_BLOCK;
 pub(crate) use bf16::dispatch_lowp;
@@ -98,6 +99,8 @@ pub(crate) struct Unit<'a, T> {
     pub scalars: &'a [f64],
     /// The state buffers in bfloat16, when the spec says `state_dtype=bf16`.
     pub lowp: Option<Lowp<'a>>,
+    /// Cautious masking of the rule's update (`cautious=true`).
+    pub cautious: Option<Cautious<'a, T>>,
 }
 
 /// The bfloat16 state buffers of one chunk and how they are narrowed after the update
@@ -164,6 +167,9 @@ multiversion!(pub(crate) fn dispatch<R: UpdateRule, T: Real>(rule: &R, ctx: &Ste
 #[inline]
 pub(crate) fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
     let (rule, ctx) = (u.rule, u.ctx);
+    if let Some(c) = &mut u.cautious {
+        c.before(u.p);
+    }
     if u.lowp.is_some() {
         let len = LOWP_BLOCK * u.n_slots;
         T::with_scratch(len, |scratch| {
@@ -171,6 +177,9 @@ pub(crate) fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
         });
     } else {
         rule.dispatch_unit(level, ctx, u);
+    }
+    if let Some(c) = &mut u.cautious {
+        c.after(u.p, u.g);
     }
 }
 
@@ -183,31 +192,6 @@ pub(crate) const PREFETCH_MIN_BYTES: usize = 32 << 20;
 /// Whether a step over `numel` parameters is small enough to run on the calling thread.
 pub(crate) fn is_small(numel: usize) -> bool {
     numel < PARALLEL_MIN
-}
-
-/// Runs one whole tensor on the calling thread (the small-step path: no allocation).
-pub(crate) fn run_tensor<'a, T: Real>(
-    rule: &'a Rule,
-    ctx: &'a StepContext,
-    p: &'a mut [T],
-    g: &'a [T],
-    slots: &'a mut [Vec<T>],
-    scalars: &'a [f64],
-    lowp: Option<Lowp<'a>>,
-) {
-    let n_slots = rule.slots().len();
-    let unit_slots: Bufs<'a, T> = bufs(slots.iter_mut().map(Vec::as_mut_slice));
-    let mut unit = Unit {
-        rule,
-        ctx,
-        p,
-        g,
-        slots: unit_slots,
-        n_slots,
-        scalars,
-        lowp,
-    };
-    run_one(SimdLevel::current(), &mut unit);
 }
 
 /// Runs every unit (each with its own rule and context), in parallel when the step is large

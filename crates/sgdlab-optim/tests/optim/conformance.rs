@@ -91,14 +91,27 @@ fn cpu_torch_nadam_is_matched_exactly() {
 /// ($2^{-23} \approx 1.2\cdot10^{-7}$) accumulated over the file's 40 steps. Every element-wise
 /// rule measures at most 7.8e-7 (AdamW); Muon's five Newton–Schulz iterations of matrix
 /// products measure 1.3e-6. (1e-5, the earlier bound, was ten times looser than needed.)
+///
+/// Cautious masking recovers the rule's update from its step ($s\,p - p'$, exact by
+/// Sterbenz's lemma but carrying the step's own rounding of $p'$), so its parameters take one
+/// rounding more per step than the reference's: 1.1e-6 measured (ADOPT with decoupled decay).
 fn f32_tolerance(name: &str) -> f64 {
-    if name == "torch-muon" { 3e-6 } else { 1e-6 }
+    if name == "torch-muon" {
+        3e-6
+    } else if name.contains("cautious") {
+        2e-6
+    } else {
+        1e-6
+    }
 }
 
 #[test]
 fn f32_matches_pytorch_to_what_f32_allows() {
     for case in cases() {
         let err = error::<f32>(&case);
+        if std::env::var_os("SGDLAB_SHOW_ERRORS").is_some() {
+            eprintln!("{}: f32 {err:e}, f64 {:e}", case.name, error::<f64>(&case));
+        }
         assert!(
             err <= f32_tolerance(&case.name),
             "{} ({}): {err:e}",

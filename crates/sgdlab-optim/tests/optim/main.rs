@@ -5,6 +5,7 @@
 
 mod bf16_params;
 mod bf16_state;
+mod cautious;
 mod conformance;
 mod docs;
 mod groups_schedule;

@@ -1,10 +1,5 @@
 //! A training experiment: several optimizers trained side by side on one data set and model,
-//! with checkpoints and outputs in one directory — everything `sgdlab train` does but draw.
-//!
-//! [`Experiment::run`] validates the whole configuration before it loads anything, prepares
-//! the output directory ([`OutMode`]), starts or resumes every run, trains them in parallel
-//! (reporting to an [`Observer`]), checkpoints them, writes `metrics.csv` and `summary.json`,
-//! and returns the [`Outcome`], from which a front end renders tables and figures.
+//! with checkpoints and outputs in one directory ([`Experiment`]).
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -117,7 +112,14 @@ impl fmt::Display for ModelSpec {
     }
 }
 
-/// A training experiment (see the [module docs](self)).
+/// A training experiment: several optimizers trained side by side on one data set and model,
+/// with checkpoints and outputs in one directory — everything `sgdlab train` does but draw.
+///
+/// [`Experiment::run`] validates the whole configuration before it loads anything, prepares
+/// the output directory ([`OutMode`]), starts or resumes every run, trains them in parallel
+/// (reporting to an [`Observer`]), checkpoints them, writes `metrics.csv` and `summary.json`,
+/// and returns the [`Outcome`], from which a front end renders tables and figures
+/// ([`Experiment::figures`]).
 #[derive(Clone, Debug)]
 pub struct Experiment {
     /// The examples.
@@ -192,7 +194,7 @@ pub struct Outcome {
 }
 
 impl Experiment {
-    /// Runs the experiment (see the [module docs](self)).
+    /// Runs the experiment (see [`Experiment`]).
     pub fn run(&self, observer: &dyn Observer) -> Result<Outcome> {
         for spec in &self.optimizers {
             Optimizer::<f32>::with_groups(spec.clone(), self.groups.clone())
