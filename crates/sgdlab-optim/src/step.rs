@@ -358,10 +358,10 @@ impl<T: Real> Optimizer<T> {
         let gs = T::from_f64(grad_scale);
         let mut cautious_of = |t: usize, state: &TensorState<T>, len: usize| {
             forms[state.group].map(|form| {
-                let (old, rest) = std::mem::take(&mut scratch_rest).split_at_mut(len);
+                let (copy, rest) = std::mem::take(&mut scratch_rest).split_at_mut(len);
                 scratch_rest = rest;
                 Cautious {
-                    old,
+                    copy,
                     shrink: T::from_f64(form.shrink),
                     l2: T::from_f64(form.l2),
                     grad_scale: gs,
@@ -464,9 +464,9 @@ impl<T: Real> Optimizer<T> {
             {
                 let len = p.len();
                 let unit_cautious = cautious.as_mut().map(|c| {
-                    let (old, rest) = std::mem::take(&mut c.old).split_at_mut(len);
-                    c.old = rest;
-                    Cautious { old, ..*c }
+                    let (copy, rest) = std::mem::take(&mut c.copy).split_at_mut(len);
+                    c.copy = rest;
+                    Cautious { copy, ..*c }
                 });
                 let unit_slots = kernel::bufs(rest.iter_mut().map(|r| {
                     let (head, tail) = std::mem::take(r).split_at_mut(len);
@@ -514,8 +514,8 @@ impl<T: Real> Optimizer<T> {
         for (t, (p, state)) in params.iter_mut().zip(&self.tensors).enumerate() {
             if let Some(form) = forms[state.group] {
                 let n = p.data.len();
-                let old = &self.scratch.0[offset..offset + n];
-                transform::finish(p.data, old, form, kept[t].load(Ordering::Relaxed));
+                let update = &self.scratch.0[offset..offset + n];
+                transform::finish(p.data, update, form, kept[t].load(Ordering::Relaxed));
                 offset += n;
             }
         }

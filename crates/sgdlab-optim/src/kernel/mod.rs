@@ -165,10 +165,10 @@ multiversion!(pub(crate) fn dispatch<R: UpdateRule, T: Real>(rule: &R, ctx: &Ste
 /// Runs one unit at `level`: the plain element loop, or the bfloat16 one on this thread's
 /// scratch buffers.
 #[inline]
-pub(crate) fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
+pub(crate) fn run_one<'a, T: Real>(level: SimdLevel, u: &mut Unit<'a, T>) {
     let (rule, ctx) = (u.rule, u.ctx);
     if let Some(c) = &mut u.cautious {
-        c.before(u.p);
+        c.before(&mut u.p);
     }
     if u.lowp.is_some() {
         let len = LOWP_BLOCK * u.n_slots;
@@ -179,7 +179,7 @@ pub(crate) fn run_one<T: Real>(level: SimdLevel, u: &mut Unit<'_, T>) {
         rule.dispatch_unit(level, ctx, u);
     }
     if let Some(c) = &mut u.cautious {
-        c.after(u.p, u.g);
+        c.after(level, &mut u.p, u.g);
     }
 }
 
