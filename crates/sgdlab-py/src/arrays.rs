@@ -2,7 +2,7 @@
 //! names), never overlapping where one is written, then lent to the library as views with
 //! the GIL released.
 
-use crate::optimizer::Dtype;
+use crate::inner::Dtype;
 
 use numpy::{
     PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,

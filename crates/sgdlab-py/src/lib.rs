@@ -13,6 +13,7 @@
 //! `lab.rs` (`verify`, `audit`).
 
 mod arrays;
+mod inner;
 mod lab;
 mod optimizer;
 mod specs;

@@ -19,102 +19,14 @@ use crate::state_dict::to_array;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use numpy::{
-    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use sgdlab::Real;
 use sgdlab::optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo};
 
-/// An optimizer of either element type. The type is fixed by the first step (or a loaded
-/// state); a fresh optimizer is rebuilt for the other type when the first step's arrays
-/// need it.
-#[derive(Clone)]
-pub(crate) enum Inner {
-    F32(Optimizer<f32>),
-    F64(Optimizer<f64>),
-}
-
-macro_rules! with_opt {
-    ($inner:expr, $o:ident => $body:expr) => {
-        match $inner {
-            Inner::F32($o) => $body,
-            Inner::F64($o) => $body,
-        }
-    };
-}
-
-/// The element types the kernels step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dtype {
-    F32,
-    F64,
-}
-
-impl Dtype {
-    pub(crate) fn of(array: &Bound<'_, PyUntypedArray>) -> Option<Self> {
-        let py = array.py();
-        let dt = array.dtype();
-        if dt.is_equiv_to(&numpy::dtype::<f32>(py)) {
-            Some(Dtype::F32)
-        } else if dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
-            Some(Dtype::F64)
-        } else {
-            None
-        }
-    }
-
-    pub(crate) fn numpy_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F64 => "float64",
-        }
-    }
-}
-
-impl Inner {
-    fn dtype(&self) -> Dtype {
-        match self {
-            Inner::F32(_) => Dtype::F32,
-            Inner::F64(_) => Dtype::F64,
-        }
-    }
-
-    fn is_fresh(&self) -> bool {
-        with_opt!(self, o => o.layout().is_none())
-    }
-
-    fn spec_and_groups(&self) -> (OptimizerSpec, Vec<GroupSpec>) {
-        with_opt!(self, o => (o.spec().clone(), o.groups().to_vec()))
-    }
-
-    /// A fresh optimizer of the same spec and groups for `dtype`.
-    fn rebuilt(&self, dtype: Dtype) -> sgdlab::Result<Self> {
-        let (spec, groups) = self.spec_and_groups();
-        let schedule = with_opt!(self, o => o.schedule().clone());
-        Ok(match dtype {
-            Dtype::F32 => {
-                let mut o = Optimizer::with_groups(spec, groups)?;
-                o.set_schedule(schedule)?;
-                Inner::F32(o)
-            }
-            Dtype::F64 => {
-                let mut o = Optimizer::with_groups(spec, groups)?;
-                o.set_schedule(schedule)?;
-                Inner::F64(o)
-            }
-        })
-    }
-
-    fn from_bytes(bytes: &[u8]) -> sgdlab::Result<Self> {
-        Ok(match sgdlab::optim::stored_dtype(bytes)? {
-            "f32" => Inner::F32(Optimizer::from_bytes(bytes)?),
-            _ => Inner::F64(Optimizer::from_bytes(bytes)?),
-        })
-    }
-}
+use crate::inner::{Dtype, Inner, with_opt};
 
 /// An sgdlab optimizer over numpy arrays: `Optimizer(spec, groups=())`.
 ///

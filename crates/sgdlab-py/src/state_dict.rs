@@ -2,8 +2,8 @@
 //! with numpy arrays, copied both ways.
 
 use crate::arrays::checked_array;
+use crate::inner::Dtype;
 use crate::lib_err;
-use crate::optimizer::Dtype;
 
 use std::collections::BTreeMap;
 

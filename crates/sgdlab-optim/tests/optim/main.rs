@@ -6,6 +6,7 @@
 mod bf16_params;
 mod bf16_state;
 mod cautious;
+mod checkpoints;
 mod conformance;
 mod docs;
 mod groups_schedule;
