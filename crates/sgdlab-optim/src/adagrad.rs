@@ -9,19 +9,19 @@ use crate::{Real, Result};
 config! {
     /// `adagrad`: PyTorch's `torch.optim.Adagrad`.
     ///
-    /// $g \leftarrow g + \lambda\Phi$; $s \leftarrow s + g^2$ (from $s_0$ =
-    /// `initial_accumulator_value`); $\Phi \leftarrow \Phi - \frac{\eta}{1 + (t-1)\delta}
-    /// \cdot \frac{g}{\sqrt s + \epsilon}$ with learning-rate decay $\delta$.
+    /// g ← g + λΦ; s ← s + g² (from s₀ =
+    /// `initial_accumulator_value`); Φ ← Φ − η/(1 + (t − 1)δ)·g/(√s + ε)
+    ///  with learning-rate decay δ.
     Adagrad("adagrad") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
-        /// Learning-rate decay $\delta \ge 0$.
+        /// Learning-rate decay δ ≥ 0.
         lr_decay: f64 = 0.0,
-        /// L2 weight decay $\lambda \ge 0$.
+        /// L2 weight decay λ ≥ 0.
         weight_decay: f64 = 0.0,
-        /// Starting value $s_0 \ge 0$ of the accumulator.
+        /// Starting value s₀ ≥ 0 of the accumulator.
         initial_accumulator_value: f64 = 0.0,
-        /// $\epsilon > 0$ added to the root.
+        /// ε > 0 added to the root.
         eps: f64 = 1e-10,
     }
 }

@@ -11,25 +11,25 @@ config! {
     /// `adam` (L2 weight decay) and `adamw` (decoupled weight decay): PyTorch's
     /// `torch.optim.Adam` / `AdamW`.
     ///
-    /// $m \leftarrow \beta_1 m + (1-\beta_1) g$, $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,
-    /// $\Phi \leftarrow \Phi - \eta\, \hat m / (\sqrt{\hat v} + \epsilon)$ with
-    /// $\hat m = m/(1-\beta_1^t)$, $\sqrt{\hat v} = \sqrt{v}/\sqrt{1-\beta_2^t}$ (`debias=power`,
-    /// PyTorch). Adam adds $\lambda\Phi$ to $g$; AdamW first scales
-    /// $\Phi \leftarrow (1 - \eta\lambda)\Phi$. AMSGrad uses $\max_{s \le t} v_s$ in place of
-    /// $v$. `debias=horizon` replaces both EMAs by problem 4's rate $1/\min(t, N_i)$,
-    /// $N_i = 1/(1-\beta_i)$, and `none` uses the raw EMAs.
+    /// m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g²,
+    /// Φ ← Φ − η m̂/(√v̂ + ε) with
+    /// m̂ = m/(1 − β₁ᵗ), √v̂ = √v/√(1 − β₂ᵗ) (`debias=power`,
+    /// PyTorch). Adam adds λΦ to g; AdamW first scales
+    /// Φ ← (1 − ηλ)Φ. AMSGrad uses max\_(s ≤ t) vₛ in place of
+    /// v. `debias=horizon` replaces both EMAs by problem 4's rate 1/min(t, Nᵢ),
+    /// Nᵢ = 1/(1 − βᵢ), and `none` uses the raw EMAs.
     Adam("adam") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// First-moment decay $\beta_1 \in [0, 1)$.
+        /// First-moment decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to $\sqrt{\hat v}$.
+        /// ε > 0 added to √v̂.
         eps: f64 = 1e-8,
-        /// Weight decay $\lambda \ge 0$ (L2 for adam, decoupled for adamw).
+        /// Weight decay λ ≥ 0 (L2 for adam, decoupled for adamw).
         weight_decay: f64 = 0.0,
-        /// AMSGrad: divide by the running maximum of $v$.
+        /// AMSGrad: divide by the running maximum of v.
         amsgrad: bool = false,
         /// Start-up bias correction.
         debias: Debias = Debias::Power,
@@ -38,20 +38,20 @@ config! {
 
 config! {
     /// `adamw`: PyTorch's `torch.optim.AdamW`, Adam with decoupled weight decay
-    /// $\Phi \leftarrow (1 - \eta\lambda)\Phi$ before the update (see [`Adam`] for the rest).
+    /// Φ ← (1 − ηλ)Φ before the update (see [`Adam`] for the rest).
     /// The same keys as Adam, with `weight_decay = 0.01` by default, as in PyTorch.
     AdamW("adamw") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// First-moment decay $\beta_1 \in [0, 1)$.
+        /// First-moment decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to $\sqrt{\hat v}$.
+        /// ε > 0 added to √v̂.
         eps: f64 = 1e-8,
-        /// Decoupled weight decay $\lambda \ge 0$.
+        /// Decoupled weight decay λ ≥ 0.
         weight_decay: f64 = 1e-2,
-        /// AMSGrad: divide by the running maximum of $v$.
+        /// AMSGrad: divide by the running maximum of v.
         amsgrad: bool = false,
         /// Start-up bias correction.
         debias: Debias = Debias::Power,

@@ -9,19 +9,19 @@ use crate::{Real, Result};
 config! {
     /// `adamax`: PyTorch's `torch.optim.Adamax` (Kingma & Ba 2015, §7.1).
     ///
-    /// $g \leftarrow g + \lambda\Phi$, $m \leftarrow m + (1-\beta_1)(g - m)$,
-    /// $u \leftarrow \max(\beta_2 u, |g| + \epsilon)$,
-    /// $\Phi \leftarrow \Phi - \frac{\eta}{1-\beta_1^t}\, m/u$.
+    /// g ← g + λΦ, m ← m + (1 − β₁)(g − m),
+    /// u ← max(β₂u, |g| + ε),
+    /// Φ ← Φ − η/(1 − β₁ᵗ) m/u.
     Adamax("adamax") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 2e-3,
-        /// First-moment decay $\beta_1 \in [0, 1)$.
+        /// First-moment decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Decay $\beta_2 \in [0, 1)$ of the infinity norm.
+        /// Decay β₂ ∈ \[0, 1) of the infinity norm.
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to $|g|$.
+        /// ε > 0 added to |g|.
         eps: f64 = 1e-8,
-        /// L2 weight decay $\lambda \ge 0$, added to the gradient.
+        /// L2 weight decay λ ≥ 0, added to the gradient.
         weight_decay: f64 = 0.0,
     }
 }

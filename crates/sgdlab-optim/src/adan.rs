@@ -9,25 +9,25 @@ use super::spec::{check, config};
 use crate::{Real, Result};
 
 config! {
-    /// `adan`: with $\delta_t = g_t - g_{t-1}$ ($\delta_1 = 0$),
-    /// $m \leftarrow m + (1-\beta_1)(g - m)$, $n \leftarrow n + (1-\beta_2)(\delta - n)$,
-    /// $u = g + \beta_2\delta$, $v \leftarrow \beta_3 v + (1-\beta_3)u^2$,
-    /// $\Phi \leftarrow \big(\Phi - \frac{\eta}{1-\beta_1^t}\frac{m}{d} -
-    /// \frac{\eta\beta_2}{1-\beta_2^t}\frac{n}{d}\big) / (1 + \eta\lambda)$ with
-    /// $d = \sqrt{v/(1-\beta_3^t)} + \epsilon$ (the weight decay $\lambda$ as a proximal
-    /// step, the reference's default). The state holds $m$, $v$, $n$ and $-g_{t-1}$.
+    /// `adan`: with δₜ = gₜ − gₜ₋₁ (δ₁ = 0),
+    /// m ← m + (1 − β₁)(g − m), n ← n + (1 − β₂)(δ − n),
+    /// u = g + β₂δ, v ← β₃v + (1 − β₃)u²,
+    /// Φ ← (Φ − η/(1 − β₁ᵗ)m/d − ηβ₂/(1 − β₂ᵗ)n/d)/(1 + ηλ)
+    ///  with
+    /// d = √(v/(1 − β₃ᵗ)) + ε (the weight decay λ as a proximal
+    /// step, the reference's default). The state holds m, v, n and −gₜ₋₁.
     Adan("adan") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// Gradient-average decay $\beta_1 \in [0, 1)$.
+        /// Gradient-average decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.98,
-        /// Gradient-difference decay $\beta_2 \in [0, 1)$ (also the Nesterov weight).
+        /// Gradient-difference decay β₂ ∈ \[0, 1) (also the Nesterov weight).
         beta2: f64 = 0.92,
-        /// Second-moment decay $\beta_3 \in [0, 1)$.
+        /// Second-moment decay β₃ ∈ \[0, 1).
         beta3: f64 = 0.99,
-        /// $\epsilon > 0$ added to the denominator.
+        /// ε > 0 added to the denominator.
         eps: f64 = 1e-8,
-        /// Weight decay $\lambda \ge 0$: the step divided by $1 + \eta\lambda$.
+        /// Weight decay λ ≥ 0: the step divided by 1 + ηλ.
         weight_decay: f64 = 0.0,
     }
 }

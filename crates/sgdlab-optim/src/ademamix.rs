@@ -8,40 +8,39 @@ use crate::{Real, Result};
 
 config! {
     /// `ademamix`: AdEMAMix as optax's `contrib.ademamix`, with the paper's optional warm-up
-    /// of $\alpha$ and $\beta_3$ over `t_alpha_beta3` steps.
+    /// of α and β₃ over `t_alpha_beta3` steps.
     ///
-    /// $m_1 \leftarrow \beta_1 m_1 + (1-\beta_1)g$ (fast, bias-corrected),
-    /// $m_2 \leftarrow \beta_3 m_2 + (1-\beta_3)g$ (slow, horizon $N_3 = 1/(1-\beta_3)$, **not**
-    /// bias-corrected), $\nu \leftarrow \beta_2\nu + (1-\beta_2)g^2$,
-    /// $\Phi \leftarrow \Phi - \eta\left(\frac{m_1/(1-\beta_1^t) + \alpha m_2}
-    /// {\sqrt{\nu/(1-\beta_2^t)} + \epsilon} + \lambda\Phi\right)$.
+    /// m₁ ← β₁m₁ + (1 − β₁)g (fast, bias-corrected),
+    /// m₂ ← β₃m₂ + (1 − β₃)g (slow, horizon N₃ = 1/(1 − β₃), **not**
+    /// bias-corrected), ν ← β₂ν + (1 − β₂)g²,
+    /// Φ ← Φ − η((m₁/(1 − β₁ᵗ) + αm₂)/(√(ν/(1 − β₂ᵗ)) + ε) + λΦ).
     ///
-    /// With `t_alpha_beta3` $= T > 0$, for $t < T$ (the paper's schedulers, $a = t/T$):
-    /// $\alpha_t = a\alpha$, and $\beta_{3,t} = f^{-1}((1-a)f(\beta_1) + af(\beta_3))$ with
-    /// $f(\beta) = \ln\tfrac12/\ln(\beta + 10^{-8}) - 1$ (the half-life, in steps, grows
-    /// linearly) and $f^{-1}(h) = 0.5^{1/(h+1)}$.
+    /// With `t_alpha_beta3` = T > 0, for t < T (the paper's schedulers, a = t/T):
+    /// αₜ = aα, and β₃‚ₜ = f⁻¹((1 − a)f(β₁) + af(β₃)) with
+    /// f(β) = ln ½/ln(β + 10⁻⁸) − 1 (the half-life, in steps, grows
+    /// linearly) and f⁻¹(h) = 0.5^(1/(h + 1)).
     Ademamix("ademamix") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// Fast EMA decay $\beta_1 \in [0, 1)$.
+        /// Fast EMA decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// Slow EMA decay $\beta_3 \in [0, 1)$.
+        /// Slow EMA decay β₃ ∈ \[0, 1).
         beta3: f64 = 0.9999,
-        /// Weight $\alpha \ge 0$ of the slow EMA.
+        /// Weight α ≥ 0 of the slow EMA.
         alpha: f64 = 5.0,
-        /// $\epsilon > 0$ added to the denominator.
+        /// ε > 0 added to the denominator.
         eps: f64 = 1e-8,
-        /// Decoupled weight decay $\lambda \ge 0$ (optax's `add_decayed_weights`).
+        /// Decoupled weight decay λ ≥ 0 (optax's `add_decayed_weights`).
         weight_decay: f64 = 0.0,
-        /// Warm-up steps $T$ of $\alpha$ and $\beta_3$ (0: none).
+        /// Warm-up steps T of α and β₃ (0: none).
         t_alpha_beta3: u64 = 0,
     }
 }
 
 impl Ademamix {
-    /// $(\alpha_t, \beta_{3,t})$ at step $t$ (the paper's `linear_warmup_scheduler` and
+    /// (αₜ, β₃‚ₜ) at step t (the paper's `linear_warmup_scheduler` and
     /// `linear_hl_warmup_scheduler`).
     pub fn scheduled(&self, t: u64) -> (f64, f64) {
         if t >= self.t_alpha_beta3 {

@@ -1,4 +1,4 @@
-//! ADOPT (Taniguchi et al. 2024): Adam that converges for any $\beta_2$, with
+//! ADOPT (Taniguchi et al. 2024): Adam that converges for any β₂, with
 //! pytorch-optimizer's semantics (`pytorch_optimizer.ADOPT`).
 
 use super::StepContext;
@@ -9,27 +9,27 @@ use crate::{Real, Result};
 
 config! {
     /// `adopt`: the gradient is normalised by the second moment of the *previous* steps,
-    /// clipped, and only then averaged into the momentum. With $g \leftarrow g + \lambda\Phi$
-    /// (L2), or $\Phi \leftarrow (1 - \eta\lambda)\Phi$ first (`decoupled_weight_decay`):
-    /// at $t = 1$ only $v \leftarrow g^2$; from $t = 2$,
-    /// $n = \operatorname{clamp}(g / \max(\sqrt{v}, \epsilon), \pm t^{c})$,
-    /// $m \leftarrow m + (1-\beta_1)(n - m)$, $\Phi \leftarrow \Phi - \eta m$,
-    /// $v \leftarrow \beta_2 v + (1-\beta_2) g^2$ ($c$ = `clip`, 1/4 by default; `clip=none`
-    /// does not clip). No bias correction: the first step fills $v$ instead.
+    /// clipped, and only then averaged into the momentum. With g ← g + λΦ
+    /// (L2), or Φ ← (1 − ηλ)Φ first (`decoupled_weight_decay`):
+    /// at t = 1 only v ← g²; from t = 2,
+    /// n = clamp(g/max(√v, ε), ±tᶜ),
+    /// m ← m + (1 − β₁)(n − m), Φ ← Φ − ηm,
+    /// v ← β₂v + (1 − β₂)g² (c = `clip`, 1/4 by default; `clip=none`
+    /// does not clip). No bias correction: the first step fills v instead.
     Adopt("adopt") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// Momentum decay $\beta_1 \in [0, 1)$.
+        /// Momentum decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.9999,
-        /// Floor $\epsilon > 0$ of $\sqrt{v}$.
+        /// Floor ε > 0 of √v.
         eps: f64 = 1e-6,
-        /// Weight decay $\lambda \ge 0$: L2 (added to the gradient), or decoupled.
+        /// Weight decay λ ≥ 0: L2 (added to the gradient), or decoupled.
         weight_decay: f64 = 0.0,
-        /// Decoupled weight decay: shrink $\Phi$ by $1 - \eta\lambda$ before the update.
+        /// Decoupled weight decay: shrink Φ by 1 − ηλ before the update.
         decoupled_weight_decay: bool = false,
-        /// The exponent $c \ge 0$ of the clip $t^{c}$ of the normalised gradient, or `none`.
+        /// The exponent c ≥ 0 of the clip tᶜ of the normalised gradient, or `none`.
         clip: Option<f64> = Some(0.25),
     }
 }
@@ -63,7 +63,7 @@ impl UpdateRule for Adopt {
 }
 
 impl Adopt {
-    /// One chunk's update ([`fused_steps`]), with $m$ and $v$ in either storage.
+    /// One chunk's update ([`fused_steps`]), with m and v in either storage.
     #[inline(always)]
     fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let gs = T::from_f64(ctx.grad_scale);

@@ -3,7 +3,7 @@
 //!
 //! A shared machine's bandwidth drifts by ±15% within seconds, so absolute figures taken a
 //! minute apart are not comparable. Every optimizer step here is therefore timed *paired*
-//! with a pass of the reference loop $b_i \leftarrow b_i + s\,c_i$ over the same working set,
+//! with a pass of the reference loop bᵢ ← bᵢ + s cᵢ over the same working set,
 //! back to back, round after round; the reported fraction of bandwidth is the median of the
 //! per-round ratios, which cancels the drift that both share.
 //!
@@ -39,7 +39,7 @@ fn rmw<T: Real>(b: &mut [T], c: &[T], s: T) {
 
 multiversion!(fn rmw_dispatch<T: Real>(b: &mut [T], c: &[T], s: T) = rmw);
 
-/// The reference loop: $b_i \leftarrow b_i + s\,c_i$ over two f32 arrays, 12 bytes moved
+/// The reference loop: bᵢ ← bᵢ + s cᵢ over two f32 arrays, 12 bytes moved
 /// per element, in the kernels' chunks over the rayon pool (no software prefetch: it stands
 /// for what a plain loop gets from the machine).
 struct Reference {
@@ -192,7 +192,7 @@ pub struct BenchReport {
 }
 
 /// The squarest matrix shape of `n` elements: `[r, n / r]` with `r` the largest divisor of
-/// `n` not above $\sqrt n$ (1024 × 1024 for $2^{20}$).
+/// `n` not above √n (1024 × 1024 for 2²⁰).
 pub fn squarest(n: usize) -> [usize; 2] {
     let mut r = n.isqrt().max(1);
     while !n.is_multiple_of(r) {

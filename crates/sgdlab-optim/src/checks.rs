@@ -118,7 +118,7 @@ impl<T: Real> Optimizer<T> {
 }
 
 /// The error of a step whose finite gradients have a squared norm beyond `f64` (elements of
-/// magnitude about $10^{154}$ or more): clipping, `normsgd` and Muon would divide by an
+/// magnitude about 10¹⁵⁴ or more): clipping, `normsgd` and Muon would divide by an
 /// infinite norm and step by zero. Names the largest element.
 pub(crate) fn norm_overflow<'a, T: Real + 'a>(
     grads: impl Iterator<Item = (&'a str, &'a [T])>,

@@ -114,12 +114,12 @@ pub use spec::{Debias, OptimizerSpec, StateDtype, StateRounding};
 pub use step::{StepContext, StepInfo, StepOutcome, StepReport, clip_grad_norm};
 pub use tensor::{GradRef, ParamMut, Tensor};
 
-/// The most steps an optimizer takes (applied, and skipped, each): $2^{53}$, the largest
-/// count every step-dependent scalar ($\beta^t$, a schedule's position) sees exactly as an
+/// The most steps an optimizer takes (applied, and skipped, each): 2⁵³, the largest
+/// count every step-dependent scalar (βᵗ, a schedule's position) sees exactly as an
 /// `f64`. A loaded state beyond it is refused, and a step at it is an error, so that no
 /// counter wraps.
 pub const MAX_STEPS: u64 = 1 << 53;
 
-/// The most parameter tensors one optimizer steps ($2^{20}$): a bound on the memory a state
+/// The most parameter tensors one optimizer steps (2²⁰): a bound on the memory a state
 /// file's layout can ask for before any of its buffers is read.
 pub const MAX_TENSORS: usize = 1 << 20;

@@ -7,19 +7,19 @@ use super::spec::{check, config};
 use crate::{Real, Result};
 
 config! {
-    /// `lion`: $c = \beta_1 m + (1-\beta_1) g$,
-    /// $\Phi \leftarrow \Phi - \eta\,(\operatorname{sign}(c) + \lambda\Phi)$,
-    /// $m \leftarrow \beta_2 m + (1-\beta_2) g$ (decoupled weight decay $\lambda$;
-    /// $\operatorname{sign}(0) = 0$). Defaults are optax's `lion` (learning rate excepted, which
+    /// `lion`: c = β₁m + (1 − β₁)g,
+    /// Φ ← Φ − η (sign(c) + λΦ),
+    /// m ← β₂m + (1 − β₂)g (decoupled weight decay λ;
+    /// sign(0) = 0). Defaults are optax's `lion` (learning rate excepted, which
     /// optax requires: 1e-4 here, the paper's advice of 3–10× below AdamW's).
     Lion("lion") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-4,
-        /// Interpolation $\beta_1 \in [0, 1]$ for the update direction.
+        /// Interpolation β₁ ∈ \[0, 1\] for the update direction.
         beta1: f64 = 0.9,
-        /// Decay $\beta_2 \in [0, 1]$ of the momentum.
+        /// Decay β₂ ∈ \[0, 1\] of the momentum.
         beta2: f64 = 0.99,
-        /// Decoupled weight decay $\lambda \ge 0$.
+        /// Decoupled weight decay λ ≥ 0.
         weight_decay: f64 = 1e-3,
     }
 }
@@ -49,7 +49,7 @@ impl UpdateRule for Lion {
 }
 
 impl Lion {
-    /// One chunk's update, with $m$ in either storage.
+    /// One chunk's update, with m in either storage.
     #[inline(always)]
     fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let lr = T::from_f64(ctx.lr);

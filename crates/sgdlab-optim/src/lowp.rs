@@ -5,12 +5,12 @@
 //! widening is exact and narrowing drops 16 bits:
 //!
 //! * **nearest** ([`bf16_nearest`]) rounds to the nearest bfloat16, ties to even — an EMA
-//!   $v \leftarrow \beta v + (1-\beta)x$ stored this way stops moving once its increment
-//!   $(1-\beta)(x - v)$ is below half an ulp of $v$;
+//!   v ← βv + (1 − β)x stored this way stops moving once its increment
+//!   (1 − β)(x − v) is below half an ulp of v;
 //! * **stochastic** ([`bf16_stochastic`]) rounds up with probability equal to the dropped
-//!   fraction of an ulp, $P(\uparrow) = r/2^{16}$ for the dropped bits $r$, so that
-//!   $E[\mathrm{round}(x)] = x$ exactly (for $x$ within the finite range), with variance
-//!   $u^2 f(1-f)$ for ulp $u$ and fraction $f$.
+//!   fraction of an ulp, P(↑) = r/2¹⁶ for the dropped bits r, so that
+//!   E\[round(x)\] = x exactly (for x within the finite range), with variance
+//!   u²f(1 − f) for ulp u and fraction f.
 //!
 //! The random bits of stochastic rounding come from [`counter_bits`]: a hash of a key
 //! (seed, step, tensor, pair of state buffers; [`stream_key`]) and the element's index, each of
@@ -32,7 +32,7 @@ pub fn bf16_nearest(x: f32) -> u16 {
 
 /// The bfloat16 bits of `x` rounded stochastically with the 16 random bits `r` (the low half
 /// of a uniform `u32`): up (away from zero) when the 16 dropped bits plus `r` carry, i.e.
-/// with probability (dropped bits)/$2^{16}$. NaN stays NaN (quiet); infinities stay
+/// with probability (dropped bits)/2¹⁶. NaN stays NaN (quiet); infinities stay
 /// infinite. Branch-free, so that loops over it vectorise.
 #[inline(always)]
 pub fn bf16_stochastic(x: f32, r: u32) -> u16 {
@@ -78,7 +78,7 @@ pub fn counter_bits(key: u64, index: u64) -> u32 {
     Block::new(key, index).bits(index as u32)
 }
 
-/// A stream's random bits for the indices of one block of $2^{32}$ (those sharing
+/// A stream's random bits for the indices of one block of 2³² (those sharing
 /// `index >> 32`), with only 32-bit arithmetic left per element: what a vectorised loop over
 /// a chunk of a tensor needs. `Block::new(key, i).bits(i as u32) == counter_bits(key, i)`.
 #[derive(Clone, Copy, Debug)]
@@ -322,11 +322,11 @@ mod tests {
     }
 
     /// `counter_bits` is Wellons' `lowbias32` of the index mixed with the key: with key 0 and
-    /// an index below $2^{32}$ the mixing is the identity, so the published inverse
+    /// an index below 2³² the mixing is the identity, so the published inverse
     /// (`lowbias32_r`, constants `0x43021123`, `0x1d69e2a5`) must give the index back — which
     /// pins every shift and multiplier, where a bijection or uniformity test would pass a
     /// different but still invertible mixer. With a key, the inverse gives the index xor the
-    /// key's low half plus its high half, and `Block` agrees with it across a $2^{32}$ block.
+    /// key's low half plus its high half, and `Block` agrees with it across a 2³² block.
     #[test]
     fn counter_bits_are_lowbias32_as_published() {
         fn lowbias32_r(mut x: u32) -> u32 {

@@ -10,17 +10,17 @@ use crate::{Real, Result};
 pub const MADAM_BETA: f64 = 0.999;
 
 config! {
-    /// `madam`: the reference update. With $v \leftarrow 0.999 v + 0.001 g^2$ and
-    /// $\hat g = \operatorname{clamp}(g/\sqrt{v/(1-0.999^t)}, \pm g_{bound})$ ($0/0 \to 0$):
-    /// $\Phi \leftarrow \Phi \cdot \exp(-\eta\, \hat g\, \operatorname{sign}\Phi)$, then
-    /// $\Phi \leftarrow \operatorname{clamp}(\Phi, \pm p_{scale}\cdot\mathrm{RMS}(\Phi_0))$ per
-    /// tensor, where $\Phi_0$ is the tensor at its first step.
+    /// `madam`: the reference update. With v ← 0.999v + 0.001g² and
+    /// ĝ = clamp(g/√(v/(1 − 0.999ᵗ)), ±g\_bound) (0/0 → 0):
+    /// Φ ← Φ·exp(−η ĝ sign Φ), then
+    /// Φ ← clamp(Φ, ±p\_scale·RMS(Φ₀)) per
+    /// tensor, where Φ₀ is the tensor at its first step.
     Madam("madam") {
-        /// Learning rate $\eta \ge 0$ (a relative step size).
+        /// Learning rate η ≥ 0 (a relative step size).
         lr: f64 = 1e-2,
-        /// Bound on $|\Phi|$ as a multiple $p_{scale} > 0$ of the initial RMS.
+        /// Bound on |Φ| as a multiple p\_scale > 0 of the initial RMS.
         p_scale: f64 = 3.0,
-        /// Bound $g_{bound} > 0$ on the normalised gradient.
+        /// Bound g\_bound > 0 on the normalised gradient.
         g_bound: f64 = 10.0,
     }
 }
@@ -131,13 +131,13 @@ impl UpdateRule for Madam {
 }
 
 /// Taylor degree of [`exp_bounded`] for `f32` parameters: the truncation error,
-/// $2^N (1/16)^7/7! < 2 \cdot 10^{-10}$ relative, is far below `f32`'s $6 \cdot 10^{-8}$.
+/// 2ᴺ(1/16)⁷/7! < 2·10⁻¹⁰ relative, is far below `f32`'s 6·10⁻⁸.
 const F32_DEGREE: usize = 6;
 
-/// Taylor degree of [`exp_bounded`] for `f64` parameters: $2^N (1/16)^{10}/10! < 10^{-16}$.
+/// Taylor degree of [`exp_bounded`] for `f64` parameters: 2ᴺ(1/16)¹⁰/10! < 10⁻¹⁶.
 const F64_DEGREE: usize = 9;
 
-/// $1/k!$ for $k = 0, \dots, 9$, each rounded once.
+/// 1/k! for k = 0, …, 9, each rounded once.
 const INV_FACTORIAL: [f64; 10] = {
     let mut c = [1.0; 10];
     let mut k = 1;
@@ -148,17 +148,17 @@ const INV_FACTORIAL: [f64; 10] = {
     c
 };
 
-/// Squarings $n$ such that $|x|/2^n \le 1/16$ for every $|x| \le$ `max_abs`, or `usize::MAX`
-/// (use the library `exp`) beyond $2^8/16 = 16$.
+/// Squarings n such that |x|/2ⁿ ≤ 1/16 for every |x| ≤ `max_abs`, or `usize::MAX`
+/// (use the library `exp`) beyond 2⁸/16 = 16.
 fn exp_squarings(max_abs: f64) -> usize {
     (0..=8)
         .find(|&n| max_abs / f64::from(1u32 << n) <= 1.0 / 16.0)
         .unwrap_or(usize::MAX)
 }
 
-/// $e^x$ for $|x| \le 2^N/16$ from exact operations only (so that it vectorises and every SIMD
-/// level gives the same bits): the Taylor polynomial of degree `DEG` of $e^{x/2^N}$ in Horner
-/// form, then $N$ squarings. Relative error below $2^N ((1/16)^{D+1}/(D+1)! + 10^{-16})$.
+/// eˣ for |x| ≤ 2ᴺ/16 from exact operations only (so that it vectorises and every SIMD
+/// level gives the same bits): the Taylor polynomial of degree `DEG` of e^(x/2ᴺ) in Horner
+/// form, then N squarings. Relative error below 2ᴺ((1/16)ᴰ⁺¹/(D + 1)!+10⁻¹⁶).
 #[inline(always)]
 fn exp_bounded<const N: usize, const DEG: usize>(x: f64) -> f64 {
     // Dividing by 2^N is exact; so is multiplying by its reciprocal.
@@ -209,13 +209,13 @@ mod tests {
         assert_eq!(exp_squarings(1e3), usize::MAX);
     }
 
-    /// The exp kernel's squarings are chosen for $|\eta\,g_{bound}|$, the largest exponent a
-    /// step can take, and that exponent is reached: after 70 zero gradients ($v = 0$, the
-    /// normalised gradient 0/0 taken as 0, factor 1), a gradient $\pm1$ normalises to
-    /// $\pm\sqrt{(1-\beta^{71})/(1-\beta)} \approx \pm 8.3$, clipped to $g_{bound} = 8$, so
-    /// with $\eta = 8$ the factor is $e^{-64}$, beyond the bounded kernel (the library `exp`).
-    /// Squarings chosen from $\eta + g_{bound} = 16$ or $\eta / g_{bound} = 1$ would take it with
-    /// 8 or 4 squarings, $6 \cdot 10^{-11}$ relative or far worse.
+    /// The exp kernel's squarings are chosen for |η g\_bound |, the largest exponent a
+    /// step can take, and that exponent is reached: after 70 zero gradients (v = 0, the
+    /// normalised gradient 0/0 taken as 0, factor 1), a gradient ±1 normalises to
+    /// ±√((1 − β⁷¹)/(1 − β)) ≈ ±8.3, clipped to g\_bound = 8, so
+    /// with η = 8 the factor is e⁻⁶⁴, beyond the bounded kernel (the library `exp`).
+    /// Squarings chosen from η + g\_bound = 16 or η/g\_bound = 1 would take it with
+    /// 8 or 4 squarings, 6·10⁻¹¹ relative or far worse.
     #[test]
     fn the_exp_kernel_covers_the_largest_exponent() {
         use crate::{Optimizer, StepInfo, Tensor};
@@ -238,10 +238,10 @@ mod tests {
     }
 
     /// The clamp bound is `p_scale` times the RMS of the tensor at the first step, as the
-    /// reference's `p_scale * (p*p).mean().sqrt()`: with $\Phi_0 = (3, 1, -1, \tfrac12)$ and
-    /// `p_scale` 1 it is $\sqrt{11.25/4}$, which clamps the first element's step
-    /// $3e^{-0.1}$ and leaves the others, $\Phi e^{-\eta\,\mathrm{sign}(g)\,\mathrm{sign}(\Phi)}$
-    /// (the first normalised gradient is $\mathrm{sign}(g)$), unclamped.
+    /// reference's `p_scale * (p*p).mean().sqrt()`: with Φ₀ = (3, 1, −1, ½) and
+    /// `p_scale` 1 it is √(11.25/4), which clamps the first element's step
+    /// 3e^(−0.1) and leaves the others, Φe^(−η sign(g) sign(Φ))
+    /// (the first normalised gradient is sign(g)), unclamped.
     #[test]
     fn the_clamp_bound_is_p_scale_times_the_first_rms() {
         use crate::{Optimizer, StepInfo, Tensor};
@@ -256,12 +256,12 @@ mod tests {
         }
     }
 
-    /// The largest exponent the bounded kernel takes, $|\eta\,g_{bound}| = 16$ (8 squarings):
-    /// an `f64` step is $e^{\mp 16}$ to 1e-12 relative, which only the `f64` degree gives
-    /// (the `f32` degree's truncation is $2^8 (1/16)^7/7! \approx 2 \cdot 10^{-10}$ there), and
+    /// The largest exponent the bounded kernel takes, |η g\_bound | = 16 (8 squarings):
+    /// an `f64` step is e^(∓16) to 1e-12 relative, which only the `f64` degree gives
+    /// (the `f32` degree's truncation is 2⁸(1/16)⁷/7! ≈ 2·10⁻¹⁰ there), and
     /// an `f32` step is the `f32` nearest of it. At the first step the normalised gradient is
-    /// $\mathrm{sign}(g)$ (so $g_{bound} = 1$ does not clip it), and the factor is
-    /// $e^{-\eta\,\mathrm{sign}(g)\,\mathrm{sign}(\Phi)}$.
+    /// sign(g) (so g\_bound = 1 does not clip it), and the factor is
+    /// e^(−η sign(g) sign(Φ)).
     #[test]
     fn each_precision_takes_the_exp_of_its_own_degree() {
         use crate::{Optimizer, StepInfo, Tensor};

@@ -1,14 +1,14 @@
 //! Arithmetic whose bits do not depend on how the compiler treats the call.
 //!
 //! `f64::powi` is an LLVM intrinsic: with arguments the optimizer can see as constants it is
-//! folded at compile time to a correctly rounded $x^n$, and otherwise it runs the runtime's
+//! folded at compile time to a correctly rounded xⁿ, and otherwise it runs the runtime's
 //! repeated squaring, which can differ in the last bit. Whether a call is folded depends on
 //! inlining, so the same source can give different bits in two builds (or two crates).
 //! [`powi`] is that repeated squaring written out: the same bits whatever the build.
 
-/// $x^n$ by repeated squaring (compiler-rt's `__powidf2`, the value `f64::powi` gives at run
-/// time): $r \leftarrow r\,x$ for each set bit of $|n|$ from the lowest, squaring $x$ in
-/// between, and $1/r$ for $n < 0$. The same bits on every build.
+/// xⁿ by repeated squaring (compiler-rt's `__powidf2`, the value `f64::powi` gives at run
+/// time): r ← r x for each set bit of |n| from the lowest, squaring x in
+/// between, and 1/r for n < 0. The same bits on every build.
 pub fn powi(x: f64, n: i32) -> f64 {
     let (mut x, mut k, mut r) = (x, n.unsigned_abs(), 1.0);
     loop {

@@ -4,17 +4,17 @@
 //! bfloat16 or the compute type `T`. Each step widens them exactly to `T` and runs the
 //! ordinary step on the widened values, then writes the parameters back:
 //!
-//! * `master_weights=true`: the optimizer keeps an exact copy $\Phi$ of the parameters in
+//! * `master_weights=true`: the optimizer keeps an exact copy Φ of the parameters in
 //!   `T` (made from the bfloat16 values at the first step, saved in checkpoints as
 //!   `master/{tensor}`), steps it, and rounds it to nearest into the bfloat16 parameters:
-//!   $\Phi_{\text{bf16}} = \mathrm{rn}(\Phi)$. Updates smaller than half an ulp of the
-//!   parameter accumulate in $\Phi$ instead of being lost.
+//!   Φ\_bf16 = rn(Φ). Updates smaller than half an ulp of the
+//!   parameter accumulate in Φ instead of being lost.
 //! * without: the widened parameters are stepped and rounded back with the spec's `rounding`
 //!   (stochastic by default, from the stream `(sr_seed, step, tensor, 2)` of
 //!   [`crate::lowp`]; `stream_key`'s streams 0 and 1 round the state buffers), so that on
 //!   average a small update moves the parameter by its exact size,
-//!   $E[\mathrm{sr}(\Phi - \Delta)] = \Phi - \Delta$, where round-to-nearest drops every
-//!   $|\Delta| < \tfrac12 \mathrm{ulp}(\Phi)$.
+//!   E\[sr(Φ − Δ)\] = Φ − Δ, where round-to-nearest drops every
+//!   |Δ| < ½ulp(Φ).
 //!
 //! The widening and narrowing are separate passes over memory (vectorised, over the
 //! threads), not fused into the rules' element loops.
@@ -76,7 +76,7 @@ fn widen<T: Real>(src: &[u16]) -> Vec<T> {
     out
 }
 
-/// `src` narrowed into `dst`; element $i$ of a stochastic narrowing takes the low 16 bits of
+/// `src` narrowed into `dst`; element i of a stochastic narrowing takes the low 16 bits of
 /// `counter_bits(key, i)` (the same bits for any thread count).
 fn narrow<T: Real>(src: &[T], dst: &mut [u16], how: Narrow) {
     let level = SimdLevel::current();
@@ -100,16 +100,16 @@ impl<T: Real> Optimizer<T> {
     /// both widened exactly to `T`, the step of [`Optimizer::step_views`] on them, and the
     /// parameters written back:
     ///
-    /// * `master_weights=true`: the optimizer keeps an exact copy $\Phi$ of the parameters
+    /// * `master_weights=true`: the optimizer keeps an exact copy Φ of the parameters
     ///   in `T` (made from the bfloat16 values at the first step, saved in checkpoints as
     ///   `master/{tensor}`, read with [`Optimizer::master`]), steps it, and rounds it to
-    ///   nearest into the parameters, $\Phi_{\text{bf16}} = \mathrm{rn}(\Phi)$: updates
-    ///   below half an ulp accumulate in $\Phi$ instead of being lost;
+    ///   nearest into the parameters, Φ\_bf16 = rn(Φ): updates
+    ///   below half an ulp accumulate in Φ instead of being lost;
     /// * without: the widened parameters are stepped and rounded back with the spec's
-    ///   `rounding` — stochastic by default, $E[\mathrm{sr}(\Phi - \Delta)] = \Phi - \Delta$,
+    ///   `rounding` — stochastic by default, E\[sr(Φ − Δ)\] = Φ − Δ,
     ///   with random bits keyed by (`sr_seed`, step, tensor, element) as for the state, so
     ///   the same for any thread count and across a resume; `nearest` drops every
-    ///   $|\Delta| < \tfrac12\,\mathrm{ulp}(\Phi)$.
+    ///   |Δ| < ½ ulp(Φ).
     ///
     /// Widening and narrowing are passes of their own over memory (vectorised, threaded),
     /// not fused into the rule's element loop.

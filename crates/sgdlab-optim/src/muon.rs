@@ -8,20 +8,20 @@ use super::rule::UpdateRule;
 use super::spec::{SpecValue, check, config};
 use crate::{Error, Real, Result};
 
-/// The quintic Newton–Schulz coefficients $(a, b, c)$ of PyTorch (and Keller Jordan's
-/// reference): $X \leftarrow aX + (bA + cA^2)X$ with $A = XX^\top$.
+/// The quintic Newton–Schulz coefficients (a, b, c) of PyTorch (and Keller Jordan's
+/// reference): X ← aX + (bA + cA²)X with A = XXᵀ.
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
-/// How Muon scales its learning rate by the matrix shape $A \times B$ (PyTorch's
+/// How Muon scales its learning rate by the matrix shape A×B (PyTorch's
 /// `adjust_lr_fn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AdjustLr {
-    /// Keller Jordan's $\eta\sqrt{\max(1, A/B)}$ (PyTorch's default).
+    /// Keller Jordan's η√(max(1, A/B)) (PyTorch's default).
     #[default]
     Original,
-    /// Moonshot's $0.2\,\eta\sqrt{\max(A, B)}$, matching AdamW's update RMS.
+    /// Moonshot's 0.2 η√(max(A, B)), matching AdamW's update RMS.
     MatchRmsAdamw,
-    /// Bernstein's $\eta\sqrt{A/B}$.
+    /// Bernstein's η√(A/B).
     SpectralUnclamped,
 }
 
@@ -52,24 +52,24 @@ config! {
     /// `muon`: PyTorch's `torch.optim.Muon`, for matrices (2-D tensors; route the others to
     /// another rule with a parameter group).
     ///
-    /// $B \leftarrow B + (1-\mu)(g - B)$; $U = g + \mu(B - g)$ with Nesterov, else $B$;
-    /// $O = \mathrm{NS}_k(U/\max(\lVert U\rVert_F, \epsilon))$, $k$ quintic Newton–Schulz steps
-    /// $X \leftarrow aX + (bXX^\top + c(XX^\top)^2)X$ on the wide orientation of $U$;
-    /// $\Phi \leftarrow (1-\eta\lambda)\Phi - \eta' O$ with $\eta'$ the shape-adjusted
+    /// B ← B + (1 − μ)(g − B); U = g + μ(B − g) with Nesterov, else B;
+    /// O = NSₖ(U/max(‖U‖\_F, ε)), k quintic Newton–Schulz steps
+    /// X ← aX + (bXXᵀ + c(XXᵀ)²)X on the wide orientation of U;
+    /// Φ ← (1 − ηλ)Φ − η′O with η′ the shape-adjusted
     /// learning rate ([`AdjustLr`]). The iteration runs in the parameters' precision
     /// (`ns_bf16=true` rounds every product to bfloat16, as PyTorch computes it).
     Muon("muon") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// Decoupled weight decay $\lambda \ge 0$.
+        /// Decoupled weight decay λ ≥ 0.
         weight_decay: f64 = 0.1,
-        /// Momentum $\mu \in [0, 1)$.
+        /// Momentum μ ∈ \[0, 1).
         momentum: f64 = 0.95,
         /// Nesterov momentum.
         nesterov: bool = true,
-        /// Newton–Schulz steps $k$ (1 to 99).
+        /// Newton–Schulz steps k (1 to 99).
         ns_steps: u64 = 5,
-        /// $\epsilon > 0$, the floor of the norm the update is divided by.
+        /// ε > 0, the floor of the norm the update is divided by.
         eps: f64 = 1e-7,
         /// The shape adjustment of the learning rate.
         adjust_lr: AdjustLr = AdjustLr::Original,
@@ -79,7 +79,7 @@ config! {
 }
 
 impl Muon {
-    /// $\eta'$ for a matrix of `rows` × `cols`.
+    /// η′ for a matrix of `rows` × `cols`.
     fn adjusted_lr(&self, lr: f64, rows: usize, cols: usize) -> f64 {
         let (a, b) = (rows as f64, cols as f64);
         lr * match self.adjust_lr {
@@ -182,8 +182,8 @@ impl UpdateRule for Muon {
     }
 }
 
-/// PyTorch's `lerp` as its CPU kernel computes it: $a + w(b-a)$ for $w < \tfrac12$, else
-/// $b + (w-1)(b-a)$, each one fused multiply-add (rounded once), with $w$ and $w - 1$ in `T`.
+/// PyTorch's `lerp` as its CPU kernel computes it: a + w(b − a) for w < ½, else
+/// b + (w − 1)(b − a), each one fused multiply-add (rounded once), with w and w − 1 in `T`.
 /// `mul_add` is correctly rounded on every machine (hardware FMA or libm's `fma`), so the
 /// bits are the same everywhere.
 #[inline]
@@ -216,8 +216,8 @@ const ROW_BLOCK: usize = 64;
 /// than their products (a 64 × 64 step takes microseconds).
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// Whether an $m \times k$ by $k \times n$ product runs its row blocks on the pool: when
-/// $m \max(n, k) \ge$ [`PARALLEL_MIN`]. Speed only: the blocks are the same either way.
+/// Whether an m×k by k×n product runs its row blocks on the pool: when
+/// m max(n, k) ≥ [`PARALLEL_MIN`]. Speed only: the blocks are the same either way.
 fn parallel_product(m: usize, k: usize, n: usize) -> bool {
     m * n.max(k) >= PARALLEL_MIN
 }
@@ -240,13 +240,13 @@ fn each2<T: Real>(parallel: bool, v: &mut [T], w: &[T], f: impl Fn(&mut T, T) + 
     }
 }
 
-/// $C = A B$ for row-major `a` ($m \times k$), and `b` given as ($k \times n$) with strides
-/// `(rsb, csb)`; rows of $C$ in parallel blocks of [`ROW_BLOCK`].
+/// C = AB for row-major `a` (m×k), and `b` given as (k×n) with strides
+/// `(rsb, csb)`; rows of C in parallel blocks of [`ROW_BLOCK`].
 ///
-/// With `symmetric` (a square product known to be symmetric: $XX^\top$, $A^2$ for symmetric
-/// $A$), each row block computes only the columns from its first row on, and the rest is
-/// mirrored: half the arithmetic, and the same bits (element $(j, i)$ is the same products
-/// summed in the same order as $(i, j)$).
+/// With `symmetric` (a square product known to be symmetric: XXᵀ, A² for symmetric
+/// A), each row block computes only the columns from its first row on, and the rest is
+/// mirrored: half the arithmetic, and the same bits (element (j, i) is the same products
+/// summed in the same order as (i, j)).
 fn matmul<T: Real>(
     m: usize,
     k: usize,
@@ -321,9 +321,9 @@ fn matmul<T: Real>(
 }
 
 /// The quintic Newton–Schulz iteration of `update` (`rows` × `cols`, row-major), as
-/// PyTorch's `_zeropower_via_newtonschulz`: on the wide orientation ($r \le c$), $X$ is
-/// normalised by $\max(\lVert X\rVert_F, \epsilon)$, then `steps` times
-/// $A = XX^\top$, $B = bA + cA^2$, $X \leftarrow aX + BX$. Returns the result in the
+/// PyTorch's `_zeropower_via_newtonschulz`: on the wide orientation (r ≤ c), X is
+/// normalised by max(‖X‖\_F, ε), then `steps` times
+/// A = XXᵀ, B = bA + cA², X ← aX + BX. Returns the result in the
 /// original orientation. With `bf16`, the input and every product are rounded to bfloat16.
 ///
 /// # Panics
@@ -383,9 +383,9 @@ pub fn newton_schulz<T: Real>(
 }
 
 /// Whether [`newton_schulz`] works on the transpose: PyTorch's `if G.size(-2) > G.size(-1)`,
-/// so that the Gram matrix $XX^\top$ is the smaller one, $\min(r, c)^2$ elements; a square
+/// so that the Gram matrix XXᵀ is the smaller one, min(r, c)² elements; a square
 /// matrix is not transposed. Either orientation gives the same result up to rounding (both
-/// compute $p(XX^\top)X = X\,p(X^\top X)$), so only the bits and the cost tell them apart.
+/// compute p(XXᵀ)X = X p(XᵀX)), so only the bits and the cost tell them apart.
 fn works_transposed(rows: usize, cols: usize) -> bool {
     rows > cols
 }
@@ -405,9 +405,9 @@ fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
 mod tests {
     use super::*;
 
-    /// Products large enough for the parallel row blocks ($m \max(n, k) \ge$
-    /// [`PARALLEL_MIN`]) are the product by its definition, $C_{ij} = \sum_l A_{il} B_{lj}$, to
-    /// rounding: a general one with a transposed (strided) $B$, and a symmetric $XX^\top$. (The
+    /// Products large enough for the parallel row blocks (m max(n, k) ≥
+    /// [`PARALLEL_MIN`]) are the product by its definition, Cᵢⱼ = ΣₗAᵢₗBₗⱼ, to
+    /// rounding: a general one with a transposed (strided) B, and a symmetric XXᵀ. (The
     /// thread-count test compares the parallel path only with itself; the reference
     /// trajectories' matrices are small enough for the serial one.)
     #[test]
@@ -483,8 +483,8 @@ mod tests {
     }
 
     /// The orientation rule is PyTorch's: only a tall matrix is transposed (a square one
-    /// would get its rounding from $X^\top X$ instead of $XX^\top$, and a tall one a Gram
-    /// matrix of $\max(r, c)^2$ elements, and neither shows beyond rounding).
+    /// would get its rounding from XᵀX instead of XXᵀ, and a tall one a Gram
+    /// matrix of max(r, c)² elements, and neither shows beyond rounding).
     #[test]
     fn only_tall_matrices_are_transposed() {
         assert!(works_transposed(6, 4));
@@ -495,9 +495,9 @@ mod tests {
     }
 
     /// `lerp` is PyTorch's CPU kernel bit for bit: `torch.lerp` (torch 2.15, float64 and
-    /// float32 tensors) on $a = 0.0137 i - 7$, $b = 0.31 (i \bmod 97) + 0.123$ for
-    /// $i = 0, 41, \dots$ and $w \in \{0.05, 0.3, 0.5, 0.7, 0.95\}$ (both branches, and
-    /// $w = 1/2$, which takes the second: 9 of its 49 cases round differently in the first),
+    /// float32 tensors) on a = 0.0137i − 7, b = 0.31(i mod 97) + 0.123 for
+    /// i = 0, 41, … and w ∈ {0.05, 0.3, 0.5, 0.7, 0.95} (both branches, and
+    /// w = 1/2, which takes the second: 9 of its 49 cases round differently in the first),
     /// recorded here: a fused multiply-add from the nearer end, which in about a third of
     /// these cases differs in the last bit from either unfused formula. (The reference
     /// trajectories' tolerance cannot see the last bit.)

@@ -9,25 +9,25 @@ use crate::{Real, Result};
 config! {
     /// `nadam`: PyTorch's `torch.optim.NAdam` (Dozat 2016).
     ///
-    /// With the momentum schedule $\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})$ and its running
-    /// product $\Pi_t = \prod_{s\le t}\mu_s$ (kept per tensor, as PyTorch does):
-    /// $m \leftarrow m + (1-\beta_1)(g - m)$, $v \leftarrow \beta_2 v + (1-\beta_2)g^2$,
-    /// $d = \sqrt{v/(1-\beta_2^t)} + \epsilon$,
-    /// $\Phi \leftarrow \Phi - \eta\frac{1-\mu_t}{1-\Pi_t}\,g/d - \eta\frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}}\,m/d$.
-    /// Weight decay $\lambda$ is added to $g$, or with `decoupled_weight_decay=true` applied
-    /// as $\Phi \leftarrow (1-\eta\lambda)\Phi$ first (NAdamW).
+    /// With the momentum schedule μₜ = β₁(1 − ½0.96^tψ) and its running
+    /// product Πₜ = ∏\_(s ≤ t) μₛ (kept per tensor, as PyTorch does):
+    /// m ← m + (1 − β₁)(g − m), v ← β₂v + (1 − β₂)g²,
+    /// d = √(v/(1 − β₂ᵗ)) + ε,
+    /// Φ ← Φ − η(1 − μₜ)/(1 − Πₜ) g/d − η(μₜ₊₁)/(1 − Πₜμₜ₊₁) m/d.
+    /// Weight decay λ is added to g, or with `decoupled_weight_decay=true` applied
+    /// as Φ ← (1 − ηλ)Φ first (NAdamW).
     Nadam("nadam") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 2e-3,
-        /// First-moment decay $\beta_1 \in [0, 1)$.
+        /// First-moment decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to the denominator.
+        /// ε > 0 added to the denominator.
         eps: f64 = 1e-8,
-        /// Weight decay $\lambda \ge 0$.
+        /// Weight decay λ ≥ 0.
         weight_decay: f64 = 0.0,
-        /// Momentum decay $\psi \ge 0$ of the schedule $\mu_t$.
+        /// Momentum decay ψ ≥ 0 of the schedule μₜ.
         momentum_decay: f64 = 4e-3,
         /// Decoupled weight decay (NAdamW) instead of L2.
         decoupled_weight_decay: bool = false,
@@ -35,7 +35,7 @@ config! {
 }
 
 impl Nadam {
-    /// $\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})$.
+    /// μₜ = β₁(1 − ½0.96^tψ).
     fn mu(&self, t: u64) -> f64 {
         self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
     }
@@ -63,7 +63,7 @@ impl UpdateRule for Nadam {
         &["exp_avg", "exp_avg_sq"]
     }
 
-    /// `mu_product`, $\Pi_t$.
+    /// `mu_product`, Πₜ.
     fn tensor_scalars(&self) -> &'static [&'static str] {
         &["mu_product"]
     }

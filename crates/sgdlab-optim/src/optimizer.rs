@@ -30,7 +30,7 @@ pub struct Optimizer<T: Real> {
 /// The optimizer state of one parameter tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TensorState<T> {
-    /// The tensor's group: 0 for the optimizer's own spec, $k$ for `groups[k - 1]`.
+    /// The tensor's group: 0 for the optimizer's own spec, k for `groups[k - 1]`.
     pub(crate) group: usize,
     /// One buffer per slot name, each as long as the tensor.
     pub(crate) slots: Vec<Vec<T>>,
@@ -83,7 +83,7 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// The group of tensor `tensor` (after the first step): 0 for the optimizer's own spec,
-    /// $k \ge 1$ for `groups()[k - 1]`.
+    /// k ≥ 1 for `groups()[k - 1]`.
     pub fn group_of(&self, tensor: usize) -> Option<usize> {
         self.tensors.get(tensor).map(|t| t.group)
     }
@@ -137,8 +137,8 @@ impl<T: Real> Optimizer<T> {
         self.skipped
     }
 
-    /// Attaches a learning-rate schedule: step $t$ (counting steps taken, applied or skipped)
-    /// uses $s_t\eta$. Its position is the optimizer's step count, so it is saved and resumed
+    /// Attaches a learning-rate schedule: step t (counting steps taken, applied or skipped)
+    /// uses sₜη. Its position is the optimizer's step count, so it is saved and resumed
     /// with the state.
     pub fn set_schedule(&mut self, schedule: Schedule) -> Result<()> {
         schedule.validate()?;
@@ -151,7 +151,7 @@ impl<T: Real> Optimizer<T> {
         &self.schedule
     }
 
-    /// The learning rate the next step will use: $s_t\eta$ (times any
+    /// The learning rate the next step will use: sₜη (times any
     /// [`StepInfo::lr_scale`](crate::StepInfo::lr_scale)).
     pub fn current_lr(&self) -> f64 {
         self.spec.rule.lr() * self.schedule.factor(self.step + self.skipped)
@@ -220,7 +220,7 @@ impl<T: Real> Optimizer<T> {
         self.replace_specs(self.spec.clone(), groups)
     }
 
-    /// Sets the base learning rate $\eta$ (a schedule still multiplies it).
+    /// Sets the base learning rate η (a schedule still multiplies it).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         self.set("lr", lr)
     }
@@ -317,7 +317,7 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// The point to evaluate (and to ship) for tensor `tensor` when it is not the
-    /// parameters: Schedule-Free's average $x_t$ (the parameters hold $y_t$, where gradients
+    /// parameters: Schedule-Free's average xₜ (the parameters hold yₜ, where gradients
     /// are taken). `None` for every other rule, and before the first step.
     pub fn eval_point(&self, tensor: usize) -> Option<&[T]> {
         let slot = self.spec_of(tensor).rule.eval_slot()?;
@@ -330,7 +330,7 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// Puts the evaluation point into `params` in place (the `schedulefree` package's
-    /// `optimizer.eval()`): Schedule-Free tensors get $x_t$; other rules' tensors are left
+    /// `optimizer.eval()`): Schedule-Free tensors get xₜ; other rules' tensors are left
     /// as they are. Call before evaluating or saving the model; [`Optimizer::train_mode`]
     /// brings back the training point bit for bit. Stepping in eval mode is an error;
     /// calling it twice is a no-op.
@@ -348,7 +348,7 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// Puts the training point back into `params` after [`Optimizer::eval_mode`]
-    /// (`optimizer.train()`): Schedule-Free's $y_t = \beta x_t + (1-\beta) z_t$, computed
+    /// (`optimizer.train()`): Schedule-Free's yₜ = βxₜ + (1 − β)zₜ, computed
     /// from the state exactly as the step computed it. A no-op in train mode.
     pub fn train_mode(&mut self, params: &mut [ParamMut<'_, T>]) -> Result<()> {
         self.check_params(params)?;

@@ -9,22 +9,22 @@ use crate::{Real, Result};
 config! {
     /// `radam`: PyTorch's `torch.optim.RAdam` (Liu et al. 2020).
     ///
-    /// $m, v$ as in Adam; with $\rho_\infty = 2/(1-\beta_2) - 1$ and
-    /// $\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)$: when $\rho_t > 5$,
-    /// $\Phi \leftarrow \Phi - \eta\,\hat m\, r_t\sqrt{1-\beta_2^t}/(\sqrt v + \epsilon)$ with
-    /// $r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}$;
-    /// otherwise the unadapted momentum step $\Phi \leftarrow \Phi - \eta\hat m$
-    /// ($\hat m = m/(1-\beta_1^t)$). Weight decay as in NAdam (`decoupled_weight_decay`).
+    /// m, v as in Adam; with ρ\_∞ = 2/(1 − β₂) − 1 and
+    /// ρₜ = ρ\_∞−2tβ₂ᵗ/(1 − β₂ᵗ): when ρₜ > 5,
+    /// Φ ← Φ − η m̂ rₜ√(1 − β₂ᵗ)/(√v + ε) with
+    /// rₜ = √(((ρₜ − 4)(ρₜ − 2)ρ\_∞)/((ρ\_∞−4)(ρ\_∞−2)ρₜ));
+    /// otherwise the unadapted momentum step Φ ← Φ − ηm̂
+    /// (m̂ = m/(1 − β₁ᵗ)). Weight decay as in NAdam (`decoupled_weight_decay`).
     Radam("radam") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// First-moment decay $\beta_1 \in [0, 1)$.
+        /// First-moment decay β₁ ∈ \[0, 1).
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to $\sqrt v$.
+        /// ε > 0 added to √v.
         eps: f64 = 1e-8,
-        /// Weight decay $\lambda \ge 0$.
+        /// Weight decay λ ≥ 0.
         weight_decay: f64 = 0.0,
         /// Decoupled weight decay instead of L2.
         decoupled_weight_decay: bool = false,

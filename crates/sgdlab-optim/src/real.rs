@@ -35,7 +35,7 @@ pub trait Real:
     /// Runs `f` on a scratch buffer of `len` elements owned by the calling thread (reused
     /// between calls, never shrunk; its contents on entry are unspecified).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
-    /// $C \leftarrow A B + \beta C$ (`matrixmultiply`'s `sgemm`/`dgemm` with $\alpha = 1$).
+    /// C ← AB + βC (`matrixmultiply`'s `sgemm`/`dgemm` with α = 1).
     ///
     /// # Safety
     /// As `matrixmultiply::sgemm`: every element addressed by the dimensions and strides must

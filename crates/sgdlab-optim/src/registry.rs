@@ -62,7 +62,7 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.validate(), )+ )* }
             }
 
-            /// The decay rates whose $t$-th powers the update needs, taken once per step
+            /// The decay rates whose t-th powers the update needs, taken once per step
             /// (`powf` costs more than a small tensor's loop).
             pub fn decays(&self) -> $crate::rule::Decays {
                 match self { $( $( Rule::$variant(c) => c.decays(), )+ )* }

@@ -5,7 +5,7 @@
 //! A case is JSON: `{"optimizer": SPEC, "init": [...], "grads": [[...], ...], "losses":
 //! [...]?, "shape": [...]?, "expected": [[...], ...]?, "expected_eval": [[...], ...]?}`:
 //! `expected` is the reference's parameters after every step and `expected_eval` its
-//! evaluation point (Schedule-Free's $x$); any other key is ignored.
+//! evaluation point (Schedule-Free's x); any other key is ignored.
 
 use serde::Deserialize;
 
@@ -31,7 +31,7 @@ pub struct Case {
     /// The reference's parameters after every step, if recorded.
     #[serde(default)]
     pub expected: Option<Vec<Vec<f64>>>,
-    /// The reference's evaluation point after every step (Schedule-Free's $x$), if recorded.
+    /// The reference's evaluation point after every step (Schedule-Free's x), if recorded.
     #[serde(default)]
     pub expected_eval: Option<Vec<Vec<f64>>>,
 }
@@ -134,7 +134,7 @@ impl Case {
         self.run::<T>().map(|t| t.params)
     }
 
-    /// [`Case::replay`] with the evaluation point of every step too (Schedule-Free's $x$).
+    /// [`Case::replay`] with the evaluation point of every step too (Schedule-Free's x).
     pub fn run<T: Real>(&self) -> Result<Trajectory> {
         let mut opt = Optimizer::<T>::from_spec(&self.optimizer)?;
         let convert = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();

@@ -9,20 +9,20 @@ use crate::{Real, Result};
 config! {
     /// `rmsprop`: PyTorch's `torch.optim.RMSprop`.
     ///
-    /// $g \leftarrow g + \lambda\Phi$; $v \leftarrow \alpha v + (1-\alpha) g^2$; centered:
-    /// $\bar g \leftarrow \alpha \bar g + (1-\alpha) g$ and $a = \sqrt{v - \bar g^2} + \epsilon$,
-    /// else $a = \sqrt v + \epsilon$. Without momentum $\Phi \leftarrow \Phi - \eta g/a$; with
-    /// momentum $\mu$: $b \leftarrow \mu b + g/a$, $\Phi \leftarrow \Phi - \eta b$.
+    /// g ← g + λΦ; v ← αv + (1 − α)g²; centered:
+    /// ḡ ← αḡ + (1 − α)g and a = √(v − ḡ²) + ε,
+    /// else a = √v + ε. Without momentum Φ ← Φ − ηg/a; with
+    /// momentum μ: b ← μb + g/a, Φ ← Φ − ηb.
     Rmsprop("rmsprop") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
-        /// Decay $\alpha \in [0, 1)$ of the squared-gradient average.
+        /// Decay α ∈ \[0, 1) of the squared-gradient average.
         alpha: f64 = 0.99,
-        /// $\epsilon > 0$ added to the root.
+        /// ε > 0 added to the root.
         eps: f64 = 1e-8,
-        /// L2 weight decay $\lambda \ge 0$.
+        /// L2 weight decay λ ≥ 0.
         weight_decay: f64 = 0.0,
-        /// Momentum $\mu \in [0, 1)$.
+        /// Momentum μ ∈ \[0, 1).
         momentum: f64 = 0.0,
         /// Divide by the centered (variance) estimate instead of the second moment.
         centered: bool = false,
@@ -61,8 +61,8 @@ impl UpdateRule for Rmsprop {
 }
 
 impl Rmsprop {
-    /// One chunk's update, with its buffers ($v$, then the momentum $b$ and the mean
-    /// $\bar g$ when on) in either storage.
+    /// One chunk's update, with its buffers (v, then the momentum b and the mean
+    /// ḡ when on) in either storage.
     #[inline(always)]
     fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let lr = T::from_f64(ctx.lr);
@@ -145,9 +145,9 @@ struct Coefficients<T> {
 }
 
 impl<T: Real> Coefficients<T> {
-    /// The direction $g/a$ for one element, after updating its averages:
-    /// $v \leftarrow \alpha v + (1-\alpha) g^2$ and $a = \sqrt{v} + \epsilon$, or, centred,
-    /// $\bar g \leftarrow \alpha \bar g + (1-\alpha) g$ and $a = \sqrt{v - \bar g^2} + \epsilon$.
+    /// The direction g/a for one element, after updating its averages:
+    /// v ← αv + (1 − α)g² and a = √v + ε, or, centred,
+    /// ḡ ← αḡ + (1 − α)g and a = √(v − ḡ²) + ε.
     #[inline(always)]
     fn direction(&self, p: T, g: T, v: &mut T, gbar: Option<&mut T>) -> T {
         let g = g * self.gs + self.wd * p;
@@ -168,10 +168,10 @@ mod tests {
     use crate::{Optimizer, StepInfo, Tensor};
 
     /// Centered RMSprop without momentum (the one element loop no reference trajectory
-    /// records) by hand: α = 1/2, gradients 2 then −1 give $v = 2, 3/2$ and
-    /// $\bar g = 1, 0$, so steps $\eta\,g/(\sqrt{v - \bar g^2} + \epsilon)$ of $0.1 \cdot 2/1$
-    /// and $0.1 \cdot (-1)/\sqrt{3/2}$; and the same with L2 decay 0.5 at $\Phi = 1$ (the
-    /// gradient becomes $g + \Phi/2$).
+    /// records) by hand: α = 1/2, gradients 2 then −1 give v = 2, 3/2 and
+    /// ḡ = 1, 0, so steps η g/(√(v − ḡ²) + ε) of 0.1·2/1
+    /// and 0.1·(−1)/√(3/2); and the same with L2 decay 0.5 at Φ = 1 (the
+    /// gradient becomes g + Φ/2).
     #[test]
     fn centered_without_momentum_by_hand() {
         let eps = 1e-8;

@@ -37,7 +37,7 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
     /// Checks every hyper-parameter's range and their combinations.
     fn validate(&self) -> Result<()>;
 
-    /// The learning rate $\eta$.
+    /// The learning rate η.
     fn lr(&self) -> f64;
 
     /// Names of the per-parameter state buffers, PyTorch's where it has them.
@@ -50,7 +50,7 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         &[]
     }
 
-    /// The decay rates whose $t$-th powers the update needs, as many as it has (taken once
+    /// The decay rates whose t-th powers the update needs, as many as it has (taken once
     /// per step into [`StepContext::beta_pow`], in this order; a 0 gives the power 0).
     fn decays(&self) -> Decays {
         Decays::new()
@@ -61,8 +61,8 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         0.0
     }
 
-    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's $z$
-    /// and $x$) instead of [`UpdateRule::initial_state`].
+    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z
+    /// and x) instead of [`UpdateRule::initial_state`].
     fn slot_starts_at_params(&self, _slot: usize) -> bool {
         false
     }
@@ -95,7 +95,7 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
     }
 
     /// The state buffer holding the point to evaluate, when it is not the parameters
-    /// (Schedule-Free trains at $y$ and evaluates the average $x$).
+    /// (Schedule-Free trains at y and evaluates the average x).
     fn eval_slot(&self) -> Option<usize> {
         None
     }
@@ -154,16 +154,16 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
 }
 
 /// How an element-wise rule's step decays the parameters: it moves them as
-/// $p' = s\,p - c\,u$, with $u$ the rule's update, $c > 0$ the same for a whole tensor (the
-/// learning rate, for most rules) and $s$ the decoupled decay's shrink; and the gradient its
-/// update follows is $g' = \gamma g + \lambda p$, with $\gamma > 0$ the step's gradient scale
-/// and $\lambda$ the coupled (L2) decay. From $p$, $p'$ and these, a transformation recovers
-/// $c\,u = s\,p - p'$ and $g'$ for any rule.
+/// p′ = s p − c u, with u the rule's update, c > 0 the same for a whole tensor (the
+/// learning rate, for most rules) and s the decoupled decay's shrink; and the gradient its
+/// update follows is g′ = γg + λp, with γ > 0 the step's gradient scale
+/// and λ the coupled (L2) decay. From p, p′ and these, a transformation recovers
+/// c u = s p − p′ and g′ for any rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DecayForm {
-    /// $s$: the factor on $p$ of a decoupled decay ($1 - \eta\lambda$ for AdamW), 1 if none.
+    /// s: the factor on p of a decoupled decay (1 − ηλ for AdamW), 1 if none.
     pub shrink: f64,
-    /// $\lambda$: the coupled decay added to the gradient, 0 if none.
+    /// λ: the coupled decay added to the gradient, 0 if none.
     pub l2: f64,
 }
 
@@ -174,7 +174,7 @@ impl DecayForm {
         l2: 0.0,
     };
 
-    /// L2 decay: $\lambda p$ added to the gradient.
+    /// L2 decay: λp added to the gradient.
     pub fn coupled(weight_decay: f64) -> Self {
         DecayForm {
             shrink: 1.0,
@@ -182,7 +182,7 @@ impl DecayForm {
         }
     }
 
-    /// Decoupled decay $p \leftarrow (1 - \eta\lambda)\,p$ beside the update.
+    /// Decoupled decay p ← (1 − ηλ) p beside the update.
     pub fn decoupled(lr: f64, weight_decay: f64) -> Self {
         DecayForm {
             shrink: 1.0 - lr * weight_decay,

@@ -8,12 +8,12 @@ use super::spec::{check, config};
 use crate::{Real, Result};
 
 config! {
-    /// `normsgd` (problem 6): $\Phi \leftarrow \Phi - \eta\, g/\sqrt{\lVert g\rVert^2/d + \epsilon}$,
-    /// with $\lVert g\rVert$ and $d$ taken over all parameters of the step.
+    /// `normsgd` (problem 6): Φ ← Φ − η g/√(‖g‖²/d + ε),
+    /// with ‖g‖ and d taken over all parameters of the step.
     NormSgd("normsgd") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
-        /// $\epsilon > 0$ under the root.
+        /// ε > 0 under the root.
         eps: f64 = 1e-8,
     }
 }
@@ -54,11 +54,11 @@ impl UpdateRule for NormSgd {
 }
 
 config! {
-    /// `multiplicative` (problem 7a): $\Phi_i \leftarrow \Phi_i - \eta \max(\epsilon, |\Phi_i|)\, g_i$.
+    /// `multiplicative` (problem 7a): Φᵢ ← Φᵢ − η max(ε, |Φᵢ|) gᵢ.
     Multiplicative("multiplicative") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
-        /// Floor $\epsilon > 0$ of the scale, letting a weight pass through zero.
+        /// Floor ε > 0 of the scale, letting a weight pass through zero.
         eps: f64 = 1e-3,
     }
 }
@@ -95,11 +95,11 @@ impl UpdateRule for Multiplicative {
 }
 
 config! {
-    /// `lossprop` (problem 7b): $\Phi \leftarrow \Phi - \eta\, L\, g$, with $L$ the step's loss
-    /// (which the caller must supply). Since $L\nabla L = \nabla(L^2/2)$ its fixed points are
-    /// the stationary points of $E\[L^2\]$, not of $E\[L\]$.
+    /// `lossprop` (problem 7b): Φ ← Φ − η L g, with L the step's loss
+    /// (which the caller must supply). Since L∇L = ∇(L²/2) its fixed points are
+    /// the stationary points of E\[L²\], not of E\[L\].
     LossProp("lossprop") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
     }
 }

@@ -1,20 +1,20 @@
 //! Schedule-Free SGD and AdamW (Defazio et al. 2024, "The Road Less Scheduled"), as the
 //! `schedulefree` package's reference implementations.
 //!
-//! Three sequences: the base iterate $z$ takes the gradient steps, the average
-//! $x_t = (1-c_t)x_{t-1} + c_t z_t$ is what a user evaluates and ships, and gradients are
-//! taken at the interpolation $y_t = \beta x_t + (1-\beta) z_t$, which the parameters hold
+//! Three sequences: the base iterate z takes the gradient steps, the average
+//! xₜ = (1 − cₜ)xₜ₋₁ + cₜzₜ is what a user evaluates and ships, and gradients are
+//! taken at the interpolation yₜ = βxₜ + (1 − β)zₜ, which the parameters hold
 //! during training. The averaging weights are
-//! $c_t = w_t / \sum_{s\le t} w_s$ with $w_t = t^r\,\eta_{\max,t}^{p}$ ($p$ =
-//! `weight_lr_power`, $\eta_{\max,t}$ the largest warmed-up learning rate so far): with
-//! `r=0, weight_lr_power=0`, $x_t$ is the uniform average of $z_1..z_t$ — problem 4's rate
-//! $1/\min(t, N)$ with $N = \infty$.
+//! cₜ = wₜ/Σ\_(s ≤ t) wₛ with wₜ = tʳ η\_(max , t) ᵖ (p =
+//! `weight_lr_power`, η\_(max , t) the largest warmed-up learning rate so far): with
+//! `r=0, weight_lr_power=0`, xₜ is the uniform average of z₁..zₜ — problem 4's rate
+//! 1/min(t, N) with N = ∞.
 //!
-//! The state keeps $z$ and $x$ (and AdamW's second moment), so that
-//! [`Optimizer::eval_point`](super::Optimizer::eval_point) reads $x$ exactly and
+//! The state keeps z and x (and AdamW's second moment), so that
+//! [`Optimizer::eval_point`](super::Optimizer::eval_point) reads x exactly and
 //! [`Optimizer::eval_mode`](super::Optimizer::eval_mode) /
-//! [`train_mode`](super::Optimizer::train_mode) swap the parameters between $x$ and $y$ bit
-//! for bit (the package's memory-saving variant recovers $x$ from $y$ and $z$ with rounding).
+//! [`train_mode`](super::Optimizer::train_mode) swap the parameters between x and y bit
+//! for bit (the package's memory-saving variant recovers x from y and z with rounding).
 
 use super::StepContext;
 use super::kernel::blocks;
@@ -22,13 +22,13 @@ use super::rule::UpdateRule;
 use super::spec::{check, config};
 use crate::{Real, Result};
 
-/// Per-tensor scalars of both rules: $\eta_{\max}$, $\sum w$, and this step's $c_t$.
+/// Per-tensor scalars of both rules: ηₘₐₓ, Σw, and this step's cₜ.
 const SCALARS: &[&str] = &["lr_max", "weight_sum", "ckp1"];
 
 /// The averaging weights of step `ctx.t`: updates `[lr_max, weight_sum, ckp1]` as the
-/// reference does, $\eta_{\max} \leftarrow \max(\eta_{\max}, \eta_t)$,
-/// $w_t = t^r \eta_{\max}^p$, $\sum w \mathrel{+}= w_t$ and $c_t = w_t / \sum w$ (0 while
-/// $\sum w = 0$).
+/// reference does, ηₘₐₓ ← max(ηₘₐₓ, ηₜ),
+/// wₜ = tʳηₘₐₓᵖ, Σw+ = wₜ and cₜ = wₜ/Σw (0 while
+/// Σw = 0).
 fn averaging(ctx: &StepContext, warmup: f64, r: f64, power: f64, scalars: &mut [f64]) {
     if ctx.t == 1 {
         scalars[0] = -1.0;
@@ -45,8 +45,8 @@ fn averaging(ctx: &StepContext, warmup: f64, r: f64, power: f64, scalars: &mut [
 }
 
 /// The learning rate of step `ctx.t`, warmed up linearly over `warmup` steps:
-/// $\eta_t = \eta \min(1, t/\text{warmup})$, as the reference computes it
-/// ($(k+1)/\text{warmup}$ for $k = t-1 < \text{warmup}$).
+/// ηₜ = η min(1, t/warmup), as the reference computes it
+/// ((k + 1)/warmup for k = t − 1 < warmup).
 fn warmed_lr(ctx: &StepContext, warmup: f64) -> f64 {
     let k = (ctx.t - 1) as f64;
     ctx.lr * if k < warmup { (k + 1.0) / warmup } else { 1.0 }
@@ -57,7 +57,7 @@ fn check_common(r: f64, weight_lr_power: f64) -> Result<()> {
     check::at_least("weight_lr_power", weight_lr_power, 0.0)
 }
 
-/// $y = \beta x + (1-\beta) z$, element by element, as the step computes it.
+/// y = βx + (1 − β)z, element by element, as the step computes it.
 fn interpolate<T: Real>(p: &mut [T], z: &[T], x: &[T], beta: f64) {
     let (b, c) = (T::from_f64(beta), T::from_f64(1.0 - beta));
     for ((p, &z), &x) in p.iter_mut().zip(z).zip(x) {
@@ -68,21 +68,21 @@ fn interpolate<T: Real>(p: &mut [T], z: &[T], x: &[T], beta: f64) {
 config! {
     /// `sf-sgd`: Schedule-Free SGD (`schedulefree.SGDScheduleFreeReference`).
     ///
-    /// With $\eta_t$ warmed up linearly over `warmup_steps` and L2 decay $\lambda$ at $y$:
-    /// $z \leftarrow z - \eta_t(g + \lambda y)$, $x \leftarrow (1-c_t)x + c_t z$,
-    /// $y \leftarrow \beta x + (1-\beta) z$ (the parameters).
+    /// With ηₜ warmed up linearly over `warmup_steps` and L2 decay λ at y:
+    /// z ← z − ηₜ(g + λy), x ← (1 − cₜ)x + cₜz,
+    /// y ← βx + (1 − β)z (the parameters).
     SfSgd("sf-sgd") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1.0,
-        /// Interpolation $\beta \in (0, 1)$ between the average $x$ and the iterate $z$.
+        /// Interpolation β ∈ (0, 1) between the average x and the iterate z.
         momentum: f64 = 0.9,
-        /// L2 weight decay $\lambda \ge 0$, taken at $y$.
+        /// L2 weight decay λ ≥ 0, taken at y.
         weight_decay: f64 = 0.0,
         /// Steps of linear learning-rate warm-up.
         warmup_steps: u64 = 0,
-        /// Power $r \ge 0$ of the polynomial weights $t^r$ of the average.
+        /// Power r ≥ 0 of the polynomial weights tʳ of the average.
         r: f64 = 0.0,
-        /// Power $p \ge 0$ of $\eta_{\max}$ in the average's weights.
+        /// Power p ≥ 0 of ηₘₐₓ in the average's weights.
         weight_lr_power: f64 = 2.0,
     }
 }
@@ -167,26 +167,26 @@ impl UpdateRule for SfSgd {
 config! {
     /// `sf-adamw`: Schedule-Free AdamW (`schedulefree.AdamWScheduleFreeReference`).
     ///
-    /// With $\eta_t$ warmed up over `warmup_steps`: $z \leftarrow z - \eta_t\lambda y$,
-    /// $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,
-    /// $z \leftarrow z - \eta_t\, g / (\sqrt{v/(1-\beta_2^t)} + \epsilon)$,
-    /// $x \leftarrow (1-c_t)x + c_t z$, $y \leftarrow \beta_1 x + (1-\beta_1) z$.
+    /// With ηₜ warmed up over `warmup_steps`: z ← z − ηₜλy,
+    /// v ← β₂v + (1 − β₂)g²,
+    /// z ← z − ηₜ g/(√(v/(1 − β₂ᵗ)) + ε),
+    /// x ← (1 − cₜ)x + cₜz, y ← β₁x + (1 − β₁)z.
     SfAdamW("sf-adamw") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 0.0025,
-        /// Interpolation $\beta_1 \in [0, 1)$ between the average $x$ and the iterate $z$.
+        /// Interpolation β₁ ∈ \[0, 1) between the average x and the iterate z.
         beta1: f64 = 0.9,
-        /// Second-moment decay $\beta_2 \in [0, 1)$.
+        /// Second-moment decay β₂ ∈ \[0, 1).
         beta2: f64 = 0.999,
-        /// $\epsilon > 0$ added to the denominator.
+        /// ε > 0 added to the denominator.
         eps: f64 = 1e-8,
-        /// Decoupled weight decay $\lambda \ge 0$, taken at $y$.
+        /// Decoupled weight decay λ ≥ 0, taken at y.
         weight_decay: f64 = 0.0,
         /// Steps of linear learning-rate warm-up.
         warmup_steps: u64 = 0,
-        /// Power $r \ge 0$ of the polynomial weights $t^r$ of the average.
+        /// Power r ≥ 0 of the polynomial weights tʳ of the average.
         r: f64 = 0.0,
-        /// Power $p \ge 0$ of $\eta_{\max}$ in the average's weights.
+        /// Power p ≥ 0 of ηₘₐₓ in the average's weights.
         weight_lr_power: f64 = 2.0,
     }
 }

@@ -9,21 +9,21 @@ use crate::{Error, Real, Result};
 config! {
     /// `sgd`: PyTorch's `torch.optim.SGD`.
     ///
-    /// With $d = g + \lambda\Phi$ (weight decay $\lambda$): without momentum
-    /// $\Phi \leftarrow \Phi - \eta d$. With momentum $\mu$ the buffer is $b_1 = d_1$ on the first
-    /// step and $b_t = \mu b_{t-1} + (1-\tau) d_t$ after (dampening $\tau$); then
-    /// $\Phi \leftarrow \Phi - \eta (d + \mu b)$ with Nesterov, $\Phi \leftarrow \Phi - \eta b$
+    /// With d = g + λΦ (weight decay λ): without momentum
+    /// Φ ← Φ − ηd. With momentum μ the buffer is b₁ = d₁ on the first
+    /// step and bₜ = μbₜ₋₁ + (1 − τ)dₜ after (dampening τ); then
+    /// Φ ← Φ − η(d + μb) with Nesterov, Φ ← Φ − ηb
     /// without.
     Sgd("sgd") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-3,
-        /// Momentum $\mu \in [0, 1)$.
+        /// Momentum μ ∈ \[0, 1).
         momentum: f64 = 0.0,
-        /// Dampening $\tau \in [0, 1]$ of the gradient entering the buffer.
+        /// Dampening τ ∈ \[0, 1\] of the gradient entering the buffer.
         dampening: f64 = 0.0,
         /// Nesterov momentum (needs momentum > 0 and dampening = 0).
         nesterov: bool = false,
-        /// L2 weight decay $\lambda \ge 0$, added to the gradient.
+        /// L2 weight decay λ ≥ 0, added to the gradient.
         weight_decay: f64 = 0.0,
     }
 }
@@ -114,16 +114,16 @@ impl Sgd {
 }
 
 config! {
-    /// `ema-momentum`: problem 3's EMA-form momentum, $m \leftarrow \beta m + (1-\beta) g$,
-    /// $\Phi \leftarrow \Phi - \eta \hat m$.
+    /// `ema-momentum`: problem 3's EMA-form momentum, m ← βm + (1 − β)g,
+    /// Φ ← Φ − ηm̂.
     ///
-    /// $\hat m = m$ (`debias=none`), $m/(1-\beta^t)$ (`power`), or the average with rate
-    /// $1/\min(t, N)$, $N = 1/(1-\beta)$ (`horizon`). With $\eta = \eta_{sgd}/(1-\beta)$ and no
+    /// m̂ = m (`debias=none`), m/(1 − βᵗ) (`power`), or the average with rate
+    /// 1/min(t, N), N = 1/(1 − β) (`horizon`). With η = η\_sgd/(1 − β) and no
     /// debiasing it reproduces `sgd:lr=η_sgd,momentum=β` (problem 3c).
     EmaMomentum("ema-momentum") {
-        /// Learning rate $\eta \ge 0$.
+        /// Learning rate η ≥ 0.
         lr: f64 = 1e-2,
-        /// Decay $\beta \in [0, 1)$.
+        /// Decay β ∈ \[0, 1).
         beta: f64 = 0.9,
         /// Start-up bias correction.
         debias: Debias = Debias::None,
@@ -153,7 +153,7 @@ impl UpdateRule for EmaMomentum {
 }
 
 impl EmaMomentum {
-    /// One chunk's update, with $m$ in either storage.
+    /// One chunk's update, with m in either storage.
     #[inline(always)]
     fn step_with<T: Real>(&self, ctx: &StepContext, p: &mut [T], g: &[T], state: State<'_, '_, T>) {
         let (decay, rate, factor) =
@@ -173,15 +173,15 @@ impl EmaMomentum {
     }
 }
 
-/// The coefficients of one debiased EMA step at step $t \ge 1$:
-/// `(decay, rate, factor)` with $m \leftarrow \text{decay}\cdot m + \text{rate}\cdot x$ and
-/// $\hat m = \text{factor}\cdot m$.
+/// The coefficients of one debiased EMA step at step t ≥ 1:
+/// `(decay, rate, factor)` with m ← decay·m + rate·x and
+/// m̂ = factor·m.
 ///
-/// * `None`: $(\beta, 1-\beta, 1)$;
-/// * `Power`: $(\beta, 1-\beta, 1/(1-\beta^t))$;
-/// * `Horizon`: $(1-r, r, 1)$ with $r = 1/\min(t, 1/(1-\beta))$.
+/// * `None`: (β, 1 − β, 1);
+/// * `Power`: (β, 1 − β, 1/(1 − βᵗ));
+/// * `Horizon`: (1 − r, r, 1) with r = 1/min(t, 1/(1 − β)).
 ///
-/// `beta_pow_t` is $\beta^t$, computed once per step by the caller.
+/// `beta_pow_t` is βᵗ, computed once per step by the caller.
 pub(crate) fn ema_coefficients(
     beta: f64,
     beta_pow_t: f64,

@@ -78,11 +78,11 @@ impl SpecValue for Option<f64> {
 pub enum Debias {
     /// No correction: the raw EMA.
     None,
-    /// Adam's correction: divide by $1 - \beta^t$ (PyTorch's behaviour).
+    /// Adam's correction: divide by 1 − βᵗ (PyTorch's behaviour).
     #[default]
     Power,
-    /// Problem 4's rate $1/\min(t, N)$ with $N = 1/(1-\beta)$: the exact running mean for
-    /// $t \le N$, then the EMA.
+    /// Problem 4's rate 1/min(t, N) with N = 1/(1 − β): the exact running mean for
+    /// t ≤ N, then the EMA.
     Horizon,
 }
 
@@ -303,7 +303,7 @@ pub struct OptimizerSpec {
     /// The update rule and its hyper-parameters.
     pub rule: Rule,
     /// Global-norm gradient clipping: gradients are scaled by
-    /// $\min(1, C/(\lVert g\rVert + 10^{-6}))$ before the rule.
+    /// min(1, C/(‖g‖ + 10⁻⁶)) before the rule.
     pub clip_norm: Option<f64>,
     /// Skip (and count) steps whose gradient is not finite, instead of failing.
     pub skip_nonfinite: bool,
@@ -322,8 +322,8 @@ pub struct OptimizerSpec {
     /// updated parameters with `rounding=`).
     pub master_weights: bool,
     /// Cautious masking of the rule's update (`cautious=true`; element-wise rules): the
-    /// coordinates where the update $u$ and the gradient $g'$ disagree in sign are zeroed and
-    /// the rest scaled by $n/(c+1)$, with $c$ the count kept of the tensor's $n$.
+    /// coordinates where the update u and the gradient g′ disagree in sign are zeroed and
+    /// the rest scaled by n/(c + 1), with c the count kept of the tensor's n.
     pub cautious: bool,
 }
 

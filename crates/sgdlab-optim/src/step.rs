@@ -11,8 +11,8 @@ use crate::{
 };
 
 /// Clips gradients to a global norm, as `torch.nn.utils.clip_grad_norm_`: with
-/// $\lVert g\rVert$ the 2-norm over all of them, multiplies every element by
-/// $c = C/(\lVert g\rVert + 10^{-6})$ when $c < 1$, and returns $\lVert g\rVert$ (before
+/// ‖g‖ the 2-norm over all of them, multiplies every element by
+/// c = C/(‖g‖ + 10⁻⁶) when c < 1, and returns ‖g‖ (before
 /// clipping). The norm is summed in a fixed order (deterministic for any thread count).
 ///
 /// Errors, changing nothing, on a NaN or infinite element, on finite elements whose squared
@@ -50,12 +50,12 @@ pub fn clip_grad_norm<T: Real>(grads: &mut [&mut [T]], max_norm: f64) -> Result<
 pub struct StepInfo {
     /// The loss at this step (required by `lossprop`, ignored by the others).
     pub loss: Option<f64>,
-    /// Multiplier $s \ge 0$ of the configured learning rate (a schedule): the step uses
-    /// $s\eta$.
+    /// Multiplier s ≥ 0 of the configured learning rate (a schedule): the step uses
+    /// sη.
     pub lr_scale: f64,
     /// Gradient accumulation: the gradients passed are *sums* over this many micro-batches
-    /// ($k \ge 1$), and the step uses their mean $g/k$ (applied inside the fused pass, as a
-    /// factor $1/k$: no extra pass or copy). Clipping and `normsgd` see the mean.
+    /// (k ≥ 1), and the step uses their mean g/k (applied inside the fused pass, as a
+    /// factor 1/k: no extra pass or copy). Clipping and `normsgd` see the mean.
     pub micro_batches: u32,
 }
 
@@ -84,8 +84,8 @@ impl StepInfo {
 pub struct StepReport {
     /// Applied or skipped.
     pub outcome: StepOutcome,
-    /// The learning rate the update used, $s\eta$ of the optimizer's own spec (group 0;
-    /// other groups scale their own $\eta$ by the same $s$).
+    /// The learning rate the update used, sη of the optimizer's own spec (group 0;
+    /// other groups scale their own η by the same s).
     pub lr: f64,
     /// The global 2-norm of the (mean) gradient before clipping, when the step computed it
     /// (with `clip_norm`, or for `normsgd`).
@@ -115,18 +115,18 @@ pub enum StepOutcome {
 pub struct StepContext {
     /// This step's number, counting from 1.
     pub t: u64,
-    /// The learning rate of this step, $s\eta$.
+    /// The learning rate of this step, sη.
     pub lr: f64,
     /// The gradient clipping factor (1 without clipping).
     pub grad_scale: f64,
     /// The step's loss, if given.
     pub loss: Option<f64>,
-    /// $\lVert g \rVert^2$ over all tensors, after clipping (computed only when `clip_norm`
+    /// ‖g‖² over all tensors, after clipping (computed only when `clip_norm`
     /// or `normsgd` needs it; 0 otherwise).
     pub grad_norm_sq: f64,
     /// Number of parameters over all tensors.
     pub numel: usize,
-    /// $\beta_i^t$ for the rule's decay rates ([`Rule::decays`]), taken once per step.
+    /// βᵢᵗ for the rule's decay rates ([`Rule::decays`]), taken once per step.
     pub beta_pow: crate::rule::Decays,
     /// Whether element loops prefetch ahead (`kernel::blocks`): for steps whose working set
     /// is at least 32 MiB.
@@ -525,8 +525,8 @@ impl<T: Real> Optimizer<T> {
 /// The working set of a step, which decides whether the element loops prefetch.
 impl<T: Real> Optimizer<T> {
     /// The working set of a step in bytes: parameters, gradient and state buffers at their
-    /// element sizes, $\sum_{\text{tensors}} n\,\big((2 + k)\,b_T + 2\,k_{16}\big)$ for $n$
-    /// elements, $k$ state buffers of $b_T$-byte elements and $k_{16}$ bfloat16 ones. (The
+    /// element sizes, Σ\_tensors n ((2 + k) b\_T + 2 k₁₆) for n
+    /// elements, k state buffers of b\_T-byte elements and k₁₆ bfloat16 ones. (The
     /// master copy of bfloat16 parameters is `params` itself when it is stepped.)
     pub(crate) fn working_set_bytes(&self, params: &[ParamMut<'_, T>]) -> usize {
         params

@@ -2,24 +2,24 @@
 //! step: the first is cautious masking (`cautious=true`; Liang et al. 2024, "Cautious
 //! Optimizers"; pytorch-optimizer's `apply_cautious`).
 //!
-//! A rule moves each element as $p' = s\,p - c\,u$ ([`DecayForm`]): its update $u$, a
-//! positive factor $c$ (the learning rate), and the decoupled decay's shrink $s$. The
+//! A rule moves each element as p′ = s p − c u ([`DecayForm`]): its update u, a
+//! positive factor c (the learning rate), and the decoupled decay's shrink s. The
 //! transformation needs no change to the rule: each chunk's parameters are copied, the rule
-//! steps the copy to $p'$, and in the same pass, while the chunk is in cache, the update is
-//! recovered as $w = c\,u = s\,p - p'$ (the parameters $p$ are only read). Cautious masking keeps the coordinates
-//! whose update agrees in sign with the gradient $g' = \gamma g + \lambda p$,
-//! $m_i = [w_i g'_i > 0]$, counts them ($k$, an integer sum, so the same whatever the
+//! steps the copy to p′, and in the same pass, while the chunk is in cache, the update is
+//! recovered as w = c u = s p − p′ (the parameters p are only read). Cautious masking keeps the coordinates
+//! whose update agrees in sign with the gradient g′ = γg + λp,
+//! mᵢ = \[wᵢg′ᵢ > 0\], counts them (k, an integer sum, so the same whatever the
 //! threads), and once the whole tensor is counted sets
 //!
-//! $$p \leftarrow s\,p - \frac{n}{k + 1}\,m \odot w,$$
+//! p ← s p − n/(k + 1) m⊙w,
 //!
-//! which is the rule's step with its update multiplied by the mask and $n/(k+1)$ before the
+//! which is the rule's step with its update multiplied by the mask and n/(k + 1) before the
 //! learning rate and the decay. The cost is one buffer of the parameters' size (the copy,
 //! kept between steps and not saved) and a second pass over the parameters and the copy:
-//! $12$ bytes per f32 parameter more than the rule's own pass.
+//! 12 bytes per f32 parameter more than the rule's own pass.
 //!
 //! A coordinate whose update is smaller than half a unit in the last place of its parameter
-//! (so that $p' = s\,p$ exactly) counts as disagreeing: it does not move either way.
+//! (so that p′ = s p exactly) counts as disagreeing: it does not move either way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,7 +53,7 @@ impl<'a, T: Real> Cautious<'a, T> {
     }
 
     /// After the rule stepped the copy (handed back in `p`, which becomes the parameters
-    /// again): leaves in the copy the masked update $m \odot w$, $w = s\,p - p'$, and counts
+    /// again): leaves in the copy the masked update m⊙w, w = s p − p′, and counts
     /// the kept coordinates.
     #[inline]
     pub(crate) fn after(&mut self, level: SimdLevel, p: &mut &'a mut [T], g: &[T]) {
@@ -71,8 +71,8 @@ impl<'a, T: Real> Cautious<'a, T> {
     }
 }
 
-/// The mask loop: $w = s\,p - p'$ (`stepped` holds $p'$ and receives $m \odot w$),
-/// $m = [w\,(\gamma g + \lambda p) > 0]$; returns the count. Counted in `u32` per block of
+/// The mask loop: w = s p − p′ (`stepped` holds p′ and receives m⊙w),
+/// m = \[w (γg + λp) > 0\]; returns the count. Counted in `u32` per block of
 /// 1024 so that the loop vectorizes.
 #[inline(always)]
 fn mask_loop<T: Real>(p: &[T], g: &[T], stepped: &mut [T], s: T, l2: T, gs: T) -> u64 {
@@ -96,7 +96,7 @@ fn mask_loop<T: Real>(p: &[T], g: &[T], stepped: &mut [T], s: T, l2: T, gs: T) -
 
 multiversion!(fn mask<T: Real>(p: &[T], g: &[T], stepped: &mut [T], s: T, l2: T, gs: T) -> u64 = mask_loop);
 
-/// $p \leftarrow s\,p - k\,u$ over one block.
+/// p ← s p − k u over one block.
 #[inline(always)]
 fn apply_loop<T: Real>(p: &mut [T], update: &[T], s: T, scale: T) {
     for (p, &u) in p.iter_mut().zip(update) {
@@ -107,7 +107,7 @@ fn apply_loop<T: Real>(p: &mut [T], update: &[T], s: T, scale: T) {
 multiversion!(fn apply<T: Real>(p: &mut [T], update: &[T], s: T, scale: T) = apply_loop);
 
 /// The second pass over one tensor, once every chunk is counted:
-/// $p \leftarrow s\,p - \frac{n}{k+1}\,(m \odot w)$, with the masked update in `update`; in
+/// p ← s p − n/(k + 1) (m⊙w), with the masked update in `update`; in
 /// parallel for a large tensor (element-wise, so the same bits whatever the threads).
 pub(crate) fn finish<T: Real>(p: &mut [T], update: &[T], form: DecayForm, kept: u64) {
     let n = p.len() as f64;

@@ -10,12 +10,12 @@
 //!
 //! | type | recurrence | problem |
 //! |---|---|---|
-//! | [`Ema`] | $y_{t+1} = \beta y_t + (1-\beta) x_t$ | 1, 2, 3 |
-//! | [`ScaledEma`] | $z_{t+1} = \beta z_t + \gamma x_t$ | 1 |
-//! | [`SumMomentum`] | $y_t = (1 - 1/N) y_{t-1} + x_t$ | 3 |
-//! | [`PowerDebias`] | $\hat m_t = m_t / (1 - \beta^t)$ | 4 (Adam) |
-//! | [`HorizonAverage`] | $y_t = (1 - 1/\min(t,N)) y_{t-1} + x_t / \min(t,N)$ | 4 |
-//! | [`RunningMoments`] | EMA of $x$ and of $x^2$; variance $v - m^2$ | RMSProp |
+//! | [`Ema`] | yₜ₊₁ = βyₜ + (1 − β)xₜ | 1, 2, 3 |
+//! | [`ScaledEma`] | zₜ₊₁ = βzₜ + γxₜ | 1 |
+//! | [`SumMomentum`] | yₜ = (1 − 1/N)yₜ₋₁ + xₜ | 3 |
+//! | [`PowerDebias`] | m̂ₜ = mₜ/(1 − βᵗ) | 4 (Adam) |
+//! | [`HorizonAverage`] | yₜ = (1 − 1/min(t, N))yₜ₋₁ + xₜ/min(t, N) | 4 |
+//! | [`RunningMoments`] | EMA of x and of x²; variance v − m² | RMSProp |
 
 use crate::error::{Result, check_finite, check_len};
 use crate::{Error, Real};
@@ -53,25 +53,25 @@ fn update_slice_with<T: Real>(y: &mut [T], x: &[T], rule: impl Fn(T, T) -> T) ->
 }
 
 /// Exponential moving average in the convex parameterisation
-/// $y \leftarrow \beta y + (1-\beta) x$.
+/// y ← βy + (1 − β)x.
 ///
-/// With IID inputs of mean $\bar x$, $E\,y_t = (1-\beta^t)\bar x \to \bar x$ from $y_0 = 0$;
-/// with variance $\sigma^2$ and $\beta = 1 - 1/N$,
-/// $\operatorname{Var} y_t = \sigma^2 (1-\beta^{2t})/(2N-1)$.
+/// With IID inputs of mean x̄, E yₜ = (1 − βᵗ)x̄ → x̄ from y₀ = 0;
+/// with variance σ² and β = 1 − 1/N,
+/// Var yₜ = σ²(1 − β²ᵗ)/(2N − 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ema {
     beta: f64,
 }
 
 impl Ema {
-    /// An EMA with decay $\beta \in [0, 1)$.
+    /// An EMA with decay β ∈ \[0, 1).
     pub fn new(beta: f64) -> Result<Self> {
         Ok(Self {
             beta: check_beta("beta", beta)?,
         })
     }
 
-    /// An EMA with horizon $N \ge 1$: rate $1/N$, $\beta = 1 - 1/N$.
+    /// An EMA with horizon N ≥ 1: rate 1/N, β = 1 − 1/N.
     pub fn from_horizon(n: f64) -> Result<Self> {
         let n = check_horizon(n)?;
         Ok(Self {
@@ -79,22 +79,22 @@ impl Ema {
         })
     }
 
-    /// The decay $\beta$.
+    /// The decay β.
     pub fn beta(self) -> f64 {
         self.beta
     }
 
-    /// The rate $1 - \beta$ given to the new input.
+    /// The rate 1 − β given to the new input.
     pub fn rate(self) -> f64 {
         1.0 - self.beta
     }
 
-    /// The horizon $N = 1/(1-\beta)$.
+    /// The horizon N = 1/(1 − β).
     pub fn horizon(self) -> f64 {
         1.0 / (1.0 - self.beta)
     }
 
-    /// One step $\beta y + (1-\beta) x$ for one element (unchecked arithmetic).
+    /// One step βy + (1 − β)x for one element (unchecked arithmetic).
     #[inline(always)]
     pub fn update<T: Real>(self, y: T, x: T) -> T {
         let beta = T::from_f64(self.beta);
@@ -110,10 +110,10 @@ impl Ema {
 }
 
 /// Exponential moving average in the scaled parameterisation
-/// $z \leftarrow \beta z + \gamma x$ (problem 1's $z_t$).
+/// z ← βz + γx (problem 1's zₜ).
 ///
-/// From $z_0 = 0$ it is the convex EMA scaled by $\gamma/(1-\beta)$:
-/// $z_t = \frac{\gamma}{1-\beta}\, y_t$, so $\lim E z_t = \gamma \bar x/(1-\beta)$.
+/// From z₀ = 0 it is the convex EMA scaled by γ/(1 − β):
+/// zₜ = γ/(1 − β) yₜ, so lim Ezₜ = γx̄/(1 − β).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScaledEma {
     beta: f64,
@@ -121,7 +121,7 @@ pub struct ScaledEma {
 }
 
 impl ScaledEma {
-    /// A scaled EMA with decay $\beta \in [0,1)$ and input weight $\gamma > 0$.
+    /// A scaled EMA with decay β ∈ \[0, 1) and input weight γ > 0.
     pub fn new(beta: f64, gamma: f64) -> Result<Self> {
         let beta = check_beta("beta", beta)?;
         if !(gamma.is_finite() && gamma > 0.0) {
@@ -134,17 +134,17 @@ impl ScaledEma {
         Ok(Self { beta, gamma })
     }
 
-    /// The decay $\beta$.
+    /// The decay β.
     pub fn beta(self) -> f64 {
         self.beta
     }
 
-    /// The input weight $\gamma$.
+    /// The input weight γ.
     pub fn gamma(self) -> f64 {
         self.gamma
     }
 
-    /// One step $\beta z + \gamma x$ for one element (unchecked arithmetic).
+    /// One step βz + γx for one element (unchecked arithmetic).
     #[inline(always)]
     pub fn update<T: Real>(self, z: T, x: T) -> T {
         T::from_f64(self.beta) * z + T::from_f64(self.gamma) * x
@@ -156,25 +156,25 @@ impl ScaledEma {
     }
 }
 
-/// Sum-form momentum $y_t = \beta y_{t-1} + x_t$ with $\beta = 1 - 1/N$ (problem 3; PyTorch's
+/// Sum-form momentum yₜ = βyₜ₋₁ + xₜ with β = 1 − 1/N (problem 3; PyTorch's
 /// SGD momentum buffer without dampening).
 ///
-/// It is an EMA of $N x_t$: $y_t = N \mu_t$ where $\mu_t$ is the [`Ema`] with horizon $N$, so
-/// a constant input $c$ gives $\lim y_t = N c$.
+/// It is an EMA of Nxₜ: yₜ = Nμₜ where μₜ is the [`Ema`] with horizon N, so
+/// a constant input c gives lim yₜ = Nc.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SumMomentum {
     beta: f64,
 }
 
 impl SumMomentum {
-    /// Sum-form momentum with decay $\beta \in [0,1)$.
+    /// Sum-form momentum with decay β ∈ \[0, 1).
     pub fn new(beta: f64) -> Result<Self> {
         Ok(Self {
             beta: check_beta("momentum", beta)?,
         })
     }
 
-    /// Sum-form momentum with horizon $N \ge 1$ ($\beta = 1 - 1/N$).
+    /// Sum-form momentum with horizon N ≥ 1 (β = 1 − 1/N).
     pub fn from_horizon(n: f64) -> Result<Self> {
         let n = check_horizon(n)?;
         Ok(Self {
@@ -182,12 +182,12 @@ impl SumMomentum {
         })
     }
 
-    /// The decay $\beta$.
+    /// The decay β.
     pub fn beta(self) -> f64 {
         self.beta
     }
 
-    /// One step $\beta y + x$ for one element (unchecked arithmetic).
+    /// One step βy + x for one element (unchecked arithmetic).
     #[inline(always)]
     pub fn update<T: Real>(self, y: T, x: T) -> T {
         T::from_f64(self.beta) * y + x
@@ -199,27 +199,27 @@ impl SumMomentum {
     }
 }
 
-/// Adam's bias correction: $\hat m_t = m_t / (1 - \beta^t)$ for an [`Ema`] started at zero.
+/// Adam's bias correction: m̂ₜ = mₜ/(1 − βᵗ) for an [`Ema`] started at zero.
 ///
 /// The factor is computed once per step in `f64` ([`PowerDebias::factor`]) and applied per
-/// element. For IID inputs of variance $\sigma^2$ the corrected value has variance
-/// $\sigma^2 \frac{(1-\beta)(1+\beta^t)}{(1+\beta)(1-\beta^t)}$.
+/// element. For IID inputs of variance σ² the corrected value has variance
+/// σ²((1 − β)(1 + βᵗ))/((1 + β)(1 − βᵗ)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PowerDebias {
     beta: f64,
 }
 
 impl PowerDebias {
-    /// The correction for an EMA of decay $\beta \in [0,1)$.
+    /// The correction for an EMA of decay β ∈ \[0, 1).
     pub fn new(beta: f64) -> Result<Self> {
         Ok(Self {
             beta: check_beta("beta", beta)?,
         })
     }
 
-    /// The factor $1/(1-\beta^t)$ for step $t \ge 1$ (steps count from 1).
+    /// The factor 1/(1 − βᵗ) for step t ≥ 1 (steps count from 1).
     ///
-    /// Errors at $t = 0$, where no input has been averaged yet.
+    /// Errors at t = 0, where no input has been averaged yet.
     pub fn factor(self, t: u64) -> Result<f64> {
         if t == 0 {
             return Err(Error::invalid("step t", 0, "bias correction needs t >= 1"));
@@ -228,30 +228,30 @@ impl PowerDebias {
     }
 }
 
-/// Problem 4's average with rate $1/\min(t, N)$:
-/// $y_t = \left(1 - \frac{1}{\min(t,N)}\right) y_{t-1} + \frac{1}{\min(t,N)} x_t$.
+/// Problem 4's average with rate 1/min(t, N):
+/// yₜ = (1 − 1/(min(t, N)))yₜ₋₁ + (1/(min(t, N)))xₜ.
 ///
-/// For $t \le N$ it is the exact running mean of $x_1..x_t$ (whatever $y_0$ is); after that an
-/// EMA with horizon $N$. Constant input $c$ gives $y_t = c$ for every $t \ge 1$.
+/// For t ≤ N it is the exact running mean of x₁..xₜ (whatever y₀ is); after that an
+/// EMA with horizon N. Constant input c gives yₜ = c for every t ≥ 1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HorizonAverage {
     n: f64,
 }
 
 impl HorizonAverage {
-    /// The horizon average with $N \ge 1$.
+    /// The horizon average with N ≥ 1.
     pub fn new(n: f64) -> Result<Self> {
         Ok(Self {
             n: check_horizon(n)?,
         })
     }
 
-    /// The horizon $N$.
+    /// The horizon N.
     pub fn horizon(self) -> f64 {
         self.n
     }
 
-    /// The rate $1/\min(t, N)$ at step $t \ge 1$; errors at $t = 0$.
+    /// The rate 1/min(t, N) at step t ≥ 1; errors at t = 0.
     pub fn rate(self, t: u64) -> Result<f64> {
         if t == 0 {
             return Err(Error::invalid("step t", 0, "steps count from 1"));
@@ -260,14 +260,14 @@ impl HorizonAverage {
     }
 
     /// One step at rate `rate` (from [`HorizonAverage::rate`]) for one element:
-    /// $(1 - r) y + r x$ (unchecked arithmetic).
+    /// (1 − r)y + rx (unchecked arithmetic).
     #[inline(always)]
     pub fn update<T: Real>(rate: f64, y: T, x: T) -> T {
         let r = T::from_f64(rate);
         (T::one() - r) * y + r * x
     }
 
-    /// Step $t \ge 1$ for every element; errors on $t = 0$, a length mismatch or non-finite
+    /// Step t ≥ 1 for every element; errors on t = 0, a length mismatch or non-finite
     /// input.
     pub fn update_slice<T: Real>(self, t: u64, y: &mut [T], x: &[T]) -> Result<()> {
         let rate = self.rate(t)?;
@@ -275,11 +275,11 @@ impl HorizonAverage {
     }
 }
 
-/// Running first and second moments by EMA: $m \leftarrow \beta m + (1-\beta) x$,
-/// $v \leftarrow \beta v + (1-\beta) x^2$.
+/// Running first and second moments by EMA: m ← βm + (1 − β)x,
+/// v ← βv + (1 − β)x².
 ///
-/// The *uncentered* estimate of the scale is $v$ (RMSProp, Adam); the *centered* one is
-/// $v - m^2$ (RMSProp with `centered=True`).
+/// The *uncentered* estimate of the scale is v (RMSProp, Adam); the *centered* one is
+/// v − m² (RMSProp with `centered=True`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RunningMoments {
     ema: Ema,
@@ -287,7 +287,7 @@ pub struct RunningMoments {
 }
 
 impl RunningMoments {
-    /// Moments with decay $\beta \in [0,1)$; `centered` chooses $v - m^2$ over $v$.
+    /// Moments with decay β ∈ \[0, 1); `centered` chooses v − m² over v.
     pub fn new(beta: f64, centered: bool) -> Result<Self> {
         Ok(Self {
             ema: Ema::new(beta)?,
@@ -300,13 +300,13 @@ impl RunningMoments {
         self.centered
     }
 
-    /// One step for one element: returns the new $(m, v)$.
+    /// One step for one element: returns the new (m, v).
     #[inline(always)]
     pub fn update<T: Real>(self, m: T, v: T, x: T) -> (T, T) {
         (self.ema.update(m, x), self.ema.update(v, x * x))
     }
 
-    /// The variance estimate from $(m, v)$: $v - m^2$ if centered, else $v$.
+    /// The variance estimate from (m, v): v − m² if centered, else v.
     #[inline(always)]
     pub fn variance<T: Real>(self, m: T, v: T) -> T {
         if self.centered { v - m * m } else { v }

@@ -4,9 +4,9 @@
 //! small dense systems (normal equations, Newton steps), and a dependency such as `faer` or
 //! `nalgebra` would add minutes to a release build on a small machine for one 30-line routine.
 
-/// Solves $A x = b$ in place by Gaussian elimination with partial pivoting: `a` is `n × n`
-/// row-major (destroyed), `b` becomes $x$. Returns `None` when $A$ is singular to working
-/// precision (a pivot below $10^{-13}\max|A|$).
+/// Solves Ax = b in place by Gaussian elimination with partial pivoting: `a` is `n × n`
+/// row-major (destroyed), `b` becomes x. Returns `None` when A is singular to working
+/// precision (a pivot below 10⁻¹³ max |A|).
 pub fn solve(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
     debug_assert_eq!(a.len(), n * n);
     debug_assert_eq!(b.len(), n);

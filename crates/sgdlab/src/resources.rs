@@ -14,8 +14,8 @@ pub const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
 /// The most classes a labelled data set may have.
 pub const MAX_CLASSES: usize = 65_536;
 
-/// The most classes allowed per example: a data set of $n$ examples may have up to
-/// $\max(1024, 10n)$ classes, so that a stray large label cannot make a tiny file allocate a
+/// The most classes allowed per example: a data set of n examples may have up to
+/// max(1024, 10n) classes, so that a stray large label cannot make a tiny file allocate a
 /// huge output layer.
 pub const CLASSES_PER_EXAMPLE: usize = 10;
 
@@ -70,10 +70,10 @@ pub fn max_threads() -> usize {
     (4 * cores).max(16)
 }
 
-/// The number of classes $K$ of integer labels $0..K-1$: the largest label plus one (at least
+/// The number of classes K of integer labels 0..K − 1: the largest label plus one (at least
 /// 2). Errors name the first label that is negative, not an integer, or too large
 /// ([`MAX_CLASSES`], or more than [`CLASSES_PER_EXAMPLE`] per example beyond 1024), before
-/// anything of size $K$ is allocated.
+/// anything of size K is allocated.
 pub fn class_count(labels: &[f64]) -> Result<usize> {
     let cap = MAX_CLASSES.min((CLASSES_PER_EXAMPLE.saturating_mul(labels.len())).max(1024));
     let mut largest = 0usize;

@@ -107,7 +107,7 @@ pub(crate) fn run_lowp_scratch<R: UpdateRule, T: Real>(
 /// state, and the results are narrowed straight back with the unit's rounding — one pass
 /// over memory at 2 bytes per state element each way, with no scratch buffer. Blocked and
 /// prefetched like the plain element loops when `prefetch` is set. The stochastic-rounding
-/// bits of buffer $s$, element $i$ of the unit are half $s \bmod 2$
+/// bits of buffer s, element i of the unit are half s mod 2
 /// ([`crate::lowp::half_word`]) of `Block::new(keys[s / 2], offset).bits(offset + i)`,
 /// the stream the generic path (widening into scratch) draws too, so the two give the same
 /// bits.

@@ -17,7 +17,7 @@
 //! 512 bytes per array and prefetch 1 KiB ahead in every array; that changes where a loop
 //! pauses, never what it computes.
 //!
-//! The global reduction (finiteness and $\lVert g\rVert^2$) is a separate pre-pass over fixed
+//! The global reduction (finiteness and ‖g‖²) is a separate pre-pass over fixed
 //! chunks with partial sums added in chunk order: deterministic for any thread count. It must
 //! finish before any write, so that a non-finite gradient leaves parameters and state
 //! untouched; that costs one more read of the gradient per step (`check_finite=false` skips
@@ -110,7 +110,7 @@ pub struct Lowp<'a> {
     pub(crate) slots: Bufs<'a, u16>,
     pub(crate) rounding: StateRounding,
     /// The stochastic-rounding streams of this step ([`crate::lowp::stream_key`]), one per
-    /// pair of buffers: buffer $b$ rounds with half $b \bmod 2$ of stream $\lfloor b/2\rfloor$'s
+    /// pair of buffers: buffer b rounds with half b mod 2 of stream ⌊b/2⌋'s
     /// word ([`crate::lowp::half_word`]).
     pub(crate) keys: Keys,
     /// The index in its tensor of the unit's first element (the counter of the stream).

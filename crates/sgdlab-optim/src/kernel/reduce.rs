@@ -7,7 +7,7 @@ use super::{CHUNK, PARALLEL_MIN, SimdLevel, multiversion};
 use crate::Real;
 
 /// The pre-pass over all gradients: the first non-finite element (tensor, index, value) if
-/// any, else $\sum g^2$ in `f64` (summed per [`CHUNK`], then in chunk order) when `norm` is
+/// any, else Σg² in `f64` (summed per [`CHUNK`], then in chunk order) when `norm` is
 /// asked for, or 0.
 pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize, usize, f64)> {
     let level = SimdLevel::current();
@@ -57,7 +57,7 @@ pub(crate) fn reduce<T: Real>(grads: &[&[T]], norm: bool) -> Result<f64, (usize,
     Ok(sum)
 }
 
-/// $\sum x^2$ in `f64` with 16 independent lanes (summed in a fixed order at the end), so
+/// Σx² in `f64` with 16 independent lanes (summed in a fixed order at the end), so
 /// that the loop vectorises instead of waiting on one long chain of additions.
 ///
 /// Unlike the update loops, the read-only passes do not prefetch in software: with one
@@ -84,8 +84,8 @@ pub(crate) fn sum_of_squares<T: Real>(xs: &[T]) -> f64 {
 
 multiversion!(pub(crate) fn sum_of_squares_dispatch<T: Real>(xs: &[T]) -> f64 = sum_of_squares);
 
-/// 0 if every element is finite, NaN otherwise: $\sum (x - x)$ over 64 lanes, which
-/// vectorises and reads each element once ($x - x$ is 0 for finite $x$, NaN for ±∞ and NaN).
+/// 0 if every element is finite, NaN otherwise: Σ(x − x) over 64 lanes, which
+/// vectorises and reads each element once (x − x is 0 for finite x, NaN for ±∞ and NaN).
 /// 64 lanes are four independent vector accumulators at AVX-512 (eight at AVX2), so that the
 /// additions do not wait on each other (measured 8% faster than 16 lanes).
 #[inline(always)]

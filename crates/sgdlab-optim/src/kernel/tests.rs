@@ -8,7 +8,7 @@ use crate::{Optimizer, StepContext};
 
 /// `reduce` on every path — short slices, the 64-lane loop with a tail, several chunks,
 /// and the threaded path from `PARALLEL_MIN` elements — in both precisions: 0 exactly for
-/// finite gradients without the norm, $\sum g^2$ with it (against a plain sum), and the
+/// finite gradients without the norm, Σg² with it (against a plain sum), and the
 /// first non-finite element by (tensor, index, value) wherever it lies: first, last, in
 /// the lanes, in a lane loop's tail, in a later chunk, in the second tensor.
 #[test]

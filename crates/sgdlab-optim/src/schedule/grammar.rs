@@ -24,9 +24,9 @@ pub const MAX_NESTING: usize = 16;
 /// run and of its epochs, in optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Horizon {
-    /// Optimizer steps of the whole run ($\ge 1$).
+    /// Optimizer steps of the whole run (≥ 1).
     pub steps: u64,
-    /// Optimizer steps of one epoch ($\ge 1$).
+    /// Optimizer steps of one epoch (≥ 1).
     pub steps_per_epoch: u64,
 }
 

@@ -1,4 +1,4 @@
-//! Learning-rate schedules: the factor $s_t$ by which step $t$ (from 0) multiplies the
+//! Learning-rate schedules: the factor sₜ by which step t (from 0) multiplies the
 //! optimizer's `lr`, as a value attached to the optimizer
 //! ([`Optimizer::set_schedule`](super::Optimizer::set_schedule)).
 //!
@@ -7,18 +7,18 @@
 //! uninterrupted one — including inside a [`Schedule::Sequence`], whose bookkeeping PyTorch's
 //! `SequentialLR` loses on reload.
 //!
-//! | schedule | $s_t$ | spec |
+//! | schedule | sₜ | spec |
 //! |---|---|---|
-//! | [`Constant`](Schedule::Constant) | $1$ | `constant` |
-//! | [`Warmup`](Schedule::Warmup) | $\min(1, (t+1)/S)$ | `warmup:S` |
-//! | [`Linear`](Schedule::Linear) | $a + (b-a)\min(t, T)/T$ | `linear:A,B,T` |
-//! | [`Cosine`](Schedule::Cosine) | $m + (1-m)\tfrac12(1 + \cos(\pi\min(t,T)/T))$ | `cosine[:T[,M]]` |
-//! | warm-up then cosine ([`Schedule::warmup_cosine`]) | `warmup:W`, then `cosine:T,M` from $W$ | `warmup-cosine:W[,T[,M]]` |
-//! | [`StepDecay`](Schedule::StepDecay) | $\gamma^{\lfloor t/E\rfloor}$ | `decay:E,γ` |
-//! | [`Exponential`](Schedule::Exponential) | $\gamma^t$ | `exp:γ` |
-//! | [`Wsd`](Schedule::Wsd) | warm-up $(t+1)/W$, then 1 for $S$ steps, then linear to $m$ over $D$ | `wsd:W,S,D[,M]` |
-//! | [`Sequence`](Schedule::Sequence) | part $k$ at $t - t_k$ for $t_k \le t < t_{k+1}$ | `seq[A;B;...]@t1,t2,...` |
-//! | [`Product`](Schedule::Product) | $\prod_k s^{(k)}_t$ | `prod[A;B;...]` |
+//! | [`Constant`](Schedule::Constant) | 1 | `constant` |
+//! | [`Warmup`](Schedule::Warmup) | min(1, (t + 1)/S) | `warmup:S` |
+//! | [`Linear`](Schedule::Linear) | a + (b − a) min(t, T)/T | `linear:A,B,T` |
+//! | [`Cosine`](Schedule::Cosine) | m + (1 − m)½(1 + cos(π min(t, T)/T)) | `cosine[:T[,M]]` |
+//! | warm-up then cosine ([`Schedule::warmup_cosine`]) | `warmup:W`, then `cosine:T,M` from W | `warmup-cosine:W[,T[,M]]` |
+//! | [`StepDecay`](Schedule::StepDecay) | γ^(⌊t/E⌋) | `decay:E,γ` |
+//! | [`Exponential`](Schedule::Exponential) | γᵗ | `exp:γ` |
+//! | [`Wsd`](Schedule::Wsd) | warm-up (t + 1)/W, then 1 for S steps, then linear to m over D | `wsd:W,S,D[,M]` |
+//! | [`Sequence`](Schedule::Sequence) | part k at t − tₖ for tₖ ≤ t < tₖ₊₁ | `seq[A;B;...]@t1,t2,...` |
+//! | [`Product`](Schedule::Product) | ∏ₖs⁽ᵏ⁾ₜ | `prod[A;B;...]` |
 //! | [`Custom`](Schedule::Custom) | any `Fn(u64) -> f64` | `custom:NAME` (not parsed back) |
 //!
 //! Lengths are whole steps. A training run (`train --schedule`, or any [`ScheduleSpec`]
@@ -54,58 +54,58 @@ use crate::{Error, Result};
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum Schedule {
-    /// $s_t = 1$.
+    /// sₜ = 1.
     #[default]
     Constant,
-    /// $s_t = \min(1, (t+1)/S)$: linear warm-up over $S \ge 1$ steps.
+    /// sₜ = min(1, (t + 1)/S): linear warm-up over S ≥ 1 steps.
     Warmup {
         /// Warm-up steps.
         steps: u64,
     },
-    /// $s_t = a + (b - a)\min(t, T)/T$ (PyTorch's `LinearLR` with `start_factor` $a$,
-    /// `end_factor` $b$, `total_iters` $T$).
+    /// sₜ = a + (b − a) min(t, T)/T (PyTorch's `LinearLR` with `start_factor` a,
+    /// `end_factor` b, `total_iters` T).
     Linear {
-        /// Factor at $t = 0$.
+        /// Factor at t = 0.
         from: f64,
-        /// Factor from $t = T$ on.
+        /// Factor from t = T on.
         to: f64,
-        /// Steps $T \ge 1$.
+        /// Steps T ≥ 1.
         steps: u64,
     },
-    /// $s_t = m + (1 - m)\tfrac12(1 + \cos(\pi\min(t, T)/T))$ (PyTorch's
-    /// `CosineAnnealingLR` with `eta_min` $= m\eta$).
+    /// sₜ = m + (1 − m)½(1 + cos(π min(t, T)/T)) (PyTorch's
+    /// `CosineAnnealingLR` with `eta_min` = mη).
     Cosine {
-        /// Steps $T \ge 1$ of the decay.
+        /// Steps T ≥ 1 of the decay.
         steps: u64,
-        /// Final factor $m \in [0, 1]$.
+        /// Final factor m ∈ \[0, 1\].
         min: f64,
     },
-    /// $s_t = \gamma^{\lfloor t/E\rfloor}$ (PyTorch's `StepLR`, counted in steps).
+    /// sₜ = γ^(⌊t/E⌋) (PyTorch's `StepLR`, counted in steps).
     StepDecay {
-        /// Steps $E \ge 1$ between decays.
+        /// Steps E ≥ 1 between decays.
         every: u64,
-        /// Decay factor $\gamma \in (0, 1]$.
+        /// Decay factor γ ∈ (0, 1\].
         gamma: f64,
     },
-    /// $s_t = \gamma^t$ (PyTorch's `ExponentialLR`, per step).
+    /// sₜ = γᵗ (PyTorch's `ExponentialLR`, per step).
     Exponential {
-        /// Decay factor $\gamma \in (0, 1]$.
+        /// Decay factor γ ∈ (0, 1\].
         gamma: f64,
     },
-    /// Warmup–stable–decay: $(t+1)/W$ for $t < W$, then 1 for $S$ steps, then linear from 1
-    /// to $m$ over $D$ steps, then $m$.
+    /// Warmup–stable–decay: (t + 1)/W for t < W, then 1 for S steps, then linear from 1
+    /// to m over D steps, then m.
     Wsd {
-        /// Warm-up steps $W$ (0 for none).
+        /// Warm-up steps W (0 for none).
         warmup: u64,
-        /// Steps $S$ at the full rate.
+        /// Steps S at the full rate.
         stable: u64,
-        /// Decay steps $D \ge 1$.
+        /// Decay steps D ≥ 1.
         decay: u64,
-        /// Final factor $m \in [0, 1]$.
+        /// Final factor m ∈ \[0, 1\].
         min: f64,
     },
-    /// Schedules one after another: part $k$ runs from milestone $t_k$ (with $t_0 = 0$) and
-    /// sees the step $t - t_k$ (PyTorch's `SequentialLR`).
+    /// Schedules one after another: part k runs from milestone tₖ (with t₀ = 0) and
+    /// sees the step t − tₖ (PyTorch's `SequentialLR`).
     Sequence {
         /// The parts, one more than milestones.
         parts: Vec<Schedule>,
@@ -121,7 +121,7 @@ pub enum Schedule {
     Custom {
         /// A name, saved in checkpoints and shown in errors.
         name: String,
-        /// $t \mapsto s_t$ (must be finite and $\ge 0$).
+        /// t ↦ sₜ (must be finite and ≥ 0).
         f: Arc<dyn Fn(u64) -> f64 + Send + Sync>,
     },
     /// A custom schedule read back from a checkpoint, waiting to be attached again.
@@ -152,7 +152,7 @@ impl Schedule {
         }
     }
 
-    /// The factor $s_t$ at step `t` (the number of steps before this one).
+    /// The factor sₜ at step `t` (the number of steps before this one).
     pub fn factor(&self, t: u64) -> f64 {
         match self {
             Schedule::Constant | Schedule::Detached { .. } => 1.0,

@@ -112,7 +112,7 @@ fn master_weights_step_like_f32_and_round_to_nearest() {
 }
 
 /// Steps `spec` (no master copy) on bfloat16 parameters beside an f32 Adam stepping their
-/// widening, and checks after each step $t$ that the parameters are the f32 step rounded by
+/// widening, and checks after each step t that the parameters are the f32 step rounded by
 /// `round(t, tensor, element, value)` (done here by hand), over tensors of several chunks.
 fn check_rounded_steps(spec: &str, seed: u64, round: impl Fn(u64, usize, u64, f32) -> u16) {
     let mut ps = params(100_000, seed);
@@ -151,8 +151,8 @@ fn without_master_nearest_is_the_f32_step_rounded() {
 }
 
 /// Without a master copy and with stochastic rounding (the default), a step is the f32 step
-/// of the widened parameters rounded with the documented bits: element $i$ of tensor $k$ at
-/// step $t$ takes `counter_bits(stream_key(sr_seed, t, k, 2), i)` (stream 2: the state's
+/// of the widened parameters rounded with the documented bits: element i of tensor k at
+/// step t takes `counter_bits(stream_key(sr_seed, t, k, 2), i)` (stream 2: the state's
 /// pairs of buffers take 0 and 1) — across the chunks of a tensor of several, so that a
 /// resumed or re-threaded run draws the same bits.
 #[test]

@@ -33,8 +33,8 @@ fn gradients(n: usize, steps: usize) -> Vec<Vec<f64>> {
 }
 
 /// C-AdamW written out from its definition (Liang et al. 2024): the AdamW update
-/// $u = \hat m/(\sqrt{\hat v} + \epsilon)$, the mask $[u g > 0]$ scaled by $n/(k+1)$, and
-/// $p \leftarrow (1 - \eta\lambda) p - \eta\,\mathrm{mask}\,u$.
+/// u = m̂/(√v̂ + ε), the mask \[ug > 0\] scaled by n/(k + 1), and
+/// p ← (1 − ηλ)p − η mask u.
 fn cautious_adamw_by_hand(p: &mut [f64], grads: &[Vec<f64>], lr: f64, wd: f64) {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
     let n = p.len();

@@ -88,12 +88,12 @@ fn cpu_torch_nadam_is_matched_exactly() {
 }
 
 /// The f32 tolerance of a reference file: what single precision allows, ~8 ulps
-/// ($2^{-23} \approx 1.2\cdot10^{-7}$) accumulated over the file's 40 steps. Every element-wise
+/// (2⁻²³ ≈ 1.2·10⁻⁷) accumulated over the file's 40 steps. Every element-wise
 /// rule measures at most 7.8e-7 (AdamW); Muon's five Newton–Schulz iterations of matrix
 /// products measure 1.3e-6. (1e-5, the earlier bound, was ten times looser than needed.)
 ///
-/// Cautious masking recovers the rule's update from its step ($s\,p - p'$, exact by
-/// Sterbenz's lemma but carrying the step's own rounding of $p'$), so its parameters take one
+/// Cautious masking recovers the rule's update from its step (s p − p′, exact by
+/// Sterbenz's lemma but carrying the step's own rounding of p′), so its parameters take one
 /// rounding more per step than the reference's: 1.1e-6 measured (ADOPT with decoupled decay).
 fn f32_tolerance(name: &str) -> f64 {
     if name == "torch-muon" {

@@ -83,8 +83,8 @@ fn muon_gives_the_same_bits_for_any_thread_count() {
     }
 }
 
-/// The singular values of $X^\top X$'s square roots: the iteration keeps the singular
-/// vectors, so $O^\top O$ has eigenvalues $\sigma_i^2$; their trace and Frobenius norm are
+/// The singular values of XᵀX's square roots: the iteration keeps the singular
+/// vectors, so OᵀO has eigenvalues σᵢ²; their trace and Frobenius norm are
 /// enough to check the band loosely here (the lab measures it exactly).
 #[test]
 fn newton_schulz_output_is_near_orthogonal_and_bf16_rounds() {
@@ -227,9 +227,9 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
 
 /// One Muon step from zero on a tall matrix is the step on its wide transpose, transposed
 /// (Newton–Schulz runs on the wide orientation), times the ratio of the learning-rate
-/// adjustments, which differ by shape: `original` $\sqrt{\max(1, A/B)}$, `match_rms_adamw`
-/// $0.2\sqrt{\max(A, B)}$, `spectral_unclamped` $\sqrt{A/B}$ — for 6 × 4 against 4 × 6,
-/// $\sqrt{3/2}$, 1 and $3/2$.
+/// adjustments, which differ by shape: `original` √(max(1, A/B)), `match_rms_adamw`
+/// 0.2√(max(A, B)), `spectral_unclamped` √(A/B) — for 6 × 4 against 4 × 6,
+/// √(3/2), 1 and 3/2.
 #[test]
 fn muon_on_a_tall_matrix_is_the_wide_step_transposed_and_rescaled() {
     let (rows, cols) = (4, 6);
@@ -284,9 +284,9 @@ fn muon_on_a_tall_matrix_is_the_wide_step_transposed_and_rescaled() {
     );
 }
 
-/// Muon's momentum by its definition, $b \leftarrow \mu b + (1-\mu) g$, orthogonalising $b$
-/// (`nesterov=false`) or $g + \mu(b - g)$ (the default): the same parameters as Muon
-/// without momentum fed those updates as its gradients. With $\mu = 0.95$ and $\mu = 0.3$
+/// Muon's momentum by its definition, b ← μb + (1 − μ)g, orthogonalising b
+/// (`nesterov=false`) or g + μ(b − g) (the default): the same parameters as Muon
+/// without momentum fed those updates as its gradients. With μ = 0.95 and μ = 0.3
 /// (the two branches of the interpolation), and the buffer checked against the definition.
 #[test]
 fn muon_momentum_and_nesterov_by_their_definitions() {
@@ -316,10 +316,10 @@ fn muon_momentum_and_nesterov_by_their_definitions() {
     }
 }
 
-/// A step at learning rate 0 gives the average a weight of $0^p = 0$: the reference
-/// (`schedulefree`) then takes $c_t = 0$ instead of $0/0$, so neither $z$ nor $x$ moves. A run that
-/// starts at learning rate 0 (a schedule from 0) keeps $x$ at the initial point, and the
-/// first step with a positive rate takes $c_t = 1$: $x = z$ exactly.
+/// A step at learning rate 0 gives the average a weight of 0ᵖ = 0: the reference
+/// (`schedulefree`) then takes cₜ = 0 instead of 0/0, so neither z nor x moves. A run that
+/// starts at learning rate 0 (a schedule from 0) keeps x at the initial point, and the
+/// first step with a positive rate takes cₜ = 1: x = z exactly.
 #[test]
 fn schedule_free_at_learning_rate_zero_keeps_its_average_finite() {
     for spec in ["sf-sgd:lr=0.1", "sf-adamw:lr=0.01,weight_decay=0.1"] {

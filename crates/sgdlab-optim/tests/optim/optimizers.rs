@@ -131,8 +131,8 @@ fn horizon_debias_is_the_running_mean_for_the_first_steps() {
     }
 }
 
-/// ema-momentum with debias=power steps by $\eta\,m_t/(1-\beta^t)$, by hand with
-/// $\beta = 1/2$ and gradients 4, 8, 2: $m = 2, 5, 3.5$ over $1-\beta^t = 1/2, 3/4, 7/8$,
+/// ema-momentum with debias=power steps by η mₜ/(1 − βᵗ), by hand with
+/// β = 1/2 and gradients 4, 8, 2: m = 2, 5, 3.5 over 1 − βᵗ = 1/2, 3/4, 7/8,
 /// steps 4, 20/3, 4 (the first step is the gradient itself).
 #[test]
 fn power_debias_divides_ema_momentum_by_one_minus_beta_to_the_t() {
@@ -171,11 +171,11 @@ fn power_debias_makes_the_first_adam_step_lr_sized() {
     }
 }
 
-/// RAdam rectifies only when $\rho_t > 5$, as PyTorch's `if rho_t > 5.0`: with
-/// $\beta_2 = 0.8397685748659791$, $\rho_6 = \rho_\infty - 2 \cdot 6\,\beta_2^6/(1-\beta_2^6)$ is
+/// RAdam rectifies only when ρₜ > 5, as PyTorch's `if rho_t > 5.0`: with
+/// β₂ = 0.8397685748659791, ρ₆ = ρ\_∞−2·6 β₂⁶/(1 − β₂⁶) is
 /// exactly 5 in float64 (found by scanning the ulps around the root), so steps 1–6 take the
-/// unadapted step $\eta\,\hat m_t$ ($= \eta$ for a constant gradient of 1) and step 7 the
-/// rectified one, $r_7 \approx 0.36$ times smaller.
+/// unadapted step η m̂ₜ (= η for a constant gradient of 1) and step 7 the
+/// rectified one, r₇ ≈ 0.36 times smaller.
 #[test]
 fn radam_rectifies_only_above_rho_five() {
     let beta2 = 0.8397685748659791f64;
@@ -325,7 +325,7 @@ fn assert_close(a: &[Tensor<f64>], b: &[Tensor<f64>], tol: f64, what: &str) {
 
 /// Steps of the tests that check a gradient scale or weight decay against its definition
 /// for every optimizer: more than 5, since RAdam takes its rectified step only from the
-/// step where $\rho_t > 5$, the 6th at the earliest ($\rho_t \le t$ for every β₂).
+/// step where ρₜ > 5, the 6th at the earliest (ρₜ ≤ t for every β₂).
 const SCALE_STEPS: usize = 8;
 
 /// Checks that clipping and accumulation are scales of the gradient for the optimizer of
@@ -407,8 +407,8 @@ fn muon_takes_the_clipped_and_accumulated_gradient() {
 }
 
 /// Weight decay by its definition, for every optimizer that has it: coupled (L2) decay
-/// $\lambda$ is the step without decay on the gradient $g + \lambda\Phi$; decoupled decay
-/// is the step without decay from the parameters shrunk first, $\Phi(1 - \eta\lambda)$, on
+/// λ is the step without decay on the gradient g + λΦ; decoupled decay
+/// is the step without decay from the parameters shrunk first, Φ(1 − ηλ), on
 /// the gradient taken before (PyTorch's AdamW, NAdam and RAdam with
 /// `decoupled_weight_decay`, Lion, AdEMAMix). A rule's reference trajectory, where it has
 /// one, is recorded with one of the two at most.

@@ -1,13 +1,13 @@
-//! Calibration of the lab's error bars: every Monte Carlo claim run under $K$ seeds.
+//! Calibration of the lab's error bars: every Monte Carlo claim run under K seeds.
 //!
-//! If a claim's standard error is right (and its expected value exact), its $z$-scores over
-//! independent seeds are draws from $N(0, 1)$. For each claim the calibration reports the
-//! mean and standard deviation of its $K$ $z$-scores and the Kolmogorov–Smirnov distance
-//! $D_K = \sup_z |\hat F_K(z) - \Phi(z)|$ with its asymptotic $p$-value, and fails the claim
-//! when the mean or the spread is off by more than $K$ draws allow:
-//! $|\bar z| > 4/\sqrt K$ (a biased expectation or measurement) or
-//! $|s_z - 1| > 4/\sqrt{2(K-1)}$ (a standard error mis-stated: $s_z > 1$ means it is too
-//! small), or $p < 10^{-4}$ (a shape far from normal, e.g. heavy tails from a noisy SE).
+//! If a claim's standard error is right (and its expected value exact), its z-scores over
+//! independent seeds are draws from N(0, 1). For each claim the calibration reports the
+//! mean and standard deviation of its K z-scores and the Kolmogorov–Smirnov distance
+//! D\_K = sup\_z |F̂\_K (z) − Φ(z)| with its asymptotic p-value, and fails the claim
+//! when the mean or the spread is off by more than K draws allow:
+//! |z̄| > 4/√K (a biased expectation or measurement) or
+//! |s\_z − 1| > 4/√(2(K − 1)) (a standard error mis-stated: s\_z > 1 means it is too
+//! small), or p < 10⁻⁴ (a shape far from normal, e.g. heavy tails from a noisy SE).
 
 use std::collections::BTreeMap;
 
@@ -16,31 +16,31 @@ use serde::Serialize;
 use super::claims::{VerifyOptions, verify};
 use crate::{Error, Result};
 
-/// One claim's $z$-scores over the seeds.
+/// One claim's z-scores over the seeds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClaimCalibration {
     /// The claim's id.
     pub id: String,
     /// Seeds run.
     pub k: usize,
-    /// Mean $z$.
+    /// Mean z.
     pub mean_z: f64,
-    /// Standard deviation of $z$ (should be 1).
+    /// Standard deviation of z (should be 1).
     pub sd_z: f64,
-    /// Largest $|z|$.
+    /// Largest |z|.
     pub max_abs_z: f64,
-    /// Kolmogorov–Smirnov distance to $N(0, 1)$.
+    /// Kolmogorov–Smirnov distance to N(0, 1).
     pub ks_d: f64,
-    /// Its asymptotic $p$-value.
+    /// Its asymptotic p-value.
     pub ks_p: f64,
-    /// Whether mean, spread and shape are within what $K$ seeds allow.
+    /// Whether mean, spread and shape are within what K seeds allow.
     pub passed: bool,
 }
 
 /// A calibration run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Calibration {
-    /// The first seed; seed $i$ is `first_seed + i`.
+    /// The first seed; seed i is `first_seed + i`.
     pub first_seed: u64,
     /// One entry per Monte Carlo claim, in id order.
     pub claims: Vec<ClaimCalibration>,
@@ -56,14 +56,14 @@ impl Calibration {
     }
 }
 
-/// $\Phi(z)$, the standard normal distribution function.
+/// Φ(z), the standard normal distribution function.
 pub fn normal_cdf(z: f64) -> f64 {
     0.5 * libm::erfc(-z / std::f64::consts::SQRT_2)
 }
 
-/// The asymptotic $p$-value of a Kolmogorov–Smirnov distance $D$ from $n$ samples:
-/// $Q(\lambda) = 2\sum_{j\ge1}(-1)^{j-1}e^{-2j^2\lambda^2}$ with
-/// $\lambda = (\sqrt n + 0.12 + 0.11/\sqrt n)D$ (Stephens' correction).
+/// The asymptotic p-value of a Kolmogorov–Smirnov distance D from n samples:
+/// Q(λ) = 2Σ\_(j ≥ 1) (−1)ʲ⁻¹e^(−2j²λ²) with
+/// λ = (√n + 0.12 + 0.11/√n)D (Stephens' correction).
 pub fn ks_p_value(d: f64, n: usize) -> f64 {
     let sn = (n as f64).sqrt();
     let lambda = (sn + 0.12 + 0.11 / sn) * d;
@@ -82,7 +82,7 @@ pub fn ks_p_value(d: f64, n: usize) -> f64 {
     (2.0 * sum).clamp(0.0, 1.0)
 }
 
-/// The Kolmogorov–Smirnov distance of `z` to $N(0, 1)$.
+/// The Kolmogorov–Smirnov distance of `z` to N(0, 1).
 pub fn ks_distance(z: &[f64]) -> f64 {
     let mut s = z.to_vec();
     s.sort_by(f64::total_cmp);
@@ -96,7 +96,7 @@ pub fn ks_distance(z: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Summarises one claim's $z$-scores.
+/// Summarises one claim's z-scores.
 pub fn summarise(id: &str, z: &[f64]) -> ClaimCalibration {
     let k = z.len();
     let kf = k as f64;
@@ -124,7 +124,7 @@ pub fn summarise(id: &str, z: &[f64]) -> ClaimCalibration {
     }
 }
 
-/// Runs `verify(problems)` under seeds `options.seed + i`, $i < k$, and calibrates every
+/// Runs `verify(problems)` under seeds `options.seed + i`, i < k, and calibrates every
 /// Monte Carlo claim; `progress(i)` after each seed.
 pub fn calibrate(
     problems: &[u8],

@@ -1,6 +1,6 @@
 //! Monte Carlo over independent seeded chains.
 //!
-//! Chain $r$ draws from its own ChaCha8 stream: key from the run's seed, stream number $r$.
+//! Chain r draws from its own ChaCha8 stream: key from the run's seed, stream number r.
 //! Streams are independent by construction, so a chain's numbers depend only on
 //! `(seed, r)` — never on which thread ran it or in which order. Chains run in parallel with
 //! rayon; their outputs are collected in chain order and reduced sequentially, so every
@@ -65,18 +65,18 @@ impl MonteCarlo {
     }
 }
 
-/// Summary of $n$ IID samples: mean and variance with their standard errors.
+/// Summary of n IID samples: mean and variance with their standard errors.
 ///
-/// * $\operatorname{SE}(\bar x) = s/\sqrt n$;
-/// * $\operatorname{SE}(s^2) = \sqrt{(m_4 - s^4 (n-3)/(n-1))/n}$ with $m_4$ the fourth central
+/// * SE(x̄) = s/√n;
+/// * SE(s²) = √((m₄ − s⁴(n − 3)/(n − 1))/n) with m₄ the fourth central
 ///   moment, the large-sample standard error of the unbiased sample variance.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Estimate {
     /// Number of samples.
     pub n: usize,
-    /// Sample mean $\bar x$.
+    /// Sample mean x̄.
     pub mean: f64,
-    /// Unbiased sample variance $s^2$.
+    /// Unbiased sample variance s².
     pub variance: f64,
     /// Standard error of the mean.
     pub stderr_mean: f64,
@@ -141,12 +141,12 @@ impl Measurement {
         Self { value, stderr }
     }
 
-    /// $z = (\text{value} - \text{expected}) / \text{SE}$.
+    /// z = (value − expected)/SE.
     pub fn z(self, expected: f64) -> f64 {
         (self.value - expected) / self.stderr
     }
 
-    /// Difference of two independent measurements: SE $= \sqrt{s_a^2 + s_b^2}$.
+    /// Difference of two independent measurements: SE = √(sₐ² + s\_b ²).
     pub fn minus(self, other: Measurement) -> Measurement {
         Measurement::new(self.value - other.value, self.stderr.hypot(other.stderr))
     }

@@ -5,15 +5,15 @@
 /// the standard error accounts for.
 pub(crate) const BATCHES: usize = 1024;
 
-/// Sokal's window constant: autocorrelations are summed up to the first lag $W$ with
-/// $W \ge C\,\hat\tau(W)$.
+/// Sokal's window constant: autocorrelations are summed up to the first lag W with
+/// W ≥ C τ̂(W).
 pub(crate) const SOKAL_C: f64 = 5.0;
 
-/// The integrated autocorrelation time $\hat\tau = 1 + 2\sum_{k=1}^{W}\hat\rho_k$ of a
-/// series, in its own steps, with Sokal's automatic window ($W$ the first lag with
-/// $W \ge 5\hat\tau(W)$, at most $n/2$). The variance of the series' mean is then
-/// $\hat c_0\hat\tau/n$. A constant series has $\hat\tau = 1$; anticorrelated ones may go
-/// below 1 (floored at $1/n$).
+/// The integrated autocorrelation time τ̂ = 1 + 2Σₖ₌₁ᵂρ̂ₖ of a
+/// series, in its own steps, with Sokal's automatic window (W the first lag with
+/// W ≥ 5τ̂(W), at most n/2). The variance of the series' mean is then
+/// ĉ₀τ̂/n. A constant series has τ̂ = 1; anticorrelated ones may go
+/// below 1 (floored at 1/n).
 pub fn integrated_autocorrelation_time(x: &[f64]) -> f64 {
     let n = x.len();
     if n < 2 {

@@ -1,11 +1,11 @@
-//! The temperature meter: the stationary variance of $\Phi$ under SGD noise.
+//! The temperature meter: the stationary variance of Φ under SGD noise.
 //!
-//! On the noisy quadratic with per-example loss $\tfrac c2(\Phi - x)^2$, $x \sim N(0,\sigma^2)$,
-//! the gradient is $c(\Phi - x)$ and the update of SGD with rate $\eta$ is the AR(1) process
-//! $\Phi \leftarrow (1-\eta c)\Phi + \eta c\, x$, whose stationary variance is
-//! $\eta c \sigma^2/(2 - \eta c)$. RMSProp with the *exact* gradient standard deviation
-//! $\sigma_g = c\sigma$ is SGD with rate $\eta/\sigma_g$, stationary variance
-//! $\eta\sigma/(2 - \eta/\sigma)$ — independent of the loss scale $c$.
+//! On the noisy quadratic with per-example loss (c/2)(Φ − x)², x ∼ N(0, σ²),
+//! the gradient is c(Φ − x) and the update of SGD with rate η is the AR(1) process
+//! Φ ← (1 − ηc)Φ + ηc x, whose stationary variance is
+//! ηcσ²/(2 − ηc). RMSProp with the *exact* gradient standard deviation
+//! σ\_g = cσ is SGD with rate η/σ\_g, stationary variance
+//! ησ/(2 − η/σ) — independent of the loss scale c.
 //!
 //! The meter runs many independent chains of a real optimizer (through its public API) to
 //! stationarity and estimates the variance across chains, with its standard error.
@@ -16,17 +16,17 @@ use crate::lab::montecarlo::{Estimate, MonteCarlo};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Result};
 
-/// The noisy quadratic $\tfrac c2(\Phi - x)^2$, $x \sim N(0, \sigma^2)$.
+/// The noisy quadratic (c/2)(Φ − x)², x ∼ N(0, σ²).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NoisyQuadratic {
-    /// Loss scale $c > 0$.
+    /// Loss scale c > 0.
     pub c: f64,
-    /// Noise standard deviation $\sigma > 0$.
+    /// Noise standard deviation σ > 0.
     pub sigma: f64,
 }
 
 impl NoisyQuadratic {
-    /// A noisy quadratic; errors unless $c > 0$ and $\sigma > 0$.
+    /// A noisy quadratic; errors unless c > 0 and σ > 0.
     pub fn new(c: f64, sigma: f64) -> Result<Self> {
         if !(c.is_finite() && c > 0.0) {
             return Err(Error::invalid("c", c, "must be a finite number > 0"));
@@ -41,24 +41,24 @@ impl NoisyQuadratic {
         Ok(Self { c, sigma })
     }
 
-    /// The standard deviation of the gradient over $x$ at any $\Phi$: $c\sigma$.
+    /// The standard deviation of the gradient over x at any Φ: cσ.
     pub fn gradient_std(&self) -> f64 {
         self.c * self.sigma
     }
 
-    /// The exact stationary variance of SGD with rate `lr`: $\eta c\sigma^2/(2-\eta c)$.
+    /// The exact stationary variance of SGD with rate `lr`: ηcσ²/(2 − ηc).
     pub fn sgd_variance(&self, lr: f64) -> f64 {
         let a = lr * self.c;
         a * self.sigma * self.sigma / (2.0 - a)
     }
 
-    /// The exact stationary variance of RMSProp with the exact $\sigma_g$:
-    /// $\eta\sigma/(2 - \eta/\sigma)$.
+    /// The exact stationary variance of RMSProp with the exact σ\_g:
+    /// ησ/(2 − η/σ).
     pub fn exact_rmsprop_variance(&self, lr: f64) -> f64 {
         lr * self.sigma / (2.0 - lr / self.sigma)
     }
 
-    /// The per-example gradient $c(\Phi - x)$ and loss $\tfrac c2(\Phi - x)^2$ at `phi` for the
+    /// The per-example gradient c(Φ − x) and loss (c/2)(Φ − x)² at `phi` for the
     /// draw `x`: what the optimizers are fed.
     fn gradient_and_loss(&self, phi: f64, x: f64) -> (f64, f64) {
         let r = phi - x;
@@ -70,7 +70,7 @@ impl NoisyQuadratic {
     }
 
     /// `n` fresh gradients at `phi`, drawn from `rng` exactly as the optimizers receive them:
-    /// the input for *measuring* $\sigma_g$ rather than taking it from [`Self::gradient_std`].
+    /// the input for *measuring* σ\_g rather than taking it from [`Self::gradient_std`].
     pub fn gradient_samples(
         &self,
         phi: f64,
@@ -83,8 +83,8 @@ impl NoisyQuadratic {
             .collect())
     }
 
-    /// Runs `spec` on this problem in every chain of `mc` for `steps` steps from $\Phi = 0$
-    /// and summarises the final $\Phi$ across chains.
+    /// Runs `spec` on this problem in every chain of `mc` for `steps` steps from Φ = 0
+    /// and summarises the final Φ across chains.
     pub fn stationary(
         &self,
         spec: &OptimizerSpec,
@@ -96,7 +96,7 @@ impl NoisyQuadratic {
         ))
     }
 
-    /// The final $\Phi$ of every chain (see [`NoisyQuadratic::stationary`]).
+    /// The final Φ of every chain (see [`NoisyQuadratic::stationary`]).
     pub fn stationary_samples(
         &self,
         spec: &OptimizerSpec,

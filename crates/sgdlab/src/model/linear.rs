@@ -6,7 +6,7 @@ use crate::data::Dataset;
 use crate::linalg::solve;
 use crate::{Error, Real, Result};
 
-/// $w\cdot x + b$ with `phi = [w..., b?]`.
+/// w·x + b with `phi = [w..., b?]`.
 #[inline]
 fn affine<T: Real>(phi: &[T], x: &[f64], bias: bool) -> T {
     let d = x.len();
@@ -17,7 +17,7 @@ fn affine<T: Real>(phi: &[T], x: &[f64], bias: bool) -> T {
     if bias { dot + phi[d] } else { dot }
 }
 
-/// Writes $r \cdot (x, 1?)$ into `grad`.
+/// Writes r·(x, 1?) into `grad`.
 #[inline]
 fn affine_grad<T: Real>(r: T, x: &[f64], bias: bool, grad: &mut [T]) {
     let d = x.len();
@@ -37,7 +37,7 @@ fn linear_names(d: usize, bias: bool) -> Vec<String> {
     names
 }
 
-/// Points: $\mathcal L_i = \tfrac12\lVert\Phi - x_i\rVert^2$; the minimiser is the mean.
+/// Points: ℒᵢ = ½‖Φ − xᵢ‖²; the minimiser is the mean.
 #[derive(Clone, Debug)]
 pub struct Points {
     data: Dataset,
@@ -88,7 +88,7 @@ impl<T: Real> Model<T> for Points {
     }
 }
 
-/// Linear regression: $\mathcal L_i = \tfrac12(w\cdot x_i + b - y_i)^2$.
+/// Linear regression: ℒᵢ = ½(w·xᵢ + b − yᵢ)².
 #[derive(Clone, Debug)]
 pub struct LinReg {
     data: Dataset,
@@ -97,7 +97,7 @@ pub struct LinReg {
 }
 
 impl LinReg {
-    /// Linear regression on `data` (which must have targets); `bias` adds $b$.
+    /// Linear regression on `data` (which must have targets); `bias` adds b.
     pub fn new(data: Dataset, bias: bool) -> Result<Self> {
         let targets = data
             .targets()
@@ -154,8 +154,8 @@ impl<T: Real> Model<T> for LinReg {
     }
 }
 
-/// Logistic regression: $\mathcal L_i = \log(1+e^{z}) - y_i z$, $z = w\cdot x_i + b$,
-/// labels 0/1; gradient $(\sigma(z) - y_i)(x_i, 1)$.
+/// Logistic regression: ℒᵢ = log(1 + eᶻ) − yᵢz, z = w·xᵢ + b,
+/// labels 0/1; gradient (σ(z) − yᵢ)(xᵢ, 1).
 #[derive(Clone, Debug)]
 pub struct LogReg {
     data: Dataset,

@@ -1,14 +1,14 @@
-//! Exact per-example models for the lab: loss $\mathcal L(\Phi, x_i, y_i)$ and its gradient.
+//! Exact per-example models for the lab: loss ℒ(Φ, xᵢ, yᵢ) and its gradient.
 //!
-//! | model | per-example loss | parameters $\Phi$ |
+//! | model | per-example loss | parameters Φ |
 //! |---|---|---|
-//! | [`Points`] | $\tfrac12\lVert\Phi - x_i\rVert^2$ | $d$ |
-//! | [`LinReg`] | $\tfrac12(w\cdot x_i + b - y_i)^2$ | $w$, then $b$ (optional) |
-//! | [`LogReg`] | $\log(1+e^{z}) - y_i z$, $z = w\cdot x_i + b$, $y_i \in\{0,1\}$ | $w$, then $b$ |
-//! | [`Classifier`] | $\log\sum_k e^{z_k} - z_{y_i}$ after ReLU hidden layers (none: softmax regression) | per layer $W$ ($\text{out}\times\text{in}$), $b$ |
+//! | [`Points`] | ½‖Φ − xᵢ‖² | d |
+//! | [`LinReg`] | ½(w·xᵢ + b − yᵢ)² | w, then b (optional) |
+//! | [`LogReg`] | log(1 + eᶻ) − yᵢz, z = w·xᵢ + b, yᵢ ∈ {0, 1} | w, then b |
+//! | [`Classifier`] | log Σₖe^zₖ − z\_yᵢ after ReLU hidden layers (none: softmax regression) | per layer W (out×in), b |
 //!
 //! Cross-entropy losses can be measured in nats or bits ([`LossUnit`]): bits divide loss and
-//! gradient by $\ln 2$ (problem 5a). Everything is generic over [`Real`] (`f32`, `f64`).
+//! gradient by ln 2 (problem 5a). Everything is generic over [`Real`] (`f32`, `f64`).
 
 mod linear;
 mod network;
@@ -24,12 +24,12 @@ pub enum LossUnit {
     /// Natural logarithms.
     #[default]
     Nats,
-    /// Base-2 logarithms: $\log_2 z = \ln z / \ln 2$.
+    /// Base-2 logarithms: log₂z = ln z/ln 2.
     Bits,
 }
 
 impl LossUnit {
-    /// The factor applied to a loss in nats: 1 or $1/\ln 2$.
+    /// The factor applied to a loss in nats: 1 or 1/ln 2.
     pub fn scale(self) -> f64 {
         match self {
             LossUnit::Nats => 1.0,
@@ -117,12 +117,12 @@ pub fn class_labels(targets: Option<&[f64]>, classes: usize) -> Result<Vec<usize
         .collect()
 }
 
-/// $\log(1 + e^z)$ without overflow.
+/// log(1 + eᶻ) without overflow.
 pub(crate) fn softplus(z: f64) -> f64 {
     z.max(0.0) + (-z.abs()).exp().ln_1p()
 }
 
-/// Softmax probabilities of `z` in place; returns $\log\sum_k e^{z_k}$.
+/// Softmax probabilities of `z` in place; returns log Σₖe^zₖ.
 pub(crate) fn softmax_in_place<T: Real>(z: &mut [T]) -> T {
     let max = z.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
     let mut sum = T::zero();

@@ -1,11 +1,11 @@
 //! Softmax regression and multilayer perceptrons (ReLU), batched on a matrix-multiply kernel.
 //!
-//! A [`Network`] with layer widths $d = n_0, n_1, \dots, n_L = k$ computes
-//! $A_0 = X$, $Z_l = A_{l-1} W_l^\top + b_l$, $A_l = \max(Z_l, 0)$ for hidden layers, and the
-//! softmax cross-entropy of $Z_L$: $\mathcal L = \frac1B\sum_b \log\sum_c e^{Z_{bc}} - Z_{b y_b}$
-//! (divided by $\ln 2$ in bits). With no hidden layer it is softmax regression. Gradients by
-//! backpropagation: $\delta_L = (P - Y)/B$, $\nabla W_l = \delta_l^\top A_{l-1}$,
-//! $\nabla b_l = \mathbf 1^\top\delta_l$, $\delta_{l-1} = (\delta_l W_l) \odot [Z_{l-1} > 0]$.
+//! A [`Network`] with layer widths d = n₀, n₁, …, n\_L = k computes
+//! A₀ = X, Zₗ = Aₗ₋₁Wₗᵀ + bₗ, Aₗ = max(Zₗ, 0) for hidden layers, and the
+//! softmax cross-entropy of Z\_L: ℒ = (1/B)Σ\_b log Σ\_c e^(Z\_bc) − Z\_(by\_b)
+//! (divided by ln 2 in bits). With no hidden layer it is softmax regression. Gradients by
+//! backpropagation: δ\_L = (P − Y)/B, ∇Wₗ = δₗᵀAₗ₋₁,
+//! ∇bₗ = 1ᵀδₗ, δₗ₋₁ = (δₗWₗ)⊙\[Zₗ₋₁ > 0\].
 //!
 //! Matrix products use the `matrixmultiply` crate: no dependencies, seconds to build, within a
 //! small factor of BLAS for these sizes, and single-threaded (so results do not depend on the
@@ -22,7 +22,7 @@ use crate::optim::Tensor;
 use crate::rng::chain_rng;
 use crate::{Error, Real, Result};
 
-/// $C \leftarrow \alpha A B + \beta C$ with explicit strides (row stride, column stride).
+/// C ← αAB + βC with explicit strides (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Real>(
     m: usize,
@@ -153,11 +153,11 @@ pub struct Network {
 #[derive(Clone, Debug, Default)]
 pub struct Workspace<T> {
     batch: usize,
-    /// Pre-activations $Z_l$ of every layer, then the probabilities for the last.
+    /// Pre-activations Zₗ of every layer, then the probabilities for the last.
     z: Vec<Vec<T>>,
-    /// Activations $A_l$ of the hidden layers.
+    /// Activations Aₗ of the hidden layers.
     a: Vec<Vec<T>>,
-    /// Back-propagated $\delta$ of the current and previous layer.
+    /// Back-propagated δ of the current and previous layer.
     delta: Vec<T>,
     delta_prev: Vec<T>,
 }
@@ -225,7 +225,7 @@ impl Network {
     }
 
     /// Seeded initial parameters, as PyTorch's `nn.Linear`: weights and biases uniform in
-    /// $\pm 1/\sqrt{\text{fan-in}}$.
+    /// ±1/√(fan-in).
     pub fn init<T: Real>(&self, seed: u64) -> Vec<Tensor<T>> {
         let mut rng = chain_rng(seed, 0);
         self.shapes()
@@ -616,7 +616,7 @@ mod tests {
         assert!(err.to_string().contains("too many to store"), "{err}");
     }
 
-    /// $C = AB + \beta C$ by the definition, with the same (row, column) strides as `gemm`.
+    /// C = AB + βC by the definition, with the same (row, column) strides as `gemm`.
     #[allow(clippy::too_many_arguments)]
     fn naive(
         m: usize,

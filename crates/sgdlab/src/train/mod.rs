@@ -2,7 +2,7 @@
 //! learning-rate schedules, an EMA of the weights, metrics, and checkpoint/resume.
 //!
 //! Runs are deterministic: the initial weights come from the seed (the same for every
-//! optimizer of a comparison), the example order of epoch $e$ from `(seed, e)`, and the
+//! optimizer of a comparison), the example order of epoch e from `(seed, e)`, and the
 //! network and optimizer kernels give the same bits for any thread count. A checkpoint is one
 //! file holding the weights, their EMA, the optimizer state, the metrics so far and what
 //! identifies the run ([`CheckpointMeta`]), with a SHA-256 of its contents; it is written
@@ -56,7 +56,7 @@ pub struct TrainConfig {
     pub batch: usize,
     /// Learning-rate schedule.
     pub schedule: ScheduleSpec,
-    /// Decay $\beta$ of an EMA of the weights, evaluated alongside the raw weights.
+    /// Decay β of an EMA of the weights, evaluated alongside the raw weights.
     pub ema_weights: Option<f64>,
     /// Seed of the initial weights and of the example order.
     pub seed: u64,

@@ -9,7 +9,7 @@ use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::{Error, Result};
 
 /// Minimises the mean loss by damped (Levenberg–Marquardt) Newton with a finite-difference
-/// Hessian of the exact gradient, to $\lVert\nabla\rVert_2 \le 10^{-12}$.
+/// Hessian of the exact gradient, to ‖∇‖₂ ≤ 10⁻¹².
 ///
 /// Errors if the iterates run off to infinity (e.g. separable data for logistic regression,
 /// which has no finite minimiser) or the gradient does not reach the tolerance.
@@ -119,7 +119,7 @@ pub(crate) fn jacobian(x: &[f64], mut f: impl FnMut(&[f64], &mut [f64])) -> Vec<
     jac
 }
 
-/// The parameters as the tensor `phi`, a $1 \times d$ row matrix: elementwise rules do not
+/// The parameters as the tensor `phi`, a 1×d row matrix: elementwise rules do not
 /// see the shape, and matrix rules (Muon) then orthogonalise a row, i.e. normalise it.
 pub(crate) fn row(data: Vec<f64>) -> Result<Tensor<f64>> {
     Tensor::new("phi", vec![1, data.len()], data)
@@ -173,8 +173,8 @@ pub(crate) fn unit_lr(spec: &OptimizerSpec) -> Result<f64> {
 }
 
 /// The exact expected update per unit learning rate of a stateless rule at `phi`:
-/// $F(\Phi) = \frac1n\sum_i \Delta\Phi_i/\eta$. Also returns the mean per-example step length
-/// $\frac1n\sum_i\lVert\Delta\Phi_i\rVert/\eta$ (the scale for tolerances).
+/// F(Φ) = (1/n)ΣᵢΔΦᵢ/η. Also returns the mean per-example step length
+/// (1/n)Σᵢ‖ΔΦᵢ‖/η (the scale for tolerances).
 pub fn expected_update(
     model: &dyn Model<f64>,
     spec: &OptimizerSpec,
@@ -208,14 +208,14 @@ pub fn expected_update(
 pub struct FixedPoint {
     /// The root.
     pub point: Vec<f64>,
-    /// $\lVert F(\text{point})\rVert_\infty$.
+    /// ‖F(point)‖\_∞.
     pub residual: f64,
     /// Whether the residual reached the tolerance.
     pub converged: bool,
 }
 
-/// Newton's method with backtracking on $F$ = [`expected_update`], from `start`, to
-/// $\lVert F\rVert_\infty \le 10^{-12}\cdot\max(1, s)$ with $s$ the mean step length at `start`.
+/// Newton's method with backtracking on F = [`expected_update`], from `start`, to
+/// ‖F‖\_∞ ≤ 10⁻¹²·max(1, s) with s the mean step length at `start`.
 pub fn fixed_point(
     model: &dyn Model<f64>,
     spec: &OptimizerSpec,

@@ -1,22 +1,22 @@
 //! The audit: is an update rule's fixed point a stationary point of the loss?
 //!
 //! For a finite data set with examples drawn uniformly (batch size 1), the expected update
-//! of a *stateless* rule is a deterministic function of $\Phi$:
-//! $F(\Phi) = \frac{1}{n}\sum_i \Delta\Phi_i / \eta$, computed exactly by stepping the
-//! optimizer once from $\Phi$ on each example. The audit reports
+//! of a *stateless* rule is a deterministic function of Φ:
+//! F(Φ) = (1/n)ΣᵢΔΦᵢ/η, computed exactly by stepping the
+//! optimizer once from Φ on each example. The audit reports
 //!
-//! * the loss minimiser $\Phi^*$ (closed form for points and linear regression, damped Newton
-//!   to a gradient norm of $10^{-12}$ otherwise);
-//! * the **drift** $F(\Phi^*)$, the expected step per unit learning rate at $\Phi^*$;
-//! * the **fixed point** of the expected update (Newton on $F$ from $\Phi^*$, to a residual of
-//!   $10^{-12}$ relative to the typical step) and its distance from $\Phi^*$.
+//! * the loss minimiser Φ\* (closed form for points and linear regression, damped Newton
+//!   to a gradient norm of 10⁻¹² otherwise);
+//! * the **drift** F(Φ\*), the expected step per unit learning rate at Φ\*;
+//! * the **fixed point** of the expected update (Newton on F from Φ\*, to a residual of
+//!   10⁻¹² relative to the typical step) and its distance from Φ\*.
 //!
-//! A *stateful* rule (momentum, Adam, RMSProp, Madam, ...) has no such function of $\Phi$
-//! alone; its drift is measured with $\Phi$ frozen at $\Phi^*$ while the state runs to
+//! A *stateful* rule (momentum, Adam, RMSProp, Madam, ...) has no such function of Φ
+//! alone; its drift is measured with Φ frozen at Φ\* while the state runs to
 //! stationarity (the expected update over the current example computed exactly for small data
 //! sets), and its fixed point by simulation: the iterate average after burn-in at the
 //! configured learning rate and at half of it, with batch-means standard errors and the
-//! Richardson extrapolation $2\bar\Phi_{\eta/2} - \bar\Phi_\eta$ that removes the $O(\eta)$ part.
+//! Richardson extrapolation 2Φ̄\_(η/2) − Φ̄\_η that removes the O(η) part.
 //!
 //! Optimizers are driven only through their public API ([`Optimizer::step`]), so the audit
 //! measures what users get.
@@ -49,7 +49,7 @@ use crate::{Error, Result};
 /// A model the audit knows how to minimise.
 #[derive(Clone, Debug)]
 pub enum AuditModel {
-    /// $\tfrac12\lVert\Phi - x_i\rVert^2$: minimiser = mean.
+    /// ½‖Φ − xᵢ‖²: minimiser = mean.
     Points(Points),
     /// Least squares: minimiser from the normal equations.
     LinReg(LinReg),
@@ -65,7 +65,7 @@ impl AuditModel {
 
     /// The model `kind` ([`AuditModel::KINDS`]) on `data`: `points` uses every column as a
     /// coordinate; the others read the last column as the target (`y`, a 0/1 label, or a
-    /// class `0..K-1`). `bias` adds the intercept $b$ (linreg, logreg); `unit` is the loss
+    /// class `0..K-1`). `bias` adds the intercept b (linreg, logreg); `unit` is the loss
     /// unit of the cross-entropy models.
     pub fn build(
         kind: &str,
@@ -134,17 +134,17 @@ pub struct OptimizerAudit {
     /// The fixed point: the root of the expected update (exact), or the average iterate at the
     /// configured learning rate (simulation).
     pub fixed_point: Vec<f64>,
-    /// $\lVert$`fixed_point`$-\Phi^*\rVert$.
+    /// ‖`fixed_point`−Φ\*‖.
     pub fixed_point_distance: f64,
     /// Standard errors of `fixed_point` (simulation only).
     pub stderr: Option<Vec<f64>>,
     /// Average iterate at half the learning rate (simulation only).
     pub fixed_point_half_lr: Option<Vec<f64>>,
-    /// $2\bar\Phi_{\eta/2} - \bar\Phi_\eta$, the $\eta \to 0$ extrapolation (simulation only).
+    /// 2Φ̄\_(η/2) − Φ̄\_η, the η → 0 extrapolation (simulation only).
     pub extrapolated: Option<Vec<f64>>,
-    /// Root-finding residual $\lVert F\rVert_\infty$ (exact only).
+    /// Root-finding residual ‖F‖\_∞ (exact only).
     pub residual: Option<f64>,
-    /// Whether the drift vanishes at the loss minimiser: below $10^{-9}$ of the typical step
+    /// Whether the drift vanishes at the loss minimiser: below 10⁻⁹ of the typical step
     /// (exact), or within 4 standard errors in every coordinate (simulation).
     pub consistent: bool,
 }
@@ -154,7 +154,7 @@ pub struct OptimizerAudit {
 pub struct Audit {
     /// Names of the parameters.
     pub parameters: Vec<String>,
-    /// The loss minimiser $\Phi^*$.
+    /// The loss minimiser Φ\*.
     pub minimizer: Vec<f64>,
     /// One entry per optimizer, in the order given.
     pub optimizers: Vec<OptimizerAudit>,
@@ -168,8 +168,7 @@ pub(crate) fn distance(a: &[f64], b: &[f64]) -> f64 {
         .sqrt()
 }
 
-/// The rounding floor of a simulated drift at `phi`: $10^{-12}\max_{i,j}\lvert(\nabla
-/// \mathcal L_i)_j\rvert$, the largest per-example gradient component over at most 1,000
+/// The rounding floor of a simulated drift at `phi`: 10⁻¹² maxᵢ‚ⱼ|(∇ℒᵢ)ⱼ|, the largest per-example gradient component over at most 1,000
 /// examples (at least the smallest positive double when every gradient is 0).
 pub(crate) fn rounding_floor(model: &dyn Model<f64>, phi: &[f64]) -> f64 {
     let mut g = vec![0.0; phi.len()];
@@ -242,8 +241,8 @@ pub fn audit_optimizer(
 }
 
 /// The most parameters an audit accepts. The audit is exact: its Newton steps hold a
-/// $d\times d$ Jacobian (8 MB at this limit) and evaluate $d$ gradients over the whole data
-/// set per iteration, so its cost grows as $d^3$ and $n d^2$.
+/// d×d Jacobian (8 MB at this limit) and evaluate d gradients over the whole data
+/// set per iteration, so its cost grows as d³ and nd².
 pub const MAX_AUDIT_PARAMS: usize = 1024;
 
 /// Audits every optimizer of `specs` on `model`.

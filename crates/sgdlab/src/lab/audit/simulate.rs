@@ -69,7 +69,7 @@ impl SimulationOptions {
     }
 }
 
-/// The drift of any rule (stateful or not) at `phi`: $\Phi$ is held at `phi` while the
+/// The drift of any rule (stateful or not) at `phi`: Φ is held at `phi` while the
 /// optimizer state evolves under the gradients of uniformly drawn examples; after burn-in the
 /// expected update per unit learning rate, given the state, is averaged (exactly over the
 /// current example when there are at most 64 examples, else for one drawn example).

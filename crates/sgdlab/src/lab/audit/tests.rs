@@ -213,8 +213,8 @@ fn norm_symmetrize_and_jacobian_by_hand() {
     }
 }
 
-/// $\sum_j \sqrt{1 + (x_j - c_j)^2}$ (pseudo-Huber), minimised at `c`: from more than one
-/// unit away, Newton's undamped step overshoots ($x - c \mapsto -(x-c)^3$), so only the
+/// Σⱼ√(1 + (xⱼ − cⱼ)²) (pseudo-Huber), minimised at `c`: from more than one
+/// unit away, Newton's undamped step overshoots (x − c ↦ −(x − c)³), so only the
 /// damping (raised on a failed step, lowered again on success) reaches the minimiser.
 fn pseudo_huber(c: [f64; 2]) -> Analytic<impl Fn(&[f64], &mut [f64]) -> f64 + Sync> {
     Analytic(2, move |p: &[f64], g: &mut [f64]| {
@@ -239,7 +239,7 @@ fn minimize_damps_newton_steps_that_overshoot() {
     assert!(distance(&star, &c) < 1e-9, "{star:?}");
 }
 
-/// $e^{-x}$ has no minimiser: Newton walks off by one unit a step while the gradient
+/// e⁻ˣ has no minimiser: Newton walks off by one unit a step while the gradient
 /// vanishes. The error says so, and the walk is not taken for a minimiser even though the
 /// gradient drops below the tolerance (its Newton step stays 1, not tiny).
 #[test]
@@ -256,8 +256,8 @@ fn minimize_refuses_a_loss_that_only_vanishes_at_infinity() {
 }
 
 /// A loss that falls linearly forever has no curvature to stop the damped Newton step
-/// $-g/\mu$, which grows as the damping $\mu$ shrinks after each success: it is refused
-/// once $\lVert\Phi\rVert$ passes $10^8$, within a few steps, not after 500 (each
+/// −g/μ, which grows as the damping μ shrinks after each success: it is refused
+/// once ‖Φ‖ passes 10⁸, within a few steps, not after 500 (each
 /// costs a Jacobian over the data).
 #[test]
 fn minimize_refuses_a_loss_without_curvature_promptly() {
@@ -345,8 +345,8 @@ fn the_simulated_drift_of_a_stateless_rule_is_the_exact_one() {
 }
 
 /// SGD with momentum μ held at the minimiser of points {0, 0, 3}: the drift sample is
-/// $-\mu b_t$ with $b_t = \mu b_{t-1} + g_t$, an AR(1) of innovation variance σ² = 2, so the
-/// SE of its mean over N samples is $\mu\sigma/((1-\mu)\sqrt N)$.
+/// −μbₜ with bₜ = μbₜ₋₁ + gₜ, an AR(1) of innovation variance σ² = 2, so the
+/// SE of its mean over N samples is μσ/((1 − μ)√N).
 #[test]
 fn the_drift_standard_error_of_momentum_is_the_exact_asymptotic_one() {
     let options = SimulationOptions {
@@ -386,8 +386,7 @@ fn fixed_point_backtracks_and_reports_convergence() {
 
 /// A stateful audit's parts are the measurements they are documented to be: the drift
 /// and fixed point of `stationary_drift` and `simulated_fixed_point`, the half-rate run with
-/// twice the burn-in and steps on the next seed, and the extrapolation $2\bar\Phi_{\eta/2} -
-/// \bar\Phi_\eta$.
+/// twice the burn-in and steps on the next seed, and the extrapolation 2Φ̄\_(η/2) − Φ̄\_η.
 #[test]
 fn a_stateful_audit_is_made_of_its_documented_parts() {
     let m = points("0\n0\n3\n");
@@ -469,8 +468,8 @@ fn the_parameter_limit_is_inclusive() {
     }
 }
 
-/// $1 - 1/(1+x^2)$: minimum 0 at 0, flat far out (the loss rises to 1 while the gradient
-/// falls to 0). From $x = 2$ the curvature is negative, so the undamped Newton step points
+/// 1 − 1/(1 + x²): minimum 0 at 0, flat far out (the loss rises to 1 while the gradient
+/// falls to 0). From x = 2 the curvature is negative, so the undamped Newton step points
 /// uphill to where the gradient is smaller: it must be refused for raising the loss, and
 /// the damping raised until the step goes downhill.
 #[test]
@@ -506,7 +505,7 @@ fn minimize_damping_adapts_to_the_loss_scale() {
 
 /// A gradient that no step can follow (the loss is constant, the gradient is not: a
 /// model with a wrong gradient) makes every trial fail; the damping then grows past
-/// $10^{12}$ and the minimiser stops with an error instead of searching forever.
+/// 10¹² and the minimiser stops with an error instead of searching forever.
 #[test]
 fn minimize_stops_when_no_step_can_lower_the_loss() {
     let broken = Analytic(1, |_: &[f64], g: &mut [f64]| {

@@ -5,9 +5,9 @@
 //! second time. Two kinds of check:
 //!
 //! * **Monte Carlo** — `measured` carries a standard error; the claim passes when
-//!   $|z| = |\text{measured} - \text{expected}|/\text{SE} < 4$ ([`Z_PASS`]).
+//!   |z| = |measured − expected|/SE < 4 ([`Z_PASS`]).
 //! * **Identity** — a deterministic quantity (often a worst-case relative residual over
-//!   adversarial inputs); the claim passes when $|\text{measured} - \text{expected}| \le$
+//!   adversarial inputs); the claim passes when |measured − expected| ≤
 //!   `tolerance`.
 //!
 //! Where a plausible wrong answer exists the claim also carries [`Rejection`]s: the measurement
@@ -40,7 +40,7 @@ use crate::lab::montecarlo::{Measurement, MonteCarlo};
 use crate::optim::{Optimizer, StepInfo, Tensor};
 use crate::{Error, Result};
 
-/// A Monte Carlo claim passes when $|z|$ is below this.
+/// A Monte Carlo claim passes when |z| is below this.
 pub const Z_PASS: f64 = 4.0;
 /// A wrong answer counts as rejected when the measurement lies at least this many standard
 /// errors (or tolerances, for identities) away from it.
@@ -89,10 +89,10 @@ pub struct Claim {
     pub measured: f64,
     /// Standard error of `measured` (Monte Carlo only).
     pub stderr: Option<f64>,
-    /// The largest $|\text{measured} - \text{expected}|$ that passes: $4\,\mathrm{SE}$ for
+    /// The largest |measured − expected| that passes: 4 SE for
     /// Monte Carlo claims, the numerical tolerance for identities.
     pub tolerance: f64,
-    /// $z$-score against `expected` (Monte Carlo only).
+    /// z-score against `expected` (Monte Carlo only).
     pub z: Option<f64>,
     /// Wrong answers the measurement must reject.
     pub rejects: Vec<Rejection>,
@@ -135,7 +135,7 @@ impl Claim {
         }
     }
 
-    /// A Monte Carlo claim: passes when $|z| < 4$.
+    /// A Monte Carlo claim: passes when |z| < 4.
     pub(crate) fn monte_carlo(
         id: &str,
         title: &str,
@@ -154,7 +154,7 @@ impl Claim {
         )
     }
 
-    /// A deterministic claim: passes when $|\text{measured} - \text{expected}| \le$ `tolerance`.
+    /// A deterministic claim: passes when |measured − expected| ≤ `tolerance`.
     pub(crate) fn identity(
         id: &str,
         title: &str,

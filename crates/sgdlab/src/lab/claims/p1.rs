@@ -1,8 +1,8 @@
 //! Problem 1: the two parameterisations of a running average.
 //!
-//! $y_{t+1} = \beta y_t + (1-\beta) x_t$ and $z_{t+1} = \beta z_t + \gamma x_t$ from zero.
-//! Claims: $\lim E y_t = \bar x$, $\lim E z_t = \gamma \bar x/(1-\beta)$,
-//! $E y_t = (1-\beta^t)\bar x$, and $z_t = \frac{\gamma}{1-\beta} y_t$ exactly.
+//! yₜ₊₁ = βyₜ + (1 − β)xₜ and zₜ₊₁ = βzₜ + γxₜ from zero.
+//! Claims: lim Eyₜ = x̄, lim Ezₜ = γx̄/(1 − β),
+//! Eyₜ = (1 − βᵗ)x̄, and zₜ = (γ/(1 − β))yₜ exactly.
 
 use rand_distr::{Distribution, Exp};
 
@@ -80,8 +80,8 @@ fn limits(options: &VerifyOptions) -> Result<Vec<Claim>> {
     ])
 }
 
-/// 1b: $z_t = \gamma/(1-\beta)\, y_t$ on adversarial sequences, and the residual
-/// $\beta^t (z_0 - \gamma y_0/(1-\beta))$ from non-zero starts.
+/// 1b: zₜ = γ/(1 − β) yₜ on adversarial sequences, and the residual
+/// βᵗ(z₀ − γy₀/(1 − β)) from non-zero starts.
 fn identity(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let len = 2_000;
     let sequences = adversarial(options.derive_seed("p1.identity"), len);

@@ -1,26 +1,26 @@
 //! Section 11, beyond the problem set: an EMA stored in bfloat16 — problem 2's running
 //! average when its state has 8 significant bits ([`crate::lowp`]).
 //!
-//! * **Round to nearest stalls.** $v \leftarrow \mathrm{rn}(\beta v + (1-\beta)x)$ cannot move
-//!   once its increment $(1-\beta)(x - v)$ is below half an ulp of $v$. On a constant input
-//!   $c$ from $v = 0$ it climbs one ulp per step and stops at the first bfloat16 $v$ with
-//!   $(1-\beta)(c - v) < \mathrm{ulp}(v)/2$ — for $\beta = 0.999$, $c = 1$ at $v = 0.25$, a
+//! * **Round to nearest stalls.** v ← rn(βv + (1 − β)x) cannot move
+//!   once its increment (1 − β)(x − v) is below half an ulp of v. On a constant input
+//!   c from v = 0 it climbs one ulp per step and stops at the first bfloat16 v with
+//!   (1 − β)(c − v) < ulp(v)/2 — for β = 0.999, c = 1 at v = 0.25, a
 //!   quarter of the answer, for ever.
 //! * **Stochastic rounding is unbiased.** Rounding up with probability equal to the dropped
-//!   fraction $f$ of an ulp $u$ adds an error $\varepsilon_t$ of conditional mean 0 and
-//!   variance $u_t^2 f_t(1-f_t)$. The EMA is linear, so the difference from the exact (f64)
-//!   EMA on the same inputs is $e_t = \beta e_{t-1} + \varepsilon_t$: $E[e_T] = 0$ and
-//!   $E[e_T^2] = E\big[\sum_t \beta^{2(T-t)} u_t^2 f_t (1-f_t)\big]$, measured against that
+//!   fraction f of an ulp u adds an error εₜ of conditional mean 0 and
+//!   variance uₜ²fₜ(1 − fₜ). The EMA is linear, so the difference from the exact (f64)
+//!   EMA on the same inputs is eₜ = βeₜ₋₁ + εₜ: E\[e\_T\] = 0 and
+//!   E\[e\_T ²\] = E\[Σₜβ^(2(T − t)) uₜ²fₜ(1 − fₜ)\], measured against that
 //!   sum accumulated along each chain. The textbook model of a rounding error, uniform on
-//!   $\pm u/2$ (variance $u^2/12$), is rejected: stochastic rounding's error is twice that on
+//!   ±u/2 (variance u²/12), is rejected: stochastic rounding's error is twice that on
 //!   average.
 //! * **In Adam itself** (the optimizer's fused kernel, `state_dtype=bf16`, against f64
 //!   moments on the same gradients, element by element): stochastic rounding leaves
-//!   $E[v_T]$ unbiased, but Adam's step $\hat m/\sqrt{\hat v}$ is not linear in $v$. With
-//!   $e_v$ the state's rounding error, $(1 + e_v/v)^{-1/2} = 1 - \tfrac12 e_v/v +
-//!   \tfrac38 (e_v/v)^2 - \dots$, so the step is larger by
-//!   $\tfrac38 E[(e_v/v)^2]$ on average (Jensen) — measured against that second-order
-//!   prediction, from a state already at $v = E[g^2]$. Round to nearest barely moves a $v$
+//!   E\[v\_T\] unbiased, but Adam's step m̂/√v̂ is not linear in v. With
+//!   eᵥ the state's rounding error, (1 + eᵥ/v)^(−1/2) = 1 − ½eᵥ/v + ⅜(eᵥ/v)² − …, so the
+//!   step is larger by
+//!   ⅜E\[(eᵥ/v)²\] on average (Jensen) — measured against that second-order
+//!   prediction, from a state already at v = E\[g²\]. Round to nearest barely moves a v
 //!   that starts there (11d rejects its small bias); from a cold start it stalls far below
 //!   (11a), and its step is too large by tens of percent — the report's plot.
 
@@ -42,14 +42,14 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     Ok(claims)
 }
 
-/// One EMA step in f32, as a fused optimizer kernel computes it: $\beta v + (1-\beta)x$.
+/// One EMA step in f32, as a fused optimizer kernel computes it: βv + (1 − β)x.
 #[inline]
 fn ema_f32(v: f32, x: f32, beta: f32) -> f32 {
     beta * v + (1.0 - beta) * x
 }
 
 /// The predicted stall of a round-to-nearest bfloat16 EMA climbing from 0 to the constant
-/// `c`: the first bfloat16 value $v \ge 0$ whose increment $(1-\beta)(c-v)$ is below half its
+/// `c`: the first bfloat16 value v ≥ 0 whose increment (1 − β)(c − v) is below half its
 /// ulp — found by scanning the bfloat16 grid, without running the EMA.
 fn predicted_stall(beta: f64, c: f64) -> Option<f64> {
     (0u16..0x7F7F).find_map(|b| {
@@ -87,8 +87,8 @@ fn nearest_stalls() -> Result<Claim> {
     ))
 }
 
-/// The stall predicted by the condition $(1-\beta)c < \mathrm{ulp}(v)/2$ (ignoring that the
-/// increment shrinks as $v$ grows).
+/// The stall predicted by the condition (1 − β)c < ulp(v)/2 (ignoring that the
+/// increment shrinks as v grows).
 fn naive_stall(beta: f64, c: f64) -> Option<f64> {
     (0u16..0x7F7F).find_map(|b| {
         let v = f64::from(bf16_to_f32(b));
@@ -159,10 +159,10 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     Ok(vec![bias, variance])
 }
 
-/// One step's gradients, uniform on $\mu \pm \sqrt3\sigma$ (mean $\mu$, variance $\sigma^2$):
+/// One step's gradients, uniform on μ ± √3σ (mean μ, variance σ²):
 /// 24 bits of a counter-based hash of (step key, element), a few instructions each and the
 /// same for any thread count. (The Adam claims compare optimizers on the same inputs; the
-/// distribution only sets $v$'s level and spread.)
+/// distribution only sets v's level and spread.)
 fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
     const CHUNK: usize = 4096;
     let half_width = 3f64.sqrt() * sigma;
@@ -175,8 +175,8 @@ fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
     });
 }
 
-/// The $v$ that Adam's kernel divides by at a step, from the stored $v$ and the gradient $g$:
-/// $\beta_2 v + (1-\beta_2) g^2$ in f64, before it is rounded to bfloat16 for storage.
+/// The v that Adam's kernel divides by at a step, from the stored v and the gradient g:
+/// β₂v + (1 − β₂)g² in f64, before it is rounded to bfloat16 for storage.
 fn adam_v(beta2: f64, v: f64, g: f64) -> f64 {
     beta2 * v + (1.0 - beta2) * g * g
 }
@@ -191,8 +191,8 @@ fn is_bf16_neighbour(stored: f64, x: f64) -> bool {
     stored == f64::from(bf16_to_f32(lo)) || (!on_grid && stored == f64::from(bf16_to_f32(lo + 1)))
 }
 
-/// Jensen's term of Adam's step through fourth order, for the relative error $x$ of $v$:
-/// $(1+x)^{-1/2} - 1 + x/2 = \tfrac38 x^2 - \tfrac5{16} x^3 + \tfrac{35}{128} x^4 + O(x^5)$
+/// Jensen's term of Adam's step through fourth order, for the relative error x of v:
+/// (1 + x)^(−1/2) − 1 + x/2 = ⅜x² − (5/16)x³ + (35/128)x⁴ + O(x⁵)
 /// (the linear term has mean zero).
 fn jensen(x: f64) -> f64 {
     x * x * (0.375 - x * (0.3125 - x * (35.0 / 128.0)))
@@ -200,7 +200,7 @@ fn jensen(x: f64) -> f64 {
 
 /// 11d and 11e: Adam with bfloat16 moments (the optimizer's own kernels), stochastic and
 /// nearest rounding, against f64 moments on the same gradients (i.i.d. per element and
-/// step, uniform with mean $\mu$ and variance $\sigma^2$). The parameters are f64 and do not feed back into the
+/// step, uniform with mean μ and variance σ²). The parameters are f64 and do not feed back into the
 /// gradients, so each element is an independent chain and the three optimizers see
 /// identical inputs (paired differences, element by element).
 fn adam(options: &VerifyOptions) -> Result<Vec<Claim>> {

@@ -1,12 +1,12 @@
-//! Problem 2: the variance of an EMA with rate $1/N$.
+//! Problem 2: the variance of an EMA with rate 1/N.
 //!
-//! $\hat\mu_t = (1 - 1/N)\hat\mu_{t-1} + x_t/N$ from zero, $x_t$ IID with variance $\sigma^2$.
-//! Claims: $\operatorname{Var}\hat\mu_t = \sigma^2(1-\beta^{2t})/(2N-1) \to \sigma^2/(2N-1)$;
-//! a block mean of $N$ samples has variance $\sigma^2/N$, so the EMA is worth a block of
-//! $2N-1$ samples, whose mean lag $N-1$ it shares.
+//! μ̂ₜ = (1 − 1/N)μ̂ₜ₋₁ + xₜ/N from zero, xₜ IID with variance σ².
+//! Claims: Var μ̂ₜ = σ²(1 − β²ᵗ)/(2N − 1) → σ²/(2N − 1);
+//! a block mean of N samples has variance σ²/N, so the EMA is worth a block of
+//! 2N − 1 samples, whose mean lag N − 1 it shares.
 //!
 //! Block means are computed by the library's [`HorizonAverage`] (problem 4's rate
-//! $1/\min(t, M)$, which for $t \le M$ is the running mean of $x_1..x_t$), so that 2b and the
+//! 1/min(t, M), which for t ≤ M is the running mean of x₁..xₜ), so that 2b and the
 //! block's lag measure that code, not the random number generator or integer arithmetic.
 
 use rand_distr::{Distribution, Normal};
@@ -114,9 +114,9 @@ fn variance(options: &VerifyOptions) -> Result<Vec<Claim>> {
     ])
 }
 
-/// The mean lag, measured on a ramp $x_t = t$: after the transient the EMA trails the input by
-/// a constant, which must equal $N-1$, the lag of a block mean of $2N-1$ samples (the
-/// library's horizon average with $M = 2N-1$ run over the ramp's last $M$ values).
+/// The mean lag, measured on a ramp xₜ = t: after the transient the EMA trails the input by
+/// a constant, which must equal N − 1, the lag of a block mean of 2N − 1 samples (the
+/// library's horizon average with M = 2N − 1 run over the ramp's last M values).
 fn lag() -> Result<Vec<Claim>> {
     let n = 4.0f64;
     let len = 400usize;

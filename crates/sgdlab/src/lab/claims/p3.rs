@@ -1,7 +1,7 @@
 //! Problem 3: momentum as an exponential moving average.
 //!
-//! $y_t = (1 - 1/N) y_{t-1} + x_t$ (sum form). Claims: constant input $c$ gives
-//! $\lim y_t = N c$; $y_t$ is an EMA (rate $1/N$) of $N x_t$; $y_t = N \mu_t$ exactly. Hence
+//! yₜ = (1 − 1/N)yₜ₋₁ + xₜ (sum form). Claims: constant input c gives
+//! lim yₜ = Nc; yₜ is an EMA (rate 1/N) of Nxₜ; yₜ = Nμₜ exactly. Hence
 //! sum-form and EMA-form momentum give identical trajectories.
 
 use rand_distr::{Distribution, StandardNormal};

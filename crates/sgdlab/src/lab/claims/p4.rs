@@ -1,10 +1,10 @@
-//! Problem 4: bias correction with rate $1/\min(t, N)$, compared with Adam's $1/(1-\beta^t)$.
+//! Problem 4: bias correction with rate 1/min(t, N), compared with Adam's 1/(1 − βᵗ).
 //!
-//! $y_t = (1 - 1/\min(t,N)) y_{t-1} + x_t/\min(t,N)$. Claims: constant input gives $y_t = c$
-//! for every $t \ge 1$ whatever $y_0$; $E y_t = \bar x$ for every $t$;
-//! $\operatorname{Var} y_t = \sigma^2/t$ for $t \le N$, then $\to \sigma^2/(2N-1)$; Adam's
+//! yₜ = (1 − 1/min(t, N))yₜ₋₁ + xₜ/min(t, N). Claims: constant input gives yₜ = c
+//! for every t ≥ 1 whatever y₀; Eyₜ = x̄ for every t;
+//! Var yₜ = σ²/t for t ≤ N, then → σ²/(2N − 1); Adam's
 //! correction is also exact on constants, with variance
-//! $\sigma^2 (1-\beta)(1+\beta^t)/((1+\beta)(1-\beta^t))$, larger early on.
+//! σ²(1 − β)(1 + βᵗ)/((1 + β)(1 − βᵗ)), larger early on.
 
 use rand_distr::{Distribution, Normal};
 

@@ -1,9 +1,9 @@
 //! Problem 5 (= 8): the learning rate against the scale of the loss.
 //!
-//! 5a: a loss in bits is the loss in nats over $\ln 2$, so $\eta' = \eta\ln 2$ gives the
-//! identical trajectory. 5b: with RMSProp's exact per-coordinate $\sigma$, doubling the loss
-//! doubles $g$ and $\sigma$, so $\eta' = \eta$ keeps the stationary distribution
-//! ("temperature"); plain SGD needs $\eta' = \eta/2$. "Exact" $\sigma$ is measured: the
+//! 5a: a loss in bits is the loss in nats over ln 2, so η′ = η ln 2 gives the
+//! identical trajectory. 5b: with RMSProp's exact per-coordinate σ, doubling the loss
+//! doubles g and σ, so η′ = η keeps the stationary distribution
+//! ("temperature"); plain SGD needs η′ = η/2. "Exact" σ is measured: the
 //! standard deviation of a million fresh gradients (a quarter with `--quick`) of the loss at
 //! hand, so that doubling the loss must double what is measured.
 
@@ -69,8 +69,8 @@ fn nats_and_bits(options: &VerifyOptions) -> Result<Claim> {
     .reject("bits at the same η (no mapping)", worst(&unmapped)))
 }
 
-/// $-\log_2 p_y$ of softmax regression computed from scratch (logits $z = Wx + b$, $W$ row-major
-/// classes × inputs then $b$, the layout of [`Classifier::softmax`]), independent of the
+/// −log₂p\_y of softmax regression computed from scratch (logits z = Wx + b, W row-major
+/// classes × inputs then b, the layout of [`Classifier::softmax`]), independent of the
 /// library's [`LossUnit`] scaling.
 fn independent_bits(phi: &[f64], x: &[f64], y: usize, classes: usize) -> f64 {
     let d = x.len();
@@ -86,7 +86,7 @@ fn independent_bits(phi: &[f64], x: &[f64], y: usize, classes: usize) -> f64 {
 }
 
 /// 5a's premise, measured: the model's loss in bits, and its gradient (what SGD steps on), are
-/// those of $-\log_2 p_y$ computed from scratch — at random parameters, on random digits,
+/// those of −log₂p\_y computed from scratch — at random parameters, on random digits,
 /// the gradient by central differences along random directions.
 fn bits_unit(options: &VerifyOptions) -> Result<Claim> {
     let data = digits()?;

@@ -1,12 +1,12 @@
-//! Problem 6: per-example normalised SGD, $A = 1/\sqrt{\lVert\nabla\mathcal L\rVert^2/d + \epsilon}$.
+//! Problem 6: per-example normalised SGD, A = 1/√(‖∇ℒ‖²/d + ε).
 //!
-//! 6a: the update is stationary where $E[\nabla\mathcal L/\sqrt{\lVert\nabla\mathcal L\rVert^2/d+\epsilon}] = 0$.
+//! 6a: the update is stationary where E\[∇ℒ/√(‖∇ℒ‖²/d + ε)\] = 0.
 //! 6b: that is not the loss's stationary point in general: the drift there is
-//! $-\operatorname{Cov}(A, \nabla\mathcal L)$; as $\epsilon\to0$ the fixed point moves to the
-//! geometric median, as $\epsilon\to\infty$ to the mean; with two equally weighted examples
+//! −Cov(A, ∇ℒ); as ε → 0 the fixed point moves to the
+//! geometric median, as ε → ∞ to the mean; with two equally weighted examples
 //! it *is* the loss's stationary point. 6c: RMSProp escapes only as far as its adaptation is
 //! independent of the current example: its drift at the minimiser vanishes like
-//! $\tfrac12(1-\alpha)\,E[g^3]/E[g^2]^{3/2}$ as $\alpha \to 1$.
+//! ½(1 − α) E\[g³\]/E\[g²\]^(3/2) as α → 1.
 
 use rand::RngExt;
 
@@ -22,7 +22,7 @@ fn points(text: &str) -> Result<Points> {
     Ok(Points::new(parse_csv(text, false)?))
 }
 
-/// The written stationarity condition of 6a: $A_i g_i$ for example `i` (1-D or any d).
+/// The written stationarity condition of 6a: Aᵢgᵢ for example `i` (1-D or any d).
 fn adapted_gradient(model: &Points, phi: &[f64], i: usize, eps: f64) -> Vec<f64> {
     let mut g = vec![0.0; phi.len()];
     Model::<f64>::loss_grad(model, phi, i, &mut g);
@@ -151,10 +151,10 @@ pub(crate) fn geometric_median(rows: &[[f64; 2]]) -> [f64; 2] {
     m
 }
 
-/// The root of 6a's written condition $\sum_i A_i g_i = 0$ with
-/// $A_i = (\lVert g_i\rVert^2/d + \epsilon)^{-1/2}$ (without the $1/d$ when `per_coordinate` is
-/// false), for squared-distance losses ($g_i = \Phi - x_i$): the fixed point of
-/// $\Phi \leftarrow \sum_i A_i x_i / \sum_i A_i$ (iteratively reweighted least squares,
+/// The root of 6a's written condition ΣᵢAᵢgᵢ = 0 with
+/// Aᵢ = (‖gᵢ‖²/d + ε)^(−1/2) (without the 1/d when `per_coordinate` is
+/// false), for squared-distance losses (gᵢ = Φ − xᵢ): the fixed point of
+/// Φ ← ΣᵢAᵢxᵢ/ΣᵢAᵢ (iteratively reweighted least squares,
 /// Weiszfeld's scheme with ε), from `start`.
 fn reweighted_root(model: &Points, eps: f64, per_coordinate: bool, start: &[f64]) -> Vec<f64> {
     let d = start.len();

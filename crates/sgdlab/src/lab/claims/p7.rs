@@ -1,11 +1,10 @@
 //! Problem 7 (= 9): multiplicative and loss-proportional updates.
 //!
-//! 7a: $\Phi_i \leftarrow \Phi_i - \eta\max(\epsilon,|\Phi_i|)g_i$ scales by a function of
-//! $\Phi$ only, so its expected update vanishes at every stationary point of the loss.
-//! 7b: $\Phi \leftarrow \Phi - \eta\mathcal L g$ has $\mathcal L\nabla\mathcal L =
-//! \nabla(\mathcal L^2/2)$: its fixed points are the stationary points of $E[\mathcal L^2]$;
-//! with two examples and $\mathcal L_1 \ne \mathcal L_2$ the drift at the minimiser is
-//! $-(\mathcal L_1 - \mathcal L_2) g_1/2$.
+//! 7a: Φᵢ ← Φᵢ − η max(ε, |Φᵢ|)gᵢ scales by a function of
+//! Φ only, so its expected update vanishes at every stationary point of the loss.
+//! 7b: Φ ← Φ − ηℒg has ℒ∇ℒ = ∇(ℒ²/2): its fixed points are the stationary points of E\[ℒ²\];
+//! with two examples and ℒ₁ ≠ ℒ₂ the drift at the minimiser is
+//! −(ℒ₁ − ℒ₂)g₁/2.
 
 use super::sequences::nan_max;
 use super::{Claim, VerifyOptions};

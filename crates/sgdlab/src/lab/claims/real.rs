@@ -17,8 +17,8 @@ fn slot(opt: &Optimizer<f64>, name: &str) -> Result<Vec<f64>> {
         .ok_or_else(|| Error::Unsupported(format!("no state buffer {name}")))
 }
 
-/// Problem 2 on Adam's first moment `exp_avg`: stationary variance $\sigma^2/(2N-1)$ on white
-/// noise (one chain per element), lag $N-1$ behind a ramp.
+/// Problem 2 on Adam's first moment `exp_avg`: stationary variance σ²/(2N − 1) on white
+/// noise (one chain per element), lag N − 1 behind a ramp.
 pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (beta1, sigma) = (0.9f64, 2.0f64);
     let n = 1.0 / (1.0 - beta1);
@@ -85,9 +85,9 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
     ])
 }
 
-/// Problem 3 on the library's SGD: on a constant gradient $c$ the step $s$ is
-/// $c(1-\beta^s)/(1-\beta)$ with momentum (the buffer, sum form, $\to Nc$) and
-/// $c(1-\beta^{s+1})/(1-\beta)$ with Nesterov; worst relative error over the steps.
+/// Problem 3 on the library's SGD: on a constant gradient c the step s is
+/// c(1 − βˢ)/(1 − β) with momentum (the buffer, sum form, → Nc) and
+/// c(1 − βˢ⁺¹)/(1 − β) with Nesterov; worst relative error over the steps.
 pub(crate) fn problem3() -> Result<Vec<Claim>> {
     let (beta, lr, c, steps) = (0.9f64, 0.01f64, 3.0f64, 100usize);
     let worst = |nesterov: bool| -> Result<f64> {
@@ -133,9 +133,9 @@ pub(crate) fn problem3() -> Result<Vec<Claim>> {
 }
 
 /// Problem 4 on the library's optimizers: `ema-momentum` with `debias=horizon` steps by the
-/// running mean of the gradients ($\operatorname{Var} = \sigma^2/t$ for $t \le N$) and with
+/// running mean of the gradients (Var = σ²/t for t ≤ N) and with
 /// `debias=power` by Adam's corrected mean; Adam with either correction steps by exactly
-/// $\eta c/(c+\epsilon)$ on a constant gradient ($\beta_2 = 0$, so $\hat v = c^2$).
+/// ηc/(c + ε) on a constant gradient (β₂ = 0, so v̂ = c²).
 pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (beta, sigma, lr) = (0.9f64, 2.0f64, 0.5f64);
     let n = 1.0 / (1.0 - beta);

@@ -51,7 +51,7 @@ pub(crate) fn adversarial(seed: u64, len: usize) -> Vec<(&'static str, Vec<f64>)
 }
 
 /// Worst relative discrepancy between two trajectories, each step's difference measured against
-/// the magnitude `scale[t]` of what was summed to produce it (an EMA of $|x|$ scaled alike), so
+/// the magnitude `scale[t]` of what was summed to produce it (an EMA of |x| scaled alike), so
 /// that cancellation in the sum does not make rounding look like a failure.
 pub(crate) fn worst_relative_residual(a: &[f64], b: &[f64], scale: &[f64]) -> f64 {
     a.iter()

@@ -2,17 +2,17 @@
 //! library's own optimizers through the problem set's pieces.
 //!
 //! * Schedule-Free with `warmup_steps=0, r=0, weight_lr_power=0` averages with problem 4's
-//!   rate $1/\min(t, N)$ at $N = \infty$: $x_t = \frac1t\sum_{s\le t} z_s$ exactly. On a noisy
-//!   quadratic $\tfrac h2\Phi^2$ with gradient noise $\sigma$, $\operatorname{Var} x_t$ follows
-//!   the linear-Gaussian covariance recursion of the $(z, x)$ system and decays like $1/t$,
-//!   while plain SGD's stays at its temperature $\eta\sigma^2/(h(2-\eta h))$ (problem 5b).
-//! * AdEMAMix's slow EMA $m_2$ has problem 2's lag $N_3 - 1$ and variance
-//!   $\sigma^2/(2N_3-1)$ with $N_3 = 1/(1-\beta_3)$, and, not bias-corrected, the start-up
-//!   bias $\beta_3^t$ of problem 4.
+//!   rate 1/min(t, N) at N = ∞: xₜ = (1/t)Σ\_(s ≤ t) zₛ exactly. On a noisy
+//!   quadratic (h/2)Φ² with gradient noise σ, Var xₜ follows
+//!   the linear-Gaussian covariance recursion of the (z, x) system and decays like 1/t,
+//!   while plain SGD's stays at its temperature ησ²/(h(2 − ηh)) (problem 5b).
+//! * AdEMAMix's slow EMA m₂ has problem 2's lag N₃ − 1 and variance
+//!   σ²/(2N₃ − 1) with N₃ = 1/(1 − β₃), and, not bias-corrected, the start-up
+//!   bias β₃ᵗ of problem 4.
 //! * Muon's Newton–Schulz iteration acts on each singular value alone: the update's singular
-//!   values are $q(\sigma_i/\lVert G\rVert_F)$ with $q$ the quintic
-//!   $p(x) = ax + bx^3 + cx^5$ applied five times. $q$ does not converge to 1 (the update is
-//!   not $UV^\top$): it maps $[0.02, 1]$ into a band, measured here. The update is invariant
+//!   values are q(σᵢ/‖G‖\_F) with q the quintic
+//!   p(x) = ax + bx³ + cx⁵ applied five times. q does not converge to 1 (the update is
+//!   not UVᵀ): it maps \[0.02, 1\] into a band, measured here. The update is invariant
 //!   to the gradient's scale (problem 5's question: no learning-rate change with the loss
 //!   unit).
 
@@ -36,7 +36,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     Ok(claims)
 }
 
-/// 10a: $x_t$ is the uniform running mean of $z_1..z_t$ on adversarial gradients.
+/// 10a: xₜ is the uniform running mean of z₁..zₜ on adversarial gradients.
 fn sf_uniform_average() -> Result<Claim> {
     let (lr, steps) = (0.5, 600usize);
     // Four coordinates: magnitudes from 1e-8 to 1e8 with alternating signs, a ramp, a
@@ -117,11 +117,10 @@ const ETA: f64 = 0.5;
 const BETA: f64 = 0.9;
 const STEPS: usize = 400;
 
-/// $\operatorname{Var} x_t$ for $t = 1..$`steps` of Schedule-Free SGD with uniform averaging
-/// on $\tfrac h2\Phi^2$ with gradient noise $\sigma$, from $\Phi_0 = 0$: the covariance
-/// recursion $\Sigma_t = A_t\Sigma_{t-1}A_t^\top + bb^\top$ of the state $(z, x)$, with
-/// $c = 1/t$, $A_t = \begin{pmatrix}1-\eta h(1-\beta) & -\eta h\beta\\
-/// c(1-\eta h(1-\beta)) & 1-c-c\eta h\beta\end{pmatrix}$, $b = -\eta\sigma(1, c)$.
+/// Var xₜ for t = 1..`steps` of Schedule-Free SGD with uniform averaging
+/// on (h/2)Φ² with gradient noise σ, from Φ₀ = 0: the covariance
+/// recursion Σₜ = AₜΣₜ₋₁Aₜᵀ + bbᵀ of the state (z, x), with
+/// c = 1/t, Aₜ = \[1 − ηh(1 − β), −ηhβ; c(1 − ηh(1 − β)), 1 − c − cηhβ\], b = −ησ(1, c).
 fn sf_predicted_variance(steps: usize) -> Vec<f64> {
     let (mut szz, mut szx, mut sxx) = (0.0f64, 0.0f64, 0.0f64);
     let k = 1.0 - ETA * H * (1.0 - BETA);

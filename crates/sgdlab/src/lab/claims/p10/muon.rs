@@ -9,7 +9,7 @@ use crate::lab::montecarlo::chain_rng;
 use crate::optim::muon::NS_COEFFICIENTS;
 use crate::optim::{Optimizer, StepInfo, Tensor};
 
-/// $p(x) = ax + bx^3 + cx^5$ applied `k` times.
+/// p(x) = ax + bx³ + cx⁵ applied `k` times.
 pub(super) fn quintic(x: f64, k: usize) -> f64 {
     let (a, b, c) = NS_COEFFICIENTS;
     (0..k).fold(x, |x, _| {
@@ -18,7 +18,7 @@ pub(super) fn quintic(x: f64, k: usize) -> f64 {
     })
 }
 
-/// The range of $q$ (the quintic applied `steps` times) on $[lo, hi]$: a grid of 20,000
+/// The range of q (the quintic applied `steps` times) on \[lo, hi\]: a grid of 20,000
 /// intervals, then every local extreme refined by golden-section search to within rounding
 /// (the grid alone misses a peak by up to ~1e-8, more than the claims' tolerance).
 pub(super) fn quintic_range(lo: f64, hi: f64, steps: usize) -> (f64, f64) {
@@ -103,8 +103,8 @@ pub(crate) fn singular_values(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 }
 
 /// Muon's orthogonalised update of `g` (row-major `rows` × `cols`), read off the real
-/// optimizer: from $\Phi = 0$ with momentum 0, no decay and $\eta = 1$,
-/// $\Phi_1 = -\eta' O$.
+/// optimizer: from Φ = 0 with momentum 0, no decay and η = 1,
+/// Φ₁ = −η′O.
 pub(super) fn muon_update(g: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>> {
     let mut opt = Optimizer::<f64>::from_spec("muon:lr=1,weight_decay=0,momentum=0")?;
     let mut p = [Tensor::new("w", vec![rows, cols], vec![0.0; g.len()])?];
@@ -139,9 +139,9 @@ pub(super) fn orthonormal(
     out
 }
 
-/// Pairs each normalised singular value $x_i$ of a gradient with a singular value of its
-/// update: $q$ is not monotone, so the update's values (sorted, decreasing) are matched to
-/// the $x_i$ in the order of decreasing $q(x_i)$.
+/// Pairs each normalised singular value xᵢ of a gradient with a singular value of its
+/// update: q is not monotone, so the update's values (sorted, decreasing) are matched to
+/// the xᵢ in the order of decreasing q(xᵢ).
 pub(super) fn matched(xs: &[f64], update: &[f64], steps: usize) -> Vec<(f64, f64)> {
     let mut order: Vec<usize> = (0..xs.len()).collect();
     order.sort_by(|&a, &b| quintic(xs[b], steps).total_cmp(&quintic(xs[a], steps)));
