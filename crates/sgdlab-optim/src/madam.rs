@@ -2,7 +2,7 @@
 //! "Learning compositional functions via multiplicative weight updates" (NeurIPS 2020).
 
 use super::StepContext;
-use super::rule::UpdateRule;
+use super::rule::{TensorScalars, UpdateRule};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -26,6 +26,10 @@ config! {
 }
 
 impl UpdateRule for Madam {
+    fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        Some(self)
+    }
+
     fn lr(&self) -> f64 {
         self.lr
     }
@@ -43,21 +47,6 @@ impl UpdateRule for Madam {
 
     fn slots(&self) -> &'static [&'static str] {
         &["exp_avg_sq"]
-    }
-
-    /// Fixes the per-tensor clamp bound `max` = p_scale·RMS(Φ) at the first step (a reduction
-    /// over the whole tensor, so it runs before the tensor is split into chunks).
-    fn begin_tensor<T: Real>(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]) {
-        if ctx.t == 1 {
-            let mean_sq =
-                p.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>() / p.len().max(1) as f64;
-            scalars[0] = self.p_scale * mean_sq.sqrt();
-        }
-    }
-
-    /// Per-tensor scalars: `max`, the clamp bound fixed at the first step.
-    fn tensor_scalars(&self) -> &'static [&'static str] {
-        &["max"]
     }
 
     #[inline(always)]
@@ -126,6 +115,23 @@ impl UpdateRule for Madam {
             by_squarings!(F32_DEGREE)
         } else {
             by_squarings!(F64_DEGREE)
+        }
+    }
+}
+
+impl<T: Real> TensorScalars<T> for Madam {
+    /// Per-tensor scalars: `max`, the clamp bound fixed at the first step.
+    fn names(&self) -> &'static [&'static str] {
+        &["max"]
+    }
+
+    /// Fixes the per-tensor clamp bound `max` = p_scale·RMS(Φ) at the first step (a reduction
+    /// over the whole tensor, so it runs before the tensor is split into chunks).
+    fn begin(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]) {
+        if ctx.t == 1 {
+            let mean_sq =
+                p.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>() / p.len().max(1) as f64;
+            scalars[0] = self.p_scale * mean_sq.sqrt();
         }
     }
 }

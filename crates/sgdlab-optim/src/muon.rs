@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::StepContext;
-use super::rule::UpdateRule;
+use super::rule::{MatrixRule, UpdateRule};
 use super::spec::{SpecValue, check, config};
 use crate::{Error, Real, Result};
 
@@ -114,10 +114,24 @@ impl UpdateRule for Muon {
         &["momentum_buffer"]
     }
 
-    fn whole_tensor(&self) -> bool {
-        true
+    fn matrix<T: Real>(&self) -> Option<&dyn MatrixRule<T>> {
+        Some(self)
     }
 
+    /// Never called: Muon steps whole matrices ([`MatrixRule::step_matrix`]).
+    fn step_tensor<T: Real>(
+        &self,
+        _ctx: &StepContext,
+        _p: &mut [T],
+        _g: &[T],
+        _slots: &mut [&mut [T]],
+        _scalars: &[f64],
+    ) {
+        unreachable!("muon steps whole matrices (step_matrix)")
+    }
+}
+
+impl<T: Real> MatrixRule<T> for Muon {
     fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
         if shape.len() != 2 {
             return Err(Error::Unsupported(format!(
@@ -129,26 +143,13 @@ impl UpdateRule for Muon {
         Ok(())
     }
 
-    /// Never called: Muon steps whole matrices ([`UpdateRule::step_whole`]).
-    fn step_tensor<T: Real>(
-        &self,
-        _ctx: &StepContext,
-        _p: &mut [T],
-        _g: &[T],
-        _slots: &mut [&mut [T]],
-        _scalars: &[f64],
-    ) {
-        unreachable!("muon steps whole matrices (step_whole)")
-    }
-
-    fn step_whole<T: Real>(
+    fn step_matrix(
         &self,
         ctx: &StepContext,
         shape: &[usize],
         p: &mut [T],
         g: &[T],
         slots: &mut [&mut [T]],
-        _scalars: &[f64],
     ) {
         let [buf] = slots else {
             unreachable!("muon has one slot")

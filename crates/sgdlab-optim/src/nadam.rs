@@ -2,7 +2,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
-use super::rule::UpdateRule;
+use super::rule::{TensorScalars, UpdateRule};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -42,6 +42,10 @@ impl Nadam {
 }
 
 impl UpdateRule for Nadam {
+    fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        Some(self)
+    }
+
     fn decay_form(&self, ctx: &crate::StepContext) -> crate::rule::DecayForm {
         crate::rule::DecayForm::either(self.decoupled_weight_decay, ctx.lr, self.weight_decay)
     }
@@ -63,18 +67,8 @@ impl UpdateRule for Nadam {
         &["exp_avg", "exp_avg_sq"]
     }
 
-    /// `mu_product`, Πₜ.
-    fn tensor_scalars(&self) -> &'static [&'static str] {
-        &["mu_product"]
-    }
-
     fn decays(&self) -> crate::rule::Decays {
         smallvec::smallvec![0.0, self.beta2]
-    }
-
-    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
-        let before = if ctx.t == 1 { 1.0 } else { scalars[0] };
-        scalars[0] = before * self.mu(ctx.t);
     }
 
     #[inline(always)]
@@ -120,5 +114,17 @@ impl UpdateRule for Nadam {
                 *p = x + c_avg * (*m / d);
             }
         });
+    }
+}
+
+impl<T: Real> TensorScalars<T> for Nadam {
+    /// `mu_product`, Πₜ.
+    fn names(&self) -> &'static [&'static str] {
+        &["mu_product"]
+    }
+
+    fn begin(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        let before = if ctx.t == 1 { 1.0 } else { scalars[0] };
+        scalars[0] = before * self.mu(ctx.t);
     }
 }

@@ -78,9 +78,29 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.slots(), )+ )* }
             }
 
+            /// The matrix capability ([`UpdateRule::matrix`]).
+            pub(crate) fn matrix<T: crate::Real>(&self) -> Option<&dyn crate::rule::MatrixRule<T>> {
+                match self { $( $( Rule::$variant(c) => c.matrix::<T>(), )+ )* }
+            }
+
+            /// The averaging capability ([`UpdateRule::averaging`]).
+            pub(crate) fn averaging<T: crate::Real>(&self) -> Option<&dyn crate::rule::AveragingRule<T>> {
+                match self { $( $( Rule::$variant(c) => c.averaging::<T>(), )+ )* }
+            }
+
+            /// The per-tensor capability ([`UpdateRule::tensor_scalars`]).
+            pub(crate) fn scalars_of<T: crate::Real>(&self) -> Option<&dyn crate::rule::TensorScalars<T>> {
+                match self { $( $( Rule::$variant(c) => c.tensor_scalars::<T>(), )+ )* }
+            }
+
+            /// What a step must hand the rule ([`Needs`](crate::rule::Needs)).
+            pub fn needs(&self) -> crate::rule::Needs {
+                match self { $( $( Rule::$variant(c) => c.needs(), )+ )* }
+            }
+
             /// Names of the scalars kept per tensor.
             pub fn tensor_scalars(&self) -> &'static [&'static str] {
-                match self { $( $( Rule::$variant(c) => c.tensor_scalars(), )+ )* }
+                self.scalars_of::<f64>().map_or(&[], |c| c.names())
             }
 
             /// The initial value of every state buffer.
@@ -90,19 +110,20 @@ macro_rules! registry {
 
             /// Whether state buffer `slot` starts as a copy of the parameters.
             pub fn slot_starts_at_params(&self, slot: usize) -> bool {
-                match self { $( $( Rule::$variant(c) => c.slot_starts_at_params(slot), )+ )* }
+                self.averaging::<f64>().is_some_and(|a| a.starts_at_params(slot))
             }
 
             /// Whether the rule steps whole tensors (by shape) instead of chunks.
             pub fn whole_tensor(&self) -> bool {
-                match self { $( $( Rule::$variant(c) => c.whole_tensor(), )+ )* }
+                self.matrix::<f64>().is_some()
             }
 
             /// Checks that the rule can step tensor `name` of `shape`.
             pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
-                match self { $( $( Rule::$variant(c) => c.check_shape(name, shape), )+ )* }
+                self.matrix::<f64>().map_or(Ok(()), |m| m.check_shape(name, shape))
             }
 
+            /// Steps a whole matrix, for a rule with the matrix capability.
             pub(crate) fn step_whole<T: crate::Real>(
                 &self,
                 ctx: &StepContext,
@@ -110,23 +131,26 @@ macro_rules! registry {
                 p: &mut [T],
                 g: &[T],
                 slots: &mut [&mut [T]],
-                scalars: &[f64],
             ) {
-                match self { $( $( Rule::$variant(c) => c.step_whole(ctx, shape, p, g, slots, scalars), )+ )* }
+                if let Some(m) = self.matrix::<T>() {
+                    m.step_matrix(ctx, shape, p, g, slots);
+                }
             }
 
             /// The state buffer holding the point to evaluate, if not the parameters.
             pub fn eval_slot(&self) -> Option<usize> {
-                match self { $( $( Rule::$variant(c) => c.eval_slot(), )+ )* }
+                self.averaging::<f64>().map(|a| a.eval_slot())
             }
 
             pub(crate) fn train_point<T: crate::Real>(&self, p: &mut [T], slots: &[&[T]]) {
-                match self { $( $( Rule::$variant(c) => c.train_point(p, slots), )+ )* }
+                if let Some(a) = self.averaging::<T>() {
+                    a.train_point(p, slots);
+                }
             }
 
             /// Whether a step needs the loss.
             pub fn needs_loss(&self) -> bool {
-                match self { $( $( Rule::$variant(c) => c.needs_loss(), )+ )* }
+                self.needs().loss
             }
 
             /// How the rule decays the parameters besides its update ([`DecayForm`](crate::rule::DecayForm)).
@@ -136,16 +160,20 @@ macro_rules! registry {
 
             /// Whether a step needs the global gradient norm.
             pub fn needs_norm(&self) -> bool {
-                match self { $( $( Rule::$variant(c) => c.needs_norm(), )+ )* }
+                self.needs().norm
             }
 
+            /// The per-tensor scalars' update before a tensor's chunks, for rules that keep
+            /// them.
             pub(crate) fn begin_tensor<T: crate::Real>(
                 &self,
                 ctx: &StepContext,
                 p: &[T],
                 scalars: &mut [f64],
             ) {
-                match self { $( $( Rule::$variant(c) => c.begin_tensor(ctx, p, scalars), )+ )* }
+                if let Some(c) = self.scalars_of::<T>() {
+                    c.begin(ctx, p, scalars);
+                }
             }
 
             /// One chunk's update (the tests' way in; steps go through

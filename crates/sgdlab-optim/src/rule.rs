@@ -31,8 +31,16 @@ pub trait Keys {
 /// The kernel calls [`UpdateRule::step_tensor`] on chunks of each tensor (of at most
 /// [`CHUNK`](super::kernel::CHUNK) elements), with the per-step scalars of the
 /// [`StepContext`] computed once in `f64`; it must be elementwise (any reduction over a
-/// tensor goes in [`UpdateRule::begin_tensor`]), and use only IEEE-exact operations so that
+/// tensor goes in a [`TensorScalars`] capability), and use only IEEE-exact operations so that
 /// every SIMD level and thread count gives the same bits.
+///
+/// The trait is the element-wise core — validation, learning rate, state buffers, decay
+/// rates, [`Needs`], [`DecayForm`], the chunk loops — and three named capabilities that a
+/// special rule returns and every other leaves at `None`: [`UpdateRule::matrix`] (whole
+/// matrices, Muon), [`UpdateRule::averaging`] (an evaluation point other than the
+/// parameters, Schedule-Free) and [`UpdateRule::tensor_scalars`] (per-tensor scalars,
+/// Madam and NAdam). Transformations of the update (cautious masking,
+/// [`crate::transform`]) need only [`UpdateRule::decay_form`].
 pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Send + Sync {
     /// Checks every hyper-parameter's range and their combinations.
     fn validate(&self) -> Result<()>;
@@ -42,11 +50,6 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
 
     /// Names of the per-parameter state buffers, PyTorch's where it has them.
     fn slots(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    /// Names of the scalars kept per tensor (e.g. Madam's clamp bound).
-    fn tensor_scalars(&self) -> &'static [&'static str] {
         &[]
     }
 
@@ -61,57 +64,27 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         0.0
     }
 
-    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z
-    /// and x) instead of [`UpdateRule::initial_state`].
-    fn slot_starts_at_params(&self, _slot: usize) -> bool {
-        false
+    /// What a step must hand the rule besides the gradient ([`Needs`]).
+    fn needs(&self) -> Needs {
+        Needs::default()
     }
 
-    /// Whether the rule updates a whole tensor at once from its shape (Muon's
-    /// orthogonalisation): such tensors are stepped by [`UpdateRule::step_whole`], one at a
-    /// time, never cut into chunks.
-    fn whole_tensor(&self) -> bool {
-        false
-    }
-
-    /// Checks, at the first step, that the rule can step tensor `name` of `shape` (Muon:
-    /// matrices only); the error names the tensor.
-    fn check_shape(&self, _name: &str, _shape: &[usize]) -> Result<()> {
-        Ok(())
-    }
-
-    /// The update of a whole tensor of `shape` (row-major), for rules with
-    /// [`UpdateRule::whole_tensor`]; others step it chunk by chunk.
-    fn step_whole<T: Real>(
-        &self,
-        ctx: &StepContext,
-        _shape: &[usize],
-        p: &mut [T],
-        g: &[T],
-        slots: &mut [&mut [T]],
-        scalars: &[f64],
-    ) {
-        self.step_tensor(ctx, p, g, slots, scalars);
-    }
-
-    /// The state buffer holding the point to evaluate, when it is not the parameters
-    /// (Schedule-Free trains at y and evaluates the average x).
-    fn eval_slot(&self) -> Option<usize> {
+    /// The matrix capability: a rule that steps whole matrices at once from their shape
+    /// (Muon's orthogonalisation). Such tensors are never cut into chunks.
+    fn matrix<T: Real>(&self) -> Option<&dyn MatrixRule<T>> {
         None
     }
 
-    /// Writes the training point into `p` from the state, exactly as a step leaves it (the
-    /// way back from an evaluation swap; rules with an [`UpdateRule::eval_slot`]).
-    fn train_point<T: Real>(&self, _p: &mut [T], _slots: &[&[T]]) {}
-
-    /// Whether a step needs the loss (`StepInfo::loss`).
-    fn needs_loss(&self) -> bool {
-        false
+    /// The averaging capability: a rule whose parameters are not the point to evaluate
+    /// (Schedule-Free trains at y and evaluates the average x).
+    fn averaging<T: Real>(&self) -> Option<&dyn AveragingRule<T>> {
+        None
     }
 
-    /// Whether a step needs the global gradient norm ([`StepContext::grad_norm_sq`]).
-    fn needs_norm(&self) -> bool {
-        false
+    /// The per-tensor capability: scalars kept per tensor, updated from the whole tensor
+    /// before its chunks (Madam's clamp bound, NAdam's momentum product).
+    fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        None
     }
 
     /// How the rule's step moves the parameters besides its update, for the transformations
@@ -120,9 +93,6 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
     fn decay_form(&self, _ctx: &StepContext) -> DecayForm {
         DecayForm::NONE
     }
-
-    /// Runs once per tensor and step, before its chunks, with the whole tensor (reductions).
-    fn begin_tensor<T: Real>(&self, _ctx: &StepContext, _p: &[T], _scalars: &mut [f64]) {}
 
     /// The update of one chunk: parameters `p` in place from gradients `g` and the state
     /// buffers `slots` (in [`UpdateRule::slots`] order), with the tensor's `scalars`.
@@ -151,6 +121,56 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
     ) -> bool {
         false
     }
+}
+
+/// What a step must hand a rule besides its gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The step's loss (`StepInfo::loss`; `lossprop`).
+    pub loss: bool,
+    /// The global gradient norm ([`StepContext::grad_norm_sq`]; `normsgd`).
+    pub norm: bool,
+}
+
+/// A rule that steps whole matrices ([`UpdateRule::matrix`]).
+pub trait MatrixRule<T: Real> {
+    /// Checks, at the first step, that the rule can step tensor `name` of `shape` (Muon:
+    /// matrices only); the error names the tensor.
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()>;
+
+    /// The update of a whole tensor of `shape` (row-major).
+    fn step_matrix(
+        &self,
+        ctx: &StepContext,
+        shape: &[usize],
+        p: &mut [T],
+        g: &[T],
+        slots: &mut [&mut [T]],
+    );
+}
+
+/// A rule whose parameters are not the point to evaluate ([`UpdateRule::averaging`]).
+pub trait AveragingRule<T: Real> {
+    /// The state buffer that holds the point to evaluate.
+    fn eval_slot(&self) -> usize;
+
+    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z and
+    /// x) instead of [`UpdateRule::initial_state`].
+    fn starts_at_params(&self, slot: usize) -> bool;
+
+    /// Writes the training point into `p` from the state, exactly as a step leaves it (the
+    /// way back from an evaluation swap).
+    fn train_point(&self, p: &mut [T], slots: &[&[T]]);
+}
+
+/// A rule that keeps scalars per tensor ([`UpdateRule::tensor_scalars`]).
+pub trait TensorScalars<T: Real> {
+    /// The scalars' names (saved in checkpoints by name).
+    fn names(&self) -> &'static [&'static str];
+
+    /// Runs once per tensor and step, before its chunks, with the whole tensor (a reduction,
+    /// or a product over steps).
+    fn begin(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]);
 }
 
 /// How an element-wise rule's step decays the parameters: it moves them as

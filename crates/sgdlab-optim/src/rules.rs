@@ -23,8 +23,11 @@ impl UpdateRule for NormSgd {
         self.lr
     }
 
-    fn needs_norm(&self) -> bool {
-        true
+    fn needs(&self) -> crate::rule::Needs {
+        crate::rule::Needs {
+            norm: true,
+            loss: false,
+        }
     }
 
     /// Checks ranges.
@@ -109,8 +112,11 @@ impl UpdateRule for LossProp {
         self.lr
     }
 
-    fn needs_loss(&self) -> bool {
-        true
+    fn needs(&self) -> crate::rule::Needs {
+        crate::rule::Needs {
+            loss: true,
+            norm: false,
+        }
     }
 
     /// Checks ranges.

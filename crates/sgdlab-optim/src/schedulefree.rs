@@ -18,7 +18,7 @@
 
 use super::StepContext;
 use super::kernel::blocks;
-use super::rule::UpdateRule;
+use super::rule::{AveragingRule, TensorScalars, UpdateRule};
 use super::spec::{check, config};
 use crate::{Real, Result};
 
@@ -88,6 +88,14 @@ config! {
 }
 
 impl UpdateRule for SfSgd {
+    fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        Some(self)
+    }
+
+    fn averaging<T: Real>(&self) -> Option<&dyn AveragingRule<T>> {
+        Some(self)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         if !(self.momentum > 0.0 && self.momentum < 1.0) {
@@ -107,32 +115,6 @@ impl UpdateRule for SfSgd {
 
     fn slots(&self) -> &'static [&'static str] {
         &["z", "x"]
-    }
-
-    fn tensor_scalars(&self) -> &'static [&'static str] {
-        SCALARS
-    }
-
-    fn slot_starts_at_params(&self, _slot: usize) -> bool {
-        true
-    }
-
-    fn eval_slot(&self) -> Option<usize> {
-        Some(1)
-    }
-
-    fn train_point<T: Real>(&self, p: &mut [T], slots: &[&[T]]) {
-        interpolate(p, slots[0], slots[1], self.momentum);
-    }
-
-    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
-        averaging(
-            ctx,
-            self.warmup_steps as f64,
-            self.r,
-            self.weight_lr_power,
-            scalars,
-        );
     }
 
     #[inline(always)]
@@ -164,6 +146,36 @@ impl UpdateRule for SfSgd {
     }
 }
 
+impl<T: Real> TensorScalars<T> for SfSgd {
+    fn names(&self) -> &'static [&'static str] {
+        SCALARS
+    }
+
+    fn begin(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        averaging(
+            ctx,
+            self.warmup_steps as f64,
+            self.r,
+            self.weight_lr_power,
+            scalars,
+        );
+    }
+}
+
+impl<T: Real> AveragingRule<T> for SfSgd {
+    fn eval_slot(&self) -> usize {
+        1
+    }
+
+    fn starts_at_params(&self, _slot: usize) -> bool {
+        true
+    }
+
+    fn train_point(&self, p: &mut [T], slots: &[&[T]]) {
+        interpolate(p, slots[0], slots[1], self.momentum);
+    }
+}
+
 config! {
     /// `sf-adamw`: Schedule-Free AdamW (`schedulefree.AdamWScheduleFreeReference`).
     ///
@@ -192,6 +204,14 @@ config! {
 }
 
 impl UpdateRule for SfAdamW {
+    fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        Some(self)
+    }
+
+    fn averaging<T: Real>(&self) -> Option<&dyn AveragingRule<T>> {
+        Some(self)
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;
@@ -209,34 +229,8 @@ impl UpdateRule for SfAdamW {
         &["z", "x", "exp_avg_sq"]
     }
 
-    fn tensor_scalars(&self) -> &'static [&'static str] {
-        SCALARS
-    }
-
     fn decays(&self) -> crate::rule::Decays {
         smallvec::smallvec![0.0, self.beta2]
-    }
-
-    fn slot_starts_at_params(&self, slot: usize) -> bool {
-        slot < 2
-    }
-
-    fn eval_slot(&self) -> Option<usize> {
-        Some(1)
-    }
-
-    fn train_point<T: Real>(&self, p: &mut [T], slots: &[&[T]]) {
-        interpolate(p, slots[0], slots[1], self.beta1);
-    }
-
-    fn begin_tensor<T: Real>(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
-        averaging(
-            ctx,
-            self.warmup_steps as f64,
-            self.r,
-            self.weight_lr_power,
-            scalars,
-        );
     }
 
     #[inline(always)]
@@ -276,5 +270,35 @@ impl UpdateRule for SfAdamW {
                 *p = *x * b1 + *z * cb1;
             }
         });
+    }
+}
+
+impl<T: Real> TensorScalars<T> for SfAdamW {
+    fn names(&self) -> &'static [&'static str] {
+        SCALARS
+    }
+
+    fn begin(&self, ctx: &StepContext, _p: &[T], scalars: &mut [f64]) {
+        averaging(
+            ctx,
+            self.warmup_steps as f64,
+            self.r,
+            self.weight_lr_power,
+            scalars,
+        );
+    }
+}
+
+impl<T: Real> AveragingRule<T> for SfAdamW {
+    fn eval_slot(&self) -> usize {
+        1
+    }
+
+    fn starts_at_params(&self, slot: usize) -> bool {
+        slot < 2
+    }
+
+    fn train_point(&self, p: &mut [T], slots: &[&[T]]) {
+        interpolate(p, slots[0], slots[1], self.beta1);
     }
 }

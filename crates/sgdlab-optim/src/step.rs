@@ -376,7 +376,7 @@ impl<T: Real> Optimizer<T> {
                 let mut slots: Vec<&mut [T]> =
                     state.slots.iter_mut().map(Vec::as_mut_slice).collect();
                 let ctx = &contexts[state.group];
-                rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots, &state.scalars);
+                rule.step_whole(ctx, &p.shape, p.data, g.data, &mut slots);
             }
         }
         // bfloat16 state: the stochastic-rounding streams of this step (seed, step, tensor,

@@ -2,6 +2,8 @@
 //! rule: against an independent implementation over several chunks, the property it keeps for
 //! every rule, thread counts, groups, bfloat16 state, checkpoints, and the rules it refuses.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 use sgdlab_optim::{NAMES, Optimizer, OptimizerSpec, StepInfo, Tensor};
 
 /// Deterministic pseudo-random values in (-1, 1) (SplitMix64).
