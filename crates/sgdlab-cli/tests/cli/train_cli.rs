@@ -546,3 +546,41 @@ fn parameter_groups_train_checkpoint_and_resume() {
         .code(2)
         .stderr(predicate::str::contains("momentum"));
 }
+
+/// `--schedule` takes the library's grammar with lengths open to the run: a constant rate for
+/// two epochs, then a cosine over the rest of the run (`*`, here the last two epochs).
+#[test]
+fn schedules_count_epochs_and_the_rest_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(
+        dir.path(),
+        &["--epochs", "4", "--schedule", "seq[constant;cosine:*]@2ep"],
+    )
+    .success();
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    let lr: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lr.len(), 4, "{csv}");
+    assert_eq!(lr[0], lr[1], "{csv}");
+    assert!(lr[2] < lr[1] && lr[3] < lr[2], "{csv}");
+    assert_eq!(
+        summary(dir.path())["schedule"],
+        "seq[constant;cosine:*]@2ep"
+    );
+    // The run's length is part of the schedule: a resume may not change --epochs.
+    tiny(
+        dir.path(),
+        &[
+            "--epochs",
+            "5",
+            "--schedule",
+            "seq[constant;cosine:*]@2ep",
+            "--resume",
+        ],
+    )
+    .failure()
+    .stderr(predicate::str::contains("epochs"));
+}
