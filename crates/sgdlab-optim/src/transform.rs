@@ -145,3 +145,18 @@ impl<T> std::fmt::Debug for Scratch<T> {
         write!(f, "Scratch({} elements)", self.0.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy kept between steps is scratch: a clone starts without it, it never makes two
+    /// optimizers unequal, and it shows only its size.
+    #[test]
+    fn scratch_is_not_state() {
+        let s = Scratch(vec![1.0f32; 3]);
+        assert!(s.clone().0.is_empty());
+        assert_eq!(s, Scratch(vec![2.0f32; 5]));
+        assert_eq!(format!("{s:?}"), "Scratch(3 elements)");
+    }
+}
