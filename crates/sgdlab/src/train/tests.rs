@@ -417,3 +417,74 @@ fn divergence_is_reported_not_fatal() {
     trainer.train(&mut run, &|_, _, _| {}).unwrap();
     assert!(run.diverged.is_some());
 }
+
+/// A whole experiment through the library: it writes its tables and checkpoints, reports to
+/// its observer, refuses to overwrite a run unless told, and resumes to the same weights.
+#[test]
+fn an_experiment_runs_reports_and_resumes_in_one_call() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(AtomicUsize, AtomicUsize);
+    impl Observer for Count {
+        fn run_started(&self, _: usize, _: &OptimizerSpec, _: usize, _: u64) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn run_finished(&self, _: usize, _: &Run) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = |epochs: usize, mode: OutMode| Experiment {
+        data: "digits".parse().unwrap(),
+        test_fraction: 0.2,
+        model: "mlp:8".parse().unwrap(),
+        loss_unit: LossUnit::Nats,
+        optimizers: vec![
+            "sgd:lr=0.1".parse().unwrap(),
+            "adam:lr=0.01".parse().unwrap(),
+        ],
+        groups: vec!["*.bias:weight_decay=0".parse().unwrap()],
+        config: TrainConfig {
+            epochs,
+            batch: 64,
+            schedule: "seq[constant;cosine]@1ep".parse().unwrap(),
+            ema_weights: None,
+            seed: 5,
+        },
+        out: dir.path().join("out"),
+        mode,
+        checkpoint_every: 1,
+    };
+    let seen = Count(AtomicUsize::new(0), AtomicUsize::new(0));
+    let whole = experiment(3, OutMode::New).run(&seen).unwrap();
+    assert_eq!((seen.0.into_inner(), seen.1.into_inner()), (2, 2));
+    for name in ["metrics.csv", "summary.json", "run0/checkpoint.safetensors"] {
+        assert!(dir.path().join("out").join(name).is_file(), "{name}");
+    }
+    let figures = experiment(3, OutMode::New).figures(&whole);
+    assert_eq!(figures.len(), 2);
+    drop(whole);
+    // The directory holds a run now: a new experiment is refused, a forced one replaces it.
+    let e = experiment(2, OutMode::New)
+        .run(&Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--resume") && e.contains("--force"), "{e}");
+    let short = experiment(2, OutMode::Force).run(&Silent).unwrap();
+    drop(short);
+    // Resumed to 3 epochs... with a schedule over the whole run, the length may not change.
+    let e = experiment(3, OutMode::Resume)
+        .run(&Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("epochs"), "{e}");
+    let again = experiment(2, OutMode::Resume).run(&Silent).unwrap();
+    assert_eq!(again.runs[1].epoch, 2);
+    assert!(experiment(0, OutMode::New).run(&Silent).is_err());
+    assert!("mlp:0".parse::<ModelSpec>().is_err() && "cnn".parse::<ModelSpec>().is_err());
+    assert_eq!(
+        "mlp:8,4".parse::<ModelSpec>().unwrap().to_string(),
+        "mlp:8,4"
+    );
+}
