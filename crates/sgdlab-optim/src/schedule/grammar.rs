@@ -523,6 +523,20 @@ mod tests {
         }
         let huge = format!("wsd:{},*,1", u64::MAX);
         assert!(spec(&huge).for_run(10, 10).is_err());
+        // A warm-up as long as the run leaves no decay.
+        let e = spec("warmup-cosine:100")
+            .for_run(10, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shorter than the run (100 steps)"), "{e}");
+        // Longer than any probe: parsed, refused only against the run.
+        let long = spec(&format!("warmup-cosine:{}", 1u64 << 63));
+        assert!(
+            long.for_run(10, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("shorter than")
+        );
     }
 
     #[test]
@@ -539,7 +553,10 @@ mod tests {
         }
         let e = |t: &str| t.parse::<ScheduleSpec>().unwrap_err().to_string();
         assert!(e("wsd:10,20").contains("wsd:W,*,D"));
-        assert!(e("step:2,0.5").contains("decay:E,GAMMA"));
+        assert!(e("step:2,0.5").contains("a step decay is decay:E,GAMMA"));
+        // Extra arguments are refused, not dropped.
+        assert!(e("warmup-cosine:5,10,0.1,9").contains("must be constant"));
+        assert!(e("wsd:1,2,3,0.5,7").contains("must be constant"));
         assert!(e("wsd:*,*,2").contains("at most one"));
         assert!(e("seq[constant;constant]@*").contains("not *"));
         assert!(e("decay:xep,0.5").contains("whole epochs"));
@@ -575,10 +592,30 @@ mod tests {
             assert_eq!(s.to_string(), text);
             assert_eq!(s.to_string().parse::<ScheduleSpec>().unwrap(), s);
         }
+        assert_eq!(format!("{:?}", spec("cosine")), "ScheduleSpec(cosine)");
         let from: ScheduleSpec = Schedule::Cosine { steps: 4, min: 0.0 }.into();
         assert_eq!(
             (from.to_string(), from.depends_on_length()),
             ("cosine:4".into(), false)
         );
+    }
+
+    /// Nesting is counted before parsing: 16 levels parse, 17 are refused, and siblings do
+    /// not add up.
+    #[test]
+    fn nesting_is_bounded_by_depth_not_by_count() {
+        let nested =
+            |depth: usize| format!("{}exp:0.5{}", "prod[".repeat(depth), "]".repeat(depth));
+        for text in [nested(MAX_NESTING)] {
+            assert!(text.parse::<Schedule>().is_ok());
+            assert!(text.parse::<ScheduleSpec>().is_ok());
+        }
+        for depth in [MAX_NESTING + 1, MAX_NESTING + 2] {
+            let e = nested(depth).parse::<Schedule>().unwrap_err().to_string();
+            assert!(e.contains("nest at most 16 deep"), "{e}");
+            assert!(nested(depth).parse::<ScheduleSpec>().is_err());
+        }
+        let siblings = format!("prod[{}]", vec![nested(2); 20].join(";"));
+        assert!(siblings.parse::<Schedule>().is_ok());
     }
 }
