@@ -233,6 +233,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// What a `*` or a part is given of the run: `left`, what the other lengths leave of it;
+    /// without a run (a probe, or a schedule whose `*` is refused anyway), where nothing is
+    /// past its end, 1; with a run, no `left` is the error `why`.
+    fn left(&self, left: Option<u64>, bad: &dyn Fn(&str) -> Error, why: String) -> Result<u64> {
+        match left {
+            Some(l) => Ok(l),
+            None if self.horizon.is_none() => Ok(1),
+            None => Err(bad(&why)),
+        }
+    }
+
     /// Validates a parsed schedule. A probe validates what its placeholders cannot make
     /// wrong: every part but the compositions (whose parts it has validated already), whose
     /// milestones may count epochs.
@@ -321,15 +332,11 @@ fn parse_node(text: &str, ctx: &Ctx<'_>, span: u64) -> Result<Schedule> {
         for (k, part) in texts.iter().enumerate() {
             let start = if k == 0 { 0 } else { milestones[k - 1] };
             let end = milestones.get(k).copied().unwrap_or(span);
-            let part_span = match end.checked_sub(start) {
-                Some(s) if s > 0 => s,
-                _ if ctx.horizon.is_none() => 1,
-                _ => {
-                    return Err(bad(&format!(
-                        "the milestone {start} is past the run ({span} steps)"
-                    )));
-                }
-            };
+            let part_span = ctx.left(
+                end.checked_sub(start).filter(|&s| s > 0),
+                &bad,
+                format!("the milestone {start} is past the run ({span} steps)"),
+            )?;
             parts.push(parse_node(part, ctx, part_span)?);
         }
         return ctx.validate(Schedule::Sequence { parts, milestones });
@@ -376,15 +383,11 @@ fn parse_node(text: &str, ctx: &Ctx<'_>, span: u64) -> Result<Schedule> {
             let decay = match rest.first().map(|t| t.trim()) {
                 None | Some("*") => {
                     len("*")?;
-                    match left {
-                        Some(l) => l,
-                        None if ctx.probe => 1,
-                        None => {
-                            return Err(bad(&format!(
-                                "the warm-up must be shorter than the run ({span} steps)"
-                            )));
-                        }
-                    }
+                    ctx.left(
+                        left,
+                        &bad,
+                        format!("the warm-up must be shorter than the run ({span} steps)"),
+                    )?
                 }
                 Some(t) => len(t)?,
             };
@@ -447,15 +450,11 @@ fn wsd(
         let star = lengths.iter().position(|t| t.trim() == "*").unwrap_or(1);
         ctx.length("*", span, bad)?;
         let used = known.iter().try_fold(0u64, |a, &b| a.checked_add(b));
-        known[star] = match used.and_then(|u| span.checked_sub(u)) {
-            Some(left) => left,
-            None if ctx.probe => 1,
-            None => {
-                return Err(bad(&format!(
-                    "warm-up, stable and decay exceed the run ({span} steps)"
-                )));
-            }
-        };
+        known[star] = ctx.left(
+            used.and_then(|u| span.checked_sub(u)),
+            bad,
+            format!("warm-up, stable and decay exceed the run ({span} steps)"),
+        )?;
     }
     Ok(Schedule::Wsd {
         warmup: known[0],
