@@ -57,6 +57,12 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.changed_keys(), )+ )* }
             }
 
+            /// Every key of the rule with its value as spec text (defaults included), in the
+            /// order of [`Rule::keys`].
+            pub fn values(&self) -> Vec<(&'static str, String)> {
+                match self { $( $( Rule::$variant(c) => c.all_keys(), )+ )* }
+            }
+
             /// Checks every hyper-parameter's range and their combinations.
             pub fn validate(&self) -> Result<()> {
                 match self { $( $( Rule::$variant(c) => c.validate(), )+ )* }

@@ -24,6 +24,8 @@ pub trait Keys {
     fn set_key(&mut self, key: &str, text: &str) -> Result<()>;
     /// `(key, value)` for every value that differs from the default.
     fn changed_keys(&self) -> Vec<(&'static str, String)>;
+    /// `(key, value)` for every key, in [`Keys::KEYS`] order, defaults included.
+    fn all_keys(&self) -> Vec<(&'static str, String)>;
 }
 
 /// An optimizer's update: its configuration, state buffers and the per-element rule.

@@ -164,6 +164,10 @@ macro_rules! config {
             fn changed_keys(&self) -> Vec<(&'static str, String)> {
                 self.non_default_pairs()
             }
+            fn all_keys(&self) -> Vec<(&'static str, String)> {
+                use $crate::spec::SpecValue;
+                vec![$( (stringify!($field), self.$field.show()) ),*]
+            }
         }
     };
 }

@@ -71,6 +71,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(specs::rule_keys, m)?)?;
     m.add_function(wrap_pyfunction!(specs::rules, m)?)?;
     m.add_function(wrap_pyfunction!(specs::parse_spec, m)?)?;
+    m.add_function(wrap_pyfunction!(specs::rule_values, m)?)?;
     m.add_function(wrap_pyfunction!(lab::verify_json, m)?)?;
     m.add_function(wrap_pyfunction!(lab::audit_json, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
@@ -81,5 +82,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "GLOBAL_KEYS",
         pyo3::types::PyTuple::new(m.py(), global_keys)?,
     )?;
+    // Their defaults, as spec text.
+    let defaults: Vec<(&str, &str)> = sgdlab::optim::GLOBAL_KEYS
+        .iter()
+        .map(|k| (k.name, k.default))
+        .collect();
+    m.add("GLOBAL_DEFAULTS", defaults.into_pyobject(m.py())?)?;
     Ok(())
 }

@@ -70,3 +70,20 @@ pub(crate) fn parse_spec(spec: &str) -> PyResult<(String, Vec<(String, String)>)
         Ok((spec.name().to_string(), keys))
     })
 }
+
+/// Every key of `spec`'s rule with its value as spec text, defaults included (the spec
+/// parsed and validated): what an implementation of the rule outside the Rust kernels
+/// (`sgdlab.torch`'s torch operations) reads.
+#[pyfunction]
+pub(crate) fn rule_values(spec: &str) -> PyResult<Vec<(String, String)>> {
+    guarded("rule_values", || {
+        let spec: OptimizerSpec = spec.parse().map_err(lib_err)?;
+        spec.validate().map_err(lib_err)?;
+        Ok(spec
+            .rule
+            .values()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect())
+    })
+}

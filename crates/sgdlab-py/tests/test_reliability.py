@@ -90,13 +90,17 @@ def test_a_parameter_whose_layout_changed_is_not_stepped_through_a_stale_view():
     opt = st.SGD([w], lr=0.5)
     w.grad = torch.ones(3, 3)
     opt.step()
-    w.data = w.data.t()  # same pointer and shape, other strides
-    w.grad = torch.arange(9.0).reshape(3, 3)
-    with pytest.raises(ValueError, match="not contiguous"):
-        opt.step()
+    # Same pointer and shape, other strides: the step runs on a contiguous copy and writes
+    # it back, exactly as torch.optim steps the transposed tensor.
+    w.data = w.data.t()
+    ref = w.detach().clone().requires_grad_()
+    w.grad, ref.grad = torch.arange(9.0).reshape(3, 3), torch.arange(9.0).reshape(3, 3)
+    opt.step()
+    torch.optim.SGD([ref], lr=0.5).step()
+    assert torch.equal(w.detach(), ref.detach()) and not w.is_contiguous()
     # Made contiguous again (a new storage), it steps exactly as torch.optim.
-    ref = w.detach().clone().contiguous().requires_grad_()
     w.data = w.data.contiguous()
+    ref = w.detach().clone().requires_grad_()
     w.grad, ref.grad = torch.arange(9.0).reshape(3, 3), torch.arange(9.0).reshape(3, 3)
     opt.step()
     torch.optim.SGD([ref], lr=0.5).step()

@@ -227,8 +227,10 @@ def test_closure_and_counters():
 def test_refused_inputs():
     with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         st.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
-    with pytest.raises(TypeError, match="CPU tensors"):
-        st.Adam([torch.zeros(3, device="meta", requires_grad=True)])
+    with pytest.raises(TypeError, match=r"parameter 0\.0 \(group.index\) is on meta: implementation='rust' steps CPU tensors"):
+        st.Adam([torch.zeros(3, device="meta", requires_grad=True)], implementation="rust")
+    with pytest.raises(ValueError, match="implementation = 'cuda'"):
+        st.Adam(mlp().parameters(), implementation="cuda")
     with pytest.raises(ValueError, match="not supported"):
         st.Adam(mlp().parameters(), capturable=True)
     # Hyper-parameters are checked when the optimizer (or a group) is made, as torch does.

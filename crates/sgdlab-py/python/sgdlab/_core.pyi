@@ -20,11 +20,15 @@ __all__ = [
     "_panic_for_tests",
     "__version__",
     "GLOBAL_KEYS",
+    "GLOBAL_DEFAULTS",
+    "rule_values",
 ]
 
 __version__: str
 #: The keys every optimizer takes whatever its rule (the library's one table).
 GLOBAL_KEYS: tuple[str, ...]
+#: Their defaults, as spec text: ``[(key, default), ...]``.
+GLOBAL_DEFAULTS: list[tuple[str, str]]
 
 _Array = npt.NDArray[Union[np.float32, np.float64]]
 _Arrays = Union[Sequence[_Array], Mapping[str, _Array]]
@@ -156,6 +160,10 @@ def rules() -> list[str]:
 
 def rule_keys(name: str) -> list[str]:
     """The keys a rule accepts, then the global ones."""
+
+def rule_values(spec: str) -> list[tuple[str, str]]:
+    """Every key of ``spec``'s rule with its value as spec text, defaults included (the spec
+    parsed and validated)."""
 
 def parse_spec(spec: str) -> tuple[str, list[tuple[str, str]]]:
     """A validated spec: its rule and the keys that differ from the defaults."""

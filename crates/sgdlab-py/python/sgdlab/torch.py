@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _core
+from . import _core, _foreach
 from ._core import SgdlabError
 
 __all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "SgdlabError"]
@@ -66,6 +66,8 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
+# The engines a class can step with (``implementation=``).
+_IMPLEMENTATIONS = ("auto", "rust", "torch")
 # The keys every optimizer takes whatever its rule: the Rust library's one table.
 _GLOBAL_KEYS: Tuple[str, ...] = tuple(_core.GLOBAL_KEYS)
 
@@ -126,6 +128,10 @@ class Optimizer(torch.optim.Optimizer):
             raising.
         clip_norm: global-norm gradient clipping over all parameters, as
             ``torch.nn.utils.clip_grad_norm_`` before the step.
+        implementation: ``"rust"`` (the Rust kernels: CPU tensors), ``"torch"`` (the same
+            rules in torch operations: any device, ``torch.compile``), or ``"auto"`` (the
+            Rust kernels when every parameter with a gradient is on the CPU at the first
+            step, torch operations otherwise).
     """
 
     def __init__(
@@ -136,12 +142,22 @@ class Optimizer(torch.optim.Optimizer):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         clip_norm: Optional[float] = None,
+        implementation: str = "auto",
     ) -> None:
         rule, keys = _core.parse_spec(spec)
         defaults = {k: _value(v) for k, v in keys if k not in _GLOBAL_KEYS}
         defaults.setdefault("lr", _core.Optimizer(rule).lr)
         spec_globals = {k: v for k, v in keys if k in _GLOBAL_KEYS}
-        self._init(params, rule, defaults, check_finite, skip_nonfinite, clip_norm, spec_globals=spec_globals)
+        self._init(
+            params,
+            rule,
+            defaults,
+            check_finite,
+            skip_nonfinite,
+            clip_norm,
+            spec_globals=spec_globals,
+            implementation=implementation,
+        )
 
     # -- set-up shared by every class ------------------------------------------------------
 
@@ -158,7 +174,17 @@ class Optimizer(torch.optim.Optimizer):
         rounding: str = "stochastic",
         spec_globals: Optional[dict[str, str]] = None,
         master_weights: bool = False,
+        implementation: str = "auto",
     ) -> None:
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation = {implementation!r}: must be one of {', '.join(map(repr, _IMPLEMENTATIONS))}"
+            )
+        self._implementation = implementation
+        # The engine that steps: "rust" or "torch", fixed at the first step (or by a loaded state).
+        self._engine_kind: Optional[str] = None if implementation == "auto" else implementation
+        self._engine: Optional[_foreach.Engine] = None
+        self._hp_cache: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
         self._rule = rule
         self._rule_keys = frozenset(_core.rule_keys(rule)) - frozenset(_GLOBAL_KEYS)
         self._global = {
@@ -180,10 +206,11 @@ class Optimizer(torch.optim.Optimizer):
         self._active: Optional[list[tuple[int, int]]] = None
         self._names: list[str] = []
         self._views: dict[int, tuple[int, np.ndarray]] = {}
+        self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if getattr(self, "_core", None) is not None:
+        if getattr(self, "_core", None) is not None:  # the Rust engine steps a fixed set
             raise RuntimeError(
                 "sgdlab steps a fixed set of tensors: add parameter groups before the first step"
             )
@@ -195,8 +222,8 @@ class Optimizer(torch.optim.Optimizer):
             body = ",".join(f"{k}={v}" for k, v in keys.items())
             glob = ",".join(f"{k}={v}" for k, v in self._global.items())
             _core.Optimizer(f"{self._group_rule(group)}:{body},{glob}".replace(":,", ":").rstrip(":,"))
-            for p in group["params"]:
-                _check_tensor(p, "parameter")
+            for pj, p in enumerate(group["params"]):
+                _check_tensor(p, f"parameter {len(self.param_groups) - 1}.{pj} (group.index)", self._engine_kind)
         except Exception:
             self.param_groups.pop()
             raise
@@ -217,19 +244,41 @@ class Optimizer(torch.optim.Optimizer):
     def _group_rule(self, group: dict[str, Any]) -> str:
         return self._rule
 
-    def _build(self) -> None:
-        """The Rust optimizer, at the first step: one sgdlab group per torch group."""
+    def _specs(self) -> tuple[str, list[str], list[dict[str, str]]]:
+        """The optimizer as sgdlab specs: its spec, one group spec per torch group, and each
+        group's keys."""
         base = ",".join(f"{k}={v}" for k, v in self._global.items())
-        groups = []
-        self._applied = []
+        groups, applied = [], []
         for gi, group in enumerate(self.param_groups):
             keys = self._group_keys(group)
             rule = self._group_rule(group)
             head = f"rule={rule}," if rule != self._rule else ""
             body = ",".join(f"{k}={v}" for k, v in keys.items())
             groups.append(f"{gi}.*:{head}{body}".rstrip(":,"))
-            self._applied.append(keys)
-        self._core = _core.Optimizer(f"{self._rule}:{base}", groups)
+            applied.append(keys)
+        return f"{self._rule}:{base}", groups, applied
+
+    def _build(self) -> None:
+        """The Rust optimizer, at the first step: one sgdlab group per torch group."""
+        spec, groups, self._applied = self._specs()
+        self._core = _core.Optimizer(spec, groups)
+
+    @torch.compiler.disable
+    def _hyper(self, group: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The group's rule and every hyper-parameter of it as a Python value (defaults
+        included), validated by the Rust spec parser; cached while the group's keys stay."""
+        rule = self._group_rule(group)
+        keys = self._group_keys(group)
+        cache_key = (rule, tuple(keys.items()))
+        hp = self._hp_cache.get(cache_key)
+        if hp is None:
+            body = ",".join(f"{k}={v}" for k, v in keys.items())
+            values = _core.rule_values(f"{rule}:{body}".rstrip(":"))
+            hp = {k: _value(v) for k, v in values}
+            if len(self._hp_cache) > 64:
+                self._hp_cache.clear()
+            self._hp_cache[cache_key] = hp
+        return rule, hp
 
     def _sync(self) -> None:
         """Hands every hyper-parameter a scheduler (or the user) changed to the Rust optimizer."""
@@ -245,34 +294,43 @@ class Optimizer(torch.optim.Optimizer):
     def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
         """numpy views (shared memory) of every parameter with a gradient, and of the
         gradients. A parameter's view is kept between steps while its storage stays the
-        same (checked by address), which saves most of the per-tensor cost."""
+        same (checked by address), which saves most of the per-tensor cost. A parameter
+        that is not contiguous (``channels_last``, a transpose) steps on a contiguous copy
+        that the step writes back (``self._copies``)."""
         params, grads, active = [], [], []
         views = self._views
+        self._copies = []
         for gi, group in enumerate(self.param_groups):
             for pj, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
-                if not (p.is_contiguous() and g.is_contiguous()):
-                    which = "parameter" if not p.is_contiguous() else "gradient of parameter"
-                    raise ValueError(
-                        f"{which} {gi}.{pj} (group.index) is not contiguous (strides "
-                        f"{tuple(p.stride()) if which == 'parameter' else tuple(g.stride())}, e.g. "
-                        "after `p.data = p.data.t()`): sgdlab updates parameters in place and never "
-                        "copies; make it contiguous (`p.data = p.data.contiguous()`)"
+                if p.device.type != "cpu" or g.device.type != "cpu":
+                    raise TypeError(
+                        _why_not(p, g, f"parameter {gi}.{pj} (group.index)")
+                        + " with implementation='rust'; implementation='torch' (or 'auto' before "
+                        "the first step) steps tensors on any device"
                     )
                 try:
+                    if not g.is_contiguous():
+                        g = g.contiguous()
                     ga = _numpy(g)
-                    cached = views.get(id(p))
-                    # The whole layout, not only the address: `p.data = p.data.t()` keeps the
-                    # pointer and (square) shape but not the strides.
-                    key = (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
-                    if cached is None or cached[0] != key:
-                        cached = (key, _numpy(p.detach()))
-                        views[id(p)] = cached
+                    if p.is_contiguous():
+                        cached = views.get(id(p))
+                        # The whole layout, not only the address: `p.data = p.data.t()` keeps
+                        # the pointer and (square) shape but not the strides.
+                        key = (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+                        if cached is None or cached[0] != key:
+                            cached = (key, _numpy(p.detach()))
+                            views[id(p)] = cached
+                        view = cached[1]
+                    else:
+                        copy = p.detach().contiguous()
+                        self._copies.append((p, copy))
+                        view = _numpy(copy)
                 except Exception as e:  # torch's reasons are less direct than ours
                     raise TypeError(_why_not(p, g, f"parameter {gi}.{pj}")) from e
-                params.append(cached[1])
+                params.append(view)
                 if self._maximize:
                     # bfloat16 bits: flip the sign bit (np.negative would negate the integers).
                     ga = ga ^ np.uint16(0x8000) if ga.dtype == np.uint16 else np.negative(ga)
@@ -287,6 +345,77 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._engine_kind is None:
+            self._engine_kind = self._choose_engine()
+        if self._engine_kind == "torch":
+            self._step_torch(loss)
+        else:
+            self._step_rust(loss)
+        return loss
+
+    def _choose_engine(self) -> str:
+        """``implementation="auto"``: the Rust kernels when every parameter with a gradient
+        is on the CPU, torch operations otherwise."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and (p.device.type != "cpu" or p.grad.device.type != "cpu"):
+                    return "torch"
+        return "rust"
+
+    @property
+    def implementation(self) -> Optional[str]:
+        """The engine that steps: ``"rust"`` or ``"torch"`` (None before the first step of
+        ``implementation="auto"``)."""
+        return self._engine_kind
+
+    def _works(self, with_grads: bool) -> tuple[list[_foreach.Work], list[tuple[int, int]]]:
+        """The torch engine's view of the groups: the parameters with a gradient
+        (``with_grads``), or those with state."""
+        works, active, index = [], [], 0
+        cautious = self._global.get("cautious") == "true"
+        for gi, group in enumerate(self.param_groups):
+            ps, gs, names, states, idx = [], [], [], [], []
+            for pj, p in enumerate(group["params"]):
+                if with_grads:
+                    g = p.grad
+                    if g is None:
+                        continue
+                    _check_tensor(p, f"parameter {gi}.{pj} (group.index)", "torch")
+                    if g.is_sparse:
+                        raise TypeError(f"the gradient of parameter {gi}.{pj} is sparse: sgdlab steps dense tensors")
+                    if self._maximize:
+                        g = torch.neg(g)
+                    gs.append(g)
+                elif not self.state.get(p):
+                    continue
+                ps.append(p)
+                names.append(f"{gi}.{pj}")
+                states.append(self.state[p])
+                idx.append(index)
+                active.append((gi, pj))
+                index += 1
+            if ps:
+                rule, hp = self._hyper(group)
+                works.append(_foreach.Work(rule, hp, cautious, ps, gs, names, states, idx))
+        return works, active
+
+    def _step_torch(self, loss: Any) -> None:
+        """One step of the torch engine."""
+        if self._engine is None:
+            spec, groups, _ = self._specs()
+            _core.Optimizer(spec, groups)  # validates the whole optimizer, as the Rust engine does
+            self._engine = _foreach.Engine(dict(self._global))
+        works, active = self._works(with_grads=True)
+        if not works:
+            raise ValueError("no parameter has a gradient: call backward() before step()")
+        loss_value = None
+        if loss is not None and (self._engine.flag("check_finite") or any(w.rule == "lossprop" for w in works)):
+            loss_value = float(loss)
+        self._engine.step(works, loss_value)
+        self._active = active
+
+    def _step_rust(self, loss: Any) -> None:
+        """One step of the Rust engine."""
         params, grads, active = self._arrays()
         if self._active is None:
             if not active:
@@ -321,9 +450,11 @@ class Optimizer(torch.optim.Optimizer):
             self._core.step_bf16(params, grads, loss_value, names=self._names)
         else:
             self._core.step(params, grads, loss_value, names=self._names)
+        for p, copy in self._copies:
+            p.copy_(copy)
+        self._copies = []
         self._active = active
         self._changed(active)
-        return loss
 
     def _changed(self, active: list[tuple[int, int]]) -> None:
         """Tells autograd that the parameters changed in place (their version counters), as
@@ -338,11 +469,15 @@ class Optimizer(torch.optim.Optimizer):
     @property
     def steps(self) -> int:
         """Applied steps."""
+        if self._engine is not None:
+            return self._engine.steps
         return 0 if self._core is None else self._core.steps
 
     @property
     def skipped(self) -> int:
         """Steps skipped for a non-finite gradient (``skip_nonfinite=True``)."""
+        if self._engine is not None:
+            return self._engine.skipped
         return 0 if self._core is None else self._core.skipped
 
     @property
@@ -365,6 +500,28 @@ class Optimizer(torch.optim.Optimizer):
             index += len(group["params"])
             groups.append(packed)
         state: dict[int, dict[str, Any]] = {}
+        if self._engine is not None:
+            # The torch engine's state is torch.optim's: per parameter, by reference.
+            for gi, group in enumerate(self.param_groups):
+                for pj, p in enumerate(group["params"]):
+                    if self.state.get(p):
+                        state[ids[(gi, pj)]] = self.state[p]
+            out = {
+                "state": state,
+                "param_groups": groups,
+                "sgdlab": {
+                    "engine": "torch",
+                    "steps": self._engine.steps,
+                    "skipped": self._engine.skipped,
+                    "eval": self._engine.in_eval_mode,
+                    "active": None if self._active is None else [list(a) for a in self._active],
+                },
+            }
+            for hook in self._optimizer_state_dict_post_hooks.values():
+                result = hook(self, out)
+                if result is not None:
+                    out = result
+            return out
         if self._core is not None and self._active is not None:
             for t, (gi, pj) in enumerate(self._active):
                 entry: dict[str, Any] = {"step": torch.tensor(float(self._core.steps))}
@@ -395,10 +552,17 @@ class Optimizer(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         saved = state_dict.get("sgdlab")
-        if not isinstance(saved, dict) or "bytes" not in saved:
+        if not isinstance(saved, dict) or ("bytes" not in saved and saved.get("engine") != "torch"):
             raise ValueError(
                 "not a state dict of an sgdlab.torch optimizer (no `sgdlab` entry): "
                 "torch.optim's state cannot be converted exactly"
+            )
+        engine = "torch" if saved.get("engine") == "torch" else "rust"
+        if self._implementation not in ("auto", engine):
+            raise ValueError(
+                f"the state dict is the {engine} engine's, and this optimizer steps with "
+                f"implementation={self._implementation!r}: load it into an optimizer with "
+                f"implementation={engine!r} (or 'auto')"
             )
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
@@ -410,12 +574,19 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"parameter group {gi} has {len(mine['params'])} parameters, the state dict's {len(theirs['params'])}"
                 )
+        if engine == "torch":
+            self._load_torch_state(saved, state_dict.get("state", {}), groups)
+            for hook in self._optimizer_load_state_dict_post_hooks.values():
+                hook(self)
+            return
         core = None if saved["bytes"] is None else _core.Optimizer.from_bytes(saved["bytes"])
         active = _checked_active(saved.get("active"), groups, core)
         for mine, theirs in zip(self.param_groups, groups):
             for k, v in theirs.items():
                 if k != "params":
                     mine[k] = v
+        self._engine_kind = None if core is None and self._implementation == "auto" else "rust"
+        self._engine = None
         self._core, self._active = core, active
         self._names = [] if active is None else [f"{gi}.{pj}" for gi, pj in active]
         if core is not None:
@@ -425,12 +596,55 @@ class Optimizer(torch.optim.Optimizer):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    def _load_torch_state(self, saved: dict[str, Any], state: Any, groups: list[dict[str, Any]]) -> None:
+        """Loads the torch engine's state (checked before anything changes)."""
+        for key in ("steps", "skipped"):
+            if not isinstance(saved.get(key), int) or isinstance(saved.get(key), bool) or saved[key] < 0:
+                raise ValueError(f"corrupt state dict: `sgdlab.{key}` is {saved.get(key)!r}, not a count")
+        if not isinstance(state, dict):
+            raise ValueError(f"corrupt state dict: `state` is a {type(state).__name__}, not a dict")
+        flat = [p for group in self.param_groups for p in group["params"]]
+        loaded: dict[Any, dict[str, Any]] = {}
+        for index, entry in state.items():
+            if not isinstance(index, int) or not 0 <= index < len(flat) or not isinstance(entry, dict):
+                raise ValueError(f"corrupt state dict: state entry {index!r} names no parameter")
+            p = flat[index]
+            mine: dict[str, Any] = {}
+            for k, v in entry.items():
+                if isinstance(v, torch.Tensor) and k not in ("step",):
+                    if k != "master" and tuple(v.shape) != tuple(p.shape):
+                        raise ValueError(
+                            f"corrupt state dict: state `{k}` of parameter {index} has shape "
+                            f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                        )
+                    v = v.detach().to(device=p.device).clone()
+                elif isinstance(v, dict):
+                    v = dict(v)
+                mine[k] = v
+            loaded[p] = mine
+        active = saved.get("active")
+        for mine_group, theirs in zip(self.param_groups, groups):
+            for k, v in theirs.items():
+                if k != "params":
+                    mine_group[k] = v
+        self.state.clear()
+        for p, entry in loaded.items():
+            self.state[p] = entry
+        engine = _foreach.Engine(dict(self._global))
+        engine.steps, engine.skipped = saved["steps"], saved["skipped"]
+        engine.in_eval_mode = bool(saved.get("eval", False))
+        self._engine, self._engine_kind, self._core = engine, "torch", None
+        self._active = None if active is None else [tuple(a) for a in active]
+
     # -- Schedule-Free -------------------------------------------------------------------
 
     @torch.no_grad()
     def eval(self) -> None:
         """Puts the evaluation point in the parameters (Schedule-Free's x; a no-op for rules
         without one), as the schedulefree package's ``optimizer.eval()``."""
+        if self._engine is not None:
+            self._engine.eval_mode(self._works(with_grads=False)[0])
+            return
         if self._core is not None and not self._core.in_eval_mode:
             params, _, names, _ = self._arrays_of_active()
             if all(p.dtype != np.uint16 for p in params):  # bf16: no rule with an eval point
@@ -440,6 +654,9 @@ class Optimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def train(self) -> None:
         """Puts the training point back after :meth:`eval`."""
+        if self._engine is not None:
+            self._engine.train_mode(self._works(with_grads=False)[0])
+            return
         if self._core is not None and self._core.in_eval_mode:
             params, _, names, _ = self._arrays_of_active()
             self._core.train_mode(params, names=names)
@@ -453,7 +670,19 @@ class Optimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return f"sgdlab.torch.{type(self).__name__}({self._rule}, {len(self.param_groups)} groups, {self.steps} steps)"
 
-    _OWN = ("_rule", "_rule_keys", "_global", "_maximize", "_core", "_applied", "_active", "_names")
+    _OWN = (
+        "_rule",
+        "_rule_keys",
+        "_global",
+        "_maximize",
+        "_core",
+        "_applied",
+        "_active",
+        "_names",
+        "_implementation",
+        "_engine_kind",
+        "_engine",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -463,6 +692,8 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}  # views of the unpickled tensors are made at the next step
+        self._copies = []
+        self._hp_cache = {}
 
 
 def _checked_active(active: Any, groups: list[dict[str, Any]], core: Optional[_core.Optimizer]) -> Optional[list[tuple[int, int]]]:
@@ -517,15 +748,18 @@ def _why_not(p: Any, g: Any, what: str) -> str:
     return f"{what} or its gradient cannot be viewed as a numpy array"
 
 
-def _check_tensor(p: Any, what: str) -> None:
+def _check_tensor(p: Any, what: str, engine: Optional[str]) -> None:
+    """A parameter either engine can step: a float32, float64 or bfloat16 tensor (on the
+    CPU for the Rust engine)."""
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{what} is a {type(p).__name__}, not a torch.Tensor")
-    if p.device.type != "cpu":
-        raise TypeError(f"{what} is on {p.device}: sgdlab steps CPU tensors")
+    if engine == "rust" and p.device.type != "cpu":
+        raise TypeError(
+            f"{what} is on {p.device}: implementation='rust' steps CPU tensors "
+            "(implementation='torch' or 'auto' steps tensors on any device)"
+        )
     if p.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         raise TypeError(f"{what} is {p.dtype}: sgdlab steps float32, float64 or bfloat16 tensors")
-    if not p.is_contiguous():
-        raise ValueError(f"{what} is not contiguous: sgdlab updates parameters in place")
 
 
 def _float(x: Any, key: str = "hyper-parameter") -> float:
@@ -583,6 +817,7 @@ class Adam(_TorchNamed):
         decoupled_weight_decay: bool = False,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        implementation: str = "auto",
         state_dtype: str = "param",
         rounding: str = "stochastic",
         master_weights: bool = False,
@@ -597,7 +832,7 @@ class Adam(_TorchNamed):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
-                   master_weights=master_weights)
+                   master_weights=master_weights, implementation=implementation)
 
     def _group_rule(self, group: dict[str, Any]) -> str:
         return "adamw" if group.get("decoupled_weight_decay") else "adam"
@@ -622,6 +857,7 @@ class AdamW(_TorchNamed):
         fused: Optional[bool] = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        implementation: str = "auto",
         state_dtype: str = "param",
         rounding: str = "stochastic",
         master_weights: bool = False,
@@ -629,7 +865,7 @@ class AdamW(_TorchNamed):
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
-                   master_weights=master_weights)
+                   master_weights=master_weights, implementation=implementation)
 
 
 class SGD(_TorchNamed):
@@ -650,12 +886,13 @@ class SGD(_TorchNamed):
         fused: Optional[bool] = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        implementation: str = "auto",
     ) -> None:
         _unsupported(differentiable=differentiable)
         defaults = dict(
             lr=_float(lr), momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
         )
-        self._init(params, "sgd", defaults, check_finite, skip_nonfinite, None, maximize)
+        self._init(params, "sgd", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
 
 
 class RMSprop(_TorchNamed):
@@ -677,12 +914,13 @@ class RMSprop(_TorchNamed):
         *,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        implementation: str = "auto",
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(
             lr=_float(lr), alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
         )
-        self._init(params, "rmsprop", defaults, check_finite, skip_nonfinite, None, maximize)
+        self._init(params, "rmsprop", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
 
 
 class Adagrad(_TorchNamed):
@@ -703,6 +941,7 @@ class Adagrad(_TorchNamed):
         fused: Optional[bool] = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        implementation: str = "auto",
     ) -> None:
         _unsupported(differentiable=differentiable)
         defaults = dict(
@@ -712,5 +951,5 @@ class Adagrad(_TorchNamed):
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
         )
-        self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize)
+        self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
 
