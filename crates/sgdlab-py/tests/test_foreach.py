@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from sgdlab import _foreach  # noqa: E402
 from conftest import CONFORMANCE  # noqa: E402
 
 CASES = sorted(CONFORMANCE.glob("*.json"))
+# The device the torch engine runs on (the Rust kernels always run on the CPU): the CPU in
+# the suite; `SGDLAB_TEST_DEVICE=cuda` runs the same comparisons on a GPU.
+DEVICE = torch.device(os.environ.get("SGDLAB_TEST_DEVICE", "cpu"))
 # The issue's bar: the torch engine within 1e-12 (float64, relative) and 1e-6 (float32) of
 # the Rust kernels on every conformance file.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
@@ -27,18 +31,19 @@ def run(case, dtype, implementation, **kwargs):
     """Steps a conformance case through sgdlab.torch; returns each step's parameters (and
     evaluation points for Schedule-Free)."""
     shape = tuple(case.get("shape") or [len(case["init"])])
-    p = torch.nn.Parameter(torch.tensor(case["init"], dtype=dtype).reshape(shape))
+    device = DEVICE if implementation == "torch" else torch.device("cpu")
+    p = torch.nn.Parameter(torch.tensor(case["init"], dtype=dtype).reshape(shape).to(device))
     opt = st.Optimizer([p], spec=case["optimizer"], implementation=implementation, **kwargs)
     losses = case.get("losses")
     params, evals = [], []
     for t, g in enumerate(case["grads"]):
-        p.grad = torch.tensor(g, dtype=dtype).reshape(shape)
+        p.grad = torch.tensor(g, dtype=dtype).reshape(shape).to(device)
         closure = None if losses is None else (lambda t=t: torch.tensor(losses[t], dtype=torch.float64))
         opt.step(closure)
-        params.append(p.detach().double().reshape(-1).clone())
+        params.append(p.detach().double().reshape(-1).to("cpu", copy=True))
         if "expected_eval" in case:
             opt.eval()
-            evals.append(p.detach().double().reshape(-1).clone())
+            evals.append(p.detach().double().reshape(-1).to("cpu", copy=True))
             opt.train()
     assert opt.implementation == implementation
     assert opt.steps == len(case["grads"])
@@ -63,7 +68,8 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     if dtype == torch.float64 and "expected" in case:
         assert rel_err(got, np.array(case["expected"])) <= 2e-10
     # The same state, under the same names, as the Rust engine's state dict shows it.
-    s_t, s_r = opt_t.state_dict()["state"][0], opt_r.state_dict()["state"][0]
+    s_t = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in opt_t.state_dict()["state"][0].items()}
+    s_r = opt_r.state_dict()["state"][0]
     slots = {k for k, v in s_r.items() if isinstance(v, torch.Tensor) and k != "step"}
     assert slots == {k for k, v in s_t.items() if isinstance(v, torch.Tensor) and k not in ("step", "master")}
     for k in slots:
@@ -86,14 +92,15 @@ def both(spec, shapes, steps=6, dtype=torch.float64, groups=None, seed=0, param_
     init = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
     out = {}
     for impl in ("rust", "torch"):
-        ps = [torch.nn.Parameter(x.clone().to(param_dtype or dtype)) for x in init]
+        device = DEVICE if impl == "torch" else torch.device("cpu")
+        ps = [torch.nn.Parameter(x.clone().to(param_dtype or dtype).to(device)) for x in init]
         params = ps if groups is None else [dict(params=[ps[i] for i in idx], **g) for idx, g in groups]
         opt = st.Optimizer(params, spec=spec, implementation=impl, **kw)
         for gs in grads_for(shapes, steps, seed, dtype):
             for p, g in zip(ps, gs):
-                p.grad = g.to(grad_dtype or param_dtype or dtype)
+                p.grad = g.to(grad_dtype or param_dtype or dtype).to(device)
             opt.step(lambda: torch.tensor(0.5))
-        out[impl] = (ps, opt)
+        out[impl] = ([p.detach().to("cpu", copy=True) for p in ps], opt)
     return out
 
 
@@ -150,7 +157,7 @@ def test_bf16_state_has_the_rust_kernels_bits():
         for i in range(2):
             sr, stt = opt_r.state_dict()["state"][i], opt_t.state_dict()["state"][i]
             assert stt["exp_avg"].dtype == torch.bfloat16
-            assert torch.equal(sr["exp_avg"].float(), stt["exp_avg"].float()), rounding
+            assert torch.equal(sr["exp_avg"].float(), stt["exp_avg"].float().cpu()), rounding
     # Every rule with bf16 state agrees to the state's own precision.
     out = both("adamw:lr=0.01,state_dtype=bf16", [(300,), (17, 5)], steps=5, dtype=torch.float32)
     for a, b in zip(out["rust"][0], out["torch"][0]):
@@ -198,15 +205,17 @@ def test_counter_bits_are_the_rust_streams():
 
 def test_nonfinite_gradients_are_refused_or_skipped_as_by_the_rust_engine():
     for impl in ("rust", "torch"):
-        p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        device = DEVICE if impl == "torch" else torch.device("cpu")
+        ones = torch.ones(3, dtype=torch.float64, device=device)
+        p = torch.nn.Parameter(ones.clone())
         opt = st.Optimizer([p], spec="adam:lr=0.1", implementation=impl)
-        p.grad = torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64)
+        p.grad = torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64, device=device)
         with pytest.raises(sgdlab.SgdlabError, match=r"gradient of 0\.0 at index 1"):
             opt.step()
-        assert torch.equal(p, torch.ones(3, dtype=torch.float64)) and opt.steps == 0
+        assert torch.equal(p, ones) and opt.steps == 0
         opt = st.Optimizer([p], spec="adam:lr=0.1", skip_nonfinite=True, implementation=impl)
         opt.step()
-        assert opt.skipped == 1 and opt.steps == 0 and torch.equal(p, torch.ones(3, dtype=torch.float64))
+        assert opt.skipped == 1 and opt.steps == 0 and torch.equal(p, ones)
 
 
 def test_meta_tensors_construct_and_step():
@@ -280,13 +289,15 @@ def test_non_contiguous_and_channels_last_parameters_step_on_both_engines():
 
 
 def test_torch_compile_of_the_torch_engine_step():
-    model = torch.nn.Linear(6, 3).double()
+    model = torch.nn.Linear(6, 3).double().to(DEVICE)
     ref = copy.deepcopy(model)
     opt = st.AdamW(model.parameters(), lr=0.01, implementation="torch", check_finite=False)
     tref = torch.optim.AdamW(ref.parameters(), lr=0.01)
-    x = torch.randn(4, 6, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64, device=DEVICE)
 
-    @torch.compile(backend="eager")
+    # The graph capture (the suite's CPU has no compiler for inductor's C++ on every
+    # machine); a GPU run compiles with inductor.
+    @torch.compile(backend="eager" if DEVICE.type == "cpu" else "inductor")
     def train_step():
         opt.zero_grad()
         model(x).square().mean().backward()
