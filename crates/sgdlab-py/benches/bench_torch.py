@@ -6,8 +6,9 @@ For each size (split into ``--tensors`` tensors of equal size), times one step o
 
 * ``torch.optim.AdamW`` with ``fused=True`` (the reference, ratio 1) and ``foreach=True``;
 * ``sgdlab.torch.AdamW``: its torch engine eagerly (``implementation="torch"``, unchecked as
-  torch is: ``check_finite=False``), the same step under ``torch.compile``, and on CPU
-  tensors the Rust kernels;
+  torch is: ``check_finite=False``; through torch's fused Adam kernel, and with the
+  ``_foreach`` operations alone), checked (``check_finite=True``: one host synchronisation per
+  step), the same steps under ``torch.compile``, and on CPU tensors the Rust kernels;
 
 and with ``--muon``, ``torch.optim.Muon`` against sgdlab's Muon (torch engine) on
 ``--muon-shape`` matrices. Each candidate runs in turn, round after round (interleaved, so
@@ -28,6 +29,7 @@ from typing import Callable
 import torch
 
 import sgdlab.torch as st
+from sgdlab import _foreach
 
 
 def count(text: str) -> int:
@@ -77,6 +79,18 @@ def candidates_adamw(n: int, tensors: int, device: torch.device, compile_: bool)
     ]
     eager = st.AdamW(params(), lr=1e-3, implementation="torch", check_finite=False)
     out.append(("sgdlab.torch.AdamW (torch engine, eager)", eager.step))
+    foreach = st.AdamW(params(), lr=1e-3, implementation="torch", check_finite=False)
+
+    def foreach_step() -> None:
+        _foreach.FUSED = False
+        try:
+            foreach.step()
+        finally:
+            _foreach.FUSED = True
+
+    out.append(("sgdlab.torch.AdamW (torch engine, _foreach ops only)", foreach_step))
+    checked = st.AdamW(params(), lr=1e-3, implementation="torch")
+    out.append(("sgdlab.torch.AdamW (torch engine, check_finite=True)", checked.step))
     if compile_:
         compiled = st.AdamW(params(), lr=1e-3, implementation="torch", check_finite=False)
         out.append(("sgdlab.torch.AdamW (torch engine, torch.compile)", torch.compile(compiled.step)))

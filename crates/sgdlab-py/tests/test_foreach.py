@@ -77,6 +77,18 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
         assert float((s_t[k].double() - s_r[k].double()).abs().max()) / scale <= TOL[dtype]
 
 
+@pytest.mark.parametrize("path", [p for p in CASES if "adam" in p.stem], ids=lambda p: p.stem)
+def test_adam_without_torchs_fused_kernels(path, monkeypatch):
+    # Adam and AdamW step through torch's fused kernels where those compute the same rule;
+    # the _foreach operations (bf16 state, other bias corrections) are held to the same bar.
+    monkeypatch.setattr(_foreach, "FUSED", False)
+    case = json.loads(path.read_text())
+    for dtype in (torch.float64, torch.float32):
+        got, _, _ = run(case, dtype, "torch")
+        want, _, _ = run(case, dtype, "rust")
+        assert rel_err(got, want) <= TOL[dtype]
+
+
 def test_every_rule_has_a_torch_implementation():
     assert set(_foreach.RULES) == set(sgdlab.rules())
 

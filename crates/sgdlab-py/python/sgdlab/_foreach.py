@@ -54,6 +54,8 @@ class Context:
     norm_sq: Optional[Tensor]
     #: Elements over all tensors of the step.
     numel: int
+    #: This step's number as a float32 tensor per device (for torch's fused kernels).
+    step_tensors: dict[torch.device, Tensor] = field(default_factory=dict)
 
     def beta_pow(self, beta: float) -> float:
         """βᵗ, as the Rust step takes it (``powf`` of the step)."""
@@ -142,8 +144,49 @@ def _ema_momentum(hp, ctx, ps, gs, slots, scalars):
     torch._foreach_add_(ps, m, alpha=-ctx.lr * factor)
 
 
+#: Whether Adam and AdamW step eagerly through torch's fused kernels
+#: (``torch._fused_adam(w)_``, one kernel per step) where they compute the same rule:
+#: PyTorch's bias correction on float32/float64 tensors of one CUDA or CPU device. False, or
+#: under ``torch.compile`` (whose code generation fuses the operations itself): the
+#: ``_foreach`` operations.
+FUSED = True
+
+
+def _fusable(ps: list[Tensor], gs: list[Tensor]) -> bool:
+    device = ps[0].device
+    return (
+        FUSED
+        and not torch.compiler.is_compiling()
+        and device.type in ("cuda", "cpu")
+        and all(p.device == device and p.dtype in (torch.float32, torch.float64) for p in ps)
+        and all(g.dtype == p.dtype for g, p in zip(gs, ps))
+    )
+
+
 def _adam_with(decoupled: bool):
     def step(hp, ctx, ps, gs, slots, scalars):
+        if hp["debias"] == "power" and _fusable(ps, gs) and all(b.dtype == ps[0].dtype for bufs in slots for b in bufs):
+            device = ps[0].device
+            t = ctx.step_tensors.get(device)
+            if t is None:
+                t = ctx.step_tensors[device] = torch.full((), float(ctx.t), dtype=torch.float32, device=device)
+            fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            fused(
+                ps,
+                gs,
+                slots[0],
+                slots[1],
+                slots[2] if hp["amsgrad"] else [],
+                [t] * len(ps),
+                lr=ctx.lr,
+                beta1=hp["beta1"],
+                beta2=hp["beta2"],
+                weight_decay=hp["weight_decay"],
+                eps=hp["eps"],
+                amsgrad=bool(hp["amsgrad"]),
+                maximize=False,
+            )
+            return
         d1, r1, f1 = _ema(hp["beta1"], ctx, hp["debias"])
         d2, r2, f2 = _ema(hp["beta2"], ctx, hp["debias"])
         wd = hp["weight_decay"]
@@ -648,6 +691,7 @@ class Engine:
     skipped: int = 0
     in_eval_mode: bool = False
     _keys: dict[str, str] = field(default_factory=dict)
+    _step_tensors: dict[torch.device, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         keys = dict(GLOBAL_DEFAULTS)
@@ -722,6 +766,13 @@ class Engine:
             norm_sq = norm_sq * clip * clip
         self.steps += 1
         numel = sum(p.numel() for p in tensors)
+        for device in {p.device for p in tensors}:
+            t = self._step_tensors.get(device)
+            if t is None:
+                self._step_tensors[device] = torch.full((), float(self.steps), dtype=torch.float32, device=device)
+            else:
+                t.fill_(float(self.steps))
+        step = torch.tensor(float(self.steps))
         offset = 0
         for w in works:
             n = len(w.params)
@@ -729,8 +780,10 @@ class Engine:
             offset += n
             if clip is not None:
                 g = [gi * clip.to(device=gi.device, dtype=gi.dtype) for gi in g]
-            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel)
+            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel, self._step_tensors)
             self._step_group(w, ctx, g, bf16)
+            for st in w.states:
+                st["step"] = step
         return True
 
     def _check_layout(self, works: list[Work], bf16: bool) -> None:
@@ -807,8 +860,6 @@ class Engine:
                     if self.rounding == "stochastic":
                         key = stream_key(self.sr_seed, self.steps, w.index[i], _PARAM_STREAM)
                     narrow_bf16(x, p, self.rounding, key)
-        for st in w.states:
-            st["step"] = torch.tensor(float(self.steps))
 
     @staticmethod
     def _init_state(rule: Rule, hp, p: Tensor, st: dict, slot_names, lowp: bool) -> None:
