@@ -145,8 +145,11 @@ def both(spec, shapes, steps=6, dtype=torch.float64, groups=None, seed=0, param_
 def test_rules_and_global_keys_on_several_tensors(spec):
     shapes = [(5, 3), (3, 7), (4, 4)] if spec.startswith("muon") else [(5, 3), (7,), (2, 2, 2)]
     out = both(spec, shapes)
+    # On a GPU, Muon's bfloat16 iteration runs bfloat16 products (the same roundings, another
+    # order of accumulation): one bfloat16 unit in the last place of a step of lr = 0.02.
+    tol = 1e-3 if "ns_bf16" in spec and DEVICE.type != "cpu" else 1e-12
     for pr, pt in zip(out["rust"][0], out["torch"][0]):
-        assert torch.allclose(pt, pr, rtol=1e-12, atol=1e-12), (pt - pr).abs().max()
+        assert torch.allclose(pt, pr, rtol=tol, atol=tol), (pt - pr).abs().max()
 
 
 def test_groups_with_their_own_keys():

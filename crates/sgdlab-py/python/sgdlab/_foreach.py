@@ -469,11 +469,27 @@ def _round_bf16(x: Tensor) -> Tensor:
 def newton_schulz(update: Tensor, steps: int, eps: float, bf16: bool) -> Tensor:
     """Muon's quintic Newton–Schulz iteration toward the orthogonal factor of ``update``
     (``muon.rs``): X ← aX + (bA + cA²)X with A = XXᵀ, on the wider orientation's transpose,
-    after X ← X/max(‖X‖_F, ε); every intermediate rounded to bfloat16 with ``bf16``."""
-    rnd = _round_bf16 if bf16 else (lambda x: x)
+    after X ← X/max(‖X‖_F, ε); every intermediate rounded to bfloat16 with ``bf16``.
+
+    On the CPU the bfloat16 roundings are applied to products computed in the update's type,
+    as the Rust kernel does; on other devices ``bf16`` runs the products in bfloat16 with
+    float32 accumulation (as ``torch.optim.Muon``): the same roundings of the same values,
+    accumulated in another order."""
     tall = update.shape[0] > update.shape[1]
+    if bf16 and update.device.type != "cpu":
+        x = _round_bf16(update.T if tall else update).bfloat16()
+        norm = torch.linalg.vector_norm(x, dtype=torch.float32).clamp_min(eps).bfloat16()
+        x = x / norm
+        a, b, c = _NS
+        for _ in range(steps):
+            gram = x @ x.T
+            gram2 = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.addmm(x, gram2, x, beta=a)
+        x = x.to(update.dtype)
+        return x.T if tall else x
+    rnd = _round_bf16 if bf16 else (lambda x: x)
     x = rnd(update.T if tall else update)
-    norm = torch.sqrt(x.double().square().sum()).clamp_min(eps).to(x.dtype)
+    norm = torch.linalg.vector_norm(x, dtype=torch.float64).clamp_min(eps).to(x.dtype)
     if bf16:
         norm = _round_bf16(norm)
     x = rnd(x / norm)
@@ -675,7 +691,8 @@ class Work:
     cautious: bool
     params: list[Tensor]
     grads: list[Tensor]
-    names: list[str]
+    #: Each tensor's (group, index), named "group.index" in messages.
+    names: list[tuple[int, int]]
     #: The optimizer's ``state[p]`` dict of each parameter.
     states: list[dict[str, Any]]
     #: Each tensor's position among the step's tensors (the stochastic-rounding streams).
@@ -734,15 +751,16 @@ class Engine:
         tensors = [p for w in works for p in w.params]
         grads = [g for w in works for g in w.grads]
         names = [n for w in works for n in w.names]
-        bf16_params = [p.dtype == torch.bfloat16 for p in tensors]
-        if any(bf16_params) and not all(bf16_params):
+        dtypes = {p.dtype for p in tensors}
+        bf16 = torch.bfloat16 in dtypes
+        if bf16 and len(dtypes) > 1:
             raise TypeError(
                 "the parameters mix bfloat16 with float32/float64: one optimizer steps one "
                 "parameter dtype (use one optimizer per dtype)"
             )
-        bf16 = all(bf16_params)
         self._check_layout(works, bf16)
-        meta = any(t.device.type == "meta" for t in tensors)
+        devices = {p.device for p in tensors}
+        meta = any(d.type == "meta" for d in devices)
         check = self.flag("check_finite")
         need_norm = self.clip_norm is not None or any(w.rule in ("normsgd", "muon") for w in works)
         nonfinite: Optional[str] = None
@@ -766,7 +784,7 @@ class Engine:
             norm_sq = norm_sq * clip * clip
         self.steps += 1
         numel = sum(p.numel() for p in tensors)
-        for device in {p.device for p in tensors}:
+        for device in devices:
             t = self._step_tensors.get(device)
             if t is None:
                 self._step_tensors[device] = torch.full((), float(self.steps), dtype=torch.float32, device=device)
@@ -793,7 +811,7 @@ class Engine:
                 for p, name in zip(w.params, w.names):
                     if p.dim() != 2:
                         raise SgdlabError(
-                            f"muon steps matrices only, and parameter {name} has shape "
+                            f"muon steps matrices only, and parameter {_name(name)} has shape "
                             f"{list(p.shape)}: give the other tensors another rule with a "
                             'parameter group ({"params": ..., "rule": "adamw"})'
                         )
@@ -803,19 +821,19 @@ class Engine:
                     "another, which must stay exact): keep its parameters in float32"
                 )
             named = {"f32": torch.float32, "f64": torch.float64}.get(self.state_dtype)
+            if named is not None:
+                for p in w.params:
+                    dtype = torch.float32 if bf16 else p.dtype
+                    if named != dtype:
+                        raise SgdlabError(
+                            f"invalid state_dtype = {self.state_dtype}: the parameters are "
+                            f"{_short(dtype)}: the state is kept in their type or in bf16"
+                        )
             for p, g, name in zip(w.params, w.grads, w.names):
-                dtype = torch.float32 if bf16 else p.dtype
-                if named is not None and named != dtype:
-                    raise SgdlabError(
-                        f"invalid state_dtype = {self.state_dtype}: the parameters are "
-                        f"{_short(dtype)}: the state is kept in their type or in bf16"
-                    )
                 if g.shape != p.shape:
                     raise SgdlabError(
-                        f"shape mismatch in gradient of {name}: expected {list(p.shape)}, got {list(g.shape)}"
+                        f"shape mismatch in gradient of {_name(name)}: expected {list(p.shape)}, got {list(g.shape)}"
                     )
-                if g.device != p.device:
-                    raise SgdlabError(f"the gradient of {name} is on {g.device}, the parameter on {p.device}")
 
     def _step_group(self, w: Work, ctx: Context, grads: list[Tensor], bf16: bool) -> None:
         rule = RULES[w.rule]
@@ -928,11 +946,15 @@ def _compute_grad(g: Tensor, bf16: bool) -> Tensor:
     return g.float() if bf16 and g.dtype == torch.bfloat16 else g
 
 
-def _prepass(grads: list[Tensor], names: list[str], need_norm: bool) -> tuple[Optional[str], Optional[Tensor]]:
+def _prepass(grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool) -> tuple[Optional[str], Optional[Tensor]]:
     """Finiteness and the squared global norm (float64), with one host synchronisation.
     Returns (the error message of the first non-finite element, or None; ‖g‖²)."""
     if need_norm:
-        norms = torch._foreach_norm(grads)
+        # Accumulated in float64, as the Rust kernels do.
+        try:
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
+        except TypeError:  # a torch without the dtype argument
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
     else:
         norms = torch._foreach_norm(grads, math.inf)
     device = grads[0].device
@@ -944,12 +966,18 @@ def _prepass(grads: list[Tensor], names: list[str], need_norm: bool) -> tuple[Op
         bad = (~torch.isfinite(g)).reshape(-1).nonzero()
         if bad.numel():
             i = int(bad[0])
-            return f"non-finite value {_show(float(g.reshape(-1)[i]))} in gradient of {name} at index {i}", None
+            value = _show(float(g.reshape(-1)[i]))
+            return f"non-finite value {value} in gradient of {_name(name)} at index {i}", None
     return (
         "the gradients are finite but their squared norm overflows (it is infinite in the step's "
         "float type): scale the loss down",
         None,
     )
+
+
+def _name(position: tuple[int, int]) -> str:
+    """A parameter's name in messages: "group.index"."""
+    return f"{position[0]}.{position[1]}"
 
 
 def _show(x: float) -> str:

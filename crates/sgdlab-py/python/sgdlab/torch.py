@@ -66,6 +66,8 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
+# The parameter dtypes sgdlab steps.
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 # The engines a class can step with (``implementation=``).
 _IMPLEMENTATIONS = ("auto", "rust", "torch")
 # The keys every optimizer takes whatever its rule: the Rust library's one table.
@@ -373,6 +375,7 @@ class Optimizer(torch.optim.Optimizer):
         (``with_grads``), or those with state."""
         works, active, index = [], [], 0
         cautious = self._global.get("cautious") == "true"
+        state = self.state
         for gi, group in enumerate(self.param_groups):
             ps, gs, names, states, idx = [], [], [], [], []
             for pj, p in enumerate(group["params"]):
@@ -380,7 +383,8 @@ class Optimizer(torch.optim.Optimizer):
                     g = p.grad
                     if g is None:
                         continue
-                    _check_tensor(p, f"parameter {gi}.{pj} (group.index)", "torch")
+                    if p.dtype not in _DTYPES:
+                        _check_tensor(p, f"parameter {gi}.{pj} (group.index)", "torch")
                     if g.is_sparse:
                         raise TypeError(f"the gradient of parameter {gi}.{pj} is sparse: sgdlab steps dense tensors")
                     if self._maximize:
@@ -389,8 +393,8 @@ class Optimizer(torch.optim.Optimizer):
                 elif not self.state.get(p):
                     continue
                 ps.append(p)
-                names.append(f"{gi}.{pj}")
-                states.append(self.state[p])
+                names.append((gi, pj))
+                states.append(state[p])
                 idx.append(index)
                 active.append((gi, pj))
                 index += 1
