@@ -324,3 +324,28 @@ def test_torch_compile_of_the_torch_engine_step():
         ref(x).square().mean().backward()
         tref.step()
     assert torch.allclose(model.weight, ref.weight, rtol=1e-12, atol=1e-14)
+
+
+def test_the_first_step_may_run_under_torch_compile_on_either_engine():
+    for impl in ("rust", "torch"):
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        ref = copy.deepcopy(model)
+        opt = st.AdamW(model.parameters(), lr=0.01, implementation=impl)
+        tref = torch.optim.AdamW(ref.parameters(), lr=0.01)
+        x = torch.randn(5, 6)
+
+        @torch.compile(backend="eager")
+        def train_step():
+            opt.zero_grad()
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        for _ in range(3):
+            train_step()
+            tref.zero_grad()
+            ref(x).square().mean().backward()
+            tref.step()
+        for a, b in zip(model.parameters(), ref.parameters()):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), impl

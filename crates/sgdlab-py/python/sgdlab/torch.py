@@ -406,9 +406,7 @@ class Optimizer(torch.optim.Optimizer):
     def _step_torch(self, loss: Any) -> None:
         """One step of the torch engine."""
         if self._engine is None:
-            spec, groups, _ = self._specs()
-            _core.Optimizer(spec, groups)  # validates the whole optimizer, as the Rust engine does
-            self._engine = _foreach.Engine(dict(self._global))
+            self._engine = self._new_engine()
         works, active = self._works(with_grads=True)
         if not works:
             raise ValueError("no parameter has a gradient: call backward() before step()")
@@ -418,6 +416,16 @@ class Optimizer(torch.optim.Optimizer):
         self._engine.step(works, loss_value)
         self._active = active
 
+    @torch.compiler.disable
+    def _new_engine(self) -> _foreach.Engine:
+        """The torch engine, once the whole optimizer is validated as the Rust engine does."""
+        spec, groups, _ = self._specs()
+        _core.Optimizer(spec, groups)
+        return _foreach.Engine(dict(self._global))
+
+    # The Rust engine's step runs outside any torch.compile graph: it hands numpy views of
+    # the tensors to the Rust kernels.
+    @torch.compiler.disable
     def _step_rust(self, loss: Any) -> None:
         """One step of the Rust engine."""
         params, grads, active = self._arrays()
