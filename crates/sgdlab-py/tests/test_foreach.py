@@ -72,9 +72,13 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     s_r = opt_r.state_dict()["state"][0]
     slots = {k for k, v in s_r.items() if isinstance(v, torch.Tensor) and k != "step"}
     assert slots == {k for k, v in s_t.items() if isinstance(v, torch.Tensor) and k not in ("step", "master")}
+    # The state to the same bar, relative to its largest element; on a GPU, float32 state
+    # (an EMA of gradients that cancel, say) also carries the device's own roundings (fused
+    # multiply-adds, torch's lerp): 1e-4 there.
+    state_tol = TOL[dtype] if dtype == torch.float64 or DEVICE.type == "cpu" else 1e-4
     for k in slots:
         scale = max(float(s_r[k].abs().max()), 1e-300)
-        assert float((s_t[k].double() - s_r[k].double()).abs().max()) / scale <= TOL[dtype]
+        assert float((s_t[k].double() - s_r[k].double()).abs().max()) / scale <= state_tol
 
 
 @pytest.mark.parametrize("path", [p for p in CASES if "adam" in p.stem], ids=lambda p: p.stem)

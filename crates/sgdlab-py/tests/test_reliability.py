@@ -281,6 +281,10 @@ def test_hyper_parameters_are_values_never_spliced_text():
     opt = st.Optimizer([w], spec="adamw")
     opt.param_groups[0]["lr"] = "0.5,weight_decay=0.5"
     w.grad = torch.ones(3)
+    with pytest.raises(TypeError, match="`lr` must be a number"):
+        opt.step()
+    opt.param_groups[0]["lr"] = 1e-3
+    opt.param_groups[0]["debias"] = "none,weight_decay=0.5"
     with pytest.raises(ValueError, match="never spec text"):
         opt.step()
     adam = st.Adam([torch.randn(3, requires_grad=True)])

@@ -393,3 +393,86 @@ def test_bf16_parameters_refusals():
     core.step_bf16([w], [np.ones(3, dtype=np.float32)])
     assert np.array_equal(core.master(0), np.full(3, 0.5, dtype=np.float32))
     assert np.array_equal(w, _bits(torch.full((3,), 0.5, dtype=torch.bfloat16)))
+
+
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+def test_unknown_group_keys_are_kept_as_torch_keeps_them(impl):
+    model, ref = mlp(), mlp()
+    opt = st.AdamW([{"params": model.parameters(), "name": "all"}], lr=0.01, implementation=impl)
+    tref = torch.optim.AdamW([{"params": ref.parameters(), "name": "all"}], lr=0.01)
+    swa = torch.optim.swa_utils.SWALR(opt, swa_lr=0.005, anneal_epochs=3)
+    swa_ref = torch.optim.swa_utils.SWALR(tref, swa_lr=0.005, anneal_epochs=3)
+    for _ in range(4):
+        for o, m in ((opt, model), (tref, ref)):
+            o.zero_grad()
+            ((m(X) - Y) ** 2).mean().backward()
+            o.step()
+        swa.step()
+        swa_ref.step()
+    assert opt.param_groups[0]["name"] == "all" and opt.param_groups[0]["swa_lr"] == 0.005
+    assert opt.state_dict()["param_groups"][0]["name"] == "all"
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    # An sgdlab key that this rule does not take, or a near miss of one of its keys, is a
+    # mistake torch would keep unread: an error.
+    with pytest.raises(ValueError, match="`momentum` is not a hyper-parameter of sgdlab's `adamw`"):
+        st.AdamW([{"params": mlp().parameters(), "momentum": 0.9}])
+    with pytest.raises(ValueError, match="`weight_decy` is not a hyper-parameter"):
+        st.AdamW([{"params": mlp().parameters(), "weight_decy": 0.1}])
+
+
+def newton_schulz_in_float64(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's iteration (``_zeropower_via_newtonschulz``) in the gradient's own
+    float64 rather than bfloat16, as the conformance file was recorded."""
+    a, b, c = ns_coefficients
+    x = grad.clone()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+def test_muon_for_matrices_and_adamw_for_the_rest_as_torch_optim(impl, monkeypatch):
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", newton_schulz_in_float64)
+    model, ref = mlp(), mlp()
+    matrices = [p for p in model.parameters() if p.dim() == 2]
+    others = [p for p in model.parameters() if p.dim() != 2]
+    opt = st.Optimizer(
+        [{"params": matrices}, {"params": others, "rule": "adamw", "lr": 3e-3, "name": "vectors"}],
+        spec="muon:lr=0.02",
+        implementation=impl,
+    )
+    # The AdamW group starts from AdamW's defaults, not Muon's.
+    assert opt.param_groups[1]["weight_decay"] == 0.01 and "nesterov" not in opt.param_groups[1]
+    muon = torch.optim.Muon([p for p in ref.parameters() if p.dim() == 2], lr=0.02)
+    adamw = torch.optim.AdamW([p for p in ref.parameters() if p.dim() != 2], lr=3e-3)
+    for _ in range(4):
+        opt.zero_grad(), muon.zero_grad(), adamw.zero_grad()
+        ((model(X) - Y) ** 2).mean().backward()
+        ((ref(X) - Y) ** 2).mean().backward()
+        opt.step(), muon.step(), adamw.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="not an sgdlab rule"):
+        st.Optimizer([{"params": mlp().parameters(), "rule": "adamz"}], spec="muon")
+
+
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+def test_cautious_masking_per_group(impl):
+    model = mlp()
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = st.Optimizer([{"params": weights, "cautious": True}, {"params": biases}], spec="lion:lr=1e-3", implementation=impl)
+    opt.zero_grad()
+    ((model(X) - Y) ** 2).mean().backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    before = [p.detach().numpy().copy() for p in model.parameters()]
+    opt.step()
+    core = sgdlab.Optimizer("lion:lr=1e-3", groups=["0.weight,2.weight:cautious=true"])
+    core.step(before, [g.numpy() for g in grads], names=["0.weight", "0.bias", "2.weight", "2.bias"])
+    for a, p in zip(before, model.parameters()):
+        assert np.allclose(a, p.detach().numpy(), rtol=1e-12, atol=1e-15)

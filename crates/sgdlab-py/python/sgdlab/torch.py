@@ -37,6 +37,7 @@ What differs from ``torch.optim``:
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Callable, Iterable, Optional, Tuple, Union
 
@@ -66,6 +67,12 @@ _TORCH_KEYS = frozenset(
         "maximize",
     }
 )
+# Every key of every rule and the global keys: a group key among them that its rule does
+# not take is a mistake (an error); any other key is kept for torch's tools, as torch.optim
+# keeps it (a group's "name", SWALR's "swa_lr").
+_SGDLAB_KEYS = frozenset(k for r in _core.rules() for k in _core.rule_keys(r))
+# The global keys a parameter group may set for itself.
+_GROUP_GLOBALS = frozenset({"cautious"})
 # The parameter dtypes sgdlab steps.
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 # The engines a class can step with (``implementation=``).
@@ -212,17 +219,25 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a parameter group, as ``torch.optim`` does; its keys override the defaults.
+        ``"rule": NAME`` steps the group with another sgdlab rule, from that rule's defaults
+        (Muon for the matrices, AdamW for the rest: ``{"params": ..., "rule": "adamw"}``).
+        Keys that are no hyper-parameter of sgdlab (a group's ``"name"``) are kept."""
         if getattr(self, "_core", None) is not None:  # the Rust engine steps a fixed set
             raise RuntimeError(
                 "sgdlab steps a fixed set of tensors: add parameter groups before the first step"
             )
+        explicit = set(param_group) if isinstance(param_group, dict) else set()
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
+            rule = group.get("rule")
+            if rule is not None and rule != self._rule:
+                self._own_rule_defaults(group, rule, explicit)
             # The group's hyper-parameters are validated now, as torch.optim does.
             keys = self._group_keys(group)
             body = ",".join(f"{k}={v}" for k, v in keys.items())
-            glob = ",".join(f"{k}={v}" for k, v in self._global.items())
+            glob = ",".join(f"{k}={v}" for k, v in self._global.items() if k not in keys)
             _core.Optimizer(f"{self._group_rule(group)}:{body},{glob}".replace(":,", ":").rstrip(":,"))
             for pj, p in enumerate(group["params"]):
                 _check_tensor(p, f"parameter {len(self.param_groups) - 1}.{pj} (group.index)", self._engine_kind)
@@ -230,21 +245,56 @@ class Optimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def _own_rule_defaults(self, group: dict[str, Any], rule: str, explicit: set[str]) -> None:
+        """A group with its own rule: the optimizer's defaults that the rule does not take are
+        dropped, and its keys not given start at the rule's defaults (as an sgdlab group
+        with ``rule=`` does)."""
+        if not isinstance(rule, str) or rule not in _core.rules():
+            raise ValueError(f"parameter group rule {rule!r} is not an sgdlab rule (known: {', '.join(_core.rules())})")
+        own = dict(_core.rule_values(rule))
+        for k in list(group):
+            if k in self.defaults and k not in explicit and k not in own:
+                del group[k]
+        for k, v in own.items():
+            if k not in explicit:
+                group[k] = _value(v)
+
+    # torch-style names of a class's hyper-parameters and the sgdlab keys they set
+    # ("betas" sets beta1, beta2 and beta3 in turn).
+    _translate: dict[str, str] = {}
+    # Keys of a class that select its rule or are read elsewhere (Adam's
+    # decoupled_weight_decay): neither spec keys nor unknown.
+    _class_keys: frozenset[str] = frozenset()
+
     def _group_keys(self, group: dict[str, Any]) -> dict[str, str]:
-        """The group's hyper-parameters as sgdlab spec keys (text)."""
-        out = {}
+        """The group's hyper-parameters as sgdlab spec keys (text); other keys are kept but
+        not read, except an sgdlab key that the group's rule does not take (an error)."""
+        rule = self._group_rule(group)
+        takes = self._rule_keys if rule == self._rule else frozenset(_core.rule_keys(rule)) - frozenset(_GLOBAL_KEYS)
+        out: dict[str, str] = {}
         for k, v in group.items():
-            if k in self._rule_keys:
-                out[k] = _text(v, k)
-            elif k not in _TORCH_KEYS and k not in self.defaults:
+            if k in ("params", "rule") or k in _TORCH_KEYS or k in self._class_keys:
+                continue
+            key = self._translate.get(k, k)
+            if key == "betas" and isinstance(v, (tuple, list)):
+                names = [n for n in ("beta1", "beta2", "beta3") if n in takes]
+                if len(v) != len(names):
+                    raise ValueError(f"`betas` has {len(v)} values, and {rule} takes {len(names)} ({', '.join(names)})")
+                for name, b in zip(names, v):
+                    out[name] = _text(_float(b, name), name)
+            elif key in takes or key in _GROUP_GLOBALS:
+                out[key] = _text(_float(v, key) if key == "lr" else v, key)
+            elif key in _SGDLAB_KEYS or difflib.get_close_matches(key, takes, n=1, cutoff=0.8):
+                # An sgdlab key of another rule, or a near miss of one of this rule's (a typo):
+                # torch would keep it unread, and the step would silently use the default.
                 raise ValueError(
-                    f"parameter group key `{k}` is not a hyper-parameter of sgdlab's "
-                    f"`{self._rule}` (it takes {', '.join(sorted(self._rule_keys))})"
+                    f"parameter group key `{k}` is not a hyper-parameter of sgdlab's `{rule}` "
+                    f"(it takes {', '.join(sorted(takes))})"
                 )
         return out
 
     def _group_rule(self, group: dict[str, Any]) -> str:
-        return self._rule
+        return group.get("rule") or self._rule
 
     def _specs(self) -> tuple[str, list[str], list[dict[str, str]]]:
         """The optimizer as sgdlab specs: its spec, one group spec per torch group, and each
@@ -400,7 +450,10 @@ class Optimizer(torch.optim.Optimizer):
                 index += 1
             if ps:
                 rule, hp = self._hyper(group)
-                works.append(_foreach.Work(rule, hp, cautious, ps, gs, names, states, idx))
+                own = group.get("cautious")
+                works.append(
+                    _foreach.Work(rule, hp, cautious if own is None else bool(own), ps, gs, names, states, idx)
+                )
         return works, active
 
     def _step_torch(self, loss: Any) -> None:
@@ -790,23 +843,10 @@ def _unsupported(**flags: Any) -> None:
 
 
 class _TorchNamed(Optimizer):
-    """A torch.optim class whose group keys are translated to sgdlab's."""
+    """A class with a reference package's signature: its keyword names are translated to
+    sgdlab's keys (``_translate``; ``betas`` to ``beta1``, ``beta2``, ``beta3``)."""
 
     _translate: dict[str, str] = {}
-
-    def _group_keys(self, group: dict[str, Any]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for k, v in group.items():
-            if k == "betas":
-                b1, b2 = v
-                out["beta1"], out["beta2"] = _text(_float(b1, "beta1"), "beta1"), _text(_float(b2, "beta2"), "beta2")
-            elif k == "lr":
-                out["lr"] = _text(_float(v, "lr"), "lr")
-            elif k in self._rule_keys:
-                out[k] = _text(v, k)
-            elif k not in _TORCH_KEYS and k != "decoupled_weight_decay":
-                raise ValueError(f"parameter group key `{k}` is not a hyper-parameter of {type(self).__name__}")
-        return out
 
 
 class Adam(_TorchNamed):
@@ -846,8 +886,10 @@ class Adam(_TorchNamed):
         self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
                    master_weights=master_weights, implementation=implementation)
 
+    _class_keys = frozenset({"decoupled_weight_decay"})
+
     def _group_rule(self, group: dict[str, Any]) -> str:
-        return "adamw" if group.get("decoupled_weight_decay") else "adam"
+        return group.get("rule") or ("adamw" if group.get("decoupled_weight_decay") else "adam")
 
 
 class AdamW(_TorchNamed):
