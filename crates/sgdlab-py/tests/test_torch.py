@@ -476,3 +476,91 @@ def test_cautious_masking_per_group(impl):
     core.step(before, [g.numpy() for g in grads], names=["0.weight", "0.bias", "2.weight", "2.bias"])
     for a, p in zip(before, model.parameters()):
         assert np.allclose(a, p.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
+def run_steps(model, opt, steps=5):
+    for t in range(steps):
+        opt.zero_grad()
+        (((model(X) - Y) ** 2).mean() * (1 + 0.3 * math.sin(t))).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("NAdam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, momentum_decay=0.01)),
+        ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+        ("RAdam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+        ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+        ("Adamax", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-6)),
+    ],
+)
+def test_classes_with_torch_optims_signature_follow_torch_optim(name, kwargs, impl):
+    model, ref = mlp(), mlp()
+    opt = getattr(st, name)(groups(model, kwargs["lr"]), implementation=impl, **kwargs)
+    tref = getattr(torch.optim, name)(groups(ref, kwargs["lr"]), **kwargs)
+    run_steps(model, opt)
+    # torch keeps NAdam's μ product in the default dtype (made at the first step): float64
+    # here, as the parameters.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        run_steps(ref, tref)
+    finally:
+        torch.set_default_dtype(default)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+@pytest.mark.parametrize(
+    "name, kwargs, spec",
+    [
+        ("Lion", dict(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.1), "lion:lr=1e-3,beta1=0.8,beta2=0.95,weight_decay=0.1"),
+        ("ADOPT", dict(lr=1e-3, betas=(0.8, 0.99), clip=None, weight_decay=0.1, weight_decouple=True),
+         "adopt:lr=1e-3,beta1=0.8,beta2=0.99,clip=none,weight_decay=0.1,decoupled_weight_decay=true"),
+        ("Adan", dict(lr=1e-3, betas=(0.9, 0.9, 0.95), weight_decay=0.1), "adan:lr=1e-3,beta1=0.9,beta2=0.9,beta3=0.95,weight_decay=0.1"),
+        ("AdEMAMix", dict(lr=1e-3, betas=(0.8, 0.99, 0.999), alpha=3.0, t_alpha_beta3=4),
+         "ademamix:lr=1e-3,beta1=0.8,beta2=0.99,beta3=0.999,alpha=3,t_alpha_beta3=4"),
+        ("ScheduleFreeAdamW", dict(lr=0.01, betas=(0.8, 0.99), warmup_steps=2), "sf-adamw:lr=0.01,beta1=0.8,beta2=0.99,warmup_steps=2"),
+        ("ScheduleFreeSGD", dict(lr=0.1, momentum=0.8, weight_decay=0.01), "sf-sgd:lr=0.1,momentum=0.8,weight_decay=0.01"),
+        ("Madam", dict(lr=0.01, p_scale=2.0, g_bound=5.0), "madam:lr=0.01,p_scale=2,g_bound=5"),
+        ("Lion", dict(lr=1e-3, cautious=True, state_dtype="bf16"), "lion:lr=1e-3,weight_decay=0,cautious=true,state_dtype=bf16"),
+    ],
+)
+def test_classes_with_a_reference_packages_signature_are_their_sgdlab_spec(name, kwargs, spec, impl):
+    model, ref = mlp(), mlp()
+    run_steps(model, getattr(st, name)(model.parameters(), implementation=impl, **kwargs))
+    run_steps(ref, st.Optimizer(ref.parameters(), spec=spec, implementation=impl))
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_muon_class_follows_torch_optim_muon(monkeypatch):
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", newton_schulz_in_float64)
+    for impl in ("rust", "torch"):
+        model, ref = mlp(), mlp()
+        mats = [p for p in model.parameters() if p.dim() == 2]
+        opt = st.Muon([{"params": mats}, {"params": [p for p in model.parameters() if p.dim() != 2], "rule": "adamw", "lr": 0.02}],
+                      lr=0.02, adjust_lr_fn="match_rms_adamw", implementation=impl)
+        muon = torch.optim.Muon([p for p in ref.parameters() if p.dim() == 2], lr=0.02, adjust_lr_fn="match_rms_adamw")
+        adamw = torch.optim.AdamW([p for p in ref.parameters() if p.dim() != 2], lr=0.02)
+        for _ in range(3):
+            for o in (opt, muon, adamw):
+                o.zero_grad()
+            ((model(X) - Y) ** 2).mean().backward()
+            ((ref(X) - Y) ** 2).mean().backward()
+            for o in (opt, muon, adamw):
+                o.step()
+        for a, b in zip(model.parameters(), ref.parameters()):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), impl
+    with pytest.raises(ValueError, match="ns_coefficients"):
+        st.Muon(mlp().parameters(), ns_coefficients=(3.0, -4.0, 2.0))
+
+
+def test_every_rule_has_a_class_or_the_generic_optimizer():
+    classes = {getattr(st, n)(mlp().parameters())._rule for n in st.__all__ if n not in ("Optimizer", "SgdlabError", "Muon")}
+    classes |= {"muon"}
+    problem_set = {"ema-momentum", "normsgd", "multiplicative", "lossprop"}  # sgdlab.torch.Optimizer(spec=...)
+    assert set(sgdlab.rules()) == classes | problem_set | {"adamw"}

@@ -47,7 +47,26 @@ import torch
 from . import _core, _foreach
 from ._core import SgdlabError
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "SgdlabError"]
+__all__ = [
+    "ADOPT",
+    "AdEMAMix",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Adan",
+    "Lion",
+    "Madam",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "SGD",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
+    "SgdlabError",
+]
 
 # Keys torch.optim, its schedulers and wrappers keep in a param group that are not
 # hyper-parameters of the update.
@@ -1007,3 +1026,352 @@ class Adagrad(_TorchNamed):
         )
         self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
 
+
+
+def _sgdlab_globals(state_dtype: str, rounding: str, master_weights: bool, cautious: bool) -> dict[str, str]:
+    out = {}
+    if state_dtype != "param":
+        out["state_dtype"] = _text(state_dtype, "state_dtype")
+    if rounding != "stochastic":
+        out["rounding"] = _text(rounding, "rounding")
+    if master_weights:
+        out["master_weights"] = "true"
+    if cautious:
+        out["cautious"] = "true"
+    return out
+
+
+_OWN_ARGS = """
+
+    sgdlab's own keyword arguments (every class takes them; the Rust engine checks them):
+
+    * ``check_finite`` (True): a NaN or infinite gradient raises :class:`SgdlabError` and
+      changes nothing; False does not look (as ``torch.optim``; the fastest step, and on a GPU
+      no host synchronisation).
+    * ``skip_nonfinite`` (False): skip and count (``skipped``) such a step instead.
+    * ``state_dtype`` (``"param"`` | ``"bf16"``; element-wise rules): keep the state in
+      bfloat16, narrowed with ``rounding`` (``"stochastic"``, counter-based and the same on
+      every device and thread count, or ``"nearest"``).
+    * ``master_weights`` (False): a float32 master copy of bfloat16 parameters.
+    * ``cautious`` (False; element-wise rules): cautious masking (Liang et al. 2024): update
+      coordinates whose sign disagrees with the gradient are zeroed, the rest rescaled by
+      n/(k + 1).
+    * ``implementation`` (``"auto"`` | ``"rust"`` | ``"torch"``): the Rust kernels (CPU
+      tensors) or the same rule in torch operations (any device, ``torch.compile``); ``auto``
+      chooses by the parameters' device at the first step.
+"""
+
+
+class _Rule(_TorchNamed):
+    """A class for one sgdlab rule with its reference package's signature."""
+
+    def _setup(
+        self,
+        params: Iterable[Any],
+        rule: str,
+        defaults: dict[str, Any],
+        *,
+        maximize: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite: bool = False,
+        state_dtype: str = "param",
+        rounding: str = "stochastic",
+        master_weights: bool = False,
+        cautious: bool = False,
+        implementation: str = "auto",
+    ) -> None:
+        self._init(
+            params,
+            rule,
+            defaults,
+            check_finite,
+            skip_nonfinite,
+            None,
+            maximize,
+            spec_globals=_sgdlab_globals(state_dtype, rounding, master_weights, cautious),
+            implementation=implementation,
+        )
+
+
+class Lion(_Rule):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), with the
+    signature of ``lion-pytorch``/``pytorch_optimizer.Lion``: c = β₁m + (1 − β₁)g,
+    p ← p − η(sign(c) + λp), m ← β₂m + (1 − β₂)g."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        **sgdlab_args: Any,
+    ) -> None:
+        self._setup(params, "lion", dict(lr=_float(lr), betas=betas, weight_decay=weight_decay), maximize=maximize, **sgdlab_args)
+
+
+class NAdam(_Rule):
+    """``torch.optim.NAdam`` (Adam with Nesterov momentum and the momentum schedule
+    μₜ = β₁(1 − ½·0.96^(t ψ)))."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        **sgdlab_args: Any,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        self._setup(params, "nadam", defaults, maximize=maximize, **sgdlab_args)
+
+
+class RAdam(_Rule):
+    """``torch.optim.RAdam`` (Adam whose adaptive step is rectified once ρₜ > 5)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        **sgdlab_args: Any,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(
+            lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay
+        )
+        self._setup(params, "radam", defaults, maximize=maximize, **sgdlab_args)
+
+
+class Adamax(_Rule):
+    """``torch.optim.Adamax`` (Adam with the infinity norm: u ← max(β₂u, |g| + ε))."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: Optional[bool] = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        **sgdlab_args: Any,
+    ) -> None:
+        _unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay)
+        self._setup(params, "adamax", defaults, maximize=maximize, **sgdlab_args)
+
+
+class Muon(_Rule):
+    """``torch.optim.Muon``: momentum orthogonalised by five quintic Newton–Schulz steps, for
+    matrices (give the other tensors another rule with a group,
+    ``{"params": ..., "rule": "adamw"}``). sgdlab iterates in the parameters' type
+    (``ns_bf16=True``: in bfloat16, as ``torch.optim.Muon`` does)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: Optional[str] = None,
+        *,
+        ns_bf16: bool = False,
+        **sgdlab_args: Any,
+    ) -> None:
+        if tuple(ns_coefficients) != (3.4445, -4.775, 2.0315):
+            raise ValueError(
+                f"ns_coefficients = {tuple(ns_coefficients)}: sgdlab's Muon iterates with "
+                "(3.4445, -4.775, 2.0315) only"
+            )
+        defaults = dict(
+            lr=_float(lr),
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr=adjust_lr_fn or "original",
+            ns_bf16=ns_bf16,
+        )
+        self._setup(params, "muon", defaults, **sgdlab_args)
+
+
+class AdEMAMix(_Rule):
+    """AdEMAMix (Pagliardini et al. 2024): Adam's numerator plus α times a slow EMA (β₃),
+    with optax's ``adamw``-style decay; ``t_alpha_beta3`` steps of warm-up of α and β₃
+    (0: none)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha_beta3: int = 0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        **sgdlab_args: Any,
+    ) -> None:
+        defaults = dict(
+            lr=_float(lr), betas=betas, alpha=alpha, t_alpha_beta3=t_alpha_beta3, eps=eps, weight_decay=weight_decay
+        )
+        self._setup(params, "ademamix", defaults, **sgdlab_args)
+
+
+class ScheduleFreeAdamW(_Rule):
+    """The ``schedulefree`` package's ``AdamWScheduleFree``: call :meth:`eval` before
+    evaluating or saving and :meth:`train` after."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 0.0025,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        foreach: Optional[bool] = None,
+        **sgdlab_args: Any,
+    ) -> None:
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            r=r,
+            weight_lr_power=weight_lr_power,
+        )
+        self._setup(params, "sf-adamw", defaults, **sgdlab_args)
+
+
+class ScheduleFreeSGD(_Rule):
+    """The ``schedulefree`` package's ``SGDScheduleFree``: call :meth:`eval` before
+    evaluating or saving and :meth:`train` after."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        foreach: Optional[bool] = None,
+        **sgdlab_args: Any,
+    ) -> None:
+        defaults = dict(
+            lr=_float(lr), momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
+            weight_lr_power=weight_lr_power,
+        )
+        self._setup(params, "sf-sgd", defaults, **sgdlab_args)
+
+
+class ADOPT(_Rule):
+    """``pytorch_optimizer.ADOPT`` (Taniguchi et al. 2024): the gradient normalised by the
+    second moment of the previous steps, then momentum; converges for any β₂. Its
+    ``clip_lambda`` (a function of the step) is the exponent ``clip``: the normalised gradient
+    is clipped to ±t^clip (None: no clip); ``weight_decouple`` is decoupled decay."""
+
+    _translate = {"weight_decouple": "decoupled_weight_decay"}
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.9999),
+        clip: Optional[float] = 0.25,
+        weight_decay: float = 0.0,
+        weight_decouple: bool = False,
+        eps: float = 1e-6,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        **sgdlab_args: Any,
+    ) -> None:
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            clip="none" if clip is None else clip,
+            weight_decay=weight_decay,
+            weight_decouple=weight_decouple,
+            eps=eps,
+        )
+        self._setup(params, "adopt", defaults, maximize=maximize, **sgdlab_args)
+
+
+class Adan(_Rule):
+    """``pytorch_optimizer.Adan`` (Xie et al. 2022): Nesterov-style momentum from gradient
+    differences, three EMAs (β₁, β₂, β₃), decay p ← p/(1 + ηλ)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        **sgdlab_args: Any,
+    ) -> None:
+        defaults = dict(lr=_float(lr), betas=betas, weight_decay=weight_decay, eps=eps)
+        self._setup(params, "adan", defaults, maximize=maximize, **sgdlab_args)
+
+
+class Madam(_Rule):
+    """Madam (Bernstein et al. 2020, "Learning compositional functions via multiplicative
+    weight updates"): p ← p·exp(−η sign(p) clip(g/√v̂, ±g_bound)), |p| ≤ p_scale·rms(p₀)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 0.01,
+        p_scale: float = 3.0,
+        g_bound: float = 10.0,
+        **sgdlab_args: Any,
+    ) -> None:
+        self._setup(params, "madam", dict(lr=_float(lr), p_scale=p_scale, g_bound=g_bound), **sgdlab_args)
+
+
+for _cls in (Lion, NAdam, RAdam, Adamax, Muon, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD, ADOPT, Adan, Madam):
+    _cls.__doc__ = (_cls.__doc__ or "") + _OWN_ARGS
+del _cls
