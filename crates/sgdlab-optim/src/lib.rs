@@ -65,6 +65,7 @@ mod step;
 mod tensor;
 #[cfg(test)]
 mod tests;
+mod threads;
 pub mod transform;
 
 // The optimizer modules, one file each, and the registry: one line per module naming the
@@ -113,6 +114,7 @@ pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, StateDtype, StateRounding};
 pub use step::{StepContext, StepInfo, StepOutcome, StepReport, clip_grad_norm};
 pub use tensor::{GradRef, ParamMut, Tensor};
+pub use threads::{num_threads, set_num_threads};
 
 /// The most steps an optimizer takes (applied, and skipped, each): 2⁵³, the largest
 /// count every step-dependent scalar (βᵗ, a schedule's position) sees exactly as an

@@ -140,17 +140,19 @@ impl<T: Real> Optimizer<T> {
         grads: &[GradRef<'_, u16>],
         info: &StepInfo,
     ) -> Result<StepReport> {
-        let wide: Vec<Vec<T>> = grads.iter().map(|g| widen(g.data)).collect();
-        let views: Vec<GradRef<'_, T>> = grads
-            .iter()
-            .zip(&wide)
-            .map(|(g, w)| GradRef {
-                name: std::borrow::Cow::Borrowed(&g.name),
-                shape: g.shape.clone(),
-                data: w,
-            })
-            .collect();
-        self.step_mixed(params, &views, info)
+        crate::threads::install(|| {
+            let wide: Vec<Vec<T>> = grads.iter().map(|g| widen(g.data)).collect();
+            let views: Vec<GradRef<'_, T>> = grads
+                .iter()
+                .zip(&wide)
+                .map(|(g, w)| GradRef {
+                    name: std::borrow::Cow::Borrowed(&g.name),
+                    shape: g.shape.clone(),
+                    data: w,
+                })
+                .collect();
+            self.step_mixed(params, &views, info)
+        })
     }
 
     /// [`Optimizer::step_bf16`] with gradients in `T` (bfloat16 parameters, full-precision
@@ -161,7 +163,7 @@ impl<T: Real> Optimizer<T> {
         grads: &[GradRef<'_, T>],
         info: &StepInfo,
     ) -> Result<StepReport> {
-        self.step_mixed(params, grads, info)
+        crate::threads::install(|| self.step_mixed(params, grads, info))
     }
 
     /// The master copy of tensor `tensor`'s parameters (`master_weights=true`, after the

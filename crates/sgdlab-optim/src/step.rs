@@ -168,7 +168,7 @@ impl<T: Real> Optimizer<T> {
                 T::NAME
             )));
         }
-        self.step_unchecked(params, grads, info)
+        crate::threads::install(|| self.step_unchecked(params, grads, info))
     }
 
     /// [`Optimizer::step_views`] without the `master_weights` check: the step itself, which

@@ -72,6 +72,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(specs::rules, m)?)?;
     m.add_function(wrap_pyfunction!(specs::parse_spec, m)?)?;
     m.add_function(wrap_pyfunction!(specs::rule_values, m)?)?;
+    m.add_function(wrap_pyfunction!(specs::set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(specs::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(lab::verify_json, m)?)?;
     m.add_function(wrap_pyfunction!(lab::audit_json, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

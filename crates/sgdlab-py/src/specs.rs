@@ -87,3 +87,18 @@ pub(crate) fn rule_values(spec: &str) -> PyResult<Vec<(String, String)>> {
             .collect())
     })
 }
+
+/// Runs the optimizer steps of this process on `n` threads (`n` ≥ 1; 0: rayon's global pool,
+/// one per core or `RAYON_NUM_THREADS`). The results do not depend on it.
+#[pyfunction]
+pub(crate) fn set_num_threads(n: usize) -> PyResult<()> {
+    guarded("set_num_threads", || {
+        sgdlab::optim::set_num_threads(n).map_err(lib_err)
+    })
+}
+
+/// The number of threads the next optimizer step uses.
+#[pyfunction]
+pub(crate) fn get_num_threads() -> usize {
+    sgdlab::optim::num_threads()
+}

@@ -356,3 +356,22 @@ def test_the_step_releases_the_gil():
         sys.setswitchinterval(old)
     assert seen == [False], "the main thread ran only after the step: the GIL was held"
     assert opt.steps == 1
+
+
+def test_set_num_threads_changes_the_pool_not_the_bits():
+    before = sgdlab.get_num_threads()
+    g = np.linspace(-1.0, 1.0, 1 << 20).astype(np.float32)
+    results = []
+    try:
+        for n in (1, 3):
+            sgdlab.set_num_threads(n)
+            assert sgdlab.get_num_threads() == n
+            w = np.full(g.size, 0.5, dtype=np.float32)
+            opt = sgdlab.Optimizer("adamw:lr=0.01,clip_norm=1")
+            for _ in range(3):
+                opt.step([w], [g])
+            results.append(w)
+    finally:
+        sgdlab.set_num_threads(0)
+    assert sgdlab.get_num_threads() == before
+    assert np.array_equal(results[0], results[1])

@@ -4,6 +4,8 @@
   fused, multi-threaded kernels of the Rust library, with the GIL released during the step.
 * :mod:`sgdlab.torch` (imported on demand; needs torch) has ``torch.optim``-compatible
   classes on the same kernels.
+* :func:`set_num_threads` sets the threads of every optimizer step of the process (one
+  per core by default): what each rank of a data-parallel job should set to its share.
 * :func:`verify` and :func:`audit` run the lab: every claim of the problem set checked by
   measurement, and any optimizer's drift and fixed point at the loss minimiser.
 
@@ -26,16 +28,27 @@ import json
 import os
 from typing import Any, Iterable, Sequence, Union
 
-from ._core import Optimizer, SgdlabError, __version__, parse_spec, rule_keys, rules
+from ._core import (
+    Optimizer,
+    SgdlabError,
+    __version__,
+    get_num_threads,
+    parse_spec,
+    rule_keys,
+    rules,
+    set_num_threads,
+)
 from . import _core
 
 __all__ = [
     "Optimizer",
     "SgdlabError",
     "audit",
+    "get_num_threads",
     "parse_spec",
     "rule_keys",
     "rules",
+    "set_num_threads",
     "verify",
     "__version__",
 ]

@@ -22,6 +22,8 @@ __all__ = [
     "GLOBAL_KEYS",
     "GLOBAL_DEFAULTS",
     "rule_values",
+    "set_num_threads",
+    "get_num_threads",
 ]
 
 __version__: str
@@ -160,6 +162,13 @@ def rules() -> list[str]:
 
 def rule_keys(name: str) -> list[str]:
     """The keys a rule accepts, then the global ones."""
+
+def set_num_threads(n: int) -> None:
+    """Runs the optimizer steps of this process on ``n`` threads (0: one per core, or
+    ``RAYON_NUM_THREADS``). The results do not depend on it."""
+
+def get_num_threads() -> int:
+    """The number of threads the next optimizer step uses."""
 
 def rule_values(spec: str) -> list[tuple[str, str]]:
     """Every key of ``spec``'s rule with its value as spec text, defaults included (the spec
