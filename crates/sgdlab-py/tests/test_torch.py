@@ -3,6 +3,7 @@ state_dict round trips, and every refused input."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -165,8 +166,10 @@ def test_state_dict_exposes_torch_style_state():
     ref = torch.optim.Adam(m.parameters(), lr=1e-2)
     train(m, ref, torch.optim.lr_scheduler.ConstantLR(ref, factor=1.0), 3)
     assert torch.allclose(ref.state_dict()["state"][0]["exp_avg"], sd["state"][0]["exp_avg"], rtol=1e-12)
-    with pytest.raises(ValueError, match="sgdlab"):
-        opt.load_state_dict(ref.state_dict())
+    # torch.optim's own state migrates, onto the torch engine (which counts steps per
+    # parameter, as torch.optim does).
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    assert opt.implementation == "torch" and opt.steps == 3
 
 
 def test_generic_optimizer_runs_any_rule_and_matches_the_numpy_core():
@@ -564,3 +567,85 @@ def test_every_rule_has_a_class_or_the_generic_optimizer():
     classes |= {"muon"}
     problem_set = {"ema-momentum", "normsgd", "multiplicative", "lossprop"}  # sgdlab.torch.Optimizer(spec=...)
     assert set(sgdlab.rules()) == classes | problem_set | {"adamw"}
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+        ("AdamW", dict(lr=0.01)),
+        ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+        ("NAdam", dict(lr=0.01)),
+        ("Adagrad", dict(lr=0.05, lr_decay=0.01)),
+        ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+    ],
+)
+def test_parameters_join_leave_and_return_as_in_torch_optim(name, kwargs):
+    # The torch engine counts steps per parameter, as torch.optim: a frozen layer keeps its
+    # state and count, an unfrozen one resumes it, and a group added late starts at 1.
+    model, ref = mlp(), mlp()
+    extra, extra_ref = (torch.nn.Parameter(torch.linspace(-1, 1, 4, dtype=torch.float64)) for _ in range(2))
+    opt = getattr(st, name)(model.parameters(), implementation="torch", **kwargs)
+    tref = getattr(torch.optim, name)(ref.parameters(), **kwargs)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torch's NAdam keeps μ products in it
+    try:
+        for t in range(8):
+            if t == 4:
+                opt.add_param_group({"params": [extra], "lr": 0.02})
+                tref.add_param_group({"params": [extra_ref], "lr": 0.02})
+            for o, m, e in ((opt, model, extra), (tref, ref, extra_ref)):
+                o.zero_grad()
+                loss = ((m(X) - Y) ** 2).mean() * (1 + 0.3 * math.sin(t))
+                if t >= 4:
+                    loss = loss + (e**2).sum() * (t - 3)
+                loss.backward()
+                if t in (2, 3):
+                    m[2].weight.grad = None  # frozen for two steps
+                if t == 6:
+                    m[0].bias.grad = None
+                o.step()
+    finally:
+        torch.set_default_dtype(default)
+    for a, b in zip(list(model.parameters()) + [extra], list(ref.parameters()) + [extra_ref]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), name
+    sd = opt.state_dict()["state"]
+    assert float(sd[2]["step"]) == 6 and float(sd[4]["step"]) == 4
+
+
+def test_torch_optim_state_dicts_migrate_both_ways():
+    model, ref = mlp(), mlp()
+    tref = torch.optim.AdamW(groups(ref, 0.01), lr=0.01, amsgrad=True)
+    run_steps(ref, tref, steps=3)
+    model.load_state_dict(ref.state_dict())
+    opt = st.AdamW(groups(model, 0.01), lr=0.5, amsgrad=True)  # the state dict's lr wins
+    opt.load_state_dict(tref.state_dict())
+    assert opt.implementation == "torch" and opt.param_groups[0]["lr"] == 0.01
+    run_steps(model, opt, steps=3)
+    run_steps(ref, tref, steps=3)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    # And back: sgdlab's state dict of either engine loads into torch.optim.
+    for impl in ("rust", "torch"):
+        model, ref = mlp(), mlp()
+        opt = st.AdamW(model.parameters(), lr=0.01, implementation=impl)
+        run_steps(model, opt, steps=3)
+        ref.load_state_dict(model.state_dict())
+        tref = torch.optim.AdamW(ref.parameters(), lr=0.01)
+        tref.load_state_dict(copy.deepcopy(opt.state_dict()))  # as through torch.save: no shared buffers
+        run_steps(model, opt, steps=3)
+        run_steps(ref, tref, steps=3)
+        for a, b in zip(model.parameters(), ref.parameters()):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), impl
+    # Another algorithm's state is refused, naming both.
+    m = mlp()
+    sgd = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    run_steps(m, sgd, steps=2)
+    with pytest.raises(ValueError, match="parameter group 0 is not one of sgdlab's `adamw`: parameter group key `momentum`"):
+        st.AdamW(mlp().parameters()).load_state_dict(sgd.state_dict())
+    for k in ("momentum", "dampening", "nesterov"):  # keys AdamW would take: the buffers differ
+        sgd.param_groups[0].pop(k)
+    with pytest.raises(ValueError, match=r"holds \['momentum_buffer'\], and sgdlab's `adamw` keeps \['exp_avg', 'exp_avg_sq'\]"):
+        st.AdamW(mlp().parameters()).load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match="implementation='torch'"):
+        st.AdamW(mlp().parameters(), implementation="rust").load_state_dict(tref.state_dict())

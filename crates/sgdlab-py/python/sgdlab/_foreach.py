@@ -16,6 +16,7 @@ every conformance file (``tests/test_foreach.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -54,8 +55,17 @@ class Context:
     norm_sq: Optional[Tensor]
     #: Elements over all tensors of the step.
     numel: int
-    #: This step's number as a float32 tensor per device (for torch's fused kernels).
-    step_tensors: dict[torch.device, Tensor] = field(default_factory=dict)
+    #: The step numbers as float32 tensors per (device, step) for torch's fused kernels,
+    #: made once per step.
+    step_tensors: dict[tuple[torch.device, int], Tensor] = field(default_factory=dict)
+
+    def step_tensor(self, device: torch.device) -> Tensor:
+        """This step's number as a float32 tensor on `device`."""
+        key = (device, self.t)
+        t = self.step_tensors.get(key)
+        if t is None:
+            t = self.step_tensors[key] = torch.full((), float(self.t), dtype=torch.float32, device=device)
+        return t
 
     def beta_pow(self, beta: float) -> float:
         """βᵗ, as the Rust step takes it (``powf`` of the step)."""
@@ -166,10 +176,7 @@ def _fusable(ps: list[Tensor], gs: list[Tensor]) -> bool:
 def _adam_with(decoupled: bool):
     def step(hp, ctx, ps, gs, slots, scalars):
         if hp["debias"] == "power" and _fusable(ps, gs) and all(b.dtype == ps[0].dtype for bufs in slots for b in bufs):
-            device = ps[0].device
-            t = ctx.step_tensors.get(device)
-            if t is None:
-                t = ctx.step_tensors[device] = torch.full((), float(ctx.t), dtype=torch.float32, device=device)
+            t = ctx.step_tensor(ps[0].device)
             fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
             fused(
                 ps,
@@ -708,7 +715,6 @@ class Engine:
     skipped: int = 0
     in_eval_mode: bool = False
     _keys: dict[str, str] = field(default_factory=dict)
-    _step_tensors: dict[torch.device, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         keys = dict(GLOBAL_DEFAULTS)
@@ -784,13 +790,7 @@ class Engine:
             norm_sq = norm_sq * clip * clip
         self.steps += 1
         numel = sum(p.numel() for p in tensors)
-        for device in devices:
-            t = self._step_tensors.get(device)
-            if t is None:
-                self._step_tensors[device] = torch.full((), float(self.steps), dtype=torch.float32, device=device)
-            else:
-                t.fill_(float(self.steps))
-        step = torch.tensor(float(self.steps))
+        step_tensors: dict[tuple[torch.device, int], Tensor] = {}
         offset = 0
         for w in works:
             n = len(w.params)
@@ -798,10 +798,8 @@ class Engine:
             offset += n
             if clip is not None:
                 g = [gi * clip.to(device=gi.device, dtype=gi.dtype) for gi in g]
-            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel, self._step_tensors)
+            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel, step_tensors)
             self._step_group(w, ctx, g, bf16)
-            for st in w.states:
-                st["step"] = step
         return True
 
     def _check_layout(self, works: list[Work], bf16: bool) -> None:
@@ -836,6 +834,10 @@ class Engine:
                     )
 
     def _step_group(self, w: Work, ctx: Context, grads: list[Tensor], bf16: bool) -> None:
+        """One group's step. Each tensor counts its own steps (``scalars["t"]``; its
+        ``state_dict()`` entry's ``step``), so that a parameter that joins late, or skips steps
+        without a gradient, takes its own count in its bias corrections, as in torch.optim:
+        tensors at the same count step together."""
         rule = RULES[w.rule]
         slot_names = rule.slots(w.hp)
         master = bf16 and self.flag("master_weights")
@@ -857,11 +859,24 @@ class Engine:
         stored = [[st[s] for st in w.states] for s in slot_names]
         slots = [[b.to(p.dtype) for b, p in zip(bufs, points)] for bufs in stored] if lowp else stored
         scalars = [st.setdefault("scalars", {}) for st in w.states]
-        before = [p.clone() for p in points] if w.cautious else None
-        rule.step(w.hp, ctx, points, grads, slots, scalars)
-        if before is not None:
-            assert rule.decay_form is not None
-            _cautious(points, before, grads, rule.decay_form(w.hp, ctx.lr))
+        own = [sc.get("t", 0) + 1 for sc in scalars]
+        cohorts: dict[int, list[int]] = {}
+        for i, t in enumerate(own):
+            cohorts.setdefault(t, []).append(i)
+        for t, idx in cohorts.items():
+            c = dataclasses.replace(ctx, t=t)
+            if len(cohorts) == 1:
+                ps_c, gs_c, slots_c, sc_c = points, grads, slots, scalars
+            else:
+                ps_c, gs_c, sc_c = [points[i] for i in idx], [grads[i] for i in idx], [scalars[i] for i in idx]
+                slots_c = [[b[i] for i in idx] for b in slots]
+            before = [p.clone() for p in ps_c] if w.cautious else None
+            rule.step(w.hp, c, ps_c, gs_c, slots_c, sc_c)
+            if before is not None:
+                assert rule.decay_form is not None
+                _cautious(ps_c, before, gs_c, rule.decay_form(w.hp, c.lr))
+        for sc, t in zip(scalars, own):
+            sc["t"] = t
         if lowp:
             for k, (bufs, wide) in enumerate(zip(stored, slots)):
                 for i, (b, x) in enumerate(zip(bufs, wide)):

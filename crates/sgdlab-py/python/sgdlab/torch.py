@@ -516,8 +516,9 @@ class Optimizer(torch.optim.Optimizer):
                 else f"parameter {new[0][0]}.{new[0][1]} (group.index) has a gradient now and had none at the first step"
             )
             raise ValueError(
-                f"{what}: sgdlab steps the set of tensors of its first step (zero its gradient "
-                "instead of setting it to None, e.g. zero_grad(set_to_none=False))"
+                f"{what}: the Rust engine steps the set of tensors of its first step (zero its "
+                "gradient instead of setting it to None, e.g. zero_grad(set_to_none=False), or "
+                "step with implementation='torch', which counts steps per parameter as torch.optim)"
             )
         assert self._core is not None
         self._sync()
@@ -585,11 +586,20 @@ class Optimizer(torch.optim.Optimizer):
             groups.append(packed)
         state: dict[int, dict[str, Any]] = {}
         if self._engine is not None:
-            # The torch engine's state is torch.optim's: per parameter, by reference.
+            # The torch engine's state in torch.optim's layout: the buffers (by reference, as
+            # torch.optim), each parameter's `step`, and per-parameter scalars as 0-d tensors
+            # (NAdam's `mu_product`), so that torch.optim loads it.
             for gi, group in enumerate(self.param_groups):
                 for pj, p in enumerate(group["params"]):
-                    if self.state.get(p):
-                        state[ids[(gi, pj)]] = self.state[p]
+                    live = self.state.get(p)
+                    if live:
+                        entry = {k: v for k, v in live.items() if k != "scalars"}
+                        scalars = live.get("scalars", {})
+                        entry["step"] = torch.tensor(float(scalars.get("t", 0)))
+                        for k, v in scalars.items():
+                            if k != "t":
+                                entry[k] = torch.tensor(v, dtype=torch.float64)
+                        state[ids[(gi, pj)]] = entry
             out = {
                 "state": state,
                 "param_groups": groups,
@@ -629,17 +639,26 @@ class Optimizer(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a ``state_dict()`` of an sgdlab.torch optimizer with the same groups."""
+        """Loads a ``state_dict()`` of an sgdlab.torch optimizer with the same groups, or a
+        ``torch.optim`` state dict of the same algorithm (its buffers, per-parameter step
+        counts and group hyper-parameters, exactly; the torch engine then steps, as it
+        counts steps per parameter as torch.optim does). A state of another algorithm (other
+        buffers) is refused, naming both."""
         state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
         saved = state_dict.get("sgdlab")
+        if saved is None and "state" in state_dict and "param_groups" in state_dict:
+            self._load_torch_optim(state_dict)
+            for hook in self._optimizer_load_state_dict_post_hooks.values():
+                hook(self)
+            return
         if not isinstance(saved, dict) or ("bytes" not in saved and saved.get("engine") != "torch"):
             raise ValueError(
-                "not a state dict of an sgdlab.torch optimizer (no `sgdlab` entry): "
-                "torch.optim's state cannot be converted exactly"
+                "not a state dict of an sgdlab.torch optimizer or of torch.optim (no `sgdlab` "
+                "entry, no `state` and `param_groups`)"
             )
         engine = "torch" if saved.get("engine") == "torch" else "rust"
         if self._implementation not in ("auto", engine):
@@ -680,45 +699,105 @@ class Optimizer(torch.optim.Optimizer):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    def _load_torch_optim(self, state_dict: dict[str, Any]) -> None:
+        """Migrates a ``torch.optim`` state dict (checked before anything changes)."""
+        if self._implementation == "rust":
+            raise ValueError(
+                "a torch.optim state dict counts steps per parameter, which the Rust engine does "
+                "not: load it with implementation='torch' (or 'auto')"
+            )
+        loaded, merged = self._torch_style_state(state_dict)
+        self._install_torch_state(loaded, merged, max((e["scalars"]["t"] for e in loaded.values()), default=0), 0)
+
     def _load_torch_state(self, saved: dict[str, Any], state: Any, groups: list[dict[str, Any]]) -> None:
-        """Loads the torch engine's state (checked before anything changes)."""
+        """Loads the torch engine's state dict (checked before anything changes)."""
         for key in ("steps", "skipped"):
             if not isinstance(saved.get(key), int) or isinstance(saved.get(key), bool) or saved[key] < 0:
                 raise ValueError(f"corrupt state dict: `sgdlab.{key}` is {saved.get(key)!r}, not a count")
+        loaded, merged = self._torch_style_state({"state": state, "param_groups": groups})
+        self._install_torch_state(loaded, merged, saved["steps"], saved["skipped"])
+        self._engine.in_eval_mode = bool(saved.get("eval", False))
+        active = saved.get("active")
+        self._active = None if active is None else [tuple(a) for a in active]
+
+    def _torch_style_state(self, state_dict: dict[str, Any]) -> tuple[dict[Any, dict[str, Any]], list[dict[str, Any]]]:
+        """The per-parameter state of a state dict in torch.optim's layout, as the torch
+        engine keeps it, and the groups' hyper-parameters merged over this optimizer's; each
+        entry checked against its group's rule (its buffers, shapes and step count)."""
+        groups, state = state_dict["param_groups"], state_dict["state"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state dict has {len(groups)} parameter groups, the optimizer {len(self.param_groups)}"
+            )
         if not isinstance(state, dict):
             raise ValueError(f"corrupt state dict: `state` is a {type(state).__name__}, not a dict")
-        flat = [p for group in self.param_groups for p in group["params"]]
+        flat, group_of = [], []
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
+            if len(mine["params"]) != len(theirs["params"]):
+                raise ValueError(
+                    f"parameter group {gi} has {len(mine['params'])} parameters, the state dict's {len(theirs['params'])}"
+                )
+            flat.extend(mine["params"])
+            group_of.extend([gi] * len(mine["params"]))
+        merged = []
+        for mine, theirs in zip(self.param_groups, groups):
+            group = dict(mine)
+            group.update({k: v for k, v in theirs.items() if k != "params"})
+            merged.append(group)
+        lowp = self._global.get("state_dtype") == "bf16"
         loaded: dict[Any, dict[str, Any]] = {}
         for index, entry in state.items():
             if not isinstance(index, int) or not 0 <= index < len(flat) or not isinstance(entry, dict):
                 raise ValueError(f"corrupt state dict: state entry {index!r} names no parameter")
-            p = flat[index]
-            mine: dict[str, Any] = {}
-            for k, v in entry.items():
-                if isinstance(v, torch.Tensor) and k not in ("step",):
-                    if k != "master" and tuple(v.shape) != tuple(p.shape):
-                        raise ValueError(
-                            f"corrupt state dict: state `{k}` of parameter {index} has shape "
-                            f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
-                        )
-                    v = v.detach().to(device=p.device).clone()
-                elif isinstance(v, dict):
-                    v = dict(v)
-                mine[k] = v
-            loaded[p] = mine
-        active = saved.get("active")
-        for mine_group, theirs in zip(self.param_groups, groups):
-            for k, v in theirs.items():
-                if k != "params":
-                    mine_group[k] = v
+            p, group = flat[index], merged[group_of[index]]
+            try:
+                rule, hp = self._hyper(group)
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"the state dict's parameter group {group_of[index]} is not one of sgdlab's "
+                    f"`{self._group_rule(self.param_groups[group_of[index]])}`: {e}"
+                ) from e
+            want = set(_foreach.slot_names(rule, hp))
+            scalars = set(_foreach.RULES[rule].scalars)
+            have = {k for k, v in entry.items() if k not in ("step", "master") and k not in scalars and v is not None}
+            if have != want:
+                raise ValueError(
+                    f"the state of parameter {index} holds {sorted(have) or 'no buffers'}, and sgdlab's "
+                    f"`{rule}` keeps {sorted(want) or 'none'}: not a state of the same algorithm"
+                )
+            if "step" not in entry:
+                raise ValueError(f"the state of parameter {index} has no `step`")
+            t = float(entry["step"])
+            if not (t >= 0 and t == int(t)):
+                raise ValueError(f"the state of parameter {index} has step {t}, not a count")
+            mine_entry: dict[str, Any] = {"scalars": {"t": int(t)}}
+            for k in scalars & set(entry):
+                mine_entry["scalars"][k] = float(entry[k])
+            for k in want | ({"master"} & set(entry)):
+                v = entry[k]
+                if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(f"the state `{k}` of parameter {index} is not a tensor of the parameter's shape")
+                v = v.detach().to(device=p.device)
+                if k == "master":
+                    mine_entry[k] = v.to(torch.float32).clone()
+                elif lowp:
+                    mine_entry[k] = v.to(torch.bfloat16).clone()
+                else:
+                    mine_entry[k] = v.to(torch.float32 if p.dtype == torch.bfloat16 else p.dtype).clone()
+            loaded[p] = mine_entry
+        return loaded, merged
+
+    def _install_torch_state(
+        self, loaded: dict[Any, dict[str, Any]], merged: list[dict[str, Any]], steps: int, skipped: int
+    ) -> None:
+        for mine, group in zip(self.param_groups, merged):
+            mine.update({k: v for k, v in group.items() if k != "params"})
         self.state.clear()
         for p, entry in loaded.items():
             self.state[p] = entry
         engine = _foreach.Engine(dict(self._global))
-        engine.steps, engine.skipped = saved["steps"], saved["skipped"]
-        engine.in_eval_mode = bool(saved.get("eval", False))
-        self._engine, self._engine_kind, self._core = engine, "torch", None
-        self._active = None if active is None else [tuple(a) for a in active]
+        engine.steps, engine.skipped = steps, skipped
+        self._engine, self._engine_kind, self._core, self._active = engine, "torch", None, None
 
     # -- Schedule-Free -------------------------------------------------------------------
 
@@ -913,6 +992,8 @@ class Adam(_TorchNamed):
 
 class AdamW(_TorchNamed):
     """``torch.optim.AdamW`` on sgdlab's kernels."""
+
+    _class_keys = frozenset({"decoupled_weight_decay"})
 
     def __init__(
         self,
