@@ -243,9 +243,12 @@ class Optimizer(torch.optim.Optimizer):
         (Muon for the matrices, AdamW for the rest: ``{"params": ..., "rule": "adamw"}``).
         Keys that are no hyper-parameter of sgdlab (a group's ``"name"``) are kept."""
         if getattr(self, "_core", None) is not None:  # the Rust engine steps a fixed set
-            raise RuntimeError(
-                "sgdlab steps a fixed set of tensors: add parameter groups before the first step"
-            )
+            if not self._switchable():
+                raise RuntimeError(
+                    "the Rust engine steps a fixed set of tensors: add parameter groups before the "
+                    "first step, or step with implementation='torch' (or 'auto')"
+                )
+            self._switch_to_torch()
         explicit = set(param_group) if isinstance(param_group, dict) else set()
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -418,10 +421,10 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         if self._engine_kind is None:
             self._engine_kind = self._choose_engine()
+        if self._engine_kind == "rust" and not self._step_rust(loss):
+            self._switch_to_torch()
         if self._engine_kind == "torch":
             self._step_torch(loss)
-        else:
-            self._step_rust(loss)
         return loss
 
     def _choose_engine(self) -> str:
@@ -498,8 +501,9 @@ class Optimizer(torch.optim.Optimizer):
     # The Rust engine's step runs outside any torch.compile graph: it hands numpy views of
     # the tensors to the Rust kernels.
     @torch.compiler.disable
-    def _step_rust(self, loss: Any) -> None:
-        """One step of the Rust engine."""
+    def _step_rust(self, loss: Any) -> bool:
+        """One step of the Rust engine; False (nothing done) when the set of parameters with a
+        gradient changed and ``implementation="auto"`` hands the step to the torch engine."""
         params, grads, active = self._arrays()
         if self._active is None:
             if not active:
@@ -508,6 +512,8 @@ class Optimizer(torch.optim.Optimizer):
                 self._build()
             self._names = [f"{gi}.{pj}" for gi, pj in active]
         elif active != self._active:
+            if self._switchable():
+                return False
             had, has = set(self._active), set(active)
             lost, new = sorted(had - has), sorted(has - had)
             what = (
@@ -540,7 +546,34 @@ class Optimizer(torch.optim.Optimizer):
         self._copies = []
         self._active = active
         self._changed(active)
+        return True
 
+    def _switchable(self) -> bool:
+        """Whether the Rust engine's state can move to the torch engine exactly:
+        ``implementation="auto"``, and no rule keeps per-tensor scalars (Madam, NAdam,
+        Schedule-Free), which its state dict does not carry."""
+        if self._implementation != "auto" or self._core is None:
+            return False
+        rules = {self._group_rule(g) for g in self.param_groups}
+        return not any(_foreach.RULES[r].scalars for r in rules)
+
+    def _switch_to_torch(self) -> None:
+        """Moves the Rust engine's state to the torch engine (every tensor at the optimizer's
+        step count, as the Rust engine counts), which then steps whichever parameters have a
+        gradient, counting per parameter as torch.optim does."""
+        assert self._core is not None
+        saved = self._state_dict()
+        state = saved["state"]
+        if self._core.layout is not None:
+            for t, (gi, pj) in enumerate(self._active or []):
+                master = self._core.master(t)
+                if master is not None:
+                    index = sum(len(g["params"]) for g in self.param_groups[:gi]) + pj
+                    shape = self.param_groups[gi]["params"][pj].shape
+                    state[index]["master"] = torch.from_numpy(master).reshape(shape)
+        skipped = self._core.skipped
+        loaded, merged = self._torch_style_state(saved)
+        self._install_torch_state(loaded, merged, max((e["scalars"]["t"] for e in loaded.values()), default=0), skipped)
     def _changed(self, active: list[tuple[int, int]]) -> None:
         """Tells autograd that the parameters changed in place (their version counters), as
         torch.optim's in-place updates do: a graph built before the change then refuses
@@ -572,9 +605,19 @@ class Optimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The state: ``torch.optim``'s ``state`` and ``param_groups`` layout, plus the exact
-        sgdlab state as checkpoint bytes under ``"sgdlab"``."""
+        sgdlab state as checkpoint bytes under ``"sgdlab"`` (Rust engine) or the step counts
+        (torch engine)."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        out = self._state_dict()
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, out)
+            if result is not None:
+                out = result
+        return out
+
+    def _state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` without its hooks."""
         groups, index = [], 0
         ids: dict[tuple[int, int], int] = {}
         for gi, group in enumerate(self.param_groups):
@@ -611,10 +654,6 @@ class Optimizer(torch.optim.Optimizer):
                     "active": None if self._active is None else [list(a) for a in self._active],
                 },
             }
-            for hook in self._optimizer_state_dict_post_hooks.values():
-                result = hook(self, out)
-                if result is not None:
-                    out = result
             return out
         if self._core is not None and self._active is not None:
             for t, (gi, pj) in enumerate(self._active):
@@ -632,10 +671,6 @@ class Optimizer(torch.optim.Optimizer):
                 "active": None if self._active is None else [list(a) for a in self._active],
             },
         }
-        for hook in self._optimizer_state_dict_post_hooks.values():
-            result = hook(self, out)
-            if result is not None:
-                out = result
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
