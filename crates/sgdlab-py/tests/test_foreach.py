@@ -62,7 +62,12 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     case = json.loads(path.read_text())
     got, got_eval, opt_t = run(case, dtype, "torch")
     want, want_eval, opt_r = run(case, dtype, "rust")
-    assert rel_err(got, want) <= TOL[dtype]
+    tol = TOL[dtype]
+    if DEVICE.type != "cpu" and dtype == torch.float32 and _foreach.RULES[case["optimizer"].split(":")[0]].matrix:
+        # Five Newton–Schulz iterations amplify the GPU's float32 matrix products' own order
+        # of accumulation (1.3e-6 measured on an H200).
+        tol = 2e-6
+    assert rel_err(got, want) <= tol
     if want_eval is not None:
         assert rel_err(got_eval, want_eval) <= TOL[dtype]
     if dtype == torch.float64 and "expected" in case:
