@@ -19,13 +19,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tensors", type=int, default=100)
+    ap.add_argument("--backend", default="inductor", help="torch.compile's backend")
     args = ap.parse_args()
     ps = [torch.nn.Parameter(torch.randn(1000, device=args.device)) for _ in range(args.tensors)]
     for p in ps:
         p.grad = torch.randn_like(p)
     opt = st.AdamW(ps, lr=1e-3, implementation="torch", check_finite=False)
     torch._dynamo.utils.counters.clear()
-    step = torch.compile(opt.step)
+    step = torch.compile(opt.step, backend=args.backend)
     for _ in range(10):
         step()
     counters = torch._dynamo.utils.counters

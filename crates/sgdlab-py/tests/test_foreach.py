@@ -360,3 +360,24 @@ def test_the_first_step_may_run_under_torch_compile_on_either_engine():
             tref.step()
         for a, b in zip(model.parameters(), ref.parameters()):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), impl
+
+
+def test_the_benchmark_scripts_run(tmp_path):
+    # The device benchmarks of the docs, at a toy size on the CPU (no compiler needed).
+    import subprocess
+    import sys
+
+    benches = CONFORMANCE.parents[3] / "sgdlab-py" / "benches"
+    out = subprocess.run(
+        [sys.executable, benches / "bench_torch.py", "--device", "cpu", "--params", "2K", "--tensors", "4",
+         "--rounds", "2", "--warmup", "1", "--no-compile", "--muon", "--muon-shape", "8x4", "--muon-count", "2"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    report = json.loads(out[out.index("\n{") + 1:])
+    assert set(report["adamw"]["2K"]["speed_vs_reference"]) >= {
+        "torch.optim.AdamW(fused=True)", "sgdlab.torch.AdamW (torch engine, eager)", "sgdlab.torch.AdamW (Rust kernels)"}
+    out = subprocess.run(
+        [sys.executable, benches / "compile_report.py", "--device", "cpu", "--tensors", "3", "--backend", "eager"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert json.loads(out)["stats"]["unique_graphs"] >= 1
