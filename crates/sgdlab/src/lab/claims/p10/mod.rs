@@ -1,5 +1,7 @@
 //! Section 10, beyond the problem set: Schedule-Free, AdEMAMix and Muon, measured with the
-//! library's own optimizers through the problem set's pieces.
+//! library's own optimizers through the problem set's pieces, and Reddi et al.'s
+//! counterexample to Adam's convergence (`reddi`: where Adam, AMSGrad, ADOPT, a sign update,
+//! SGD and their cautious variants end).
 //!
 //! * Schedule-Free with `warmup_steps=0, r=0, weight_lr_power=0` averages with problem 4's
 //!   rate 1/min(t, N) at N = ∞: xₜ = (1/t)Σ\_(s ≤ t) zₛ exactly. On a noisy
@@ -26,6 +28,7 @@ use crate::optim::math::powi;
 use crate::{Error, Result};
 
 mod muon;
+mod reddi;
 use muon::{muon, quintic};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -33,6 +36,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(sf_variance(options)?.claims);
     claims.extend(ademamix_slow_ema(options)?);
     claims.extend(muon(options)?.claims);
+    claims.extend(reddi::claims()?);
     Ok(claims)
 }
 
@@ -420,6 +424,17 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
                 label: "Muon update (measured)".into(),
                 at: m.pairs.iter().map(|&(x, y)| (x.log10(), y)).collect(),
             }],
+            ..Figure::default()
+        },
+        Figure {
+            title: "Section 10: where each rule ends on Reddi et al.'s counterexample".into(),
+            caption: reddi::caption(),
+            x_label: "step t".into(),
+            y_label: "x_t".into(),
+            lines: reddi::paths()?
+                .into_iter()
+                .map(|(label, points)| line(label, points, false))
+                .collect(),
             ..Figure::default()
         },
     ])
