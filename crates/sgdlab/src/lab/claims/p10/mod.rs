@@ -1,7 +1,8 @@
 //! Section 10, beyond the problem set: Schedule-Free, AdEMAMix and Muon, measured with the
 //! library's own optimizers through the problem set's pieces, and Reddi et al.'s
 //! counterexample to Adam's convergence (`reddi`: where Adam, AMSGrad, ADOPT, a sign update,
-//! SGD and their cautious variants end).
+//! SGD and their cautious variants end), and whether cautious masking keeps AdamW's fixed
+//! point (`cautious`: it moves it towards the median under skewed noise).
 //!
 //! * Schedule-Free with `warmup_steps=0, r=0, weight_lr_power=0` averages with problem 4's
 //!   rate 1/min(t, N) at N = ∞: xₜ = (1/t)Σ\_(s ≤ t) zₛ exactly. On a noisy
@@ -27,6 +28,7 @@ use crate::optim::Optimizer;
 use crate::optim::math::powi;
 use crate::{Error, Result};
 
+mod cautious;
 mod muon;
 mod reddi;
 use muon::{muon, quintic};
@@ -37,6 +39,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(ademamix_slow_ema(options)?);
     claims.extend(muon(options)?.claims);
     claims.extend(reddi::claims()?);
+    claims.extend(cautious::claims(options)?);
     Ok(claims)
 }
 
