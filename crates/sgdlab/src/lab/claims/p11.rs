@@ -18,9 +18,10 @@
 //!   moments on the same gradients, element by element): stochastic rounding leaves
 //!   E\[v\_T\] unbiased, but Adam's step m̂/√v̂ is not linear in v. With
 //!   eᵥ the state's rounding error, (1 + eᵥ/v)^(−1/2) = 1 − ½eᵥ/v + ⅜(eᵥ/v)² − …, so the
-//!   step is larger by
-//!   ⅜E\[(eᵥ/v)²\] on average (Jensen) — measured against that second-order
-//!   prediction, from a state already at v = E\[g²\]. Round to nearest barely moves a v
+//!   step is larger by Jensen's term
+//!   E\[(1 + x)^(−1/2)\] − 1 = ⅜E\[x²\] − (5/16)E\[x³\] + (35/128)E\[x⁴\] + …,
+//!   x = eᵥ/v — measured against those three terms of the series, from a state already at
+//!   v = E\[g²\]. Round to nearest barely moves a v
 //!   that starts there (11d rejects its small bias); from a cold start it stalls far below
 //!   (11a), and its step is too large by tens of percent — the report's plot.
 
@@ -447,8 +448,9 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
              and sd {sigma}: the summed step of bfloat16 moments over that of f64 moments on \
              the same gradients. Round to nearest's v stalls below E g² as it climbs (the \
              increment (1−β₂)(g² − v) falls under half an ulp), so its steps stay too large; \
-             stochastic rounding tracks f64 up to Jensen's term, (3/8)E[(e_v/v)²] to second \
-             order (claim 11e)."
+             stochastic rounding tracks f64 up to Jensen's term, \
+             E[(1+x)^(−1/2)] − 1 = (3/8)E[x²] − (5/16)E[x³] + (35/128)E[x⁴] + …, x = e_v/v \
+             (claim 11e)."
         ),
         x_label: "step t".into(),
         y_label: "step / step with f64 moments".into(),

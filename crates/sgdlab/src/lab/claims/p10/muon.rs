@@ -6,8 +6,12 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::Result;
 use crate::lab::claims::{Claim, VerifyOptions, sequences};
 use crate::lab::montecarlo::chain_rng;
-use crate::optim::muon::NS_COEFFICIENTS;
 use crate::optim::{Optimizer, StepInfo, Tensor};
+
+/// The quintic's coefficients as PyTorch writes them (`torch.optim._muon`: DEFAULT_A, _B,
+/// _C), not the library's constant: a wrong coefficient in the optimizer shows as a
+/// mismatch between its update's singular values and this quintic.
+const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
 /// p(x) = ax + bx³ + cx⁵ applied `k` times.
 pub(super) fn quintic(x: f64, k: usize) -> f64 {
