@@ -60,16 +60,26 @@ fn predicted_stall(beta: f64, c: f64) -> Option<f64> {
     })
 }
 
-/// 11a: where a round-to-nearest EMA stops, against the ulp condition.
+/// 11a: where the library's EMA with round-to-nearest bfloat16 state stops, against the ulp
+/// condition read off the bfloat16 grid.
 fn nearest_stalls() -> Result<Claim> {
     let (beta, c, steps) = (0.999f64, 1.0f64, 20_000usize);
     let expected = predicted_stall(beta, c)
         .ok_or_else(|| Error::Unsupported("no stall predicted on the bfloat16 grid".into()))?;
-    let mut v = 0u16;
+    // The library's EMA (problem 3's ema-momentum, no bias correction) with its state in
+    // bfloat16 rounded to nearest, fed the constant gradient c; the parameter stays (lr 0).
+    let mut opt = Optimizer::<f32>::from_spec(&format!(
+        "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding=nearest"
+    ))?;
+    let mut p = [crate::optim::Tensor::vector("v", vec![0.0f32])];
+    let g = [crate::optim::Tensor::vector("v", vec![c as f32])];
     for _ in 0..steps {
-        v = bf16_nearest(ema_f32(bf16_to_f32(v), c as f32, beta as f32));
+        opt.step(&mut p, &g, &StepInfo::default())?;
     }
-    let measured = f64::from(bf16_to_f32(v));
+    let measured = opt
+        .state_values("exp_avg", 0)
+        .map(|v| v[0])
+        .ok_or_else(|| Error::Unsupported("ema-momentum keeps no exp_avg".into()))?;
     let exact = c * (1.0 - powi(beta, steps as i32));
     Ok(Claim::identity(
         "11a",
