@@ -108,41 +108,90 @@ fn naive_stall(beta: f64, c: f64) -> Option<f64> {
     })
 }
 
-/// 11b and 11c: the stochastic-rounding EMA against the exact one on the same noisy inputs.
+/// 11b and 11c: the library's EMA with stochastically rounded bfloat16 state against the
+/// exact one on the same noisy inputs.
 fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (beta, steps) = (0.999f64, 2_000usize);
-    let mc = options.monte_carlo("p11.stochastic", 16_000)?;
+    // The chains are the elements of the library's EMA (ema-momentum, state in bfloat16):
+    // blocks of BLOCK elements, each element its own input sequence and its own rounding
+    // bits (the counter-based stream of its index).
+    const BLOCK: usize = 1_000;
+    let mc = options.monte_carlo("p11.stochastic", 16)?;
     let seed = mc.seed();
-    let (b32, b2) = (beta as f32, beta * beta);
+    let b2 = beta * beta;
+    // The kernel's f32 coefficients (`sgd::ema_coefficients`, each narrowed from f64).
+    let (decay, rate) = (beta as f32, (1.0 - beta) as f32);
     // Per chain: e_T (stochastic), e_T (nearest), e_T², S = Σβ^{2(T−t)}u²f(1−f), e_T² − S,
     // and Σβ^{2(T−t)}u²/12.
-    let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform] = mc.estimate(|rng, chain| {
-        let (mut exact, mut sr, mut rn) = (0.0f64, 0u16, 0u16);
-        let (mut s, mut s12) = (0.0f64, 0.0f64);
-        for t in 0..steps {
-            let g: f64 = StandardNormal.sample(rng);
-            let x = g * g;
-            exact = beta * exact + (1.0 - beta) * x;
-            let pre = ema_f32(bf16_to_f32(sr), x as f32, b32);
-            let key = stream_key(seed, t as u64, chain as u64, 0);
-            sr = bf16_stochastic(pre, counter_bits(key, 0));
-            rn = bf16_nearest(ema_f32(bf16_to_f32(rn), x as f32, b32));
-            // The rounding's conditional variance: neighbours lo < pre <= hi, fraction f.
-            let lo = (pre.to_bits() >> 16) as u16;
-            let (a, b) = (f64::from(bf16_to_f32(lo)), f64::from(bf16_to_f32(lo + 1)));
-            let u = b - a;
-            let f = (f64::from(pre) - a) / u;
-            s = b2 * s + u * u * f * (1.0 - f);
-            s12 = b2 * s12 + u * u / 12.0;
+    let blocks = mc.run(|rng, block| -> Result<Vec<[f64; 6]>> {
+        let ema = |rounding: &str| {
+            Optimizer::<f32>::from_spec(&format!(
+                "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding={rounding},sr_seed={}",
+                seed.wrapping_add(block as u64)
+            ))
+        };
+        let (mut sr, mut rn) = (ema("stochastic")?, ema("nearest")?);
+        let mut p_sr = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
+        let mut p_rn = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
+        let mut x = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
+        let mut exact = vec![0.0f64; BLOCK];
+        let (mut s, mut s12) = (vec![0.0f64; BLOCK], vec![0.0f64; BLOCK]);
+        let mut v = vec![0.0f64; BLOCK];
+        for _ in 0..steps {
+            for (xi, e) in x[0].data_mut().iter_mut().zip(exact.iter_mut()) {
+                let g: f64 = StandardNormal.sample(rng);
+                let input = g * g;
+                *xi = input as f32;
+                *e = beta * *e + (1.0 - beta) * input;
+            }
+            sr.step(&mut p_sr, &x, &StepInfo::default())?;
+            rn.step(&mut p_rn, &x, &StepInfo::default())?;
+            let stored = sr
+                .state_values("exp_avg", 0)
+                .ok_or_else(|| Error::Unsupported("ema-momentum keeps no exp_avg".into()))?;
+            for i in 0..BLOCK {
+                // The value the kernel rounded: its f32 EMA step of the previous bfloat16 v.
+                let pre = decay * v[i] as f32 + rate * x[0].data()[i];
+                if !is_bf16_neighbour(stored[i], f64::from(pre)) {
+                    return Err(Error::Unsupported(format!(
+                        "the EMA's bfloat16 state {} is not a neighbour of its f32 step {pre}",
+                        stored[i]
+                    )));
+                }
+                // The rounding's conditional variance: neighbours lo < pre <= hi, fraction f.
+                let lo = (pre.to_bits() >> 16) as u16;
+                let (a, b) = (f64::from(bf16_to_f32(lo)), f64::from(bf16_to_f32(lo + 1)));
+                let u = b - a;
+                let f = (f64::from(pre) - a) / u;
+                s[i] = b2 * s[i] + u * u * f * (1.0 - f);
+                s12[i] = b2 * s12[i] + u * u / 12.0;
+                v[i] = stored[i];
+            }
         }
-        let e = f64::from(bf16_to_f32(sr)) - exact;
-        let rn_err = f64::from(bf16_to_f32(rn)) - exact;
-        [e, rn_err, e * e, s, e * e - s, s12]
+        let nearest = rn
+            .state_values("exp_avg", 0)
+            .ok_or_else(|| Error::Unsupported("ema-momentum keeps no exp_avg".into()))?;
+        Ok((0..BLOCK)
+            .map(|i| {
+                let e = v[i] - exact[i];
+                [e, nearest[i] - exact[i], e * e, s[i], e * e - s[i], s12[i]]
+            })
+            .collect())
     });
+    let mut rows = Vec::with_capacity(mc.chains() * BLOCK);
+    for block in blocks {
+        rows.extend(block?);
+    }
+    let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform]: [Estimate; 6] =
+        std::array::from_fn(|k| {
+            let column: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+            Estimate::from_samples(&column)
+        });
+    let chains = rows.len();
     let params = [
         ("beta", beta),
         ("t", steps as f64),
-        ("chains", mc.chains() as f64),
+        ("chains", chains as f64),
     ];
     let bias = Claim::monte_carlo(
         "11b",
