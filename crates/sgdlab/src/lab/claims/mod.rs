@@ -253,7 +253,9 @@ pub fn title(problem: u8) -> &'static str {
         5 | 8 => "Learning rate against the scale of the loss",
         6 => "Per-example adaptive SGD",
         7 | 9 => "Multiplicative and loss-proportional updates",
-        10 => "Beyond the problem set: Schedule-Free, AdEMAMix, Muon and Adam's counterexample",
+        10 => {
+            "Beyond the problem set: Schedule-Free, AdEMAMix, Muon, Adam's counterexample and cautious masking"
+        }
         11 => "Beyond the problem set: an EMA in bfloat16, rounded to nearest or stochastically",
         _ => "(no such problem)",
     }
