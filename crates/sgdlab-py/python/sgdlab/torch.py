@@ -573,7 +573,7 @@ class Optimizer(torch.optim.Optimizer):
                     state[index]["master"] = torch.from_numpy(master).reshape(shape)
         skipped = self._core.skipped
         loaded, merged = self._torch_style_state(saved)
-        self._install_torch_state(loaded, merged, max((e["scalars"]["t"] for e in loaded.values()), default=0), skipped)
+        self._install_torch_state(loaded, merged, None, skipped)
     def _changed(self, active: list[tuple[int, int]]) -> None:
         """Tells autograd that the parameters changed in place (their version counters), as
         torch.optim's in-place updates do: a graph built before the change then refuses
@@ -742,7 +742,7 @@ class Optimizer(torch.optim.Optimizer):
                 "not: load it with implementation='torch' (or 'auto')"
             )
         loaded, merged = self._torch_style_state(state_dict)
-        self._install_torch_state(loaded, merged, max((e["scalars"]["t"] for e in loaded.values()), default=0), 0)
+        self._install_torch_state(loaded, merged, None, 0)
 
     def _load_torch_state(self, saved: dict[str, Any], state: Any, groups: list[dict[str, Any]]) -> None:
         """Loads the torch engine's state dict (checked before anything changes)."""
@@ -823,8 +823,12 @@ class Optimizer(torch.optim.Optimizer):
         return loaded, merged
 
     def _install_torch_state(
-        self, loaded: dict[Any, dict[str, Any]], merged: list[dict[str, Any]], steps: int, skipped: int
+        self, loaded: dict[Any, dict[str, Any]], merged: list[dict[str, Any]], steps: Optional[int], skipped: int
     ) -> None:
+        """Installs per-parameter state as the torch engine's; its step count is ``steps``, or
+        the largest per-parameter count when None (a state without the optimizer's own)."""
+        if steps is None:
+            steps = max((e["scalars"]["t"] for e in loaded.values()), default=0)
         for mine, group in zip(self.param_groups, merged):
             mine.update({k: v for k, v in group.items() if k != "params"})
         self.state.clear()
@@ -978,8 +982,6 @@ def _unsupported(**flags: Any) -> None:
 class _TorchNamed(Optimizer):
     """A class with a reference package's signature: its keyword names are translated to
     sgdlab's keys (``_translate``; ``betas`` to ``beta1``, ``beta2``, ``beta3``)."""
-
-    _translate: dict[str, str] = {}
 
 
 class Adam(_TorchNamed):
