@@ -31,6 +31,17 @@ pub enum Error {
         /// The value itself (NaN, inf or -inf).
         value: f64,
     },
+    /// A distributed step ([`Totals`](crate::Totals)) where this process's gradients are
+    /// finite and those of other processes are not: every process refuses (or, with
+    /// `skip_nonfinite=true`, skips) the step together.
+    #[error(
+        "non-finite gradient in {parts} other part(s) of the model (another process): every \
+         process refuses the step"
+    )]
+    NonFiniteElsewhere {
+        /// How many parts of the model (processes) hold a non-finite gradient.
+        parts: u64,
+    },
     /// Finite values whose result does not fit the number type (a squared norm past
     /// `f64::MAX`), where going on would give a silently wrong step.
     #[error("{what} overflows: {reason}")]

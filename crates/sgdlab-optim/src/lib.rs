@@ -112,7 +112,7 @@ pub use optimizer::Optimizer;
 pub use rule::{Keys, UpdateRule};
 pub use schedule::Schedule;
 pub use spec::{Debias, OptimizerSpec, StateDtype, StateRounding};
-pub use step::{StepContext, StepInfo, StepOutcome, StepReport, clip_grad_norm};
+pub use step::{StepContext, StepInfo, StepOutcome, StepReport, Totals, clip_grad_norm};
 pub use tensor::{GradRef, ParamMut, Tensor};
 pub use threads::{num_threads, set_num_threads};
 

@@ -316,6 +316,14 @@ impl<T: Real> Optimizer<T> {
         }
     }
 
+    /// The per-tensor scalars of tensor `tensor` (after the first step), in the order of its
+    /// rule's `Rule::tensor_scalars` names: NAdam's
+    /// `mu_product`, Madam's `max`, Schedule-Free's `lr_max`, `weight_sum`, `ckp1`; empty
+    /// for the other rules.
+    pub fn tensor_scalars(&self, tensor: usize) -> Option<&[f64]> {
+        self.tensors.get(tensor).map(|t| t.scalars.as_slice())
+    }
+
     /// The point to evaluate (and to ship) for tensor `tensor` when it is not the
     /// parameters: Schedule-Free's average xₜ (the parameters hold yₜ, where gradients
     /// are taken). `None` for every other rule, and before the first step.

@@ -57,6 +57,10 @@ pub struct StepInfo {
     /// (k ≥ 1), and the step uses their mean g/k (applied inside the fused pass, as a
     /// factor 1/k: no extra pass or copy). Clipping and `normsgd` see the mean.
     pub micro_batches: u32,
+    /// The whole model's sums, when this optimizer steps one part of it (a process of
+    /// sharded data-parallel training): the step takes them instead of its own pre-pass
+    /// ([`Totals`]). `None`: the tensors passed are the whole model.
+    pub totals: Option<Totals>,
 }
 
 impl Default for StepInfo {
@@ -65,6 +69,43 @@ impl Default for StepInfo {
             loss: None,
             lr_scale: 1.0,
             micro_batches: 1,
+            totals: None,
+        }
+    }
+}
+
+/// The whole model's part of a step that no process sees alone, when each process steps one
+/// part of the model (FSDP's shards, ZeRO's partitions): the squared gradient norm
+/// $\lVert g\rVert^2 = \sum_r \sum_{i \in r} g_i^2$, the size $d = \sum_r d_r$ and the
+/// number of parts with a non-finite gradient.
+///
+/// Each process computes its part with [`Optimizer::local_totals`], the caller sums the parts
+/// over the processes (an all-reduce, or `+` in an order it fixes), and every
+/// process steps with the sums in [`StepInfo::totals`]: all clip by the same global norm,
+/// `normsgd` divides by the same norm and size, and all skip (or refuse) the same steps.
+/// Rules that read a whole tensor (Muon's matrices, Madam's scale, cautious masking's
+/// count) still read only the part they are given.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    /// $\sum g^2$ over the part's gradients, in `f64` (0 when the optimizer needs no
+    /// norm: no clipping, no `normsgd`, no Muon).
+    pub norm_sq: f64,
+    /// The number of parts whose gradient holds a NaN or an infinity (0 or 1 for one part;
+    /// only counted when the optimizer checks gradients or needs the norm).
+    pub nonfinite: u64,
+    /// The number of parameters.
+    pub numel: u64,
+}
+
+impl std::ops::Add for Totals {
+    type Output = Totals;
+
+    /// The sums of two parts.
+    fn add(self, other: Totals) -> Totals {
+        Totals {
+            norm_sq: self.norm_sq + other.norm_sq,
+            nonfinite: self.nonfinite + other.nonfinite,
+            numel: self.numel + other.numel,
         }
     }
 }
@@ -134,6 +175,59 @@ pub struct StepContext {
 }
 
 impl<T: Real> Optimizer<T> {
+    /// Whether a step needs the global squared norm: clipping, `normsgd` (the global norm)
+    /// and the whole-tensor rules (Muon normalises each matrix); finite gradients whose
+    /// squares overflow would give them a zero step, so the step refuses them like a NaN.
+    fn needs_norm(&self) -> bool {
+        self.spec.clip_norm.is_some()
+            || self
+                .all_specs()
+                .any(|s| s.rule.needs_norm() || s.rule.whole_tensor())
+    }
+
+    /// The pre-pass over this step's gradients: $\sum g^2$ (when `norm`), or the error
+    /// naming the first non-finite element (or the norm's overflow).
+    fn prepass(&self, grads: &[GradRef<'_, T>], norm: bool) -> Result<f64> {
+        let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
+        match kernel::reduce(&slices, norm) {
+            Ok(sum) if sum.is_finite() => Ok(sum),
+            Ok(_) => Err(norm_overflow(grads.iter().map(|g| (&*g.name, g.data)))),
+            Err((t, index, value)) => Err(Error::NonFinite {
+                what: format!("gradient of {}", grads[t].name),
+                index,
+                value,
+            }),
+        }
+    }
+
+    /// This process's part of a distributed step's [`Totals`]: the squared norm of `grads`
+    /// (when the optimizer needs it), whether they hold a non-finite element (when it
+    /// checks, or needs the norm) and their size. Deterministic for any thread count, as the
+    /// step's own pre-pass.
+    pub fn local_totals(&self, grads: &[&[T]]) -> Totals {
+        let need_norm = self.needs_norm();
+        let numel = grads.iter().map(|g| g.len() as u64).sum();
+        if !(self.spec.check_finite || need_norm) {
+            return Totals {
+                norm_sq: 0.0,
+                nonfinite: 0,
+                numel,
+            };
+        }
+        crate::threads::install(|| match kernel::reduce(grads, need_norm) {
+            Ok(sum) => Totals {
+                norm_sq: sum,
+                nonfinite: 0,
+                numel,
+            },
+            Err(_) => Totals {
+                norm_sq: f64::NAN,
+                nonfinite: 1,
+                numel,
+            },
+        })
+    }
+
     /// One step: updates `params` in place from `grads` (same names and shapes).
     ///
     /// Errors, leaving parameters and state untouched, on a shape or name mismatch (also
@@ -222,25 +316,21 @@ impl<T: Real> Optimizer<T> {
                     value: loss,
                 });
         let mut norm_sq = 0.0;
-        // Rules that divide by a norm: clipping, `normsgd` (the global norm) and the
-        // whole-tensor rules (Muon normalises each matrix). Finite gradients whose squares
-        // overflow would give them a zero step; the step refuses them like a NaN instead.
-        let need_norm = self.spec.clip_norm.is_some()
-            || self
-                .all_specs()
-                .any(|s| s.rule.needs_norm() || s.rule.whole_tensor());
+        let need_norm = self.needs_norm();
         if nonfinite.is_none() && (check || need_norm) {
-            let slices: Vec<&[T]> = grads.iter().map(|g| g.data).collect();
-            match kernel::reduce(&slices, need_norm) {
-                Ok(sum) if sum.is_finite() => norm_sq = sum,
-                Ok(_) => nonfinite = Some(norm_overflow(grads.iter().map(|g| (&*g.name, g.data)))),
-                Err((t, index, value)) => {
-                    nonfinite = Some(Error::NonFinite {
-                        what: format!("gradient of {}", grads[t].name),
-                        index,
-                        value,
-                    });
-                }
+            let totals = info
+                .totals
+                .filter(|t| t.nonfinite == 0 && t.norm_sq.is_finite());
+            match totals {
+                Some(t) => norm_sq = t.norm_sq,
+                None => match self.prepass(grads, need_norm) {
+                    Ok(sum) => match info.totals {
+                        // This part is finite and another is not.
+                        Some(t) => nonfinite = Some(elsewhere(t)),
+                        None => norm_sq = sum,
+                    },
+                    Err(e) => nonfinite = Some(e),
+                },
             }
         }
         if self.step >= MAX_STEPS || self.skipped >= MAX_STEPS {
@@ -293,7 +383,10 @@ impl<T: Real> Optimizer<T> {
             self.allocate(params, groups);
         }
         self.step += 1;
-        let numel: usize = params.iter().map(|p| p.data.len()).sum();
+        let numel: usize = match info.totals {
+            Some(t) => usize::try_from(t.numel).unwrap_or(usize::MAX),
+            None => params.iter().map(|p| p.data.len()).sum(),
+        };
         let prefetch = self.prefetches(params);
         // One context per group: its rule's learning rate and decay powers; the gradient
         // scale, norm and size are global.
@@ -540,5 +633,21 @@ impl<T: Real> Optimizer<T> {
     /// [`kernel::PREFETCH_MIN_BYTES`] on, where the arrays stream from memory.
     pub(crate) fn prefetches(&self, params: &[ParamMut<'_, T>]) -> bool {
         self.working_set_bytes(params) >= kernel::PREFETCH_MIN_BYTES
+    }
+}
+
+/// The error of a distributed step whose own part is finite while the sums are not.
+fn elsewhere(t: Totals) -> Error {
+    if t.nonfinite > 0 {
+        Error::NonFiniteElsewhere { parts: t.nonfinite }
+    } else {
+        Error::Overflow {
+            what: "the squared 2-norm of the gradients over every process".to_string(),
+            reason: format!(
+                "the parts' sum is {}: clipping, normsgd and Muon would divide by an infinite \
+                 norm and step by zero: scale the loss down",
+                t.norm_sq
+            ),
+        }
     }
 }

@@ -481,3 +481,107 @@ fn the_report_gives_the_scaled_scheduled_learning_rate() {
     let report = opt.step(&mut p, &one(vec![2.0]), &info).unwrap();
     assert_eq!(report.lr, 0.1 * (0.25 * 0.5));
 }
+
+/// A model split into two parts, each stepped by its own optimizer with the summed
+/// `Totals`, steps as the whole: the same global clipping factor, `normsgd`'s norm and size,
+/// bit for bit (each part's sum is one chunk, so the sums add in the whole's order).
+#[test]
+fn parts_stepped_with_summed_totals_step_as_the_whole() {
+    let a = Tensor::new("a", vec![3], vec![3.0, -4.0, 1.0]).unwrap();
+    let b = Tensor::new("b", vec![2], vec![0.5, 2.0]).unwrap();
+    let ga = Tensor::new("a", vec![3], vec![1.5, -2.0, 0.25]).unwrap();
+    let gb = Tensor::new("b", vec![2], vec![-3.0, 0.75]).unwrap();
+    for spec in [
+        "adamw:lr=0.1,clip_norm=0.5",
+        "normsgd:lr=0.1",
+        "sgd:lr=0.1,momentum=0.9,clip_norm=1",
+        "adam:lr=0.1",
+    ] {
+        let mut whole = Optimizer::<f64>::from_spec(spec).unwrap();
+        let (mut p1, mut p2) = (whole.clone(), whole.clone());
+        let mut params = vec![a.clone(), b.clone()];
+        let (mut pa, mut pb) = (vec![a.clone()], vec![b.clone()]);
+        for _ in 0..3 {
+            let r = whole
+                .step(&mut params, &[ga.clone(), gb.clone()], &StepInfo::default())
+                .unwrap();
+            let t = p1.local_totals(&[ga.data()]) + p2.local_totals(&[gb.data()]);
+            assert_eq!(t.numel, 5);
+            let info = StepInfo {
+                totals: Some(t),
+                ..StepInfo::default()
+            };
+            let r1 = p1.step(&mut pa, std::slice::from_ref(&ga), &info).unwrap();
+            let r2 = p2.step(&mut pb, std::slice::from_ref(&gb), &info).unwrap();
+            assert_eq!(
+                (r1.grad_norm, r2.grad_norm),
+                (r.grad_norm, r.grad_norm),
+                "{spec}"
+            );
+        }
+        assert_eq!((&pa[0], &pb[0]), (&params[0], &params[1]), "{spec}");
+    }
+}
+
+/// A non-finite gradient in one part: that part names its element, the other refuses with
+/// `NonFiniteElsewhere`, or both skip with `skip_nonfinite=true`; nothing changes.
+#[test]
+fn a_non_finite_part_stops_every_part() {
+    let ga = Tensor::new("a", vec![2], vec![1.0, f64::NAN]).unwrap();
+    let gb = Tensor::new("b", vec![1], vec![2.0]).unwrap();
+    for spec in ["adam:lr=0.1", "adam:lr=0.1,clip_norm=1"] {
+        let o = Optimizer::<f64>::from_spec(spec).unwrap();
+        let t = o.local_totals(&[ga.data()]) + o.local_totals(&[gb.data()]);
+        assert_eq!(t.nonfinite, 1, "{spec}");
+        let info = StepInfo {
+            totals: Some(t),
+            ..StepInfo::default()
+        };
+        let (mut p1, mut p2) = (o.clone(), o.clone());
+        let mut pa = vec![Tensor::new("a", vec![2], vec![1.0, 1.0]).unwrap()];
+        let mut pb = vec![Tensor::new("b", vec![1], vec![1.0]).unwrap()];
+        let e1 = p1
+            .step(&mut pa, std::slice::from_ref(&ga), &info)
+            .unwrap_err();
+        assert!(matches!(e1, Error::NonFinite { index: 1, .. }), "{e1}");
+        let e2 = p2
+            .step(&mut pb, std::slice::from_ref(&gb), &info)
+            .unwrap_err();
+        assert_eq!(e2, Error::NonFiniteElsewhere { parts: 1 });
+        assert!(e2.to_string().contains("another process"), "{e2}");
+        assert_eq!(
+            (pa[0].data(), pb[0].data(), p2.steps()),
+            (&[1.0, 1.0][..], &[1.0][..], 0)
+        );
+        let skip = format!("{spec},skip_nonfinite=true");
+        let mut p3 = Optimizer::<f64>::from_spec(&skip).unwrap();
+        let r = p3.step(&mut pb, std::slice::from_ref(&gb), &info).unwrap();
+        assert_eq!(
+            (r.outcome, p3.skipped(), pb[0].data()),
+            (StepOutcome::Skipped, 1, &[1.0][..])
+        );
+    }
+    // Without a check or a norm the parts report nothing non-finite and no norm.
+    let o = Optimizer::<f64>::from_spec("sgd:check_finite=false").unwrap();
+    assert_eq!(
+        o.local_totals(&[ga.data()]),
+        Totals {
+            norm_sq: 0.0,
+            nonfinite: 0,
+            numel: 2
+        }
+    );
+    // With the norm, a finite part's sum is its Σg².
+    let o = Optimizer::<f64>::from_spec("sgd:clip_norm=1").unwrap();
+    assert_eq!(o.local_totals(&[gb.data()]).norm_sq, 4.0);
+    assert_eq!(
+        (Totals::default()
+            + Totals {
+                norm_sq: 1.0,
+                nonfinite: 2,
+                numel: 3
+            })
+        .nonfinite,
+        2
+    );
+}

@@ -24,7 +24,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use sgdlab::Real;
-use sgdlab::optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo};
+use sgdlab::optim::{GroupSpec, Optimizer, OptimizerSpec, StepInfo, Totals};
 
 use crate::inner::{Dtype, Inner, with_opt};
 
@@ -58,7 +58,11 @@ impl PyOptimizer {
 
     /// One step: updates every array of `params` in place from `grads` (lists of numpy arrays
     /// in the same order, or dicts by name). Returns `{"applied", "lr", "grad_norm"}`.
-    #[pyo3(signature = (params, grads, loss = None, *, names = None, lr_scale = 1.0, micro_batches = 1))]
+    ///
+    /// `totals`, when this optimizer steps one part of a model (a process of sharded
+    /// data-parallel training), is `(norm_sq, nonfinite, numel)` summed over every process's
+    /// `local_totals(grads)`: the step clips, normalises and skips by the whole model's sums.
+    #[pyo3(signature = (params, grads, loss = None, *, names = None, lr_scale = 1.0, micro_batches = 1, totals = None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn step<'py>(
         &mut self,
@@ -69,6 +73,7 @@ impl PyOptimizer {
         names: Option<Vec<String>>,
         lr_scale: f64,
         micro_batches: u32,
+        totals: Option<(f64, u64, u64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
         guarded("step", || {
             let (names, ps, gs) = collect_arrays(params, grads, names)?;
@@ -108,6 +113,7 @@ impl PyOptimizer {
                 loss,
                 lr_scale,
                 micro_batches,
+                totals: totals.map(totals_of),
             };
             let report = match &mut self.inner {
                 Inner::F32(o) => step_on_views(py, borrow_all(names, &ps, &gs)?, |p, g| {
@@ -127,7 +133,8 @@ impl PyOptimizer {
     /// runs in float32 on the values widened exactly, and the parameters are rounded back:
     /// from a float32 master copy to nearest with `master_weights=true`, else with the spec's
     /// `rounding` (stochastic by default). Returns `{"applied", "lr", "grad_norm"}`.
-    #[pyo3(signature = (params, grads, loss = None, *, names = None, lr_scale = 1.0, micro_batches = 1))]
+    /// `totals` as for `step`.
+    #[pyo3(signature = (params, grads, loss = None, *, names = None, lr_scale = 1.0, micro_batches = 1, totals = None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn step_bf16<'py>(
         &mut self,
@@ -138,6 +145,7 @@ impl PyOptimizer {
         names: Option<Vec<String>>,
         lr_scale: f64,
         micro_batches: u32,
+        totals: Option<(f64, u64, u64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
         guarded("step_bf16", || {
             let (names, ps, gs) = collect_arrays(params, grads, names)?;
@@ -173,6 +181,7 @@ impl PyOptimizer {
                 loss,
                 lr_scale,
                 micro_batches,
+                totals: totals.map(totals_of),
             };
             let Inner::F32(o) = &mut self.inner else {
                 unreachable!("rebuilt as float32 above");
@@ -187,6 +196,69 @@ impl PyOptimizer {
                 })?
             };
             report_dict(py, &report)
+        })
+    }
+
+    /// This process's part of a distributed step's totals, `(norm_sq, nonfinite, numel)`:
+    /// Σg² of `grads` in float64 (when the optimizer clips, or its rule needs the norm; else
+    /// 0), 1 if they hold a NaN or an infinity (when it checks or needs the norm; else 0),
+    /// and their size. Sum the tuples over the processes and pass the sums to `step` as
+    /// `totals`. `grads`: float32, float64 or uint16 (bfloat16 bits) arrays.
+    fn local_totals(
+        &mut self,
+        py: Python<'_>,
+        grads: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<(f64, u64, u64)> {
+        guarded("local_totals", || {
+            let mut dtype = None;
+            for (i, g) in grads.iter().enumerate() {
+                let dt = if is_array_of::<u16>(g) {
+                    Dtype::F32
+                } else {
+                    checked_array(g, &format!("gradient {i}"))?.1
+                };
+                if dtype.is_some_and(|d| d != dt) {
+                    return Err(PyTypeError::new_err(
+                        "the gradients mix float32 and float64: one step takes one dtype",
+                    ));
+                }
+                dtype = Some(dt);
+            }
+            let dtype = dtype.unwrap_or(self.inner.dtype());
+            if dtype != self.inner.dtype() && self.inner.is_fresh() {
+                self.inner = self.inner.rebuilt(dtype).map_err(lib_err)?;
+            }
+            let t = match &self.inner {
+                Inner::F32(o) => {
+                    let mut wide: Vec<Vec<f32>> = Vec::new();
+                    let mut held = Vec::new();
+                    for g in &grads {
+                        if is_array_of::<u16>(g) {
+                            let a = g.cast::<PyArrayDyn<u16>>()?.try_readonly()?;
+                            wide.push(a.as_slice()?.iter().map(|&b| f32::from_bf16(b)).collect());
+                        } else {
+                            held.push(typed::<f32>(g, "float32")?);
+                        }
+                    }
+                    let mut slices: Vec<&[f32]> = wide.iter().map(Vec::as_slice).collect();
+                    for h in &held {
+                        slices.push(h.as_slice()?);
+                    }
+                    py.detach(|| o.local_totals(&slices))
+                }
+                Inner::F64(o) => {
+                    let held = grads
+                        .iter()
+                        .map(|g| typed::<f64>(g, "float64"))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    let slices = held
+                        .iter()
+                        .map(|h| h.as_slice())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    py.detach(|| o.local_totals(&slices))
+                }
+            };
+            Ok((t.norm_sq, t.nonfinite, t.numel))
         })
     }
 
@@ -336,6 +408,13 @@ impl PyOptimizer {
                 }
             })
         })
+    }
+
+    /// The per-tensor scalars of tensor `tensor` (NAdam's `mu_product`, Madam's `max`,
+    /// Schedule-Free's `lr_max`, `weight_sum`, `ckp1`; empty for the other rules), or `None`
+    /// before the first step.
+    fn tensor_scalars(&self, tensor: usize) -> Option<Vec<f64>> {
+        with_opt!(&self.inner, o => o.tensor_scalars(tensor).map(<[f64]>::to_vec))
     }
 
     /// A copy of the evaluation point of tensor `tensor`: Schedule-Free's averaged iterate x
@@ -505,6 +584,28 @@ impl PyOptimizer {
     fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Self {
         self.__copy__()
     }
+}
+
+/// The library's totals from the Python tuple `(norm_sq, nonfinite, numel)`.
+fn totals_of((norm_sq, nonfinite, numel): (f64, u64, u64)) -> Totals {
+    Totals {
+        norm_sq,
+        nonfinite,
+        numel,
+    }
+}
+
+/// A read-only borrow of `array` as a C-contiguous array of `T`.
+fn typed<'py, T: numpy::Element>(
+    array: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+    if !is_array_of::<T>(array) {
+        return Err(PyTypeError::new_err(format!(
+            "the gradients of this optimizer's step are C-contiguous {name} arrays"
+        )));
+    }
+    Ok(array.cast::<PyArrayDyn<T>>()?.try_readonly()?)
 }
 
 impl PyOptimizer {

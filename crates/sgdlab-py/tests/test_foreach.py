@@ -75,10 +75,16 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     # The same state, under the same names, as the Rust engine's state dict shows it.
     s_t = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in opt_t.state_dict()["state"][0].items()}
     s_r = opt_r.state_dict()["state"][0]
-    slots = {k for k, v in s_r.items() if isinstance(v, torch.Tensor) and k != "step"}
     rule = case["optimizer"].split(":")[0]
-    extra = set(_foreach.RULES[rule].scalars) | {"step", "master"}
+    scalars = set(_foreach.RULES[rule].scalars)
+    extra = scalars | {"step", "master"}
+    slots = {k for k, v in s_r.items() if isinstance(v, torch.Tensor) and k not in extra}
     assert slots == {k for k, v in s_t.items() if isinstance(v, torch.Tensor) and k not in extra}
+    # The per-tensor scalars (NAdam's mu_product, Madam's max, Schedule-Free's averaging
+    # weights) under the same names and values in both engines' state dicts.
+    assert {k for k in s_r if k in scalars} == {k for k in s_t if k in scalars} == scalars
+    for k in scalars:
+        assert float(s_t[k]) == pytest.approx(float(s_r[k]), rel=1e-12), k
     # The state to the same bar, relative to its largest element; on a GPU, float32 state
     # (an EMA of gradients that cancel, say) also carries the device's own roundings (fused
     # multiply-adds, torch's lerp): 1e-4 there.

@@ -166,10 +166,11 @@ def test_state_dict_exposes_torch_style_state():
     ref = torch.optim.Adam(m.parameters(), lr=1e-2)
     train(m, ref, torch.optim.lr_scheduler.ConstantLR(ref, factor=1.0), 3)
     assert torch.allclose(ref.state_dict()["state"][0]["exp_avg"], sd["state"][0]["exp_avg"], rtol=1e-12)
-    # torch.optim's own state migrates, onto the torch engine (which counts steps per
-    # parameter, as torch.optim does).
+    # torch.optim's own state migrates: every parameter at one step count, onto the Rust
+    # engine, exactly.
     opt.load_state_dict(copy.deepcopy(ref.state_dict()))
-    assert opt.implementation == "torch" and opt.steps == 3
+    assert opt.implementation == "rust" and opt.steps == 3
+    assert torch.equal(opt.state[model[0].weight]["exp_avg"], ref.state_dict()["state"][0]["exp_avg"])
 
 
 def test_generic_optimizer_runs_any_rule_and_matches_the_numpy_core():
@@ -620,11 +621,31 @@ def test_torch_optim_state_dicts_migrate_both_ways():
     model.load_state_dict(ref.state_dict())
     opt = st.AdamW(groups(model, 0.01), lr=0.5, amsgrad=True)  # the state dict's lr wins
     opt.load_state_dict(tref.state_dict())
-    assert opt.implementation == "torch" and opt.param_groups[0]["lr"] == 0.01
+    assert opt.implementation == "rust" and opt.param_groups[0]["lr"] == 0.01
     run_steps(model, opt, steps=3)
     run_steps(ref, tref, steps=3)
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    # Parameters at different step counts (a layer frozen for a step): onto the torch
+    # engine, which counts steps per parameter as torch.optim does.
+    model, ref = mlp(), mlp()
+    model.load_state_dict(ref.state_dict())
+    tref = torch.optim.AdamW(ref.parameters(), lr=0.01)
+    run_steps(ref, tref, steps=2)
+    tref.zero_grad()
+    ((ref(X) - Y) ** 2).mean().backward()
+    ref[0].weight.grad = None
+    tref.step()
+    model.load_state_dict(ref.state_dict())
+    opt = st.AdamW(model.parameters(), lr=0.5)
+    opt.load_state_dict(tref.state_dict())
+    assert opt.implementation == "torch"
+    run_steps(model, opt, steps=3)
+    run_steps(ref, tref, steps=3)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="different step counts.*implementation='torch'"):
+        st.AdamW(mlp().parameters(), implementation="rust").load_state_dict(tref.state_dict())
     # And back: sgdlab's state dict of either engine loads into torch.optim.
     for impl in ("rust", "torch"):
         model, ref = mlp(), mlp()
@@ -647,8 +668,6 @@ def test_torch_optim_state_dicts_migrate_both_ways():
         sgd.param_groups[0].pop(k)
     with pytest.raises(ValueError, match=r"holds \['momentum_buffer'\], and sgdlab's `adamw` keeps \['exp_avg', 'exp_avg_sq'\]"):
         st.AdamW(mlp().parameters()).load_state_dict(sgd.state_dict())
-    with pytest.raises(ValueError, match="implementation='torch'"):
-        st.AdamW(mlp().parameters(), implementation="rust").load_state_dict(tref.state_dict())
 
 
 def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():

@@ -64,6 +64,7 @@ class Optimizer:
         names: Optional[Sequence[str]] = None,
         lr_scale: float = 1.0,
         micro_batches: int = 1,
+        totals: Optional[tuple[float, int, int]] = None,
     ) -> dict[str, Any]:
         """One step: updates every array of ``params`` in place from ``grads``.
 
@@ -74,7 +75,16 @@ class Optimizer:
         Names must be distinct, and no parameter may share memory with another array of the
         step (checked by address range). The GIL is released during the step: other threads
         may read the arrays, but must not write, resize or free them until it returns.
+
+        ``totals``, when the arrays are one process's part of a model (sharded data-parallel
+        training), is ``(norm_sq, nonfinite, numel)`` summed over every process's
+        :meth:`local_totals`: the step clips, normalises and skips by the whole model's sums.
         """
+    def local_totals(self, grads: Sequence[np.ndarray]) -> tuple[float, int, int]:
+        """This process's part of a distributed step's ``totals``: (Σg² in float64 when the
+        optimizer clips or its rule needs the norm, else 0; 1 if a gradient holds a NaN or an
+        infinity when it checks or needs the norm, else 0; the number of elements).
+        ``grads``: float32, float64 or uint16 (bfloat16 bits) arrays."""
     def step_bf16(
         self,
         params: _Arrays,
@@ -84,6 +94,7 @@ class Optimizer:
         names: Optional[Sequence[str]] = None,
         lr_scale: float = 1.0,
         micro_batches: int = 1,
+        totals: Optional[tuple[float, int, int]] = None,
     ) -> dict[str, Any]:
         """One step on bfloat16 parameters: ``params`` are uint16 arrays of bfloat16 bits
         (updated in place), ``grads`` uint16 (bfloat16 bits) or float32 arrays. The step runs
@@ -133,6 +144,10 @@ class Optimizer:
         """The state buffer names of tensor ``tensor``'s rule."""
     def state(self, slot: str, tensor: int) -> Optional[_Array]:
         """A copy of a state buffer, shaped like the tensor."""
+    def tensor_scalars(self, tensor: int) -> Optional[list[float]]:
+        """The per-tensor scalars of a tensor (NAdam's ``mu_product``, Madam's ``max``,
+        Schedule-Free's ``lr_max``, ``weight_sum``, ``ckp1``; empty for the other rules), or
+        None before the first step."""
     def eval_point(self, tensor: int) -> Optional[_Array]:
         """A copy of the evaluation point (Schedule-Free's x) of a tensor."""
     @property

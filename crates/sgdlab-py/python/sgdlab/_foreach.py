@@ -743,9 +743,11 @@ class Engine:
 
     # -- the step -------------------------------------------------------------------------
 
-    def step(self, works: list[Work], loss: Optional[float]) -> bool:
+    def step(self, works: list[Work], loss: Optional[float], parts: Optional[Any] = None) -> bool:
         """One step over every group's tensors; False when skipped (``skip_nonfinite``).
-        Raises :class:`SgdlabError`, changing nothing, where the Rust step would."""
+        Raises :class:`SgdlabError`, changing nothing, where the Rust step would. ``parts``
+        (a ``_dist.Parts``): the tensors are one process's part of the model, and the norm,
+        size and finiteness are summed over the processes."""
         if self.in_eval_mode:
             raise SgdlabError(
                 "a step in eval mode (the parameters hold the evaluation point): call train() first"
@@ -774,8 +776,12 @@ class Engine:
             nonfinite = f"non-finite value {loss} in loss at index 0"
         compute = [_compute_grad(g, bf16) for g in grads]
         norm_sq: Optional[Tensor] = None
+        numel = sum(p.numel() for p in tensors)
         if not meta and nonfinite is None and (check or need_norm):
-            nonfinite, norm_sq = _prepass(compute, names, need_norm)
+            if parts is None:
+                nonfinite, norm_sq = _prepass(compute, names, need_norm)
+            else:
+                nonfinite, norm_sq, numel = _prepass_parts(compute, names, need_norm, parts)
         elif meta and need_norm:
             norm_sq = torch.zeros((), dtype=torch.float64, device="meta")
         if nonfinite is not None:
@@ -789,7 +795,6 @@ class Engine:
             clip = torch.clamp(self.clip_norm / (norm_sq.sqrt() + 1e-6), max=1.0)
             norm_sq = norm_sq * clip * clip
         self.steps += 1
-        numel = sum(p.numel() for p in tensors)
         step_tensors: dict[tuple[torch.device, int], Tensor] = {}
         offset = 0
         for w in works:
@@ -988,6 +993,44 @@ def _prepass(grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool)
         "float type): scale the loss down",
         None,
     )
+
+
+def _prepass_parts(
+    grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool, parts: Any
+) -> tuple[Optional[str], Optional[Tensor], int]:
+    """:func:`_prepass` when the tensors are one process's part of the model: the sharded
+    tensors' squared norm, size and finiteness are summed over the processes (one all-reduce),
+    the others (held whole by every process) taken once. Returns (the error message, ‖g‖²,
+    the model's size)."""
+    device = grads[0].device
+    if need_norm:
+        try:
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
+        except TypeError:
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
+        values = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms]).square()
+    else:
+        values = torch.stack([n.to(device=device, dtype=torch.float64) for n in torch._foreach_norm(grads, math.inf)])
+    sharded = torch.tensor(parts.sharded, device=device)
+    own, whole = values[sharded].sum(), values[~sharded].sum()
+    bad = ~torch.isfinite(own + whole)
+    numel_sharded = sum(g.numel() for g, s in zip(grads, parts.sharded) if s)
+    numel_whole = sum(g.numel() for g, s in zip(grads, parts.sharded) if not s)
+    sums = parts.sum(torch.stack([torch.where(bad, 0.0, own), bad.double(), own.new_tensor(float(numel_sharded))]))
+    total, n_bad, numel = sums.tolist()
+    numel = int(numel) + numel_whole
+    if bool(bad):
+        message, _ = _prepass(grads, names, need_norm)
+        return message, None, numel
+    if n_bad > 0:
+        return (
+            f"non-finite gradient in {int(n_bad)} other part(s) of the model (another process): "
+            "every process refuses the step",
+            None,
+            numel,
+        )
+    norm_sq = torch.tensor(total, dtype=torch.float64, device=device) + whole if need_norm else None
+    return None, norm_sq, numel
 
 
 def _name(position: tuple[int, int]) -> str:

@@ -38,13 +38,17 @@ What differs from ``torch.optim``:
 from __future__ import annotations
 
 import difflib
+import json
 import re
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+import weakref
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import _core, _foreach
+from . import _core, _dist, _foreach
 from ._core import SgdlabError
 
 __all__ = [
@@ -160,6 +164,11 @@ class Optimizer(torch.optim.Optimizer):
             rules in torch operations: any device, ``torch.compile``), or ``"auto"`` (the
             Rust kernels when every parameter with a gradient is on the CPU at the first
             step, torch operations otherwise).
+        shard_group: the ``torch.distributed`` process group over which the parameters are
+            partitioned, when this optimizer steps one process's part of the model
+            (``ZeroRedundancyOptimizer``: its process group). Clipping's global norm,
+            ``normsgd`` and the finiteness check then sum over the group. DTensor parameters
+            (FSDP2, tensor parallelism) need none: their device mesh says it.
     """
 
     def __init__(
@@ -171,6 +180,7 @@ class Optimizer(torch.optim.Optimizer):
         skip_nonfinite: bool = False,
         clip_norm: Optional[float] = None,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         rule, keys = _core.parse_spec(spec)
         defaults = {k: _value(v) for k, v in keys if k not in _GLOBAL_KEYS}
@@ -185,6 +195,7 @@ class Optimizer(torch.optim.Optimizer):
             clip_norm,
             spec_globals=spec_globals,
             implementation=implementation,
+            shard_group=shard_group,
         )
 
     # -- set-up shared by every class ------------------------------------------------------
@@ -203,6 +214,7 @@ class Optimizer(torch.optim.Optimizer):
         spec_globals: Optional[dict[str, str]] = None,
         master_weights: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         if implementation not in _IMPLEMENTATIONS:
             raise ValueError(
@@ -235,7 +247,12 @@ class Optimizer(torch.optim.Optimizer):
         self._names: list[str] = []
         self._views: dict[int, tuple[int, np.ndarray]] = {}
         self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._shard_group = shard_group
+        # Whether a parameter is a DTensor, or the optimizer steps a partition: the step then
+        # sums its norm and finiteness over the processes (set at each step).
+        self._distributed = shard_group is not None
         super().__init__(params, defaults)
+        self.state = _State(self.state)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a parameter group, as ``torch.optim`` does; its keys override the defaults.
@@ -370,15 +387,21 @@ class Optimizer(torch.optim.Optimizer):
         gradients. A parameter's view is kept between steps while its storage stays the
         same (checked by address), which saves most of the per-tensor cost. A parameter
         that is not contiguous (``channels_last``, a transpose) steps on a contiguous copy
-        that the step writes back (``self._copies``)."""
+        that the step writes back (``self._copies``). A DTensor steps its local shard."""
         params, grads, active = [], [], []
         views = self._views
         self._copies = []
+        distributed = self._shard_group is not None
         for gi, group in enumerate(self.param_groups):
             for pj, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
+                if _dist.is_dtensor(p) or _dist.is_dtensor(g):
+                    distributed = True
+                    self._refuse_shard(group, p, gi, pj)
+                    g = _dist.local_grad(p, g)
+                    p = _dist.local(p)
                 if p.device.type != "cpu" or g.device.type != "cpu":
                     raise TypeError(
                         _why_not(p, g, f"parameter {gi}.{pj} (group.index)")
@@ -410,7 +433,32 @@ class Optimizer(torch.optim.Optimizer):
                     ga = ga ^ np.uint16(0x8000) if ga.dtype == np.uint16 else np.negative(ga)
                 grads.append(ga)
                 active.append((gi, pj))
+        self._distributed = distributed
         return params, grads, active
+
+    def _refuse_shard(self, group: dict[str, Any], p: Any, gi: int, pj: int) -> None:
+        """Refuses a DTensor shard for a rule that reads whole tensors."""
+        if _dist.is_sharded(p):
+            own = group.get("cautious")
+            cautious = self._global.get("cautious") == "true" if own is None else bool(own)
+            _dist.refuse_whole_tensor(self._group_rule(group), cautious, p, f"{gi}.{pj} (group.index)")
+
+    def _parts(self, active: list[tuple[int, int]]) -> Optional[_dist.Parts]:
+        """How this step's tensors are parts of a model held by several processes (None:
+        each process steps the whole model)."""
+        if not self._distributed:
+            return None
+        return _dist.parts_of([self.param_groups[gi]["params"][pj] for gi, pj in active], self._shard_group)
+
+    def _totals(self, grads: list[np.ndarray], parts: _dist.Parts) -> tuple[float, int, int]:
+        """The whole model's (norm², non-finite parts, size) for the Rust step: this
+        process's shards summed over the processes, plus the tensors every process holds."""
+        assert self._core is not None
+        own = self._core.local_totals([g for g, s in zip(grads, parts.sharded) if s])
+        whole = self._core.local_totals([g for g, s in zip(grads, parts.sharded) if not s])
+        norm_sq = own[0] if own[1] == 0 else 0.0
+        summed = parts.sum(torch.tensor([norm_sq, float(own[1]), float(own[2])], dtype=torch.float64)).tolist()
+        return summed[0] + whole[0], int(summed[1]) + whole[1], int(summed[2]) + whole[2]
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -419,6 +467,8 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.state.written:
+            self._adopt_written()
         if self._engine_kind is None:
             self._engine_kind = self._choose_engine()
         if self._engine_kind == "rust" and not self._step_rust(loss):
@@ -426,6 +476,22 @@ class Optimizer(torch.optim.Optimizer):
         if self._engine_kind == "torch":
             self._step_torch(loss)
         return loss
+
+    def _adopt_written(self) -> None:
+        """Takes the state entries assigned from outside (``optimizer.state[p] = {...}`` in
+        ``torch.optim``'s layout: ``ZeroRedundancyOptimizer.load_state_dict``, Lightning's
+        device moves) as a loaded state: the rest of the state is kept, exactly."""
+        written = self.state.written
+        current = self._state_dict()
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in written:
+                    current["state"][index] = dict(self.state[p])
+                index += 1
+        written.clear()
+        current.pop("sgdlab")
+        self._load_torch_optim(current)
 
     def _choose_engine(self) -> str:
         """``implementation="auto"``: the Rust kernels when every parameter with a gradient
@@ -448,13 +514,21 @@ class Optimizer(torch.optim.Optimizer):
         works, active, index = [], [], 0
         cautious = self._global.get("cautious") == "true"
         state = self.state
+        distributed = self._shard_group is not None
         for gi, group in enumerate(self.param_groups):
             ps, gs, names, states, idx = [], [], [], [], []
-            for pj, p in enumerate(group["params"]):
+            for pj, param in enumerate(group["params"]):
+                # A DTensor's state is kept for its local shard, under the DTensor.
+                p = _dist.local(param)
                 if with_grads:
-                    g = p.grad
+                    g = param.grad
                     if g is None:
                         continue
+                    if _dist.is_dtensor(param) or _dist.is_dtensor(g):
+                        distributed = True
+                        self._refuse_shard(group, param, gi, pj)
+                        g = _dist.local_grad(param, g)
+                    st = state[param]
                     if p.dtype not in _DTYPES:
                         _check_tensor(p, f"parameter {gi}.{pj} (group.index)", "torch")
                     if g.is_sparse:
@@ -462,11 +536,14 @@ class Optimizer(torch.optim.Optimizer):
                     if self._maximize:
                         g = torch.neg(g)
                     gs.append(g)
-                elif not self.state.get(p):
-                    continue
+                else:
+                    st = state.get(param)
+                    if not st:
+                        continue
+                    distributed = distributed or _dist.is_dtensor(param)
                 ps.append(p)
                 names.append((gi, pj))
-                states.append(state[p])
+                states.append(st)
                 idx.append(index)
                 active.append((gi, pj))
                 index += 1
@@ -476,6 +553,7 @@ class Optimizer(torch.optim.Optimizer):
                 works.append(
                     _foreach.Work(rule, hp, cautious if own is None else bool(own), ps, gs, names, states, idx)
                 )
+        self._distributed = distributed
         return works, active
 
     def _step_torch(self, loss: Any) -> None:
@@ -488,7 +566,7 @@ class Optimizer(torch.optim.Optimizer):
         loss_value = None
         if loss is not None and (self._engine.flag("check_finite") or any(w.rule == "lossprop" for w in works)):
             loss_value = float(loss)
-        self._engine.step(works, loss_value)
+        self._engine.step(works, loss_value, self._parts(active))
         self._active = active
 
     @torch.compiler.disable
@@ -532,19 +610,23 @@ class Optimizer(torch.optim.Optimizer):
         if loss is not None:
             loss_value = float(loss)
         bf16 = [p.dtype == np.uint16 for p in params]
+        if any(bf16) and not all(bf16):
+            raise TypeError(
+                "the parameters mix bfloat16 with float32/float64: one optimizer steps one "
+                "parameter dtype (use one optimizer per dtype)"
+            )
+        parts = self._parts(active)
+        totals = None if parts is None else self._totals(grads, parts)
         if any(bf16):
-            if not all(bf16):
-                raise TypeError(
-                    "the parameters mix bfloat16 with float32/float64: one optimizer steps one "
-                    "parameter dtype (use one optimizer per dtype)"
-                )
-            self._core.step_bf16(params, grads, loss_value, names=self._names)
+            self._core.step_bf16(params, grads, loss_value, names=self._names, totals=totals)
         else:
-            self._core.step(params, grads, loss_value, names=self._names)
+            self._core.step(params, grads, loss_value, names=self._names, totals=totals)
         for p, copy in self._copies:
             p.copy_(copy)
         self._copies = []
-        self._active = active
+        if active != self._active or not self.state:
+            self._active = active
+            self._expose()
         self._changed(active)
         return True
 
@@ -636,7 +718,7 @@ class Optimizer(torch.optim.Optimizer):
                 for pj, p in enumerate(group["params"]):
                     live = self.state.get(p)
                     if live:
-                        entry = {k: v for k, v in live.items() if k != "scalars"}
+                        entry = {k: _dist.like(v, p) for k, v in live.items() if k != "scalars"}
                         scalars = live.get("scalars", {})
                         entry["step"] = torch.tensor(float(scalars.get("t", 0)))
                         for k, v in scalars.items():
@@ -657,12 +739,8 @@ class Optimizer(torch.optim.Optimizer):
             return out
         if self._core is not None and self._active is not None:
             for t, (gi, pj) in enumerate(self._active):
-                entry: dict[str, Any] = {"step": torch.tensor(float(self._core.steps))}
-                for slot in self._core.slot_names(t):
-                    buf = self._core.state(slot, t)
-                    if buf is not None:
-                        entry[slot] = torch.from_numpy(buf)
-                state[ids[(gi, pj)]] = entry
+                p = self.param_groups[gi]["params"][pj]
+                state[ids[(gi, pj)]] = {k: self._rust_value(k, t, p) for k in self._rust_keys(t, gi)}
         out = {
             "state": state,
             "param_groups": groups,
@@ -672,6 +750,49 @@ class Optimizer(torch.optim.Optimizer):
             },
         }
         return out
+
+    def _rust_keys(self, t: int, gi: int) -> list[str]:
+        """The keys of tensor ``t``'s state in the Rust engine, as a ``torch.optim`` entry:
+        ``step``, the rule's buffers, its per-tensor scalars and ``master``."""
+        assert self._core is not None
+        rule = _foreach.RULES[self._group_rule(self.param_groups[gi])]
+        keys = ["step", *self._core.slot_names(t)]
+        if self._core.tensor_scalars(t):
+            keys.extend(rule.scalars)
+        if self._global.get("master_weights") == "true":  # bfloat16 parameters only
+            keys.append("master")
+        return keys
+
+    def _rust_value(self, key: str, t: int, p: Any) -> Any:
+        """A copy of the Rust engine's state ``key`` of tensor ``t`` (parameter ``p``) as a
+        ``torch.optim`` entry holds it: a tensor shaped as ``p`` (a DTensor for a DTensor),
+        ``step`` and the scalars as 0-d tensors."""
+        core = self._core
+        assert core is not None
+        if key == "step":
+            return torch.tensor(float(core.steps))
+        if key == "master":
+            return _dist.like(torch.from_numpy(core.master(t)).reshape(_dist.local(p).shape), p)
+        buf = core.state(key, t)
+        if buf is not None:
+            return _dist.like(torch.from_numpy(buf), p)
+        gi = int(self._active[t][0]) if self._active else 0
+        names = _foreach.RULES[self._group_rule(self.param_groups[gi])].scalars
+        if key in names:
+            return torch.tensor(core.tensor_scalars(t)[names.index(key)], dtype=torch.float64)
+        raise KeyError(key)
+
+    def _expose(self) -> None:
+        """Shows the Rust engine's state in ``self.state`` (as ``torch.optim`` keeps it), read
+        from the engine on access: code that inspects ``optimizer.state[p]``, and
+        ``torch.distributed.checkpoint``, which takes a non-empty ``state`` for an optimizer
+        that has stepped."""
+        self.state.reset()
+        if self._core is None or self._active is None:
+            return
+        for t, (gi, pj) in enumerate(self._active):
+            p = self.param_groups[gi]["params"][pj]
+            self.state.put(p, _RustState(self, t, gi, p))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a ``state_dict()`` of an sgdlab.torch optimizer with the same groups, or a
@@ -727,6 +848,7 @@ class Optimizer(torch.optim.Optimizer):
         self._engine = None
         self._core, self._active = core, active
         self._names = [] if active is None else [f"{gi}.{pj}" for gi, pj in active]
+        self._expose()
         if core is not None:
             # The core holds the hyper-parameters of its last step; the groups may hold newer
             # ones (a scheduler stepped after it): hand all of them over at the next step.
@@ -736,13 +858,81 @@ class Optimizer(torch.optim.Optimizer):
 
     def _load_torch_optim(self, state_dict: dict[str, Any]) -> None:
         """Migrates a ``torch.optim`` state dict (checked before anything changes)."""
+        loaded, merged = self._torch_style_state(state_dict)
+        if self._install_rust_state(loaded, merged):
+            return
         if self._implementation == "rust":
             raise ValueError(
-                "a torch.optim state dict counts steps per parameter, which the Rust engine does "
-                "not: load it with implementation='torch' (or 'auto')"
+                "this torch.optim state dict has parameters at different step counts (or on "
+                "another device, or of several dtypes), and the Rust engine steps every tensor "
+                "at one count: load it with implementation='torch' (or 'auto')"
             )
-        loaded, merged = self._torch_style_state(state_dict)
         self._install_torch_state(loaded, merged, None, 0)
+
+    def _install_rust_state(self, loaded: dict[Any, dict[str, Any]], merged: list[dict[str, Any]]) -> bool:
+        """Installs a ``torch.optim``-layout state in the Rust engine, exactly, when it is one
+        the Rust engine could have made: every parameter with state at the same step count,
+        on the CPU, of one dtype (a state saved from the Rust engine through
+        ``torch.distributed.checkpoint``, ZeRO or ``torch.optim``). False (nothing changed)
+        otherwise, or with ``implementation="torch"``, or while the torch engine steps."""
+        if self._implementation == "torch" or (self._implementation == "auto" and self._engine_kind == "torch"):
+            return False
+        if not loaded or len({e["scalars"]["t"] for e in loaded.values()}) != 1:
+            return False
+        t = next(iter(loaded.values()))["scalars"]["t"]
+        locals_ = {p: _dist.local(p) for p in loaded}
+        if t < 1 or any(lp.device.type != "cpu" for lp in locals_.values()):
+            return False
+        if len({lp.dtype for lp in locals_.values()}) != 1:
+            return False
+        pdtype = next(iter(locals_.values())).dtype
+        master = self._global.get("master_weights") == "true"
+        if pdtype == torch.bfloat16 and master and not all("master" in e for e in loaded.values()):
+            return False
+        dtype = torch.float64 if pdtype == torch.float64 else torch.float32
+        saved = [dict(g) for g in self.param_groups]
+        for mine, group in zip(self.param_groups, merged):
+            mine.update({k: v for k, v in group.items() if k != "params"})
+        try:
+            spec, groups, applied = self._specs()
+            core = _core.Optimizer(spec, groups)
+            meta = dict(core.state_dict()["metadata"])
+            active = [
+                (gi, pj) for gi, g in enumerate(self.param_groups) for pj, p in enumerate(g["params"]) if p in loaded
+            ]
+            names = [f"{gi}.{pj}" for gi, pj in active]
+            buffers: dict[str, np.ndarray] = {}
+            layout, scalars = [], []
+            for (gi, pj), name in zip(active, names):
+                p = self.param_groups[gi]["params"][pj]
+                entry, lp = loaded[p], locals_[p]
+                layout.append([name, list(lp.shape)])
+                rule = _foreach.RULES[self._group_rule(self.param_groups[gi])]
+                scalars.append([float(entry["scalars"][k]) for k in rule.scalars] if rule.scalars else [])
+                for k, v in entry.items():
+                    if k != "scalars":
+                        buffers[f"{k}/{name}"] = v.to(dtype).contiguous().numpy()
+            meta.update(
+                dtype="f64" if dtype == torch.float64 else "f32",
+                layout=json.dumps(layout),
+                tensor_scalars=json.dumps(scalars),
+                step=str(t),
+                skipped="0",
+            )
+            if groups:
+                meta["tensor_groups"] = json.dumps([gi + 1 for gi, _ in active])
+            core.load_state_dict({"metadata": meta, "buffers": buffers})
+        except (KeyError, ValueError, TypeError, SgdlabError):
+            # A state the Rust engine cannot hold (a scalar it does not keep, a buffer of
+            # another shape): the torch engine takes it as torch.optim would.
+            for mine, old in zip(self.param_groups, saved):
+                mine.clear()
+                mine.update(old)
+            return False
+        self._core, self._active, self._names, self._applied = core, active, names, applied
+        self._engine, self._engine_kind = None, "rust"
+        self._expose()
+        return True
 
     def _load_torch_state(self, saved: dict[str, Any], state: Any, groups: list[dict[str, Any]]) -> None:
         """Loads the torch engine's state dict (checked before anything changes)."""
@@ -808,17 +998,18 @@ class Optimizer(torch.optim.Optimizer):
             mine_entry: dict[str, Any] = {"scalars": {"t": int(t)}}
             for k in scalars & set(entry):
                 mine_entry["scalars"][k] = float(entry[k])
+            lp = _dist.local(p)
             for k in want | ({"master"} & set(entry)):
                 v = entry[k]
                 if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(p.shape):
                     raise ValueError(f"the state `{k}` of parameter {index} is not a tensor of the parameter's shape")
-                v = v.detach().to(device=p.device)
+                v = _dist.local_state(v.detach(), p).to(device=lp.device)
                 if k == "master":
                     mine_entry[k] = v.to(torch.float32).clone()
                 elif lowp:
                     mine_entry[k] = v.to(torch.bfloat16).clone()
                 else:
-                    mine_entry[k] = v.to(torch.float32 if p.dtype == torch.bfloat16 else p.dtype).clone()
+                    mine_entry[k] = v.to(torch.float32 if lp.dtype == torch.bfloat16 else lp.dtype).clone()
             loaded[p] = mine_entry
         return loaded, merged
 
@@ -831,9 +1022,9 @@ class Optimizer(torch.optim.Optimizer):
             steps = max((e["scalars"]["t"] for e in loaded.values()), default=0)
         for mine, group in zip(self.param_groups, merged):
             mine.update({k: v for k, v in group.items() if k != "params"})
-        self.state.clear()
+        self.state.reset()
         for p, entry in loaded.items():
-            self.state[p] = entry
+            self.state.put(p, entry)
         engine = _foreach.Engine(dict(self._global))
         engine.steps, engine.skipped = steps, skipped
         self._engine, self._engine_kind, self._core, self._active = engine, "torch", None, None
@@ -884,18 +1075,96 @@ class Optimizer(torch.optim.Optimizer):
         "_implementation",
         "_engine_kind",
         "_engine",
+        "_distributed",
     )
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update({k: getattr(self, k) for k in self._OWN})
+        # The torch engine's entries; the Rust engine's live in `_core`.
+        state["state"] = defaultdict(dict, {p: e for p, e in self.state.items() if not isinstance(e, _RustState)})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_shard_group", None)
+        state.setdefault("_distributed", False)
         super().__setstate__(state)
+        self.state = _State(self.state)
         self._views = {}  # views of the unpickled tensors are made at the next step
         self._copies = []
         self._hp_cache = {}
+        if self._engine is None:
+            self._expose()
+
+
+class _State(defaultdict):
+    """``torch.optim``'s ``optimizer.state`` (a ``defaultdict(dict)`` keyed by parameter),
+    noting the entries assigned from outside in ``torch.optim``'s layout — a ZeRO or
+    Lightning load writes ``optimizer.state[p] = {...}`` — which the next step adopts."""
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(dict, items)
+        #: Parameters whose entry was assigned from outside since the last step.
+        self.written: set[Any] = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # An empty dict is the defaultdict's own new entry; the torch engine's entries carry
+        # `scalars`; the Rust engine's are views.
+        if isinstance(value, Mapping) and value and "scalars" not in value and not isinstance(value, _RustState):
+            self.written.add(key)
+        super().__setitem__(key, value)
+
+    def put(self, key: Any, value: Any) -> None:
+        """An entry the optimizer itself sets."""
+        super().__setitem__(key, value)
+
+    def reset(self) -> None:
+        """Empties the state (the optimizer's own reset, not a write from outside)."""
+        self.clear()
+        self.written.clear()
+
+    def __reduce__(self) -> Any:
+        return (_State, (dict(self),))
+
+
+class _RustState(Mapping):
+    """One parameter's state in the Rust engine as ``torch.optim`` shows it: ``step``, the
+    rule's buffers (``exp_avg``, ...), its per-tensor scalars and the ``master`` copy, each
+    read from the engine on access (a copy; a DTensor for a DTensor parameter). Read-only:
+    ``optimizer.state[p] = {...}`` replaces the entry, and the next step adopts it."""
+
+    __slots__ = ("_opt", "_t", "_gi", "_p")
+
+    def __init__(self, opt: "Optimizer", t: int, gi: int, p: Any) -> None:
+        self._opt = weakref.ref(opt)
+        self._t, self._gi, self._p = t, gi, p
+
+    def _owner(self) -> "Optimizer":
+        opt = self._opt()
+        if opt is None or opt._core is None:
+            raise RuntimeError("the optimizer of this state entry is gone (or no longer steps with the Rust engine)")
+        return opt
+
+    def __getitem__(self, key: str) -> Any:
+        opt = self._owner()
+        if key not in opt._rust_keys(self._t, self._gi):
+            raise KeyError(key)
+        return opt._rust_value(key, self._t, self._p)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner()._rust_keys(self._t, self._gi))
+
+    def __len__(self) -> int:
+        return len(self._owner()._rust_keys(self._t, self._gi))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError(
+            "the Rust engine's state is read-only through optimizer.state[p][key]: assign the "
+            "whole entry (optimizer.state[p] = {...}, in torch.optim's layout), or use load_state_dict"
+        )
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(map(repr, self))}}} (the Rust engine's state of tensor {self._t})"
 
 
 def _checked_active(active: Any, groups: list[dict[str, Any]], core: Optional[_core.Optimizer]) -> Optional[list[tuple[int, int]]]:
