@@ -135,7 +135,7 @@ def parts_of(params: list[Any], shard_group: Any) -> Optional[Parts]:
     for p, s in zip(params, sharded):
         if s:
             dims = tuple(i for i, pl in enumerate(p.placements) if not pl.is_replicate())
-            meshes[(id(p.device_mesh), dims)] = (p.device_mesh, dims)
+            meshes.setdefault((p.device_mesh, dims), (p.device_mesh, dims))
     if len(meshes) > 1:
         raise ValueError(
             "the parameters are sharded over several device meshes (or mesh dimensions): sgdlab "

@@ -196,6 +196,7 @@ class Optimizer(torch.optim.Optimizer):
             spec_globals=spec_globals,
             implementation=implementation,
             shard_group=shard_group,
+            spec=spec,
         )
 
     # -- set-up shared by every class ------------------------------------------------------
@@ -215,6 +216,7 @@ class Optimizer(torch.optim.Optimizer):
         master_weights: bool = False,
         implementation: str = "auto",
         shard_group: Any = None,
+        spec: Optional[str] = None,
     ) -> None:
         if implementation not in _IMPLEMENTATIONS:
             raise ValueError(
@@ -248,6 +250,20 @@ class Optimizer(torch.optim.Optimizer):
         self._views: dict[int, tuple[int, np.ndarray]] = {}
         self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._shard_group = shard_group
+        # The constructor's keys that apply to the whole optimizer. A wrapper that hands its
+        # own keyword arguments to every group (ZeroRedundancyOptimizer) may repeat them in a
+        # group, with the same value.
+        self._whole_keys = {
+            "spec": spec,
+            "check_finite": check_finite,
+            "skip_nonfinite": skip_nonfinite,
+            "clip_norm": clip_norm,
+            "state_dtype": self._global.get("state_dtype", "param"),
+            "rounding": self._global.get("rounding", "stochastic"),
+            "master_weights": self._global.get("master_weights") == "true",
+            "implementation": implementation,
+            "shard_group": shard_group,
+        }
         # Whether a parameter is a DTensor, or the optimizer steps a partition: the step then
         # sums its norm and finiteness over the processes (set at each step).
         self._distributed = shard_group is not None
@@ -313,6 +329,13 @@ class Optimizer(torch.optim.Optimizer):
         out: dict[str, str] = {}
         for k, v in group.items():
             if k in ("params", "rule") or k in _TORCH_KEYS or k in self._class_keys:
+                continue
+            if k in self._whole_keys:
+                if not (v is self._whole_keys[k] or v == self._whole_keys[k]):
+                    raise ValueError(
+                        f"parameter group key `{k}` = {v!r}: `{k}` applies to the whole optimizer "
+                        f"(it is {self._whole_keys[k]!r}); set it in the constructor"
+                    )
                 continue
             key = self._translate.get(k, k)
             if key == "betas" and isinstance(v, (tuple, list)):
@@ -957,11 +980,21 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(state, dict):
             raise ValueError(f"corrupt state dict: `state` is a {type(state).__name__}, not a dict")
         flat, group_of = [], []
+        # The state's keys name parameters as its groups' "params" lists do (indices, or the
+        # names of torch.distributed.checkpoint), by position, as torch.optim maps them.
+        position: dict[Any, int] = {}
         for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
             if len(mine["params"]) != len(theirs["params"]):
                 raise ValueError(
                     f"parameter group {gi} has {len(mine['params'])} parameters, the state dict's {len(theirs['params'])}"
                 )
+            for key in theirs["params"]:
+                try:
+                    if key in position:
+                        raise ValueError(f"corrupt state dict: parameter {key!r} is in its groups twice")
+                    position[key] = len(position)
+                except TypeError:
+                    raise ValueError(f"corrupt state dict: parameter key {key!r} of group {gi} is not hashable") from None
             flat.extend(mine["params"])
             group_of.extend([gi] * len(mine["params"]))
         merged = []
@@ -971,9 +1004,10 @@ class Optimizer(torch.optim.Optimizer):
             merged.append(group)
         lowp = self._global.get("state_dtype") == "bf16"
         loaded: dict[Any, dict[str, Any]] = {}
-        for index, entry in state.items():
-            if not isinstance(index, int) or not 0 <= index < len(flat) or not isinstance(entry, dict):
-                raise ValueError(f"corrupt state dict: state entry {index!r} names no parameter")
+        for key, entry in state.items():
+            index = position.get(key) if isinstance(key, (int, str)) and not isinstance(key, bool) else None
+            if index is None or not isinstance(entry, dict):
+                raise ValueError(f"corrupt state dict: state entry {key!r} names no parameter")
             p, group = flat[index], merged[group_of[index]]
             try:
                 rule, hp = self._hyper(group)

@@ -1,0 +1,258 @@
+"""One process of a 2-process ``torch.distributed`` run (gloo, CPU), started by
+``test_distributed.py``: ``python distributed_worker.py SCENARIO OUT_DIR`` with ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set. Rank 0 writes what it measured to
+``OUT_DIR/SCENARIO.json`` (and tensors to ``.pt`` files) for the test to check."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import sgdlab.torch as st
+
+STEPS = 6
+
+
+def mlp() -> torch.nn.Module:
+    """The 3-layer MLP of every scenario, in float64, the same on every process."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 9), torch.nn.Tanh(), torch.nn.Linear(9, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The full batch (8 examples); each of the 2 processes takes half."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+
+
+def half(t: torch.Tensor) -> torch.Tensor:
+    r = dist.get_rank()
+    return t[4 * r : 4 * r + 4]
+
+
+def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
+    return ((model(x) - y) ** 2).mean() * (1 + 0.3 * math.sin(t))
+
+
+def full(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if isinstance(p, DTensor) else p.detach()
+
+
+def params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [full(p).detach().clone() for p in model.parameters()]
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x.detach() - y.detach()).abs().max()) for x, y in zip(a, b))
+
+
+def shard(model: torch.nn.Module, offload: bool) -> torch.nn.Module:
+    kw = {"offload_policy": CPUOffloadPolicy(pin_memory=False)} if offload else {}
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def train(model, opt, steps, start=0, clip=None, nan_at=None):
+    x, y = data()
+    x, y = half(x), half(y)
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        loss_of(model, x, y, t).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if nan_at == t and dist.get_rank() == 0:
+            g = model[0].weight.grad
+            (g._local_tensor if isinstance(g, DTensor) else g).view(-1)[1] = float("nan")
+        opt.step()
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def ddp(out: Path) -> dict:
+    """DDP with sgdlab.torch.AdamW, and a clipped sgdlab spec: the parameters after STEPS."""
+    res = {}
+    for name, make in {
+        "adamw": lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1),
+        "clipped": lambda ps: st.Optimizer(ps, "adamw:lr=0.01", clip_norm=0.05),
+    }.items():
+        model = DDP(mlp())
+        train(model, make(model.parameters()), STEPS)
+        res[name] = params(model.module)
+    if dist.get_rank() == 0:
+        torch.save(res, out / "ddp.pt")
+    return {}
+
+
+def fsdp(out: Path, offload: bool, implementation: str) -> dict:
+    """FSDP2 (fully_shard on each Linear and the root; CPU offload or not): sgdlab.torch
+    against torch.optim under the same run; a non-finite gradient on one process; Muon
+    refused."""
+    res: dict = {}
+    kw = {"implementation": implementation}
+    pairs = {
+        "adamw": (lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1, **kw), lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1), None),
+        "clipped": (
+            lambda ps: st.Optimizer(ps, "adamw:lr=0.01,weight_decay=0.1", clip_norm=0.05, **kw),
+            lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+            0.05,
+        ),
+        "sgd": (
+            lambda ps: st.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, **kw),
+            lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+            None,
+        ),
+    }
+    for name, (mine, theirs, clip) in pairs.items():
+        a, b = shard(mlp(), offload), shard(mlp(), offload)
+        oa, ob = mine(a.parameters()), theirs(b.parameters())
+        train(a, oa, STEPS)
+        train(b, ob, STEPS, clip=clip)
+        res[f"{name}_diff"] = max_diff(params(a), params(b))
+        res[f"{name}_engine"] = oa.implementation
+        res[f"{name}_local"] = list(a[0].weight.to_local().shape)
+    # A NaN in one process's shard: every process skips (skip_nonfinite), or refuses.
+    m = shard(mlp(), offload)
+    opt = st.AdamW(m.parameters(), lr=0.01, skip_nonfinite=True, **kw)
+    train(m, opt, 2)
+    before = params(m)
+    train(m, opt, 1, start=2, nan_at=2)
+    counts = [None, None]
+    dist.all_gather_object(counts, (opt.steps, opt.skipped, max_diff(before, params(m))))
+    res["skip"] = counts
+    m = shard(mlp(), offload)
+    opt = st.AdamW(m.parameters(), lr=0.01, **kw)
+    try:
+        train(m, opt, 1, nan_at=0)
+        message = None
+    except Exception as e:  # noqa: BLE001 - the message is the result
+        message = f"{type(e).__name__}: {e}"
+    messages = [None, None]
+    dist.all_gather_object(messages, message)
+    res["refused"] = messages
+    try:
+        m = shard(mlp(), offload)
+        train(m, st.Optimizer(m.parameters(), "muon:lr=0.01"), 1)
+        res["muon"] = None
+    except ValueError as e:
+        res["muon"] = str(e)
+    return res
+
+
+def zero(out: Path) -> dict:
+    """ZeroRedundancyOptimizer over sgdlab.torch.AdamW (and a clipped spec summing its norm
+    over the partitions), and its checkpoint: a resumed run equals the uninterrupted one."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    res: dict = {}
+    saved = {}
+    for name, cls, kw in (
+        ("adamw", st.AdamW, dict(lr=0.01, weight_decay=0.1)),
+        ("clipped", st.Optimizer, dict(spec="adamw:lr=0.01", clip_norm=0.05, shard_group=dist.group.WORLD)),
+    ):
+        model = DDP(mlp())
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **kw)
+        train(model, opt, STEPS)
+        saved[name] = params(model.module)
+    # The checkpoint: 3 steps, consolidate, save, 3 more; a fresh run loads and takes 3.
+    model = DDP(mlp())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=st.AdamW, lr=0.01, weight_decay=0.1)
+    train(model, opt, 3)
+    opt.consolidate_state_dict(to=0)
+    if dist.get_rank() == 0:
+        torch.save({"model": model.module.state_dict(), "opt": opt.state_dict()}, out / "zero_ckpt.pt")
+    dist.barrier()
+    train(model, opt, 3, start=3)
+    ckpt = torch.load(out / "zero_ckpt.pt", weights_only=False)
+    model2 = mlp()
+    model2.load_state_dict(ckpt["model"])
+    model2 = DDP(model2)
+    opt2 = ZeroRedundancyOptimizer(model2.parameters(), optimizer_class=st.AdamW, lr=0.5, weight_decay=0.1)
+    opt2.load_state_dict(ckpt["opt"])
+    train(model2, opt2, 3, start=3)
+    res["resume_equal"] = all(torch.equal(a, b) for a, b in zip(params(model.module), params(model2.module)))
+    res["resume_engine"] = opt2.optim.implementation
+    res["resume_steps"] = opt2.optim.steps
+    if dist.get_rank() == 0:
+        torch.save(saved, out / "zero.pt")
+    return res
+
+
+def dcp(out: Path) -> dict:
+    """torch.distributed.checkpoint of an FSDP2 model and its sgdlab optimizer: a resumed run
+    equals the uninterrupted one, bit for bit; taking the state dict steps nothing."""
+    import torch.distributed.checkpoint as dcp_
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    res: dict = {}
+    for spec in ("adamw:lr=0.01,weight_decay=0.1", "nadam:lr=0.01", "sf-adamw:lr=0.01,warmup_steps=2"):
+        rule = spec.split(":")[0]
+        model = shard(mlp(), False)
+        opt = st.Optimizer(model.parameters(), spec)
+        train(model, opt, 3)
+        opt.zero_grad(set_to_none=True)
+        steps = opt.steps
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        res[f"{rule}_no_phantom_step"] = opt.steps == steps
+        where = out / f"dcp-{rule}"
+        dcp_.save(state, checkpoint_id=str(where))
+        train(model, opt, 3, start=3)
+        model2 = shard(mlp(), False)
+        opt2 = st.Optimizer(model2.parameters(), spec.replace("lr=0.01", "lr=0.3"))
+        state2 = {"model": get_model_state_dict(model2), "optim": get_optimizer_state_dict(model2, opt2)}
+        dcp_.load(state2, checkpoint_id=str(where))
+        set_model_state_dict(model2, state2["model"])
+        set_optimizer_state_dict(model2, opt2, state2["optim"])
+        res[f"{rule}_engine"] = opt2.implementation
+        res[f"{rule}_steps"] = opt2.steps
+        train(model2, opt2, 3, start=3)
+        res[f"{rule}_equal"] = all(torch.equal(a, b) for a, b in zip(params(model), params(model2)))
+    return res
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        if scenario == "ddp":
+            res = ddp(out)
+        elif scenario.startswith("fsdp"):
+            _, offload, implementation = scenario.split("-")
+            res = fsdp(out, offload == "offload", implementation)
+        elif scenario == "zero":
+            res = zero(out)
+        elif scenario == "dcp":
+            res = dcp(out)
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+        if dist.get_rank() == 0:
+            (out / f"{scenario}.json").write_text(json.dumps(res))
+        # Both processes leave together: gloo aborts a process whose peer closes first.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,162 @@
+"""sgdlab.torch under torch.distributed: 2 processes on the CPU (gloo), each run by
+``distributed_worker.py``; DDP, FSDP2 (with and without CPU offload, both engines), ZeRO and
+distributed checkpoints, each against the single-process run or ``torch.optim`` in the same
+run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sgdlab.torch as st
+
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_worker as w  # noqa: E402
+
+WORKER = Path(__file__).parent / "distributed_worker.py"
+
+
+def launch(scenario: str, out: Path) -> dict:
+    """Runs ``scenario`` in 2 processes; what rank 0 measured."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), scenario, str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for rank, (p, text) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"rank {rank} of {scenario} failed:\n{text[-4000:]}"
+    return json.loads((out / f"{scenario}.json").read_text())
+
+
+def single(make, steps=w.STEPS, clip=None) -> list[torch.Tensor]:
+    """The single-process run on the full batch."""
+    model = w.mlp()
+    opt = make(model.parameters())
+    x, y = w.data()
+    for t in range(steps):
+        opt.zero_grad()
+        w.loss_of(model, x, y, t).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_ddp_equals_the_single_process_run(tmp_path):
+    """DDP averages the two halves' gradients (f64 all-reduce): the run equals the
+    single-process full-batch run to within that sum's rounding (measured ≤ 1e-15)."""
+    launch("ddp", tmp_path)
+    got = torch.load(tmp_path / "ddp.pt")
+    want = {
+        "adamw": single(lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1)),
+        "clipped": single(lambda ps: st.Optimizer(ps, "adamw:lr=0.01", clip_norm=0.05)),
+    }
+    for name in want:
+        assert w.max_diff(got[name], want[name]) <= 1e-13, name
+
+
+@pytest.mark.parametrize("offload", ["none", "offload"])
+@pytest.mark.parametrize("implementation", ["rust", "torch"])
+def test_fsdp2_equals_torch_optim_on_the_shards(tmp_path, offload, implementation):
+    """FSDP2 with every Linear and the root sharded over 2 processes (a 1-element shard
+    included): sgdlab.torch steps each process's local shard as torch.optim steps the
+    DTensors, clipping by the norm summed over the processes; a NaN in one process's shard
+    skips (or refuses) the step on both; Muon refuses a shard."""
+    scenario = f"fsdp-{offload}-{implementation}"
+    res = launch(scenario, tmp_path)
+    for name in ("adamw", "clipped", "sgd"):
+        assert res[f"{name}_engine"] == implementation, name
+        assert res[f"{name}_diff"] <= 1e-13, (name, res[f"{name}_diff"])
+    assert res["adamw_local"] == [5, 5]  # rank 0's shard of the 9×5 weight
+    # Both processes skipped the step with the NaN (rank 0's), and changed nothing.
+    assert res["skip"] == [[2, 1, 0.0], [2, 1, 0.0]]
+    rank0, rank1 = res["refused"]
+    assert "non-finite value nan in gradient of" in rank0.lower() and "index 1" in rank0
+    assert "other part(s) of the model (another process)" in rank1
+    assert "muon orthogonalises each whole matrix" in res["muon"] and "shard" in res["muon"]
+
+
+def test_zero_redundancy_optimizer_equals_the_single_process_run(tmp_path):
+    """ZeroRedundancyOptimizer(optimizer_class=sgdlab.torch.AdamW) equals the single-process
+    run; with clip_norm and shard_group the norm is the whole model's; its consolidated
+    checkpoint resumes bit for bit (onto the Rust engine)."""
+    res = launch("zero", tmp_path)
+    got = torch.load(tmp_path / "zero.pt")
+    want = {
+        "adamw": single(lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1)),
+        "clipped": single(lambda ps: st.Optimizer(ps, "adamw:lr=0.01", clip_norm=0.05)),
+    }
+    for name in want:
+        assert w.max_diff(got[name], want[name]) <= 1e-13, name
+    assert res == {"resume_equal": True, "resume_engine": "rust", "resume_steps": 6}
+
+
+def test_distributed_checkpoint_resumes_exactly(tmp_path):
+    """torch.distributed.checkpoint saves the sharded state (DTensors) of an FSDP2 model's
+    sgdlab optimizer and restores it into a fresh one: the resumed run equals the
+    uninterrupted one bit for bit — per-tensor scalars (NAdam's mu_product, Schedule-Free's
+    weights) included — and taking the state dict steps nothing."""
+    res = launch("dcp", tmp_path)
+    for rule in ("adamw", "nadam", "sf-adamw"):
+        assert res[f"{rule}_no_phantom_step"], rule
+        assert res[f"{rule}_engine"] == "rust", rule
+        assert res[f"{rule}_steps"] == 3, rule
+        assert res[f"{rule}_equal"], rule
+
+
+def test_a_state_entry_written_from_outside_is_adopted():
+    """``optimizer.state[p] = {...}`` in torch.optim's layout (as ZeRO's and Lightning's loads
+    write it) replaces that parameter's state at the next step, exactly."""
+    model, ref = w.mlp(), w.mlp()
+    opt, tref = st.AdamW(model.parameters(), lr=0.01), torch.optim.AdamW(ref.parameters(), lr=0.01)
+    x, y = w.data()
+    for m, o in ((model, opt), (ref, tref)):
+        for t in range(3):
+            o.zero_grad()
+            w.loss_of(m, x, y, t).backward()
+            o.step()
+    # The Rust engine's state reads as torch.optim's, and refuses item writes.
+    p, q = next(model.parameters()), next(ref.parameters())
+    assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert torch.allclose(opt.state[p]["exp_avg"], tref.state[q]["exp_avg"], rtol=1e-12)
+    with pytest.raises(TypeError, match="read-only"):
+        opt.state[p]["exp_avg"] = torch.zeros(3)
+    for pa, pb in zip(model.parameters(), ref.parameters()):
+        opt.state[pa] = {k: v.clone() for k, v in tref.state[pb].items()}
+    for m, o in ((model, opt), (ref, tref)):
+        for t in range(3, 5):
+            o.zero_grad()
+            w.loss_of(m, x, y, t).backward()
+            o.step()
+    assert opt.implementation == "rust" and opt.steps == 5
+    assert w.max_diff(list(model.parameters()), list(ref.parameters())) <= 1e-14
+    assert math.isfinite(float(opt.state[p]["step"]))
