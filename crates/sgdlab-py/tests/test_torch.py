@@ -691,8 +691,23 @@ def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():
     late.step()
     late.add_param_group({"params": [torch.zeros(2, dtype=torch.float64, requires_grad=True)]})
     assert late.implementation == "torch" and late.steps == 1
-    # A rule with per-tensor scalars (NAdam's μ product) stays on the Rust engine and says why.
-    nadam = st.NAdam(mlp().parameters())
+    # Rules with per-tensor scalars (NAdam's μ product, Madam's bound, Schedule-Free's
+    # averaging weights) move with them.
+    for cls, kw in ((st.NAdam, dict(lr=0.01)), (st.ScheduleFreeAdamW, dict(lr=0.01, warmup_steps=2)), (st.Madam, dict(lr=0.01))):
+        model, ref = mlp(), mlp()
+        opt, tref = cls(model.parameters(), **kw), cls(ref.parameters(), implementation="torch", **kw)
+        for t in range(6):
+            for o, m in ((opt, model), (tref, ref)):
+                o.zero_grad()
+                (((m(X) - Y) ** 2).mean() * (1 + 0.3 * math.sin(t))).backward()
+                if t in (3, 4):
+                    m[0].weight.grad = None
+                o.step()
+            assert opt.implementation == ("rust" if t < 3 else "torch"), cls
+        for a, b in zip(model.parameters(), ref.parameters()):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), cls
+    # implementation="rust" keeps its fixed set and says why.
+    nadam = st.NAdam(mlp().parameters(), implementation="rust")
     nadam.param_groups[0]["params"][0].grad = torch.ones_like(nadam.param_groups[0]["params"][0])
     nadam.step()
     nadam.param_groups[0]["params"][0].grad = None

@@ -654,31 +654,19 @@ class Optimizer(torch.optim.Optimizer):
         return True
 
     def _switchable(self) -> bool:
-        """Whether the Rust engine's state can move to the torch engine exactly:
-        ``implementation="auto"``, and no rule keeps per-tensor scalars (Madam, NAdam,
-        Schedule-Free), which its state dict does not carry."""
-        if self._implementation != "auto" or self._core is None:
-            return False
-        rules = {self._group_rule(g) for g in self.param_groups}
-        return not any(_foreach.RULES[r].scalars for r in rules)
+        """Whether the Rust engine's state may move to the torch engine (exactly, buffers,
+        per-tensor scalars and master copies): ``implementation="auto"``."""
+        return self._implementation == "auto" and self._core is not None
 
     def _switch_to_torch(self) -> None:
         """Moves the Rust engine's state to the torch engine (every tensor at the optimizer's
         step count, as the Rust engine counts), which then steps whichever parameters have a
         gradient, counting per parameter as torch.optim does."""
         assert self._core is not None
-        saved = self._state_dict()
-        state = saved["state"]
-        if self._core.layout is not None:
-            for t, (gi, pj) in enumerate(self._active or []):
-                master = self._core.master(t)
-                if master is not None:
-                    index = sum(len(g["params"]) for g in self.param_groups[:gi]) + pj
-                    shape = self.param_groups[gi]["params"][pj].shape
-                    state[index]["master"] = torch.from_numpy(master).reshape(shape)
         skipped = self._core.skipped
-        loaded, merged = self._torch_style_state(saved)
+        loaded, merged = self._torch_style_state(self._state_dict())
         self._install_torch_state(loaded, merged, None, skipped)
+
     def _changed(self, active: list[tuple[int, int]]) -> None:
         """Tells autograd that the parameters changed in place (their version counters), as
         torch.optim's in-place updates do: a graph built before the change then refuses
