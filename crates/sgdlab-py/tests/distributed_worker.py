@@ -229,10 +229,52 @@ def dcp(out: Path) -> dict:
     return res
 
 
+def deepspeed_zero2(out: Path) -> dict:
+    """DeepSpeed ZeRO stage 2 with the optimizer offloaded to the CPU and sgdlab.torch.AdamW
+    as the client optimizer (zero_force_ds_cpu_optimizer: false): it steps each process's
+    flat float32 partition on the host, through the Rust kernels. Also the same run with
+    torch.optim.AdamW as the client, to compare with."""
+    import deepspeed
+
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    res: dict = {}
+    saved = {}
+    for name, make in (
+        ("sgdlab", lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1)),
+        ("torch", lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
+    ):
+        model = mlp().float()
+        opt = make(model.parameters())
+        engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+        x, y = data()
+        x, y = half(x).float(), half(y).float()
+        for t in range(STEPS):
+            engine.backward(loss_of(engine, x, y, t))
+            engine.step()
+        saved[name] = [p.detach().clone() for p in model.parameters()]
+        res[f"{name}_wrapper"] = type(zero_opt).__name__
+        if name == "sgdlab":
+            res["engine"], res["steps"] = opt.implementation, opt.steps
+            res["flat"] = [list(p.shape) for g in opt.param_groups for p in g["params"]]
+    if dist.get_rank() == 0:
+        torch.save(saved, out / "deepspeed.pt")
+    return res
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    if scenario == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    else:
+        dist.init_process_group("gloo")
     try:
         if scenario == "ddp":
             res = ddp(out)
@@ -243,6 +285,8 @@ def main() -> None:
             res = zero(out)
         elif scenario == "dcp":
             res = dcp(out)
+        elif scenario == "deepspeed":
+            res = deepspeed_zero2(out)
         else:
             raise SystemExit(f"unknown scenario {scenario}")
         if dist.get_rank() == 0:
