@@ -1,7 +1,7 @@
 //! bfloat16 state: the fused element loop that widens and narrows in registers, and the
 //! scratch path for rules without one. Both give the same bits.
 
-use super::blocks::{AHEAD_BYTES, BLOCK_BYTES, prefetch_lines};
+use super::blocks::{BLOCK_BYTES, prefetch_lines_to, prefetch_policy};
 use super::{Bufs, Lowp, SimdLevel, Unit, multiversion, run_unit};
 use crate::Real;
 use crate::lowp::{Block, bf16_nearest, bf16_stochastic, half_word};
@@ -135,7 +135,9 @@ pub fn bf16_elements<T: Real, const S: usize>(
     } else {
         n.max(1)
     };
-    let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+    let policy = prefetch_policy();
+    let level = if prefetch { policy.level } else { None };
+    let ahead = policy.ahead_bytes / std::mem::size_of::<T>();
     // One loop per rounding mode, chosen outside it, so that each vectorises branch-free.
     #[inline(always)]
     fn each<T: Real, const S: usize>(
@@ -181,12 +183,12 @@ pub fn bf16_elements<T: Real, const S: usize>(
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
-        if prefetch {
+        if let Some(level) = level {
             let (from, to) = ((start + ahead).min(n), (end + ahead).min(n));
-            prefetch_lines(&p[from..to]);
-            prefetch_lines(&g[from..to]);
+            prefetch_lines_to(level, &p[from..to]);
+            prefetch_lines_to(level, &g[from..to]);
             for slot in &slots {
-                prefetch_lines(&slot[from..to]);
+                prefetch_lines_to(level, &slot[from..to]);
             }
         }
         if stochastic {

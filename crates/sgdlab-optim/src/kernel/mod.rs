@@ -9,13 +9,15 @@
 //! Vectorisation is by runtime CPU-feature dispatch: the same generic loop is compiled a
 //! second and third time with AVX2 and AVX-512 enabled (x86-64) and the widest level the CPU
 //! supports is chosen at run time, so a default release build is fast everywhere without
-//! `-C target-cpu=native`. Only IEEE-exact operations are used (add, mul, div, sqrt, min, max;
-//! no fused multiply-add, which Rust never introduces implicitly), so every level produces the
-//! same bits.
+//! `-C target-cpu=native` (on AMD's Zen 3/4, whose AVX-512 runs on 256-bit units, the
+//! full-precision loops take AVX2: [`SimdLevel::plain`]). Only IEEE-exact operations are used
+//! (add, mul, div, sqrt, min, max; no fused multiply-add, which Rust never introduces
+//! implicitly), so every level produces the same bits.
 //!
 //! Within a chunk, the loops of steps whose working set is at least 32 MiB run in blocks of
-//! 512 bytes per array and prefetch 1 KiB ahead in every array; that changes where a loop
-//! pauses, never what it computes.
+//! 512 bytes per array and, on Intel, prefetch 1 KiB ahead in every array (on Zen 3/4 the
+//! hardware prefetchers do better alone; [`prefetch_policy`], `SGDLAB_PREFETCH` to choose);
+//! that changes where a loop pauses, never what it computes.
 //!
 //! The global reduction (finiteness and ‖g‖²) is a separate pre-pass over fixed
 //! chunks with partial sums added in chunk order: deterministic for any thread count. It must
@@ -30,6 +32,7 @@
 
 mod bf16;
 mod blocks;
+pub use blocks::{Prefetch, PrefetchLevel, prefetch_policy};
 mod reduce;
 mod simd;
 #[cfg(test)]
@@ -51,7 +54,7 @@ use bf16::LOWP_BLOCK;
 pub(crate) use bf16::dispatch_lowp;
 #[cfg(test)]
 pub(crate) use bf16::run_lowp_scratch;
-use blocks::{AHEAD_BYTES, prefetch_lines};
+use blocks::prefetch_lines_to;
 
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;
@@ -176,7 +179,7 @@ pub(crate) fn run_one<'a, T: Real>(level: SimdLevel, u: &mut Unit<'a, T>) {
             rule.dispatch_lowp_unit(level, ctx, u, scratch)
         });
     } else {
-        rule.dispatch_unit(level, ctx, u);
+        rule.dispatch_unit(level.min(SimdLevel::plain()), ctx, u);
     }
     if let Some(c) = &mut u.cautious {
         c.after(level, &mut u.p, u.g);
@@ -225,20 +228,25 @@ pub(crate) fn run_units<T: Real>(prefetch: bool, mut units: Vec<Unit<'_, T>>) {
 pub(crate) const UNITS_PER_JOB: usize = 8;
 
 impl<T> Unit<'_, T> {
-    /// Prefetches the first [`AHEAD_BYTES`] of each of the unit's arrays.
+    /// Prefetches the first bytes of each of the unit's arrays, as far as the element loops
+    /// prefetch ahead ([`prefetch_policy`]).
     fn prefetch_start(&self) {
-        let n = (AHEAD_BYTES / std::mem::size_of::<T>()).min(self.p.len());
-        prefetch_lines(&self.p[..n]);
-        prefetch_lines(&self.g[..n]);
+        let policy = prefetch_policy();
+        let Some(level) = policy.level else {
+            return;
+        };
+        let n = (policy.ahead_bytes / std::mem::size_of::<T>()).min(self.p.len());
+        prefetch_lines_to(level, &self.p[..n]);
+        prefetch_lines_to(level, &self.g[..n]);
         match &self.lowp {
             None => {
                 for slot in &self.slots[..self.n_slots] {
-                    prefetch_lines(&slot[..n]);
+                    prefetch_lines_to(level, &slot[..n]);
                 }
             }
             Some(lowp) => {
                 for slot in &lowp.slots[..self.n_slots] {
-                    prefetch_lines(&slot[..n]);
+                    prefetch_lines_to(level, &slot[..n]);
                 }
             }
         }

@@ -31,6 +31,24 @@ impl SimdLevel {
         levels
     }
 
+    /// The level of the element loops over full-precision state (the update rules' plain
+    /// loops): [`SimdLevel::current`], except on AMD's Zen 3 and Zen 4 (CPU family 25), whose
+    /// AVX-512 runs on 256-bit units, where AVX2 unless a level was forced. Every level gives
+    /// the same bits; only the speed differs (measured on a Zen 4 EPYC, one thread, 10M
+    /// parameters: Adam 1.1x, Lion 1.1x, SGD with momentum 0.97x of AVX-512; the bfloat16
+    /// state loops, 1.25x faster with AVX-512, keep it).
+    pub fn plain() -> SimdLevel {
+        let level = Self::current();
+        if level == SimdLevel::Avx512
+            && FORCED.load(Ordering::Relaxed) == 0
+            && cpu().zen_avx512_halves
+        {
+            SimdLevel::Avx2
+        } else {
+            level
+        }
+    }
+
     /// The level steps use: the widest available, unless [`SimdLevel::force`] chose another.
     pub fn current() -> SimdLevel {
         match FORCED.load(Ordering::Relaxed) {
@@ -101,3 +119,38 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// What the kernels' run-time choices need to know about the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cpu {
+    /// An AMD CPU of family 25 (Zen 3, Zen 4): AVX-512, where it has it, on 256-bit units,
+    /// and a hardware prefetcher that software prefetches slow down.
+    pub(crate) zen_avx512_halves: bool,
+}
+
+/// The CPU this process runs on (read once).
+pub(crate) fn cpu() -> Cpu {
+    static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            // CPUID leaves 0 (the vendor) and 1 (the signature) exist on every x86-64 CPU.
+            let (vendor, signature) = (__cpuid(0), __cpuid(1).eax);
+            let amd =
+                (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+            // The family: the base family, plus the extended family when the base is 15.
+            let base = (signature >> 8) & 0xf;
+            let family = if base == 0xf {
+                base + ((signature >> 20) & 0xff)
+            } else {
+                base
+            };
+            Cpu {
+                zen_avx512_halves: amd && family == 25,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Cpu::default()
+    })
+}

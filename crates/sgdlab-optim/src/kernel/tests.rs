@@ -80,9 +80,19 @@ fn simd_levels_are_detected_forced_and_named() {
     for &level in &available {
         SimdLevel::force(Some(level));
         assert_eq!(SimdLevel::current(), level);
+        // A forced level is every loop's level.
+        assert_eq!(SimdLevel::plain(), level);
     }
     SimdLevel::force(None);
     assert_eq!(Some(&SimdLevel::current()), available.last());
+    // The plain loops run at the widest level, or at AVX2 on a Zen 3/4 with AVX-512.
+    let zen = simd::cpu().zen_avx512_halves && SimdLevel::current() == SimdLevel::Avx512;
+    let want = if zen {
+        SimdLevel::Avx2
+    } else {
+        SimdLevel::current()
+    };
+    assert_eq!(SimdLevel::plain(), want);
     let names = [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512].map(SimdLevel::name);
     assert_eq!(names, ["baseline", "avx2", "avx512"]);
 }
@@ -239,5 +249,42 @@ fn fused_bf16_loop_matches_the_scratch_path() {
                 }
             }
         }
+    }
+}
+
+/// `SGDLAB_PREFETCH`'s values: `off`, `l1:BYTES`, `l2:BYTES` (a multiple of 64); anything else
+/// is ignored (the CPU's default applies).
+#[test]
+fn prefetch_policies_parse() {
+    assert_eq!(
+        parse_prefetch("off"),
+        Some(Prefetch {
+            level: None,
+            ahead_bytes: 0
+        })
+    );
+    assert_eq!(
+        parse_prefetch("l1:1024"),
+        Some(Prefetch {
+            level: Some(PrefetchLevel::L1),
+            ahead_bytes: 1024
+        })
+    );
+    assert_eq!(
+        parse_prefetch("l2:4096"),
+        Some(Prefetch {
+            level: Some(PrefetchLevel::L2),
+            ahead_bytes: 4096
+        })
+    );
+    for bad in ["", "on", "l3:1024", "l1:100", "l1:", "l2:-64", "L1:1024"] {
+        assert_eq!(parse_prefetch(bad), None, "{bad}");
+    }
+    // The process's policy is one of them, or the CPU's default.
+    let policy = prefetch_policy();
+    assert!(policy.level.is_none() || policy.ahead_bytes.is_multiple_of(64));
+    if std::env::var("SGDLAB_PREFETCH").is_err() {
+        assert_eq!(policy, default_prefetch());
+        assert_eq!(policy.level.is_none(), simd::cpu().zen_avx512_halves);
     }
 }
