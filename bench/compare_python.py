@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""The Python package's speed: sgdlab.torch.Adam against torch.optim.Adam(fused=True), and
-sgdlab.Optimizer.step on numpy arrays against the same step in the CLI's `bench --serve`.
+"""The Python package's speed: sgdlab.torch.Adam/AdamW against torch.optim.Adam(W)(fused=True)
+and DeepSpeed's DeepSpeedCPUAdam (the CPU step of ZeRO-Offload), and sgdlab.Optimizer.step
+on numpy arrays against the same step in the CLI's `bench --serve`.
 
     python bench/compare_python.py [--params 10000000] [--tensors 200] [--rounds 40]
-        [--threads 2] [--sgdlab target/release/sgdlab]
+        [--threads 2] [--sgdlab target/release/sgdlab] [--no-serve]
+
+DeepSpeedCPUAdam is measured when deepspeed is installed (`pip install deepspeed ninja`, the
+environment's bin/ on PATH for ninja; DS_ACCELERATOR=cpu on a machine without a GPU); its
+first construction compiles the op (minutes). A mixed-precision section steps bfloat16
+parameters and gradients with a float32 master copy (sgdlab's `master_weights=True`) against
+DeepSpeedCPUAdam on the float32 master (from the bfloat16 gradients widened) with the
+bfloat16 copy written back, as DeepSpeed's mixed-precision offload does.
 
 Needs the package installed (scripts/test does it into .venv) and torch. Every round times
 one step of each contender back to back, in a new random order, each on its own data; the
@@ -112,28 +120,68 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--sgdlab", default="target/release/sgdlab")
+    ap.add_argument("--no-serve", action="store_true", help="skip the numpy-against-CLI section")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, sgdlab {sgdlab.__version__}, {a.params:,} float32 "
           f"parameters, {a.threads} threads, {a.rounds} rounds")
 
-    for layout, shape_sizes in (("one tensor", [a.params]), (f"{a.tensors} tensors", sizes(a.params, a.tensors))):
-        contenders = {}
-        ref = "torch Adam fused"
-        p = model(shape_sizes, 1)
-        o = torch.optim.Adam(p, lr=1e-3, fused=True)
-        contenders[ref] = lambda o=o: timed(o.step)
-        p = model(shape_sizes, 2)
-        o = st.Adam(p, lr=1e-3, check_finite=False)
-        contenders["sgdlab.torch.Adam check_finite=False"] = lambda o=o: timed(o.step)
-        p = model(shape_sizes, 3)
-        o = st.Adam(p, lr=1e-3)
-        contenders["sgdlab.torch.Adam (checked)"] = lambda o=o: timed(o.step)
-        p = model(shape_sizes, 4)
-        o = st.Adam(p, lr=1e-3, check_finite=False, state_dtype="bf16")
-        contenders["sgdlab.torch.Adam bf16 state, unchecked"] = lambda o=o: timed(o.step)
-        report(f"Adam, {layout}:", rounds(contenders, a.rounds), ref, a.params)
+    sgdlab.set_num_threads(a.threads)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except Exception as e:  # noqa: BLE001 - any failure to import or build: not measured
+        print(f"(DeepSpeedCPUAdam not measured: {type(e).__name__}: {e})")
+        DeepSpeedCPUAdam = None
 
+    for layout, shape_sizes in (("one tensor", [a.params]), (f"{a.tensors} tensors", sizes(a.params, a.tensors))):
+        for name, decoupled in (("Adam", False), ("AdamW", True)):
+            contenders = {}
+            ref = f"torch {name} fused"
+            torch_cls, st_cls = (torch.optim.AdamW, st.AdamW) if decoupled else (torch.optim.Adam, st.Adam)
+            o = torch_cls(model(shape_sizes, 1), lr=1e-3, fused=True)
+            contenders[ref] = lambda o=o: timed(o.step)
+            if DeepSpeedCPUAdam is not None:
+                o = DeepSpeedCPUAdam(model(shape_sizes, 5), lr=1e-3, adamw_mode=decoupled, weight_decay=0.01 if decoupled else 0.0)
+                contenders["DeepSpeedCPUAdam"] = lambda o=o: timed(o.step)
+            o = st_cls(model(shape_sizes, 2), lr=1e-3, check_finite=False)
+            contenders[f"sgdlab.torch.{name} check_finite=False"] = lambda o=o: timed(o.step)
+            o = st_cls(model(shape_sizes, 3), lr=1e-3)
+            contenders[f"sgdlab.torch.{name} (checked)"] = lambda o=o: timed(o.step)
+            o = st_cls(model(shape_sizes, 4), lr=1e-3, check_finite=False, state_dtype="bf16")
+            contenders[f"sgdlab.torch.{name} bf16 state, unchecked"] = lambda o=o: timed(o.step)
+            report(f"{name}, {layout}:", rounds(contenders, a.rounds), ref, a.params)
+            del contenders, o
+
+    # Mixed precision: bfloat16 parameters and gradients, float32 master weights and moments.
+    contenders = {}
+    ps = model([a.params], 6)
+    low = [torch.nn.Parameter(p.detach().bfloat16()) for p in ps]
+    for p, q in zip(low, ps):
+        p.grad = q.grad.bfloat16()
+    o = st.AdamW(low, lr=1e-3, check_finite=False, master_weights=True)
+    o.step()  # the master copy is made at the first step
+    base = "sgdlab.torch.AdamW bf16 params, master_weights"
+    contenders[base] = lambda o=o: timed(o.step)
+    if DeepSpeedCPUAdam is not None:
+        master = model([a.params], 7)
+        copies = [torch.zeros(a.params, dtype=torch.bfloat16)]
+        o2 = DeepSpeedCPUAdam(master, lr=1e-3, adamw_mode=True, weight_decay=0.01)
+
+        def ds_mixed(o2=o2, master=master, copies=copies):
+            # DeepSpeed's offload hands the CPU step float32 gradients (converted from the
+            # bfloat16 ones) and writes the bfloat16 copy back: both counted here.
+            t = time.perf_counter()
+            master[0].grad.copy_(low[0].grad)
+            o2.step()
+            copies[0].copy_(master[0].detach())
+            return time.perf_counter() - t
+
+        contenders["DeepSpeedCPUAdam fp32 master + bf16 copy"] = ds_mixed
+    report("AdamW, mixed precision (bf16 params and grads, f32 master), one tensor:", rounds(contenders, a.rounds), base, a.params)
+    del contenders, o
+
+    if a.no_serve:
+        return
     spec = "adam:check_finite=false"
     serve = Serve(a.sgdlab, a.params, a.threads, spec)
     rng = np.random.default_rng(0)

@@ -17,7 +17,9 @@
 //!   |Δ| < ½ulp(Φ).
 //!
 //! The widening and narrowing are separate passes over memory (vectorised, over the
-//! threads), not fused into the rules' element loops.
+//! threads), not fused into the rules' element loops; the widened values go to buffers the
+//! optimizer keeps between steps (huge-page backed, as the state), so that a step does not
+//! fault in fresh pages for them.
 
 use rayon::prelude::*;
 
@@ -66,14 +68,27 @@ fn narrow_loop<T: Real>(src: &[T], dst: &mut [u16], block: Option<(Block, u32)>)
 
 multiversion!(fn narrow_dispatch<T: Real>(src: &[T], dst: &mut [u16], block: Option<(Block, u32)>) = narrow_loop);
 
-/// `src` widened exactly to `T`, chunk by chunk over the threads.
-fn widen<T: Real>(src: &[u16]) -> Vec<T> {
+/// `src` widened exactly to `T` into `out` (resized, and allocated with huge pages, when its
+/// length differs), chunk by chunk over the threads.
+fn widen_into<T: Real>(src: &[u16], out: &mut Vec<T>) {
+    if out.len() != src.len() {
+        *out = crate::alloc::huge_filled(src.len(), |_| T::zero());
+    }
     let level = SimdLevel::current();
-    let mut out = vec![T::zero(); src.len()];
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| widen_dispatch(level, s, d));
-    out
+}
+
+/// One buffer per source in `buffers` (kept between steps), each `sources[i]` widened.
+fn widen_all<'a, T: Real>(
+    sources: impl ExactSizeIterator<Item = &'a [u16]>,
+    buffers: &mut Vec<Vec<T>>,
+) {
+    buffers.resize_with(sources.len(), Vec::new);
+    for (src, out) in sources.zip(buffers.iter_mut()) {
+        widen_into(src, out);
+    }
 }
 
 /// `src` narrowed into `dst`; element i of a stochastic narrowing takes the low 16 bits of
@@ -141,7 +156,8 @@ impl<T: Real> Optimizer<T> {
         info: &StepInfo,
     ) -> Result<StepReport> {
         crate::threads::install(|| {
-            let wide: Vec<Vec<T>> = grads.iter().map(|g| widen(g.data)).collect();
+            let mut wide = std::mem::take(&mut self.wide_grads.0);
+            widen_all(grads.iter().map(|g| g.data), &mut wide);
             let views: Vec<GradRef<'_, T>> = grads
                 .iter()
                 .zip(&wide)
@@ -151,7 +167,10 @@ impl<T: Real> Optimizer<T> {
                     data: w,
                 })
                 .collect();
-            self.step_mixed(params, &views, info)
+            let result = self.step_mixed(params, &views, info);
+            drop(views);
+            self.wide_grads.0 = wide;
+            result
         })
     }
 
@@ -208,7 +227,9 @@ impl<T: Real> Optimizer<T> {
                 .map(|t| std::mem::take(&mut t.master))
                 .collect()
         } else {
-            params.iter().map(|p| widen(p.data)).collect()
+            let mut points = std::mem::take(&mut self.wide_params.0);
+            widen_all(params.iter().map(|p| &*p.data), &mut points);
+            points
         };
         let mut views: Vec<ParamMut<'_, T>> = params
             .iter()
@@ -247,6 +268,9 @@ impl<T: Real> Optimizer<T> {
                 };
                 narrow(src, p.data, how);
             }
+        }
+        if !self.spec.master_weights {
+            self.wide_params.0 = points;
         }
         Ok(report)
     }

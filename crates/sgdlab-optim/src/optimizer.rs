@@ -25,6 +25,10 @@ pub struct Optimizer<T: Real> {
     pub(crate) eval_mode: bool,
     /// The parameters' copy of cautious masking ([`crate::transform`]), kept between steps.
     pub(crate) scratch: crate::transform::Scratch<T>,
+    /// bfloat16 gradients widened to `T` ([`Optimizer::step_bf16`]), kept between steps.
+    pub(crate) wide_grads: crate::transform::Scratch<Vec<T>>,
+    /// bfloat16 parameters widened to `T` (without master weights), kept between steps.
+    pub(crate) wide_params: crate::transform::Scratch<Vec<T>>,
 }
 
 /// The optimizer state of one parameter tensor.
@@ -58,6 +62,8 @@ impl<T: Real> Optimizer<T> {
             group_specs: Vec::new(),
             eval_mode: false,
             scratch: Default::default(),
+            wide_grads: Default::default(),
+            wide_params: Default::default(),
         })
     }
 
