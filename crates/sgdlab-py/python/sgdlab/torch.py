@@ -12,14 +12,18 @@ other hyper-parameter — is read at every step).
 
 What differs from ``torch.optim``:
 
-* Parameters must be CPU tensors of one dtype, float32, float64 or bfloat16, contiguous;
-  they are updated in place through shared memory (no copy). bfloat16 parameters (with
-  bfloat16 or float32 gradients) step in float32 and are rounded back: stochastically by
-  default, or from a float32 master copy with ``master_weights=True`` (the mixed-precision
-  setting of large-model training).
-* The set of parameters that have a gradient is fixed by the first step (``torch.optim``
-  skips a parameter whose ``.grad`` is None; here a change of that set is an error that names
-  the parameter). Add parameter groups before the first step.
+* CPU tensors step on the Rust kernels in place through shared memory (no copy); tensors on
+  other devices step on the same rules in torch operations (``implementation=``). One
+  optimizer steps one parameter dtype, float32, float64 or bfloat16. bfloat16 parameters
+  (with bfloat16 or float32 gradients) step in float32 and are rounded back: stochastically
+  by default, or from a float32 master copy with ``master_weights=True`` (the
+  mixed-precision setting of large-model training).
+* The Rust engine steps the set of parameters with a gradient at its first step; with
+  ``implementation="auto"`` a change of that set moves the state, exactly, to the torch
+  engine, which counts steps per parameter as ``torch.optim`` does.
+* DTensor parameters (FSDP2, tensor parallelism) step their local shards; clipping's norm
+  and the finiteness check are summed over the processes (``shard_group=`` for
+  ``ZeroRedundancyOptimizer``'s partitions).
 * ``state_dtype="bf16"`` (``Adam``, ``AdamW``; any rule through ``spec=``) keeps the moments
   in bfloat16 with stochastic rounding (``rounding="nearest"`` to round to nearest);
   ``master_weights=True`` (``Adam``, ``AdamW``; ``spec="...,master_weights=true"``) keeps a
@@ -27,8 +31,9 @@ What differs from ``torch.optim``:
 * A non-finite gradient raises :class:`sgdlab.SgdlabError` and changes nothing, unless
   ``skip_nonfinite=True`` (skip and count the step) or ``check_finite=False`` (do not look,
   as ``torch.optim``; the fastest step).
-* The state lives in the Rust optimizer: ``state_dict()`` holds it exactly (as checkpoint
-  bytes under ``"sgdlab"``, and per parameter under ``"state"`` as tensors for inspection).
+* The Rust engine's state lives in the Rust optimizer: ``optimizer.state[p]`` reads it as
+  ``torch.optim`` lays it out, and ``state_dict()`` holds it exactly (as checkpoint bytes
+  under ``"sgdlab"``, and per parameter under ``"state"`` in ``torch.optim``'s layout).
 * As with ``torch.optim``, a step (and ``eval()``/``train()``) changes the parameters in
   place and bumps their autograd version counters. A gradient sharing memory with a parameter
   (``p.grad = p.detach()``) is refused. During a step (which releases the GIL) other threads
