@@ -714,3 +714,42 @@ def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():
     nadam.param_groups[0]["params"][1].grad = torch.ones_like(nadam.param_groups[0]["params"][1])
     with pytest.raises(ValueError, match="had a gradient at the first step"):
         nadam.step()
+
+
+@pytest.mark.parametrize(
+    "dtype, kw",
+    [
+        (torch.float32, dict(state_dtype="bf16")),
+        (torch.float32, dict(state_dtype="bf16", rounding="nearest")),
+        (torch.bfloat16, dict(master_weights=True)),
+        (torch.bfloat16, dict()),
+    ],
+)
+def test_a_torch_optim_layout_state_resumes_the_rust_engine_bit_for_bit(dtype, kw):
+    """The state dict without its ``sgdlab`` entry (what torch.distributed.checkpoint and
+    ZeRO keep: ``state`` and ``param_groups``) loads into the Rust engine and resumes bit for
+    bit, bfloat16 state and master copies included."""
+    def make():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).to(dtype)
+        return m, st.AdamW(m.parameters(), lr=0.01, **kw)
+
+    x, y = X.to(dtype), Y.to(dtype)
+
+    def steps(m, opt, ts):
+        for t in ts:
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().mul(1 + 0.3 * math.sin(t)).backward()
+            opt.step()
+
+    m1, o1 = make()
+    steps(m1, o1, range(3))
+    saved = {k: v for k, v in copy.deepcopy(o1.state_dict()).items() if k != "sgdlab"}
+    m2, o2 = make()
+    m2.load_state_dict(m1.state_dict())
+    o2.load_state_dict(saved)
+    assert o2.implementation == "rust" and o2.steps == 3
+    steps(m1, o1, range(3, 6))
+    steps(m2, o2, range(3, 6))
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
