@@ -585,3 +585,59 @@ fn a_non_finite_part_stops_every_part() {
         2
     );
 }
+
+/// Totals that say another part is not finite (even with a finite norm) stop the step; an
+/// infinite summed norm with every part finite is an overflow of the whole model's norm.
+#[test]
+fn totals_from_other_parts_decide_the_step() {
+    let g = vec![Tensor::new("b", vec![1], vec![2.0]).unwrap()];
+    let mut p = vec![Tensor::new("b", vec![1], vec![1.0]).unwrap()];
+    let mut o = Optimizer::<f64>::from_spec("adam:lr=0.1").unwrap();
+    let info = |norm_sq, nonfinite| StepInfo {
+        totals: Some(Totals {
+            norm_sq,
+            nonfinite,
+            numel: 3,
+        }),
+        ..StepInfo::default()
+    };
+    let e = o.step(&mut p, &g, &info(1.0, 2)).unwrap_err();
+    assert_eq!(e, Error::NonFiniteElsewhere { parts: 2 });
+    let mut clipped = Optimizer::<f64>::from_spec("sgd:lr=0.1,clip_norm=1").unwrap();
+    let e = clipped
+        .step(&mut p, &g, &info(f64::INFINITY, 0))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Overflow { what, .. } if what.contains("over every process")),
+        "{e}"
+    );
+    assert_eq!(
+        (p[0].data(), o.steps(), clipped.steps()),
+        (&[1.0][..], 0, 0)
+    );
+    // Finite totals: the step clips by their norm, not by its own part's.
+    let r = clipped.step(&mut p, &g, &info(16.0, 0)).unwrap();
+    assert_eq!(r.grad_norm, Some(4.0));
+    let c = 1.0 / (4.0 + 1e-6);
+    assert_eq!(p[0].data(), &[1.0 - 0.1 * (2.0 * c)][..]);
+}
+
+/// The per-tensor scalars read back: none before the first step, NAdam's μ product after it,
+/// empty for a rule without them.
+#[test]
+fn tensor_scalars_read_back() {
+    let mut o = Optimizer::<f64>::from_spec("nadam:lr=0.1,beta1=0.9,momentum_decay=0.004").unwrap();
+    assert_eq!(o.tensor_scalars(0), None);
+    let mut p = one(vec![1.0]);
+    o.step(&mut p, &one(vec![1.0]), &StepInfo::default())
+        .unwrap();
+    let mu1 = 0.9 * (1.0 - 0.5 * 0.96f64.powf(0.004));
+    let got = o.tensor_scalars(0).unwrap();
+    assert_eq!(got.len(), 1);
+    assert!((got[0] - mu1).abs() < 1e-15, "{got:?} vs {mu1}");
+    let mut a = Optimizer::<f64>::from_spec("adam").unwrap();
+    a.step(&mut p, &one(vec![1.0]), &StepInfo::default())
+        .unwrap();
+    assert_eq!(a.tensor_scalars(0), Some(&[][..]));
+    assert_eq!(a.tensor_scalars(1), None);
+}
