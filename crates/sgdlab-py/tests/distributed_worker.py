@@ -153,6 +153,34 @@ def fsdp(out: Path, offload: bool, implementation: str) -> dict:
     return res
 
 
+def hsdp(out: Path) -> dict:
+    """FSDP2 on a 2-D mesh (HSDP: replicate × shard, 1 × 2): the parameters are
+    (Replicate, Shard(0)) DTensors; the sums run over the shard dimension only. sgdlab's
+    clipped AdamW against torch.optim's with clip_grad_norm_."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("replicate", "shard"))
+
+    def sharded() -> torch.nn.Module:
+        m = mlp()
+        for layer in m:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(m, mesh=mesh)
+        return m
+
+    a, b = sharded(), sharded()
+    oa = st.Optimizer(a.parameters(), "adamw:lr=0.01,weight_decay=0.1", clip_norm=0.05)
+    ob = torch.optim.AdamW(b.parameters(), lr=0.01, weight_decay=0.1)
+    train(a, oa, STEPS)
+    train(b, ob, STEPS, clip=0.05)
+    return {
+        "placements": [type(pl).__name__ for pl in a[0].weight.placements],
+        "diff": max_diff(params(a), params(b)),
+        "engine": oa.implementation,
+    }
+
+
 def zero(out: Path) -> dict:
     """ZeroRedundancyOptimizer over sgdlab.torch.AdamW (and a clipped spec summing its norm
     over the partitions), and its checkpoint: a resumed run equals the uninterrupted one."""
@@ -283,6 +311,8 @@ def main() -> None:
             res = fsdp(out, offload == "offload", implementation)
         elif scenario == "zero":
             res = zero(out)
+        elif scenario == "hsdp":
+            res = hsdp(out)
         elif scenario == "dcp":
             res = dcp(out)
         elif scenario == "deepspeed":

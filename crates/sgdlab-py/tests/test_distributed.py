@@ -107,6 +107,15 @@ def test_fsdp2_equals_torch_optim_on_the_shards(tmp_path, offload, implementatio
     assert "muon orthogonalises each whole matrix" in res["muon"] and "shard" in res["muon"]
 
 
+def test_hsdp_sums_over_the_shard_dimension_only(tmp_path):
+    """FSDP2 on a 2-D mesh (replicate × shard): the parameters are (Replicate, Shard(0))
+    DTensors, and the clipped step equals torch.optim's with clip_grad_norm_."""
+    res = launch("hsdp", tmp_path)
+    assert res["placements"] == ["Replicate", "Shard"]
+    assert res["engine"] == "rust"
+    assert res["diff"] <= 1e-13, res["diff"]
+
+
 def test_zero_redundancy_optimizer_equals_the_single_process_run(tmp_path):
     """ZeroRedundancyOptimizer(optimizer_class=sgdlab.torch.AdamW) equals the single-process
     run; with clip_norm and shard_group the norm is the whole model's; its consolidated
