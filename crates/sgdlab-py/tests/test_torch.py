@@ -753,3 +753,21 @@ def test_a_torch_optim_layout_state_resumes_the_rust_engine_bit_for_bit(dtype, k
     steps(m2, o2, range(3, 6))
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("implementation", ["rust", "torch"])
+@pytest.mark.parametrize("spec, kw", [("adamw", {}), ("adamw", {"clip_norm": 1.0}), ("lion", {}), ("sgd:momentum=0.9", {})])
+def test_an_empty_parameter_steps_with_the_others(implementation, spec, kw):
+    """A zero-size parameter (a process's empty shard under FSDP2) steps with the others in
+    either engine, checked, clipped or not, as if it were not there."""
+    def run(with_empty):
+        b = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        ps = [torch.nn.Parameter(torch.zeros(0, 3)), b] if with_empty else [b]
+        opt = st.Optimizer(ps, spec, implementation=implementation, **kw)
+        for t in range(3):
+            for p in ps:
+                p.grad = torch.full_like(p, 0.5 + t)
+            opt.step()
+        return b.detach()
+
+    assert torch.equal(run(True), run(False))

@@ -969,16 +969,8 @@ def _compute_grad(g: Tensor, bf16: bool) -> Tensor:
 def _prepass(grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool) -> tuple[Optional[str], Optional[Tensor]]:
     """Finiteness and the squared global norm (float64), with one host synchronisation.
     Returns (the error message of the first non-finite element, or None; ‖g‖²)."""
-    if need_norm:
-        # Accumulated in float64, as the Rust kernels do.
-        try:
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
-        except TypeError:  # a torch without the dtype argument
-            norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
-    else:
-        norms = torch._foreach_norm(grads, math.inf)
     device = grads[0].device
-    stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+    stacked = _norms(grads, need_norm, device)
     total = stacked.square().sum() if need_norm else stacked.sum()
     if bool(torch.isfinite(total)):
         return None, total if need_norm else None
@@ -995,6 +987,25 @@ def _prepass(grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool)
     )
 
 
+def _norms(grads: list[Tensor], need_norm: bool, device: torch.device) -> Tensor:
+    """Each gradient's 2-norm accumulated in float64, as the Rust kernels do (``need_norm``),
+    or its largest magnitude (a NaN or an infinity shows in either), stacked on ``device``;
+    0 for an empty tensor (a process's empty shard), which has no largest element."""
+    full = [g for g in grads if g.numel()]
+    if not full:
+        return torch.zeros(len(grads), dtype=torch.float64, device=device)
+    if need_norm:
+        try:
+            norms = list(torch._foreach_norm(full, 2, dtype=torch.float64))
+        except TypeError:  # a torch without the dtype argument
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in full]
+    else:
+        norms = list(torch._foreach_norm(full, math.inf))
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    it = iter(norms)
+    return torch.stack([next(it).to(device=device, dtype=torch.float64) if g.numel() else zero for g in grads])
+
+
 def _prepass_parts(
     grads: list[Tensor], names: list[tuple[int, int]], need_norm: bool, parts: Any
 ) -> tuple[Optional[str], Optional[Tensor], int]:
@@ -1003,14 +1014,9 @@ def _prepass_parts(
     the others (held whole by every process) taken once. Returns (the error message, ‖g‖²,
     the model's size)."""
     device = grads[0].device
+    values = _norms(grads, need_norm, device)
     if need_norm:
-        try:
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
-        except TypeError:
-            norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
-        values = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms]).square()
-    else:
-        values = torch.stack([n.to(device=device, dtype=torch.float64) for n in torch._foreach_norm(grads, math.inf)])
+        values = values.square()
     sharded = torch.tensor(parts.sharded, device=device)
     own, whole = values[sharded].sum(), values[~sharded].sum()
     bad = ~torch.isfinite(own + whole)
