@@ -23,17 +23,19 @@ STEPS = 6
 
 
 def mlp() -> torch.nn.Module:
-    """The 3-layer MLP of every scenario, in float64, the same on every process."""
+    """The 3-layer MLP of every scenario, in float64, the same on every process. Its last
+    layer has one output: sharded over 2 processes, its weight and bias leave process 1 an
+    empty shard."""
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(5, 9), torch.nn.Tanh(), torch.nn.Linear(9, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+        torch.nn.Linear(5, 9), torch.nn.Tanh(), torch.nn.Linear(9, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1)
     ).double()
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     """The full batch (8 examples); each of the 2 processes takes half."""
     g = torch.Generator().manual_seed(1)
-    return torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    return torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 1, generator=g, dtype=torch.float64)
 
 
 def half(t: torch.Tensor) -> torch.Tensor:
@@ -125,6 +127,7 @@ def fsdp(out: Path, offload: bool, implementation: str) -> dict:
         res[f"{name}_diff"] = max_diff(params(a), params(b))
         res[f"{name}_engine"] = oa.implementation
         res[f"{name}_local"] = list(a[0].weight.to_local().shape)
+        res[f"{name}_last"] = list(a[4].weight.to_local().shape)
     # A NaN in one process's shard: every process skips (skip_nonfinite), or refuses.
     m = shard(mlp(), offload)
     opt = st.AdamW(m.parameters(), lr=0.01, skip_nonfinite=True, **kw)

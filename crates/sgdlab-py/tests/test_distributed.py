@@ -89,8 +89,8 @@ def test_ddp_equals_the_single_process_run(tmp_path):
 @pytest.mark.parametrize("offload", ["none", "offload"])
 @pytest.mark.parametrize("implementation", ["rust", "torch"])
 def test_fsdp2_equals_torch_optim_on_the_shards(tmp_path, offload, implementation):
-    """FSDP2 with every Linear and the root sharded over 2 processes (a 1-element shard
-    included): sgdlab.torch steps each process's local shard as torch.optim steps the
+    """FSDP2 with every Linear and the root sharded over 2 processes (empty shards on process
+    1 included): sgdlab.torch steps each process's local shard as torch.optim steps the
     DTensors, clipping by the norm summed over the processes; a NaN in one process's shard
     skips (or refuses) the step on both; Muon refuses a shard."""
     scenario = f"fsdp-{offload}-{implementation}"
@@ -99,6 +99,7 @@ def test_fsdp2_equals_torch_optim_on_the_shards(tmp_path, offload, implementatio
         assert res[f"{name}_engine"] == implementation, name
         assert res[f"{name}_diff"] <= 1e-13, (name, res[f"{name}_diff"])
     assert res["adamw_local"] == [5, 5]  # rank 0's shard of the 9×5 weight
+    assert res["adamw_last"] == [1, 7]  # rank 0 holds the 1×7 weight; rank 1's shard is empty
     # Both processes skipped the step with the NaN (rank 0's), and changed nothing.
     assert res["skip"] == [[2, 1, 0.0], [2, 1, 0.0]]
     rank0, rank1 = res["refused"]
@@ -188,7 +189,7 @@ def test_deepspeed_zero2_with_cpu_offload_steps_on_the_rust_kernels(tmp_path):
     res = launch("deepspeed", tmp_path, **env)
     assert res["sgdlab_wrapper"] == res["torch_wrapper"] == "DeepSpeedZeroOptimizer"
     assert res["engine"] == "rust" and res["steps"] == w.STEPS
-    # One flat partition per process: half of the model's 9*5+9+7*9+7+3*7+3 = 148 parameters.
-    assert res["flat"] == [[74]]
+    # One flat partition per process: half of the model's 9*5+9+7*9+7+1*7+1 = 132 parameters.
+    assert res["flat"] == [[66]]
     got = torch.load(tmp_path / "deepspeed.pt")
     assert w.max_diff(got["sgdlab"], got["torch"]) <= 1e-6
