@@ -641,3 +641,20 @@ fn tensor_scalars_read_back() {
     assert_eq!(a.tensor_scalars(0), Some(&[][..]));
     assert_eq!(a.tensor_scalars(1), None);
 }
+
+/// Finite gradients whose squared norm overflows `f64` are refused by a step that needs the
+/// norm (a clipped step would divide by ∞ and step by zero), naming the largest element;
+/// nothing changes.
+#[test]
+fn an_overflowing_norm_is_refused() {
+    let mut o = Optimizer::<f64>::from_spec("sgd:lr=0.1,clip_norm=1").unwrap();
+    let mut p = one(vec![1.0, 2.0]);
+    let e = o
+        .step(&mut p, &one(vec![1e200, -3e200]), &StepInfo::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Overflow { what, reason } if what.contains("squared 2-norm") && reason.contains("index 1")),
+        "{e}"
+    );
+    assert_eq!((p[0].data(), o.steps()), (&[1.0, 2.0][..], 0));
+}
