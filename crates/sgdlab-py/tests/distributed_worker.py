@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -324,7 +325,10 @@ def main() -> None:
             raise SystemExit(f"unknown scenario {scenario}")
         if dist.get_rank() == 0:
             (out / f"{scenario}.json").write_text(json.dumps(res))
-        # Both processes leave together: gloo aborts a process whose peer closes first.
+        # Every DDP model and ZeRO optimizer (held in reference cycles) is freed while the
+        # process group lives, and both processes leave together: gloo aborts a process
+        # whose peer closes first, or whose wrappers are freed after the group.
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()
