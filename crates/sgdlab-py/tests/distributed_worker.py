@@ -219,6 +219,21 @@ def zero(out: Path) -> dict:
     res["resume_equal"] = all(torch.equal(a, b) for a, b in zip(params(model.module), params(model2.module)))
     res["resume_engine"] = opt2.optim.implementation
     res["resume_steps"] = opt2.optim.steps
+    # A NaN in one parameter's (all-reduced) gradient lies in one process's partition: with
+    # shard_group, both processes skip the step.
+    model3 = DDP(mlp())
+    opt3 = ZeroRedundancyOptimizer(
+        model3.parameters(), optimizer_class=st.AdamW, lr=0.01, skip_nonfinite=True, shard_group=dist.group.WORLD
+    )
+    train(model3, opt3, 2)
+    x, y = data()
+    opt3.zero_grad()
+    loss_of(model3, half(x), half(y), 2).backward()
+    next(model3.parameters()).grad.view(-1)[0] = float("nan")
+    opt3.step()
+    counts = [None, None]
+    dist.all_gather_object(counts, (opt3.optim.steps, opt3.optim.skipped))
+    res["skip"] = counts
     if dist.get_rank() == 0:
         torch.save(saved, out / "zero.pt")
     return res

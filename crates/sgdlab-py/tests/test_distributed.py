@@ -120,8 +120,9 @@ def test_hsdp_sums_over_the_shard_dimension_only(tmp_path):
 
 def test_zero_redundancy_optimizer_equals_the_single_process_run(tmp_path):
     """ZeroRedundancyOptimizer(optimizer_class=sgdlab.torch.AdamW) equals the single-process
-    run; with clip_norm and shard_group the norm is the whole model's; its consolidated
-    checkpoint resumes bit for bit (onto the Rust engine)."""
+    run; with clip_norm and shard_group the norm is the whole model's, and a NaN in one
+    process's partition skips the step on both; its consolidated checkpoint resumes bit for
+    bit (onto the Rust engine)."""
     res = launch("zero", tmp_path)
     got = torch.load(tmp_path / "zero.pt")
     want = {
@@ -130,7 +131,13 @@ def test_zero_redundancy_optimizer_equals_the_single_process_run(tmp_path):
     }
     for name in want:
         assert w.max_diff(got[name], want[name]) <= 1e-13, name
-    assert res == {"resume_equal": True, "resume_engine": "rust", "resume_steps": 6}
+    assert {k: res[k] for k in ("resume_equal", "resume_engine", "resume_steps")} == {
+        "resume_equal": True,
+        "resume_engine": "rust",
+        "resume_steps": 6,
+    }
+    # A NaN in one partition: with shard_group both processes skip (2 steps, 1 skipped).
+    assert res["skip"] == [[2, 1], [2, 1]]
 
 
 def test_distributed_checkpoint_resumes_exactly(tmp_path):

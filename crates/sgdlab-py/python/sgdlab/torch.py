@@ -1301,6 +1301,7 @@ class Adam(_TorchNamed):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
         state_dtype: str = "param",
         rounding: str = "stochastic",
         master_weights: bool = False,
@@ -1315,7 +1316,7 @@ class Adam(_TorchNamed):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         self._init(params, "adam", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
-                   master_weights=master_weights, implementation=implementation)
+                   master_weights=master_weights, implementation=implementation, shard_group=shard_group)
 
     _class_keys = frozenset({"decoupled_weight_decay"})
 
@@ -1345,6 +1346,7 @@ class AdamW(_TorchNamed):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
         state_dtype: str = "param",
         rounding: str = "stochastic",
         master_weights: bool = False,
@@ -1352,7 +1354,7 @@ class AdamW(_TorchNamed):
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=_float(lr), betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         self._init(params, "adamw", defaults, check_finite, skip_nonfinite, None, maximize, state_dtype, rounding,
-                   master_weights=master_weights, implementation=implementation)
+                   master_weights=master_weights, implementation=implementation, shard_group=shard_group)
 
 
 class SGD(_TorchNamed):
@@ -1374,12 +1376,14 @@ class SGD(_TorchNamed):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         _unsupported(differentiable=differentiable)
         defaults = dict(
             lr=_float(lr), momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
         )
-        self._init(params, "sgd", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
+        self._init(params, "sgd", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation,
+                   shard_group=shard_group)
 
 
 class RMSprop(_TorchNamed):
@@ -1402,12 +1406,14 @@ class RMSprop(_TorchNamed):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         _unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(
             lr=_float(lr), alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
         )
-        self._init(params, "rmsprop", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
+        self._init(params, "rmsprop", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation,
+                   shard_group=shard_group)
 
 
 class Adagrad(_TorchNamed):
@@ -1429,6 +1435,7 @@ class Adagrad(_TorchNamed):
         check_finite: bool = True,
         skip_nonfinite: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         _unsupported(differentiable=differentiable)
         defaults = dict(
@@ -1438,7 +1445,8 @@ class Adagrad(_TorchNamed):
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
         )
-        self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation)
+        self._init(params, "adagrad", defaults, check_finite, skip_nonfinite, None, maximize, implementation=implementation,
+                   shard_group=shard_group)
 
 
 
@@ -1473,6 +1481,10 @@ _OWN_ARGS = """
     * ``implementation`` (``"auto"`` | ``"rust"`` | ``"torch"``): the Rust kernels (CPU
       tensors) or the same rule in torch operations (any device, ``torch.compile``); ``auto``
       chooses by the parameters' device at the first step.
+    * ``shard_group`` (None): the process group over which the parameters are partitioned
+      when this optimizer steps one process's part of the model (``ZeroRedundancyOptimizer``:
+      its process group); clipping's norm and the finiteness check sum over it. DTensor
+      parameters (FSDP2) need none.
 """
 
 
@@ -1493,6 +1505,7 @@ class _Rule(_TorchNamed):
         master_weights: bool = False,
         cautious: bool = False,
         implementation: str = "auto",
+        shard_group: Any = None,
     ) -> None:
         self._init(
             params,
@@ -1504,6 +1517,7 @@ class _Rule(_TorchNamed):
             maximize,
             spec_globals=_sgdlab_globals(state_dtype, rounding, master_weights, cautious),
             implementation=implementation,
+            shard_group=shard_group,
         )
 
 
