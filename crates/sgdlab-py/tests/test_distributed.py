@@ -74,17 +74,23 @@ def single(make, steps=w.STEPS, dtype=torch.float64) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_ddp_equals_the_single_process_run(tmp_path):
-    """DDP averages the two halves' gradients (f64 all-reduce): the run equals the
-    single-process full-batch run to within that sum's rounding (measured ≤ 1e-15)."""
-    launch("ddp", tmp_path)
-    got = torch.load(tmp_path / "ddp.pt")
+def assert_single_process_runs(got: dict) -> None:
+    """The distributed runs of AdamW and a clipped spec (``ddp`` and ``zero``) equal the
+    single-process runs on the full batch (float64)."""
     want = {
         "adamw": single(lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1)),
         "clipped": single(lambda ps: st.Optimizer(ps, "adamw:lr=0.01", clip_norm=0.05)),
     }
     for name in want:
         assert w.max_diff(got[name], want[name]) <= 1e-13, name
+
+
+def test_ddp_equals_the_single_process_run(tmp_path):
+    """DDP averages the two halves' gradients (f64 all-reduce): the run equals the
+    single-process full-batch run to within that sum's rounding (measured ≤ 1e-15)."""
+    launch("ddp", tmp_path)
+    got = torch.load(tmp_path / "ddp.pt")
+    assert_single_process_runs(got)
 
 
 @pytest.mark.parametrize("offload", ["none", "offload"])
@@ -125,12 +131,7 @@ def test_zero_redundancy_optimizer_equals_the_single_process_run(tmp_path):
     bit (onto the Rust engine)."""
     res = launch("zero", tmp_path)
     got = torch.load(tmp_path / "zero.pt")
-    want = {
-        "adamw": single(lambda ps: st.AdamW(ps, lr=0.01, weight_decay=0.1)),
-        "clipped": single(lambda ps: st.Optimizer(ps, "adamw:lr=0.01", clip_norm=0.05)),
-    }
-    for name in want:
-        assert w.max_diff(got[name], want[name]) <= 1e-13, name
+    assert_single_process_runs(got)
     assert {k: res[k] for k in ("resume_equal", "resume_engine", "resume_steps")} == {
         "resume_equal": True,
         "resume_engine": "rust",

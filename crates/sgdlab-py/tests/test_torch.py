@@ -673,27 +673,14 @@ def test_torch_optim_state_dicts_migrate_both_ways():
 def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():
     # On the CPU, "auto" steps on the Rust kernels; a layer frozen (or a group added) later
     # moves the state, exactly, to the torch engine, which counts steps per parameter.
-    model, ref = mlp(), mlp()
-    opt = st.AdamW(model.parameters(), lr=0.01, state_dtype="bf16", rounding="nearest")
-    tref = st.AdamW(ref.parameters(), lr=0.01, state_dtype="bf16", rounding="nearest", implementation="torch")
-    for t in range(6):
-        for o, m in ((opt, model), (tref, ref)):
-            o.zero_grad()
-            (((m(X) - Y) ** 2).mean() * (1 + 0.3 * math.sin(t))).backward()
-            if t in (3, 4):
-                m[0].weight.grad = None
-            o.step()
-        assert opt.implementation == ("rust" if t < 3 else "torch")
-    for a, b in zip(model.parameters(), ref.parameters()):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
-    late = st.SGD(mlp().parameters(), lr=0.1, momentum=0.9)
-    late.param_groups[0]["params"][0].grad = torch.ones_like(late.param_groups[0]["params"][0])
-    late.step()
-    late.add_param_group({"params": [torch.zeros(2, dtype=torch.float64, requires_grad=True)]})
-    assert late.implementation == "torch" and late.steps == 1
-    # Rules with per-tensor scalars (NAdam's μ product, Madam's bound, Schedule-Free's
-    # averaging weights) move with them.
-    for cls, kw in ((st.NAdam, dict(lr=0.01)), (st.ScheduleFreeAdamW, dict(lr=0.01, warmup_steps=2)), (st.Madam, dict(lr=0.01))):
+    # With them, per-tensor scalars (NAdam's μ product, Madam's bound, Schedule-Free's
+    # averaging weights) and bfloat16 state.
+    for cls, kw in (
+        (st.AdamW, dict(lr=0.01, state_dtype="bf16", rounding="nearest")),
+        (st.NAdam, dict(lr=0.01)),
+        (st.ScheduleFreeAdamW, dict(lr=0.01, warmup_steps=2)),
+        (st.Madam, dict(lr=0.01)),
+    ):
         model, ref = mlp(), mlp()
         opt, tref = cls(model.parameters(), **kw), cls(ref.parameters(), implementation="torch", **kw)
         for t in range(6):
@@ -706,6 +693,11 @@ def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():
             assert opt.implementation == ("rust" if t < 3 else "torch"), cls
         for a, b in zip(model.parameters(), ref.parameters()):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), cls
+    late = st.SGD(mlp().parameters(), lr=0.1, momentum=0.9)
+    late.param_groups[0]["params"][0].grad = torch.ones_like(late.param_groups[0]["params"][0])
+    late.step()
+    late.add_param_group({"params": [torch.zeros(2, dtype=torch.float64, requires_grad=True)]})
+    assert late.implementation == "torch" and late.steps == 1
     # implementation="rust" keeps its fixed set and says why.
     nadam = st.NAdam(mlp().parameters(), implementation="rust")
     nadam.param_groups[0]["params"][0].grad = torch.ones_like(nadam.param_groups[0]["params"][0])
