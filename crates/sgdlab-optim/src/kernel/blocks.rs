@@ -172,43 +172,31 @@ pub(crate) fn blocks_with<T: Real, const S: usize>(
 /// elsewhere).
 #[inline(always)]
 pub(crate) fn prefetch_lines_to<T>(level: PrefetchLevel, xs: &[T]) {
-    match level {
-        PrefetchLevel::L1 => prefetch_lines(xs),
-        PrefetchLevel::L2 => {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-                let base = xs.as_ptr().cast::<i8>();
-                let bytes = std::mem::size_of_val(xs);
-                let mut offset = 0;
-                while offset < bytes {
-                    // SAFETY: as in `prefetch_lines`.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(offset)) };
-                    offset += 64;
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = xs;
-        }
-    }
-}
-
-/// Asks the CPU to bring every cache line of `xs` into L1 (x86-64; nothing elsewhere).
-#[inline(always)]
-pub(crate) fn prefetch_lines<T>(xs: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let base = xs.as_ptr().cast::<i8>();
-        let bytes = std::mem::size_of_val(xs);
-        let mut offset = 0;
-        while offset < bytes {
-            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is a hint that never
-            // dereferences, faults or changes a value (the address is inside `xs` anyway).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(offset)) };
-            offset += 64;
+        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
+        match level {
+            PrefetchLevel::L1 => prefetch_hinted::<_MM_HINT_T0, T>(xs),
+            PrefetchLevel::L2 => prefetch_hinted::<_MM_HINT_T1, T>(xs),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = xs;
+    let _ = (level, xs);
+}
+
+/// Every cache line of `xs` prefetched with the hint `HINT` (`_MM_HINT_T0`: L1,
+/// `_MM_HINT_T1`: L2).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_hinted<const HINT: i32, T>(xs: &[T]) {
+    use std::arch::x86_64::_mm_prefetch;
+    let base = xs.as_ptr().cast::<i8>();
+    let bytes = std::mem::size_of_val(xs);
+    let mut offset = 0;
+    while offset < bytes {
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is a hint that never
+        // dereferences, faults or changes a value (the address is inside `xs` anyway).
+        unsafe { _mm_prefetch::<HINT>(base.wrapping_add(offset)) };
+        offset += 64;
+    }
 }

@@ -756,7 +756,7 @@ class Optimizer(torch.optim.Optimizer):
         if self._core is not None and self._active is not None:
             for t, (gi, pj) in enumerate(self._active):
                 p = self.param_groups[gi]["params"][pj]
-                state[ids[(gi, pj)]] = {k: self._rust_value(k, t, p) for k in self._rust_keys(t, gi)}
+                state[ids[(gi, pj)]] = {k: self._rust_value(k, t, gi, p) for k in self._rust_keys(t, gi)}
         out = {
             "state": state,
             "param_groups": groups,
@@ -779,10 +779,10 @@ class Optimizer(torch.optim.Optimizer):
             keys.append("master")
         return keys
 
-    def _rust_value(self, key: str, t: int, p: Any) -> Any:
-        """A copy of the Rust engine's state ``key`` of tensor ``t`` (parameter ``p``) as a
-        ``torch.optim`` entry holds it: a tensor shaped as ``p`` (a DTensor for a DTensor),
-        ``step`` and the scalars as 0-d tensors."""
+    def _rust_value(self, key: str, t: int, gi: int, p: Any) -> Any:
+        """A copy of the Rust engine's state ``key`` of tensor ``t`` (parameter ``p`` of group
+        ``gi``) as a ``torch.optim`` entry holds it: a tensor shaped as ``p`` (a DTensor for a
+        DTensor), ``step`` and the scalars as 0-d tensors."""
         core = self._core
         assert core is not None
         if key == "step":
@@ -792,7 +792,6 @@ class Optimizer(torch.optim.Optimizer):
         buf = core.state(key, t)
         if buf is not None:
             return _dist.like(torch.from_numpy(buf), p)
-        gi = int(self._active[t][0]) if self._active else 0
         names = _foreach.RULES[self._group_rule(self.param_groups[gi])].scalars
         if key in names:
             return torch.tensor(core.tensor_scalars(t)[names.index(key)], dtype=torch.float64)
@@ -1176,7 +1175,7 @@ class _RustState(Mapping):
         opt = self._owner()
         if key not in opt._rust_keys(self._t, self._gi):
             raise KeyError(key)
-        return opt._rust_value(key, self._t, self._p)
+        return opt._rust_value(key, self._t, self._gi, self._p)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._owner()._rust_keys(self._t, self._gi))
