@@ -50,6 +50,7 @@ pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
 mod checks;
+mod global;
 pub mod group;
 pub mod kernel;
 pub mod keys;
@@ -82,6 +83,7 @@ pub mod lion;
 pub mod madam;
 pub mod muon;
 pub mod nadam;
+pub mod prodigy;
 pub mod radam;
 pub mod rmsprop;
 pub mod rules;
@@ -103,6 +105,7 @@ registry! {
     schedulefree::{SfSgd, SfAdamW},
     adopt::{Adopt},
     adan::{Adan},
+    prodigy::{Prodigy},
 }
 
 pub use checkpoint::{StateDict, read_state_file, stored_dtype};

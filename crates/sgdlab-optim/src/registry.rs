@@ -99,6 +99,11 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.tensor_scalars::<T>(), )+ )* }
             }
 
+            /// The global capability ([`UpdateRule::global`]).
+            pub(crate) fn global<T: crate::Real>(&self) -> Option<&dyn crate::rule::GlobalRule<T>> {
+                match self { $( $( Rule::$variant(c) => c.global::<T>(), )+ )* }
+            }
+
             /// What a step must hand the rule ([`Needs`](crate::rule::Needs)).
             pub fn needs(&self) -> crate::rule::Needs {
                 match self { $( $( Rule::$variant(c) => c.needs(), )+ )* }
@@ -116,7 +121,7 @@ macro_rules! registry {
 
             /// Whether state buffer `slot` starts as a copy of the parameters.
             pub fn slot_starts_at_params(&self, slot: usize) -> bool {
-                self.averaging::<f64>().is_some_and(|a| a.starts_at_params(slot))
+                match self { $( $( Rule::$variant(c) => c.starts_at_params(slot), )+ )* }
             }
 
             /// Whether the rule steps whole tensors (by shape) instead of chunks.

@@ -37,11 +37,12 @@ pub trait Keys {
 /// every SIMD level and thread count gives the same bits.
 ///
 /// The trait is the element-wise core — validation, learning rate, state buffers, decay
-/// rates, [`Needs`], [`DecayForm`], the chunk loops — and three named capabilities that a
+/// rates, [`Needs`], [`DecayForm`], the chunk loops — and four named capabilities that a
 /// special rule returns and every other leaves at `None`: [`UpdateRule::matrix`] (whole
 /// matrices, Muon), [`UpdateRule::averaging`] (an evaluation point other than the
-/// parameters, Schedule-Free) and [`UpdateRule::tensor_scalars`] (per-tensor scalars,
-/// Madam and NAdam). Transformations of the update (cautious masking,
+/// parameters, Schedule-Free), [`UpdateRule::tensor_scalars`] (per-tensor scalars,
+/// Madam and NAdam) and [`UpdateRule::global`] (scalars from sums over every tensor of a
+/// step, Prodigy's d). Transformations of the update (cautious masking,
 /// [`crate::transform`]) need only [`UpdateRule::decay_form`].
 pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Send + Sync {
     /// Checks every hyper-parameter's range and their combinations.
@@ -66,6 +67,12 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         0.0
     }
 
+    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z and
+    /// x, Prodigy's x₀) instead of [`UpdateRule::initial_state`].
+    fn starts_at_params(&self, _slot: usize) -> bool {
+        false
+    }
+
     /// What a step must hand the rule besides the gradient ([`Needs`]).
     fn needs(&self) -> Needs {
         Needs::default()
@@ -86,6 +93,14 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
     /// The per-tensor capability: scalars kept per tensor, updated from the whole tensor
     /// before its chunks (Madam's clamp bound, NAdam's momentum product).
     fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
+        None
+    }
+
+    /// The global capability: scalars that a read-only pass over every tensor of the step
+    /// sets before any chunk is updated (Prodigy's estimate d of the distance to the
+    /// solution). The scalars are kept, the same, in every tensor's
+    /// [`TensorScalars`], which this capability needs too.
+    fn global<T: Real>(&self) -> Option<&dyn GlobalRule<T>> {
         None
     }
 
@@ -156,10 +171,6 @@ pub trait AveragingRule<T: Real> {
     /// The state buffer that holds the point to evaluate.
     fn eval_slot(&self) -> usize;
 
-    /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z and
-    /// x) instead of [`UpdateRule::initial_state`].
-    fn starts_at_params(&self, slot: usize) -> bool;
-
     /// Writes the training point into `p` from the state, exactly as a step leaves it (the
     /// way back from an evaluation swap).
     fn train_point(&self, p: &mut [T], slots: &[&[T]]);
@@ -173,6 +184,39 @@ pub trait TensorScalars<T: Real> {
     /// Runs once per tensor and step, before its chunks, with the whole tensor (a reduction,
     /// or a product over steps).
     fn begin(&self, ctx: &StepContext, p: &[T], scalars: &mut [f64]);
+}
+
+/// A rule whose step depends on sums over every tensor of the step
+/// ([`UpdateRule::global`]): a read-only gather over all chunks (summed per chunk, then in
+/// chunk order: the same bits for any thread count), then one settlement that updates the
+/// optimizer-wide scalars and gives the values every chunk reads
+/// ([`StepContext::global`]).
+pub trait GlobalRule<T: Real>: Sync {
+    /// How many sums the gather adds up.
+    fn sums(&self) -> usize;
+
+    /// The keys whose values every parameter group must share (the scalars are
+    /// optimizer-wide).
+    fn shared_keys(&self) -> &'static [&'static str];
+
+    /// Adds one chunk's contributions to `sums`, from its parameters, gradient and state
+    /// (read only: nothing is written before every sum is known). `ctx` is the tensor's
+    /// group's, whose [`StepContext::global`] holds one value during the gather: the step's
+    /// largest learning rate over the groups; `scalars` are the tensor's.
+    fn gather(
+        &self,
+        ctx: &StepContext,
+        p: &[T],
+        g: &[T],
+        slots: &[&[T]],
+        scalars: &[f64],
+        sums: &mut [f64],
+    );
+
+    /// From the sums over every tensor and the step's largest learning rate over the groups,
+    /// updates the kept `scalars` (then copied to every tensor) and returns the values the
+    /// chunks read this step ([`StepContext::global`]).
+    fn settle(&self, lr: f64, scalars: &mut [f64], sums: &[f64]) -> Decays;
 }
 
 /// How an element-wise rule's step decays the parameters: it moves them as

@@ -88,6 +88,11 @@ config! {
 }
 
 impl UpdateRule for SfSgd {
+    /// z and x start at the parameters.
+    fn starts_at_params(&self, _slot: usize) -> bool {
+        true
+    }
+
     fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
         Some(self)
     }
@@ -167,10 +172,6 @@ impl<T: Real> AveragingRule<T> for SfSgd {
         1
     }
 
-    fn starts_at_params(&self, _slot: usize) -> bool {
-        true
-    }
-
     fn train_point(&self, p: &mut [T], slots: &[&[T]]) {
         interpolate(p, slots[0], slots[1], self.momentum);
     }
@@ -204,6 +205,11 @@ config! {
 }
 
 impl UpdateRule for SfAdamW {
+    /// z and x start at the parameters (v at 0).
+    fn starts_at_params(&self, slot: usize) -> bool {
+        slot < 2
+    }
+
     fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
         Some(self)
     }
@@ -292,10 +298,6 @@ impl<T: Real> TensorScalars<T> for SfAdamW {
 impl<T: Real> AveragingRule<T> for SfAdamW {
     fn eval_slot(&self) -> usize {
         1
-    }
-
-    fn starts_at_params(&self, slot: usize) -> bool {
-        slot < 2
     }
 
     fn train_point(&self, p: &mut [T], slots: &[&[T]]) {

@@ -418,6 +418,10 @@ impl OptimizerSpec {
                 Some("its Newton–Schulz step runs on whole matrices")
             } else if self.rule.eval_slot().is_some() {
                 Some("its averaged point x must stay exact")
+            } else if self.rule.global::<f64>().is_some() {
+                Some(
+                    "its estimate reads the state in a pass over every tensor before the step, in full precision only",
+                )
             } else {
                 None
             };

@@ -172,6 +172,10 @@ pub struct StepContext {
     /// Whether element loops prefetch ahead (`kernel::blocks`): for steps whose working set
     /// is at least 32 MiB.
     pub prefetch: bool,
+    /// The step's values of a rule with the global capability (what
+    /// [`GlobalRule::settle`](crate::rule::GlobalRule::settle) returns; Prodigy's d before and
+    /// after the step); empty for every other rule.
+    pub global: crate::rule::Decays,
 }
 
 impl<T: Real> Optimizer<T> {
@@ -379,6 +383,10 @@ impl<T: Real> Optimizer<T> {
         };
         let grad_scale = mean * clip;
 
+        let global = self.is_global();
+        if global {
+            self.check_global(info)?;
+        }
         if let Some(groups) = first_groups {
             self.allocate(params, groups);
         }
@@ -390,7 +398,7 @@ impl<T: Real> Optimizer<T> {
         let prefetch = self.prefetches(params);
         // One context per group: its rule's learning rate and decay powers; the gradient
         // scale, norm and size are global.
-        let contexts: Vec<StepContext> = self
+        let mut contexts: Vec<StepContext> = self
             .all_specs()
             .map(|spec| StepContext {
                 t: self.step,
@@ -412,8 +420,12 @@ impl<T: Real> Optimizer<T> {
                     })
                     .collect(),
                 prefetch,
+                global: crate::rule::Decays::new(),
             })
             .collect();
+        if global {
+            self.settle_global(params, grads, &mut contexts);
+        }
         let rules: Vec<&Rule> = std::iter::once(&self.spec.rule)
             .chain(self.group_specs.iter().map(|s| &s.rule))
             .collect();

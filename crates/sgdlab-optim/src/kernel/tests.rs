@@ -136,6 +136,7 @@ fn blocked_and_whole_loops_give_the_same_bits() {
                 numel: n,
                 beta_pow: rule.decays().iter().map(|b| b.powf(3.0)).collect(),
                 prefetch,
+                global: Default::default(),
             };
             let mut p: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
             let mut slots: Vec<Vec<f32>> = (0..opt.slot_names().len())
@@ -174,6 +175,7 @@ fn fused_bf16_loop_matches_the_scratch_path() {
             numel: n,
             beta_pow: rule.decays().iter().map(|b| b.powi(t as i32)).collect(),
             prefetch,
+            global: Default::default(),
         };
         let g: Vec<T> = (0..n)
             .map(|i| T::from_f64(((i * 37 % 101) as f64 - 50.0) * 1e-3))

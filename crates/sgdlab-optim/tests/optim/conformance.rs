@@ -95,8 +95,15 @@ fn cpu_torch_nadam_is_matched_exactly() {
 /// Cautious masking recovers the rule's update from its step (s p − p′, exact by
 /// Sterbenz's lemma but carrying the step's own rounding of p′), so its parameters take one
 /// rounding more per step than the reference's: 1.1e-6 measured (ADOPT with decoupled decay).
+///
+/// Prodigy without momentum and with L2 decay steps by η̂d g/(√v + dε), with d the
+/// ratio r/Σ|s| of two float32 sums in which r cancels: prodigyopt's own float32 run misses
+/// its float64 reference by 1.3e-4 on `prodigy-options-l2.json`, sgdlab's (sums in f64) by
+/// 7.3e-5.
 fn f32_tolerance(name: &str) -> f64 {
-    if name == "torch-muon" {
+    if name == "prodigy-options-l2" {
+        1e-4
+    } else if name == "torch-muon" {
         3e-6
     } else if name.contains("cautious") {
         2e-6

@@ -12,3 +12,4 @@ mod docs;
 mod groups_schedule;
 mod matrix_and_averaging_rules;
 mod optimizers;
+mod prodigy;

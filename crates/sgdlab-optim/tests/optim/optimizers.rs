@@ -38,6 +38,8 @@ pub(crate) const ALL: &[&str] = &[
     "adan:lr=0.01,weight_decay=0.01",
     "sf-sgd:lr=0.1,warmup_steps=2,weight_decay=0.01",
     "sf-adamw:lr=0.01,warmup_steps=2,weight_decay=0.01,r=1",
+    "prodigy:weight_decay=0.01,use_bias_correction=true",
+    "prodigy:beta1=0,weight_decay=0.01,decouple=false,growth_rate=1.1,cautious=true",
 ];
 
 /// A deterministic two-tensor problem: gradient of ½‖p − target‖² plus a wobble.
@@ -514,6 +516,7 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         ("muon", &["momentum_buffer"]),
         ("sf-sgd", &["z", "x"]),
         ("sf-adamw", &["z", "x", "exp_avg_sq"]),
+        ("prodigy", &["exp_avg", "exp_avg_sq", "s", "p0"]),
     ];
     for (spec, slots) in table {
         let opt = Optimizer::<f64>::from_spec(spec).unwrap();
@@ -524,6 +527,7 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
             "madam" => &["max"],
             "nadam" => &["mu_product"],
             "sf-sgd" | "sf-adamw" => &["lr_max", "weight_sum", "ckp1"],
+            "prodigy" => &["d", "d_max", "d_numerator", "k"],
             _ => &[],
         };
         assert_eq!(rule.tensor_scalars(), scalars, "{spec}");
@@ -548,7 +552,9 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
             .collect();
         assert_eq!(
             starts,
-            (0..slots.len()).map(|s| sf && s < 2).collect::<Vec<_>>(),
+            (0..slots.len())
+                .map(|s| (sf && s < 2) || (name == "prodigy" && s == 3))
+                .collect::<Vec<_>>(),
             "{spec}"
         );
     }
