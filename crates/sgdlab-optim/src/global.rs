@@ -10,25 +10,37 @@ use crate::kernel::{CHUNK, PARALLEL_MIN};
 use crate::{Error, GradRef, Optimizer, ParamMut, Real, Result, StepContext, StepInfo};
 
 impl<T: Real> Optimizer<T> {
-    /// Whether the optimizer's rule has the global capability.
-    pub(crate) fn is_global(&self) -> bool {
-        self.all_specs().any(|s| s.rule.global::<T>().is_some())
+    /// Whether a spec that steps some tensor (`used`: each tensor's group) has the global
+    /// capability.
+    pub(crate) fn is_global(&self, used: &[usize]) -> bool {
+        self.all_specs()
+            .enumerate()
+            .any(|(g, s)| used.contains(&g) && s.rule.global::<T>().is_some())
     }
 
     /// Refuses, before anything is written, what a global rule cannot do: groups with
     /// another rule or other values of its shared keys, a group learning rate that is
     /// neither the largest nor 0 (the reference's rule), and a step of one part of a
-    /// distributed model (its sums would be this part's alone).
-    pub(crate) fn check_global(&self, info: &StepInfo) -> Result<()> {
-        let own = &self.spec.rule;
+    /// distributed model (its sums would be this part's alone). `used` lists the group of
+    /// every tensor (a spec that steps no tensor is not compared).
+    pub(crate) fn check_global(&self, info: &StepInfo, used: &[usize]) -> Result<()> {
+        let in_use = |g: usize| used.contains(&g);
+        let specs = || {
+            self.all_specs()
+                .enumerate()
+                .filter(move |(g, _)| in_use(*g))
+        };
+        let Some((_, first)) = specs().next() else {
+            return Ok(());
+        };
+        let own = &first.rule;
         let Some(global) = own.global::<T>() else {
             return Err(Error::Unsupported(format!(
                 "parameter groups stepped by {} beside {}: its estimate is shared by every \
                  parameter, so every group must use it",
-                self.group_specs
-                    .iter()
-                    .find(|s| s.rule.global::<T>().is_some())
-                    .map_or("", |s| s.rule.name()),
+                specs()
+                    .find(|(_, s)| s.rule.global::<T>().is_some())
+                    .map_or("", |(_, s)| s.rule.name()),
                 own.name()
             )));
         };
@@ -36,8 +48,8 @@ impl<T: Real> Optimizer<T> {
         let shared = |vals: &[(&'static str, String)], key: &str| {
             vals.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         };
-        let lr_max = self.all_specs().map(|s| s.rule.lr()).fold(0.0, f64::max);
-        for (g, spec) in self.all_specs().enumerate() {
+        let lr_max = specs().map(|(_, s)| s.rule.lr()).fold(0.0, f64::max);
+        for (g, spec) in specs() {
             if spec.rule.name() != own.name() {
                 return Err(Error::Unsupported(format!(
                     "parameter group {g} steps with {} beside {}: its estimate is shared by \
@@ -53,7 +65,7 @@ impl<T: Real> Optimizer<T> {
                         format!("{key} of parameter group {g}"),
                         shared(&theirs, key).unwrap_or_default(),
                         format!(
-                            "must equal the optimizer's ({}): {}'s estimate is shared by every \
+                            "must equal the other groups' ({}): {}'s estimate is shared by every \
                              group",
                             shared(&values, key).unwrap_or_default(),
                             own.name()
@@ -92,20 +104,22 @@ impl<T: Real> Optimizer<T> {
         grads: &[GradRef<'_, T>],
         contexts: &mut [StepContext],
     ) {
-        let lr = contexts.iter().map(|c| c.lr).fold(0.0, f64::max);
+        let used: Vec<usize> = self.tensors.iter().map(|t| t.group).collect();
+        let lr = contexts
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| used.contains(g))
+            .map(|(_, c)| c.lr)
+            .fold(0.0, f64::max);
         for c in contexts.iter_mut() {
             c.global = smallvec::smallvec![lr];
         }
-        let own = self
-            .spec
-            .rule
-            .global::<T>()
-            .expect("checked by check_global");
+        let Some(&first) = used.first() else {
+            return;
+        };
+        let rules: Vec<_> = self.all_specs().map(|s| s.rule.global::<T>()).collect();
+        let own = rules[first].expect("checked by check_global");
         let n_sums = own.sums();
-        let rules: Vec<_> = self
-            .all_specs()
-            .map(|s| s.rule.global::<T>().expect("checked by check_global"))
-            .collect();
         // One item per chunk of every tensor, in order.
         let items: Vec<(usize, usize, usize)> = params
             .iter()
@@ -122,7 +136,7 @@ impl<T: Real> Optimizer<T> {
             let slots: smallvec::SmallVec<[&[T]; 4]> =
                 state.slots.iter().map(|s| &s[lo..hi]).collect();
             let mut sums = smallvec::SmallVec::<[f64; 4]>::from_elem(0.0, n_sums);
-            rules[state.group].gather(
+            rules[state.group].expect("checked by check_global").gather(
                 &ctx[state.group],
                 &params[t].data[lo..hi],
                 &grads[t].data[lo..hi],

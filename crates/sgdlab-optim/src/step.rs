@@ -383,9 +383,13 @@ impl<T: Real> Optimizer<T> {
         };
         let grad_scale = mean * clip;
 
-        let global = self.is_global();
+        let used: Vec<usize> = match &first_groups {
+            Some(groups) => groups.clone(),
+            None => self.tensors.iter().map(|t| t.group).collect(),
+        };
+        let global = self.is_global(&used);
         if global {
-            self.check_global(info)?;
+            self.check_global(info, &used)?;
         }
         if let Some(groups) = first_groups {
             self.allocate(params, groups);

@@ -67,6 +67,13 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
         # Five Newton–Schulz iterations amplify the GPU's float32 matrix products' own order
         # of accumulation (1.3e-6 measured on an H200).
         tol = 2e-6
+    ill_conditioned = dtype == torch.float32 and path.stem == "prodigy-options-l2"
+    if ill_conditioned:
+        # Prodigy without momentum and with L2 decay steps by d·g/(√v + dε) with d a ratio of
+        # sums in which the numerator cancels: torch's CPU add-with-alpha is a fused
+        # multiply-add, one unit in the last place at step 5 that the estimate amplifies
+        # (prodigyopt's own float32 run misses its float64 reference by 1.3e-4 on this file).
+        tol = 1e-4
     assert rel_err(got, want) <= tol
     if want_eval is not None:
         assert rel_err(got_eval, want_eval) <= TOL[dtype]
@@ -84,11 +91,13 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     # weights) under the same names and values in both engines' state dicts.
     assert {k for k in s_r if k in scalars} == {k for k in s_t if k in scalars} == scalars
     for k in scalars:
-        assert float(s_t[k]) == pytest.approx(float(s_r[k]), rel=1e-12), k
+        assert float(s_t[k]) == pytest.approx(float(s_r[k]), rel=1e-3 if ill_conditioned else 1e-12), k
     # The state to the same bar, relative to its largest element; on a GPU, float32 state
     # (an EMA of gradients that cancel, say) also carries the device's own roundings (fused
     # multiply-adds, torch's lerp): 1e-4 there.
     state_tol = TOL[dtype] if dtype == torch.float64 or DEVICE.type == "cpu" else 1e-4
+    if ill_conditioned:
+        state_tol = 1e-3
     for k in slots:
         scale = max(float(s_r[k].abs().max()), 1e-300)
         assert float((s_t[k].double() - s_r[k].double()).abs().max()) / scale <= state_tol
@@ -157,6 +166,8 @@ def both(spec, shapes, steps=6, dtype=torch.float64, groups=None, seed=0, param_
         "lion:lr=0.01,weight_decay=0.1,cautious=true",
         "adopt:lr=0.01,weight_decay=0.1,cautious=true",
         "sgd:lr=0.1,momentum=0.9,cautious=true",
+        "prodigy:weight_decay=0.1,use_bias_correction=true,clip_norm=0.5",
+        "prodigy:beta1=0,decouple=false,weight_decay=0.1,growth_rate=1.2,cautious=true",
     ],
 )
 def test_rules_and_global_keys_on_several_tensors(spec):

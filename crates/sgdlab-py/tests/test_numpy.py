@@ -55,6 +55,13 @@ def f64_tolerance(name):
     return 2e-10 if name == "torch-nadam" else 1e-10
 
 
+def f32_tolerance(name):
+    # Prodigy without momentum and with L2 decay: its estimate is a ratio of float32 sums in
+    # which the numerator cancels; prodigyopt's own float32 run misses its float64 reference
+    # by 1.3e-4 on this file, sgdlab's by 7.3e-5.
+    return 1e-4 if name == "prodigy-options-l2" else 1e-5
+
+
 def test_there_are_conformance_cases():
     assert len(CASES) >= 26
 
@@ -62,7 +69,7 @@ def test_there_are_conformance_cases():
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_conformance(path, dtype):
-    tol = f64_tolerance(path.stem) if dtype == np.float64 else 1e-5
+    tol = f64_tolerance(path.stem) if dtype == np.float64 else f32_tolerance(path.stem)
     case = load(path)
     params, evals = replay(case, dtype)
     assert params.dtype == dtype

@@ -541,6 +541,62 @@ def test_classes_with_a_reference_packages_signature_are_their_sgdlab_spec(name,
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(weight_decay=0.01),
+        dict(lr=0.5, betas=(0.8, 0.99), beta3=0.9, use_bias_correction=True, safeguard_warmup=True, d0=1e-4),
+        dict(betas=(0.0, 0.999), weight_decay=0.05, decouple=False, d_coef=2.0, growth_rate=1.1, d0=1e-3),
+    ],
+)
+def test_prodigy_follows_prodigyopt(kwargs, impl):
+    # The authors' package, with parameter groups (no decay on biases) and a frozen group at
+    # lr 0 (which the package still decays by the shared step); every group shows d.
+    prodigyopt = pytest.importorskip("prodigyopt")
+
+    def grouped(model):
+        named = dict(model.named_parameters())
+        return [
+            {"params": [named["0.weight"], named["2.weight"]]},
+            {"params": [named["0.bias"]], "weight_decay": 0.0, "eps": 1e-6},
+            {"params": [named["2.bias"]], "lr": 0.0},
+        ]
+
+    model, ref = mlp(), mlp()
+    opt = st.Prodigy(grouped(model), implementation=impl, **kwargs)
+    tref = prodigyopt.Prodigy(grouped(ref), **kwargs)
+    run_steps(model, opt, steps=40)
+    run_steps(ref, tref, steps=40)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    for g, h in zip(opt.param_groups, tref.param_groups):
+        for key in ("d", "d_max", "d_numerator"):
+            assert g[key] == pytest.approx(h[key], rel=1e-10), key
+        assert g["k"] == h["k"] == 40
+    assert opt.param_groups[0]["d"] > kwargs.get("d0", 1e-6)
+    # The package's range errors, and what sgdlab's Prodigy does not do.
+    with pytest.raises(sgdlab.SgdlabError, match="d0"):
+        st.Prodigy(mlp().parameters(), d0=0.0).step()
+    with pytest.raises(ValueError, match="slice_p"):
+        st.Prodigy(mlp().parameters(), slice_p=11)
+
+
+def test_prodigy_groups_share_their_estimate():
+    model = mlp()
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    for impl in ("rust", "torch"):
+        for bad, match in (({"lr": 0.5}, r"lr of parameter group \d"), ({"d0": 1e-3}, r"d0 of parameter group \d")):
+            opt = st.Prodigy([{"params": weights}, {"params": biases, **bad}], implementation=impl)
+            before = [p.detach().clone() for p in model.parameters()]
+            model.zero_grad()
+            ((model(X) - Y) ** 2).mean().backward()
+            with pytest.raises(sgdlab.SgdlabError, match=match):
+                opt.step()
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_muon_class_follows_torch_optim_muon(monkeypatch):
     monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", newton_schulz_in_float64)
     for impl in ("rust", "torch"):

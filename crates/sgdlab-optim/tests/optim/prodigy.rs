@@ -241,6 +241,22 @@ fn groups_that_cannot_share_the_estimate_are_refused() {
         opt.step(&mut params(), &grads(), &StepInfo::default())
             .unwrap();
     }
+    // The optimizer's own spec steps no tensor when groups take them all (as sgdlab.torch
+    // builds it): only the groups in use share the estimate, and their lr is the step's.
+    let mut grouped = Optimizer::<f64>::with_groups(
+        "prodigy".parse().unwrap(),
+        vec!["*:beta1=0.8,lr=0.5".parse().unwrap()],
+    )
+    .unwrap();
+    let mut plain = Optimizer::<f64>::from_spec("prodigy:beta1=0.8,lr=0.5").unwrap();
+    let (mut a, mut b) = (params(), params());
+    for _ in 0..3 {
+        grouped
+            .step(&mut a, &grads(), &StepInfo::default())
+            .unwrap();
+        plain.step(&mut b, &grads(), &StepInfo::default()).unwrap();
+    }
+    assert_eq!(a, b);
     // One part of a distributed model: its sums would be this part's alone.
     let mut opt = Optimizer::<f64>::from_spec("prodigy").unwrap();
     let info = StepInfo {

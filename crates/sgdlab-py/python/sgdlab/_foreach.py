@@ -58,6 +58,16 @@ class Context:
     #: The step numbers as float32 tensors per (device, step) for torch's fused kernels,
     #: made once per step.
     step_tensors: dict[tuple[torch.device, int], Tensor] = field(default_factory=dict)
+    #: The step's values of a rule with the global capability (Prodigy: d before the step,
+    #: the step size η̂ = dηb, d after it, 1.0 if the parameters move), else empty.
+    global_: tuple[float, ...] = ()
+
+    def decay_lr(self) -> float:
+        """The learning rate of the decoupled decay: η̂ (0 when the step does not move)
+        for Prodigy, the group's η otherwise."""
+        if self.global_:
+            return self.global_[1] if self.global_[3] > 0.0 else 0.0
+        return self.lr
 
     def step_tensor(self, device: torch.device) -> Tensor:
         """This step's number as a float32 tensor on `device`."""
@@ -462,6 +472,123 @@ def _adan(hp, ctx, ps, gs, slots, scalars):
     torch._foreach_neg_(d)
 
 
+# -- Prodigy (``prodigy.rs``) ----------------------------------------------------------------
+
+_PRODIGY_SHARED = ("beta1", "beta2", "beta3", "decouple", "use_bias_correction", "d0", "d_coef", "growth_rate")
+
+
+def _prodigy_beta3(hp) -> float:
+    b3 = hp["beta3"]
+    return math.sqrt(hp["beta2"]) if b3 in (None, "none") else float(b3)
+
+
+def _prodigy_kept(hp, sc: dict) -> tuple[float, float, float, float]:
+    """d, d_max, r and k of a tensor's scalars (d = d₀ before the first step)."""
+    if sc.get("d", 0.0) > 0.0:
+        return sc["d"], sc["d_max"], sc["d_numerator"], sc["k"]
+    return hp["d0"], hp["d0"], 0.0, 0.0
+
+
+def _prodigy_dlr(hp, d: float, lr: float, k: float) -> float:
+    b = 1.0
+    if hp["use_bias_correction"]:
+        b = math.sqrt(1.0 - hp["beta2"] ** (k + 1.0)) / (1.0 - hp["beta1"] ** (k + 1.0))
+    return d * lr * b
+
+
+def _prodigy_s_coef(hp, d: float, dlr: float) -> float:
+    return (d / hp["d0"]) * (d if hp["safeguard_warmup"] else dlr)
+
+
+def prodigy_settle(works: list["Work"], grads: list[list[Tensor]], points: list[list[Tensor]]) -> tuple[float, ...]:
+    """Prodigy's global pass (``global.rs``): refuses what its groups cannot share, sums
+    Σ g′·(x₀ − x) and Σ|β₃s + c g′| over every tensor in float64, settles d and writes the
+    kept scalars into every tensor's; returns the step's values (``Context.global_``)."""
+    own = works[0].hp
+    lr_max = max(float(w.hp["lr"]) for w in works)
+    for gi, w in enumerate(works):
+        if w.rule != "prodigy":
+            raise SgdlabError(
+                f"parameter group {gi} steps with {w.rule} beside prodigy: its estimate is shared "
+                "by every parameter, so every group must use it"
+            )
+        for key in _PRODIGY_SHARED:
+            if w.hp[key] != own[key]:
+                raise SgdlabError(
+                    f"invalid {key} of parameter group {gi} = {w.hp[key]}: must equal the "
+                    f"other groups' ({own[key]}): prodigy's estimate is shared by every group"
+                )
+        lr = float(w.hp["lr"])
+        if lr not in (lr_max, 0.0):
+            raise SgdlabError(
+                f"invalid lr of parameter group {gi} = {lr}: must be the largest group's "
+                f"({lr_max}) or 0: prodigy scales one estimated step for every group"
+            )
+    first = works[0].states[0].setdefault("scalars", {})
+    d, d_max, r, k = _prodigy_kept(own, first)
+    dlr = _prodigy_dlr(own, d, lr_max, k)
+    num = den = 0.0
+    for w, gs, ps in zip(works, grads, points):
+        if float(w.hp["lr"]) <= 0.0:
+            continue
+        c = _prodigy_s_coef(w.hp, d, dlr)
+        b3 = _prodigy_beta3(w.hp)
+        for p, g, st in zip(ps, gs, w.states):
+            if not w.hp["decouple"] and w.hp["weight_decay"] != 0.0:
+                g = g + p * w.hp["weight_decay"]
+            s = st.get("s")
+            s_new = g * c if s is None else s.to(p.dtype) * b3 + g * c
+            p0 = st.get("p0")
+            diff = torch.zeros_like(p) if p0 is None else p0.to(p.dtype) - p
+            num += _number((g.double() * diff.double()).sum())
+            den += _number(s_new.abs().double().sum())
+    if den == 0.0:
+        values: tuple[float, ...] = (d, dlr, d, 0.0)
+        kept = (d, d_max, r, k)
+    else:
+        r = _prodigy_beta3(own) * r + (d / own["d0"]) * dlr * num
+        d_hat = own["d_coef"] * r / den
+        grown = max(d, d_hat) if d == own["d0"] else d
+        d_max = max(d_max, d_hat)
+        d_after = min(d_max, grown * own["growth_rate"])
+        values = (d, dlr, d_after, 1.0)
+        kept = (d_after, d_max, r, k + 1.0)
+    for w in works:
+        for st in w.states:
+            st.setdefault("scalars", {}).update(zip(("d", "d_max", "d_numerator", "k"), kept))
+    return values
+
+
+def _prodigy(hp, ctx, ps, gs, slots, scalars):
+    m, v, s, _p0 = slots
+    d, dlr, d_after, advance = ctx.global_
+    b1, b2, b3 = hp["beta1"], hp["beta2"], _prodigy_beta3(hp)
+    wd = hp["weight_decay"]
+    if not hp["decouple"] and wd != 0.0:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    if ctx.lr > 0.0:
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, gs, alpha=d * (1.0 - b1))
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, gs, gs, value=d * d * (1.0 - b2))
+        torch._foreach_mul_(s, b3)
+        torch._foreach_add_(s, gs, alpha=_prodigy_s_coef(hp, d, dlr))
+    if advance > 0.0:
+        den = torch._foreach_sqrt(v)
+        torch._foreach_add_(den, d_after * hp["eps"])
+        if hp["decouple"] and wd != 0.0:
+            torch._foreach_add_(ps, ps, alpha=-wd * dlr)
+        if b1 > 0.0:
+            torch._foreach_addcdiv_(ps, m, den, value=-dlr)
+        else:
+            torch._foreach_addcdiv_(ps, gs, den, value=-dlr * d_after)
+
+
+def _prodigy_form(hp, lr):
+    # `lr` is the decoupled decay's (Context.decay_lr): η̂, or 0 when the step does not move.
+    return (1.0 - hp["weight_decay"] * lr, 0.0) if hp["decouple"] else (1.0, float(hp["weight_decay"]))
+
+
 def _adan_form(hp, lr):
     return 1.0 / (1.0 + lr * hp["weight_decay"]), 0.0
 
@@ -610,6 +737,13 @@ RULES: dict[str, Rule] = {
     ),
     "adopt": Rule(_adopt, lambda hp: ("exp_avg", "exp_avg_sq"), _either),
     "adan": Rule(_adan, lambda hp: ("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"), _adan_form),
+    "prodigy": Rule(
+        _prodigy,
+        lambda hp: ("exp_avg", "exp_avg_sq", "s", "p0"),
+        _prodigy_form,
+        starts_at_params=(3,),
+        scalars=("d", "d_max", "d_numerator", "k"),
+    ),
 }
 
 
@@ -794,8 +928,7 @@ class Engine:
             assert norm_sq is not None
             clip = torch.clamp(self.clip_norm / (norm_sq.sqrt() + 1e-6), max=1.0)
             norm_sq = norm_sq * clip * clip
-        self.steps += 1
-        step_tensors: dict[tuple[torch.device, int], Tensor] = {}
+        per_work: list[list[Tensor]] = []
         offset = 0
         for w in works:
             n = len(w.params)
@@ -803,7 +936,24 @@ class Engine:
             offset += n
             if clip is not None:
                 g = [gi * clip.to(device=gi.device, dtype=gi.dtype) for gi in g]
-            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel, step_tensors)
+            per_work.append(g)
+        global_: tuple[float, ...] = ()
+        if any(w.rule == "prodigy" for w in works):
+            if parts is not None:
+                raise SgdlabError(
+                    "a step of one part of a distributed model with prodigy: its estimate sums "
+                    "over every parameter, which a part does not hold"
+                )
+            master = bf16 and self.flag("master_weights")
+            points = [
+                [(st["master"] if master and "master" in st else p.float()) if bf16 else p for p, st in zip(w.params, w.states)]
+                for w in works
+            ]
+            global_ = prodigy_settle(works, per_work, points)
+        self.steps += 1
+        step_tensors: dict[tuple[torch.device, int], Tensor] = {}
+        for w, g in zip(works, per_work):
+            ctx = Context(self.steps, float(w.hp["lr"]), loss, norm_sq, numel, step_tensors, global_)
             self._step_group(w, ctx, g, bf16)
         return True
 
@@ -879,7 +1029,7 @@ class Engine:
             rule.step(w.hp, c, ps_c, gs_c, slots_c, sc_c)
             if before is not None:
                 assert rule.decay_form is not None
-                _cautious(ps_c, before, gs_c, rule.decay_form(w.hp, c.lr))
+                _cautious(ps_c, before, gs_c, rule.decay_form(w.hp, c.decay_lr()))
         for sc, t in zip(scalars, own):
             sc["t"] = t
         if lowp:

@@ -69,6 +69,7 @@ __all__ = [
     "Muon",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "SGD",
@@ -120,6 +121,8 @@ def _text(value: Any, key: str = "hyper-parameter") -> str:
         if value.numel() != 1:
             raise TypeError(f"`{key}` is a tensor of {value.numel()} elements, not a number")
         value = value.item()
+    if value is None:
+        return "none"
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
@@ -345,6 +348,9 @@ class Optimizer(torch.optim.Optimizer):
             key = self._translate.get(k, k)
             if key == "betas" and isinstance(v, (tuple, list)):
                 names = [n for n in ("beta1", "beta2", "beta3") if n in takes]
+                if len(v) == 2 and "beta3" in group:
+                    # Prodigy's signature: betas=(β₁, β₂) and its own beta3.
+                    names = names[:2]
                 if len(v) != len(names):
                     raise ValueError(f"`betas` has {len(v)} values, and {rule} takes {len(names)} ({', '.join(names)})")
                 for name, b in zip(names, v):
@@ -1784,6 +1790,77 @@ class Adan(_Rule):
         self._setup(params, "adan", defaults, maximize=maximize, **sgdlab_args)
 
 
+class Prodigy(_Rule):
+    """``prodigyopt.Prodigy`` (Mishchenko & Defazio 2024): Adam whose step size d·lr estimates
+    the distance to the solution (leave ``lr`` at 1). The estimate sums over every parameter,
+    so parameter groups share ``betas``, ``beta3``, ``decouple``, ``use_bias_correction``,
+    ``d0``, ``d_coef`` and ``growth_rate``, and each group's ``lr`` is the largest or 0 (as in
+    the package). After each step every group shows the package's ``d``, ``d_max``,
+    ``d_numerator`` and ``k``. ``slice_p`` other than 1 and sharded steps are not supported;
+    ``fsdp_in_use`` is accepted and unused (the sums are exact on one process)."""
+
+    _class_keys = frozenset({"fsdp_in_use", "slice_p", "d", "d_max", "d_numerator", "k"})
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: Optional[float] = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decouple: bool = True,
+        use_bias_correction: bool = False,
+        safeguard_warmup: bool = False,
+        d0: float = 1e-6,
+        d_coef: float = 1.0,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        slice_p: int = 1,
+        **sgdlab_args: Any,
+    ) -> None:
+        if slice_p != 1:
+            raise ValueError(
+                f"slice_p = {slice_p}: sgdlab's Prodigy computes its estimate from every element "
+                "(slice_p=1); the sliced approximation is not supported"
+            )
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            beta3=beta3,
+            eps=eps,
+            weight_decay=weight_decay,
+            decouple=decouple,
+            use_bias_correction=use_bias_correction,
+            safeguard_warmup=safeguard_warmup,
+            d0=d0,
+            d_coef=d_coef,
+            growth_rate=growth_rate,
+        )
+        self._setup(params, "prodigy", defaults, **sgdlab_args)
+        for group in self.param_groups:
+            group.update(d=d0, d_max=d0, d_numerator=0.0, k=0)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One step; then every group's ``d``, ``d_max``, ``d_numerator`` and ``k``."""
+        loss = super().step(closure)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            st = self.state.get(p)
+            if not st:
+                continue
+            # The Rust engine's view shows the scalars by name; the torch engine keeps them
+            # in the entry's "scalars".
+            src = st["scalars"] if isinstance(st.get("scalars"), dict) else st
+            if float(src.get("d", 0.0)) > 0.0:
+                kept = {k: float(src[k]) for k in ("d", "d_max", "d_numerator")}
+                kept["k"] = int(float(src["k"]))
+                for group in self.param_groups:
+                    group.update(kept)
+                break
+        return loss
+
+
 class Madam(_Rule):
     """Madam (Bernstein et al. 2020, "Learning compositional functions via multiplicative
     weight updates"): p ← p·exp(−η sign(p) clip(g/√v̂, ±g_bound)), |p| ≤ p_scale·rms(p₀)."""
@@ -1799,6 +1876,6 @@ class Madam(_Rule):
         self._setup(params, "madam", dict(lr=_float(lr), p_scale=p_scale, g_bound=g_bound), **sgdlab_args)
 
 
-for _cls in (Lion, NAdam, RAdam, Adamax, Muon, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD, ADOPT, Adan, Madam):
+for _cls in (Lion, NAdam, RAdam, Adamax, Muon, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD, ADOPT, Adan, Prodigy, Madam):
     _cls.__doc__ = (_cls.__doc__ or "") + _OWN_ARGS
 del _cls
