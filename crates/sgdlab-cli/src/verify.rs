@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use sgdlab::lab::claims::{
-    Claim, PROBLEMS, Report, VerifyOptions, canonical_problem, verify_with_progress,
+    Claim, Method, PROBLEMS, Report, VerifyOptions, canonical_problem, verify_with_progress,
 };
 use sgdlab::lab::figures::problem_figures;
 
@@ -188,14 +188,16 @@ Symbols: y_t, z_t the two running averages of problem 1 (z = γ·sum form, γ it
 estimate; η the learning rate; Φ the parameters and Φ* the loss minimiser.
 Columns: expected = the theory's value; measured = Monte Carlo mean ± standard error (or an \
 exact computation); check = z = (measured - expected)/stderr, PASS at |z| < 4, or the \
-tolerance of an exact identity; a \"rejects\" row is a plausible wrong answer, which the \
+tolerance of an exact identity, or a bound (<= or >= expected); a \"rejects\" row is a plausible wrong answer, which the \
 measurement must be at least 10 standard errors from.
 ";
 
 fn score(claim: &Claim) -> String {
-    match claim.z {
-        Some(z) => format!("z={z:+.2}"),
-        None => format!("tol {:.0e}", claim.tolerance),
+    match (claim.z, claim.method) {
+        (Some(z), _) => format!("z={z:+.2}"),
+        (None, Method::AtMost) => "<= expected".to_string(),
+        (None, Method::AtLeast) => ">= expected".to_string(),
+        (None, _) => format!("tol {:.0e}", claim.tolerance),
     }
 }
 

@@ -34,7 +34,7 @@ fn every_claim_passes_at_the_default_seed() {
 
 /// The claims of `verify`, in the order it reports them: one line per problem or section.
 #[rustfmt::skip]
-const ALL_CLAIMS: [&str; 84] = [
+const ALL_CLAIMS: [&str; 88] = [
     "1a", "1a.z", "1a.t", "1b", "1b.start",
     "2a", "2a.t", "2b", "2b.ratio", "2b.size", "2b.lag", "2b.blocklag", "2.adam", "2.adam.lag",
     "3a", "3b", "3c", "3c.momentum", "3c.buffer", "3c.schedule", "3c.optim", "3.sgd",
@@ -46,7 +46,7 @@ const ALL_CLAIMS: [&str; 84] = [
     "7a", "7a.fp", "7a.floor", "7b", "7b.fp",
     "10a", "10b", "10b.t", "10b.sgd", "10c", "10c.var", "10c.bias", "10d", "10d.band",
         "10d.uv", "10d.scale", "10e", "10e.amsgrad", "10e.adopt", "10e.sign", "10e.sgd",
-        "10e.c-adam", "10e.c-amsgrad", "10f", "10f.sym", "10f.beta1", "10g", "10g.adamax",
-        "10g.radam",
+        "10e.c-adam", "10e.c-amsgrad", "10e.prodigy", "10e.adan", "10f", "10f.sym", "10f.beta1",
+        "10g", "10g.adamax", "10g.radam", "10h", "10h.growth",
     "11a", "11b", "11c", "11d", "11e",
 ];

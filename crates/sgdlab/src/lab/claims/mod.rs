@@ -54,6 +54,11 @@ pub enum Method {
     MonteCarlo,
     /// A deterministic computation compared to a tolerance.
     Identity,
+    /// A deterministic computation that must not exceed `expected` (an upper bound), by more
+    /// than the rounding `tolerance`.
+    AtMost,
+    /// A deterministic computation that must reach `expected` (a lower bound).
+    AtLeast,
 }
 
 /// A plausible wrong answer and how decisively the measurement rules it out.
@@ -164,6 +169,36 @@ impl Claim {
         tolerance: f64,
     ) -> Self {
         Self::new(id, title, params, expected, measured, None, tolerance)
+    }
+
+    /// A bound: passes when `measured` ≤ `bound` + `tolerance` (`Method::AtMost`).
+    pub(crate) fn at_most(
+        id: &str,
+        title: &str,
+        params: &[(&str, f64)],
+        bound: f64,
+        measured: f64,
+        tolerance: f64,
+    ) -> Self {
+        let mut claim = Self::new(id, title, params, bound, measured, None, tolerance);
+        claim.method = Method::AtMost;
+        claim.passed = measured <= bound + tolerance;
+        claim
+    }
+
+    /// A bound: passes when `measured` ≥ `bound` − `tolerance` (`Method::AtLeast`).
+    pub(crate) fn at_least(
+        id: &str,
+        title: &str,
+        params: &[(&str, f64)],
+        bound: f64,
+        measured: f64,
+        tolerance: f64,
+    ) -> Self {
+        let mut claim = Self::new(id, title, params, bound, measured, None, tolerance);
+        claim.method = Method::AtLeast;
+        claim.passed = measured >= bound - tolerance;
+        claim
     }
 
     /// Adds a wrong answer that the measurement must reject.

@@ -3,7 +3,8 @@
 //! counterexample to Adam's convergence (`reddi`: where Adam, AMSGrad, ADOPT, a sign update,
 //! SGD and their cautious variants end), and whether cautious masking keeps AdamW's fixed
 //! point (`cautious`: it moves it towards the median under skewed noise), and the start-up of
-//! Adagrad, Adamax and RAdam on a constant gradient (`rules`).
+//! Adagrad, Adamax and RAdam on a constant gradient (`rules`), and Prodigy's estimate of the
+//! distance to the solution (`prodigy`).
 //!
 //! * Schedule-Free with `warmup_steps=0, r=0, weight_lr_power=0` averages with problem 4's
 //!   rate 1/min(t, N) at N = ∞: xₜ = (1/t)Σ\_(s ≤ t) zₛ exactly. On a noisy
@@ -31,6 +32,7 @@ use crate::{Error, Result};
 
 mod cautious;
 mod muon;
+mod prodigy;
 mod reddi;
 mod rules;
 use muon::{muon, quintic};
@@ -43,6 +45,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(reddi::claims()?);
     claims.extend(cautious::claims(options)?);
     claims.extend(rules::claims()?);
+    claims.extend(prodigy::claims(options)?);
     Ok(claims)
 }
 

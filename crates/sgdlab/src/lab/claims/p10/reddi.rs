@@ -19,6 +19,10 @@
 //!   of normalised updates, here on the boundary. Plain SGD follows the mean to −1.
 //! * Cautious masking keeps each rule's end: C-Adam at +1, C-AMSGrad at −1 (a masked
 //!   coordinate only stops, so it cannot turn a drift around on one coordinate).
+//! * Prodigy's estimate d multiplies Adam's step and leaves its ratio m/√v alone: with
+//!   β₁ = 0, β₂ = 1/(1 + C²) it ends at +1 as Adam does. Adan with its second moment's
+//!   β₃ = 1/(1 + C²) and near-zero β₁, β₂ (no momentum, no gradient difference) is Adam
+//!   here too.
 
 use super::Claim;
 use crate::Result;
@@ -194,6 +198,22 @@ pub(crate) fn claims() -> Result<Vec<Claim>> {
         b2,
         -1.0,
     )?);
+    claims.push(ends_at(
+        "10e.prodigy",
+        "Prodigy inherits Adam's failure: its estimate d scales Adam's step, not the ratio \
+         m/√v, so with β₁ = 0, β₂ = 1/(1 + C²) it ends at +1",
+        &format!("prodigy:beta1=0,beta2={b2},eps=1e-12"),
+        b2,
+        1.0,
+    )?);
+    claims.push(ends_at(
+        "10e.adan",
+        "Adan with its second moment's decay β₃ = 1/(1 + C²) and near-zero β₁, β₂ is \
+         Adam on this problem: it ends at +1",
+        &format!("adan:lr={ALPHA},beta1=0.02,beta2=0.08,beta3={b2},eps=1e-12"),
+        b2,
+        1.0,
+    )?);
     Ok(claims)
 }
 
@@ -216,7 +236,7 @@ mod tests {
     #[test]
     fn each_rule_ends_where_the_theory_says() {
         let claims = claims().unwrap();
-        assert_eq!(claims.len(), 7);
+        assert_eq!(claims.len(), 9);
         for c in &claims {
             assert!(c.passed, "{}: {}", c.id, c.measured);
             assert!((c.measured - c.expected).abs() < 0.01, "{}", c.id);
