@@ -98,9 +98,10 @@ def torch_muon_f32(side, lr=0.02, momentum=0.95, wd=0.1, steps=5, eps=1e-7):
     return step
 
 
-def compare(title, binary, params, threads, rounds, ours, theirs, base):
-    """Interleaves sgdlab's `ours` specs with `theirs` {name: step}; prints ratios to `base`."""
-    sg = Sgdlab(binary, params, threads, ours)
+def compare(title, binary, params, threads, rounds, ours, theirs, base, tensors=1):
+    """Interleaves sgdlab's `ours` specs (on `tensors` equal tensors) with `theirs` {name:
+    step}; prints ratios to `base`."""
+    sg = Sgdlab(binary, params, threads, ours, tensors)
     steps = {f"sgdlab {spec}": (lambda k=k: sg.step(k)) for k, spec in enumerate(ours)}
     steps.update({name: (lambda s=s: timed(s)) for name, s in theirs.items()})
     for s in steps.values():

@@ -93,8 +93,9 @@ def optax_adam(params):
 class Sgdlab:
     """`sgdlab bench --serve`: one step of the K-th optimizer per request, timed inside."""
 
-    def __init__(self, binary, params, threads, specs):
-        cmd = [binary, "--threads", str(threads), "bench", "--serve", "--params", str(params)]
+    def __init__(self, binary, params, threads, specs, tensors=1):
+        cmd = [binary, "--threads", str(threads), "bench", "--serve", "--params", str(params),
+               "--tensors", str(tensors)]
         for spec in specs:
             cmd += ["--opt", spec]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

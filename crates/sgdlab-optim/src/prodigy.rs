@@ -279,22 +279,33 @@ const LANES: usize = 8;
 fn gather<T: Real>(k: &Gather<T>, p: &[T], g: &[T], s: &[T], p0: &[T]) -> (f64, f64) {
     let mut num = [0.0f64; LANES];
     let mut den = [0.0f64; LANES];
-    let n = p.len() / LANES * LANES;
-    let term = |i: usize| {
-        let g = g[i] * k.gs + k.l2 * p[i];
-        let s = k.b3 * s[i] + k.c3 * g;
-        (g.as_f64() * (p0[i] - p[i]).as_f64(), s.abs().as_f64())
+    let term = |p: T, g: T, s: T, p0: T| {
+        let g = g * k.gs + k.l2 * p;
+        let s = k.b3 * s + k.c3 * g;
+        (g.as_f64() * (p0 - p).as_f64(), s.abs().as_f64())
     };
-    for base in (0..n).step_by(LANES) {
+    let (pc, gc, sc, p0c) = (
+        p.chunks_exact(LANES),
+        g.chunks_exact(LANES),
+        s.chunks_exact(LANES),
+        p0.chunks_exact(LANES),
+    );
+    let (pr, gr, sr, p0r) = (
+        pc.remainder(),
+        gc.remainder(),
+        sc.remainder(),
+        p0c.remainder(),
+    );
+    for (((p, g), s), p0) in pc.zip(gc).zip(sc).zip(p0c) {
         for lane in 0..LANES {
-            let (a, b) = term(base + lane);
+            let (a, b) = term(p[lane], g[lane], s[lane], p0[lane]);
             num[lane] += a;
             den[lane] += b;
         }
     }
     let (mut tail_num, mut tail_den) = (0.0, 0.0);
-    for i in n..p.len() {
-        let (a, b) = term(i);
+    for (((&p, &g), &s), &p0) in pr.iter().zip(gr).zip(sr).zip(p0r) {
+        let (a, b) = term(p, g, s, p0);
         tail_num += a;
         tail_den += b;
     }
@@ -334,33 +345,62 @@ struct Coefficients<T> {
 }
 
 impl<T: Real> BlockBody<T, 3> for Coefficients<T> {
+    /// The loop over one block, compiled once per combination of the step's flags (which are
+    /// the same for every element), so that each loop is branch-free and vectorises.
     #[inline(always)]
     fn run(&mut self, p: &mut [T], g: &[T], [m, v, s]: [&mut [T]; 3]) {
-        for ((((p, &g), m), v), s) in p
-            .iter_mut()
-            .zip(g)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-            .zip(s.iter_mut())
-        {
-            element(self, p, g, m, v, s);
+        match (self.gather, self.advance, self.momentum) {
+            (true, true, true) => block::<T, true, true, true>(self, p, g, m, v, s),
+            (true, true, false) => block::<T, true, true, false>(self, p, g, m, v, s),
+            (true, false, _) => block::<T, true, false, true>(self, p, g, m, v, s),
+            (false, true, true) => block::<T, false, true, true>(self, p, g, m, v, s),
+            (false, true, false) => block::<T, false, true, false>(self, p, g, m, v, s),
+            (false, false, _) => {}
         }
+    }
+}
+
+/// One block's loop for one combination of the flags ([`element`]).
+#[inline(always)]
+fn block<T: Real, const GATHER: bool, const ADVANCE: bool, const MOMENTUM: bool>(
+    k: &Coefficients<T>,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    s: &mut [T],
+) {
+    for ((((p, &g), m), v), s) in p
+        .iter_mut()
+        .zip(g)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+        .zip(s.iter_mut())
+    {
+        element::<T, GATHER, ADVANCE, MOMENTUM>(k, p, g, m, v, s);
     }
 }
 
 /// One element's update, in the reference's order of operations.
 #[inline(always)]
-fn element<T: Real>(k: &Coefficients<T>, p: &mut T, g: T, m: &mut T, v: &mut T, s: &mut T) {
+fn element<T: Real, const GATHER: bool, const ADVANCE: bool, const MOMENTUM: bool>(
+    k: &Coefficients<T>,
+    p: &mut T,
+    g: T,
+    m: &mut T,
+    v: &mut T,
+    s: &mut T,
+) {
     let g = g * k.gs + k.l2 * *p;
-    if k.gather {
+    if GATHER {
         *m = *m * k.b1 + k.c1 * g;
         *v = *v * k.b2 + k.c2 * g * g;
         *s = *s * k.b3 + k.c3 * g;
     }
-    if k.advance {
+    if ADVANCE {
         let den = v.sqrt() + k.eps;
         let x = *p + k.decay * *p;
-        *p = if k.momentum {
+        *p = if MOMENTUM {
             x + k.step * (*m / den)
         } else {
             x + k.step_grad * (g / den)

@@ -124,6 +124,12 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.starts_at_params(slot), )+ )* }
             }
 
+            /// Whether the rule keeps optimizer-wide scalars set from sums over every tensor
+            /// ([`UpdateRule::global`]: Prodigy's estimate d).
+            pub fn is_global(&self) -> bool {
+                self.global::<f64>().is_some()
+            }
+
             /// Whether the rule steps whole tensors (by shape) instead of chunks.
             pub fn whole_tensor(&self) -> bool {
                 self.matrix::<f64>().is_some()

@@ -89,6 +89,14 @@ pub fn stationary_drift(
     let mut acc = BatchMeans::new(d, options.steps);
     let (mut step, mut mean) = (vec![0.0; d], vec![0.0; d]);
     let exact_inner = n <= 64;
+    // The state advances with Φ frozen at a learning rate of 0; a rule with optimizer-wide
+    // scalars (Prodigy) freezes its averages at lr 0, as its reference does for a group at
+    // lr 0, so it advances at the smallest normal lr instead (its averages move as at any lr).
+    let advance = if spec.rule.is_global() {
+        f64::MIN_POSITIVE
+    } else {
+        0.0
+    };
     for t in 0..options.burn_in + options.steps {
         if t >= options.burn_in {
             mean.iter_mut().for_each(|m| *m = 0.0);
@@ -106,9 +114,9 @@ pub fn stationary_drift(
             }
             acc.push(&mean);
         }
-        // Advance the state with Φ frozen (learning rate 0).
+        // Advance the state with Φ frozen.
         let i = rng.random_range(0..n);
-        unit_step(model, &mut opt, phi, i, 0.0, &mut step)?;
+        unit_step(model, &mut opt, phi, i, advance, &mut step)?;
     }
     Ok(acc.finish())
 }

@@ -585,3 +585,28 @@ fn the_simulation_averages_the_iterates_after_burn_in() {
     let want = drawn[options.burn_in..].iter().sum::<f64>() / options.steps as f64;
     assert!((fp[0] - want).abs() < 1e-12, "{fp:?} vs {want}");
 }
+
+/// Prodigy audited at Φ* starts there, so its estimate of the distance stays d₀ and its
+/// averages (which its reference freezes at lr 0) advance at the smallest normal lr: its
+/// drift is Adam's (stationary, so bias correction is 1) times d₀, with a standard error
+/// (a state frozen at lr 0 would give the same step every time, and a standard error of 0).
+#[test]
+fn prodigy_at_the_minimiser_drifts_as_adam_scaled_by_its_initial_estimate() {
+    // A burn-in long enough for Adam's bias correction 1 − β₂ᵗ to reach 1.
+    let options = SimulationOptions {
+        burn_in: 40_000,
+        steps: 4_000,
+        seed: 9,
+    };
+    let m = points("0\n0\n3\n");
+    let drift =
+        |spec: &str| stationary_drift(m.model(), &spec.parse().unwrap(), &[1.0], &options).unwrap();
+    let (adam, adam_se) = drift("adam:lr=0.01");
+    let (prodigy, prodigy_se) = drift("prodigy:lr=0.01,d0=0.001");
+    assert!(prodigy_se[0] > 0.0);
+    assert!(
+        (prodigy[0] - 1e-3 * adam[0]).abs() <= 1e-9 * adam[0].abs(),
+        "{prodigy:?} {adam:?}"
+    );
+    assert!((prodigy_se[0] - 1e-3 * adam_se[0]).abs() <= 1e-6 * adam_se[0]);
+}
