@@ -63,9 +63,14 @@ impl<T: Real> Optimizer<T> {
                 (Vec::new(), lowp)
             } else {
                 let slots = (0..n)
-                    .map(|slot| match spec.rule.slot_starts_at_params(slot) {
-                        true => huge_filled(p.data.len(), |i| p.data[i]),
-                        false => huge_filled(p.data.len(), |_| init),
+                    .map(|slot| {
+                        // A buffer's own size (a whole-tensor rule's statistics are square
+                        // matrices), the tensor's for every element-wise rule.
+                        let len = spec.rule.slot_shape(slot, &p.shape).iter().product();
+                        match spec.rule.slot_starts_at_params(slot) {
+                            true => huge_filled(p.data.len(), |i| p.data[i]),
+                            false => huge_filled(len, |_| init),
+                        }
                     })
                     .collect();
                 (slots, Vec::new())

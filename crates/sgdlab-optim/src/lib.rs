@@ -89,6 +89,7 @@ pub mod rmsprop;
 pub mod rules;
 pub mod schedulefree;
 pub mod sgd;
+pub mod soap;
 registry! {
     sgd::{Sgd, EmaMomentum},
     adam::{Adam, AdamW},
@@ -106,6 +107,7 @@ registry! {
     adopt::{Adopt},
     adan::{Adan},
     prodigy::{Prodigy},
+    soap::{Soap},
 }
 
 pub use checkpoint::{StateDict, read_state_file, stored_dtype};

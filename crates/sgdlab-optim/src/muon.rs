@@ -188,7 +188,7 @@ impl<T: Real> MatrixRule<T> for Muon {
 /// `mul_add` is correctly rounded on every machine (hardware FMA or libm's `fma`), so the
 /// bits are the same everywhere.
 #[inline]
-fn lerp<T: Real>(a: T, b: T, w: f64) -> T {
+pub(crate) fn lerp<T: Real>(a: T, b: T, w: f64) -> T {
     let w = T::from_f64(w);
     if w < T::from_f64(0.5) {
         (b - a).mul_add(w, a)
@@ -248,7 +248,7 @@ fn each2<T: Real>(parallel: bool, v: &mut [T], w: &[T], f: impl Fn(&mut T, T) + 
 /// A), each row block computes only the columns from its first row on, and the rest is
 /// mirrored: half the arithmetic, and the same bits (element (j, i) is the same products
 /// summed in the same order as (i, j)).
-fn matmul<T: Real>(
+pub(crate) fn matmul<T: Real>(
     m: usize,
     k: usize,
     n: usize,
@@ -392,7 +392,7 @@ fn works_transposed(rows: usize, cols: usize) -> bool {
 }
 
 /// The transpose of a row-major `rows` × `cols` matrix.
-fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+pub(crate) fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::zero(); m.len()];
     for i in 0..rows {
         for j in 0..cols {

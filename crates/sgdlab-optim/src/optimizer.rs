@@ -266,6 +266,27 @@ impl<T: Real> Optimizer<T> {
                 ));
             }
         }
+        // A buffer's shape may depend on a hyper-parameter (SOAP's max_precondition_dim).
+        if let Some(layout) = &self.layout {
+            for ((name, shape), state) in layout.iter().zip(&self.tensors) {
+                let (now, new) = (
+                    self.group_spec(state.group).unwrap_or(&self.spec),
+                    &next[state.group],
+                );
+                if (0..slots_of(new).len())
+                    .any(|k| now.rule.slot_shape(k, shape) != new.rule.slot_shape(k, shape))
+                {
+                    return Err(Error::invalid(
+                        "optimizer spec",
+                        new,
+                        format!(
+                            "would change the shape of tensor `{name}`'s state buffers; start a \
+                             new optimizer instead"
+                        ),
+                    ));
+                }
+            }
+        }
         self.spec = spec;
         self.group_specs = next.split_off(1);
         self.groups = groups;

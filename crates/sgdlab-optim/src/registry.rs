@@ -119,6 +119,11 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.initial_state(), )+ )* }
             }
 
+            /// The shape of state buffer `slot` for a tensor of `shape` ([`UpdateRule::slot_shape`]).
+            pub fn slot_shape(&self, slot: usize, shape: &[usize]) -> Vec<usize> {
+                match self { $( $( Rule::$variant(c) => c.slot_shape(slot, shape), )+ )* }
+            }
+
             /// Whether state buffer `slot` starts as a copy of the parameters.
             pub fn slot_starts_at_params(&self, slot: usize) -> bool {
                 match self { $( $( Rule::$variant(c) => c.starts_at_params(slot), )+ )* }

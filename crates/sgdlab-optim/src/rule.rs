@@ -67,6 +67,13 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         0.0
     }
 
+    /// The shape of state buffer `slot` for a tensor of `shape`: the tensor's (the default,
+    /// and every element-wise rule's); a whole-tensor rule may keep others (SOAP's
+    /// preconditioner statistics, d×d for each dimension d of a matrix).
+    fn slot_shape(&self, _slot: usize, shape: &[usize]) -> Vec<usize> {
+        shape.to_vec()
+    }
+
     /// Whether state buffer `slot` starts as a copy of the parameters (Schedule-Free's z and
     /// x, Prodigy's x₀) instead of [`UpdateRule::initial_state`].
     fn starts_at_params(&self, _slot: usize) -> bool {

@@ -155,8 +155,11 @@ impl<T: Real> Optimizer<T> {
                 .ok_or_else(|| bad(format!("tensor `{name}` has a shape {shape:?} past usize")))?;
             let mut slots = Vec::with_capacity(slot_names.len());
             let mut lowp = Vec::new();
-            for slot in slot_names {
+            for (k, slot) in slot_names.iter().enumerate() {
                 let key = format!("{prefix}{slot}/{name}");
+                // A buffer's own shape (a whole-tensor rule's statistics are square matrices).
+                let slot_shape = spec.rule.slot_shape(k, shape);
+                let (shape, numel) = (&slot_shape, slot_shape.iter().product::<usize>());
                 let found =
                     lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))?;
                 let data = match found {

@@ -287,13 +287,16 @@ impl<T: Real> Optimizer<T> {
         let mut entries: Vec<Entry> = Vec::new();
         if let Some(layout) = layout {
             for (t, ((name, shape), state)) in layout.iter().zip(&self.tensors).enumerate() {
-                for (slot, buffer) in self.slot_names_of(t).iter().zip(&state.slots) {
+                let rule = &self.spec_of(t).rule;
+                for (k, (slot, buffer)) in
+                    self.slot_names_of(t).iter().zip(&state.slots).enumerate()
+                {
                     let mut raw = Vec::with_capacity(buffer.len() * T::BYTES);
                     for &x in buffer {
                         x.write_le(&mut raw);
                     }
                     let name = format!("{prefix}{slot}/{name}");
-                    entries.push((name, shape.clone(), raw, dtype_of::<T>()));
+                    entries.push((name, rule.slot_shape(k, shape), raw, dtype_of::<T>()));
                 }
                 for (slot, buffer) in self.slot_names_of(t).iter().zip(&state.lowp) {
                     let raw = buffer.iter().flat_map(|b| b.to_le_bytes()).collect();

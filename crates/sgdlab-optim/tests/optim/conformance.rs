@@ -100,9 +100,15 @@ fn cpu_torch_nadam_is_matched_exactly() {
 /// ratio r/Σ|s| of two float32 sums in which r cancels: prodigyopt's own float32 run misses
 /// its float64 reference by 1.3e-4 on `prodigy-options-l2.json`, sgdlab's (sums in f64) by
 /// 7.3e-5.
+///
+/// SOAP rotates into eigenbases by products of small matrices, which add their roundings to
+/// the element-wise ones: pytorch-optimizer's own float32 run misses its float64 reference by
+/// 1.5e-6 (`po-soap-square`) and 1.1e-6 (`po-soap-options`).
 fn f32_tolerance(name: &str) -> f64 {
     if name == "prodigy-options-l2" {
         1e-4
+    } else if name.starts_with("po-soap") {
+        3e-6
     } else if name == "torch-muon" {
         3e-6
     } else if name.contains("cautious") {

@@ -13,3 +13,4 @@ mod groups_schedule;
 mod matrix_and_averaging_rules;
 mod optimizers;
 mod prodigy;
+mod soap;

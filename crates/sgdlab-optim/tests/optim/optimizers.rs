@@ -40,6 +40,7 @@ pub(crate) const ALL: &[&str] = &[
     "sf-adamw:lr=0.01,warmup_steps=2,weight_decay=0.01,r=1",
     "prodigy:weight_decay=0.01,use_bias_correction=true",
     "prodigy:beta1=0,weight_decay=0.01,decouple=false,growth_rate=1.1,cautious=true",
+    "soap:lr=0.01,weight_decay=0.1",
 ];
 
 /// A deterministic two-tensor problem: gradient of ½‖p − target‖² plus a wobble.
@@ -517,6 +518,10 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         ("sf-sgd", &["z", "x"]),
         ("sf-adamw", &["z", "x", "exp_avg_sq"]),
         ("prodigy", &["exp_avg", "exp_avg_sq", "s", "p0"]),
+        (
+            "soap",
+            &["exp_avg", "exp_avg_sq", "GG_0", "GG_1", "Q_0", "Q_1"],
+        ),
     ];
     for (spec, slots) in table {
         let opt = Optimizer::<f64>::from_spec(spec).unwrap();
@@ -544,7 +549,11 @@ fn slot_names_are_pytorchs_and_every_rule_checks_its_lr() {
         assert_eq!(rule.decays()[..], *decays, "{spec}");
         assert_eq!(rule.needs_loss(), name == "lossprop", "{spec}");
         assert_eq!(rule.needs_norm(), name == "normsgd", "{spec}");
-        assert_eq!(rule.whole_tensor(), name == "muon", "{spec}");
+        assert_eq!(
+            rule.whole_tensor(),
+            name == "muon" || name == "soap",
+            "{spec}"
+        );
         let sf = name.starts_with("sf-");
         assert_eq!(rule.eval_slot(), sf.then_some(1), "{spec}");
         let starts: Vec<bool> = (0..slots.len())
