@@ -203,7 +203,7 @@ impl<T: Real> MatrixRule<T> for Soap {
         }
         statistics(&grad, rows, cols, gg0, gg1, 1.0 - ws);
         let steps = ctx.t - 1;
-        if steps % self.precondition_frequency == 0 {
+        if steps.is_multiple_of(self.precondition_frequency) {
             if let Some(q) = basis.q0.as_deref_mut() {
                 let order = power_iteration(gg0, rows, q);
                 permute(v, rows, cols, 0, &order);
