@@ -107,9 +107,7 @@ fn cpu_torch_nadam_is_matched_exactly() {
 fn f32_tolerance(name: &str) -> f64 {
     if name == "prodigy-options-l2" {
         1e-4
-    } else if name.starts_with("po-soap") {
-        3e-6
-    } else if name == "torch-muon" {
+    } else if name.starts_with("po-soap") || name == "torch-muon" {
         3e-6
     } else if name.contains("cautious") {
         2e-6

@@ -201,10 +201,11 @@ fn the_shared_soap_file_starts_from_a_rank_deficient_statistic() {
             continue;
         }
         a.swap(rank, pivot);
-        for i in rank + 1..cols {
-            let f = a[i][col] / a[rank][col];
-            for j in col..cols {
-                a[i][j] -= f * a[rank][j];
+        let pivot_row = a[rank].clone();
+        for row in a.iter_mut().skip(rank + 1) {
+            let f = row[col] / pivot_row[col];
+            for (x, &p) in row.iter_mut().zip(&pivot_row).skip(col) {
+                *x -= f * p;
             }
         }
         rank += 1;
