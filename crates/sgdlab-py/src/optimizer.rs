@@ -390,7 +390,13 @@ impl PyOptimizer {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         guarded("state", || {
             with_opt!(&self.inner, o => {
-                let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| s.clone());
+                // The buffer's own shape (SOAP's statistics are d×d), the tensor's otherwise.
+                let shape = o.layout().and_then(|l| l.get(tensor)).map(|(_, s)| {
+                    match o.slot_names_of(tensor).iter().position(|&n| n == slot) {
+                        Some(k) => o.spec_of(tensor).rule.slot_shape(k, s),
+                        None => s.clone(),
+                    }
+                });
                 // bfloat16 state (state_dtype=bf16) is widened, exactly, to the parameters' type.
                 let widened;
                 let data = match o.state(slot, tensor) {

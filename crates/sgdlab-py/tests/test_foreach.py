@@ -99,6 +99,9 @@ def test_torch_engine_matches_the_rust_kernels(path, dtype):
     if ill_conditioned:
         state_tol = 1e-3
     for k in slots:
+        assert s_t[k].shape == s_r[k].shape, k
+        if s_r[k].numel() == 0:  # SOAP's statistics of a side that is not rotated
+            continue
         scale = max(float(s_r[k].abs().max()), 1e-300)
         assert float((s_t[k].double() - s_r[k].double()).abs().max()) / scale <= state_tol
 

@@ -582,6 +582,44 @@ def test_prodigy_follows_prodigyopt(kwargs, impl):
         st.Prodigy(mlp().parameters(), slice_p=11)
 
 
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+def test_soap_follows_pytorch_optimizer(impl, monkeypatch):
+    # pytorch-optimizer's SOAP with its power iteration's QR in float64 (the package rounds its
+    # input to float32 first; sgdlab runs it in float64): the MLP's matrices are rotated on
+    # their sides of at most max_precondition_dim = 10 (16×5 and 3×16: 5, 3 and the 16s kept
+    # as identity), its biases are vectors (not rotated).
+    po = pytest.importorskip("pytorch_optimizer")
+
+    def qr_in_float64(self, state, max_precondition_dim=10000, merge_dims=False):
+        exp_avg_sq = state["exp_avg_sq"]
+        matrices = []
+        for ind, (m, o) in enumerate(zip(state["GG"], state["Q"])):
+            if len(m) == 0:
+                matrices.append([])
+                continue
+            product = m @ o
+            order = torch.argsort((o * product).sum(dim=0), descending=True)
+            exp_avg_sq = exp_avg_sq.index_select(ind, order)
+            matrices.append(torch.linalg.qr(product.index_select(1, order))[0])
+        state["exp_avg_sq"] = exp_avg_sq
+        return matrices
+
+    monkeypatch.setattr(po.SOAP, "get_orthogonal_matrix_qr", qr_in_float64)
+    kwargs = dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.05, precondition_frequency=3, max_precondition_dim=10)
+    model, ref = mlp(), mlp()
+    run_steps(model, st.SOAP(model.parameters(), implementation=impl, **kwargs), steps=12)
+    run_steps(ref, po.SOAP(ref.parameters(), **kwargs), steps=12)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="merge_dims"):
+        st.SOAP(mlp().parameters(), merge_dims=True)
+    conv = torch.nn.Parameter(torch.zeros(2, 3, 4, dtype=torch.float64))
+    opt = st.SOAP([conv], implementation=impl)
+    conv.grad = torch.ones_like(conv)
+    with pytest.raises((ValueError, sgdlab.SgdlabError), match="soap steps matrices and vectors"):
+        opt.step()
+
+
 def test_prodigy_groups_share_their_estimate():
     model = mlp()
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - torch without DTensor
 WHOLE_TENSOR = {
     "muon": "orthogonalises each whole matrix",
     "madam": "scales each tensor by its root mean square",
+    "soap": "rotates each whole matrix into the eigenbases of its statistics",
 }
 
 

@@ -121,6 +121,9 @@ class Rule:
     matrix: bool = False
     #: Schedule-Free: (evaluation slot, interpolation β key).
     averaging: Optional[tuple[int, str]] = None
+    #: The shape of buffer k for a parameter of a shape (``UpdateRule::slot_shape``); None:
+    #: every buffer has the parameter's shape.
+    slot_shape: Optional[Callable[[dict[str, Any], int, tuple[int, ...]], tuple[int, ...]]] = None
 
 
 def _coupled(hp: dict[str, Any], lr: float) -> tuple[float, float]:
@@ -589,6 +592,87 @@ def _prodigy_form(hp, lr):
     return (1.0 - hp["weight_decay"] * lr, 0.0) if hp["decouple"] else (1.0, float(hp["weight_decay"]))
 
 
+# -- SOAP (``soap.rs``) ----------------------------------------------------------------------
+
+
+def _soap_rotates(hp, shape: tuple[int, ...], axis: int) -> bool:
+    return len(shape) == 2 and shape[axis] <= hp["max_precondition_dim"]
+
+
+def _soap_slot_shape(hp, k: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if k < 2:
+        return tuple(shape)
+    axis = (k - 2) % 2
+    return (shape[axis], shape[axis]) if _soap_rotates(hp, shape, axis) else (0,)
+
+
+def _soap_eigenbasis(a: Tensor) -> Tensor:
+    """The eigenvectors of the symmetric ``a`` (+10⁻³⁰I) by decreasing eigenvalue, in
+    float64, as columns."""
+    a64 = a.double() + 1e-30 * torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
+    values, vectors = torch.linalg.eigh(a64)
+    order = torch.argsort(values, descending=True, stable=True)
+    return vectors[:, order].to(a.dtype)
+
+
+def _soap(hp, ctx, ps, gs, slots, scalars):
+    b1, b2 = hp["beta1"], hp["beta2"]
+    sb = hp["shampoo_beta"]
+    ws = 1.0 - (b2 if sb in (None, "none") else float(sb))
+    for i, (p, g) in enumerate(zip(ps, gs)):
+        m, v, l, r, ql, qr = (s[i] for s in slots)
+        rows, cols = (p.shape[0], p.shape[1]) if p.dim() == 2 else (1, p.numel())
+        G = g.reshape(rows, cols)
+        rot0, rot1 = l.numel() > 0, r.numel() > 0
+
+        def forward(x):
+            if rot0:
+                x = ql.T @ x
+            if rot1:
+                x = x @ qr
+            return x
+
+        def backward(x):
+            if rot0:
+                x = ql @ x
+            if rot1:
+                x = x @ qr.T
+            return x
+
+        def statistics():
+            if rot0:
+                l.lerp_(G @ G.T, ws)
+            if rot1:
+                r.lerp_(G.T @ G, ws)
+
+        if ctx.t == 1:
+            statistics()
+            if rot0:
+                ql.copy_(_soap_eigenbasis(l))
+            if rot1:
+                qr.copy_(_soap_eigenbasis(r))
+            continue
+        k = ctx.t - 1
+        step = ctx.lr * math.sqrt(1.0 - b2**k) / (1.0 - b1**k)
+        projected = forward(G)
+        m.lerp_(g, 1.0 - b1)
+        v.lerp_((projected * projected).reshape(p.shape), 1.0 - b2)
+        normed = forward(m.reshape(rows, cols)) / (v.reshape(rows, cols).sqrt() + hp["eps"])
+        p.add_(backward(normed).reshape(p.shape), alpha=-step)
+        p.mul_(1.0 - hp["weight_decay"] * ctx.lr)
+        statistics()
+        if k % hp["precondition_frequency"] == 0:
+            v2 = v.view(rows, cols)
+            for axis, (a, q) in enumerate(((l, ql), (r, qr))):
+                if a.numel() == 0:
+                    continue
+                product = a @ q
+                estimate = (q * product).sum(dim=0)
+                order = torch.argsort(estimate, descending=True, stable=True)
+                v2.copy_(v2.index_select(axis, order))
+                q.copy_(torch.linalg.qr(product[:, order].double()).Q.to(q.dtype))
+
+
 def _adan_form(hp, lr):
     return 1.0 / (1.0 + lr * hp["weight_decay"]), 0.0
 
@@ -737,6 +821,12 @@ RULES: dict[str, Rule] = {
     ),
     "adopt": Rule(_adopt, lambda hp: ("exp_avg", "exp_avg_sq"), _either),
     "adan": Rule(_adan, lambda hp: ("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"), _adan_form),
+    "soap": Rule(
+        _soap,
+        lambda hp: ("exp_avg", "exp_avg_sq", "GG_0", "GG_1", "Q_0", "Q_1"),
+        matrix=True,
+        slot_shape=_soap_slot_shape,
+    ),
     "prodigy": Rule(
         _prodigy,
         lambda hp: ("exp_avg", "exp_avg_sq", "s", "p0"),
@@ -960,7 +1050,15 @@ class Engine:
     def _check_layout(self, works: list[Work], bf16: bool) -> None:
         for w in works:
             rule = RULES[w.rule]
-            if rule.matrix:
+            if w.rule == "soap":
+                for p, name in zip(w.params, w.names):
+                    if p.dim() > 2:
+                        raise SgdlabError(
+                            f"soap steps matrices and vectors, and parameter {_name(name)} has "
+                            f"shape {list(p.shape)}: give it another rule with a parameter group "
+                            '({"params": ..., "rule": "adamw"})'
+                        )
+            elif rule.matrix:
                 for p, name in zip(w.params, w.names):
                     if p.dim() != 2:
                         raise SgdlabError(
@@ -1057,6 +1155,8 @@ class Engine:
                 continue
             if k in rule.starts_at_params:
                 buf = p.detach().clone()
+            elif rule.slot_shape is not None:
+                buf = torch.full(rule.slot_shape(hp, k, tuple(p.shape)), init, dtype=p.dtype, device=p.device)
             else:
                 buf = torch.full_like(p, init)
             if lowp:

@@ -73,6 +73,7 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "SGD",
+    "SOAP",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
     "SgdlabError",
@@ -1861,6 +1862,55 @@ class Prodigy(_Rule):
         return loss
 
 
+class SOAP(_Rule):
+    """``pytorch_optimizer.SOAP`` (Vyas et al. 2024): Adam in the eigenbases of Shampoo's
+    statistics L ≈ E[GGᵀ] and R ≈ E[GᵀG] of each matrix, refreshed by one power iteration
+    every ``precondition_frequency`` steps; the first step only fills the statistics. Matrices
+    and vectors (a vector is not rotated: Adam in SOAP's form); give higher-rank tensors another
+    rule with a group. ``merge_dims``, ``precondition_1d``, ``normalize_gradient`` and
+    ``correct_bias=False`` are not supported; the eigendecomposition and the QR decomposition
+    run in float64 (the package's QR runs in float32)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Union[float, torch.Tensor] = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: Optional[float] = None,
+        weight_decay: float = 1e-2,
+        precondition_frequency: int = 10,
+        max_precondition_dim: int = 10000,
+        merge_dims: bool = False,
+        precondition_1d: bool = False,
+        correct_bias: bool = True,
+        normalize_gradient: bool = False,
+        data_format: str = "channels_first",
+        eps: float = 1e-8,
+        *,
+        maximize: bool = False,
+        **sgdlab_args: Any,
+    ) -> None:
+        unsupported = {
+            "merge_dims": merge_dims,
+            "precondition_1d": precondition_1d,
+            "correct_bias": not correct_bias,
+            "normalize_gradient": normalize_gradient,
+        }
+        for key, on in unsupported.items():
+            if on:
+                raise ValueError(f"{key} = {not on if key == 'correct_bias' else on}: sgdlab's SOAP does not support it")
+        defaults = dict(
+            lr=_float(lr),
+            betas=betas,
+            shampoo_beta=shampoo_beta,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_precondition_dim=max_precondition_dim,
+            eps=eps,
+        )
+        self._setup(params, "soap", defaults, maximize=maximize, **sgdlab_args)
+
+
 class Madam(_Rule):
     """Madam (Bernstein et al. 2020, "Learning compositional functions via multiplicative
     weight updates"): p ← p·exp(−η sign(p) clip(g/√v̂, ±g_bound)), |p| ≤ p_scale·rms(p₀)."""
@@ -1876,6 +1926,6 @@ class Madam(_Rule):
         self._setup(params, "madam", dict(lr=_float(lr), p_scale=p_scale, g_bound=g_bound), **sgdlab_args)
 
 
-for _cls in (Lion, NAdam, RAdam, Adamax, Muon, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD, ADOPT, Adan, Prodigy, Madam):
+for _cls in (Lion, NAdam, RAdam, Adamax, Muon, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD, ADOPT, Adan, Prodigy, SOAP, Madam):
     _cls.__doc__ = (_cls.__doc__ or "") + _OWN_ARGS
 del _cls
