@@ -774,6 +774,10 @@ def test_auto_moves_to_the_torch_engine_when_the_parameter_set_changes():
         (st.NAdam, dict(lr=0.01)),
         (st.ScheduleFreeAdamW, dict(lr=0.01, warmup_steps=2)),
         (st.Madam, dict(lr=0.01)),
+        (st.Prodigy, dict(weight_decay=0.01)),
+        # Only the sides whose first statistic has full rank (5 and 3) are rotated: a
+        # rank-deficient one's null-space eigenvectors are each eigensolver's own.
+        (st.SOAP, dict(lr=0.01, precondition_frequency=2, max_precondition_dim=10)),
     ):
         model, ref = mlp(), mlp()
         opt, tref = cls(model.parameters(), **kw), cls(ref.parameters(), implementation="torch", **kw)

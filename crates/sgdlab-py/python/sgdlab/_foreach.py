@@ -527,8 +527,10 @@ def prodigy_settle(works: list["Work"], grads: list[list[Tensor]], points: list[
                 f"invalid lr of parameter group {gi} = {lr}: must be the largest group's "
                 f"({lr_max}) or 0: prodigy scales one estimated step for every group"
             )
-    first = works[0].states[0].setdefault("scalars", {})
-    d, d_max, r, k = _prodigy_kept(own, first)
+    # The latest scalars: a parameter that had no gradient for a while keeps older ones (every
+    # step that changes them counts k up).
+    newest = max((st.get("scalars", {}) for w in works for st in w.states), key=lambda sc: sc.get("k", -1.0))
+    d, d_max, r, k = _prodigy_kept(own, newest)
     dlr = _prodigy_dlr(own, d, lr_max, k)
     num = den = 0.0
     for w, gs, ps in zip(works, grads, points):

@@ -1032,10 +1032,14 @@ class Optimizer(torch.optim.Optimizer):
             for k in scalars & set(entry):
                 mine_entry["scalars"][k] = float(entry[k])
             lp = _dist.local(p)
+            names = list(_foreach.slot_names(rule, hp))
+            shape_of = _foreach.RULES[rule].slot_shape
             for k in want | ({"master"} & set(entry)):
                 v = entry[k]
-                if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(p.shape):
-                    raise ValueError(f"the state `{k}` of parameter {index} is not a tensor of the parameter's shape")
+                # A buffer's own shape (SOAP's d×d statistics), the parameter's otherwise.
+                shape = tuple(p.shape) if shape_of is None or k == "master" else shape_of(hp, names.index(k), tuple(p.shape))
+                if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape:
+                    raise ValueError(f"the state `{k}` of parameter {index} is not a tensor of shape {list(shape)}")
                 v = _dist.local_state(v.detach(), p).to(device=lp.device)
                 if k == "master":
                     mine_entry[k] = v.to(torch.float32).clone()
