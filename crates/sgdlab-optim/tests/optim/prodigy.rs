@@ -99,8 +99,13 @@ fn groups_a_frozen_group_and_a_schedule_match_prodigyopt() {
             );
         }
     }
-    // The estimate grew from d0 = 1e-5, and every tensor keeps the same scalars.
-    let d = opt.tensor_scalars(0).unwrap()[0];
+    // The estimate grew from d0 = 1e-5, to the package's d, d_max, d_numerator and k; every
+    // tensor keeps the same scalars.
+    let kept = opt.tensor_scalars(0).unwrap();
+    for (got, want) in kept.iter().zip(floats(&r["scalars"])) {
+        assert!((got - want).abs() <= 1e-10 * want.abs(), "{kept:?}");
+    }
+    let d = kept[0];
     assert!(d > 1e-3, "d = {d}");
     for t in 1..params.len() {
         assert_eq!(opt.tensor_scalars(t), opt.tensor_scalars(0));
@@ -190,6 +195,55 @@ fn the_estimate_is_the_same_for_any_thread_count() {
         assert_eq!(one.1, other.1, "{threads} threads: scalars");
         assert_eq!(one.0, other.0, "{threads} threads: parameters");
     }
+}
+
+/// The sums run over every chunk once: a tensor of several chunks steps as the same values
+/// cut into tensors of less than one chunk (the sums then add in another order: to 1e-12).
+#[test]
+fn a_tensor_of_several_chunks_sums_each_chunk_once() {
+    let n = 3 * CHUNK + 17;
+    let value = |i: usize| ((i * 37 % 101) as f64 / 50.0 - 1.0) * 0.5;
+    let grad = |i: usize, x: f64, t: usize| x + (((i + t * 13) % 29) as f64 - 14.0) * 0.01;
+    let run = |pieces: usize| {
+        let per = n.div_ceil(pieces);
+        let mut p: Vec<Tensor<f64>> = (0..pieces)
+            .map(|k| {
+                let range = k * per..((k + 1) * per).min(n);
+                Tensor::vector(format!("t{k}"), range.map(value).collect())
+            })
+            .collect();
+        let mut opt = Optimizer::<f64>::from_spec("prodigy").unwrap();
+        for t in 0..6 {
+            let g: Vec<Tensor<f64>> = p
+                .iter()
+                .enumerate()
+                .map(|(k, x)| {
+                    let v = x
+                        .data()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &xi)| grad(k * per + i, xi, t))
+                        .collect();
+                    Tensor::vector(x.name(), v)
+                })
+                .collect();
+            opt.step(&mut p, &g, &StepInfo::default()).unwrap();
+        }
+        let flat: Vec<f64> = p.iter().flat_map(|x| x.data().to_vec()).collect();
+        (flat, opt.tensor_scalars(0).unwrap().to_vec())
+    };
+    let (whole, d_whole) = run(1);
+    let (cut, d_cut) = run(4);
+    assert!(d_whole[0] > 1e-5, "the estimate grew: {d_whole:?}");
+    for (a, b) in d_whole.iter().zip(&d_cut) {
+        assert!((a - b).abs() <= 1e-12 * a.abs(), "{d_whole:?} vs {d_cut:?}");
+    }
+    let worst = whole
+        .iter()
+        .zip(&cut)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= 1e-12, "{worst}");
 }
 
 /// What the shared estimate forbids, each refused before anything changes.

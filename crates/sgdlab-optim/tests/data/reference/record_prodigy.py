@@ -5,7 +5,8 @@
 - `prodigy-groups.json` (for `tests/optim/prodigy.rs`): four tensors in three parameter
   groups (no decay on biases, another eps, a frozen group at lr 0 whose parameters the
   package still decays by the shared step), a first step with zero gradients (the package
-  then only updates the averages) and a LinearLR warm-up.
+  then only updates the averages) and a LinearLR warm-up; `scalars` are the package's d,
+  d_max, d_numerator and k after the last step.
 
     pip install prodigyopt==1.1.2 torch
     python3 record_prodigy.py
@@ -93,5 +94,6 @@ print("d after the last step:", opt.param_groups[0]["d"])
     "grads": grads,
     "lrs": lrs,
     "expected": expected,
+    "scalars": [opt.param_groups[0][k] for k in ("d", "d_max", "d_numerator", "k")],
 }) + "\n")
 print("wrote prodigy-groups.json")
