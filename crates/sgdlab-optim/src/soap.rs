@@ -105,7 +105,7 @@ impl UpdateRule for Soap {
         match slot {
             0 | 1 => shape.to_vec(),
             _ => {
-                let axis = (slot - 2) % 2;
+                let axis = slot % 2;
                 if self.rotates(shape, axis) {
                     vec![shape[axis], shape[axis]]
                 } else {

@@ -604,7 +604,7 @@ def _soap_rotates(hp, shape: tuple[int, ...], axis: int) -> bool:
 def _soap_slot_shape(hp, k: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     if k < 2:
         return tuple(shape)
-    axis = (k - 2) % 2
+    axis = k % 2
     return (shape[axis], shape[axis]) if _soap_rotates(hp, shape, axis) else (0,)
 
 
