@@ -17,7 +17,7 @@ fn reference() -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-fn floats(v: &Value) -> Vec<f64> {
+pub(crate) fn floats(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap()
         .iter()
@@ -25,7 +25,7 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn setup(r: &Value) -> (Optimizer<f64>, Vec<Tensor<f64>>) {
+pub(crate) fn setup(r: &Value) -> (Optimizer<f64>, Vec<Tensor<f64>>) {
     let groups: Vec<GroupSpec> = r["groups"]
         .as_array()
         .unwrap()
@@ -54,7 +54,7 @@ fn setup(r: &Value) -> (Optimizer<f64>, Vec<Tensor<f64>>) {
     (opt, params)
 }
 
-fn grads(r: &Value, step: usize, like: &[Tensor<f64>]) -> Vec<Tensor<f64>> {
+pub(crate) fn grads(r: &Value, step: usize, like: &[Tensor<f64>]) -> Vec<Tensor<f64>> {
     like.iter()
         .map(|p| {
             Tensor::new(

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
+use super::groups_schedule::{floats, grads, setup};
 use serde_json::Value;
 use sgdlab_optim::kernel::CHUNK;
-use sgdlab_optim::{GroupSpec, Optimizer, StepInfo, Tensor, Totals};
+use sgdlab_optim::{Optimizer, StepInfo, Tensor, Totals};
 
 fn reference() -> Value {
     let path = concat!(
@@ -14,56 +15,6 @@ fn reference() -> Value {
         "/tests/data/reference/prodigy-groups.json"
     );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn setup(r: &Value) -> (Optimizer<f64>, Vec<Tensor<f64>>) {
-    let groups: Vec<GroupSpec> = r["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g.as_str().unwrap().parse().unwrap())
-        .collect();
-    let mut opt =
-        Optimizer::<f64>::with_groups(r["optimizer"].as_str().unwrap().parse().unwrap(), groups)
-            .unwrap();
-    opt.set_schedule(r["schedule"].as_str().unwrap().parse().unwrap())
-        .unwrap();
-    let params = r["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            Tensor::new(t["name"].as_str().unwrap(), shape, floats(&t["init"])).unwrap()
-        })
-        .collect();
-    (opt, params)
-}
-
-fn grads(r: &Value, step: usize, like: &[Tensor<f64>]) -> Vec<Tensor<f64>> {
-    like.iter()
-        .map(|p| {
-            Tensor::new(
-                p.name(),
-                p.shape().to_vec(),
-                floats(&r["grads"][step][p.name()]),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 fn assert_close(params: &[Tensor<f64>], r: &Value, t: usize) {
