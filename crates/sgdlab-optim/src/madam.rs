@@ -26,6 +26,11 @@ config! {
 }
 
 impl UpdateRule for Madam {
+    /// Φ·exp(−ηĝ sign Φ) and the clamp are nonlinear in η.
+    fn linear_in_lr(&self) -> bool {
+        false
+    }
+
     fn tensor_scalars<T: Real>(&self) -> Option<&dyn TensorScalars<T>> {
         Some(self)
     }

@@ -91,6 +91,11 @@ impl Prodigy {
 }
 
 impl UpdateRule for Prodigy {
+    /// A step's η enters the estimate d (through d·η in its numerator) that scales the step.
+    fn linear_in_lr(&self) -> bool {
+        false
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

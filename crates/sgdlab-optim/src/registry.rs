@@ -129,6 +129,12 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.starts_at_params(slot), )+ )* }
             }
 
+            /// Whether a step's displacement is η times one that does not depend on η
+            /// ([`UpdateRule::linear_in_lr`]).
+            pub fn linear_in_lr(&self) -> bool {
+                match self { $( $( Rule::$variant(c) => c.linear_in_lr(), )+ )* }
+            }
+
             /// Whether the rule keeps optimizer-wide scalars set from sums over every tensor
             /// ([`UpdateRule::global`]: Prodigy's estimate d).
             pub fn is_global(&self) -> bool {

@@ -80,6 +80,18 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         false
     }
 
+    /// Whether one step, from any state, moves the parameters by η times a displacement
+    /// that does not depend on η: ΔΦ(η) = η·u(state, g). Every rule written
+    /// Φ ← Φ − η·u, or with decoupled decay before it, Φ(1 − ηλ) − η·u, is; a rule
+    /// whose step is a nonlinear function of η is not: Madam's Φ·exp(−ηĝ) and its clamp,
+    /// Schedule-Free's averaging weight c = η²/Σηₛ², Prodigy's estimate that a step's η
+    /// moves, SOAP's decay after its update, (Φ − ηu)(1 − ηλ). The audit measures a
+    /// linear rule's drift E\[ΔΦ\]/η at η = 1 (exact at any η, however small) and any
+    /// other rule's at its own η.
+    fn linear_in_lr(&self) -> bool {
+        true
+    }
+
     /// What a step must hand the rule besides the gradient ([`Needs`]).
     fn needs(&self) -> Needs {
         Needs::default()

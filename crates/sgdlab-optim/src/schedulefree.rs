@@ -88,6 +88,11 @@ config! {
 }
 
 impl UpdateRule for SfSgd {
+    /// The averaging weight c = η^power/Σηₛ^power depends on η.
+    fn linear_in_lr(&self) -> bool {
+        false
+    }
+
     /// z and x start at the parameters.
     fn starts_at_params(&self, _slot: usize) -> bool {
         true
@@ -205,6 +210,11 @@ config! {
 }
 
 impl UpdateRule for SfAdamW {
+    /// The averaging weight c = η^power/Σηₛ^power depends on η.
+    fn linear_in_lr(&self) -> bool {
+        false
+    }
+
     /// z and x start at the parameters (v at 0).
     fn starts_at_params(&self, slot: usize) -> bool {
         slot < 2

@@ -65,6 +65,11 @@ impl Soap {
 }
 
 impl UpdateRule for Soap {
+    /// Decoupled decay after the update: (Φ − ηu)(1 − ηλ) has an η² term.
+    fn linear_in_lr(&self) -> bool {
+        false
+    }
+
     fn validate(&self) -> Result<()> {
         check::at_least("lr", self.lr, 0.0)?;
         check::unit_open("beta1", self.beta1)?;

@@ -658,3 +658,49 @@ fn an_overflowing_norm_is_refused() {
     );
     assert_eq!((p[0].data(), o.steps()), (&[1.0, 2.0][..], 0));
 }
+
+/// [`UpdateRule::linear_in_lr`] is what the audit relies on to measure a drift at η = 1: for
+/// every registered rule that declares it, a step from a state built by five steps of
+/// irregular gradients moves the parameters by exactly η times the step at η = 1 (to
+/// rounding), and for every rule that does not, it does not.
+#[test]
+fn the_rules_linear_in_the_learning_rate_are_those_that_say_so() {
+    let grad = |t: usize| -> Vec<Tensor<f64>> {
+        let data = (0..12)
+            .map(|i| ((i * 7 + t * 5) % 11) as f64 / 5.0 - 0.9 + 0.03 * t as f64)
+            .collect();
+        vec![Tensor::new("w", vec![4, 3], data).unwrap()]
+    };
+    let info = |lr_scale| StepInfo {
+        loss: Some(0.7),
+        lr_scale,
+        ..StepInfo::default()
+    };
+    for &name in NAMES {
+        let mut opt = Optimizer::<f64>::from_spec(&format!("{name}:lr=0.05")).unwrap();
+        let start: Vec<f64> = (0..12).map(|i| 0.3 + 0.1 * i as f64 - 0.05 * (i % 3) as f64).collect();
+        let mut p = vec![Tensor::new("w", vec![4, 3], start).unwrap()];
+        for t in 0..5 {
+            opt.step(&mut p, &grad(t), &info(1.0)).unwrap();
+        }
+        let displacement = |scale: f64| -> Vec<f64> {
+            let mut o = opt.clone();
+            let mut q = p.clone();
+            o.step(&mut q, &grad(9), &info(scale)).unwrap();
+            q[0].data().iter().zip(p[0].data()).map(|(a, b)| a - b).collect()
+        };
+        let (unit, small) = (displacement(1.0), displacement(1e-3));
+        let size = unit.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let gap = unit
+            .iter()
+            .zip(&small)
+            .fold(0.0f64, |m, (u, s)| m.max((s - 1e-3 * u).abs()))
+            / (1e-3 * size);
+        let rule = &opt.spec().rule;
+        if rule.linear_in_lr() {
+            assert!(size > 0.0 && gap < 1e-9, "{name}: relative gap {gap}");
+        } else {
+            assert!(gap > 1e-8, "{name} is linear in η (gap {gap}): say so");
+        }
+    }
+}

@@ -172,6 +172,14 @@ pub(crate) fn unit_lr(spec: &OptimizerSpec) -> Result<f64> {
     }
 }
 
+/// The learning-rate scale of a step that measures the drift E\[ΔΦ\]/η: 1/η for a rule
+/// linear in η (the step at η = 1 is exact at any η, where one at a tiny η would round or
+/// underflow), 1 for any other (its step at its own η is the step a user takes).
+pub(crate) fn probe_scale(spec: &OptimizerSpec) -> Result<f64> {
+    let lr = unit_lr(spec)?;
+    Ok(if spec.rule.linear_in_lr() { 1.0 / lr } else { 1.0 })
+}
+
 /// The exact expected update per unit learning rate of a stateless rule at `phi`:
 /// F(Φ) = (1/n)ΣᵢΔΦᵢ/η. Also returns the mean per-example step length
 /// (1/n)Σᵢ‖ΔΦᵢ‖/η (the scale for tolerances).
@@ -186,14 +194,14 @@ pub fn expected_update(
             "{spec} keeps state between steps: its expected update is not a function of Φ alone"
         )));
     }
-    let lr = unit_lr(spec)?;
+    let probe = probe_scale(spec)?;
     let n = model.examples();
     let mut mean = vec![0.0; phi.len()];
     let mut step = vec![0.0; phi.len()];
     let mut scale = 0.0;
     for i in 0..n {
         let mut opt = template.clone();
-        unit_step(model, &mut opt, phi, i, 1.0 / lr, &mut step)?;
+        unit_step(model, &mut opt, phi, i, probe, &mut step)?;
         scale += norm(&step);
         for (m, s) in mean.iter_mut().zip(&step) {
             *m += s;

@@ -3,7 +3,7 @@
 //! average at two learning rates.
 
 use crate::lab::audit::exact::row;
-use crate::lab::audit::exact::unit_lr;
+use crate::lab::audit::exact::probe_scale;
 use crate::lab::audit::exact::unit_step;
 
 use rand::RngExt;
@@ -81,7 +81,7 @@ pub fn stationary_drift(
     options: &SimulationOptions,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     options.validate()?;
-    let lr = unit_lr(spec)?;
+    let scale = probe_scale(spec)?;
     let n = model.examples();
     let d = phi.len();
     let mut opt = Optimizer::<f64>::new(spec.clone())?;
@@ -107,7 +107,7 @@ pub fn stationary_drift(
             };
             for &i in &examples {
                 let mut probe = opt.clone();
-                unit_step(model, &mut probe, phi, i, 1.0 / lr, &mut step)?;
+                unit_step(model, &mut probe, phi, i, scale, &mut step)?;
                 for (m, s) in mean.iter_mut().zip(&step) {
                     *m += s / examples.len() as f64;
                 }

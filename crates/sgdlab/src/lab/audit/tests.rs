@@ -519,8 +519,8 @@ fn minimize_stops_when_no_step_can_lower_the_loss() {
     );
 }
 
-/// The step per unit learning rate is taken at rate 1 (`lr_scale` = 1/η), so the exact and
-/// the simulated drift of rules linear in η are the same at η = 10⁻²⁰⁰ as at η = 0.1
+/// The step per unit learning rate of a rule linear in η is taken at rate 1 (`lr_scale` =
+/// 1/η), so the exact and the simulated drift of such rules are the same at η = 10⁻²⁰⁰ as at η = 0.1
 /// (dividing a step taken at η by η would underflow to 0).
 #[test]
 fn drifts_are_measured_at_unit_rate_whatever_the_learning_rate() {
@@ -609,4 +609,34 @@ fn prodigy_at_the_minimiser_drifts_as_adam_scaled_by_its_initial_estimate() {
         "{prodigy:?} {adam:?}"
     );
     assert!((prodigy_se[0] - 1e-3 * adam_se[0]).abs() <= 1e-6 * adam_se[0]);
+}
+
+/// A rule nonlinear in η is probed at its own η. Madam's step at Φ* = 1 on (0, 0, 3) is
+/// Φ·(exp(−ηĝ) − 1) per example: per unit η, −E\[ĝ\] + ½ηE\[ĝ²\] − ⅙η²E\[ĝ³\], with
+/// −E\[ĝ\] = ½(1 − β)E\[g³\]/E\[g²\]^{3/2} (problem 6c's bias; v contains the current g²) and
+/// E\[ĝ²\] ≈ 1 − (1 − β)(E\[g⁴\]/E\[g²\]² − 1). Probed at η = 1 instead, the step of the example
+/// at 3 is clamped at 3·RMS(Φ₀) and the drift reads 0.329 at every η.
+#[test]
+fn a_rule_nonlinear_in_the_learning_rate_is_probed_at_its_own() {
+    let m = points("0\n0\n3\n");
+    let options = SimulationOptions {
+        burn_in: 20_000,
+        steps: 200_000,
+        seed: 4,
+    };
+    let skew = -2.0 / 2f64.powf(1.5);
+    let beta = sgdlab_optim::madam::MADAM_BETA;
+    for lr in [0.01, 0.002] {
+        let spec: OptimizerSpec = format!("madam:lr={lr}").parse().unwrap();
+        let (drift, se) = stationary_drift(m.model(), &spec, &[1.0], &options).unwrap();
+        let predicted = 0.5 * (1.0 - beta) * skew
+            + 0.5 * lr * (1.0 - (1.0 - beta) * 0.5)
+            - lr * lr * skew / 6.0;
+        assert!(
+            (drift[0] - predicted).abs() < 4.0 * se[0] + 1e-6,
+            "lr {lr}: {} ± {} against {predicted}",
+            drift[0],
+            se[0]
+        );
+    }
 }
