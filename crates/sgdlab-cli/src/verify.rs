@@ -279,9 +279,23 @@ fn write_report(
             } else {
                 "<span class=\"fail\">FAIL</span>"
             };
+            let title = if c.optimizer.is_empty() {
+                esc(&c.title)
+            } else {
+                let specs: Vec<String> = c
+                    .optimizer
+                    .iter()
+                    .map(|s| format!("<code>{}</code>", esc(s)))
+                    .collect();
+                format!(
+                    "{}<br><small>runs {}</small>",
+                    esc(&c.title),
+                    specs.join(", ")
+                )
+            };
             rows.push(vec![
                 esc(&c.id),
-                esc(&c.title),
+                title,
                 esc(&num(c.expected)),
                 esc(&measured(c)),
                 esc(&score(c)),

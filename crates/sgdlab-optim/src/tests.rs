@@ -678,7 +678,9 @@ fn the_rules_linear_in_the_learning_rate_are_those_that_say_so() {
     };
     for &name in NAMES {
         let mut opt = Optimizer::<f64>::from_spec(&format!("{name}:lr=0.05")).unwrap();
-        let start: Vec<f64> = (0..12).map(|i| 0.3 + 0.1 * i as f64 - 0.05 * (i % 3) as f64).collect();
+        let start: Vec<f64> = (0..12)
+            .map(|i| 0.3 + 0.1 * i as f64 - 0.05 * (i % 3) as f64)
+            .collect();
         let mut p = vec![Tensor::new("w", vec![4, 3], start).unwrap()];
         for t in 0..5 {
             opt.step(&mut p, &grad(t), &info(1.0)).unwrap();
@@ -687,7 +689,11 @@ fn the_rules_linear_in_the_learning_rate_are_those_that_say_so() {
             let mut o = opt.clone();
             let mut q = p.clone();
             o.step(&mut q, &grad(9), &info(scale)).unwrap();
-            q[0].data().iter().zip(p[0].data()).map(|(a, b)| a - b).collect()
+            q[0].data()
+                .iter()
+                .zip(p[0].data())
+                .map(|(a, b)| a - b)
+                .collect()
         };
         let (unit, small) = (displacement(1.0), displacement(1e-3));
         let size = unit.iter().fold(0.0f64, |m, x| m.max(x.abs()));

@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-use sgdlab::lab::claims::{VerifyOptions, verify};
+use std::collections::BTreeSet;
+
+use sgdlab::lab::claims::{Claim, VerifyOptions, verify};
+use sgdlab::optim::{NAMES, OptimizerSpec};
 
 #[test]
 fn every_claim_passes_at_the_default_seed() {
@@ -30,11 +33,32 @@ fn every_claim_passes_at_the_default_seed() {
     // passes every check above) fails here. A new claim is added to this list.
     let ids: Vec<&str> = report.claims.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ALL_CLAIMS, "the claims run by `verify --quick`");
+    every_optimizer_is_in_a_claim(&report.claims);
+}
+
+/// Every registered optimizer is measured by some claim: each claim's `optimizer` specs
+/// parse, and their names cover [`NAMES`].
+fn every_optimizer_is_in_a_claim(claims: &[Claim]) {
+    let mut covered = BTreeSet::new();
+    for claim in claims {
+        for spec in &claim.optimizer {
+            let parsed: OptimizerSpec = spec
+                .parse()
+                .unwrap_or_else(|e| panic!("claim {}: its optimizer {spec}: {e}", claim.id));
+            covered.insert(parsed.rule.name());
+        }
+    }
+    let missing: Vec<&str> = NAMES
+        .iter()
+        .copied()
+        .filter(|n| !covered.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "optimizers in no claim: {missing:?}");
 }
 
 /// The claims of `verify`, in the order it reports them: one line per problem or section.
 #[rustfmt::skip]
-const ALL_CLAIMS: [&str; 88] = [
+const ALL_CLAIMS: [&str; 94] = [
     "1a", "1a.z", "1a.t", "1b", "1b.start",
     "2a", "2a.t", "2b", "2b.ratio", "2b.size", "2b.lag", "2b.blocklag", "2.adam", "2.adam.lag",
     "3a", "3b", "3c", "3c.momentum", "3c.buffer", "3c.schedule", "3c.optim", "3.sgd",
@@ -47,6 +71,7 @@ const ALL_CLAIMS: [&str; 88] = [
     "10a", "10b", "10b.t", "10b.sgd", "10c", "10c.var", "10c.bias", "10d", "10d.band",
         "10d.uv", "10d.scale", "10e", "10e.amsgrad", "10e.adopt", "10e.sign", "10e.sgd",
         "10e.c-adam", "10e.c-amsgrad", "10e.prodigy", "10e.adan", "10f", "10f.sym", "10f.beta1",
-        "10g", "10g.adamax", "10g.radam", "10h", "10h.growth",
+        "10g", "10g.adamax", "10g.radam", "10g.nadam", "10h", "10h.growth", "10i.lion",
+        "10i.lion.fp", "10i.madam", "10i.sf-adamw", "10j",
     "11a", "11b", "11c", "11d", "11e",
 ];

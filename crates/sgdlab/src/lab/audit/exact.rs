@@ -177,7 +177,11 @@ pub(crate) fn unit_lr(spec: &OptimizerSpec) -> Result<f64> {
 /// underflow), 1 for any other (its step at its own η is the step a user takes).
 pub(crate) fn probe_scale(spec: &OptimizerSpec) -> Result<f64> {
     let lr = unit_lr(spec)?;
-    Ok(if spec.rule.linear_in_lr() { 1.0 / lr } else { 1.0 })
+    Ok(if spec.rule.linear_in_lr() {
+        1.0 / lr
+    } else {
+        1.0
+    })
 }
 
 /// The exact expected update per unit learning rate of a stateless rule at `phi`:

@@ -2,8 +2,8 @@
 //! the minimiser while its state runs to stationarity, and its fixed point as the iterate
 //! average at two learning rates.
 
-use crate::lab::audit::exact::row;
 use crate::lab::audit::exact::probe_scale;
+use crate::lab::audit::exact::row;
 use crate::lab::audit::exact::unit_step;
 
 use rand::RngExt;

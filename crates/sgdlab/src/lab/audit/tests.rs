@@ -629,8 +629,7 @@ fn a_rule_nonlinear_in_the_learning_rate_is_probed_at_its_own() {
     for lr in [0.01, 0.002] {
         let spec: OptimizerSpec = format!("madam:lr={lr}").parse().unwrap();
         let (drift, se) = stationary_drift(m.model(), &spec, &[1.0], &options).unwrap();
-        let predicted = 0.5 * (1.0 - beta) * skew
-            + 0.5 * lr * (1.0 - (1.0 - beta) * 0.5)
+        let predicted = 0.5 * (1.0 - beta) * skew + 0.5 * lr * (1.0 - (1.0 - beta) * 0.5)
             - lr * lr * skew / 6.0;
         assert!(
             (drift[0] - predicted).abs() < 4.0 * se[0] + 1e-6,

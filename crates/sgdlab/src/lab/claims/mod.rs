@@ -101,6 +101,9 @@ pub struct Claim {
     pub z: Option<f64>,
     /// Wrong answers the measurement must reject.
     pub rejects: Vec<Rejection>,
+    /// The specs of the library optimizers whose steps the measurement runs, usually one
+    /// (empty when it runs none: an identity of the averages, or of a formula's premises).
+    pub optimizer: Vec<String>,
     /// Whether the claim holds: within tolerance, and every wrong answer rejected.
     pub passed: bool,
 }
@@ -136,6 +139,7 @@ impl Claim {
             tolerance,
             z,
             rejects: Vec::new(),
+            optimizer: Vec::new(),
             passed: within && measured.is_finite(),
         }
     }
@@ -199,6 +203,12 @@ impl Claim {
         claim.method = Method::AtLeast;
         claim.passed = measured >= bound - tolerance;
         claim
+    }
+
+    /// Names a library optimizer (its spec) whose steps the measurement runs.
+    pub(crate) fn optimizer(mut self, spec: impl std::fmt::Display) -> Self {
+        self.optimizer.push(spec.to_string());
+        self
     }
 
     /// Adds a wrong answer that the measurement must reject.

@@ -68,9 +68,8 @@ fn nearest_stalls() -> Result<Claim> {
         .ok_or_else(|| Error::Unsupported("no stall predicted on the bfloat16 grid".into()))?;
     // The library's EMA (problem 3's ema-momentum, no bias correction) with its state in
     // bfloat16 rounded to nearest, fed the constant gradient c; the parameter stays (lr 0).
-    let mut opt = Optimizer::<f32>::from_spec(&format!(
-        "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding=nearest"
-    ))?;
+    let spec = format!("ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding=nearest");
+    let mut opt = Optimizer::<f32>::from_spec(&spec)?;
     let mut p = [crate::optim::Tensor::vector("v", vec![0.0f32])];
     let g = [crate::optim::Tensor::vector("v", vec![c as f32])];
     for _ in 0..steps {
@@ -95,7 +94,8 @@ fn nearest_stalls() -> Result<Claim> {
     .reject(
         "stall where (1−β)c < ulp(v)/2",
         naive_stall(beta, c).unwrap_or(f64::NAN),
-    ))
+    )
+    .optimizer(spec))
 }
 
 /// The stall predicted by the condition (1 − β)c < ulp(v)/2 (ignoring that the
@@ -123,12 +123,14 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let (decay, rate) = (beta as f32, (1.0 - beta) as f32);
     // Per chain: e_T (stochastic), e_T (nearest), e_T², S = Σβ^{2(T−t)}u²f(1−f), e_T² − S,
     // and Σβ^{2(T−t)}u²/12.
+    let spec = |rounding: &str, sr_seed: u64| {
+        format!(
+            "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding={rounding},sr_seed={sr_seed}"
+        )
+    };
     let blocks = mc.run(|rng, block| -> Result<Vec<[f64; 6]>> {
         let ema = |rounding: &str| {
-            Optimizer::<f32>::from_spec(&format!(
-                "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding={rounding},sr_seed={}",
-                seed.wrapping_add(block as u64)
-            ))
+            Optimizer::<f32>::from_spec(&spec(rounding, seed.wrapping_add(block as u64)))
         };
         let (mut sr, mut rn) = (ema("stochastic")?, ema("nearest")?);
         let mut p_sr = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
@@ -200,7 +202,9 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
         0.0,
         e_sr.mean(),
     )
-    .reject("round to nearest's bias (measured)", e_rn.mean);
+    .reject("round to nearest's bias (measured)", e_rn.mean)
+    .optimizer(spec("stochastic", seed))
+    .optimizer(spec("nearest", seed));
     // E[e²] against E[S]: the ratio of two means over the same chains is 1 + mean(d)/mean(S)
     // for the paired difference d = e² − S, whose mean is 0 exactly; its SE is d's.
     let s = var_sum.mean;
@@ -215,7 +219,8 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     .reject(
         "uniform rounding error, variance u²/12",
         var_uniform.mean / s,
-    );
+    )
+    .optimizer(spec("stochastic", seed));
     Ok(vec![bias, variance])
 }
 
@@ -359,7 +364,10 @@ fn adam(options: &VerifyOptions) -> Result<Vec<Claim>> {
         0.0,
         e_sr.mean(),
     )
-    .reject("round to nearest's v_T − v_T(f64) (measured)", e_rn.mean);
+    .reject("round to nearest's v_T − v_T(f64) (measured)", e_rn.mean)
+    .optimizer(spec(""))
+    .optimizer(spec(",state_dtype=bf16"))
+    .optimizer(spec(",state_dtype=bf16,rounding=nearest"));
     // The step's relative difference r and its prediction from x = e_v/v, the relative
     // error of the v the step divided by, paired element by element: the claim is
     // E[r − J(x)] = 0. With m unbiased and independent of v, E[r] = E[(1+x)^{-1/2}] − 1 =
@@ -403,7 +411,9 @@ fn adam(options: &VerifyOptions) -> Result<Vec<Claim>> {
         predicted,
         Measurement::new(r.mean, q.stderr_mean),
     )
-    .reject("an unbiased step (0)", 0.0);
+    .reject("an unbiased step (0)", 0.0)
+    .optimizer(spec(""))
+    .optimizer(spec(",state_dtype=bf16"));
     Ok(vec![state_claim, step_claim])
 }
 

@@ -66,7 +66,9 @@ fn library_optimizers(options: &VerifyOptions) -> Result<Claim> {
         0.0,
         worst / scale,
         1e-12,
-    ))
+    )
+    .optimizer(&sgd_spec)
+    .optimizer(&ema_spec))
 }
 
 /// 3a: run the recurrence on a constant until it stops moving.

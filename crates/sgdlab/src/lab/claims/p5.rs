@@ -45,12 +45,9 @@ fn nats_and_bits(options: &VerifyOptions) -> Result<Claim> {
     let (lr, steps) = (0.5f64, if options.quick { 300 } else { 1_500 });
     let mut rng = chain_rng(options.derive_seed("p5.order"), 0);
     let order: Vec<usize> = (0..steps).map(|_| rng.random_range(0..1797)).collect();
+    let mapped = format!("sgd:lr={}", lr * std::f64::consts::LN_2);
     let nats = softmax_trajectory(LossUnit::Nats, &format!("sgd:lr={lr}"), &order)?;
-    let bits = softmax_trajectory(
-        LossUnit::Bits,
-        &format!("sgd:lr={}", lr * std::f64::consts::LN_2),
-        &order,
-    )?;
+    let bits = softmax_trajectory(LossUnit::Bits, &mapped, &order)?;
     let unmapped = softmax_trajectory(LossUnit::Bits, &format!("sgd:lr={lr}"), &order)?;
     let scale = nats.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let worst = |other: &[f64]| {
@@ -66,7 +63,9 @@ fn nats_and_bits(options: &VerifyOptions) -> Result<Claim> {
         worst(&bits),
         1e-10,
     )
-    .reject("bits at the same η (no mapping)", worst(&unmapped)))
+    .reject("bits at the same η (no mapping)", worst(&unmapped))
+    .optimizer(format!("sgd:lr={lr}"))
+    .optimizer(mapped))
 }
 
 /// −log₂p\_y of softmax regression computed from scratch (logits z = Wx + b, W row-major
@@ -169,21 +168,22 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
         q.stationary(&spec, burn(rate), mc).map(|e| e.variance())
     };
     let sgd_l = measure("p5.sgd.L", &base, sgd(lr)?, lr * c)?;
+    let rms_specs = [sgd(lr / sigma_l)?, sgd(lr / sigma_2l)?];
     let sgd_2l_half = measure("p5.sgd.2L.half", &doubled, sgd(lr / 2.0)?, lr * c)?;
     let sgd_2l = measure("p5.sgd.2L", &doubled, sgd(lr)?, 2.0 * lr * c)?;
     let rms_rate = lr / sigma;
     let rms_l = with_sigma_error(
-        measure("p5.rms.L", &base, sgd(lr / sigma_l)?, rms_rate)?,
+        measure("p5.rms.L", &base, rms_specs[0].clone(), rms_rate)?,
         lr * c / sigma_l,
     );
     let rms_2l = with_sigma_error(
-        measure("p5.rms.2L", &doubled, sgd(lr / sigma_2l)?, rms_rate)?,
+        measure("p5.rms.2L", &doubled, rms_specs[1].clone(), rms_rate)?,
         2.0 * lr * c / sigma_2l,
     );
     // The library's RMSProp (running average of g², α = 0.99): scale-invariant too.
     let lib: OptimizerSpec = format!("rmsprop:lr={lr},alpha=0.99").parse()?;
     let lib_l = measure("p5.lib.L", &base, lib.clone(), 0.05)?;
-    let lib_2l = measure("p5.lib.2L", &doubled, lib, 0.05)?;
+    let lib_2l = measure("p5.lib.2L", &doubled, lib.clone(), 0.05)?;
 
     let chains = options.monte_carlo("p5", chains)?.chains() as f64;
     let params = [
@@ -205,15 +205,18 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
             base.sgd_variance(lr),
             sgd_l,
         )
-        .reject("ησ²/(2-ηc)", lr * sigma * sigma / (2.0 - lr * c)),
+        .reject("ησ²/(2-ηc)", lr * sigma * sigma / (2.0 - lr * c))
+        .optimizer(sgd(lr)?),
         Claim::monte_carlo(
             "5b.rms.temp",
-            "exact-σ RMSProp's stationary Var Φ = ησ/(2-η/σ), whatever c",
+            "exact-σ RMSProp (the library's SGD at η/σ̂, σ̂ measured on the gradients): \
+             stationary Var Φ = ησ/(2-η/σ), whatever c",
             &params,
             base.exact_rmsprop_variance(lr),
             rms_l,
         )
-        .reject("ησ²/(2-ησ)", lr * sigma * sigma / (2.0 - lr * sigma)),
+        .reject("ησ²/(2-ησ)", lr * sigma * sigma / (2.0 - lr * sigma))
+        .optimizer(&rms_specs[0]),
         Claim::monte_carlo(
             "5b",
             "exact-σ RMSProp, loss ×2: η' = η keeps the temperature (Var ratio 2L/L)",
@@ -221,7 +224,9 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
             1.0,
             ratio(rms_2l, rms_l),
         )
-        .reject("the ratio SGD shows at unchanged η", sgd_unmapped_ratio),
+        .reject("the ratio SGD shows at unchanged η", sgd_unmapped_ratio)
+        .optimizer(&rms_specs[0])
+        .optimizer(&rms_specs[1]),
         Claim::monte_carlo(
             "5b.sgd",
             "plain SGD, loss ×2: η' = η/2 keeps the temperature (Var ratio)",
@@ -229,7 +234,9 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
             1.0,
             ratio(sgd_2l_half, sgd_l),
         )
-        .reject("the ratio at unchanged η", sgd_unmapped_ratio),
+        .reject("the ratio at unchanged η", sgd_unmapped_ratio)
+        .optimizer(sgd(lr)?)
+        .optimizer(sgd(lr / 2.0)?),
         Claim::monte_carlo(
             "5b.sgd.same-lr",
             "plain SGD, loss ×2 at unchanged η: the temperature changes, ratio 2(2-ηc)/(2-2ηc)",
@@ -237,7 +244,8 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
             sgd_unmapped_ratio,
             ratio(sgd_2l, sgd_l),
         )
-        .reject("1 (unchanged)", 1.0),
+        .reject("1 (unchanged)", 1.0)
+        .optimizer(sgd(lr)?),
         Claim::monte_carlo(
             "5b.lib",
             "the library's rmsprop (α=0.99), loss ×2 at unchanged η: same temperature",
@@ -245,6 +253,7 @@ fn temperature(options: &VerifyOptions) -> Result<Vec<Claim>> {
             1.0,
             ratio(lib_2l, lib_l),
         )
-        .reject("the ratio SGD shows at unchanged η", sgd_unmapped_ratio),
+        .reject("the ratio SGD shows at unchanged η", sgd_unmapped_ratio)
+        .optimizer(&lib),
     ])
 }

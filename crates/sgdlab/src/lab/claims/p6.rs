@@ -100,7 +100,8 @@ fn one_dimensional(options: &VerifyOptions) -> Result<Vec<Claim>> {
             0.0,
             condition,
         )
-        .reject("its value at the loss minimiser", cov),
+        .reject("its value at the loss minimiser", cov)
+        .optimizer(&spec),
         Claim::monte_carlo(
             "6b",
             "drift of normsgd at the loss minimiser = -Cov(A, ∇L) ≠ 0 (points 0,0,3)",
@@ -108,7 +109,8 @@ fn one_dimensional(options: &VerifyOptions) -> Result<Vec<Claim>> {
             -cov,
             drift,
         )
-        .reject("0 (a stationary point of the loss)", 0.0),
+        .reject("0 (a stationary point of the loss)", 0.0)
+        .optimizer(&spec),
         Claim::identity(
             "6b.fp",
             "normsgd's fixed point (root of the optimizer's expected update) solves 6a's condition",
@@ -117,7 +119,8 @@ fn one_dimensional(options: &VerifyOptions) -> Result<Vec<Claim>> {
             fp.point[0],
             1e-9,
         )
-        .reject("the loss minimiser Φ* = 1", 1.0),
+        .reject("the loss minimiser Φ* = 1", 1.0)
+        .optimizer(&spec),
         Claim::identity(
             "6b.two",
             "negative control, two points (0, 3): drift at Φ* is exactly 0",
@@ -125,7 +128,8 @@ fn one_dimensional(options: &VerifyOptions) -> Result<Vec<Claim>> {
             0.0,
             two_drift[0].abs() / two_scale,
             1e-14,
-        ),
+        )
+        .optimizer(&spec),
     ])
 }
 
@@ -194,8 +198,9 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
     let dist = |a: &[f64], b: &[f64]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
     // Each search starts at the other limit's answer, so that neither can pass by staying
     // where it started.
+    let spec = |eps: f64| format!("normsgd:lr=0.01,eps={eps:e}");
     let fixed = |eps: f64, start: &[f64]| -> Result<Vec<f64>> {
-        let spec: OptimizerSpec = format!("normsgd:lr=0.01,eps={eps}").parse()?;
+        let spec: OptimizerSpec = spec(eps).parse()?;
         let fp = fixed_point(&model, &spec, start)?;
         if !fp.converged {
             return Err(Error::Unsupported(format!(
@@ -226,7 +231,8 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
             dist(&small, &median) / spread,
             1e-6,
         )
-        .reject("the mean", 1.0),
+        .reject("the mean", 1.0)
+        .optimizer(spec(1e-12)),
         Claim::identity(
             "6b.mean",
             "ε → ∞: the fixed point is the mean, the loss minimiser",
@@ -235,7 +241,8 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
             dist(&large, &mean) / spread,
             1e-6,
         )
-        .reject("the geometric median", 1.0),
+        .reject("the geometric median", 1.0)
+        .optimizer(spec(1e12)),
         Claim::identity(
             "6b.fp2",
             "ε = 1, 5 points in 2-D: the fixed point solves E[∇L/sqrt(‖∇L‖²/d+ε)] = 0 (reweighting)",
@@ -247,7 +254,8 @@ fn limits_in_two_dimensions() -> Result<Vec<Claim>> {
         .reject(
             "the root without the 1/d (its distance from the written one)",
             dist(&no_d, &written) / spread,
-        ),
+        )
+        .optimizer(spec(eps)),
     ])
 }
 
@@ -264,8 +272,9 @@ fn rmsprop_escape(options: &VerifyOptions) -> Result<Vec<Claim>> {
     // fewer, the standard error is itself too noisy and |z| has heavy tails (240,000 steps
     // gave sd(z) = 1.21 over 340 seeds).
     let steps = if options.quick { 500_000 } else { 2_000_000 };
+    let spec = |alpha: f64| format!("rmsprop:lr=0.01,alpha={alpha}");
     let drift = |alpha: f64, tag: &str| -> Result<crate::lab::montecarlo::Measurement> {
-        let spec: OptimizerSpec = format!("rmsprop:lr=0.01,alpha={alpha}").parse()?;
+        let spec: OptimizerSpec = spec(alpha).parse()?;
         let sim = SimulationOptions {
             burn_in: (20.0 / (1.0 - alpha)) as usize,
             steps,
@@ -290,7 +299,8 @@ fn rmsprop_escape(options: &VerifyOptions) -> Result<Vec<Claim>> {
             predicted(0.9995),
             d999,
         )
-        .reject("0 (no bias at all)", 0.0),
+        .reject("0 (no bias at all)", 0.0)
+        .optimizer(spec(0.9995)),
         Claim::monte_carlo(
             "6c.shrink",
             "the drift shrinks in proportion to 1-α: drift(α=0.995)/drift(α=0.9995) = 10",
@@ -302,6 +312,8 @@ fn rmsprop_escape(options: &VerifyOptions) -> Result<Vec<Claim>> {
             10.0,
             d99.ratio(d999),
         )
-        .reject("1 (no shrinkage)", 1.0),
+        .reject("1 (no shrinkage)", 1.0)
+        .optimizer(spec(0.995))
+        .optimizer(spec(0.9995)),
     ])
 }

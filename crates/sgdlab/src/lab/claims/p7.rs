@@ -73,7 +73,8 @@ fn multiplicative() -> Result<Vec<Claim>> {
             0.0,
             drift_norm / scale,
             1e-12,
-        ),
+        )
+        .optimizer(&spec),
         Claim::identity(
             "7a.fp",
             "its only fixed point is the loss minimiser (worst distance, Newton from 3 starts)",
@@ -81,7 +82,8 @@ fn multiplicative() -> Result<Vec<Claim>> {
             0.0,
             distance,
             1e-10,
-        ),
+        )
+        .optimizer(&spec),
         Claim::identity(
             "7a.floor",
             "no spurious fixed point at Φ = 0: E update = -η·ε·∇L(0) (relative residual)",
@@ -90,7 +92,8 @@ fn multiplicative() -> Result<Vec<Claim>> {
             floor_residual,
             1e-12,
         )
-        .reject("1 (Φ = 0 a fixed point: scale min(ε,|Φ|) or ε = 0)", 1.0),
+        .reject("1 (Φ = 0 a fixed point: scale min(ε,|Φ|) or ε = 0)", 1.0)
+        .optimizer(&spec),
     ])
 }
 
@@ -134,7 +137,8 @@ fn loss_proportional() -> Result<Vec<Claim>> {
             drift[0],
             1e-12,
         )
-        .reject("0 (a fixed point)", 0.0),
+        .reject("0 (a fixed point)", 0.0)
+        .optimizer(&spec),
         Claim::identity(
             "7b.fp",
             "its fixed point minimises E[L²] (found independently by bisection)",
@@ -143,6 +147,7 @@ fn loss_proportional() -> Result<Vec<Claim>> {
             fp.point[0],
             1e-8,
         )
-        .reject("the loss minimiser Φ*", star[0]),
+        .reject("the loss minimiser Φ*", star[0])
+        .optimizer(&spec),
     ])
 }

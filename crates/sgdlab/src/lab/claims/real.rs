@@ -73,7 +73,8 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
             s2 / (2.0 * n - 1.0) * (1.0 - powi(beta1, 2 * t_var as i32)),
             var,
         )
-        .reject("σ²/N", s2 / n),
+        .reject("σ²/N", s2 / n)
+        .optimizer(&spec),
         Claim::identity(
             "2.adam.lag",
             "… and lags a ramp by N − 1",
@@ -81,7 +82,8 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
             n - 1.0,
             lag,
             1e-9,
-        ),
+        )
+        .optimizer(&spec),
     ])
 }
 
@@ -90,8 +92,9 @@ pub(crate) fn problem2(options: &VerifyOptions) -> Result<Vec<Claim>> {
 /// c(1 − βˢ⁺¹)/(1 − β) with Nesterov; worst relative error over the steps.
 pub(crate) fn problem3() -> Result<Vec<Claim>> {
     let (beta, lr, c, steps) = (0.9f64, 0.01f64, 3.0f64, 100usize);
+    let spec = |nesterov: bool| format!("sgd:lr={lr},momentum={beta},nesterov={nesterov}");
     let worst = |nesterov: bool| -> Result<f64> {
-        let spec = format!("sgd:lr={lr},momentum={beta},nesterov={nesterov}");
+        let spec = spec(nesterov);
         let mut before = 0.0;
         let mut worst = 0.0f64;
         drive(
@@ -120,7 +123,8 @@ pub(crate) fn problem3() -> Result<Vec<Claim>> {
             0.0,
             worst(false)?,
             1e-12,
-        ),
+        )
+        .optimizer(spec(false)),
         Claim::identity(
             "3.sgd.nesterov",
             "with Nesterov, by c(1−β^{t+1})/(1−β): g + β·buffer (worst relative error)",
@@ -128,7 +132,8 @@ pub(crate) fn problem3() -> Result<Vec<Claim>> {
             0.0,
             worst(true)?,
             1e-12,
-        ),
+        )
+        .optimizer(spec(true)),
     ])
 }
 
@@ -143,8 +148,9 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
     // 16 standard errors apart.
     let chains = if options.quick { 80_000 } else { 160_000 };
     let t = 10usize;
+    let ema_spec = |debias: &str| format!("ema-momentum:lr={lr},beta={beta},debias={debias}");
     let step_variance = |debias: &str, tag: &str| -> Result<crate::lab::montecarlo::Measurement> {
-        let spec = format!("ema-momentum:lr={lr},beta={beta},debias={debias}");
+        let spec = ema_spec(debias);
         let mut rng = chain_rng(options.derive_seed(tag), 0);
         let mut before = vec![0.0; chains];
         let mut var = None;
@@ -175,8 +181,10 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
     // Adam on a constant gradient: each step exactly lr·c/(c+ε), for both corrections.
     let (c, eps, steps) = (3e-4f64, 1e-8f64, 60usize);
     let mut worst = 0.0f64;
+    let adam_spec =
+        |debias: &str| format!("adam:lr={lr},beta1={beta},beta2=0,eps={eps:e},debias={debias}");
     for debias in ["power", "horizon"] {
-        let spec = format!("adam:lr={lr},beta1={beta},beta2=0,eps={eps},debias={debias}");
+        let spec = adam_spec(debias);
         let mut before = 0.0;
         drive(
             &spec,
@@ -208,7 +216,8 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
             step_variance("horizon", "p4.lib.horizon")?,
         )
         .reject("Adam's correction", adam_var)
-        .reject("the raw EMA's", s2 * (1.0 - beta) / (1.0 + beta)),
+        .reject("the raw EMA's", s2 * (1.0 - beta) / (1.0 + beta))
+        .optimizer(ema_spec("horizon")),
         Claim::monte_carlo(
             "4.lib.power",
             "with debias=power, Adam's: σ²(1−β)(1+β^t)/((1+β)(1−β^t))",
@@ -220,7 +229,8 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .reject("β^(t−1) in the correction", {
             let tm = t as i32 - 1;
             adam_var * (1.0 - powi(beta, t as i32)).powi(2) / (1.0 - powi(beta, tm)).powi(2)
-        }),
+        })
+        .optimizer(ema_spec("power")),
         Claim::identity(
             "4.lib.adam",
             "the library's Adam (both corrections, β₂ = 0) steps by exactly ηc/(c+ε) on a \
@@ -229,6 +239,8 @@ pub(crate) fn problem4(options: &VerifyOptions) -> Result<Vec<Claim>> {
             0.0,
             worst,
             1e-12,
-        ),
+        )
+        .optimizer(adam_spec("power"))
+        .optimizer(adam_spec("horizon")),
     ])
 }

@@ -24,7 +24,7 @@ use crate::model::Points;
 use crate::optim::OptimizerSpec;
 
 /// The stationary drift per unit learning rate of `spec` at Φ* of `points`.
-fn drift(
+pub(super) fn drift(
     options: &VerifyOptions,
     tag: &str,
     points: &str,
@@ -51,13 +51,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let cautious = format!("adamw:lr=1e-3,beta2={beta2},weight_decay=0,cautious=true");
     let masked = drift(options, "p10.c.skew", SKEWED, 1.0, &cautious)?;
     let symmetric = drift(options, "p10.c.sym", SYMMETRIC, 1.0, &cautious)?;
-    let no_momentum = drift(
-        options,
-        "p10.c.b1",
-        SKEWED,
-        1.0,
-        &format!("{cautious},beta1=0"),
-    )?;
+    let cautious_no_momentum = format!("{cautious},beta1=0");
+    let no_momentum = drift(options, "p10.c.b1", SKEWED, 1.0, &cautious_no_momentum)?;
     // g = Φ* − x over {0, 0, 3} at Φ* = 1: +1, +1, −2.
     let g = [1.0f64, 1.0, -2.0];
     let m2 = g.iter().map(|v| v * v).sum::<f64>() / 3.0;
@@ -87,7 +82,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
             -1.0,
             side(&masked),
             0.5,
-        ),
+        )
+        .optimizer(&cautious),
         Claim::monte_carlo(
             "10f.sym",
             "with symmetric noise (points {0, 1, 2}: E[sign g] = 0, no skew) C-AdamW's drift at \
@@ -100,7 +96,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
             ],
             0.0,
             symmetric,
-        ),
+        )
+        .optimizer(&cautious),
         Claim::monte_carlo(
             "10f.beta1",
             "without momentum (β₁ = 0) u has the sign of g: the mask keeps every step at \
@@ -115,7 +112,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
             "RMSProp's whole drift ½(1 − β₂)·skew (no halving)",
             0.5 * (1.0 - beta2) * skew,
         )
-        .reject("C-AdamW's drift with momentum (β₁ = 0.9)", masked.value),
+        .reject("C-AdamW's drift with momentum (β₁ = 0.9)", masked.value)
+        .optimizer(&cautious_no_momentum),
     ])
 }
 

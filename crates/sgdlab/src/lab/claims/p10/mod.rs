@@ -31,10 +31,12 @@ use crate::optim::math::powi;
 use crate::{Error, Result};
 
 mod cautious;
+mod fixed_points;
 mod muon;
 mod prodigy;
 mod reddi;
 mod rules;
+mod soap;
 use muon::{muon, quintic};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -46,6 +48,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(cautious::claims(options)?);
     claims.extend(rules::claims()?);
     claims.extend(prodigy::claims(options)?);
+    claims.extend(fixed_points::claims(options)?);
+    claims.extend(soap::claims(options)?);
     Ok(claims)
 }
 
@@ -81,8 +85,9 @@ fn sf_uniform_average() -> Result<Claim> {
     let mut comp = [0.0; 4];
     let mut scale = [0.0f64; 4];
     let mut worst = 0.0f64;
+    let spec = format!("sf-sgd:lr={lr},momentum=0.9,warmup_steps=0,r=0,weight_lr_power=0");
     drive(
-        "sf-sgd:lr=0.5,momentum=0.9,warmup_steps=0,r=0,weight_lr_power=0",
+        &spec,
         init,
         steps,
         |t, _, out| {
@@ -120,7 +125,8 @@ fn sf_uniform_average() -> Result<Claim> {
         0.0,
         worst,
         1e-12,
-    ))
+    )
+    .optimizer(spec))
 }
 
 /// The noisy quadratic of 10b: curvature, noise, learning rate, interpolation, steps.
@@ -206,11 +212,8 @@ fn sf_variance(options: &VerifyOptions) -> Result<SfVariance> {
     let seed = options.derive_seed("p10.sf");
     let spec = format!("sf-sgd:lr={ETA},momentum={BETA},warmup_steps=0,r=0,weight_lr_power=0");
     let (sf, first, second) = quadratic_chains(&spec, seed, chains)?;
-    let (sgd, _, _) = quadratic_chains(
-        &format!("sgd:lr={ETA}"),
-        options.derive_seed("p10.sgd"),
-        chains,
-    )?;
+    let sgd_spec = format!("sgd:lr={ETA}");
+    let (sgd, _, _) = quadratic_chains(&sgd_spec, options.derive_seed("p10.sgd"), chains)?;
     let predicted = sf_predicted_variance(STEPS);
     let temperature = ETA * SIGMA * SIGMA / (H * (2.0 - ETA * H));
     let t_late = STEPS;
@@ -236,7 +239,8 @@ fn sf_variance(options: &VerifyOptions) -> Result<SfVariance> {
             predicted[t_late - 1],
             sf[t_late - 1].variance(),
         )
-        .reject("SGD's temperature ησ²/(h(2−ηh))", temperature),
+        .reject("SGD's temperature ησ²/(h(2−ηh))", temperature)
+        .optimizer(&spec),
         Claim::monte_carlo(
             "10b.t",
             "… and decays like 1/t: Var x_T / Var x_{T/4} (disjoint halves of the chains)",
@@ -245,7 +249,8 @@ fn sf_variance(options: &VerifyOptions) -> Result<SfVariance> {
             ratio,
         )
         .reject("no decay (1)", 1.0)
-        .reject("1/t² decay (1/16)", 1.0 / 16.0),
+        .reject("1/t² decay (1/16)", 1.0 / 16.0)
+        .optimizer(&spec),
         Claim::monte_carlo(
             "10b.sgd",
             "plain SGD on the same quadratic stays at its temperature ησ²/(h(2−ηh)) \
@@ -257,7 +262,8 @@ fn sf_variance(options: &VerifyOptions) -> Result<SfVariance> {
         .reject(
             "small-η approximation ησ²/(2h)",
             ETA * SIGMA * SIGMA / (2.0 * H),
-        ),
+        )
+        .optimizer(&sgd_spec),
     ];
     Ok(SfVariance { claims, sf, sgd })
 }
@@ -336,7 +342,8 @@ fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
             n3 - 1.0,
             lag,
             1e-8,
-        ),
+        )
+        .optimizer(&spec),
         Claim::monte_carlo(
             "10c.var",
             "its stationary variance on white noise is σ²/(2N₃−1) (problem 2)",
@@ -349,7 +356,8 @@ fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
             s2 / (2.0 * n3 - 1.0) * (1.0 - powi(beta3, 2 * t_var as i32)),
             var,
         )
-        .reject("σ²/N₃, a mean of N₃ samples", s2 / n3),
+        .reject("σ²/N₃, a mean of N₃ samples", s2 / n3)
+        .optimizer(&spec),
         Claim::identity(
             "10c.bias",
             "not bias-corrected, it starts with the relative bias β₃^t (problem 4), here at \
@@ -358,7 +366,8 @@ fn ademamix_slow_ema(options: &VerifyOptions) -> Result<Vec<Claim>> {
             powi(beta3, t_bias as i32),
             bias,
             1e-12,
-        ),
+        )
+        .optimizer(&spec),
     ])
 }
 

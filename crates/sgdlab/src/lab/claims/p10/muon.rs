@@ -106,11 +106,14 @@ pub(crate) fn singular_values(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     s
 }
 
+/// The spec whose single step from Φ = 0 reads off Muon's orthogonalised update.
+const PROBE: &str = "muon:lr=1,weight_decay=0,momentum=0";
+
 /// Muon's orthogonalised update of `g` (row-major `rows` × `cols`), read off the real
 /// optimizer: from Φ = 0 with momentum 0, no decay and η = 1,
 /// Φ₁ = −η′O.
 pub(super) fn muon_update(g: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>> {
-    let mut opt = Optimizer::<f64>::from_spec("muon:lr=1,weight_decay=0,momentum=0")?;
+    let mut opt = Optimizer::<f64>::from_spec(PROBE)?;
     let mut p = [Tensor::new("w", vec![rows, cols], vec![0.0; g.len()])?];
     let gt = [Tensor::new("w", vec![rows, cols], g.to_vec())?];
     opt.step(&mut p, &gt, &StepInfo::default())?;
@@ -230,8 +233,9 @@ pub(super) fn muon(options: &VerifyOptions) -> Result<MuonResult> {
     let grads: Vec<Vec<f64>> = (0..4)
         .map(|_| (0..sr * sc).map(|_| rng.random::<f64>() - 0.5).collect())
         .collect();
+    let scale_spec = "muon:lr=0.02,weight_decay=0";
     let run = |scale: f64| -> Result<Vec<f64>> {
-        let mut opt = Optimizer::<f64>::from_spec("muon:lr=0.02,weight_decay=0")?;
+        let mut opt = Optimizer::<f64>::from_spec(scale_spec)?;
         let mut p = [Tensor::new("w", vec![sr, sc], vec![0.3; sr * sc])?];
         for g in &grads {
             let g = [Tensor::new(
@@ -260,7 +264,8 @@ pub(super) fn muon(options: &VerifyOptions) -> Result<MuonResult> {
             0.0,
             worst,
             1e-9,
-        ),
+        )
+        .optimizer(PROBE),
         Claim::identity(
             "10d.band",
             "on Gaussian 24×48 gradients every singular value of the update lies in q's band \
@@ -274,7 +279,8 @@ pub(super) fn muon(options: &VerifyOptions) -> Result<MuonResult> {
             0.0,
             outside.max(if min_x < 0.02 { f64::INFINITY } else { 0.0 }),
             1e-9,
-        ),
+        )
+        .optimizer(PROBE),
         Claim::identity(
             "10d.uv",
             "the iteration does not converge to UVᵀ: max |σᵢ − 1| of the update, as q predicts",
@@ -283,7 +289,8 @@ pub(super) fn muon(options: &VerifyOptions) -> Result<MuonResult> {
             spread,
             1e-9,
         )
-        .reject("UVᵀ (every σᵢ = 1)", 0.0),
+        .reject("UVᵀ (every σᵢ = 1)", 0.0)
+        .optimizer(PROBE),
         Claim::identity(
             "10d.scale",
             "Muon's trajectory is invariant to the gradient's scale c ∈ {1e-4, 0.37, 3, 1e5} \
@@ -292,7 +299,8 @@ pub(super) fn muon(options: &VerifyOptions) -> Result<MuonResult> {
             0.0,
             scale_err,
             1e-12,
-        ),
+        )
+        .optimizer(scale_spec),
     ];
     Ok(MuonResult {
         claims,

@@ -35,7 +35,7 @@ fn instance(seed: u64, k: u64) -> Result<(f64, f64, f64)> {
         .collect();
     let target: Vec<f64> = (0..DIM).map(|_| StandardNormal.sample(&mut rng)).collect();
     let d_inf = target.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let mut opt = Optimizer::<f64>::from_spec("prodigy")?;
+    let mut opt = Optimizer::<f64>::from_spec(SPEC)?;
     let mut x = [Tensor::vector("x", vec![0.0; DIM])];
     let mut g = [Tensor::vector("x", vec![0.0; DIM])];
     let mut worst = 0.0f64;
@@ -58,6 +58,9 @@ fn instance(seed: u64, k: u64) -> Result<(f64, f64, f64)> {
 fn d_of(opt: &Optimizer<f64>) -> f64 {
     opt.tensor_scalars(0).map_or(f64::NAN, |s| s[0])
 }
+
+/// Prodigy at its defaults (d₀ = 10⁻⁶, lr 1).
+const SPEC: &str = "prodigy";
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let instances: u64 = if options.quick { 8 } else { 32 };
@@ -84,7 +87,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         1.0,
         worst,
         1e-12,
-    );
+    )
+    .optimizer(SPEC);
     let growth = Claim::at_least(
         "10h.growth",
         &format!(
@@ -95,7 +99,8 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         GROWTH,
         smallest,
         0.0,
-    );
+    )
+    .optimizer(SPEC);
     Ok(vec![bound, growth])
 }
 

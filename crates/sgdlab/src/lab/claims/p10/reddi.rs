@@ -120,7 +120,9 @@ fn ends_at(id: &str, title: &str, spec: &str, beta2: f64, end: f64) -> Result<Cl
     } else {
         "+1, the wrong end"
     };
-    Ok(Claim::identity(id, title, &params, end, measured, TOL).reject(other, -end))
+    Ok(Claim::identity(id, title, &params, end, measured, TOL)
+        .reject(other, -end)
+        .optimizer(spec))
 }
 
 pub(crate) fn claims() -> Result<Vec<Claim>> {
@@ -151,24 +153,26 @@ pub(crate) fn claims() -> Result<Vec<Claim>> {
     for &beta2 in &betas {
         worst = worst.max(limit_point(&adopt(beta2))?);
     }
-    claims.push(
-        Claim::identity(
-            "10e.adopt",
-            "ADOPT (v of the previous steps) ends at the optimum −1 for any β₂: the largest \
+    let mut adopt_claim = Claim::identity(
+        "10e.adopt",
+        "ADOPT (v of the previous steps) ends at the optimum −1 for any β₂: the largest \
              limit point over β₂ ∈ {1/(1 + C²), 1/2, 0.999}",
-            &[
-                ("C", C),
-                ("alpha", ALPHA),
-                ("beta2_min", b2),
-                ("beta2_max", 0.999),
-                ("steps", STEPS as f64),
-            ],
-            -1.0,
-            worst,
-            TOL,
-        )
-        .reject("+1, the wrong end", 1.0),
-    );
+        &[
+            ("C", C),
+            ("alpha", ALPHA),
+            ("beta2_min", b2),
+            ("beta2_max", 0.999),
+            ("steps", STEPS as f64),
+        ],
+        -1.0,
+        worst,
+        TOL,
+    )
+    .reject("+1, the wrong end", 1.0);
+    for &beta2 in &betas {
+        adopt_claim = adopt_claim.optimizer(adopt(beta2));
+    }
+    claims.push(adopt_claim);
     claims.push(ends_at(
         "10e.sign",
         "A sign update (Lion, β₁ = β₂ = 0) follows the median gradient −1, not the mean \

@@ -12,6 +12,12 @@
 //!   rate is finite, ρₜ = ρ∞ − 2tβ₂ᵗ/(1 − β₂ᵗ) > 5 with
 //!   ρ∞ = 2/(1 − β₂) − 1, and adaptive steps after: the first adaptive step is
 //!   measured as the first step that is not η·g.
+//! * **NAdam** keeps m as an EMA with β₁, m = (1 − β₁ᵗ)g on a constant gradient, but
+//!   debiases with the product of its momentum schedule μₛ = β₁(1 − ½·0.96^(sψ)),
+//!   Πₜ = ∏\_(s ≤ t) μₛ, not with β₁ᵗ: its step on a constant gradient is
+//!   η·g/|g| times wₜ = (1 − μₜ)/(1 − Πₜ) + μₜ₊₁(1 − β₁ᵗ)/(1 − Πₜμₜ₊₁), not 1 — problem 4's
+//!   correction of a total weight by another. w₁ = 1.056: the first steps are 5.6% too long,
+//!   and wₜ → 1 only as μₜ → β₁ (ψt ≫ 25).
 
 use super::Claim;
 use crate::Result;
@@ -48,7 +54,8 @@ fn radam_switch(beta2: f64) -> usize {
 
 pub(crate) fn claims() -> Result<Vec<Claim>> {
     let lr = 0.01;
-    let steps = steps_on_constant(&format!("adagrad:lr={lr},eps=1e-300"), 1000)?;
+    let adagrad_spec = format!("adagrad:lr={lr},eps=1e-300");
+    let steps = steps_on_constant(&adagrad_spec, 1000)?;
     let exponent = (steps[999] / steps[9]).ln() / (1000f64 / 10.0).ln();
     let adagrad = Claim::identity(
         "10g",
@@ -60,10 +67,12 @@ pub(crate) fn claims() -> Result<Vec<Claim>> {
         1e-9,
     )
     .reject("−1 (a step ∝ 1/t)", -1.0)
-    .reject("0 (an EMA of g²: a constant step)", 0.0);
+    .reject("0 (an EMA of g²: a constant step)", 0.0)
+    .optimizer(adagrad_spec);
 
     let (beta2, eps) = (0.999, 1e-8);
-    let first = steps_on_constant(&format!("adamax:lr={lr},beta2={beta2},eps={eps}"), 1)?[0];
+    let adamax_spec = format!("adamax:lr={lr},beta2={beta2},eps={eps:e}");
+    let first = steps_on_constant(&adamax_spec, 1)?[0];
     let adamax = Claim::identity(
         "10g.adamax",
         "Adamax's infinity norm needs no start-up correction: its first step on a constant \
@@ -76,10 +85,12 @@ pub(crate) fn claims() -> Result<Vec<Claim>> {
     .reject(
         "an uncorrected EMA of g²: η·g/√((1 − β₂)g²)",
         -1.0 / (1.0 - beta2).sqrt(),
-    );
+    )
+    .optimizer(adamax_spec);
 
     let beta2 = 0.999;
-    let steps = steps_on_constant(&format!("radam:lr={lr},beta2={beta2}"), 20)?;
+    let radam_spec = format!("radam:lr={lr},beta2={beta2}");
+    let steps = steps_on_constant(&radam_spec, 20)?;
     // The first step that is not SGD with momentum's η·m̂ = η·g.
     let measured = steps
         .iter()
@@ -94,8 +105,54 @@ pub(crate) fn claims() -> Result<Vec<Claim>> {
         measured,
         0.1,
     )
-    .reject("t = 1 (adaptive from the start, as Adam)", 1.0);
-    Ok(vec![adagrad, adamax, radam])
+    .reject("t = 1 (adaptive from the start, as Adam)", 1.0)
+    .optimizer(radam_spec);
+    Ok(vec![adagrad, adamax, radam, nadam()?])
+}
+
+/// NAdam's weight wₜ of a constant gradient in its step (module doc), from its momentum
+/// schedule as `torch.optim.NAdam` defines it (β₁ = 0.9, ψ = 0.004).
+fn nadam_weight(t: usize) -> f64 {
+    let (beta1, psi) = (0.9f64, 0.004f64);
+    let mu = |s: usize| beta1 * (1.0 - 0.5 * 0.96f64.powf(s as f64 * psi));
+    let product: f64 = (1..=t).map(mu).product();
+    (1.0 - mu(t)) / (1.0 - product)
+        + mu(t + 1) * (1.0 - beta1.powi(t as i32)) / (1.0 - product * mu(t + 1))
+}
+
+/// 10g.nadam: NAdam's steps on a constant gradient against wₜ, at t = 1, 10, 100 and 1000.
+fn nadam() -> Result<Claim> {
+    let (lr, eps) = (0.01, 1e-300);
+    let spec = format!("nadam:lr={lr},eps={eps:e}");
+    let steps = steps_on_constant(&spec, 1000)?;
+    let at = [1usize, 10, 100, 1000];
+    let worst = |weight: &dyn Fn(usize) -> f64| {
+        at.iter().fold(0.0f64, |m, &t| {
+            let w = nadam_weight(t);
+            m.max((-steps[t - 1] / lr - weight(t)).abs() / w)
+        })
+    };
+    let measured = worst(&nadam_weight);
+    Ok(Claim::identity(
+        "10g.nadam",
+        "NAdam's momentum schedule: on a constant gradient its step is η·wₜ with \
+         wₜ = (1 − μₜ)/(1 − Πₜ) + μₜ₊₁(1 − β₁ᵗ)/(1 − Πₜμₜ₊₁) (its EMA debiased by Πμ, not \
+         β₁ᵗ): worst relative error at t = 1, 10, 100, 1000",
+        &[
+            ("lr", lr),
+            ("g", G),
+            ("w1", nadam_weight(1)),
+            ("w1000", nadam_weight(1000)),
+        ],
+        0.0,
+        measured,
+        1e-12,
+    )
+    .reject(
+        "a debiased EMA's η (wₜ = 1, Adam's step): its worst relative error",
+        worst(&|_| 1.0),
+    )
+    .optimizer(spec))
 }
 
 #[cfg(test)]
@@ -105,10 +162,21 @@ mod tests {
     #[test]
     fn the_start_up_claims_pass() {
         let claims = claims().unwrap();
-        assert_eq!(claims.len(), 3);
+        assert_eq!(claims.len(), 4);
         for c in &claims {
             assert!(c.passed, "{}: {} against {}", c.id, c.measured, c.expected);
         }
+    }
+
+    /// w₁ by hand: μ₁ = 0.9(1 − ½0.96^0.004), μ₂ likewise at 0.008; the schedule's first
+    /// step is 5.6% longer than η.
+    #[test]
+    fn nadam_first_weight_by_hand() {
+        let mu1 = 0.9 * (1.0 - 0.5 * 0.96f64.powf(0.004));
+        let mu2 = 0.9 * (1.0 - 0.5 * 0.96f64.powf(0.008));
+        let w1 = 1.0 + mu2 * 0.1 / (1.0 - mu1 * mu2);
+        assert!((nadam_weight(1) - w1).abs() < 1e-15);
+        assert!((w1 - 1.0564).abs() < 1e-3, "{w1}");
     }
 
     /// ρₜ > 5 first at t = 6 for β₂ = 0.999 (ρ₅ ≈ 4.996), and never for β₂ = ½
