@@ -29,12 +29,14 @@
 use crate::lab::audit::exact::norm;
 
 mod exact;
+mod foreign;
 mod simulate;
 #[cfg(test)]
 mod tests;
 
 pub use crate::lab::stats::integrated_autocorrelation_time;
 pub use exact::{FixedPoint, expected_update, fixed_point, minimize};
+pub use foreign::{MakeStepper, OptimizerStepper, Stepper, audit_stepper, stepper_drift};
 pub use simulate::{
     MAX_SIMULATION_STEPS, MIN_SIMULATION_STEPS, SimulationOptions, simulated_fixed_point,
     stationary_drift,
@@ -210,12 +212,36 @@ pub fn audit_optimizer(
     }
     let (drift, drift_se) = stationary_drift(model, spec, star, options)?;
     let (fp, se) = simulated_fixed_point(model, spec, star, 1.0, options)?;
-    let half = SimulationOptions {
+    let (fp_half, _) = simulated_fixed_point(model, spec, star, 0.5, &half_lr(options))?;
+    Ok(from_simulation(
+        spec.to_string(),
+        model,
+        star,
+        (drift, drift_se),
+        (fp, se),
+        fp_half,
+    ))
+}
+
+/// The simulation at half the learning rate: twice the steps and burn-in, the next seed.
+pub(crate) fn half_lr(options: &SimulationOptions) -> SimulationOptions {
+    SimulationOptions {
         steps: options.steps * 2,
         burn_in: options.burn_in * 2,
         seed: options.seed.wrapping_add(1),
-    };
-    let (fp_half, _) = simulated_fixed_point(model, spec, star, 0.5, &half)?;
+    }
+}
+
+/// The report of a simulated audit: the drift and its standard errors, the average iterate
+/// at η (with standard errors) and at η/2, and their extrapolation 2Φ̄\_(η/2) − Φ̄\_η.
+pub(crate) fn from_simulation(
+    optimizer: String,
+    model: &dyn Model<f64>,
+    star: &[f64],
+    (drift, drift_se): (Vec<f64>, Vec<f64>),
+    (fp, se): (Vec<f64>, Vec<f64>),
+    fp_half: Vec<f64>,
+) -> OptimizerAudit {
     let extrapolated: Vec<f64> = fp_half.iter().zip(&fp).map(|(h, f)| 2.0 * h - f).collect();
     // Within 4 standard errors, or within rounding of the per-example gradients' size (a
     // rule whose simulated drift is exactly zero up to rounding has a standard error of 0).
@@ -224,26 +250,40 @@ pub fn audit_optimizer(
         .iter()
         .zip(&drift_se)
         .all(|(m, s)| m.abs() <= 4.0 * s + floor);
-    Ok(OptimizerAudit {
-        optimizer: spec.to_string(),
+    OptimizerAudit {
+        optimizer,
         method: "simulation",
         drift_norm: norm(&drift),
         drift,
         drift_stderr: Some(drift_se),
-        fixed_point_distance: distance(&fp, star),
+        fixed_point_distance: distance(star, &fp),
         fixed_point: fp,
         stderr: Some(se),
         fixed_point_half_lr: Some(fp_half),
         extrapolated: Some(extrapolated),
         residual: None,
         consistent,
-    })
+    }
 }
 
 /// The most parameters an audit accepts. The audit is exact: its Newton steps hold a
 /// d×d Jacobian (8 MB at this limit) and evaluate d gradients over the whole data
 /// set per iteration, so its cost grows as d³ and nd².
 pub const MAX_AUDIT_PARAMS: usize = 1024;
+
+/// What an audit audits: one of the library's optimizers by its spec, or any optimizer as
+/// a [`Stepper`] that `make` builds afresh for each simulation.
+pub enum Subject<'a> {
+    /// A spec of the library's optimizers.
+    Spec(OptimizerSpec),
+    /// A foreign optimizer, named `name` in the report.
+    Stepper {
+        /// The name the report gives it.
+        name: String,
+        /// Builds a fresh optimizer.
+        make: Box<MakeStepper<'a>>,
+    },
+}
 
 /// Audits every optimizer of `specs` on `model`.
 ///
@@ -252,6 +292,16 @@ pub const MAX_AUDIT_PARAMS: usize = 1024;
 pub fn audit(
     model: &AuditModel,
     specs: &[OptimizerSpec],
+    options: &SimulationOptions,
+) -> Result<Audit> {
+    let subjects = specs.iter().cloned().map(Subject::Spec).collect();
+    audit_subjects(model, subjects, options)
+}
+
+/// [`audit`] of library optimizers and foreign ones ([`Subject`]), in the order given.
+pub fn audit_subjects(
+    model: &AuditModel,
+    subjects: Vec<Subject<'_>>,
     options: &SimulationOptions,
 ) -> Result<Audit> {
     options.validate()?;
@@ -264,9 +314,14 @@ pub fn audit(
         )));
     }
     let star = model.minimizer()?;
-    let optimizers = specs
-        .iter()
-        .map(|s| audit_optimizer(model.model(), s, &star, options))
+    let optimizers = subjects
+        .into_iter()
+        .map(|subject| match subject {
+            Subject::Spec(spec) => audit_optimizer(model.model(), &spec, &star, options),
+            Subject::Stepper { name, mut make } => {
+                audit_stepper(model.model(), &name, make.as_mut(), &star, options)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Audit {
         parameters: model.model().parameter_names(),

@@ -130,20 +130,12 @@ pub fn simulated_fixed_point(
     lr_scale: f64,
     options: &SimulationOptions,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    options.validate()?;
-    let d = start.len();
     let mut opt = Optimizer::<f64>::new(spec.clone())?;
-    let mut rng = chain_rng(options.seed, 1);
-    let mut params = [row(start.to_vec())?];
-    let mut g = vec![0.0; d];
-    let mut acc = BatchMeans::new(d, options.steps);
-    for t in 0..options.burn_in + options.steps {
-        let i = rng.random_range(0..model.examples());
-        let loss = model.loss_grad(params[0].data(), i, &mut g);
-        let grads = [row(g.clone())?];
+    let mut step = |params: &mut [f64], g: &[f64], loss: f64, t: usize| -> Result<()> {
+        let mut p = [row(params.to_vec())?];
         opt.step(
-            &mut params,
-            &grads,
+            &mut p,
+            &[row(g.to_vec())?],
             &StepInfo {
                 loss: Some(loss),
                 lr_scale,
@@ -151,8 +143,33 @@ pub fn simulated_fixed_point(
             },
         )
         .map_err(|e| Error::Unsupported(format!("simulating {spec} (step {t}): {e}")))?;
+        params.copy_from_slice(p[0].data());
+        Ok(())
+    };
+    average_iterate(model, start, options, &mut step)
+}
+
+/// The average iterate after burn-in, with batch-means standard errors, of
+/// `step(params, gradient, loss, t)` driven from `start` on examples drawn uniformly by
+/// `chain_rng(seed, 1)`: the simulation of [`simulated_fixed_point`] for any stepper.
+pub(crate) fn average_iterate(
+    model: &dyn Model<f64>,
+    start: &[f64],
+    options: &SimulationOptions,
+    step: &mut dyn FnMut(&mut [f64], &[f64], f64, usize) -> Result<()>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    options.validate()?;
+    let d = start.len();
+    let mut rng = chain_rng(options.seed, 1);
+    let mut params = start.to_vec();
+    let mut g = vec![0.0; d];
+    let mut acc = BatchMeans::new(d, options.steps);
+    for t in 0..options.burn_in + options.steps {
+        let i = rng.random_range(0..model.examples());
+        let loss = model.loss_grad(&params, i, &mut g);
+        step(&mut params, &g, loss, t)?;
         if t >= options.burn_in {
-            acc.push(params[0].data());
+            acc.push(&params);
         }
     }
     Ok(acc.finish())

@@ -614,7 +614,7 @@ fn prodigy_at_the_minimiser_drifts_as_adam_scaled_by_its_initial_estimate() {
 /// A rule nonlinear in η is probed at its own η. Madam's step at Φ* = 1 on (0, 0, 3) is
 /// Φ·(exp(−ηĝ) − 1) per example: per unit η, −E\[ĝ\] + ½ηE\[ĝ²\] − ⅙η²E\[ĝ³\], with
 /// −E\[ĝ\] = ½(1 − β)E\[g³\]/E\[g²\]^{3/2} (problem 6c's bias; v contains the current g²) and
-/// E\[ĝ²\] ≈ 1 − (1 − β)(E\[g⁴\]/E\[g²\]² − 1). Probed at η = 1 instead, the step of the example
+/// E\[ĝ²\] ≈ 1 − ½(1 − β)(E\[g⁴\]/E\[g²\]² − 1) (claim 10i.madam). Probed at η = 1 instead, the step of the example
 /// at 3 is clamped at 3·RMS(Φ₀) and the drift reads 0.329 at every η.
 #[test]
 fn a_rule_nonlinear_in_the_learning_rate_is_probed_at_its_own() {
@@ -629,7 +629,7 @@ fn a_rule_nonlinear_in_the_learning_rate_is_probed_at_its_own() {
     for lr in [0.01, 0.002] {
         let spec: OptimizerSpec = format!("madam:lr={lr}").parse().unwrap();
         let (drift, se) = stationary_drift(m.model(), &spec, &[1.0], &options).unwrap();
-        let predicted = 0.5 * (1.0 - beta) * skew + 0.5 * lr * (1.0 - (1.0 - beta) * 0.5)
+        let predicted = 0.5 * (1.0 - beta) * skew + 0.5 * lr * (1.0 - (1.0 - beta) * 0.25)
             - lr * lr * skew / 6.0;
         assert!(
             (drift[0] - predicted).abs() < 4.0 * se[0] + 1e-6,
@@ -638,4 +638,80 @@ fn a_rule_nonlinear_in_the_learning_rate_is_probed_at_its_own() {
             se[0]
         );
     }
+}
+
+/// One of the library's rules driven as a foreign [`Stepper`] gives the native audit's
+/// fixed points bit for bit (the same example streams and batch means), and its drift to
+/// rounding (probed at η, where the native audit of a rule linear in η probes at 1).
+/// RMSProp at α = 0.99 on (0, 0, 3) has a drift well away from 0,
+/// ½(1 − α)E[g³]/E[g²]^{3/2} ≈ −0.0035.
+#[test]
+fn a_library_rule_driven_as_a_stepper_audits_as_itself() {
+    let m = points("0\n0\n3\n");
+    let options = SimulationOptions {
+        burn_in: 2_000,
+        steps: 100_000,
+        seed: 3,
+    };
+    let spec: OptimizerSpec = "rmsprop:lr=0.01,alpha=0.99".parse().unwrap();
+    let native = audit_optimizer(m.model(), &spec, &[1.0], &options).unwrap();
+    let mut make = || -> Result<Box<dyn Stepper>> {
+        Ok(Box::new(OptimizerStepper::new(Optimizer::new(
+            spec.clone(),
+        )?)))
+    };
+    let foreign = audit_stepper(m.model(), "mine", &mut make, &[1.0], &options).unwrap();
+    assert_eq!(foreign.optimizer, "mine");
+    assert_eq!(foreign.fixed_point, native.fixed_point);
+    assert_eq!(foreign.fixed_point_half_lr, native.fixed_point_half_lr);
+    assert_eq!(foreign.stderr, native.stderr);
+    let (a, b) = (foreign.drift[0], native.drift[0]);
+    let (sa, sb) = (
+        foreign.drift_stderr.as_ref().unwrap()[0],
+        native.drift_stderr.as_ref().unwrap()[0],
+    );
+    assert!(b < -0.002 && a < -0.002, "{a} {b}");
+    assert!(
+        (a - b).abs() < 1e-12 * b.abs(),
+        "{a} ± {sa} against {b} ± {sb}"
+    );
+    assert!((sa - sb).abs() < 1e-9 * sb, "{sa} against {sb}");
+    assert!(
+        !foreign.consistent && !native.consistent,
+        "{a} ± {sa}, {b} ± {sb}"
+    );
+}
+
+/// A stepper whose learning rate is not positive, or whose step is not finite, is an error
+/// naming the problem.
+#[test]
+fn a_bad_stepper_is_an_error() {
+    struct Bad(f64, f64);
+    impl Stepper for Bad {
+        fn lr(&self) -> f64 {
+            self.0
+        }
+        fn step(&mut self, p: &mut [f64], _: &[f64], _: f64, scale: f64) -> Result<()> {
+            p[0] += self.1 * scale;
+            Ok(())
+        }
+        fn save(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+    let m = points("0\n0\n3\n");
+    let options = SimulationOptions {
+        burn_in: 10,
+        steps: 100,
+        seed: 3,
+    };
+    let err = stepper_drift(m.model(), &mut Bad(0.0, 1.0), &[1.0], &options).unwrap_err();
+    assert!(err.to_string().contains("lr must be > 0"), "{err}");
+    let err = stepper_drift(m.model(), &mut Bad(0.1, f64::NAN), &[1.0], &options).unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
+    let (drift, se) = stepper_drift(m.model(), &mut Bad(0.5, 1.0), &[1.0], &options).unwrap();
+    assert_eq!((drift[0], se[0]), (2.0, 0.0));
 }

@@ -11,8 +11,11 @@
 //! * **Madam** multiplies: Φ ← Φ·exp(−ηĝ sign Φ), ĝ = g/√v̂. Its scale |Φ| is a function of
 //!   Φ, as problem 7's multiplicative rule's, but its drift at Φ* is not 0. Per unit η,
 //!   E\[exp(−ηĝ) − 1\]/η = −E\[ĝ\] + ½ηE\[ĝ²\] − ⅙η²E\[ĝ³\] + …, and v contains the current
-//!   g² (problem 6c): −E\[ĝ\] = ½(1 − β)κ₃ with κ₃ = E\[g³\]/E\[g²\]^{3/2},
-//!   E\[ĝ²\] = 1 − (1 − β)(E\[g⁴\]/E\[g²\]² − 1) and E\[ĝ³\] = κ₃, to first order in 1 − β.
+//!   g² (problem 6c): −E\[ĝ\] = ½(1 − β)κ₃ with κ₃ = E\[g³\]/E\[g²\]^{3/2}, and
+//!   E\[ĝ²\] = 1 − c(κ₄ − 1)(1 − c)/(2 − c) with c = 1 − β, κ₄ = E\[g⁴\]/E\[g²\]²: the current g²
+//!   in v lowers it by c(κ₄ − 1), the spread of the earlier v, variance
+//!   c/(2 − c)·Var(g²) (problem 2), raises E\[1/v\] by as much times 1/(2 − c); and E\[ĝ³\] = κ₃,
+//!   to first order in c.
 //! * **Schedule-Free AdamW** divides each example's gradient by a second moment that
 //!   contains it: at Φ* its drift is RMSProp's ½(1 − β₂)κ₃ (6c), and with no momentum noise
 //!   in its state the bias stands hundreds of standard errors from 0.
@@ -111,7 +114,8 @@ fn madam(options: &VerifyOptions) -> Result<Claim> {
     let measured = drift(options, "p10.madam", POINTS, 1.0, &spec)?;
     let m2 = moment(2);
     let skew = moment(3) / m2.powf(1.5);
-    let normalised_sq = 1.0 - (1.0 - beta) * (moment(4) / (m2 * m2) - 1.0);
+    let c = 1.0 - beta;
+    let normalised_sq = 1.0 - c * (moment(4) / (m2 * m2) - 1.0) * (1.0 - c) / (2.0 - c);
     let rms_bias = 0.5 * (1.0 - beta) * skew;
     let exponential = 0.5 * lr * normalised_sq - lr * lr * skew / 6.0;
     Ok(Claim::monte_carlo(
