@@ -149,6 +149,9 @@ pub fn simulated_fixed_point(
     average_iterate(model, start, options, &mut step)
 }
 
+/// One step of a simulation: `(params, gradient, loss, t)`, the parameters in place.
+pub(crate) type IterateStep<'a> = dyn FnMut(&mut [f64], &[f64], f64, usize) -> Result<()> + 'a;
+
 /// The average iterate after burn-in, with batch-means standard errors, of
 /// `step(params, gradient, loss, t)` driven from `start` on examples drawn uniformly by
 /// `chain_rng(seed, 1)`: the simulation of [`simulated_fixed_point`] for any stepper.
@@ -156,7 +159,7 @@ pub(crate) fn average_iterate(
     model: &dyn Model<f64>,
     start: &[f64],
     options: &SimulationOptions,
-    step: &mut dyn FnMut(&mut [f64], &[f64], f64, usize) -> Result<()>,
+    step: &mut IterateStep<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     options.validate()?;
     let d = start.len();
