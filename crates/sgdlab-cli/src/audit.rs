@@ -33,7 +33,9 @@ pub struct AuditArgs {
     /// The model whose per-example losses define the updates.
     #[arg(long, value_enum)]
     model: ModelKind,
-    /// Optimizer spec to audit (repeatable), e.g. normsgd:eps=1 or adam:lr=1e-3.
+    /// Optimizer spec to audit (repeatable), e.g. normsgd:eps=1 or adam:lr=1e-3. Any
+    /// torch.optim optimizer of your own is audited from Python: sgdlab.audit(data,
+    /// opts=[MyOptimizer]).
     #[arg(long = "opt", value_name = "SPEC", required = true)]
     opts: Vec<String>,
     /// Drop the bias term b (linreg, logreg).

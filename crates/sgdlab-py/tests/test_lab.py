@@ -74,3 +74,89 @@ def test_audit_refuses_bad_input():
         sgdlab.audit(np.ones((3, 1)), model="linreg")
     with pytest.raises(sgdlab.SgdlabError):
         sgdlab.audit("/no/such/file.csv")
+
+
+# Foreign optimizers: torch.optim classes and a researcher's own, audited as sgdlab's rules.
+
+POINTS = np.array([[0.0], [0.0], [3.0]])  # problem 6's points: mean 1, median 0
+
+
+def test_torch_optimizers_audit_as_the_library_rules_they_equal():
+    torch = pytest.importorskip("torch")
+    import functools
+
+    report = sgdlab.audit(
+        POINTS,
+        opts=[
+            "adam:lr=0.01",
+            functools.partial(torch.optim.Adam, lr=0.01),
+            "rmsprop:lr=0.01,alpha=0.99",
+            functools.partial(torch.optim.RMSprop, lr=0.01, alpha=0.99),
+        ],
+        steps=4000,
+        burn_in=1000,
+        seed=5,
+    )
+    ours_adam, torch_adam, ours_rms, torch_rms = report["optimizers"]
+    assert torch_adam["optimizer"] == "torch.optim.Adam(lr=0.01)"
+    assert torch_rms["optimizer"] == "torch.optim.RMSprop(lr=0.01, alpha=0.99)"
+    for ours, theirs in [(ours_adam, torch_adam), (ours_rms, torch_rms)]:
+        # Within the standard errors, and in fact to rounding: the
+        # same example streams drive two implementations of the same rule.
+        se = np.hypot(ours["drift_stderr"], theirs["drift_stderr"])
+        assert np.all(np.abs(np.subtract(ours["drift"], theirs["drift"])) < 4 * se)
+        np.testing.assert_allclose(theirs["drift"], ours["drift"], rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(theirs["fixed_point"], ours["fixed_point"], rtol=1e-9)
+        np.testing.assert_allclose(theirs["extrapolated"], ours["extrapolated"], rtol=1e-9)
+        assert theirs["method"] == "simulation"
+    # RMSProp's drift at the minimiser is 6c's bias, far from 0: inconsistent.
+    assert torch_rms["drift"][0] < -0.003 and not torch_rms["consistent"]
+
+
+def test_a_researchers_own_optimizer_in_ten_lines():
+    torch = pytest.importorskip("torch")
+
+    class SignSGD(torch.optim.Optimizer):
+        def __init__(self, params, lr=0.01):
+            super().__init__(params, {"lr": lr})
+
+        @torch.no_grad()
+        def step(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(torch.sign(p.grad), alpha=-group["lr"])
+
+    report = sgdlab.audit(POINTS, opts=[SignSGD], steps=4000, burn_in=500, seed=2)
+    (audit,) = report["optimizers"]
+    assert audit["optimizer"].endswith("SignSGD")
+    # A sign update drifts by −E[sign g] = −1/3 at the mean (claim 10i.lion) and settles
+    # at the median: within its standard errors of 0 once extrapolated to lr → 0.
+    assert audit["drift"][0] == pytest.approx(-1 / 3, abs=1e-12)
+    assert not audit["consistent"]
+    assert abs(audit["extrapolated"][0]) < 0.05
+    assert abs(audit["fixed_point"][0] - 1.0) > 0.9
+
+
+def test_foreign_optimizers_that_fail_say_why():
+    torch = pytest.importorskip("torch")
+
+    with pytest.raises(TypeError, match="not a torch.optim.Optimizer"):
+        sgdlab.audit(POINTS, opts=[lambda params: "adam"], steps=100)
+    with pytest.raises(TypeError, match="spec string or a torch"):
+        sgdlab.audit(POINTS, opts=[3.5], steps=100)
+
+    class Broken(torch.optim.SGD):
+        def step(self, closure=None):
+            raise RuntimeError("my optimizer is broken")
+
+    with pytest.raises(RuntimeError, match="my optimizer is broken"):
+        sgdlab.audit(POINTS, opts=[lambda p: Broken(p, lr=0.1)], steps=100)
+
+    class NoLr(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+    with pytest.raises(ValueError, match="no learning rate"):
+        sgdlab.audit(POINTS, opts=[NoLr], steps=100)
+    with pytest.raises(sgdlab.SgdlabError, match="lr must be > 0"):
+        sgdlab.audit(POINTS, opts=[lambda p: torch.optim.SGD(p, lr=0.0)], steps=100)

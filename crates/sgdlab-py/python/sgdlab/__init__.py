@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 from ._core import (
     Optimizer,
@@ -88,7 +88,7 @@ def verify(
 def audit(
     data: Union[str, "os.PathLike[str]", Any],
     model: str = "points",
-    opts: Union[str, Sequence[str]] = ("sgd",),
+    opts: Union[str, Callable[..., Any], Sequence[Union[str, Callable[..., Any]]]] = ("sgd",),
     *,
     bias: bool = True,
     loss_unit: str = "nats",
@@ -103,7 +103,15 @@ def audit(
         data: a CSV file (optionally .gz), or a 2-D array of rows; the last column is the
             target except for ``points``.
         model: ``points``, ``linreg``, ``logreg`` or ``softmax``.
-        opts: optimizer specs (one or several).
+        opts: optimizers (one or several): sgdlab specs (``"adam:lr=0.01"``), or any
+            ``torch.optim.Optimizer`` class or factory called as ``factory([param])``, e.g.
+            ``torch.optim.Adam`` or ``functools.partial(MyOptimizer, lr=0.01)``. A torch
+            optimizer steps one float64 parameter vector through torch tensors and is
+            measured as sgdlab's own rules are: its state advances with the parameters held
+            at the minimiser (a step at lr 0), and every example's step is probed from a copy
+            of its state (``optimizer.state``, saved and restored); the fixed point is its own
+            run at lr and lr/2. Its name in the report is the class's (with a partial's
+            arguments).
         bias: fit the intercept (linreg, logreg); the CLI's ``--no-bias`` is ``bias=False``.
         loss_unit: ``nats`` or ``bits`` (cross-entropy models).
         steps, burn_in, seed: the simulations of stateful optimizers (CLI defaults when None).
@@ -111,9 +119,22 @@ def audit(
     Returns:
         The audit as ``sgdlab audit --json`` writes it (``minimizer``, ``optimizers``).
     """
-    if isinstance(opts, str):
+    if isinstance(opts, str) or callable(opts):
         opts = [opts]
     opts = list(opts)
+    entries: list[Any] = []
+    for opt in opts:
+        if isinstance(opt, str):
+            entries.append(opt)
+        elif callable(opt):
+            from ._foreign import maker
+
+            entries.append(maker(opt))
+        else:
+            raise TypeError(
+                "an audited optimizer is a spec string or a torch.optim.Optimizer class or "
+                f"factory, not {type(opt).__name__}"
+            )
     if not opts:
         raise SgdlabError("audit needs at least one optimizer spec")
     if steps is not None and steps < 80:
@@ -129,5 +150,5 @@ def audit(
             raise ValueError(f"data must be a 2-D array of rows, not {rows.ndim}-D")
         rows = np.ascontiguousarray(rows)
     return json.loads(
-        _core.audit_json(path, rows, model, opts, bool(bias), loss_unit, steps, burn_in, seed)
+        _core.audit_json(path, rows, model, entries, bool(bias), loss_unit, steps, burn_in, seed)
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence, Union, final
+from typing import Any, Callable, Mapping, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -197,7 +197,7 @@ def audit_json(
     path: Optional[str],
     rows: Optional[npt.NDArray[np.float64]],
     model: str,
-    opts: Sequence[str],
+    opts: Sequence[Union[str, tuple[str, Callable[[int], Any]]]],
     bias: bool,
     loss_unit: str,
     steps: Optional[int],
