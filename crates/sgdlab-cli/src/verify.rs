@@ -17,7 +17,7 @@ use crate::table::{Table, num};
 /// Arguments of `sgdlab verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7; 10 and 11 are sections beyond the problem set: Schedule-Free, AdEMAMix, Muon; bfloat16 state). Default: all.
+    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7; 10, 11 and 12 are sections beyond the problem set: the newer optimizers; bfloat16 state; batch-size scaling rules). Default: all.
     #[arg(long = "problem", value_name = "N")]
     problems: Vec<u8>,
     /// Also write the results as JSON to FILE.

@@ -104,10 +104,10 @@ fn quick_verify_passes_the_same_for_any_thread_count_and_problem_selection() {
 #[test]
 fn unknown_problem_is_a_clear_error() {
     sgdlab()
-        .args(["verify", "--problem", "12"])
+        .args(["verify", "--problem", "13"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("no problem 12"));
+        .stderr(predicate::str::contains("no problem 13"));
 }
 
 #[test]
@@ -240,5 +240,5 @@ fn section_11_runs_alone() {
         .assert()
         .success()
         .stdout(predicate::str::contains("11e"))
-        .stdout(predicate::str::contains("5 passed, 0 failed"));
+        .stdout(predicate::str::contains("6 passed, 0 failed"));
 }

@@ -23,6 +23,7 @@
 mod p1;
 pub(crate) mod p10;
 pub(crate) mod p11;
+pub(crate) mod p12;
 mod p2;
 mod p3;
 mod p4;
@@ -284,9 +285,9 @@ pub(crate) fn drive(
     Ok(params[0].data().to_vec())
 }
 
-/// The problems whose claims are implemented, in order; 10 and 11 are sections beyond the
-/// problem set (Schedule-Free, AdEMAMix, Muon; bfloat16 state).
-pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10, 11];
+/// The problems whose claims are implemented, in order; 10, 11 and 12 are sections beyond the
+/// problem set (the newer optimizers; bfloat16 state; batch-size scaling rules).
+pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10, 11, 12];
 
 /// The title of problem (or section) `problem`.
 pub fn title(problem: u8) -> &'static str {
@@ -302,6 +303,7 @@ pub fn title(problem: u8) -> &'static str {
             "Beyond the problem set: Schedule-Free, AdEMAMix, Muon, Adam's counterexample and cautious masking"
         }
         11 => "Beyond the problem set: an EMA in bfloat16, rounded to nearest or stochastically",
+        12 => "Beyond the problem set: batch-size scaling rules for SGD and Adam",
         _ => "(no such problem)",
     }
 }
@@ -316,15 +318,15 @@ pub fn canonical_problem(problem: u8) -> Result<u8> {
     };
     if PROBLEMS.contains(&canonical) {
         Ok(canonical)
-    } else if (1..=11).contains(&problem) {
+    } else if (1..=12).contains(&problem) {
         Err(Error::Unsupported(format!(
             "problem {problem}: its claims are not implemented yet (implemented: {})",
             list(PROBLEMS)
         )))
     } else {
         Err(Error::Unsupported(format!(
-            "there is no problem {problem}: the problem set has problems 1-9, and 10 and 11 \
-             are sections beyond it (implemented: {})",
+            "there is no problem {problem}: the problem set has problems 1-9, and 10, 11 and \
+             12 are sections beyond it (implemented: {})",
             list(PROBLEMS)
         )))
     }
@@ -387,6 +389,7 @@ pub fn verify_with_progress(
             7 => p7::claims(options)?,
             10 => p10::claims(options)?,
             11 => p11::claims(options)?,
+            12 => p12::claims(options)?,
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }
@@ -448,7 +451,7 @@ mod tests {
         assert_eq!(title(8), title(5));
         assert_eq!(title(9), title(7));
         assert!(title(2).contains("Variance"));
-        assert_eq!(title(12), "(no such problem)");
+        assert_eq!(title(13), "(no such problem)");
     }
 
     #[test]
@@ -458,7 +461,8 @@ mod tests {
             zero.contains("there is no problem 0") && zero.contains("implemented: 1, 2, 3, 4, 5"),
             "{zero}"
         );
-        assert!(canonical_problem(12).is_err());
+        assert!(canonical_problem(13).is_err());
+        assert_eq!(canonical_problem(12).unwrap(), 12);
         assert_eq!(canonical_problem(10).unwrap(), 10);
         assert_eq!(canonical_problem(11).unwrap(), 11);
         let c = Claim::identity("10d.uv", "t", &[], 0.0, 0.0, 1.0);

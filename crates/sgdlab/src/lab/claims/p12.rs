@@ -1,0 +1,297 @@
+//! Section 12, beyond the problem set: batch-size scaling rules, measured on problem 5's model
+//! with minibatches — per-example loss c(Φ − x)²/2, x ~ N(0, σ²), a minibatch of B examples
+//! giving the gradient c(Φ − x̄\_B), x̄\_B ~ N(0, σ²/B) (the mean of B Gaussian examples is
+//! Gaussian, and is drawn as such) — through the library's optimizers.
+//!
+//! * **SGD's linear rule.** The iterate is AR(1), Φ ← (1 − ηc)Φ + ηc x̄\_B, with stationary
+//!   variance ηcσ²/(B(2 − ηc)): η/B sets it to first order in ηc, so B → κB with η → κη
+//!   keeps it only while κηc ≪ 1 — exactly, the variance changes by
+//!   (2 − ηc)/(2 − κηc) (31% at κηc = ½, where the rule breaks).
+//! * **Adam's square-root rule** (Malladi, Lyu, Panigrahi and Arora, "On the SDEs and scaling
+//!   rules for adaptive gradient algorithms", NeurIPS 2022): with noise-dominated gradients
+//!   √v̂ ≈ cσ/√B, so Adam is SGD at the rate η√B/(cσ) with the noise σ²/B, and
+//!   Var Φ ≈ ησ/(2√B): B → κB keeps it with η → √κη, 1 − β₁ → κ(1 − β₁),
+//!   1 − β₂ → κ(1 − β₂) and ε → ε/√κ (the averages keep their horizons in units of the
+//!   rate). The linear rule η → κη multiplies it by √κ instead. The rule can only be
+//!   applied while κ(1 − β₁) < 1.
+
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{Claim, VerifyOptions};
+use crate::Result;
+use crate::lab::figures::{Figure, Line};
+use crate::lab::montecarlo::{Estimate, Measurement};
+use crate::optim::{Optimizer, StepInfo, Tensor};
+
+/// Curvature c and example noise σ.
+const C: f64 = 1.0;
+const SIGMA: f64 = 1.0;
+/// Chains per optimizer (each an element of one tensor).
+const BLOCK: usize = 1_000;
+
+/// The stationary Var Φ of `spec` with minibatches of `batch`: `blocks` optimizers, each
+/// stepping a tensor of [`BLOCK`] independent chains from Φ = 0 for `steps` steps on their own
+/// gradient draws (the stream of the block), the variance over every chain's last Φ.
+fn stationary_variance(
+    options: &VerifyOptions,
+    tag: &str,
+    spec: &str,
+    batch: f64,
+    steps: usize,
+    blocks: usize,
+) -> Result<Measurement> {
+    let template = Optimizer::<f64>::from_spec(spec)?;
+    let mc = options.monte_carlo(tag, blocks)?;
+    let noise = SIGMA / batch.sqrt();
+    let finals = mc.run(|rng, _| -> Result<Vec<f64>> {
+        let mut opt = template.clone();
+        let mut phi = [Tensor::vector("phi", vec![0.0; BLOCK])];
+        let mut grad = [Tensor::vector("phi", vec![0.0; BLOCK])];
+        for _ in 0..steps {
+            for (g, p) in grad[0].data_mut().iter_mut().zip(phi[0].data()) {
+                let z: f64 = StandardNormal.sample(rng);
+                *g = C * (p - noise * z);
+            }
+            opt.step(&mut phi, &grad, &StepInfo::default())?;
+        }
+        Ok(phi[0].data().to_vec())
+    });
+    let mut all = Vec::with_capacity(blocks * BLOCK);
+    for block in finals {
+        all.extend(block?);
+    }
+    Ok(Estimate::from_samples(&all).variance())
+}
+
+pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let blocks = 40;
+    let kappa = 16.0f64;
+    let mut claims = Vec::new();
+
+    // SGD: η₀c = 1/32, so that κη₀c = ½ at κ = 16.
+    let lr = 1.0 / 32.0;
+    let sgd_steps = |rate: f64| (30.0 / (rate * C)).ceil() as usize;
+    let sgd_base = format!("sgd:lr={lr}");
+    let sgd_scaled = format!("sgd:lr={}", kappa * lr);
+    // SGD's runs are short: four times the chains, so that the first-order rule's 1 lies
+    // 20 standard errors away even with --quick.
+    let sgd_blocks = 4 * blocks;
+    let base = stationary_variance(
+        options,
+        "p12.sgd.1",
+        &sgd_base,
+        1.0,
+        sgd_steps(lr),
+        sgd_blocks,
+    )?;
+    let scaled = stationary_variance(
+        options,
+        "p12.sgd.16",
+        &sgd_scaled,
+        kappa,
+        sgd_steps(kappa * lr),
+        sgd_blocks,
+    )?;
+    let a = lr * C;
+    claims.push(
+        Claim::monte_carlo(
+            "12a",
+            "SGD's linear rule (B → κB, η → κη) keeps Var Φ only to first order in ηc: \
+             exactly it changes by (2 − ηc)/(2 − κηc), +31% at κ = 16, κηc = ½",
+            &[
+                ("kappa", kappa),
+                ("lr", lr),
+                ("c", C),
+                ("chains", (mc_chains(options, sgd_blocks) * BLOCK) as f64),
+            ],
+            (2.0 - a) / (2.0 - kappa * a),
+            scaled.ratio(base),
+        )
+        .reject("1 (the rule exact)", 1.0)
+        .reject("1/κ (η unchanged)", 1.0 / kappa)
+        .optimizer(&sgd_base)
+        .optimizer(&sgd_scaled),
+    );
+
+    let (lr, beta1, beta2) = (ADAM_LR, ADAM_BETA1, ADAM_BETA2);
+    let run = |k: f64, rule: Rule| adam_variance(options, k, rule, blocks);
+    let adam = adam_spec;
+    let base = run(1.0, Rule::Sqrt)?;
+    let sqrt = run(kappa, Rule::Sqrt)?;
+    let linear4 = run(4.0, Rule::Linear)?;
+    let linear16 = run(kappa, Rule::Linear)?;
+    let params = |k: f64| {
+        [
+            ("kappa", k),
+            ("lr", lr),
+            ("beta1", beta1),
+            ("beta2", beta2),
+            ("chains", (mc_chains(options, blocks) * BLOCK) as f64),
+        ]
+    };
+    claims.push(
+        Claim::monte_carlo(
+            "12b",
+            "Adam's square-root rule (Malladi et al.): B → κB with η → √κη, 1 − β → κ(1 − β), \
+             ε → ε/√κ keeps Var Φ (ratio 1 at κ = 16, β₁ = 0.2, β₂ = 0.984)",
+            &params(kappa),
+            1.0,
+            sqrt.ratio(base),
+        )
+        .reject(
+            "the linear rule's ratio (η → κη, measured)",
+            linear16.ratio(base).value,
+        )
+        .optimizer(adam(1.0, Rule::Sqrt))
+        .optimizer(adam(kappa, Rule::Sqrt)),
+    );
+    claims.push(
+        Claim::monte_carlo(
+            "12b.linear",
+            "Adam under SGD's linear rule (η → κη, β's kept) multiplies Var Φ ≈ ησ/(2√B) by √κ \
+             (2 at κ = 4)",
+            &params(4.0),
+            2.0,
+            linear4.ratio(base),
+        )
+        .reject("1 (the linear rule keeps it)", 1.0)
+        .optimizer(adam(1.0, Rule::Sqrt))
+        .optimizer(adam(4.0, Rule::Linear)),
+    );
+    Ok(claims)
+}
+
+/// Adam's base hyper-parameters: η = 10⁻³ (the rate η√B/(cσ) = 10⁻³ at B = 1), β₁ = 0.95,
+/// β₂ = 0.999, ε = 10⁻⁸.
+const ADAM_LR: f64 = 1e-3;
+const ADAM_BETA1: f64 = 0.95;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+/// A scaling rule for B → κB.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rule {
+    /// η → √κη, 1 − β → κ(1 − β), ε → ε/√κ.
+    Sqrt,
+    /// η → κη, the rest kept.
+    Linear,
+}
+
+/// Adam's spec at batch κB under `rule`.
+fn adam_spec(k: f64, rule: Rule) -> String {
+    match rule {
+        Rule::Sqrt => format!(
+            "adam:lr={},beta1={},beta2={},eps={:e}",
+            ADAM_LR * k.sqrt(),
+            1.0 - k * (1.0 - ADAM_BETA1),
+            1.0 - k * (1.0 - ADAM_BETA2),
+            ADAM_EPS / k.sqrt()
+        ),
+        Rule::Linear => format!(
+            "adam:lr={},beta1={ADAM_BETA1},beta2={ADAM_BETA2},eps={ADAM_EPS:e}",
+            ADAM_LR * k
+        ),
+    }
+}
+
+/// Adam's stationary Var Φ at batch κB under `rule`, after a burn-in of 20 horizons of v and
+/// 30 of Φ (whose rate is η√B/σ per unit c).
+fn adam_variance(
+    options: &VerifyOptions,
+    k: f64,
+    rule: Rule,
+    blocks: usize,
+) -> Result<Measurement> {
+    let (rate, horizon) = match rule {
+        Rule::Sqrt => (ADAM_LR * k, 1.0 / (k * (1.0 - ADAM_BETA2))),
+        Rule::Linear => (ADAM_LR * k * k.sqrt(), 1.0 / (1.0 - ADAM_BETA2)),
+    };
+    let steps = (20.0 * horizon + 30.0 / (rate / SIGMA)).ceil() as usize;
+    stationary_variance(
+        options,
+        &format!("p12.adam.{rule:?}.{k}"),
+        &adam_spec(k, rule),
+        k,
+        steps,
+        blocks,
+    )
+}
+
+/// The report's plot: Adam's Var Φ(κ)/Var Φ(1) under each rule, κ = 1, 2, 4, 8, 16, with
+/// √κ and 1 (dashed), and SGD's linear rule against its exact (2 − ηc)/(2 − κηc).
+pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
+    let blocks = 8;
+    let kappas = [1.0, 2.0, 4.0, 8.0, 16.0];
+    let base = adam_variance(options, 1.0, Rule::Sqrt, blocks)?;
+    let curve = |rule: Rule| -> Result<Vec<(f64, f64)>> {
+        kappas
+            .iter()
+            .map(|&k| {
+                Ok((
+                    k,
+                    adam_variance(options, k, rule, blocks)?.ratio(base).value,
+                ))
+            })
+            .collect()
+    };
+    let line = |label: &str, points: Vec<(f64, f64)>, dashed: bool| Line {
+        label: label.to_string(),
+        points,
+        dashed,
+        group: usize::MAX,
+    };
+    let lr = 1.0 / 32.0;
+    let sgd_base = stationary_variance(
+        options,
+        "p12.fig.sgd.1",
+        &format!("sgd:lr={lr}"),
+        1.0,
+        960,
+        4 * blocks,
+    )?;
+    let mut sgd = Vec::new();
+    for &k in &kappas {
+        let v = stationary_variance(
+            options,
+            &format!("p12.fig.sgd.{k}"),
+            &format!("sgd:lr={}", k * lr),
+            k,
+            (30.0 / (k * lr * C)).ceil() as usize,
+            4 * blocks,
+        )?;
+        sgd.push((k, v.ratio(sgd_base).value));
+    }
+    Ok(vec![Figure {
+        title: "Section 12: batch-size scaling rules".into(),
+        caption: format!(
+            "Stationary Var Φ at batch κB over its value at B = 1, on c(Φ − x)²/2 with \
+             minibatch gradients ({} chains a point). Adam under the square-root rule \
+             (η → √κη, 1 − β → κ(1 − β), ε → ε/√κ) stays at 1; under the linear rule \
+             (η → κη) it grows as √κ. SGD under its linear rule (η₀c = 1/32) follows \
+             (2 − η₀c)/(2 − κη₀c), not 1, as κη₀c grows.",
+            mc_chains(options, blocks) * BLOCK
+        ),
+        x_label: "κ (batch B = κ)".into(),
+        y_label: "Var Φ(κ) / Var Φ(1)".into(),
+        lines: vec![
+            line("Adam, square-root rule", curve(Rule::Sqrt)?, false),
+            line("Adam, linear rule", curve(Rule::Linear)?, false),
+            line("SGD, linear rule", sgd, false),
+            line("√κ", kappas.iter().map(|&k| (k, k.sqrt())).collect(), true),
+            line(
+                "SGD exact: (2 − η₀c)/(2 − κη₀c)",
+                kappas
+                    .iter()
+                    .map(|&k| (k, (2.0 - lr * C) / (2.0 - k * lr * C)))
+                    .collect(),
+                true,
+            ),
+        ],
+        ..Figure::default()
+    }])
+}
+
+/// The number of blocks a run of `blocks` uses (a quarter with `--quick`).
+fn mc_chains(options: &VerifyOptions, blocks: usize) -> usize {
+    if options.quick { blocks / 4 } else { blocks }
+}
