@@ -160,3 +160,28 @@ def test_foreign_optimizers_that_fail_say_why():
         sgdlab.audit(POINTS, opts=[NoLr], steps=100)
     with pytest.raises(sgdlab.SgdlabError, match="lr must be > 0"):
         sgdlab.audit(POINTS, opts=[lambda p: torch.optim.SGD(p, lr=0.0)], steps=100)
+
+
+def test_state_kept_in_param_groups_is_restored_between_probes():
+    torch = pytest.importorskip("torch")
+
+    class GroupCounter(torch.optim.SGD):
+        """SGD whose step length grows with a count kept in its param group."""
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                group["count"] = group.get("count", 0) + 1
+                for p in group["params"]:
+                    p.add_(p.grad, alpha=-group["lr"] * group["count"])
+
+    from sgdlab._foreign import TorchStepper
+
+    stepper = TorchStepper(lambda p: GroupCounter(p, lr=0.1), 1)
+    stepper.step(np.array([1.0]), np.array([1.0]), 0.5, 0.0)
+    stepper.save()
+    for _ in range(3):
+        stepper.step(np.array([1.0]), np.array([1.0]), 0.5, 1.0)
+        stepper.restore()
+    assert stepper.optimizer.param_groups[0]["count"] == 1
+    assert stepper.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)

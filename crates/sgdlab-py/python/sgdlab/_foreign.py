@@ -73,10 +73,18 @@ class TorchStepper:
         return self.param.detach().numpy().copy()
 
     def save(self) -> None:
-        self._saved = _clone(self.optimizer.state.get(self.param, {}))
+        # The parameter's state and each group's own entries (an optimizer may keep state
+        # there, as prodigyopt keeps d).
+        self._saved = (
+            _clone(self.optimizer.state.get(self.param, {})),
+            [_clone({k: v for k, v in g.items() if k != "params"}) for g in self.optimizer.param_groups],
+        )
 
     def restore(self) -> None:
-        self.optimizer.state[self.param] = _clone(self._saved)
+        state, groups = self._saved
+        self.optimizer.state[self.param] = _clone(state)
+        for group, saved in zip(self.optimizer.param_groups, groups):
+            group.update(_clone(saved))
 
 
 def _clone(state: Any) -> Any:
