@@ -184,4 +184,6 @@ def test_state_kept_in_param_groups_is_restored_between_probes():
         stepper.step(np.array([1.0]), np.array([1.0]), 0.5, 1.0)
         stepper.restore()
     assert stepper.optimizer.param_groups[0]["count"] == 1
-    assert stepper.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    # Each probe starts from the saved count: its step is lr·2, whatever came before.
+    out = stepper.step(np.array([1.0]), np.array([1.0]), 0.5, 1.0)
+    assert out[0] == pytest.approx(1.0 - 0.1 * 2)
