@@ -6,7 +6,7 @@ use super::*;
 use crate::data::parse_csv;
 use crate::lab::montecarlo::chain_rng;
 use crate::lab::stats::*;
-use crate::model::LossUnit;
+use crate::model::{LinReg, LossUnit};
 use rand::RngExt;
 
 /// AR(1) with coefficient ρ has τ = (1+ρ)/(1−ρ); independent draws have τ = 1; and the
@@ -714,4 +714,26 @@ fn a_bad_stepper_is_an_error() {
     assert!(err.to_string().contains("not finite"), "{err}");
     let (drift, se) = stepper_drift(m.model(), &mut Bad(0.5, 1.0), &[1.0], &options).unwrap();
     assert_eq!((drift[0], se[0]), (2.0, 0.0));
+}
+
+/// A stepper is handed each example's loss: the loss-proportional rule driven as a stepper
+/// drifts as its exact expected update (problem 7b's two examples, where the drift is not 0).
+#[test]
+fn a_stepper_is_handed_the_loss() {
+    let model = LinReg::new(parse_csv("1,1\n2,0\n", true).unwrap(), false).unwrap();
+    let spec: OptimizerSpec = "lossprop:lr=0.01".parse().unwrap();
+    let star = model.least_squares().unwrap();
+    let (exact, _) = expected_update(&model, &spec, &star).unwrap();
+    let options = SimulationOptions {
+        burn_in: 10,
+        steps: 200,
+        seed: 1,
+    };
+    let mut stepper = OptimizerStepper::new(Optimizer::new(spec).unwrap());
+    let (drift, _) = stepper_drift(&model, &mut stepper, &star, &options).unwrap();
+    assert!(exact[0].abs() > 1e-3, "{exact:?}");
+    assert!(
+        (drift[0] - exact[0]).abs() < 1e-12,
+        "{drift:?} against {exact:?}"
+    );
 }
