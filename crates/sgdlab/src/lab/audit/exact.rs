@@ -160,8 +160,12 @@ pub(crate) fn unit_step(
 }
 
 pub(crate) fn unit_lr(spec: &OptimizerSpec) -> Result<f64> {
-    let lr = spec.rule.lr();
-    if lr > 0.0 {
+    positive_lr(spec.rule.lr())
+}
+
+/// `lr` when it is a positive number (the audit divides steps by it), else an error saying so.
+pub(crate) fn positive_lr(lr: f64) -> Result<f64> {
+    if lr > 0.0 && lr.is_finite() {
         Ok(lr)
     } else {
         Err(Error::invalid(

@@ -16,7 +16,7 @@ use rand::RngExt;
 
 use super::simulate::average_iterate;
 use super::{OptimizerAudit, SimulationOptions, from_simulation, half_lr};
-use crate::lab::audit::exact::row;
+use crate::lab::audit::exact::{positive_lr, row};
 use crate::lab::montecarlo::chain_rng;
 use crate::lab::stats::BatchMeans;
 use crate::model::Model;
@@ -144,16 +144,7 @@ pub fn stepper_drift(
 }
 
 fn checked_lr(stepper: &dyn Stepper) -> Result<f64> {
-    let lr = stepper.lr();
-    if lr > 0.0 && lr.is_finite() {
-        Ok(lr)
-    } else {
-        Err(Error::invalid(
-            "lr",
-            lr,
-            "the audit measures the step per unit learning rate, so lr must be > 0",
-        ))
-    }
+    positive_lr(stepper.lr())
 }
 
 /// Audits the optimizer that `make` builds, named `name`, at the minimiser `star`: the drift
