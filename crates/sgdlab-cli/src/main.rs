@@ -5,6 +5,7 @@
 
 mod audit;
 mod bench;
+mod noise;
 mod plot;
 mod replay;
 mod report;
@@ -34,6 +35,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Measure optimizers' drift at the loss minimiser and find their true fixed points.
     Audit(audit::AuditArgs),
+    /// The gradient noise scale tr Σ/|G|² of a model on a data set, from exact per-example
+    /// gradients, in all and per layer.
+    Noise(noise::NoiseArgs),
     /// Train a model on real data with several optimizers side by side.
     Train(train::TrainArgs),
     /// Optimizer step throughput against the machine's measured memory bandwidth.
@@ -92,5 +96,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => audit::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
+        Command::Noise(args) => noise::run(args),
     }
 }

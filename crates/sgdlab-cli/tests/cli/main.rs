@@ -5,6 +5,7 @@
 mod audit_cli;
 mod bench_cli;
 mod kill_resume;
+mod noise_cli;
 mod reliability_cli;
 mod replay_cli;
 mod report_browser;

@@ -6,5 +6,6 @@ pub mod calibrate;
 pub mod claims;
 pub mod figures;
 pub mod montecarlo;
+pub mod noise;
 pub mod stats;
 pub mod temperature;

@@ -233,6 +233,43 @@ pub fn load_checkpoint(dir: &Path, meta: &CheckpointMeta, net: &Network) -> Resu
     })
 }
 
+/// Reads the checkpoint in `dir` as it is, to use its weights rather than resume it: its
+/// settings and the run (every check of [`load_checkpoint`] but the comparison with a
+/// command's settings). Refuses a checkpoint of another network, naming both widths.
+pub fn read_checkpoint(dir: &Path, net: &Network) -> Result<(CheckpointMeta, Run)> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let fail = |reason: String| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    let max_data = (net.num_params() as u64).saturating_mul(2 * 4 + 8 * 8);
+    let blob = crate::io::read_safetensors_file(&path, max_data, "a checkpoint")
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&blob).map_err(|e| fail(format!("corrupt header ({e})")))?;
+    let mut meta: CheckpointMeta = header
+        .metadata()
+        .as_ref()
+        .and_then(|md| md.get("meta"))
+        .ok_or_else(|| fail("no metadata: not an sgdlab training checkpoint".to_string()))
+        .and_then(|m| serde_json::from_str(m).map_err(|e| fail(format!("bad meta: {e}"))))?;
+    if meta.widths != net.widths() {
+        return Err(fail(format!(
+            "is a network of widths {:?}, not {:?}",
+            meta.widths,
+            net.widths()
+        )));
+    }
+    let epochs = meta.epochs;
+    meta.epochs = usize::MAX;
+    let run = checkpoint_from_bytes(&blob, &meta, net).map_err(|e| match e {
+        Error::Checkpoint { reason, .. } => fail(reason),
+        other => other,
+    })?;
+    meta.epochs = epochs;
+    Ok((meta, run))
+}
+
 /// [`load_checkpoint`] from the file's bytes (errors name the path `(bytes)`).
 pub fn checkpoint_from_bytes(blob: &[u8], meta: &CheckpointMeta, net: &Network) -> Result<Run> {
     let fail = |e: String| Error::Checkpoint {

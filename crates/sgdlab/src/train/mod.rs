@@ -30,7 +30,7 @@ mod tests;
 pub use crate::optim::schedule::ScheduleSpec;
 pub use checkpoint::{
     CHECKPOINT_FILE, CheckpointMeta, checkpoint_bytes, checkpoint_from_bytes, has_checkpoint,
-    load_checkpoint, save_checkpoint, split_sha256,
+    load_checkpoint, read_checkpoint, save_checkpoint, split_sha256,
 };
 pub use experiment::{DataSource, Experiment, ModelSpec, Observer, Outcome, Plan, Silent};
 pub use metrics::EpochMetrics;
