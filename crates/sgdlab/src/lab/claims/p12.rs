@@ -14,13 +14,23 @@
 //!   1 − β₂ → κ(1 − β₂) and ε → ε/√κ (the averages keep their horizons in units of the
 //!   rate). The linear rule η → κη multiplies it by √κ instead. The rule can only be
 //!   applied while κ(1 − β₁) < 1.
+//! * **The gradient noise scale in closed form** ([`crate::lab::noise`]). Least squares
+//!   ½(w·x − y)² with x ~ N(0, I\_d), y = w\*·x + sε, at w = w\* + δ: the per-example
+//!   gradient g = x(x·δ − sε) has G = δ and, by Isserlis' theorem
+//!   (E[x\_j²(x·δ)²] = |δ|² + 2δ\_j²), tr Σ = (d + 1)|δ|² + s²d, so
+//!   B\_simple = (d + 1) + s²d/|δ|². Measured by `gradient_noise` on sampled data sets: its
+//!   tr Σ̂ and its bias-corrected |G|²̂ are unbiased for them, while the sample's raw |ḡ|²
+//!   overstates |G|² by tr Σ/n.
 
 use rand_distr::{Distribution, StandardNormal};
 
 use super::{Claim, VerifyOptions};
 use crate::Result;
+use crate::data::Dataset;
 use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::{Estimate, Measurement};
+use crate::lab::noise::gradient_noise;
+use crate::model::LinReg;
 use crate::optim::{Optimizer, StepInfo, Tensor};
 
 /// Curvature c and example noise σ.
@@ -158,7 +168,93 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .optimizer(adam(1.0, Rule::Sqrt))
         .optimizer(adam(4.0, Rule::Linear)),
     );
+    claims.extend(noise_claims(options)?);
     Ok(claims)
+}
+
+/// Dimension, label noise s and offset |δ|² of the noise-scale claims.
+const NOISE_D: usize = 8;
+const NOISE_S: f64 = 1.0;
+const NOISE_DELTA_SQ: f64 = 4.0;
+
+/// `gradient_noise` on `sets` data sets of `n` Gaussian examples each, at w = w\* + δ
+/// (w\* = 0, δ spread evenly over the coordinates): the estimates tr Σ̂, |G|²̂ and the raw
+/// |ḡ|² of each set.
+fn noise_estimates(
+    options: &VerifyOptions,
+    tag: &str,
+    n: usize,
+    sets: usize,
+) -> Result<[Estimate; 3]> {
+    let d = NOISE_D;
+    let delta = vec![(NOISE_DELTA_SQ / d as f64).sqrt(); d];
+    let mc = options.monte_carlo(tag, sets)?;
+    let rows = mc.run(|rng, _| -> Result<[f64; 3]> {
+        let mut x = Vec::with_capacity(n * d);
+        let mut y = Vec::with_capacity(n);
+        for _ in 0..n {
+            for _ in 0..d {
+                x.push(StandardNormal.sample(rng));
+            }
+            let e: f64 = StandardNormal.sample(rng);
+            y.push(NOISE_S * e);
+        }
+        let model = LinReg::new(Dataset::new(x, Some(y), d)?, false)?;
+        let r = gradient_noise(&model, &delta, &[], None)?;
+        Ok([r.total.trace, r.total.grad_sq, r.total.data_grad_sq])
+    });
+    let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+    let column = |k: usize| Estimate::from_samples(&rows.iter().map(|r| r[k]).collect::<Vec<_>>());
+    Ok([column(0), column(1), column(2)])
+}
+
+fn noise_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let d = NOISE_D as f64;
+    let (s2, delta2) = (NOISE_S * NOISE_S, NOISE_DELTA_SQ);
+    let trace = (d + 1.0) * delta2 + s2 * d;
+    let spec = |n: usize| {
+        [
+            ("d", d),
+            ("s", NOISE_S),
+            ("|delta|^2", delta2),
+            ("examples per set", n as f64),
+        ]
+    };
+    let (n_big, n_small) = (2_000, 20);
+    let [big_trace, ..] = noise_estimates(options, "p12.noise.trace", n_big, 400)?;
+    let [_, small_g2, small_raw] = noise_estimates(options, "p12.noise.g2", n_small, 8_000)?;
+    let mut params = spec(n_big).to_vec();
+    params.push(("sets", mc_chains(options, 400) as f64));
+    let mut params_small = spec(n_small).to_vec();
+    params_small.push(("sets", mc_chains(options, 8_000) as f64));
+    Ok(vec![
+        Claim::monte_carlo(
+            "12c",
+            "The gradient noise of least squares with Gaussian inputs at w* + δ: \
+             tr Σ = (d + 1)|δ|² + s²d (Isserlis), so B_simple = (d + 1) + s²d/|δ|² = 11 — \
+             `sgdlab noise`'s tr Σ̂ on sampled data sets",
+            &params,
+            trace,
+            big_trace.mean(),
+        )
+        .reject(
+            "d|δ|² + s²d (x·δ taken independent of x)",
+            d * delta2 + s2 * d,
+        )
+        .reject("s²d (the label noise alone)", s2 * d),
+        Claim::monte_carlo(
+            "12c.bias",
+            "On n examples the mean gradient's |ḡ|² overstates |G|² = |δ|² by tr Σ/n; the \
+             noise scale's corrected |G|²̂ = |ḡ|² − tr Σ̂/n is unbiased (n = 20)",
+            &params_small,
+            delta2,
+            small_g2.mean(),
+        )
+        .reject(
+            "E|ḡ|² = |δ|² + tr Σ/n (no correction; measured)",
+            small_raw.mean().value,
+        ),
+    ])
 }
 
 /// Adam's base hyper-parameters: η = 10⁻³ (the rate η√B/(cσ) = 10⁻³ at B = 1), β₁ = 0.95,
