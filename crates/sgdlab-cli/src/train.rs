@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// Keep an EMA of the weights with this decay and evaluate it too.
     #[arg(long, value_name = "BETA")]
     ema_weights: Option<f64>,
+    /// Record the gradient noise scale B_simple = tr Σ/|G|² (as `sgdlab noise`) after every
+    /// epoch, from exact per-example gradients on a seeded sample of N training examples:
+    /// columns noise_trace, noise_grad_sq, noise_b_simple of metrics.csv, and noise.svg.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1000")]
+    noise_scale: Option<usize>,
     /// Loss unit: nats or bits (problem 5a).
     #[arg(long, default_value = "nats", value_parser = ["nats", "bits"])]
     loss_unit: String,
@@ -125,6 +130,7 @@ fn experiment(args: &TrainArgs) -> anyhow::Result<Experiment> {
             schedule: args.schedule.parse()?,
             ema_weights: args.ema_weights,
             seed: args.seed,
+            noise_examples: args.noise_scale,
         },
         out,
         mode: match (args.resume, args.force) {

@@ -159,3 +159,60 @@ fn bad_requests_are_named() {
         "missing.csv",
     );
 }
+
+#[test]
+fn train_records_the_noise_scale_that_noise_measures_at_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    sgdlab()
+        .args([
+            "train",
+            "--opt",
+            "adam:lr=0.01",
+            "--epochs",
+            "2",
+            "--noise-scale",
+            "300",
+        ])
+        .arg("--out")
+        .arg(&runs)
+        .assert()
+        .success();
+    assert!(runs.join("noise.svg").is_file());
+    let csv = std::fs::read_to_string(runs.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let col = |name: &str| -> f64 {
+        let k = header.iter().position(|h| *h == name).unwrap();
+        last[k].parse().unwrap()
+    };
+    let out = dir.path().join("n.json");
+    sgdlab()
+        .args(["noise", "--examples", "300", "--at"])
+        .arg(runs.join("run0"))
+        .arg("--json")
+        .arg(&out)
+        .assert()
+        .success();
+    let t = &json(&out)["total"];
+    assert_eq!(col("noise_trace"), t["trace"].as_f64().unwrap());
+    assert_eq!(col("noise_grad_sq"), t["grad_sq"].as_f64().unwrap());
+    assert_eq!(col("noise_b_simple"), t["b_simple"].as_f64().unwrap());
+    // Without the flag the columns are empty.
+    sgdlab()
+        .args(["train", "--opt", "sgd:lr=0.1", "--epochs", "1", "--force"])
+        .arg("--out")
+        .arg(&runs)
+        .assert()
+        .success();
+    let csv = std::fs::read_to_string(runs.join("metrics.csv")).unwrap();
+    assert!(csv.lines().last().unwrap().ends_with(",,,"), "{csv}");
+    assert!(!runs.join("noise.svg").exists());
+    sgdlab()
+        .args(["train", "--opt", "sgd", "--noise-scale", "1"])
+        .arg("--out")
+        .arg(dir.path().join("other"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("noise-scale = 1"));
+}

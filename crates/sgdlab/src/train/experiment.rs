@@ -321,14 +321,14 @@ impl Experiment {
         let opt = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
         let mut csv = String::from(
             "optimizer,epoch,step,train_loss,test_loss,test_accuracy,ema_test_loss,\
-             ema_test_accuracy,lr,seconds\n",
+             ema_test_accuracy,lr,seconds,noise_trace,noise_grad_sq,noise_b_simple\n",
         );
         for (spec, run) in self.optimizers.iter().zip(&outcome.runs) {
             for m in &run.metrics {
                 // Specs contain commas: quote them.
                 let _ = writeln!(
                     csv,
-                    "\"{spec}\",{},{},{},{},{},{},{},{},{}",
+                    "\"{spec}\",{},{},{},{},{},{},{},{},{},{},{},{}",
                     m.epoch,
                     m.step,
                     m.train_loss,
@@ -337,7 +337,10 @@ impl Experiment {
                     opt(m.ema_test_loss),
                     opt(m.ema_test_accuracy),
                     m.lr,
-                    m.seconds
+                    m.seconds,
+                    opt(m.noise_trace),
+                    opt(m.noise_grad_sq),
+                    opt(m.noise_b_simple)
                 );
             }
         }
@@ -397,7 +400,7 @@ impl Experiment {
         };
         let mut loss = series(&|m| m.test_loss, " (test)", false);
         loss.extend(series(&|m| m.train_loss, " (train, dashed)", true));
-        vec![
+        let mut figures = vec![
             (
                 "loss",
                 Figure {
@@ -423,6 +426,41 @@ impl Experiment {
                     ..Figure::default()
                 },
             ),
-        ]
+        ];
+        if self.config.noise_examples.is_some() {
+            let lines = self
+                .optimizers
+                .iter()
+                .zip(&outcome.runs)
+                .enumerate()
+                .map(|(k, (spec, run))| Line {
+                    label: spec.to_string(),
+                    points: run
+                        .metrics
+                        .iter()
+                        .filter_map(|m| m.noise_b_simple.map(|b| (m.epoch as f64, b)))
+                        .collect(),
+                    dashed: false,
+                    group: k,
+                })
+                .collect();
+            figures.push((
+                "noise",
+                Figure {
+                    title: format!("Gradient noise scale, {} on {}", self.model, self.data),
+                    caption: format!(
+                        "B_simple = tr Σ/|G|² after each epoch, from exact per-example \
+                         gradients on {} training examples: the batch size past which a larger \
+                         batch stops saving steps.",
+                        self.config.noise_examples.unwrap_or_default()
+                    ),
+                    x_label: "epoch".into(),
+                    y_label: "B_simple (examples)".into(),
+                    lines,
+                    ..Figure::default()
+                },
+            ));
+        }
+        figures
     }
 }

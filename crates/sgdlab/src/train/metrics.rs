@@ -34,6 +34,16 @@ pub struct EpochMetrics {
     /// Seconds spent in this epoch's training steps.
     #[serde(with = "real_json")]
     pub seconds: f64,
+    /// The gradient noise's tr Σ̂ at the epoch's end, when measured
+    /// ([`TrainConfig::noise_examples`](super::TrainConfig::noise_examples)).
+    #[serde(default, with = "real_json::option")]
+    pub noise_trace: Option<f64>,
+    /// The true gradient's |G|²̂ at the epoch's end, when measured.
+    #[serde(default, with = "real_json::option")]
+    pub noise_grad_sq: Option<f64>,
+    /// B\_simple = tr Σ̂/|G|²̂ at the epoch's end, when measured and |G|²̂ > 0.
+    #[serde(default, with = "real_json::option")]
+    pub noise_b_simple: Option<f64>,
 }
 
 /// Serde for `f64` that keeps non-finite values: finite numbers as JSON numbers, NaN and the

@@ -42,7 +42,8 @@ use rand::seq::SliceRandom;
 
 use crate::average::Ema;
 use crate::data::Split;
-use crate::model::{Network, Workspace};
+use crate::lab::noise::{gradient_noise, sample_examples};
+use crate::model::{Classifier, Network, Workspace};
 use crate::optim::{Optimizer, OptimizerSpec, StepInfo, Tensor};
 use crate::rng::chain_rng;
 use crate::{Error, Result};
@@ -60,6 +61,9 @@ pub struct TrainConfig {
     pub ema_weights: Option<f64>,
     /// Seed of the initial weights and of the example order.
     pub seed: u64,
+    /// Measure the gradient noise scale ([`crate::lab::noise`]) after every epoch on a sample
+    /// of this many training examples (drawn once with the seed); it changes no weight.
+    pub noise_examples: Option<usize>,
 }
 
 impl TrainConfig {
@@ -70,6 +74,15 @@ impl TrainConfig {
         }
         if self.batch == 0 {
             return Err(Error::invalid("batch", 0, "must be at least 1"));
+        }
+        if let Some(n) = self.noise_examples
+            && n < 2
+        {
+            return Err(Error::invalid(
+                "noise-scale",
+                n,
+                "the noise scale needs at least 2 examples",
+            ));
         }
         if let Some(beta) = self.ema_weights {
             Ema::new(beta)
@@ -116,6 +129,8 @@ pub struct Trainer<'a> {
     y_train: Vec<usize>,
     x_test: Vec<f32>,
     y_test: Vec<usize>,
+    /// The noise scale's sample of the training set, as a model, when it is measured.
+    noise: Option<Classifier>,
 }
 
 fn labels(set: &crate::data::Dataset, classes: usize) -> Result<Vec<usize>> {
@@ -162,7 +177,28 @@ impl<'a> Trainer<'a> {
             .schedule
             .for_run(steps_per_epoch, config.epochs as u64)?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let noise = match config.noise_examples {
+            Some(k) => {
+                // The sample as the network trains on it (features rounded to f32).
+                let rows = sample_examples(split.train.len(), k, config.seed);
+                let targets = split.train.targets().unwrap_or_default();
+                let mut x = Vec::with_capacity(rows.len() * split.train.dim());
+                for &i in &rows {
+                    x.extend(split.train.row(i).iter().map(|&v| f64::from(v as f32)));
+                }
+                let y = rows.iter().map(|&i| targets[i]).collect();
+                let w = net.widths();
+                Some(Classifier::new(
+                    crate::data::Dataset::new(x, Some(y), split.train.dim())?,
+                    &w[1..w.len() - 1],
+                    net.classes(),
+                    net.unit(),
+                )?)
+            }
+            None => None,
+        };
         Ok(Self {
+            noise,
             largest_feature: split
                 .train
                 .features()
@@ -372,6 +408,16 @@ impl<'a> Trainer<'a> {
                 run.epoch + 1
             ));
         }
+        let noise = match (&self.noise, &run.diverged) {
+            (Some(model), None) => {
+                let phi: Vec<f64> = at_eval_point
+                    .iter()
+                    .flat_map(|t| t.iter().map(|&x| f64::from(x)))
+                    .collect();
+                Some(gradient_noise(model, &phi, &[], None)?.total)
+            }
+            _ => None,
+        };
         run.epoch += 1;
         run.metrics.push(EpochMetrics {
             epoch: run.epoch,
@@ -383,6 +429,9 @@ impl<'a> Trainer<'a> {
             ema_test_accuracy: ema_eval.map(|e| e.1),
             lr: last_lr,
             seconds,
+            noise_trace: noise.as_ref().map(|s| s.trace),
+            noise_grad_sq: noise.as_ref().map(|s| s.grad_sq),
+            noise_b_simple: noise.and_then(|s| s.b_simple),
         });
         Ok(())
     }

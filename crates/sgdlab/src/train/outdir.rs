@@ -10,13 +10,15 @@ use crate::{Error, Result};
 /// The files an experiment writes at the top of its output directory (besides `runN/`):
 /// [`Experiment::run`](super::Experiment::run) writes the first two, a front end the figures
 /// and the page.
-pub const OUTPUTS: [&str; 7] = [
+pub const OUTPUTS: [&str; 9] = [
     "metrics.csv",
     "summary.json",
     "loss.svg",
     "loss.png",
     "accuracy.svg",
     "accuracy.png",
+    "noise.svg",
+    "noise.png",
     "index.html",
 ];
 

@@ -21,6 +21,7 @@ fn config(epochs: usize) -> TrainConfig {
         schedule: crate::optim::Schedule::Constant.into(),
         ema_weights: Some(0.9),
         seed: 3,
+        noise_examples: None,
     }
 }
 
@@ -449,6 +450,7 @@ fn an_experiment_runs_reports_and_resumes_in_one_call() {
             schedule: "seq[constant;cosine]@1ep".parse().unwrap(),
             ema_weights: None,
             seed: 5,
+            noise_examples: None,
         },
         out: dir.path().join("out"),
         mode,
