@@ -21,6 +21,14 @@
 //!   B\_simple = (d + 1) + s²d/|δ|². Measured by `gradient_noise` on sampled data sets: its
 //!   tr Σ̂ and its bias-corrected |G|²̂ are unbiased for them, while the sample's raw |ḡ|²
 //!   overstates |G|² by tr Σ/n.
+//! * **The noisy quadratic model** (Zhang, Li, Nado et al., "Which algorithmic choices matter
+//!   at which batch sizes?", NeurIPS 2019): ℒ = ½Σᵢhᵢxᵢ², hᵢ = 1/i (i = 1…d), minibatch
+//!   gradients hᵢxᵢ + √(hᵢ/B)zᵢ (the noise covariance C = H). Every coordinate is a linear
+//!   recursion, so the steady-state risk is exact: SGD's E[xᵢ²] = η/(B(2 − ηhᵢ)); a fixed
+//!   diagonal preconditioner Pᵢ = hᵢ^(−½) (Adam's √v under C = H) replaces η by ηPᵢ; heavy
+//!   ball (PyTorch's v ← βv + g, x ← x − ηv) has the stationary covariance P of the 2×2
+//!   recursion s ← As + bn, P = APAᵀ + (hᵢ/B)bbᵀ, solved as a 3×3 linear system. Measured
+//!   through the library's `sgd` (with momentum) on chains of every coordinate.
 
 use rand_distr::{Distribution, StandardNormal};
 
@@ -169,6 +177,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .optimizer(adam(4.0, Rule::Linear)),
     );
     claims.extend(noise_claims(options)?);
+    claims.extend(nqm_claims(options)?);
     Ok(claims)
 }
 
@@ -390,4 +399,221 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
 /// The number of blocks a run of `blocks` uses (a quarter with `--quick`).
 fn mc_chains(options: &VerifyOptions, blocks: usize) -> usize {
     if options.quick { blocks / 4 } else { blocks }
+}
+
+/// The noisy quadratic model's dimension and batch size.
+const NQM_D: usize = 100;
+const NQM_B: f64 = 4.0;
+/// Chains per block of the NQM simulations.
+const NQM_CHAINS: usize = 100;
+
+/// The NQM's curvatures hᵢ = 1/i.
+fn nqm_h() -> Vec<f64> {
+    (1..=NQM_D).map(|i| 1.0 / i as f64).collect()
+}
+
+/// Heavy ball's stationary E[x²] on one coordinate of curvature `h` with minibatch noise
+/// variance `q`: the x-entry of P = APAᵀ + q bbᵀ, A = [[1 − ηh, −ηβ], [h, β]], b = (−η, 1).
+fn heavy_ball_second_moment(lr: f64, beta: f64, h: f64, q: f64) -> Option<f64> {
+    let (a11, a12, a21, a22) = (1.0 - lr * h, -lr * beta, h, beta);
+    let (b1, b2) = (-lr, 1.0);
+    // vec(P) = (p_xx, p_xv, p_vv): (I − M) vec(P) = q (b1², b1b2, b2²).
+    let m = [
+        [a11 * a11, 2.0 * a11 * a12, a12 * a12],
+        [a11 * a21, a11 * a22 + a12 * a21, a12 * a22],
+        [a21 * a21, 2.0 * a21 * a22, a22 * a22],
+    ];
+    let mut a = vec![0.0; 9];
+    for (r, row) in m.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            a[3 * r + c] = f64::from(u8::from(r == c)) - v;
+        }
+    }
+    let mut rhs = vec![q * b1 * b1, q * b1 * b2, q * b2 * b2];
+    crate::linalg::solve(&mut a, &mut rhs, 3)?;
+    Some(rhs[0])
+}
+
+/// A rule of the NQM claims.
+#[derive(Clone, Copy, Debug)]
+enum NqmRule {
+    /// SGD at η.
+    Sgd(f64),
+    /// Heavy ball at η, β.
+    Momentum(f64, f64),
+    /// SGD at η with the gradient scaled by Pᵢ = hᵢ^(−½).
+    Preconditioned(f64),
+}
+
+impl NqmRule {
+    fn spec(self) -> String {
+        match self {
+            NqmRule::Sgd(lr) | NqmRule::Preconditioned(lr) => format!("sgd:lr={lr}"),
+            NqmRule::Momentum(lr, beta) => format!("sgd:lr={lr},momentum={beta}"),
+        }
+    }
+
+    /// The exact steady-state risk ½Σᵢhᵢ E[xᵢ²].
+    fn risk(self, batch: f64) -> Result<f64> {
+        let mut total = 0.0;
+        for h in nqm_h() {
+            let q = h / batch;
+            let second = match self {
+                NqmRule::Sgd(lr) => lr / (batch * (2.0 - lr * h)),
+                NqmRule::Preconditioned(lr) => {
+                    let p = h.powf(-0.5);
+                    lr * p / (batch * (2.0 - lr * p * h))
+                }
+                NqmRule::Momentum(lr, beta) => heavy_ball_second_moment(lr, beta, h, q)
+                    .ok_or_else(|| {
+                        crate::Error::Unsupported("heavy ball's recursion is singular".into())
+                    })?,
+            };
+            total += 0.5 * h * second;
+        }
+        Ok(total)
+    }
+
+    /// The risk after `steps` from x = 0, over `blocks` blocks of [`NQM_CHAINS`] chains, each
+    /// block one library optimizer stepping a tensor of every chain's coordinates.
+    fn simulated_risk(
+        self,
+        options: &VerifyOptions,
+        tag: &str,
+        steps: usize,
+        blocks: usize,
+    ) -> Result<Measurement> {
+        let template = Optimizer::<f64>::from_spec(&self.spec())?;
+        let h = nqm_h();
+        let precondition: Vec<f64> = match self {
+            NqmRule::Preconditioned(_) => h.iter().map(|h| h.powf(-0.5)).collect(),
+            _ => vec![1.0; NQM_D],
+        };
+        let noise: Vec<f64> = h.iter().map(|h| (h / NQM_B).sqrt()).collect();
+        let mc = options.monte_carlo(tag, blocks)?;
+        let risks = mc.run(|rng, _| -> Result<Vec<f64>> {
+            let mut opt = template.clone();
+            let n = NQM_CHAINS * NQM_D;
+            let mut x = [Tensor::vector("x", vec![0.0; n])];
+            let mut grad = [Tensor::vector("x", vec![0.0; n])];
+            for _ in 0..steps {
+                for (k, (g, xi)) in grad[0].data_mut().iter_mut().zip(x[0].data()).enumerate() {
+                    let i = k % NQM_D;
+                    let z: f64 = StandardNormal.sample(rng);
+                    *g = precondition[i] * (h[i] * xi + noise[i] * z);
+                }
+                opt.step(&mut x, &grad, &StepInfo::default())?;
+            }
+            Ok(x[0]
+                .data()
+                .chunks_exact(NQM_D)
+                .map(|c| c.iter().zip(&h).map(|(x, h)| 0.5 * h * x * x).sum())
+                .collect())
+        });
+        let mut all = Vec::with_capacity(blocks * NQM_CHAINS);
+        for block in risks {
+            all.extend(block?);
+        }
+        Ok(Estimate::from_samples(&all).mean())
+    }
+}
+
+fn nqm_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let blocks = 40;
+    // The slowest coordinate (h = 1/d) relaxes at ηh per step (η/(1 − β) with momentum, ηP
+    // preconditioned): 1,500 steps are 15 of its horizons or more.
+    let steps = 1_500;
+    let params = |rule: NqmRule| {
+        let mut p = vec![
+            ("d", NQM_D as f64),
+            ("B", NQM_B),
+            ("chains", (mc_chains(options, blocks) * NQM_CHAINS) as f64),
+        ];
+        match rule {
+            NqmRule::Sgd(lr) | NqmRule::Preconditioned(lr) => p.push(("lr", lr)),
+            NqmRule::Momentum(lr, beta) => p.extend([("lr", lr), ("beta", beta)]),
+        }
+        p
+    };
+    let h = nqm_h();
+    let mut claims = Vec::new();
+    let sgd = NqmRule::Sgd(1.0);
+    let measured = sgd.simulated_risk(options, "p12.nqm.sgd", steps, blocks)?;
+    let first_order: f64 = h.iter().map(|h| 0.5 * h / (2.0 * NQM_B)).sum();
+    claims.push(
+        Claim::monte_carlo(
+            "12d",
+            "The noisy quadratic model (hᵢ = 1/i, C = H, d = 100, B = 4): SGD's steady-state \
+             risk is exactly ½Σᵢhᵢ η/(B(2 − ηhᵢ)) (η = 1)",
+            &params(sgd),
+            sgd.risk(NQM_B)?,
+            measured,
+        )
+        .reject("the small-η risk ηΣᵢhᵢ/(4B)", first_order)
+        .optimizer(sgd.spec()),
+    );
+    let momentum = NqmRule::Momentum(0.1, 0.9);
+    let measured = momentum.simulated_risk(options, "p12.nqm.momentum", steps, blocks)?;
+    claims.push(
+        Claim::monte_carlo(
+            "12d.momentum",
+            "Heavy ball's steady-state risk on the NQM is the stationary covariance of its 2×2 \
+             recursion (η = 0.1, β = 0.9), not SGD's at the effective rate η/(1 − β)",
+            &params(momentum),
+            momentum.risk(NQM_B)?,
+            measured,
+        )
+        .reject(
+            "SGD's risk at η/(1 − β) = 1",
+            NqmRule::Sgd(1.0).risk(NQM_B)?,
+        )
+        .optimizer(momentum.spec()),
+    );
+    let pre = NqmRule::Preconditioned(0.8);
+    let measured = pre.simulated_risk(options, "p12.nqm.pre", steps, blocks)?;
+    claims.push(
+        Claim::monte_carlo(
+            "12d.precond",
+            "A fixed diagonal preconditioner Pᵢ = hᵢ^(−½) (Adam's under C = H) has the risk \
+             ½Σᵢhᵢ ηPᵢ/(B(2 − ηPᵢhᵢ)) (η = 0.8)",
+            &params(pre),
+            pre.risk(NQM_B)?,
+            measured,
+        )
+        .reject("SGD's risk at the same η", NqmRule::Sgd(0.8).risk(NQM_B)?)
+        .reject(
+            "the small-η risk ηΣᵢhᵢPᵢ/(4B)",
+            h.iter()
+                .map(|h| 0.5 * h * 0.8 * h.powf(-0.5) / (2.0 * NQM_B))
+                .sum(),
+        )
+        .optimizer(pre.spec()),
+    );
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heavy_ball_at_beta_0_is_sgd_and_its_moment_solves_the_recursion() {
+        // β = 0: x ← (1 − ηh)x − ηn, E[x²] = η²q/(1 − (1 − ηh)²).
+        let (lr, h, q) = (0.3, 0.7, 0.2);
+        let m = heavy_ball_second_moment(lr, 0.0, h, q).unwrap();
+        let sgd = lr * lr * q / (1.0 - (1.0 - lr * h).powi(2));
+        assert!((m - sgd).abs() < 1e-14, "{m} {sgd}");
+        // β = 0.9: iterate the covariance recursion to its fixed point.
+        let (beta, mut p) = (0.9, [0.0f64; 3]);
+        for _ in 0..200_000 {
+            let (a11, a12, a21, a22) = (1.0 - lr * h, -lr * beta, h, beta);
+            p = [
+                a11 * a11 * p[0] + 2.0 * a11 * a12 * p[1] + a12 * a12 * p[2] + q * lr * lr,
+                a11 * a21 * p[0] + (a11 * a22 + a12 * a21) * p[1] + a12 * a22 * p[2] - q * lr,
+                a21 * a21 * p[0] + 2.0 * a21 * a22 * p[1] + a22 * a22 * p[2] + q,
+            ];
+        }
+        let m = heavy_ball_second_moment(lr, beta, h, q).unwrap();
+        assert!((m - p[0]).abs() < 1e-12 * p[0], "{m} {}", p[0]);
+    }
 }
