@@ -366,34 +366,37 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
         )?;
         sgd.push((k, v.ratio(sgd_base).value));
     }
-    Ok(vec![Figure {
-        title: "Section 12: batch-size scaling rules".into(),
-        caption: format!(
-            "Stationary Var Φ at batch κB over its value at B = 1, on c(Φ − x)²/2 with \
+    Ok(vec![
+        Figure {
+            title: "Section 12: batch-size scaling rules".into(),
+            caption: format!(
+                "Stationary Var Φ at batch κB over its value at B = 1, on c(Φ − x)²/2 with \
              minibatch gradients ({} chains a point). Adam under the square-root rule \
              (η → √κη, 1 − β → κ(1 − β), ε → ε/√κ) stays at 1; under the linear rule \
              (η → κη) it grows as √κ. SGD under its linear rule (η₀c = 1/32) follows \
              (2 − η₀c)/(2 − κη₀c), not 1, as κη₀c grows.",
-            mc_chains(options, blocks) * BLOCK
-        ),
-        x_label: "κ (batch B = κ)".into(),
-        y_label: "Var Φ(κ) / Var Φ(1)".into(),
-        lines: vec![
-            line("Adam, square-root rule", curve(Rule::Sqrt)?, false),
-            line("Adam, linear rule", curve(Rule::Linear)?, false),
-            line("SGD, linear rule", sgd, false),
-            line("√κ", kappas.iter().map(|&k| (k, k.sqrt())).collect(), true),
-            line(
-                "SGD exact: (2 − η₀c)/(2 − κη₀c)",
-                kappas
-                    .iter()
-                    .map(|&k| (k, (2.0 - lr * C) / (2.0 - k * lr * C)))
-                    .collect(),
-                true,
+                mc_chains(options, blocks) * BLOCK
             ),
-        ],
-        ..Figure::default()
-    }])
+            x_label: "κ (batch B = κ)".into(),
+            y_label: "Var Φ(κ) / Var Φ(1)".into(),
+            lines: vec![
+                line("Adam, square-root rule", curve(Rule::Sqrt)?, false),
+                line("Adam, linear rule", curve(Rule::Linear)?, false),
+                line("SGD, linear rule", sgd, false),
+                line("√κ", kappas.iter().map(|&k| (k, k.sqrt())).collect(), true),
+                line(
+                    "SGD exact: (2 − η₀c)/(2 − κη₀c)",
+                    kappas
+                        .iter()
+                        .map(|&k| (k, (2.0 - lr * C) / (2.0 - k * lr * C)))
+                        .collect(),
+                    true,
+                ),
+            ],
+            ..Figure::default()
+        },
+        nqm_figure(),
+    ])
 }
 
 /// The number of blocks a run of `blocks` uses (a quarter with `--quick`).
@@ -592,9 +595,123 @@ fn nqm_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     Ok(claims)
 }
 
+/// The NQM's exact risk after `t` steps of SGD at `lr` from xᵢ = 1, with the gradient scaled
+/// by Pᵢ = hᵢ^(−`power`) at batch `batch`: ½Σᵢhᵢ(s∞ + (1 − s∞)(1 − ηPᵢhᵢ)^(2t)),
+/// s∞ = ηPᵢ/(B(2 − ηPᵢhᵢ)) (the second moment's own linear recursion).
+fn nqm_risk_at(lr: f64, power: f64, batch: f64, t: f64) -> f64 {
+    nqm_h()
+        .iter()
+        .map(|&h| {
+            let a = lr * h.powf(-power) * h;
+            let stationary = lr * h.powf(-power) / (batch * (2.0 - a));
+            0.5 * h * (stationary + (1.0 - stationary) * (1.0 - a).powi(2).powf(t))
+        })
+        .sum()
+}
+
+/// The fewest steps after which [`nqm_risk_at`] is at most `target` (bisection: the risk falls
+/// monotonically while every coordinate's s∞ < 1), or none when its steady state is above it.
+fn nqm_steps_to(lr: f64, power: f64, batch: f64, target: f64) -> Option<u64> {
+    if nqm_risk_at(lr, power, batch, f64::INFINITY) >= target {
+        return None;
+    }
+    let (mut lo, mut hi) = (0u64, 1u64);
+    while nqm_risk_at(lr, power, batch, hi as f64) > target {
+        lo = hi;
+        hi = hi.checked_mul(2)?;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if nqm_risk_at(lr, power, batch, mid as f64) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// The fewest steps to `target` over a grid of 64 learning rates, log-spaced up to the
+/// stability bound 2/maxᵢ Pᵢhᵢ (= 2: the largest Pᵢhᵢ is h₁ = 1).
+fn nqm_best_steps(power: f64, batch: f64, target: f64) -> Option<u64> {
+    (0..64)
+        .filter_map(|k| {
+            let lr = 1.999 * 10f64.powf(-4.0 * f64::from(k) / 63.0);
+            nqm_steps_to(lr, power, batch, target)
+        })
+        .min()
+}
+
+/// The report's NQM figure: the steps to a target risk against the batch size, each at its
+/// best learning rate, for SGD and the preconditioned rule (exact), with the critical batch
+/// (where the steps first fall to twice their large-batch floor) in the caption.
+fn nqm_figure() -> Figure {
+    let target = 0.05;
+    let batches: Vec<f64> = (0..=16).map(|k| 2f64.powi(k)).collect();
+    let curve = |power: f64| -> Vec<(f64, f64)> {
+        batches
+            .iter()
+            .filter_map(|&b| {
+                nqm_best_steps(power, b, target).map(|s| (b.log2(), (s as f64).log2()))
+            })
+            .collect()
+    };
+    let critical = |points: &[(f64, f64)]| -> f64 {
+        let floor = points.last().map_or(0.0, |p| p.1);
+        points
+            .iter()
+            .find(|p| p.1 <= floor + 1.0)
+            .map_or(f64::NAN, |p| p.0.exp2())
+    };
+    let (sgd, pre) = (curve(0.0), curve(0.5));
+    let line = |label: &str, points: Vec<(f64, f64)>| Line {
+        label: label.to_string(),
+        points,
+        dashed: false,
+        group: usize::MAX,
+    };
+    Figure {
+        title: "Section 12: the noisy quadratic model's critical batch size".into(),
+        caption: format!(
+            "Steps for the risk ½Σhᵢxᵢ² (hᵢ = 1/i, d = {NQM_D}, C = H) to fall from xᵢ = 1 to \
+             {target}, at the best of 64 learning rates for each batch B, from the exact \
+             second-moment recursion. Perfect scaling halves the steps as B doubles; both \
+             rules reach a floor set by the curvature. The critical batch, where the steps \
+             first come within twice the floor: SGD {}, preconditioned (Pᵢ = hᵢ^(−½)) {}.",
+            critical(&sgd),
+            critical(&pre)
+        ),
+        x_label: "log₂ B".into(),
+        y_label: "log₂ steps to the target risk".into(),
+        lines: vec![line("SGD", sgd), line("preconditioned, Pᵢ = hᵢ^(−½)", pre)],
+        ..Figure::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nqm_steps_to_a_target_agree_with_stepping_the_recursion() {
+        let (lr, batch, target) = (0.5, 8.0, 0.4);
+        let steps = nqm_steps_to(lr, 0.5, batch, target).unwrap();
+        // The second moments stepped one by one.
+        let h = nqm_h();
+        let mut m = vec![1.0f64; NQM_D];
+        let risk = |m: &[f64]| -> f64 { m.iter().zip(&h).map(|(m, h)| 0.5 * h * m).sum() };
+        let mut t = 0;
+        while risk(&m) > target {
+            for (m, &h) in m.iter_mut().zip(&h) {
+                let p = h.powf(-0.5);
+                *m = (1.0 - lr * p * h).powi(2) * *m + lr * lr * p * p * h / batch;
+            }
+            t += 1;
+        }
+        assert_eq!(steps, t);
+        // A target below the steady state is never reached.
+        assert_eq!(nqm_steps_to(1.0, 0.0, 1.0, 0.01), None);
+    }
 
     #[test]
     fn heavy_ball_at_beta_0_is_sgd_and_its_moment_solves_the_recursion() {
