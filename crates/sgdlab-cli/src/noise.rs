@@ -112,7 +112,20 @@ fn network_subject(args: &NoiseArgs, unit: LossUnit, at: &At) -> anyhow::Result<
     let spec: ModelSpec = args.model.parse()?;
     let source: DataSource = args.data.parse()?;
     let split = source.load(args.test_fraction, args.seed)?;
-    let model = Classifier::new(split.train.clone(), &spec.hidden, split.classes, unit)?;
+    // The examples as the network trains on them (features rounded to f32), so that a run's
+    // `train --noise-scale` and this command give the same numbers.
+    let rounded: Vec<f64> = split
+        .train
+        .features()
+        .iter()
+        .map(|&x| f64::from(x as f32))
+        .collect();
+    let train = sgdlab::data::Dataset::new(
+        rounded,
+        split.train.targets().map(<[f64]>::to_vec),
+        split.train.dim(),
+    )?;
+    let model = Classifier::new(train, &spec.hidden, split.classes, unit)?;
     let net = model.network().clone();
     let tensors = match at {
         At::Init => net.init::<f32>(args.seed),

@@ -163,6 +163,15 @@ fn bad_requests_are_named() {
 #[test]
 fn train_records_the_noise_scale_that_noise_measures_at_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
+    // Features that f32 does not hold exactly: both commands see them as the network does.
+    let data = dir.path().join("d.csv");
+    let rows: String = (0..200)
+        .map(|i| {
+            let t = f64::from(i);
+            format!("{},{},{}\n", (t * 0.1).sin(), (t * 0.37).cos() / 3.0, i % 3)
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
     let runs = dir.path().join("runs");
     sgdlab()
         .args([
@@ -172,8 +181,10 @@ fn train_records_the_noise_scale_that_noise_measures_at_its_checkpoint() {
             "--epochs",
             "2",
             "--noise-scale",
-            "300",
+            "100",
         ])
+        .args(["--model", "mlp:4", "--data"])
+        .arg(&data)
         .arg("--out")
         .arg(&runs)
         .assert()
@@ -188,7 +199,9 @@ fn train_records_the_noise_scale_that_noise_measures_at_its_checkpoint() {
     };
     let out = dir.path().join("n.json");
     sgdlab()
-        .args(["noise", "--examples", "300", "--at"])
+        .args(["noise", "--examples", "100", "--model", "mlp:4", "--data"])
+        .arg(&data)
+        .arg("--at")
         .arg(runs.join("run0"))
         .arg("--json")
         .arg(&out)

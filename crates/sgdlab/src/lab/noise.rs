@@ -373,6 +373,10 @@ mod tests {
             assert!((s.data_grad_sq - g2).abs() < 1e-10 * g2.max(1e-3), "{s:?}");
             assert_eq!(s.params, range.len());
         }
+        // The mean loss, over every chunk.
+        let mut g = vec![0.0; 4];
+        let loss = (0..n).map(|i| m.loss_grad(&phi, i, &mut g)).sum::<f64>() / n as f64;
+        assert!((r.loss - loss).abs() < 1e-12 * loss, "{} {loss}", r.loss);
         // The whole vector's values are the groups' sums.
         let sum: f64 = r.groups.iter().map(|s| s.trace).sum();
         assert!((r.total.trace - sum).abs() < 1e-10 * sum);
