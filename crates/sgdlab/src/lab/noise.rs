@@ -447,6 +447,13 @@ mod tests {
         let r = gradient_noise(&m, &[2.0, 2.0], &[], None).unwrap();
         assert!(r.total.grad_sq < 0.0);
         assert_eq!(r.total.b_simple, None);
+        // On {0, 2} at Φ = 0: |ḡ|² = 1 = tr Σ̂/n exactly; |G|²̂ = 0 has no noise scale either.
+        let m = points(&[[0.0, 0.0], [2.0, 0.0]]);
+        let r = gradient_noise(&m, &[0.0, 0.0], &[], None).unwrap();
+        assert_eq!(r.total.grad_sq, 0.0);
+        assert_eq!(r.total.b_simple, None);
+        // Two examples are enough.
+        assert_eq!(r.examples, 2);
     }
 
     #[test]
