@@ -1,8 +1,8 @@
 //! The gradient noise scale (McCandlish, Kaplan, Amodei et al., "An empirical model of
 //! large-batch training", 2018), from exact per-example gradients.
 //!
-//! With per-example gradients gᵢ (i = 1…n) at Φ, the true gradient G = E[g] and the per-example
-//! covariance Σ = E[(g − G)(g − G)ᵀ], a minibatch of B examples has the gradient noise Σ/B,
+//! With per-example gradients gᵢ (i = 1…n) at Φ, the true gradient G = E\[g\] and the per-example
+//! covariance Σ = E\[(g − G)(g − G)ᵀ\], a minibatch of B examples has the gradient noise Σ/B,
 //! and the *simple noise scale*
 //!
 //! B\_simple = tr Σ / |G|²
