@@ -561,7 +561,7 @@ fn schedules_count_epochs_and_the_rest_of_the_run() {
     let lr: Vec<f64> = csv
         .lines()
         .skip(1)
-        .map(|l| l.rsplit(',').nth(1).unwrap().parse().unwrap())
+        .map(|l| l.rsplit(',').nth(4).unwrap().parse().unwrap()) // lr, fifth from the end
         .collect();
     assert_eq!(lr.len(), 4, "{csv}");
     assert_eq!(lr[0], lr[1], "{csv}");
