@@ -176,6 +176,33 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .optimizer(adam(1.0, Rule::Sqrt))
         .optimizer(adam(4.0, Rule::Linear)),
     );
+    let rms =
+        |k: f64, scaling: Rule| adaptive_variance(options, Adaptive::RmsProp, k, scaling, blocks);
+    let rms_base = rms(1.0, Rule::Sqrt)?;
+    let rms_sqrt = rms(kappa, Rule::Sqrt)?;
+    let rms_linear = rms(kappa, Rule::Linear)?;
+    claims.push(
+        Claim::monte_carlo(
+            "12b.rmsprop",
+            "RMSProp's square-root rule: B → κB with η → √κη, 1 − α → κ(1 − α), ε → ε/√κ keeps \
+             Var Φ ≈ ησ/(2√B) (ratio 1 at κ = 16, α = 0.984); the linear rule multiplies it by √κ",
+            &[
+                ("kappa", kappa),
+                ("lr", lr),
+                ("alpha", beta2),
+                ("chains", (mc_chains(options, blocks) * BLOCK) as f64),
+            ],
+            1.0,
+            rms_sqrt.ratio(rms_base),
+        )
+        .reject(
+            "the linear rule's ratio (η → κη, measured)",
+            rms_linear.ratio(rms_base).value,
+        )
+        .reject("√κ = 4 (the linear rule's prediction)", kappa.sqrt())
+        .optimizer(adaptive_spec(Adaptive::RmsProp, 1.0, Rule::Sqrt))
+        .optimizer(adaptive_spec(Adaptive::RmsProp, kappa, Rule::Sqrt)),
+    );
     claims.extend(noise_claims(options)?);
     claims.extend(nqm_claims(options)?);
     Ok(claims)
@@ -282,44 +309,78 @@ enum Rule {
     Linear,
 }
 
-/// Adam's spec at batch κB under `rule`.
-fn adam_spec(k: f64, rule: Rule) -> String {
-    match rule {
-        Rule::Sqrt => format!(
-            "adam:lr={},beta1={},beta2={},eps={:e}",
-            ADAM_LR * k.sqrt(),
-            1.0 - k * (1.0 - ADAM_BETA1),
-            1.0 - k * (1.0 - ADAM_BETA2),
-            ADAM_EPS / k.sqrt()
-        ),
-        Rule::Linear => format!(
-            "adam:lr={},beta1={ADAM_BETA1},beta2={ADAM_BETA2},eps={ADAM_EPS:e}",
-            ADAM_LR * k
-        ),
+/// An adaptive rule of the square-root claims: Adam (η, β₁, β₂, ε) or RMSProp (η, α, ε; its
+/// α is Adam's β₂, and it has no first moment).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Adaptive {
+    Adam,
+    RmsProp,
+}
+
+impl Adaptive {
+    /// The registry name.
+    fn name(self) -> &'static str {
+        match self {
+            Adaptive::Adam => "adam",
+            Adaptive::RmsProp => "rmsprop",
+        }
     }
 }
 
-/// Adam's stationary Var Φ at batch κB under `rule`, after a burn-in of 20 horizons of v and
-/// 30 of Φ (whose rate is η√B/σ per unit c).
-fn adam_variance(
+/// The spec of `rule` at batch κB under `scaling`.
+fn adaptive_spec(rule: Adaptive, k: f64, scaling: Rule) -> String {
+    let (lr, beta1, beta2, eps) = match scaling {
+        Rule::Sqrt => (
+            ADAM_LR * k.sqrt(),
+            1.0 - k * (1.0 - ADAM_BETA1),
+            1.0 - k * (1.0 - ADAM_BETA2),
+            ADAM_EPS / k.sqrt(),
+        ),
+        Rule::Linear => (ADAM_LR * k, ADAM_BETA1, ADAM_BETA2, ADAM_EPS),
+    };
+    match rule {
+        Adaptive::Adam => format!("adam:lr={lr},beta1={beta1},beta2={beta2},eps={eps:e}"),
+        Adaptive::RmsProp => format!("rmsprop:lr={lr},alpha={beta2},eps={eps:e}"),
+    }
+}
+
+/// Adam's spec at batch κB under `rule`.
+fn adam_spec(k: f64, rule: Rule) -> String {
+    adaptive_spec(Adaptive::Adam, k, rule)
+}
+
+/// The stationary Var Φ of `rule` at batch κB under `scaling`, after a burn-in of 20 horizons
+/// of v and 30 of Φ (whose rate is η√B/σ per unit c).
+fn adaptive_variance(
     options: &VerifyOptions,
+    rule: Adaptive,
     k: f64,
-    rule: Rule,
+    scaling: Rule,
     blocks: usize,
 ) -> Result<Measurement> {
-    let (rate, horizon) = match rule {
+    let (rate, horizon) = match scaling {
         Rule::Sqrt => (ADAM_LR * k, 1.0 / (k * (1.0 - ADAM_BETA2))),
         Rule::Linear => (ADAM_LR * k * k.sqrt(), 1.0 / (1.0 - ADAM_BETA2)),
     };
     let steps = (20.0 * horizon + 30.0 / (rate / SIGMA)).ceil() as usize;
     stationary_variance(
         options,
-        &format!("p12.adam.{rule:?}.{k}"),
-        &adam_spec(k, rule),
+        &format!("p12.{}.{scaling:?}.{k}", rule.name()),
+        &adaptive_spec(rule, k, scaling),
         k,
         steps,
         blocks,
     )
+}
+
+/// Adam's stationary Var Φ at batch κB under `rule`.
+fn adam_variance(
+    options: &VerifyOptions,
+    k: f64,
+    rule: Rule,
+    blocks: usize,
+) -> Result<Measurement> {
+    adaptive_variance(options, Adaptive::Adam, k, rule, blocks)
 }
 
 /// The report's plot: Adam's Var Φ(κ)/Var Φ(1) under each rule, κ = 1, 2, 4, 8, 16, with
@@ -477,12 +538,13 @@ impl NqmRule {
         Ok(total)
     }
 
-    /// The risk after `steps` from x = 0, over `blocks` blocks of [`NQM_CHAINS`] chains, each
-    /// block one library optimizer stepping a tensor of every chain's coordinates.
+    /// The risk after `steps` from xᵢ = `start`, over `blocks` blocks of [`NQM_CHAINS`]
+    /// chains, each block one library optimizer stepping a tensor of every chain's coordinates.
     fn simulated_risk(
         self,
         options: &VerifyOptions,
         tag: &str,
+        start: f64,
         steps: usize,
         blocks: usize,
     ) -> Result<Measurement> {
@@ -497,7 +559,7 @@ impl NqmRule {
         let risks = mc.run(|rng, _| -> Result<Vec<f64>> {
             let mut opt = template.clone();
             let n = NQM_CHAINS * NQM_D;
-            let mut x = [Tensor::vector("x", vec![0.0; n])];
+            let mut x = [Tensor::vector("x", vec![start; n])];
             let mut grad = [Tensor::vector("x", vec![0.0; n])];
             for _ in 0..steps {
                 for (k, (g, xi)) in grad[0].data_mut().iter_mut().zip(x[0].data()).enumerate() {
@@ -541,7 +603,7 @@ fn nqm_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     let h = nqm_h();
     let mut claims = Vec::new();
     let sgd = NqmRule::Sgd(1.0);
-    let measured = sgd.simulated_risk(options, "p12.nqm.sgd", steps, blocks)?;
+    let measured = sgd.simulated_risk(options, "p12.nqm.sgd", 0.0, steps, blocks)?;
     let first_order: f64 = h.iter().map(|h| 0.5 * h / (2.0 * NQM_B)).sum();
     claims.push(
         Claim::monte_carlo(
@@ -556,7 +618,7 @@ fn nqm_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         .optimizer(sgd.spec()),
     );
     let momentum = NqmRule::Momentum(0.1, 0.9);
-    let measured = momentum.simulated_risk(options, "p12.nqm.momentum", steps, blocks)?;
+    let measured = momentum.simulated_risk(options, "p12.nqm.momentum", 0.0, steps, blocks)?;
     claims.push(
         Claim::monte_carlo(
             "12d.momentum",
@@ -572,8 +634,51 @@ fn nqm_claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
         )
         .optimizer(momentum.spec()),
     );
+    // The transient from xᵢ = 1, which the critical-batch figure steps exactly.
+    let t = 50;
+    let measured = momentum.simulated_risk(options, "p12.nqm.transient", 1.0, t, blocks)?;
+    let mut exact = HeavyBallMoments::new(0.1, 0.9, NQM_B);
+    for _ in 0..t {
+        exact.step();
+    }
+    let mut p = params(momentum);
+    p.push(("t", t as f64));
+    claims.push(
+        Claim::monte_carlo(
+            "12d.transient",
+            "Heavy ball's risk 50 steps from xᵢ = 1 on the NQM follows the exact second-moment \
+             recursion P ← APAᵀ + (hᵢ/B)bbᵀ (the critical-batch figure's), not SGD's at \
+             η/(1 − β)",
+            &p,
+            exact.risk(),
+            measured,
+        )
+        .reject(
+            "SGD's risk at η/(1 − β) = 1 after 50 steps",
+            nqm_risk_at(1.0, 0.0, NQM_B, t as f64),
+        )
+        .reject("heavy ball's steady-state risk", momentum.risk(NQM_B)?)
+        .optimizer(momentum.spec()),
+    );
+    let target = 0.05;
+    let [sgd_crit, momentum_crit, pre_crit] = critical_batches(target);
+    claims.push(Claim::at_least(
+        "12d.critical",
+        "Momentum and preconditioning raise the NQM's critical batch (Zhang et al.): the \
+             smaller of heavy ball's and the preconditioned rule's, over SGD's, is at least 2 \
+             (exact, at each rule's best learning rate; risk 0.05 from xᵢ = 1)",
+        &[
+            ("target", target),
+            ("sgd", sgd_crit),
+            ("momentum", momentum_crit),
+            ("preconditioned", pre_crit),
+        ],
+        2.0,
+        momentum_crit.min(pre_crit) / sgd_crit,
+        0.0,
+    ));
     let pre = NqmRule::Preconditioned(0.8);
-    let measured = pre.simulated_risk(options, "p12.nqm.pre", steps, blocks)?;
+    let measured = pre.simulated_risk(options, "p12.nqm.pre", 0.0, steps, blocks)?;
     claims.push(
         Claim::monte_carlo(
             "12d.precond",
@@ -642,28 +747,130 @@ fn nqm_best_steps(power: f64, batch: f64, target: f64) -> Option<u64> {
         .min()
 }
 
-/// The report's NQM figure: the steps to a target risk against the batch size, each at its
-/// best learning rate, for SGD and the preconditioned rule (exact), with the critical batch
-/// (where the steps first fall to twice their large-batch floor) in the caption.
-fn nqm_figure() -> Figure {
-    let target = 0.05;
-    let batches: Vec<f64> = (0..=16).map(|k| 2f64.powi(k)).collect();
-    let curve = |power: f64| -> Vec<(f64, f64)> {
-        batches
+/// Heavy ball's exact NQM second moments from xᵢ = 1, vᵢ = 0: per coordinate
+/// (E[x²], E[xv], E[v²]), stepped by P ← APAᵀ + (hᵢ/B)bbᵀ (A and b of
+/// [`heavy_ball_second_moment`]).
+struct HeavyBallMoments {
+    lr: f64,
+    beta: f64,
+    batch: f64,
+    h: Vec<f64>,
+    moments: Vec<[f64; 3]>,
+}
+
+impl HeavyBallMoments {
+    fn new(lr: f64, beta: f64, batch: f64) -> Self {
+        Self {
+            lr,
+            beta,
+            batch,
+            h: nqm_h(),
+            moments: vec![[1.0, 0.0, 0.0]; NQM_D],
+        }
+    }
+
+    /// One step of every coordinate's second moments.
+    fn step(&mut self) {
+        let (lr, beta) = (self.lr, self.beta);
+        for (p, &h) in self.moments.iter_mut().zip(&self.h) {
+            let q = h / self.batch;
+            let (a11, a12, a21, a22) = (1.0 - lr * h, -lr * beta, h, beta);
+            let [xx, xv, vv] = *p;
+            *p = [
+                a11 * a11 * xx + 2.0 * a11 * a12 * xv + a12 * a12 * vv + q * lr * lr,
+                a11 * a21 * xx + (a11 * a22 + a12 * a21) * xv + a12 * a22 * vv - q * lr,
+                a21 * a21 * xx + 2.0 * a21 * a22 * xv + a22 * a22 * vv + q,
+            ];
+        }
+    }
+
+    /// The risk ½Σᵢhᵢ E[xᵢ²].
+    fn risk(&self) -> f64 {
+        self.moments
             .iter()
-            .filter_map(|&b| {
-                nqm_best_steps(power, b, target).map(|s| (b.log2(), (s as f64).log2()))
-            })
+            .zip(&self.h)
+            .map(|(p, h)| 0.5 * h * p[0])
+            .sum()
+    }
+}
+
+/// The fewest steps of heavy ball after which the risk is at most `target`, if fewer than
+/// `cap`; none when its steady state is at or above the target (or the recursion unstable).
+fn momentum_steps_to(lr: f64, beta: f64, batch: f64, target: f64, cap: u64) -> Option<u64> {
+    let stationary = NqmRule::Momentum(lr, beta).risk(batch).ok()?;
+    if !(stationary > 0.0 && stationary < target) {
+        return None;
+    }
+    let mut moments = HeavyBallMoments::new(lr, beta, batch);
+    (0..cap)
+        .find(|_| {
+            moments.step();
+            moments.risk() <= target
+        })
+        .map(|t| t + 1)
+}
+
+/// The fewest heavy-ball steps to `target` over 32 learning rates, log-spaced up to the
+/// stability bound 2(1 + β)/maxᵢ hᵢ, for each β of [`NQM_BETAS`].
+fn momentum_best_steps(batch: f64, target: f64) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    for &beta in &NQM_BETAS {
+        for k in 0..32 {
+            let lr = 1.999 * (1.0 + beta) * 10f64.powf(-4.0 * f64::from(k) / 31.0);
+            let cap = best.unwrap_or(1 << 20);
+            if let Some(steps) = momentum_steps_to(lr, beta, batch, target, cap) {
+                best = Some(best.map_or(steps, |b| b.min(steps)));
+            }
+        }
+    }
+    best
+}
+
+/// The momenta of the NQM figure's heavy ball.
+const NQM_BETAS: [f64; 3] = [0.5, 0.9, 0.99];
+
+/// The NQM's batches of the critical-batch figure and claim: B = 1, 2, 4, …, 65,536.
+fn nqm_batches() -> Vec<f64> {
+    (0..=16).map(|k| 2f64.powi(k)).collect()
+}
+
+/// The curves (log₂ B, log₂ steps to `target` at the best learning rate) of SGD, heavy ball
+/// and the preconditioned rule, exact.
+fn nqm_curves(target: f64) -> [Vec<(f64, f64)>; 3] {
+    let curve = |steps: &dyn Fn(f64) -> Option<u64>| -> Vec<(f64, f64)> {
+        nqm_batches()
+            .into_iter()
+            .filter_map(|b| steps(b).map(|s| (b.log2(), (s as f64).log2())))
             .collect()
     };
-    let critical = |points: &[(f64, f64)]| -> f64 {
-        let floor = points.last().map_or(0.0, |p| p.1);
-        points
-            .iter()
-            .find(|p| p.1 <= floor + 1.0)
-            .map_or(f64::NAN, |p| p.0.exp2())
-    };
-    let (sgd, pre) = (curve(0.0), curve(0.5));
+    [
+        curve(&|b| nqm_best_steps(0.0, b, target)),
+        curve(&|b| momentum_best_steps(b, target)),
+        curve(&|b| nqm_best_steps(0.5, b, target)),
+    ]
+}
+
+/// The critical batch of a curve of [`nqm_curves`]: the first B whose steps come within twice
+/// the largest batch's (the floor).
+fn critical_batch(points: &[(f64, f64)]) -> f64 {
+    let floor = points.last().map_or(0.0, |p| p.1);
+    points
+        .iter()
+        .find(|p| p.1 <= floor + 1.0)
+        .map_or(f64::NAN, |p| p.0.exp2())
+}
+
+/// The critical batches of SGD, heavy ball and the preconditioned rule.
+fn critical_batches(target: f64) -> [f64; 3] {
+    nqm_curves(target).map(|c| critical_batch(&c))
+}
+
+/// The report's NQM figure: the steps to a target risk against the batch size, each at its
+/// best learning rate, for SGD, heavy ball and the preconditioned rule (exact), with the
+/// critical batches in the caption.
+fn nqm_figure() -> Figure {
+    let target = 0.05;
+    let [sgd, momentum, pre] = nqm_curves(target);
     let line = |label: &str, points: Vec<(f64, f64)>| Line {
         label: label.to_string(),
         points,
@@ -674,16 +881,23 @@ fn nqm_figure() -> Figure {
         title: "Section 12: the noisy quadratic model's critical batch size".into(),
         caption: format!(
             "Steps for the risk ½Σhᵢxᵢ² (hᵢ = 1/i, d = {NQM_D}, C = H) to fall from xᵢ = 1 to \
-             {target}, at the best of 64 learning rates for each batch B, from the exact \
-             second-moment recursion. Perfect scaling halves the steps as B doubles; both \
-             rules reach a floor set by the curvature. The critical batch, where the steps \
-             first come within twice the floor: SGD {}, preconditioned (Pᵢ = hᵢ^(−½)) {}.",
-            critical(&sgd),
-            critical(&pre)
+             {target}, at each rule's best learning rate (64 for SGD and the preconditioned \
+             rule; 32 for each β of heavy ball), from the exact second-moment recursion. \
+             Perfect scaling halves the steps as B doubles; every rule reaches a floor set by \
+             the curvature, heavy ball's and the preconditioner's lower than SGD's. The \
+             critical batch, where the steps first come within twice the floor: SGD {}, heavy \
+             ball (best β of 0.5, 0.9, 0.99) {}, preconditioned (Pᵢ = hᵢ^(−½)) {}.",
+            critical_batch(&sgd),
+            critical_batch(&momentum),
+            critical_batch(&pre)
         ),
         x_label: "log₂ B".into(),
         y_label: "log₂ steps to the target risk".into(),
-        lines: vec![line("SGD", sgd), line("preconditioned, Pᵢ = hᵢ^(−½)", pre)],
+        lines: vec![
+            line("SGD", sgd),
+            line("heavy ball", momentum),
+            line("preconditioned, Pᵢ = hᵢ^(−½)", pre),
+        ],
         ..Figure::default()
     }
 }
@@ -711,6 +925,34 @@ mod tests {
         assert_eq!(steps, t);
         // A target below the steady state is never reached.
         assert_eq!(nqm_steps_to(1.0, 0.0, 1.0, 0.01), None);
+    }
+
+    #[test]
+    fn heavy_ball_moments_at_beta_0_step_like_sgd() {
+        let (lr, batch, target) = (0.7, 16.0, 0.3);
+        assert_eq!(
+            momentum_steps_to(lr, 0.0, batch, target, 1 << 20),
+            nqm_steps_to(lr, 0.0, batch, target)
+        );
+        let mut m = HeavyBallMoments::new(lr, 0.0, batch);
+        for _ in 0..37 {
+            m.step();
+        }
+        let exact = nqm_risk_at(lr, 0.0, batch, 37.0);
+        assert!(
+            (m.risk() - exact).abs() < 1e-12 * exact,
+            "{} {exact}",
+            m.risk()
+        );
+        // The cap and a steady state above the target both give none.
+        assert_eq!(momentum_steps_to(lr, 0.0, batch, target, 3), None);
+        assert_eq!(momentum_steps_to(1.0, 0.9, 1.0, 0.01, 1 << 20), None);
+    }
+
+    #[test]
+    fn momentum_and_preconditioning_raise_the_critical_batch() {
+        let [sgd, momentum, pre] = critical_batches(0.05);
+        assert_eq!((sgd, momentum, pre), (128.0, 256.0, 256.0));
     }
 
     #[test]
