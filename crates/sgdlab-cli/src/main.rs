@@ -5,6 +5,7 @@
 
 mod audit;
 mod bench;
+mod critical_batch;
 mod noise;
 mod plot;
 mod replay;
@@ -38,6 +39,9 @@ enum Command {
     /// The gradient noise scale tr Σ/|G|² of a model on a data set, from exact per-example
     /// gradients, in all and per layer.
     Noise(noise::NoiseArgs),
+    /// The critical batch size measured by training: steps and examples to a target loss
+    /// against the batch size, the fit (S/S_min − 1)(E/E_min − 1) = 1, and B_simple beside it.
+    CriticalBatch(critical_batch::CriticalBatchArgs),
     /// Train a model on real data with several optimizers side by side.
     Train(train::TrainArgs),
     /// Optimizer step throughput against the machine's measured memory bandwidth.
@@ -97,5 +101,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Noise(args) => noise::run(args),
+        Command::CriticalBatch(args) => critical_batch::run(args),
     }
 }

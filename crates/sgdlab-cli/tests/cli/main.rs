@@ -4,6 +4,7 @@
 
 mod audit_cli;
 mod bench_cli;
+mod critical_batch_cli;
 mod kill_resume;
 mod noise_cli;
 mod reliability_cli;

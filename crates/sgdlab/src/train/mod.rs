@@ -18,12 +18,14 @@
 //!
 //! The rooms: `experiment.rs` ([`Experiment`]), `outdir.rs` (the output directory),
 //! `metrics.rs` ([`EpochMetrics`]), `checkpoint.rs` (a run's one-file checkpoint, [`save_checkpoint`]),
-//! and this module (the loop).
+//! `scan.rs` (the critical batch size measured by training, [`scan_batches`]), and this module
+//! (the loop).
 
 mod checkpoint;
 mod experiment;
 mod metrics;
 mod outdir;
+mod scan;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +37,7 @@ pub use checkpoint::{
 pub use experiment::{DataSource, Experiment, ModelSpec, Observer, Outcome, Plan, Silent};
 pub use metrics::EpochMetrics;
 pub use outdir::{OUTPUTS, OutMode};
+pub use scan::{ScanConfig, ScanPoint, ScanReport, TradeOff, fit_tradeoff, scan_batches};
 
 use std::time::Instant;
 
@@ -327,54 +330,16 @@ impl<'a> Trainer<'a> {
         order.shuffle(&mut chain_rng(self.config.seed, 1 + run.epoch as u64));
         let steps = self.steps_per_epoch();
         let ema = self.config.ema_weights.map(Ema::new).transpose()?;
-        let mut grads: Vec<Tensor<f32>> = run.params.iter().map(Tensor::zeros_like).collect();
-        let mut xb = vec![0.0f32; self.config.batch * d];
-        let mut yb = vec![0usize; self.config.batch];
+        let mut batch_buf = BatchBuffers::new(run, self.config.batch, d);
         let mut ws = Workspace::default();
         let (mut loss_sum, mut last_lr) = (0.0f64, run.optimizer.current_lr());
         let start = Instant::now();
         for (k, batch) in order.chunks(self.config.batch).enumerate() {
             let b = batch.len();
-            for (j, &i) in batch.iter().enumerate() {
-                xb[j * d..(j + 1) * d].copy_from_slice(&self.x_train[i * d..(i + 1) * d]);
-                yb[j] = self.y_train[i];
-            }
-            let params: Vec<&[f32]> = run.params.iter().map(|t| t.data()).collect();
-            let mut g: Vec<&mut [f32]> = grads.iter_mut().map(|t| t.data_mut()).collect();
-            let loss = self
-                .net
-                .loss_grad(&params, &xb[..b * d], &yb[..b], &mut g, &mut ws);
-            if !loss.is_finite() {
-                if run.step == 0 {
-                    // Nothing has been stepped: the initial weights are finite and small, so
-                    // the forward pass itself overflowed f32. That is the data, not divergence.
-                    return Err(Error::Data(format!(
-                        "the loss is {loss} at the initial weights, before any step: the forward \
-                         pass overflows f32 (the largest |feature| is {:e}); rescale the data",
-                        self.largest_feature
-                    )));
-                }
-                run.diverged = Some(format!(
-                    "loss became {loss} at epoch {}, step {}: the run diverged ({})",
-                    run.epoch + 1,
-                    run.step + 1,
-                    describe_weights(&run.params)
-                ));
+            let Some((loss, lr)) = self.step_on(run, batch, &mut batch_buf, &mut ws)? else {
                 return Ok(());
-            }
-            let info = StepInfo::with_loss(loss);
-            match run.optimizer.step(&mut run.params, &grads, &info) {
-                Ok(report) => last_lr = report.lr,
-                Err(Error::NonFinite { what, value, .. }) => {
-                    run.diverged = Some(format!(
-                        "{what} became {value} at epoch {}, step {}",
-                        run.epoch + 1,
-                        run.step + 1
-                    ));
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
+            };
+            last_lr = lr;
             if let (Some(ema), Some(avg)) = (ema, run.ema.as_mut()) {
                 for (a, p) in avg.iter_mut().zip(&run.params) {
                     for (a, &p) in a.data_mut().iter_mut().zip(p.data()) {
@@ -436,11 +401,82 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// One optimizer step of `run` on the training examples `rows`: the batch's mean loss and
+    /// the step's learning rate, or none when the run diverged (`run.diverged` says how). Errors
+    /// when the first loss is not finite (the data overflow f32) or the optimizer fails.
+    fn step_on(
+        &self,
+        run: &mut Run,
+        rows: &[usize],
+        buf: &mut BatchBuffers,
+        ws: &mut Workspace<f32>,
+    ) -> Result<Option<(f64, f64)>> {
+        let d = self.net.widths()[0];
+        let b = rows.len();
+        for (j, &i) in rows.iter().enumerate() {
+            buf.x[j * d..(j + 1) * d].copy_from_slice(&self.x_train[i * d..(i + 1) * d]);
+            buf.y[j] = self.y_train[i];
+        }
+        let params: Vec<&[f32]> = run.params.iter().map(|t| t.data()).collect();
+        let mut g: Vec<&mut [f32]> = buf.grads.iter_mut().map(|t| t.data_mut()).collect();
+        let loss = self
+            .net
+            .loss_grad(&params, &buf.x[..b * d], &buf.y[..b], &mut g, ws);
+        if !loss.is_finite() {
+            if run.step == 0 {
+                // Nothing has been stepped: the initial weights are finite and small, so
+                // the forward pass itself overflowed f32. That is the data, not divergence.
+                return Err(Error::Data(format!(
+                    "the loss is {loss} at the initial weights, before any step: the forward \
+                     pass overflows f32 (the largest |feature| is {:e}); rescale the data",
+                    self.largest_feature
+                )));
+            }
+            run.diverged = Some(format!(
+                "loss became {loss} at epoch {}, step {}: the run diverged ({})",
+                run.epoch + 1,
+                run.step + 1,
+                describe_weights(&run.params)
+            ));
+            return Ok(None);
+        }
+        let info = StepInfo::with_loss(loss);
+        match run.optimizer.step(&mut run.params, &buf.grads, &info) {
+            Ok(report) => Ok(Some((loss, report.lr))),
+            Err(Error::NonFinite { what, value, .. }) => {
+                run.diverged = Some(format!(
+                    "{what} became {value} at epoch {}, step {}",
+                    run.epoch + 1,
+                    run.step + 1
+                ));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Mean loss and accuracy of `params` on the test set (`train` evaluates each epoch at
     /// the optimizer's evaluation point, [`Optimizer::eval_point`], where it has one).
     pub fn evaluate(&self, params: &[Tensor<f32>], ws: &mut Workspace<f32>) -> (f64, f64) {
         let p: Vec<&[f32]> = params.iter().map(|t| t.data()).collect();
         self.net.evaluate(&p, &self.x_test, &self.y_test, ws)
+    }
+}
+
+/// A minibatch's features, labels and gradients, reused across steps.
+struct BatchBuffers {
+    x: Vec<f32>,
+    y: Vec<usize>,
+    grads: Vec<Tensor<f32>>,
+}
+
+impl BatchBuffers {
+    fn new(run: &Run, batch: usize, dim: usize) -> Self {
+        Self {
+            x: vec![0.0; batch * dim],
+            y: vec![0; batch],
+            grads: run.params.iter().map(Tensor::zeros_like).collect(),
+        }
     }
 }
 
