@@ -114,17 +114,8 @@ fn network_subject(args: &NoiseArgs, unit: LossUnit, at: &At) -> anyhow::Result<
     let split = source.load(args.test_fraction, args.seed)?;
     // The examples as the network trains on them (features rounded to f32), so that a run's
     // `train --noise-scale` and this command give the same numbers.
-    let rounded: Vec<f64> = split
-        .train
-        .features()
-        .iter()
-        .map(|&x| f64::from(x as f32))
-        .collect();
-    let train = sgdlab::data::Dataset::new(
-        rounded,
-        split.train.targets().map(<[f64]>::to_vec),
-        split.train.dim(),
-    )?;
+    let mut train = split.train.clone();
+    train.round_features_to_f32();
     let model = Classifier::new(train, &spec.hidden, split.classes, unit)?;
     let net = model.network().clone();
     let tensors = match at {

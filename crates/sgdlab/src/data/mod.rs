@@ -103,6 +103,14 @@ impl Dataset {
         }
     }
 
+    /// Rounds every feature to the nearest `f32`, the values a network trains on, so that an
+    /// exact `f64` model of the data (e.g. the noise scale's) sees what training sees.
+    pub fn round_features_to_f32(&mut self) {
+        for x in &mut self.features {
+            *x = f64::from(*x as f32);
+        }
+    }
+
     /// Multiplies every feature by `factor` (e.g. 1/16 to scale the digits to [0, 1]).
     pub fn scale_features(&mut self, factor: f64) {
         for x in &mut self.features {

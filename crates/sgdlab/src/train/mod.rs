@@ -183,16 +183,14 @@ impl<'a> Trainer<'a> {
         let noise = match config.noise_examples {
             Some(k) => {
                 // The sample as the network trains on it (features rounded to f32).
-                let rows = sample_examples(split.train.len(), k, config.seed);
-                let targets = split.train.targets().unwrap_or_default();
-                let mut x = Vec::with_capacity(rows.len() * split.train.dim());
-                for &i in &rows {
-                    x.extend(split.train.row(i).iter().map(|&v| f64::from(v as f32)));
-                }
-                let y = rows.iter().map(|&i| targets[i]).collect();
+                let mut sample =
+                    split
+                        .train
+                        .subset(&sample_examples(split.train.len(), k, config.seed));
+                sample.round_features_to_f32();
                 let w = net.widths();
                 Some(Classifier::new(
-                    crate::data::Dataset::new(x, Some(y), split.train.dim())?,
+                    sample,
                     &w[1..w.len() - 1],
                     net.classes(),
                     net.unit(),
