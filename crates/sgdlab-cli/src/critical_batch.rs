@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use sgdlab::lab::figures::{Figure, Line};
 use sgdlab::model::{LossUnit, Network};
 use sgdlab::optim::OptimizerSpec;
 use sgdlab::train::{DataSource, ModelSpec, ScanConfig, ScanReport, scan_batches};
@@ -62,6 +63,72 @@ pub struct CriticalBatchArgs {
     /// Also write the result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also plot examples against steps (the measured points and the fitted trade-off) to
+    /// STEM.svg and STEM.png.
+    #[arg(long, value_name = "STEM")]
+    plot: Option<PathBuf>,
+}
+
+/// The trade-off figure: log₂ E against log₂ S for the points and the fit.
+fn figure(args: &CriticalBatchArgs, report: &ScanReport) -> Figure {
+    // The measurement and its fit in two colours.
+    let line = |label: String, points: Vec<(f64, f64)>, dashed: bool| Line {
+        label,
+        points,
+        dashed,
+        group: usize::from(dashed),
+    };
+    let mut lines = vec![line(
+        "measured (one point a batch size)".into(),
+        report
+            .points
+            .iter()
+            .map(|p| ((p.steps as f64).log2(), (p.examples as f64).log2()))
+            .collect(),
+        false,
+    )];
+    let mut caption = format!(
+        "{} with {} on {}: the steps S and examples E = BS to a training loss of {} at each \
+         batch size's best learning rate.",
+        args.model, args.opt, args.data, args.target_loss
+    );
+    if let (Some(fit), Some(first), Some(last)) =
+        (report.fit, report.points.first(), report.points.last())
+    {
+        let (lo, hi) = (
+            (first.batch.min(last.batch) as f64 / 2.0).log2(),
+            (first.batch.max(last.batch) as f64 * 2.0).log2(),
+        );
+        let curve = (0..=64)
+            .map(|k| {
+                let b = (lo + (hi - lo) * f64::from(k) / 64.0).exp2();
+                let s = fit.s_min + fit.e_min / b;
+                (s.log2(), (b * s).log2())
+            })
+            .collect();
+        lines.push(line(
+            format!(
+                "fit (S/S_min − 1)(E/E_min − 1) = 1, B_crit = {}",
+                num(fit.b_crit)
+            ),
+            curve,
+            true,
+        ));
+        caption.push_str(&format!(
+            " The fit: S_min = {}, E_min = {}, B_crit = E_min/S_min = {}.",
+            num(fit.s_min),
+            num(fit.e_min),
+            num(fit.b_crit)
+        ));
+    }
+    Figure {
+        title: "Steps against examples to a target loss".into(),
+        caption,
+        x_label: "log₂ steps S".into(),
+        y_label: "log₂ examples E".into(),
+        lines,
+        ..Figure::default()
+    }
 }
 
 #[derive(Serialize)]
@@ -231,6 +298,9 @@ pub fn run(args: CriticalBatchArgs) -> anyhow::Result<ExitCode> {
         let json = serde_json::to_string_pretty(&out)?;
         sgdlab::io::write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(stem) = &args.plot {
+        crate::plot::write(&figure(&args, &report), stem)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,8 @@ fn a_scan_prints_its_points_and_fit_and_writes_them() {
             "--json",
         ])
         .arg(&out)
+        .arg("--plot")
+        .arg(dir.path().join("cb"))
         .assert()
         .success()
         .stdout(predicate::str::contains("B_crit = E_min/S_min"))
@@ -63,6 +65,9 @@ fn a_scan_prints_its_points_and_fit_and_writes_them() {
     }
     assert!(v["median_b_simple"].as_f64().unwrap() > 0.0);
     assert_eq!(v["opt"], "sgd");
+    let svg = std::fs::read_to_string(dir.path().join("cb.svg")).unwrap();
+    assert!(svg.contains("B_crit"), "the fit's legend");
+    assert!(dir.path().join("cb.png").metadata().unwrap().len() > 0);
 }
 
 #[test]
