@@ -13,7 +13,8 @@
 //!   Var Φ ≈ ησ/(2√B): B → κB keeps it with η → √κη, 1 − β₁ → κ(1 − β₁),
 //!   1 − β₂ → κ(1 − β₂) and ε → ε/√κ (the averages keep their horizons in units of the
 //!   rate). The linear rule η → κη multiplies it by √κ instead. The rule can only be
-//!   applied while κ(1 − β₁) < 1.
+//!   applied while κ(1 − β₁) < 1. RMSProp (Adam without the first moment, α for β₂) obeys the
+//!   same rule.
 //! * **The gradient noise scale in closed form** ([`crate::lab::noise`]). Least squares
 //!   ½(w·x − y)² with x ~ N(0, I\_d), y = w\*·x + sε, at w = w\* + δ: the per-example
 //!   gradient g = x(x·δ − sε) has G = δ and, by Isserlis' theorem
@@ -383,19 +384,27 @@ fn adam_variance(
     adaptive_variance(options, Adaptive::Adam, k, rule, blocks)
 }
 
-/// The report's plot: Adam's Var Φ(κ)/Var Φ(1) under each rule, κ = 1, 2, 4, 8, 16, with
-/// √κ and 1 (dashed), and SGD's linear rule against its exact (2 − ηc)/(2 − κηc).
+/// The report's plot: Adam's Var Φ(κ)/Var Φ(1) under each rule and RMSProp's under the
+/// square-root rule, κ = 1, 2, 4, 8, 16, with √κ (dashed), and SGD's linear rule against its
+/// exact (2 − ηc)/(2 − κηc).
 pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
     let blocks = 8;
     let kappas = [1.0, 2.0, 4.0, 8.0, 16.0];
     let base = adam_variance(options, 1.0, Rule::Sqrt, blocks)?;
-    let curve = |rule: Rule| -> Result<Vec<(f64, f64)>> {
+    let rms_base = adaptive_variance(options, Adaptive::RmsProp, 1.0, Rule::Sqrt, blocks)?;
+    let curve = |adaptive: Adaptive, rule: Rule| -> Result<Vec<(f64, f64)>> {
+        let base = match adaptive {
+            Adaptive::Adam => base,
+            Adaptive::RmsProp => rms_base,
+        };
         kappas
             .iter()
             .map(|&k| {
                 Ok((
                     k,
-                    adam_variance(options, k, rule, blocks)?.ratio(base).value,
+                    adaptive_variance(options, adaptive, k, rule, blocks)?
+                        .ratio(base)
+                        .value,
                 ))
             })
             .collect()
@@ -432,8 +441,8 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
             title: "Section 12: batch-size scaling rules".into(),
             caption: format!(
                 "Stationary Var Φ at batch κB over its value at B = 1, on c(Φ − x)²/2 with \
-             minibatch gradients ({} chains a point). Adam under the square-root rule \
-             (η → √κη, 1 − β → κ(1 − β), ε → ε/√κ) stays at 1; under the linear rule \
+             minibatch gradients ({} chains a point). Adam and RMSProp under the square-root \
+             rule (η → √κη, 1 − β → κ(1 − β), ε → ε/√κ) stay at 1; under the linear rule \
              (η → κη) it grows as √κ. SGD under its linear rule (η₀c = 1/32) follows \
              (2 − η₀c)/(2 − κη₀c), not 1, as κη₀c grows.",
                 mc_chains(options, blocks) * BLOCK
@@ -441,8 +450,21 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
             x_label: "κ (batch B = κ)".into(),
             y_label: "Var Φ(κ) / Var Φ(1)".into(),
             lines: vec![
-                line("Adam, square-root rule", curve(Rule::Sqrt)?, false),
-                line("Adam, linear rule", curve(Rule::Linear)?, false),
+                line(
+                    "Adam, square-root rule",
+                    curve(Adaptive::Adam, Rule::Sqrt)?,
+                    false,
+                ),
+                line(
+                    "Adam, linear rule",
+                    curve(Adaptive::Adam, Rule::Linear)?,
+                    false,
+                ),
+                line(
+                    "RMSProp, square-root rule",
+                    curve(Adaptive::RmsProp, Rule::Sqrt)?,
+                    false,
+                ),
                 line("SGD, linear rule", sgd, false),
                 line("√κ", kappas.iter().map(|&k| (k, k.sqrt())).collect(), true),
                 line(
