@@ -443,7 +443,7 @@ pub(crate) fn figures(options: &VerifyOptions) -> Result<Vec<Figure>> {
                 "Stationary Var Φ at batch κB over its value at B = 1, on c(Φ − x)²/2 with \
              minibatch gradients ({} chains a point). Adam and RMSProp under the square-root \
              rule (η → √κη, 1 − β → κ(1 − β), ε → ε/√κ) stay at 1; under the linear rule \
-             (η → κη) it grows as √κ. SGD under its linear rule (η₀c = 1/32) follows \
+             (η → κη) Adam's grows as √κ. SGD under its linear rule (η₀c = 1/32) follows \
              (2 − η₀c)/(2 − κη₀c), not 1, as κη₀c grows.",
                 mc_chains(options, blocks) * BLOCK
             ),
