@@ -412,6 +412,11 @@ mod tests {
         for p in &report.points {
             assert_eq!(p.examples, p.steps * p.batch as u64);
             assert_eq!(p.steps % p.check_every, 0);
+            let per_epoch = (split.train.len() / p.batch) as u64;
+            assert_eq!(
+                p.check_every,
+                per_epoch.div_ceil(config.checks_per_epoch as u64)
+            );
             // Without pruning: every learning rate's own steps, the minimum the first found.
             let trainer = Trainer::new(
                 &net,
@@ -496,6 +501,49 @@ mod tests {
         assert_eq!(fit_tradeoff(&[(8.0, 100.0), (64.0, 120.0)]), None);
         assert_eq!(fit_tradeoff(&[(8.0, 100.0)]), None);
         assert_eq!(fit_tradeoff(&[(8.0, 100.0), (8.0, 90.0)]), None);
+    }
+
+    #[test]
+    fn the_fit_minimises_the_relative_squared_error() {
+        // Points off the model: the fit is the minimum of Σ((S − S_min − E_min/B)/S)², so
+        // any nudge of either parameter raises it.
+        let points = [(8.0, 420.0), (32.0, 160.0), (128.0, 95.0), (512.0, 70.0)];
+        let fit = fit_tradeoff(&points).unwrap();
+        let objective = |a: f64, b: f64| -> f64 {
+            points
+                .iter()
+                .map(|&(batch, s)| ((s - a - b / batch) / s).powi(2))
+                .sum()
+        };
+        let best = objective(fit.s_min, fit.e_min);
+        assert!(((best / 4.0).sqrt() - fit.rms_relative_residual).abs() < 1e-12);
+        for (da, db) in [(1e-3, 0.0), (-1e-3, 0.0), (0.0, 1e-3), (0.0, -1e-3)] {
+            let (a, b) = (fit.s_min * (1.0 + da), fit.e_min * (1.0 + db));
+            assert!(objective(a, b) > best, "{da} {db}: {fit:?}");
+        }
+    }
+
+    #[test]
+    fn the_limits_of_the_settings_are_inclusive() {
+        let (_, _, base) = setup();
+        let n = 1_000;
+        let ok = |edit: &dyn Fn(&mut ScanConfig)| {
+            let mut c = base.clone();
+            edit(&mut c);
+            c.validate(n)
+        };
+        assert!(ok(&|c| c.batches = vec![1, n]).is_ok());
+        assert!(ok(&|c| c.batches = vec![n + 1]).is_err());
+        assert!(ok(&|c| c.lrs = vec![0.0]).is_err());
+        assert!(ok(&|c| c.lrs = vec![f64::INFINITY]).is_err());
+        assert!(ok(&|c| c.target_loss = 0.0).is_err());
+        assert!(ok(&|c| c.target_loss = f64::INFINITY).is_err());
+        assert!(ok(&|c| c.max_steps = 1).is_ok());
+        assert!(ok(&|c| c.max_steps = crate::optim::MAX_STEPS).is_ok());
+        assert!(ok(&|c| c.max_steps = crate::optim::MAX_STEPS + 1).is_err());
+        assert!(ok(&|c| c.noise_examples = 2).is_ok());
+        assert!(ok(&|c| c.checks_per_epoch = 1).is_ok());
+        assert!(ok(&|c| c.eval_examples = 1).is_ok());
     }
 
     #[test]
