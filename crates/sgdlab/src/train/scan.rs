@@ -455,6 +455,44 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_run_is_the_train_run_of_the_same_seed() {
+        // Where the batch divides the training set, steps_to_loss walks the minibatches
+        // `train` walks, epoch after epoch: stopped at the cap after three epochs, its
+        // weights are train's after three epochs, bit for bit.
+        let (net, split, config) = setup();
+        let n = split.train.len();
+        let batch = (8..n).find(|b| n % b == 0).unwrap();
+        let trainer = Trainer::new(
+            &net,
+            &split,
+            TrainConfig {
+                epochs: 3,
+                batch,
+                schedule: Schedule::Constant.into(),
+                ema_weights: None,
+                seed: config.seed,
+                noise_examples: None,
+            },
+        )
+        .unwrap();
+        let spec: OptimizerSpec = "sgd:lr=0.1,momentum=0.9".parse().unwrap();
+        let cap = 3 * trainer.steps_per_epoch();
+        let (steps, phi) = trainer
+            .steps_to_loss(&spec, &[0, 1, 2], f64::MAX, u64::MAX, cap)
+            .unwrap()
+            .unwrap();
+        assert_eq!(steps, cap);
+        let mut run = trainer.start(&spec).unwrap();
+        trainer.train(&mut run, &|_, _, _| ()).unwrap();
+        let trained: Vec<f64> = run
+            .params
+            .iter()
+            .flat_map(|t| t.data().iter().map(|&x| f64::from(x)))
+            .collect();
+        assert_eq!(phi, trained);
+    }
+
+    #[test]
     fn a_target_out_of_reach_and_bad_settings_are_reported() {
         let (net, split, mut config) = setup();
         let spec: OptimizerSpec = "sgd".parse().unwrap();
