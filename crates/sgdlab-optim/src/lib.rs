@@ -40,6 +40,7 @@ pub struct ReadmeDoctests;
 pub mod io;
 pub mod lowp;
 pub mod math;
+pub mod quant;
 mod real;
 
 pub use error::{Error, Result};

@@ -13,4 +13,5 @@ mod groups_schedule;
 mod matrix_and_averaging_rules;
 mod optimizers;
 mod prodigy;
+mod quant;
 mod soap;

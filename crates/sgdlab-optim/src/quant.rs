@@ -1,0 +1,225 @@
+//! Blockwise dynamic 8-bit quantization: bitsandbytes' code books and block layout.
+//!
+//! A tensor is cut into blocks of [`BLOCK_SIZE`] consecutive elements (the last one may be
+//! shorter). Each block keeps one `f32` scale, its absolute maximum a = maxᵢ |xᵢ|, and one byte
+//! per element: the index of the code-book value nearest to xᵢ/a. Dequantization is
+//! x̂ᵢ = c\[qᵢ\]·a, so the block's largest element is exact when the code book holds ±1.
+//!
+//! The **dynamic code book** ([`CodeBook::dynamic`]; Dettmers, "8-bit approximations for
+//! parallelism in deep learning", 2016) spends one bit on the sign (signed book) and splits the
+//! other seven into a decimal exponent and a linear fraction: for k = 0…6 it holds the
+//! midpoints of 2ᵏ (signed) or 2ᵏ⁺¹ (unsigned) equal intervals of \[0.1, 1\], scaled by
+//! 10ᵏ⁻⁶, with their negatives in the signed book, and 0 and 1. Values thus run from 5.5·10⁻⁷
+//! to 1 with a relative spacing from 1.6 (near 10⁻⁶) to 1.4 % (near 1): a block's small
+//! elements keep a few significant bits, its large ones about six. The values are computed
+//! here in `f32` exactly as bitsandbytes' `create_dynamic_map` computes them with torch
+//! (its `linspace` is a fused multiply-add from the nearer end), and equal its tables bit
+//! for bit.
+//!
+//! Rounding to a code is either to the nearest value or stochastic ([`Rounding`]): up to the
+//! next value with probability (y − cₗ)/(cₕ − cₗ) for y between the neighbours cₗ ≤ y ≤ cₕ,
+//! so that E\[c\[q\]\] = y and the error variance is (cₕ − y)(y − cₗ), from the counter-based
+//! bits the bfloat16 state uses ([`crate::lowp::counter_bits`]): the same bits for any
+//! thread count.
+
+use crate::lowp::{Rounding, counter_bits};
+
+/// The elements per block, as bitsandbytes' 8-bit optimizers use.
+pub const BLOCK_SIZE: usize = 256;
+
+/// A sorted table of 256 `f32` values in \[−1, 1\] that a byte indexes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodeBook {
+    values: [f32; 256],
+}
+
+/// torch's `linspace(0.1, 1, n)` in `f32`: step (1 − 0.1)/(n − 1), element i a fused
+/// multiply-add from the start for the first half and from the end for the rest.
+fn linspace_tenth_to_one(n: usize) -> Vec<f32> {
+    let (start, end) = (0.1f32, 1.0f32);
+    let step = (end - start) / (n - 1) as f32;
+    (0..n)
+        .map(|i| {
+            if i < n / 2 {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((n - 1 - i) as f32, end)
+            }
+        })
+        .collect()
+}
+
+impl CodeBook {
+    /// bitsandbytes' dynamic code book, `create_dynamic_map(signed)` with 7 exponent bits of 8:
+    /// signed for a first moment, unsigned (all ≥ 0, twice the fraction steps) for a second.
+    pub fn dynamic(signed: bool) -> Self {
+        let mut data: Vec<f32> = Vec::with_capacity(256);
+        for i in 0..7 {
+            let n = if signed {
+                (1 << i) + 1
+            } else {
+                (1 << (i + 1)) + 1
+            };
+            let bounds = linspace_tenth_to_one(n);
+            let means: Vec<f32> = bounds.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+            let scale = 10f64.powi(i - 6) as f32;
+            data.extend(means.iter().map(|&m| scale * m));
+            if signed {
+                data.extend(means.iter().map(|&m| -scale * m));
+            }
+        }
+        data.extend([0.0, 1.0]);
+        debug_assert_eq!(data.len(), 256);
+        data.sort_by(f32::total_cmp);
+        let mut values = [0.0; 256];
+        values.copy_from_slice(&data);
+        Self { values }
+    }
+
+    /// The 256 values, ascending.
+    pub fn values(&self) -> &[f32; 256] {
+        &self.values
+    }
+
+    /// The value of code `q`.
+    #[inline(always)]
+    pub fn value(&self, q: u8) -> f32 {
+        self.values[usize::from(q)]
+    }
+
+    /// The codes of the neighbours cₗ ≤ y ≤ cₕ of `y` (equal when `y` is a value or outside
+    /// the table's range).
+    #[inline]
+    pub fn bracket(&self, y: f32) -> (u8, u8) {
+        let hi = self.values.partition_point(|&c| c < y);
+        if hi == 0 {
+            (0, 0)
+        } else if hi == 256 {
+            (255, 255)
+        } else if self.values[hi] == y {
+            (hi as u8, hi as u8)
+        } else {
+            ((hi - 1) as u8, hi as u8)
+        }
+    }
+
+    /// The code of the value nearest to `y` (the lower one on a tie).
+    #[inline]
+    pub fn nearest(&self, y: f32) -> u8 {
+        let (lo, hi) = self.bracket(y);
+        if y - self.value(lo) <= self.value(hi) - y {
+            lo
+        } else {
+            hi
+        }
+    }
+
+    /// The code of `y` rounded stochastically with the uniform 32 random bits `r`: the upper
+    /// neighbour with probability (y − cₗ)/(cₕ − cₗ).
+    #[inline]
+    pub fn stochastic(&self, y: f32, r: u32) -> u8 {
+        let (lo, hi) = self.bracket(y);
+        if lo == hi {
+            return lo;
+        }
+        let (a, b) = (f64::from(self.value(lo)), f64::from(self.value(hi)));
+        let p = (f64::from(y) - a) / (b - a);
+        if f64::from(r) < p * 4_294_967_296.0 {
+            hi
+        } else {
+            lo
+        }
+    }
+}
+
+/// Quantizes one block `x` into `codes` (same length, at most [`BLOCK_SIZE`]) and returns its
+/// scale a = maxᵢ |xᵢ|; element i draws its stochastic bits at `first_index + i`. An all-zero
+/// block has scale 0 and the codes of 0. The caller checks that the scale is finite (a NaN
+/// or infinite element makes it so, and the codes are then meaningless).
+pub fn quantize_block(
+    book: &CodeBook,
+    x: &[f32],
+    rounding: Rounding,
+    first_index: u64,
+    codes: &mut [u8],
+) -> f32 {
+    assert_eq!(
+        x.len(),
+        codes.len(),
+        "a block and its codes differ in length"
+    );
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let inv = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
+    for (i, (q, &v)) in codes.iter_mut().zip(x).enumerate() {
+        let y = v * inv;
+        *q = match rounding {
+            Rounding::Nearest => book.nearest(y),
+            Rounding::Stochastic { key } => {
+                book.stochastic(y, counter_bits(key, first_index + i as u64))
+            }
+        };
+    }
+    absmax
+}
+
+/// Dequantizes one block: `out[i] = c[codes[i]]·absmax`.
+pub fn dequantize_block(book: &CodeBook, codes: &[u8], absmax: f32, out: &mut [f32]) {
+    assert_eq!(
+        codes.len(),
+        out.len(),
+        "a block and its codes differ in length"
+    );
+    for (o, &q) in out.iter_mut().zip(codes) {
+        *o = book.value(q) * absmax;
+    }
+}
+
+/// Quantizes a whole tensor block by block: `codes` has `x.len()` bytes and `absmax`
+/// ⌈len/[`BLOCK_SIZE`]⌉ scales.
+pub fn quantize(
+    book: &CodeBook,
+    x: &[f32],
+    rounding: Rounding,
+    codes: &mut [u8],
+    absmax: &mut [f32],
+) {
+    assert_eq!(
+        x.len(),
+        codes.len(),
+        "a tensor and its codes differ in length"
+    );
+    assert_eq!(
+        absmax.len(),
+        x.len().div_ceil(BLOCK_SIZE),
+        "one scale per block"
+    );
+    for (k, ((x, q), a)) in x
+        .chunks(BLOCK_SIZE)
+        .zip(codes.chunks_mut(BLOCK_SIZE))
+        .zip(absmax.iter_mut())
+        .enumerate()
+    {
+        *a = quantize_block(book, x, rounding, (k * BLOCK_SIZE) as u64, q);
+    }
+}
+
+/// Dequantizes a whole tensor quantized by [`quantize`].
+pub fn dequantize(book: &CodeBook, codes: &[u8], absmax: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        codes.len(),
+        out.len(),
+        "a tensor and its codes differ in length"
+    );
+    assert_eq!(
+        absmax.len(),
+        codes.len().div_ceil(BLOCK_SIZE),
+        "one scale per block"
+    );
+    for ((q, o), &a) in codes
+        .chunks(BLOCK_SIZE)
+        .zip(out.chunks_mut(BLOCK_SIZE))
+        .zip(absmax)
+    {
+        dequantize_block(book, q, a, o);
+    }
+}
