@@ -144,6 +144,13 @@ fn nearest_rounding_picks_the_closer_neighbour() {
         assert_eq!(book.nearest(near_a), q as u8, "{q}");
         assert_eq!(book.nearest(near_b), q as u8 + 1, "{q}");
     }
+    // An exact tie between two neighbours goes to the lower one: 0 and the unsigned book's
+    // smallest positive value, whose half is exact in f32.
+    let unsigned = CodeBook::dynamic(false);
+    let half = unsigned.values()[1] / 2.0;
+    assert_eq!(half - unsigned.values()[0], unsigned.values()[1] - half);
+    assert_eq!(unsigned.nearest(half), 0);
+    assert_eq!(unsigned.nearest(half.next_up()), 1);
     // Beyond the table: its ends.
     assert_eq!(book.nearest(-1.0), 0);
     assert_eq!(book.nearest(2.0), 255);
@@ -222,6 +229,10 @@ fn an_all_zero_block_quantizes_to_zero() {
     let mut absmax = vec![1.0f32; 2];
     quantize(&book, &x, Rounding::Nearest, &mut codes, &mut absmax);
     assert_eq!(absmax, vec![0.0, 0.0]);
+    assert!(
+        codes.iter().all(|&q| book.value(q).to_bits() == 0),
+        "{codes:?}"
+    );
     let mut back = vec![1.0f32; 300];
     dequantize(&book, &codes, &absmax, &mut back);
     assert!(back.iter().all(|&v| v == 0.0));
