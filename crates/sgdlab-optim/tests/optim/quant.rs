@@ -219,6 +219,12 @@ fn stochastic_quantization_is_fixed_by_the_key_and_position() {
     );
     assert!(a > 0.0);
     assert_eq!(&all[BLOCK_SIZE..2 * BLOCK_SIZE], &block[..]);
+    // Element i of the tensor draws the stream's bits at index i.
+    for (i, &q) in block.iter().enumerate() {
+        let index = (BLOCK_SIZE + i) as u64;
+        let y = x[BLOCK_SIZE + i] * (1.0 / a);
+        assert_eq!(q, book.stochastic(y, counter_bits(9, index)), "{i}");
+    }
 }
 
 #[test]
