@@ -9,9 +9,11 @@
 //! parallelism in deep learning", 2016) spends one bit on the sign (signed book) and splits the
 //! other seven into a decimal exponent and a linear fraction: for k = 0…6 it holds the
 //! midpoints of 2ᵏ (signed) or 2ᵏ⁺¹ (unsigned) equal intervals of \[0.1, 1\], scaled by
-//! 10ᵏ⁻⁶, with their negatives in the signed book, and 0 and 1. Values thus run from 5.5·10⁻⁷
-//! to 1 with a relative spacing from 1.6 (near 10⁻⁶) to 1.4 % (near 1): a block's small
-//! elements keep a few significant bits, its large ones about six. The values are computed
+//! 10ᵏ⁻⁶, with their negatives in the signed book, and 0 and 1. The smallest positive value is
+//! 5.5·10⁻⁷ (signed) or 3.25·10⁻⁷ (unsigned); the spacing relative to the value is 1.4 %
+//! (signed; unsigned 0.7 %) just below 1, 3 % (1.5 %) just below 0.1, and grows with each
+//! decade down to a factor of about 6 at the bottom: a block's large elements keep about six
+//! significant bits, its elements 10⁻⁶ of the absmax hardly one. The values are computed
 //! here in `f32` exactly as bitsandbytes' `create_dynamic_map` computes them with torch
 //! (its `linspace` is a fused multiply-add from the nearer end), and equal its tables bit
 //! for bit.
