@@ -3,7 +3,9 @@
 //! A tensor is cut into blocks of [`BLOCK_SIZE`] consecutive elements (the last one may be
 //! shorter). Each block keeps one `f32` scale, its absolute maximum a = maxᵢ |xᵢ|, and one byte
 //! per element: the index of the code-book value nearest to xᵢ/a. Dequantization is
-//! x̂ᵢ = c\[qᵢ\]·a, so the block's largest element is exact when the code book holds ±1.
+//! x̂ᵢ = c\[qᵢ\]·a. Both books hold 1, so a block's largest element is exact when it is
+//! positive; the signed book's most negative value is −0.993, so a negative one comes back
+//! 0.7 % short.
 //!
 //! The **dynamic code book** ([`CodeBook::dynamic`]; Dettmers, "8-bit approximations for
 //! parallelism in deep learning", 2016) spends one bit on the sign (signed book) and splits the
@@ -20,7 +22,8 @@
 //!
 //! Rounding to a code is either to the nearest value or stochastic ([`Rounding`]): up to the
 //! next value with probability (y − cₗ)/(cₕ − cₗ) for y between the neighbours cₗ ≤ y ≤ cₕ,
-//! so that E\[c\[q\]\] = y and the error variance is (cₕ − y)(y − cₗ), from the counter-based
+//! so that E\[c\[q\]\] = y within the table's range and the error variance is
+//! (cₕ − y)(y − cₗ), from the counter-based
 //! bits the bfloat16 state uses ([`crate::lowp::counter_bits`]): the same bits for any
 //! thread count.
 
