@@ -36,6 +36,35 @@ pub const BLOCK_SIZE: usize = 256;
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeBook {
     values: [f32; 256],
+    /// For each bucket of [`order_key`]`(y) >> LUT_SHIFT`, the nearest code of the bucket's
+    /// smallest `y`: where [`CodeBook::nearest`] starts its search.
+    lut: Box<[u8]>,
+}
+
+/// The low bits of an [`order_key`] that one bucket of the nearest-code table spans: 2¹⁴
+/// buckets, each 1/32 of an octave wide (3 % relative), so that a search from a bucket's
+/// start passes at most a few codes.
+const LUT_SHIFT: u32 = 18;
+
+/// A key that orders floats as numbers do: `x < y` ⇒ `order_key(x) ≤ order_key(y)` (−0 and +0
+/// are next to each other; NaNs lie beyond the infinities).
+#[inline(always)]
+fn order_key(y: f32) -> u32 {
+    let bits = y.to_bits();
+    if bits >> 31 == 0 {
+        bits | 0x8000_0000
+    } else {
+        !bits
+    }
+}
+
+/// The float whose [`order_key`] is `key`.
+fn from_order_key(key: u32) -> f32 {
+    f32::from_bits(if key >> 31 == 1 {
+        key & 0x7FFF_FFFF
+    } else {
+        !key
+    })
 }
 
 /// torch's `linspace(0.1, 1, n)` in `f32`: step (1 − 0.1)/(n − 1), element i a fused
@@ -78,7 +107,14 @@ impl CodeBook {
         data.sort_by(f32::total_cmp);
         let mut values = [0.0; 256];
         values.copy_from_slice(&data);
-        Self { values }
+        let mut book = Self {
+            values,
+            lut: Box::new([]),
+        };
+        book.lut = (0..1u32 << (32 - LUT_SHIFT))
+            .map(|k| book.nearest_by_search(from_order_key(k << LUT_SHIFT)))
+            .collect();
+        book
     }
 
     /// The 256 values, ascending.
@@ -108,15 +144,27 @@ impl CodeBook {
         }
     }
 
-    /// The code of the value nearest to `y` (the lower one on a tie).
-    #[inline]
-    pub fn nearest(&self, y: f32) -> u8 {
+    /// The code of the value nearest to `y` (the lower one on a tie), by binary search.
+    fn nearest_by_search(&self, y: f32) -> u8 {
         let (lo, hi) = self.bracket(y);
         if y - self.value(lo) <= self.value(hi) - y {
             lo
         } else {
             hi
         }
+    }
+
+    /// The code of the value nearest to `y` (the lower one on a tie; a NaN `y` gives a
+    /// meaningless code). A table over the top bits of `y` gives the nearest code of the
+    /// smallest float sharing them, and a short walk up the table finishes: the first code q
+    /// with y − c\[q\] ≤ c\[q+1\] − y, which rounding to `f32` keeps monotone in q.
+    #[inline]
+    pub fn nearest(&self, y: f32) -> u8 {
+        let mut q = self.lut[(order_key(y) >> LUT_SHIFT) as usize];
+        while q < 255 && y - self.value(q) > self.value(q + 1) - y {
+            q += 1;
+        }
+        q
     }
 
     /// The code of `y` rounded stochastically with the uniform 32 random bits `r`: the upper
@@ -226,5 +274,62 @@ pub fn dequantize(book: &CodeBook, codes: &[u8], absmax: &[f32], out: &mut [f32]
         .zip(absmax)
     {
         dequantize_block(book, q, a, o);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_order_key_orders_floats_and_inverts() {
+        let xs = [
+            f32::NEG_INFINITY,
+            -1.0,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            1.0,
+            f32::INFINITY,
+        ];
+        for w in xs.windows(2) {
+            assert!(order_key(w[0]) < order_key(w[1]), "{w:?}");
+        }
+        for x in xs {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+        }
+    }
+
+    #[test]
+    fn the_table_search_is_the_binary_search() {
+        // Every code's value and its float neighbours, the f32 points around every pair's
+        // midpoint, and a log-uniform sweep over (−2, 2) of 2·10⁵ values per book.
+        for signed in [true, false] {
+            let book = CodeBook::dynamic(signed);
+            let mut ys = vec![0.0f32, -0.0, 2.0, -2.0, f32::INFINITY, f32::NEG_INFINITY];
+            for w in book.values().windows(2) {
+                let mid = (w[0] + w[1]) / 2.0;
+                let mut m = mid;
+                for _ in 0..3 {
+                    m = m.next_down();
+                }
+                for _ in 0..7 {
+                    ys.push(m);
+                    m = m.next_up();
+                }
+                for v in w {
+                    ys.extend([*v, v.next_up(), v.next_down()]);
+                }
+            }
+            for i in 0..100_000 {
+                let y = 10f32.powf(-8.0 + 8.3 * (i as f32) / 100_000.0);
+                ys.extend([y, -y]);
+            }
+            for y in ys {
+                assert_eq!(book.nearest(y), book.nearest_by_search(y), "{y:e} {signed}");
+            }
+        }
     }
 }
