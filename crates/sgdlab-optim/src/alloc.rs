@@ -2,8 +2,8 @@
 //! offers them.
 
 use crate::{
-    Optimizer, ParamMut, Real, StateDtype, optimizer::TensorState, optimizer::scalars_of,
-    optimizer::slots_of,
+    Optimizer, ParamMut, Real, StateDtype, optimizer::QuantState, optimizer::TensorState,
+    optimizer::scalars_of, optimizer::slots_of,
 };
 
 /// A buffer of `n` elements `f(i)`, backed by transparent huge pages where the system offers
@@ -56,11 +56,36 @@ impl<T: Real> Optimizer<T> {
             let spec = self.group_spec(group).unwrap_or(&self.spec);
             let init = T::from_f64(spec.rule.initial_state());
             let n = slots_of(spec).len();
+            let mut quant = Vec::new();
             let (slots, lowp) = if spec.state_dtype == StateDtype::Bf16 {
                 // Rules whose buffers start at the parameters refuse bf16 (validate).
                 let b = crate::lowp::bf16_nearest(init.to_f32_for_bf16());
                 let lowp = (0..n).map(|_| huge_filled(p.data.len(), |_| b)).collect();
                 (Vec::new(), lowp)
+            } else if spec.state_dtype == StateDtype::Q8 {
+                // Every block holds the initial value: it is its own absmax (code 1), or 0.
+                let len = p.data.len();
+                let block = spec.block_size;
+                quant = (0..n)
+                    .map(|slot| {
+                        let nonnegative = spec.rule.slot_is_nonnegative(slot);
+                        let book = crate::quant::CodeBook::for_buffer(nonnegative);
+                        let mut one = [0u8; 1];
+                        let a = crate::quant::quantize_values(
+                            book,
+                            &[init],
+                            crate::lowp::Rounding::Nearest,
+                            0,
+                            &mut one,
+                        );
+                        QuantState {
+                            codes: huge_filled(len, |_| one[0]),
+                            absmax: vec![a; len.div_ceil(block)],
+                            nonnegative,
+                        }
+                    })
+                    .collect();
+                (Vec::new(), Vec::new())
             } else {
                 let slots = (0..n)
                     .map(|slot| {
@@ -81,6 +106,7 @@ impl<T: Real> Optimizer<T> {
                 scalars: vec![0.0; scalars_of(spec).len()],
                 lowp,
                 master: Vec::new(),
+                quant,
             });
         }
         self.tensors = tensors;

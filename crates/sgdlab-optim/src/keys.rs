@@ -50,18 +50,27 @@ pub const GLOBAL_KEYS: &[GlobalKey] = &[
     },
     GlobalKey {
         name: "state_dtype",
-        values: "param | f32 | f64 | bf16",
+        values: "param | f32 | f64 | bf16 | q8",
         default: "param",
         doc: "the element type of the state buffers: the parameters' own (param, or its \
-              name), or bfloat16 (element-wise rules)",
+              name), bfloat16, or 8-bit blockwise-quantized (bitsandbytes' dynamic code \
+              books, one f32 absmax per block; element-wise rules)",
         group: false,
     },
     GlobalKey {
         name: "rounding",
         values: "stochastic | nearest",
         default: "stochastic",
-        doc: "how bfloat16 state (and bfloat16 parameters without master weights) is \
+        doc: "how bfloat16 and 8-bit state (and bfloat16 parameters without master weights) is \
               rounded: unbiased stochastic rounding from counter-based bits, or to nearest",
+        group: false,
+    },
+    GlobalKey {
+        name: "block_size",
+        values: "a power of two from 16 to 32768",
+        default: "256",
+        doc: "the elements per block of 8-bit state (state_dtype=q8), each block with its \
+              own absmax scale",
         group: false,
     },
     GlobalKey {

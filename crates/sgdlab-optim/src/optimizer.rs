@@ -44,6 +44,36 @@ pub(crate) struct TensorState<T> {
     pub(crate) lowp: Vec<Vec<u16>>,
     /// The exact copy of bfloat16 parameters (`master_weights=true`), empty otherwise.
     pub(crate) master: Vec<T>,
+    /// The state buffers in 8 bits (`state_dtype=q8`; `slots` is then empty).
+    pub(crate) quant: Vec<QuantState>,
+}
+
+/// One state buffer in 8 bits ([`crate::quant`]): a code per element, an absmax per block.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct QuantState {
+    /// One byte per element: its code in the buffer's book.
+    pub(crate) codes: Vec<u8>,
+    /// One scale per block of `block_size` elements (the last block may be shorter).
+    pub(crate) absmax: Vec<f32>,
+    /// Whether the buffer never goes negative and is kept in the unsigned book.
+    pub(crate) nonnegative: bool,
+}
+
+impl QuantState {
+    /// The book the codes index.
+    pub(crate) fn book(&self) -> &'static crate::quant::CodeBook {
+        crate::quant::CodeBook::for_buffer(self.nonnegative)
+    }
+
+    /// The buffer's values, x̂ = c\[q\]·a, in `f32`.
+    pub(crate) fn values(&self, block: usize) -> Vec<f32> {
+        let values = self.book().values();
+        self.codes
+            .chunks(block)
+            .zip(&self.absmax)
+            .flat_map(|(codes, &a)| codes.iter().map(move |&c| values[usize::from(c)] * a))
+            .collect()
+    }
 }
 
 impl<T: Real> Optimizer<T> {
@@ -252,7 +282,7 @@ impl<T: Real> Optimizer<T> {
             if new.name() != now.name()
                 || slots_of(new) != slots_of(now)
                 || scalars_of(new) != scalars_of(now)
-                || (new.state_dtype == StateDtype::Bf16) != (now.state_dtype == StateDtype::Bf16)
+                || storage(new) != storage(now)
             {
                 return Err(Error::invalid(
                     "optimizer spec",
@@ -330,17 +360,36 @@ impl<T: Real> Optimizer<T> {
         self.tensors.get(tensor)?.lowp.get(s).map(Vec::as_slice)
     }
 
+    /// The state buffer `slot` of tensor `tensor` in 8 bits, when the state is kept so
+    /// (`state_dtype=q8`; [`Optimizer::state`] is `None` then): each element's code in the
+    /// buffer's book, and the absmax of each block of `block_size` elements. Its values are
+    /// x̂ᵢ = c\[qᵢ\]·a\[⌊i/block_size⌋\] ([`Optimizer::state_values`]); the book is
+    /// [`CodeBook::unsigned`](crate::quant::CodeBook::unsigned) for a buffer that never goes
+    /// negative ([`Rule::slot_is_nonnegative`](crate::Rule::slot_is_nonnegative)), else
+    /// [`CodeBook::signed`](crate::quant::CodeBook::signed).
+    pub fn state_q8(&self, slot: &str, tensor: usize) -> Option<(&[u8], &[f32])> {
+        let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
+        let q = self.tensors.get(tensor)?.quant.get(s)?;
+        Some((&q.codes, &q.absmax))
+    }
+
     /// The state buffer `slot` of tensor `tensor` in `f64` (exact), whatever type it is kept
-    /// in.
+    /// in (8-bit state dequantized: x̂ = c\[q\]·a in `f32`).
     pub fn state_values(&self, slot: &str, tensor: usize) -> Option<Vec<f64>> {
-        match self.state(slot, tensor) {
-            Some(s) => Some(s.iter().map(|x| x.as_f64()).collect()),
-            None => self.state_bf16(slot, tensor).map(|b| {
+        if let Some(s) = self.state(slot, tensor) {
+            return Some(s.iter().map(|x| x.as_f64()).collect());
+        }
+        if let Some(b) = self.state_bf16(slot, tensor) {
+            return Some(
                 b.iter()
                     .map(|&x| f64::from(crate::lowp::bf16_to_f32(x)))
-                    .collect()
-            }),
+                    .collect(),
+            );
         }
+        let s = self.slot_names_of(tensor).iter().position(|&n| n == slot)?;
+        let q = self.tensors.get(tensor)?.quant.get(s)?;
+        let block = self.spec_of(tensor).block_size;
+        Some(q.values(block).into_iter().map(f64::from).collect())
     }
 
     /// The per-tensor scalars of tensor `tensor` (after the first step), in the order of its
@@ -401,19 +450,29 @@ impl<T: Real> Optimizer<T> {
     }
 }
 
+/// How a spec stores its state, as far as its buffers' layout goes: in the parameters' type,
+/// in bfloat16, or in 8 bits with blocks of a size.
+fn storage(spec: &OptimizerSpec) -> (u8, usize) {
+    match spec.state_dtype {
+        StateDtype::Param | StateDtype::F32 | StateDtype::F64 => (0, 0),
+        StateDtype::Bf16 => (1, 0),
+        StateDtype::Q8 => (2, spec.block_size),
+    }
+}
+
 /// `state_dtype=f32`/`f64` must name the parameters' type (bf16 and `param` go with any).
 pub(crate) fn check_state_dtype<T: Real>(spec: &OptimizerSpec) -> Result<()> {
     let named = match spec.state_dtype {
         StateDtype::F32 => "f32",
         StateDtype::F64 => "f64",
-        StateDtype::Param | StateDtype::Bf16 => return Ok(()),
+        StateDtype::Param | StateDtype::Bf16 | StateDtype::Q8 => return Ok(()),
     };
     if named != T::NAME {
         return Err(Error::invalid(
             "state_dtype",
             named,
             format!(
-                "the parameters are {}: the state is kept in their type or in bf16",
+                "the parameters are {}: the state is kept in their type, in bf16 or in q8",
                 T::NAME
             ),
         ));

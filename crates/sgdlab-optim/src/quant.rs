@@ -27,7 +27,9 @@
 //! bits the bfloat16 state uses ([`crate::lowp::counter_bits`]): the same bits for any
 //! thread count.
 
+use crate::Real;
 use crate::lowp::{Rounding, counter_bits};
+use std::sync::LazyLock;
 
 /// The elements per block, as bitsandbytes' 8-bit optimizers use.
 pub const BLOCK_SIZE: usize = 256;
@@ -117,6 +119,32 @@ impl CodeBook {
         book
     }
 
+    /// The signed dynamic code book ([`CodeBook::dynamic`]`(true)`), built once.
+    pub fn signed() -> &'static CodeBook {
+        static BOOK: LazyLock<CodeBook> = LazyLock::new(|| CodeBook::dynamic(true));
+        &BOOK
+    }
+
+    /// The unsigned dynamic code book ([`CodeBook::dynamic`]`(false)`), built once.
+    pub fn unsigned() -> &'static CodeBook {
+        static BOOK: LazyLock<CodeBook> = LazyLock::new(|| CodeBook::dynamic(false));
+        &BOOK
+    }
+
+    /// The book for a buffer: unsigned for one that never goes negative, else signed.
+    pub fn for_buffer(nonnegative: bool) -> &'static CodeBook {
+        if nonnegative {
+            Self::unsigned()
+        } else {
+            Self::signed()
+        }
+    }
+
+    /// The code of +0.
+    pub fn zero_code(&self) -> u8 {
+        self.values.partition_point(|&c| c < 0.0) as u8
+    }
+
     /// The 256 values, ascending.
     pub fn values(&self) -> &[f32; 256] {
         &self.values
@@ -185,13 +213,26 @@ impl CodeBook {
     }
 }
 
-/// Quantizes one block `x` into `codes` (same length, at most [`BLOCK_SIZE`]) and returns its
-/// scale a = maxᵢ |xᵢ|; element i draws its stochastic bits at `first_index + i`. An all-zero
-/// block has scale 0 and the codes of 0. The caller checks that the scale is finite (a NaN
-/// or infinite element makes it so, and the codes are then meaningless).
+/// Quantizes one block `x` into `codes` (same length) and returns its scale
+/// a = maxᵢ |xᵢ|; element i draws its stochastic bits at `first_index + i`. An all-zero
+/// block has scale 0 and the codes of 0. A block holding a NaN or an infinity has a
+/// non-finite scale (NaN, or +∞), so that all of it dequantizes to NaN: a non-finite
+/// state never turns into finite numbers.
 pub fn quantize_block(
     book: &CodeBook,
     x: &[f32],
+    rounding: Rounding,
+    first_index: u64,
+    codes: &mut [u8],
+) -> f32 {
+    quantize_values(book, x, rounding, first_index, codes)
+}
+
+/// [`quantize_block`] over values of any [`Real`] type, each rounded to `f32` first.
+#[inline(always)]
+pub(crate) fn quantize_values<T: Real>(
+    book: &CodeBook,
+    x: &[T],
     rounding: Rounding,
     first_index: u64,
     codes: &mut [u8],
@@ -201,16 +242,33 @@ pub fn quantize_block(
         codes.len(),
         "a block and its codes differ in length"
     );
-    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let inv = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
-    for (i, (q, &v)) in codes.iter_mut().zip(x).enumerate() {
-        let y = v * inv;
-        *q = match rounding {
-            Rounding::Nearest => book.nearest(y),
-            Rounding::Stochastic { key } => {
-                book.stochastic(y, counter_bits(key, first_index + i as u64))
-            }
+    // `max` drops NaNs, so they are looked for apart: a NaN times 0 stays NaN, and so does
+    // an infinity (which the maximum keeps anyway).
+    let (absmax, probe) = x.iter().fold((0.0f32, 0.0f32), |(m, z), v| {
+        let v = v.as_f64() as f32;
+        (m.max(v.abs()), z + v * 0.0)
+    });
+    if !absmax.is_finite() || probe.is_nan() {
+        codes.fill(book.zero_code());
+        return if probe.is_nan() && absmax.is_finite() {
+            f32::NAN
+        } else {
+            absmax
         };
+    }
+    let inv = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
+    match rounding {
+        Rounding::Nearest => {
+            for (q, v) in codes.iter_mut().zip(x) {
+                *q = book.nearest((v.as_f64() as f32) * inv);
+            }
+        }
+        Rounding::Stochastic { key } => {
+            for (i, (q, v)) in codes.iter_mut().zip(x).enumerate() {
+                let y = (v.as_f64() as f32) * inv;
+                *q = book.stochastic(y, counter_bits(key, first_index + i as u64));
+            }
+        }
     }
     absmax
 }
@@ -254,6 +312,44 @@ pub fn quantize(
     {
         *a = quantize_block(book, x, rounding, (k * BLOCK_SIZE) as u64, q);
     }
+}
+
+/// The codes of `values` given their blocks' scales `absmax` (blocks of `block`): for each
+/// value, the code q with c\[q\]·a = value exactly (the code of 0 where a is 0 or not
+/// finite, whose values are then 0 or NaN). `Err(i)` names the first value that is no
+/// c\[q\]·a of its block: what a state dict holding 8-bit state must satisfy.
+pub fn encode_exact(
+    book: &CodeBook,
+    values: &[f32],
+    absmax: &[f32],
+    block: usize,
+) -> std::result::Result<Vec<u8>, usize> {
+    let mut codes = Vec::with_capacity(values.len());
+    for (k, chunk) in values.chunks(block).enumerate() {
+        let a = absmax.get(k).copied().unwrap_or(f32::NAN);
+        for (j, &x) in chunk.iter().enumerate() {
+            let i = k * block + j;
+            if a == 0.0 || !a.is_finite() {
+                let expected = book.value(book.zero_code()) * a;
+                if x == expected || (x.is_nan() && expected.is_nan()) {
+                    codes.push(book.zero_code());
+                    continue;
+                }
+                return Err(i);
+            }
+            // The nearest code of x/a, or a neighbour: c·a rounds, so the code that gives x
+            // back is within one of it.
+            let q = book.nearest(x / a);
+            let found = [q, q.saturating_sub(1), q.saturating_add(1)]
+                .into_iter()
+                .find(|&c| book.value(c) * a == x && (x != 0.0 || c == book.zero_code()));
+            match found {
+                Some(c) => codes.push(c),
+                None => return Err(i),
+            }
+        }
+    }
+    Ok(codes)
 }
 
 /// Dequantizes a whole tensor quantized by [`quantize`].

@@ -84,6 +84,11 @@ macro_rules! registry {
                 match self { $( $( Rule::$variant(c) => c.slots(), )+ )* }
             }
 
+            /// Whether state buffer `slot` never goes negative ([`UpdateRule::slot_is_nonnegative`]).
+            pub fn slot_is_nonnegative(&self, slot: usize) -> bool {
+                match self { $( $( Rule::$variant(c) => c.slot_is_nonnegative(slot), )+ )* }
+            }
+
             /// The matrix capability ([`UpdateRule::matrix`]).
             pub(crate) fn matrix<T: crate::Real>(&self) -> Option<&dyn crate::rule::MatrixRule<T>> {
                 match self { $( $( Rule::$variant(c) => c.matrix::<T>(), )+ )* }
@@ -242,6 +247,21 @@ macro_rules! registry {
             ) {
                 match self {
                     $( $( Rule::$variant(c) => kernel::dispatch_lowp(level, c, ctx, u, scratch), )+ )*
+                }
+            }
+
+            /// Runs a work unit with 8-bit state at `level` through this rule's own SIMD copy
+            /// ([`kernel::dispatch_quant`]).
+            #[inline]
+            pub(crate) fn dispatch_quant_unit<T: crate::Real>(
+                &self,
+                level: kernel::SimdLevel,
+                ctx: &StepContext,
+                u: &mut kernel::Unit<'_, T>,
+                scratch: &mut [T],
+            ) {
+                match self {
+                    $( $( Rule::$variant(c) => kernel::dispatch_quant(level, c, ctx, u, scratch), )+ )*
                 }
             }
 

@@ -56,6 +56,19 @@ pub trait UpdateRule: Keys + Clone + std::fmt::Debug + PartialEq + Default + Sen
         &[]
     }
 
+    /// Whether state buffer `slot` never goes negative (a running average or sum of squares,
+    /// a running maximum of magnitudes), so that 8-bit state (`state_dtype=q8`) keeps it in
+    /// the unsigned code book, whose 256 codes all lie in \[0, 1\], at twice the signed
+    /// book's resolution. By default, the buffers PyTorch's names mark so: `exp_avg_sq`,
+    /// `max_exp_avg_sq`, `square_avg`, `sum` and `exp_inf`. A buffer that can go negative
+    /// must answer `false`: the unsigned book rounds every negative value to 0.
+    fn slot_is_nonnegative(&self, slot: usize) -> bool {
+        matches!(
+            self.slots().get(slot),
+            Some(&("exp_avg_sq" | "max_exp_avg_sq" | "square_avg" | "sum" | "exp_inf"))
+        )
+    }
+
     /// The decay rates whose t-th powers the update needs, as many as it has (taken once
     /// per step into [`StepContext::beta_pow`], in this order; a 0 gives the power 0).
     fn decays(&self) -> Decays {

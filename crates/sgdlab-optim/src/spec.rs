@@ -60,6 +60,16 @@ impl SpecValue for u64 {
     }
 }
 
+impl SpecValue for usize {
+    fn parse_value(key: &str, text: &str) -> Result<Self> {
+        text.parse::<usize>()
+            .map_err(|_| Error::invalid(key, text, "must be a whole number >= 0, e.g. 256"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl SpecValue for Option<f64> {
     fn parse_value(key: &str, text: &str) -> Result<Self> {
         if text == "none" {
@@ -244,9 +254,22 @@ pub enum StateDtype {
     /// bfloat16 state (`bf16`): 2 bytes per element, widened exactly for the update and
     /// narrowed back with the spec's [`StateRounding`].
     Bf16,
+    /// 8-bit blockwise-quantized state (`q8`, [`crate::quant`]): 1 byte per element and one
+    /// `f32` scale per block of `block_size`; a buffer that never goes negative (second
+    /// moments, [`UpdateRule::slot_is_nonnegative`](crate::UpdateRule::slot_is_nonnegative)) in
+    /// the unsigned dynamic code book, any other in the signed one. Each block is dequantized
+    /// (x̂ = c\[q\]·a), updated in the parameters' type and requantized with the spec's
+    /// [`StateRounding`].
+    Q8,
 }
 
 impl StateDtype {
+    /// Whether the state is narrower than the parameters' type and is stepped through a
+    /// conversion: bfloat16 or 8-bit.
+    pub fn is_narrow(self) -> bool {
+        matches!(self, StateDtype::Bf16 | StateDtype::Q8)
+    }
+
     /// The name in a spec.
     pub fn name(self) -> &'static str {
         match self {
@@ -254,6 +277,7 @@ impl StateDtype {
             StateDtype::F32 => "f32",
             StateDtype::F64 => "f64",
             StateDtype::Bf16 => "bf16",
+            StateDtype::Q8 => "q8",
         }
     }
 }
@@ -265,7 +289,12 @@ impl SpecValue for StateDtype {
             "f32" => Ok(StateDtype::F32),
             "f64" => Ok(StateDtype::F64),
             "bf16" => Ok(StateDtype::Bf16),
-            _ => Err(Error::invalid(key, text, "must be param, f32, f64 or bf16")),
+            "q8" => Ok(StateDtype::Q8),
+            _ => Err(Error::invalid(
+                key,
+                text,
+                "must be param, f32, f64, bf16 or q8",
+            )),
         }
     }
     fn show(&self) -> String {
@@ -316,8 +345,12 @@ pub struct OptimizerSpec {
     pub check_finite: bool,
     /// The element type of the state buffers (`state_dtype=`).
     pub state_dtype: StateDtype,
-    /// The rounding of bfloat16 state (`rounding=`).
+    /// The rounding of bfloat16 and 8-bit state (`rounding=`).
     pub rounding: StateRounding,
+    /// The elements per block of 8-bit state (`block_size=`, with `state_dtype=q8`): a power
+    /// of two from 16 to [`CHUNK`](crate::kernel::CHUNK), default
+    /// [`BLOCK_SIZE`](crate::quant::BLOCK_SIZE) = 256.
+    pub block_size: usize,
     /// The seed of stochastic rounding (`sr_seed=`).
     pub sr_seed: u64,
     /// Keep an exact copy of bfloat16 parameters in the parameters' compute type, step it,
@@ -342,6 +375,7 @@ impl OptimizerSpec {
             check_finite: true,
             state_dtype: StateDtype::Param,
             rounding: StateRounding::Stochastic,
+            block_size: crate::quant::BLOCK_SIZE,
             sr_seed: 0,
             master_weights: false,
             cautious: false,
@@ -400,6 +434,7 @@ impl OptimizerSpec {
             "state_dtype" => self.state_dtype = SpecValue::parse_value(key, value)?,
             "rounding" => self.rounding = SpecValue::parse_value(key, value)?,
             "sr_seed" => self.sr_seed = SpecValue::parse_value(key, value)?,
+            "block_size" => self.block_size = SpecValue::parse_value(key, value)?,
             "master_weights" => self.master_weights = SpecValue::parse_value(key, value)?,
             "cautious" => self.cautious = SpecValue::parse_value(key, value)?,
             _ => self.rule.set(key, value)?,
@@ -413,7 +448,28 @@ impl OptimizerSpec {
         if let Some(c) = self.clip_norm {
             check::positive("clip_norm", c)?;
         }
-        if self.state_dtype == StateDtype::Bf16 {
+        if self.block_size != crate::quant::BLOCK_SIZE {
+            if self.state_dtype != StateDtype::Q8 {
+                return Err(Error::invalid(
+                    "block_size",
+                    self.block_size,
+                    "sets the blocks of 8-bit state: it needs state_dtype=q8",
+                ));
+            }
+            if !self.block_size.is_power_of_two()
+                || !(16..=crate::kernel::CHUNK).contains(&self.block_size)
+            {
+                return Err(Error::invalid(
+                    "block_size",
+                    self.block_size,
+                    format!(
+                        "must be a power of two from 16 to {} (a block never spans two work units)",
+                        crate::kernel::CHUNK
+                    ),
+                ));
+            }
+        }
+        if self.state_dtype.is_narrow() {
             let why = if self.rule.whole_tensor() {
                 Some("its Newton–Schulz step runs on whole matrices")
             } else if self.rule.eval_slot().is_some() {
@@ -428,7 +484,7 @@ impl OptimizerSpec {
             if let Some(why) = why {
                 return Err(Error::invalid(
                     "state_dtype",
-                    "bf16",
+                    self.state_dtype.name(),
                     format!("is not supported by {} ({why})", self.name()),
                 ));
             }
@@ -486,6 +542,7 @@ impl FromStr for OptimizerSpec {
             check_finite: true,
             state_dtype: StateDtype::Param,
             rounding: StateRounding::Stochastic,
+            block_size: crate::quant::BLOCK_SIZE,
             sr_seed: 0,
             master_weights: false,
             cautious: false,
@@ -539,6 +596,9 @@ impl fmt::Display for OptimizerSpec {
         }
         if self.rounding != StateRounding::Stochastic {
             pairs.push(("rounding", self.rounding.show()));
+        }
+        if self.block_size != crate::quant::BLOCK_SIZE {
+            pairs.push(("block_size", self.block_size.show()));
         }
         if self.sr_seed != 0 {
             pairs.push(("sr_seed", self.sr_seed.show()));

@@ -497,6 +497,13 @@ impl<T: Real> Optimizer<T> {
                 .map(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k))
                 .collect()
         };
+        // 8-bit state: one stream per buffer (seed, step, tensor, buffer).
+        let quant_keys = |tensor: usize, n_slots: usize| -> kernel::Keys {
+            (0..n_slots as u64)
+                .map(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k))
+                .collect()
+        };
+        let block_size = self.spec.block_size;
         if kernel::is_small(numel) {
             for (t, ((p, g), state)) in params
                 .iter_mut()
@@ -510,6 +517,7 @@ impl<T: Real> Optimizer<T> {
                     slots,
                     scalars,
                     lowp,
+                    quant,
                     ..
                 } = state;
                 let (rule, ctx) = (rules[*group], &contexts[*group]);
@@ -521,6 +529,20 @@ impl<T: Real> Optimizer<T> {
                         keys: keys(t, n_lowp),
                         offset: 0,
                     });
+                    let quant = (!quant.is_empty()).then(|| kernel::Quant {
+                        keys: quant_keys(t, quant.len()),
+                        slots: quant
+                            .iter_mut()
+                            .map(|q| kernel::QuantSlot {
+                                book: q.book(),
+                                codes: &mut q.codes,
+                                absmax: &mut q.absmax,
+                            })
+                            .collect(),
+                        rounding,
+                        offset: 0,
+                        block: block_size,
+                    });
                     // The whole tensor as one unit, on the calling thread (no allocation).
                     let mut unit = kernel::Unit {
                         rule,
@@ -531,6 +553,7 @@ impl<T: Real> Optimizer<T> {
                         n_slots: rule.slots().len(),
                         scalars,
                         lowp,
+                        quant,
                         cautious,
                     };
                     kernel::run_one(kernel::SimdLevel::current(), &mut unit);
@@ -552,12 +575,23 @@ impl<T: Real> Optimizer<T> {
                 slots,
                 scalars,
                 lowp,
+                quant,
                 ..
             } = state;
             let (rule, ctx) = (rules[*group], &contexts[*group]);
             if rule.whole_tensor() {
                 continue;
             }
+            let is_quant = !quant.is_empty();
+            let tensor_quant_keys = quant_keys(t, quant.len());
+            let mut rest_quant: smallvec::SmallVec<[kernel::QuantSlot<'_>; 4]> = quant
+                .iter_mut()
+                .map(|q| kernel::QuantSlot {
+                    book: q.book(),
+                    codes: &mut q.codes,
+                    absmax: &mut q.absmax,
+                })
+                .collect();
             let n_slots = rule.slots().len();
             let is_lowp = !lowp.is_empty();
             let tensor_keys = keys(t, lowp.len());
@@ -587,6 +621,22 @@ impl<T: Real> Optimizer<T> {
                     *r = tail;
                     head
                 }));
+                // A unit's blocks: its length over the block size, the last one ragged.
+                let unit_quant: smallvec::SmallVec<[kernel::QuantSlot<'_>; 4]> = rest_quant
+                    .iter_mut()
+                    .map(|r| {
+                        let (codes, codes_tail) = std::mem::take(&mut r.codes).split_at_mut(len);
+                        let (absmax, absmax_tail) =
+                            std::mem::take(&mut r.absmax).split_at_mut(len.div_ceil(block_size));
+                        r.codes = codes_tail;
+                        r.absmax = absmax_tail;
+                        kernel::QuantSlot {
+                            codes,
+                            absmax,
+                            book: r.book,
+                        }
+                    })
+                    .collect();
                 units.push(kernel::Unit {
                     rule,
                     ctx,
@@ -600,6 +650,13 @@ impl<T: Real> Optimizer<T> {
                         rounding,
                         keys: tensor_keys.clone(),
                         offset,
+                    }),
+                    quant: is_quant.then(|| kernel::Quant {
+                        slots: unit_quant,
+                        rounding,
+                        keys: tensor_quant_keys.clone(),
+                        offset,
+                        block: block_size,
                     }),
                     cautious: unit_cautious,
                 });
@@ -641,7 +698,9 @@ impl<T: Real> Optimizer<T> {
         params
             .iter()
             .zip(&self.tensors)
-            .map(|(p, s)| p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len()))
+            .map(|(p, s)| {
+                p.data.len() * ((2 + s.slots.len()) * T::BYTES + 2 * s.lowp.len() + s.quant.len())
+            })
             .sum()
     }
 

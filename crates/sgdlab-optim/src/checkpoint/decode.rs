@@ -3,6 +3,8 @@
 //! spec, dtype, layout, buffer shapes, step counts, tensor scalars).
 
 use super::*;
+use crate::StateDtype;
+use crate::optimizer::QuantState;
 
 impl<T: Real> Optimizer<T> {
     /// Rebuilds an optimizer from metadata and a buffer lookup (name → shape and elements,
@@ -128,19 +130,19 @@ impl<T: Real> Optimizer<T> {
         } else {
             0
         };
-        let expected: usize = specs.iter().map(|s| slots_of(s).len()).sum::<usize>() + masters;
-        if buffers != expected {
-            return Err(bad(format!(
-                "holds {buffers} buffers, expected {expected} (the state buffers of {} \
-                 tensors{})",
-                layout.len(),
-                if masters > 0 {
-                    format!(" and their {MASTER}/ copies: master_weights=true")
-                } else {
-                    String::new()
-                }
-            )));
-        }
+        // 8-bit state keeps two tensors a buffer: codes and scales.
+        let expected: usize = specs
+            .iter()
+            .map(|s| {
+                slots_of(s).len()
+                    * if s.state_dtype == StateDtype::Q8 {
+                        2
+                    } else {
+                        1
+                    }
+            })
+            .sum::<usize>()
+            + masters;
         let mut tensors = Vec::with_capacity(layout.len());
         for (((name, shape), scalars), (&group, spec)) in layout
             .iter()
@@ -155,8 +157,15 @@ impl<T: Real> Optimizer<T> {
                 .ok_or_else(|| bad(format!("tensor `{name}` has a shape {shape:?} past usize")))?;
             let mut slots = Vec::with_capacity(slot_names.len());
             let mut lowp = Vec::new();
+            let mut quant = Vec::new();
             for (k, slot) in slot_names.iter().enumerate() {
                 let key = format!("{prefix}{slot}/{name}");
+                if spec.state_dtype == StateDtype::Q8 {
+                    quant.push(decode_quant(
+                        spec, k, &key, slot, name, shape, numel, lookup, prefix,
+                    )?);
+                    continue;
+                }
                 // A buffer's own shape (a whole-tensor rule's statistics are square matrices).
                 let slot_shape = spec.rule.slot_shape(k, shape);
                 let (shape, numel) = (&slot_shape, slot_shape.iter().product::<usize>());
@@ -215,11 +224,28 @@ impl<T: Real> Optimizer<T> {
                             T::NAME
                         )));
                     }
+                    (other @ (Buffer::Codes(_) | Buffer::Scales(_)), _) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` is {}, but the spec `{spec}` keeps the state in {}",
+                            if matches!(other, Buffer::Codes(_)) {
+                                "U8"
+                            } else {
+                                "F32"
+                            },
+                            if bf16 { "bf16" } else { T::NAME }
+                        )));
+                    }
                 }
             }
             let master = if opt.spec.master_weights {
                 let key = format!("{prefix}{MASTER}/{name}");
-                match lookup(&key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))? {
+                let missing = || {
+                    bad(format!(
+                        "buffer `{key}` is missing (the master copy of the parameters that \
+                         master_weights=true keeps)"
+                    ))
+                };
+                match lookup(&key).ok_or_else(missing)? {
                     Ok((got, Buffer::Full(data))) if got == *shape && data.len() == numel => data,
                     Ok((got, Buffer::Full(data))) if got == *shape => {
                         return Err(bad(format!(
@@ -234,9 +260,9 @@ impl<T: Real> Optimizer<T> {
                             T::NAME
                         )));
                     }
-                    Ok((_, Buffer::Bf16(_))) => {
+                    Ok((_, Buffer::Bf16(_) | Buffer::Codes(_) | Buffer::Scales(_))) => {
                         return Err(bad(format!(
-                            "buffer `{key}` is bf16: the master copy of the parameters is {}",
+                            "buffer `{key}` is not {}: the master copy of the parameters is",
                             T::NAME
                         )));
                     }
@@ -256,10 +282,135 @@ impl<T: Real> Optimizer<T> {
                 scalars,
                 lowp,
                 master,
+                quant,
             });
+        }
+        // Checked after the buffers each tensor needs, so that a missing one is named there.
+        if buffers != expected {
+            return Err(bad(format!(
+                "holds {buffers} buffers, expected {expected} (the state buffers of {} \
+                 tensors{})",
+                layout.len(),
+                if masters > 0 {
+                    format!(" and their {MASTER}/ copies: master_weights=true")
+                } else {
+                    String::new()
+                }
+            )));
         }
         opt.layout = Some(layout);
         opt.tensors = tensors;
         Ok(opt)
     }
+}
+
+/// The lookup of a state's buffers by name ([`Optimizer::from_source`]).
+type Lookup<'l, T> =
+    dyn Fn(&str) -> Option<std::result::Result<(Vec<usize>, Buffer<T>), String>> + 'l;
+
+/// Reads 8-bit state buffer `slot` (number `k` of its rule) of tensor `name`: its codes (U8,
+/// from a file) or values (the parameters' type, from a state dict) under `key`, and its
+/// scales under `{slot}.absmax/{name}` (F32, or the parameters' type holding `f32` values).
+/// Values must each be c\[q\]·a of a code of their block, exactly.
+#[allow(clippy::too_many_arguments)]
+fn decode_quant<T: Real>(
+    spec: &OptimizerSpec,
+    k: usize,
+    key: &str,
+    slot: &str,
+    name: &str,
+    shape: &[usize],
+    numel: usize,
+    lookup: &Lookup<'_, T>,
+    prefix: &str,
+) -> Result<QuantState> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: "(bytes)".to_string(),
+        reason,
+    };
+    let block = spec.block_size;
+    let n_blocks = numel.div_ceil(block);
+    let nonnegative = spec.rule.slot_is_nonnegative(k);
+    let book = crate::quant::CodeBook::for_buffer(nonnegative);
+    let akey = format!("{prefix}{slot}{ABSMAX}/{name}");
+    let absmax = match lookup(&akey).ok_or_else(|| bad(format!("buffer `{akey}` is missing")))? {
+        Ok((got, data)) if got == [n_blocks] && data.len() == n_blocks => match data {
+            Buffer::Scales(a) => a,
+            Buffer::Full(wide) => {
+                let mut a = Vec::with_capacity(n_blocks);
+                for (i, x) in wide.into_iter().enumerate() {
+                    let narrow = x.as_f64() as f32;
+                    if f64::from(narrow) != x.as_f64() && !x.is_nan() {
+                        return Err(bad(format!(
+                            "buffer `{akey}` element {i} = {x:?} is not an f32 value"
+                        )));
+                    }
+                    a.push(narrow);
+                }
+                a
+            }
+            _ => return Err(bad(format!("buffer `{akey}` is not F32 scales"))),
+        },
+        Ok((got, _)) => {
+            return Err(bad(format!(
+                "buffer `{akey}` has shape {got:?}, expected [{n_blocks}] (one scale per block \
+                 of {block} of the {numel} elements)"
+            )));
+        }
+        Err(what) => {
+            return Err(bad(format!(
+                "buffer `{akey}` is {what}, expected F32 [{n_blocks}]"
+            )));
+        }
+    };
+    if let Some(i) = absmax
+        .iter()
+        .position(|&a| a < 0.0 || a.to_bits() == (-0.0f32).to_bits())
+    {
+        return Err(bad(format!(
+            "buffer `{akey}` element {i} = {} is negative: a block's scale is its largest magnitude",
+            absmax[i]
+        )));
+    }
+    let codes = match lookup(key).ok_or_else(|| bad(format!("buffer `{key}` is missing")))? {
+        Ok((got, data)) if got == shape && data.len() == numel => match data {
+            Buffer::Codes(c) => c,
+            Buffer::Full(values) => {
+                let values: Vec<f32> = values.iter().map(|x| x.as_f64() as f32).collect();
+                match crate::quant::encode_exact(book, &values, &absmax, block) {
+                    Ok(codes) => codes,
+                    Err(i) => {
+                        return Err(bad(format!(
+                            "buffer `{key}` element {i} = {:?} is not a value of the 8-bit state \
+                             (c[q]·a for a code q of the {} book and its block's scale a = {:?})",
+                            values[i],
+                            if nonnegative { "unsigned" } else { "signed" },
+                            absmax[i / block]
+                        )));
+                    }
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "buffer `{key}` is neither U8 codes nor {}",
+                    T::NAME
+                )));
+            }
+        },
+        Ok((got, _)) => {
+            return Err(bad(format!(
+                "buffer `{key}` has shape {got:?}, expected {shape:?} of {numel} elements"
+            )));
+        }
+        Err(what) => {
+            return Err(bad(format!(
+                "buffer `{key}` is {what}, expected U8 {shape:?}"
+            )));
+        }
+    };
+    Ok(QuantState {
+        codes,
+        absmax,
+        nonnegative,
+    })
 }

@@ -1,8 +1,9 @@
 //! Optimizer state on disk: safetensors with JSON metadata, written atomically.
 //!
 //! Layout: one tensor `"{slot}/{parameter}"` per state buffer (dtype and shape of the
-//! parameter; BF16 with `state_dtype=bf16`), `"master/{parameter}"` for the master copy of
-//! bfloat16 parameters (`master_weights=true`), and string metadata:
+//! parameter; BF16 with `state_dtype=bf16`; with `state_dtype=q8`, the codes as U8 and the
+//! scales, one per block, as F32 `"{slot}.absmax/{parameter}"`), `"master/{parameter}"` for
+//! the master copy of bfloat16 parameters (`master_weights=true`), and string metadata:
 //!
 //! | key | value |
 //! |---|---|
@@ -142,10 +143,13 @@ pub struct StateDict<T> {
 /// A tensor to write: name, shape, little-endian bytes, element type.
 pub type Entry = (String, Vec<usize>, Vec<u8>, Dtype);
 
-/// A state buffer read back: in the parameters' type, or bfloat16 bits.
+/// A state buffer read back: in the parameters' type, bfloat16 bits, 8-bit codes, or `f32`
+/// scales of 8-bit state (where the parameters are `f64`).
 pub(crate) enum Buffer<T> {
     Full(Vec<T>),
     Bf16(Vec<u16>),
+    Codes(Vec<u8>),
+    Scales(Vec<f32>),
 }
 
 impl<T> Buffer<T> {
@@ -153,9 +157,15 @@ impl<T> Buffer<T> {
         match self {
             Buffer::Full(v) => v.len(),
             Buffer::Bf16(v) => v.len(),
+            Buffer::Codes(v) => v.len(),
+            Buffer::Scales(v) => v.len(),
         }
     }
 }
+
+/// The suffix of the slot name under which the block scales of 8-bit state are stored
+/// (`exp_avg.absmax/{tensor}` beside the codes `exp_avg/{tensor}`).
+pub const ABSMAX: &str = ".absmax";
 
 /// Serialises tensors `(name, shape, little-endian bytes, dtype)` with `metadata` to
 /// safetensors bytes whose header has sorted keys (equal contents, equal bytes).
@@ -251,6 +261,13 @@ impl<T: Real> Optimizer<T> {
     /// bytes)`, every key and tensor name prefixed with `prefix` (so that a training checkpoint
     /// can hold the optimizer beside the weights in one file).
     pub fn to_parts(&self, prefix: &str) -> Result<(Metadata, Vec<Entry>)> {
+        self.parts(prefix, false)
+    }
+
+    /// [`Optimizer::to_parts`], with 8-bit state as it is kept (`widen` false: codes and
+    /// `f32` scales) or widened to the parameters' type (`widen` true: the values
+    /// x̂ = c\[q\]·a and the scales, for a [`StateDict`]).
+    fn parts(&self, prefix: &str, widen: bool) -> Result<(Metadata, Vec<Entry>)> {
         let layout = self.layout.as_ref();
         let scalars: Vec<&Vec<f64>> = self.tensors.iter().map(|t| &t.scalars).collect();
         let json = |v: serde_json::Result<String>| {
@@ -302,6 +319,29 @@ impl<T: Real> Optimizer<T> {
                     let raw = buffer.iter().flat_map(|b| b.to_le_bytes()).collect();
                     let name = format!("{prefix}{slot}/{name}");
                     entries.push((name, shape.clone(), raw, Dtype::BF16));
+                }
+                let block = self.spec_of(t).block_size;
+                for (slot, q) in self.slot_names_of(t).iter().zip(&state.quant) {
+                    let codes = format!("{prefix}{slot}/{name}");
+                    let scales = format!("{prefix}{slot}{ABSMAX}/{name}");
+                    let n_blocks = vec![q.absmax.len()];
+                    if widen {
+                        let wide = |xs: &mut dyn Iterator<Item = f32>| {
+                            let mut raw = Vec::new();
+                            for x in xs {
+                                T::from_f64(f64::from(x)).write_le(&mut raw);
+                            }
+                            raw
+                        };
+                        let values = wide(&mut q.values(block).into_iter());
+                        entries.push((codes, shape.clone(), values, dtype_of::<T>()));
+                        let absmax = wide(&mut q.absmax.iter().copied());
+                        entries.push((scales, n_blocks, absmax, dtype_of::<T>()));
+                    } else {
+                        entries.push((codes, shape.clone(), q.codes.clone(), Dtype::U8));
+                        let raw = q.absmax.iter().flat_map(|a| a.to_le_bytes()).collect();
+                        entries.push((scales, n_blocks, raw, Dtype::F32));
+                    }
                 }
                 if !state.master.is_empty() {
                     let mut raw = Vec::with_capacity(state.master.len() * T::BYTES);
@@ -425,6 +465,14 @@ impl<T: Real> Optimizer<T> {
                         .map(|b| u16::from_le_bytes([b[0], b[1]]))
                         .collect();
                     Ok((view.shape().to_vec(), Buffer::Bf16(data)))
+                } else if view.dtype() == Dtype::U8 {
+                    Ok((view.shape().to_vec(), Buffer::Codes(raw.to_vec())))
+                } else if view.dtype() == Dtype::F32 {
+                    let data = raw
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    Ok((view.shape().to_vec(), Buffer::Scales(data)))
                 } else {
                     Err(format!("{:?} {:?}", view.dtype(), view.shape()))
                 }
@@ -435,8 +483,9 @@ impl<T: Real> Optimizer<T> {
 
     /// The state in memory ([`StateDict`]): the metadata and buffers a checkpoint holds.
     pub fn state_dict(&self) -> Result<StateDict<T>> {
-        let (metadata, entries) = self.to_parts("")?;
-        // bfloat16 buffers are widened (exactly); from_state_dict narrows them back.
+        let (metadata, entries) = self.parts("", true)?;
+        // bfloat16 buffers are widened (exactly), 8-bit ones dequantized (with their scales);
+        // from_state_dict narrows them back.
         let buffers = entries
             .into_iter()
             .map(|(name, shape, raw, dtype)| {

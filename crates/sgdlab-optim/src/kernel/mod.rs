@@ -27,12 +27,13 @@
 //!
 //! The rooms: `simd.rs` (the instruction-set levels and the `multiversion!` dispatch),
 //! `blocks.rs` (the blocked, prefetching element loop), `bf16.rs` (bfloat16 state: the fused
-//! loop and the scratch path), `reduce.rs` (the finiteness and norm pre-pass), and this module
+//! loop and the scratch path), `q8.rs` (8-bit blockwise state), `reduce.rs` (the finiteness and norm pre-pass), and this module
 //! (work units and how they are run).
 
 mod bf16;
 mod blocks;
 pub use blocks::{Prefetch, PrefetchLevel, prefetch_policy};
+mod q8;
 mod reduce;
 mod simd;
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub(crate) use bf16::dispatch_lowp;
 #[cfg(test)]
 pub(crate) use bf16::run_lowp_scratch;
 use blocks::prefetch_lines_to;
+pub(crate) use q8::{Quant, QuantSlot, dispatch_quant};
 
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;
@@ -102,6 +104,8 @@ pub(crate) struct Unit<'a, T> {
     pub scalars: &'a [f64],
     /// The state buffers in bfloat16, when the spec says `state_dtype=bf16`.
     pub lowp: Option<Lowp<'a>>,
+    /// The state buffers in 8 bits, when the spec says `state_dtype=q8`.
+    pub quant: Option<Quant<'a>>,
     /// Cautious masking of the rule's update (`cautious=true`).
     pub cautious: Option<Cautious<'a, T>>,
 }
@@ -173,7 +177,12 @@ pub(crate) fn run_one<'a, T: Real>(level: SimdLevel, u: &mut Unit<'a, T>) {
     if let Some(c) = &mut u.cautious {
         c.before(&mut u.p);
     }
-    if u.lowp.is_some() {
+    if let Some(q) = &u.quant {
+        let len = q8::scratch_len(u.n_slots, q.block);
+        T::with_scratch(len, |scratch| {
+            rule.dispatch_quant_unit(level, ctx, u, scratch)
+        });
+    } else if u.lowp.is_some() {
         let len = LOWP_BLOCK * u.n_slots;
         T::with_scratch(len, |scratch| {
             rule.dispatch_lowp_unit(level, ctx, u, scratch)
@@ -238,14 +247,19 @@ impl<T> Unit<'_, T> {
         let n = (policy.ahead_bytes / std::mem::size_of::<T>()).min(self.p.len());
         prefetch_lines_to(level, &self.p[..n]);
         prefetch_lines_to(level, &self.g[..n]);
-        match &self.lowp {
-            None => {
-                for slot in &self.slots[..self.n_slots] {
+        match (&self.lowp, &self.quant) {
+            (Some(lowp), _) => {
+                for slot in &lowp.slots[..self.n_slots] {
                     prefetch_lines_to(level, &slot[..n]);
                 }
             }
-            Some(lowp) => {
-                for slot in &lowp.slots[..self.n_slots] {
+            (None, Some(quant)) => {
+                for slot in &quant.slots[..self.n_slots] {
+                    prefetch_lines_to(level, &slot.codes[..n]);
+                }
+            }
+            (None, None) => {
+                for slot in &self.slots[..self.n_slots] {
                     prefetch_lines_to(level, &slot[..n]);
                 }
             }

@@ -208,6 +208,7 @@ fn fused_bf16_loop_matches_the_scratch_path() {
                     keys: smallvec::smallvec![0x1234_5678_9abc_def0, 42],
                     offset: 5 * CHUNK as u64,
                 }),
+                quant: None,
                 cautious: None,
             };
             let mut scratch = vec![T::zero(); LOWP_BLOCK * n_slots];

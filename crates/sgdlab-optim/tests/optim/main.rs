@@ -13,5 +13,6 @@ mod groups_schedule;
 mod matrix_and_averaging_rules;
 mod optimizers;
 mod prodigy;
+mod q8_state;
 mod quant;
 mod soap;
