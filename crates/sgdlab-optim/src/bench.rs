@@ -166,7 +166,8 @@ pub struct BenchResult {
     /// Median milliseconds per step.
     pub ms_per_step: f64,
     /// Bytes moved per parameter by the fused pass: read and write the parameter and each
-    /// state buffer, read the gradient (f32 Adam: 28). The default NaN/Inf check re-reads the
+    /// state buffer, read the gradient (f32 Adam: 28; 8-bit state: 1 byte an element, its
+    /// scales left out). The default NaN/Inf check re-reads the
     /// gradient in a pre-pass (4 more bytes); that read is in the time but not in this count.
     pub bytes_per_param: usize,
     /// `bytes_per_param · params / ms_per_step`, GB/s.
@@ -304,9 +305,11 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchResult)) -> Result<B
             let mut work = Workload::new(plan.params, count, std::slice::from_ref(spec))?;
             let n_slots = work.problems[0].optimizer.slot_names().len();
             // Parameters read and written, the gradient read, each state element read and
-            // written: 4 bytes each in f32, 2 for bf16 state.
+            // written: 4 bytes each in f32, 2 for bf16 state, 1 for 8-bit state (whose scales,
+            // 4 bytes a block, 1.6 % more at 256, are left out).
             let state_bytes = match spec.state_dtype {
                 crate::StateDtype::Bf16 => 2,
+                crate::StateDtype::Q8 => 1,
                 _ => std::mem::size_of::<f32>(),
             };
             let bytes_per_param = 3 * std::mem::size_of::<f32>() + 2 * n_slots * state_bytes;

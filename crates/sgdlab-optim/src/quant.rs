@@ -34,19 +34,54 @@ use std::sync::LazyLock;
 /// The elements per block, as bitsandbytes' 8-bit optimizers use.
 pub const BLOCK_SIZE: usize = 256;
 
-/// A sorted table of 256 `f32` values in \[−1, 1\] that a byte indexes.
+/// A sorted table of 256 `f32` values in \[−1, 1\] that a byte indexes, with the tables
+/// that find a value's code without a search.
+///
+/// The lookups cut \[−1, 1\] into buckets ([`bucket`]): for each sign, the 24 octaves
+/// \[2⁻²³, 1) in 128 equal parts each, |y| below 2⁻²³ into the first and 1 into one of its own
+/// (y beyond ±1 as ±1). A bucket is narrower than the gap between any two neighbouring codes
+/// (its width is at most 0.56 of the gap; checked when the book is built), so it holds at
+/// most one code and one rounding threshold: a code is the bucket's first code plus one
+/// comparison, branch-free.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeBook {
     values: [f32; 256],
-    /// For each bucket of [`order_key`]`(y) >> LUT_SHIFT`, the nearest code of the bucket's
-    /// smallest `y`: where [`CodeBook::nearest`] starts its search.
-    lut: Box<[u8]>,
+    /// `thresholds[q]`: the largest `f32` whose nearest code is q or lower (+∞ for 255).
+    thresholds: [f32; 256],
+    /// `next[q] = values[q + 1]` (+∞ for 255).
+    next: [f32; 256],
+    /// `1/(values[q + 1] − values[q])` in `f32` (0 for 255).
+    inv_gap: [f32; 256],
+    /// For each [`bucket`], the nearest code of its smallest value.
+    near: Box<[u32]>,
+    /// For each [`bucket`], the largest code at or below its smallest value (0 below −0.993).
+    floor: Box<[u32]>,
 }
 
-/// The low bits of an [`order_key`] that one bucket of the nearest-code table spans: 2¹⁴
-/// buckets, each 1/32 of an octave wide (3 % relative), so that a search from a bucket's
-/// start passes at most a few codes.
-const LUT_SHIFT: u32 = 18;
+/// Mantissa bits that a bucket keeps: 128 buckets an octave.
+const BUCKET_BITS: u32 = 7;
+/// The bits of 2⁻²³, the start of the first bucket (smaller magnitudes share it).
+const LOW_BITS: u32 = (127 - 23) << 23;
+/// The bits of 1.0, the last bucket (larger magnitudes share it).
+const ONE_BITS: u32 = 127 << 23;
+/// Buckets per sign: 24 octaves of 128, and 1.0's.
+const PER_SIGN: u32 = ((ONE_BITS - LOW_BITS) >> (23 - BUCKET_BITS)) + 1;
+
+/// The bucket of `y`: its magnitude clamped to \[2⁻²³, 1\], cut to 7 mantissa bits,
+/// positives first, then negatives (a NaN falls somewhere; its block is handled apart).
+#[inline(always)]
+fn bucket(y: f32) -> usize {
+    let bits = y.to_bits();
+    let a = (bits & 0x7FFF_FFFF).clamp(LOW_BITS, ONE_BITS);
+    (((a - LOW_BITS) >> (23 - BUCKET_BITS)) + (bits >> 31) * PER_SIGN) as usize
+}
+
+/// The magnitudes of bucket `b` of one sign: its first and last `f32`.
+fn bucket_bounds(b: u32) -> (f32, f32) {
+    let lo = LOW_BITS + (b << (23 - BUCKET_BITS));
+    let hi = (lo + (1 << (23 - BUCKET_BITS)) - 1).min(ONE_BITS);
+    (f32::from_bits(lo), f32::from_bits(hi))
+}
 
 /// A key that orders floats as numbers do: `x < y` ⇒ `order_key(x) ≤ order_key(y)` (−0 and +0
 /// are next to each other; NaNs lie beyond the infinities).
@@ -111,11 +146,56 @@ impl CodeBook {
         values.copy_from_slice(&data);
         let mut book = Self {
             values,
-            lut: Box::new([]),
+            thresholds: [f32::INFINITY; 256],
+            next: [f32::INFINITY; 256],
+            inv_gap: [0.0; 256],
+            near: Box::new([]),
+            floor: Box::new([]),
         };
-        book.lut = (0..1u32 << (32 - LUT_SHIFT))
-            .map(|k| book.nearest_by_search(from_order_key(k << LUT_SHIFT)))
+        for q in 0..255 {
+            let (c, d) = (values[q], values[q + 1]);
+            book.next[q] = d;
+            book.inv_gap[q] = 1.0 / (d - c);
+            // y − c > d − y is monotone in y (f32 rounding is): the last y in [c, d) for
+            // which it fails, by bisection over the floats' order.
+            let (mut lo, mut hi) = (order_key(c), order_key(d));
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                let y = from_order_key(mid);
+                if y - c > d - y {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            book.thresholds[q] = from_order_key(lo);
+        }
+        // A bucket's smallest value: its largest magnitude for negatives.
+        let smallest = |k: u32| {
+            if k < PER_SIGN {
+                bucket_bounds(k).0
+            } else {
+                -bucket_bounds(k - PER_SIGN).1
+            }
+        };
+        book.near = (0..2 * PER_SIGN)
+            .map(|k| u32::from(book.nearest_by_search(smallest(k))))
             .collect();
+        book.floor = (0..2 * PER_SIGN)
+            .map(|k| {
+                let y = smallest(k);
+                u32::from(book.values.partition_point(|&c| c <= y).saturating_sub(1) as u8)
+            })
+            .collect();
+        // The lookups hold if no bucket spans two codes or two thresholds.
+        for k in 0..PER_SIGN {
+            let (lo, hi) = bucket_bounds(k);
+            for (a, b) in [(lo, hi), (-hi, -lo)] {
+                let inside = |t: &f32| a < *t && *t <= b;
+                debug_assert!(book.values.iter().filter(|t| inside(t)).count() <= 1);
+                debug_assert!(book.thresholds.iter().filter(|t| inside(t)).count() <= 1);
+            }
+        }
         book
     }
 
@@ -183,33 +263,34 @@ impl CodeBook {
     }
 
     /// The code of the value nearest to `y` (the lower one on a tie; a NaN `y` gives a
-    /// meaningless code). A table over the top bits of `y` gives the nearest code of the
-    /// smallest float sharing them, and a short walk up the table finishes: the first code q
-    /// with y − c\[q\] ≤ c\[q+1\] − y, which rounding to `f32` keeps monotone in q.
-    #[inline]
+    /// meaningless code): the first code of `y`'s bucket, or the next one past its threshold.
+    #[inline(always)]
     pub fn nearest(&self, y: f32) -> u8 {
-        let mut q = self.lut[(order_key(y) >> LUT_SHIFT) as usize];
-        while q < 255 && y - self.value(q) > self.value(q + 1) - y {
-            q += 1;
-        }
-        q
+        // SAFETY: `bucket` is below 2·PER_SIGN, the tables' length; a code is below 256.
+        let q = unsafe { *self.near.get_unchecked(bucket(y)) };
+        let t = unsafe { *self.thresholds.get_unchecked(q as usize) };
+        (q + u32::from(y > t)) as u8
     }
 
-    /// The code of `y` rounded stochastically with the uniform 32 random bits `r`: the upper
-    /// neighbour with probability (y − cₗ)/(cₕ − cₗ).
-    #[inline]
+    /// The code of `y` rounded stochastically with the uniform 32 random bits `r`: between
+    /// its neighbours cₗ ≤ y < cₕ, the upper with probability p = (y − cₗ)/(cₕ − cₗ), in
+    /// `f32` (as (y − cₗ) times the gap's reciprocal), against the top 24 bits of `r`:
+    /// up when r/2³² < p to within 2⁻²⁴. A value of the table (p = 0) never moves.
+    #[inline(always)]
     pub fn stochastic(&self, y: f32, r: u32) -> u8 {
-        let (lo, hi) = self.bracket(y);
-        if lo == hi {
-            return lo;
-        }
-        let (a, b) = (f64::from(self.value(lo)), f64::from(self.value(hi)));
-        let p = (f64::from(y) - a) / (b - a);
-        if f64::from(r) < p * 4_294_967_296.0 {
-            hi
-        } else {
-            lo
-        }
+        // SAFETY: as in `nearest`; `lo` is a code.
+        let lo = unsafe { *self.floor.get_unchecked(bucket(y)) };
+        let next = unsafe { *self.next.get_unchecked(lo as usize) };
+        let lo = lo + u32::from(y >= next);
+        let (c, inv) = unsafe {
+            (
+                *self.values.get_unchecked(lo as usize),
+                *self.inv_gap.get_unchecked(lo as usize),
+            )
+        };
+        let p = (y - c) * inv;
+        let u = (r >> 8) as f32 * (1.0 / 16_777_216.0);
+        (lo + u32::from(u < p)) as u8
     }
 }
 
@@ -242,31 +323,33 @@ pub(crate) fn quantize_values<T: Real>(
         codes.len(),
         "a block and its codes differ in length"
     );
-    // `max` drops NaNs, so they are looked for apart: a NaN times 0 stays NaN, and so does
-    // an infinity (which the maximum keeps anyway).
-    let (absmax, probe) = x.iter().fold((0.0f32, 0.0f32), |(m, z), v| {
-        let v = v.as_f64() as f32;
-        (m.max(v.abs()), z + v * 0.0)
+    // The largest magnitude as an integer maximum of the bits without their sign (a
+    // vectorised reduction): above the bits of +∞ only NaNs lie, so one maximum finds both.
+    let top = x.iter().fold(0u32, |m, v| {
+        m.max(((v.as_f64() as f32).to_bits()) & 0x7FFF_FFFF)
     });
-    if !absmax.is_finite() || probe.is_nan() {
+    let absmax = f32::from_bits(top);
+    if !absmax.is_finite() {
         codes.fill(book.zero_code());
-        return if probe.is_nan() && absmax.is_finite() {
-            f32::NAN
-        } else {
-            absmax
-        };
+        return absmax;
     }
+    // y = x·(1/a); a scale below 2⁻¹²⁶ divides instead (its reciprocal may overflow, and
+    // 0·∞ is NaN). An all-zero block gives y = 0.
     let inv = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
+    let tiny = absmax > 0.0 && absmax < f32::MIN_POSITIVE;
+    let scaled = |v: &T| {
+        let v = v.as_f64() as f32;
+        if tiny { v / absmax } else { v * inv }
+    };
     match rounding {
         Rounding::Nearest => {
             for (q, v) in codes.iter_mut().zip(x) {
-                *q = book.nearest((v.as_f64() as f32) * inv);
+                *q = book.nearest(scaled(v));
             }
         }
         Rounding::Stochastic { key } => {
             for (i, (q, v)) in codes.iter_mut().zip(x).enumerate() {
-                let y = (v.as_f64() as f32) * inv;
-                *q = book.stochastic(y, counter_bits(key, first_index + i as u64));
+                *q = book.stochastic(scaled(v), counter_bits(key, first_index + i as u64));
             }
         }
     }
@@ -427,5 +510,55 @@ mod tests {
                 assert_eq!(book.nearest(y), book.nearest_by_search(y), "{y:e} {signed}");
             }
         }
+    }
+
+    /// Stochastic rounding picks between the binary search's neighbours: with r = 0 (u = 0)
+    /// the upper one unless y is a value, with r = 2³² − 1 the lower one unless y lies
+    /// within 2⁻²⁴ of a gap's top; below the table it keeps the first code.
+    #[test]
+    fn stochastic_rounding_picks_between_the_searched_neighbours() {
+        for signed in [true, false] {
+            let book = CodeBook::dynamic(signed);
+            let mut ys: Vec<f32> = book.values().to_vec();
+            for w in book.values().windows(2) {
+                ys.extend([w[0].next_up(), (w[0] + w[1]) / 2.0, w[1].next_down()]);
+            }
+            for i in 0..100_000 {
+                let y = 10f32.powf(-8.0 + 8.0 * (i as f32) / 100_000.0);
+                ys.extend([y, -y]);
+            }
+            ys.extend([-1.0, 1.0, 0.0, -0.0]);
+            for y in ys {
+                let (lo, hi) = book.bracket(y);
+                let up = book.stochastic(y, 0);
+                let down = book.stochastic(y, u32::MAX);
+                if lo == hi || y < book.value(0) {
+                    assert_eq!((up, down), (lo, lo), "{y:e} {signed}");
+                } else {
+                    assert_eq!(up, hi, "{y:e} {signed}");
+                    let p = (y - book.value(lo)) / (book.value(hi) - book.value(lo));
+                    if p < 0.999 {
+                        assert_eq!(down, lo, "{y:e} {signed}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A block whose scale is subnormal (its reciprocal overflows) still quantizes: zeros
+    /// stay 0 and the largest element is exact.
+    #[test]
+    fn a_subnormal_scale_quantizes_like_any_other() {
+        let book = CodeBook::dynamic(false);
+        let x = [0.0f32, 1e-40, 5e-41, 0.0];
+        let mut codes = [0u8; 4];
+        let a = quantize_block(&book, &x, Rounding::Nearest, 0, &mut codes);
+        assert_eq!(a, 1e-40);
+        let mut out = [1.0f32; 4];
+        dequantize_block(&book, &codes, a, &mut out);
+        assert_eq!(out[0], 0.0);
+        assert_eq!(out[1], 1e-40);
+        assert_eq!(out[3], 0.0);
+        assert!((out[2] - 5e-41).abs() <= 1e-42, "{}", out[2]);
     }
 }
