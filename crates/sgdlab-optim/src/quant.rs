@@ -342,6 +342,12 @@ pub(crate) fn quantize_values<T: Real>(
         if tiny { v / absmax } else { v * inv }
     };
     match rounding {
+        #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+        Rounding::Nearest if !tiny && simd::avx512() && as_f32(x).is_some() => {
+            let x = as_f32(x).unwrap_or_default();
+            // SAFETY: `avx512` checked that the CPU has AVX-512F.
+            unsafe { simd::nearest(book, x, inv, codes) }
+        }
         Rounding::Nearest => {
             for (q, v) in codes.iter_mut().zip(x) {
                 *q = book.nearest(scaled(v));
@@ -356,6 +362,128 @@ pub(crate) fn quantize_values<T: Real>(
     absmax
 }
 
+/// `x` as `f32`s, when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: T is f32 (same type id), so the slice is one of f32s.
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
+/// `x` as mutable `f32`s, when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: T is f32 (same type id), so the slice is one of f32s.
+        unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
+/// Dequantizes one block into values of any [`Real`] type: `out[i] = c[codes[i]]·absmax`,
+/// in `f32`, widened exactly.
+#[inline(always)]
+pub(crate) fn dequantize_values<T: Real>(
+    book: &CodeBook,
+    codes: &[u8],
+    absmax: f32,
+    out: &mut [T],
+) {
+    #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+    if simd::avx512() {
+        if let Some(out) = as_f32_mut(out) {
+            // SAFETY: `avx512` checked that the CPU has AVX-512F.
+            return unsafe { simd::dequantize(book, codes, absmax, out) };
+        }
+    }
+    for (o, &q) in out.iter_mut().zip(codes) {
+        *o = T::from_f64(f64::from(book.value(q) * absmax));
+    }
+}
+
+/// The 16-lane AVX-512 loops of the lookups: the same operations as the scalar ones (an
+/// `f32` multiply, integer bucket arithmetic, table reads as gathers, one comparison), so
+/// the same codes and values.
+#[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+mod simd {
+    use super::{BUCKET_BITS, CodeBook, LOW_BITS, ONE_BITS, PER_SIGN};
+    use std::arch::x86_64::*;
+
+    /// Whether the loops may run: the CPU has AVX-512F and the kernels' level is AVX-512.
+    #[inline(always)]
+    pub(super) fn avx512() -> bool {
+        crate::kernel::SimdLevel::current() == crate::kernel::SimdLevel::Avx512
+    }
+
+    /// `codes[i] = nearest(x[i]·inv)`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn nearest(book: &CodeBook, x: &[f32], inv: f32, codes: &mut [u8]) {
+        let n = x.len().min(codes.len());
+        let full = n / 16 * 16;
+        let inv_v = _mm512_set1_ps(inv);
+        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+        let (low, one) = (
+            _mm512_set1_epi32(LOW_BITS as i32),
+            _mm512_set1_epi32(ONE_BITS as i32),
+        );
+        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
+        let step = _mm512_set1_epi32(1);
+        let near = book.near.as_ptr().cast::<i32>();
+        let thresholds = book.thresholds.as_ptr();
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 ≤ n, within both slices; the gathers read `near` at buckets
+            // (below 2·PER_SIGN, its length) and `thresholds` at codes (below 256).
+            unsafe {
+                let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
+                let bits = _mm512_castps_si512(y);
+                let a = _mm512_min_epu32(
+                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
+                    one,
+                );
+                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
+                // The lanes whose sign bit is set.
+                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
+                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
+                let q = _mm512_i32gather_epi32::<4>(b, near);
+                let t = _mm512_i32gather_ps::<4>(q, thresholds);
+                let up = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, t);
+                let q = _mm512_mask_add_epi32(q, up, q, step);
+                _mm_storeu_si128(
+                    codes.as_mut_ptr().add(i).cast::<__m128i>(),
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+            i += 16;
+        }
+        for (q, &v) in codes[full..n].iter_mut().zip(&x[full..n]) {
+            *q = book.nearest(v * inv);
+        }
+    }
+
+    /// `out[i] = c[codes[i]]·a`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dequantize(book: &CodeBook, codes: &[u8], a: f32, out: &mut [f32]) {
+        let n = codes.len().min(out.len());
+        let full = n / 16 * 16;
+        let a_v = _mm512_set1_ps(a);
+        let values = book.values.as_ptr();
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 ≤ n, within both slices; the gather reads `values` at codes.
+            unsafe {
+                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.as_ptr().add(i).cast()));
+                let c = _mm512_i32gather_ps::<4>(q, values);
+                _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(c, a_v));
+            }
+            i += 16;
+        }
+        for (o, &q) in out[full..n].iter_mut().zip(&codes[full..n]) {
+            *o = book.value(q) * a;
+        }
+    }
+}
+
 /// Dequantizes one block: `out[i] = c[codes[i]]·absmax`.
 pub fn dequantize_block(book: &CodeBook, codes: &[u8], absmax: f32, out: &mut [f32]) {
     assert_eq!(
@@ -363,9 +491,7 @@ pub fn dequantize_block(book: &CodeBook, codes: &[u8], absmax: f32, out: &mut [f
         out.len(),
         "a block and its codes differ in length"
     );
-    for (o, &q) in out.iter_mut().zip(codes) {
-        *o = book.value(q) * absmax;
-    }
+    dequantize_values(book, codes, absmax, out);
 }
 
 /// Quantizes a whole tensor block by block: `codes` has `x.len()` bytes and `absmax`
@@ -560,5 +686,42 @@ mod tests {
         assert_eq!(out[1], 1e-40);
         assert_eq!(out[3], 0.0);
         assert!((out[2] - 5e-41).abs() <= 1e-42, "{}", out[2]);
+    }
+
+    /// The AVX-512 loops give the scalar lookups' codes and values, on every code, the floats
+    /// around every threshold, a log sweep of both signs and the values past ±1 that a
+    /// rounded reciprocal can make (with a ragged tail).
+    #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+    #[test]
+    fn the_avx512_loops_are_the_scalar_lookups() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for signed in [true, false] {
+            let book = CodeBook::dynamic(signed);
+            let mut ys: Vec<f32> = book.values().to_vec();
+            for &t in &book.thresholds[..255] {
+                ys.extend([t, t.next_up(), t.next_down()]);
+            }
+            for i in 0..50_000 {
+                let y = 10f32.powf(-9.0 + 9.0 * (i as f32) / 50_000.0);
+                ys.extend([y, -y]);
+            }
+            ys.extend([1.0f32.next_up(), (-1.0f32).next_down(), 0.0, -0.0, 1e-30, -1e-30]);
+            ys.push(0.5); // 16k + 5 values: a ragged tail
+            let mut simd_codes = vec![0u8; ys.len()];
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe { simd::nearest(&book, &ys, 1.0, &mut simd_codes) };
+            for (y, &q) in ys.iter().zip(&simd_codes) {
+                assert_eq!(q, book.nearest(*y), "{y:e} {signed}");
+            }
+            let codes: Vec<u8> = (0..=255).cycle().take(1000).collect();
+            let mut out = vec![0f32; codes.len()];
+            // SAFETY: as above.
+            unsafe { simd::dequantize(&book, &codes, 0.37, &mut out) };
+            for (&q, &o) in codes.iter().zip(&out) {
+                assert_eq!(o.to_bits(), (book.value(q) * 0.37).to_bits());
+            }
+        }
     }
 }

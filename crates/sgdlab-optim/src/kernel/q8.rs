@@ -8,7 +8,7 @@
 
 use super::{Bufs, Keys, SimdLevel, Unit, multiversion, run_unit};
 use crate::lowp::Rounding;
-use crate::quant::{CodeBook, quantize_values};
+use crate::quant::{CodeBook, dequantize_values, quantize_values};
 use crate::rule::UpdateRule;
 use crate::{Real, StateRounding, StepContext};
 
@@ -70,16 +70,12 @@ pub(crate) fn run_quant_unit<R: UpdateRule, T: Real>(
             .map(|s| {
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
                 rest = tail;
-                let values = s.book.values();
                 for (k, (out, codes)) in head
                     .chunks_mut(block)
                     .zip(s.codes[start..end].chunks(block))
                     .enumerate()
                 {
-                    let a = s.absmax[first_block + k];
-                    for (o, &c) in out.iter_mut().zip(codes) {
-                        *o = T::from_f64(f64::from(values[usize::from(c)] * a));
-                    }
+                    dequantize_values(s.book, codes, s.absmax[first_block + k], out);
                 }
                 head
             })
