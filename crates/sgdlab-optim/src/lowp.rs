@@ -97,6 +97,13 @@ impl Block {
         }
     }
 
+    /// The block's two words: what the counter is xored with, then added to, before the
+    /// hash ([`Block::bits`]); for loops that hash many counters at once.
+    #[inline(always)]
+    pub fn parts(self) -> (u32, u32) {
+        (self.xor, self.add)
+    }
+
     /// The bits of the element whose index has low half `index32`.
     #[inline(always)]
     pub fn bits(self, index32: u32) -> u32 {

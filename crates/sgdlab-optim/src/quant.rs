@@ -353,6 +353,18 @@ pub(crate) fn quantize_values<T: Real>(
                 *q = book.nearest(scaled(v));
             }
         }
+        #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
+        Rounding::Stochastic { key }
+            if !tiny
+                && simd::avx512()
+                && as_f32(x).is_some()
+                && (first_index >> 32) == ((first_index + x.len() as u64) >> 32) =>
+        {
+            let x = as_f32(x).unwrap_or_default();
+            // SAFETY: `avx512` checked that the CPU has AVX-512F; the block's counters share
+            // their top 32 bits (checked above), as the loop's one `Block` needs.
+            unsafe { simd::stochastic(book, x, inv, key, first_index, codes) }
+        }
         Rounding::Stochastic { key } => {
             for (i, (q, v)) in codes.iter_mut().zip(x).enumerate() {
                 *q = book.stochastic(scaled(v), counter_bits(key, first_index + i as u64));
@@ -416,6 +428,7 @@ mod simd {
     }
 
     /// `codes[i] = nearest(x[i]·inv)`.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn nearest(book: &CodeBook, x: &[f32], inv: f32, codes: &mut [u8]) {
         let n = x.len().min(codes.len());
@@ -461,7 +474,89 @@ mod simd {
         }
     }
 
+    /// `codes[i] = stochastic(x[i]·inv, counter_bits(key, first + i))`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn stochastic(
+        book: &CodeBook,
+        x: &[f32],
+        inv: f32,
+        key: u64,
+        first: u64,
+        codes: &mut [u8],
+    ) {
+        let n = x.len().min(codes.len());
+        let full = n / 16 * 16;
+        let inv_v = _mm512_set1_ps(inv);
+        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+        let (low, one) = (
+            _mm512_set1_epi32(LOW_BITS as i32),
+            _mm512_set1_epi32(ONE_BITS as i32),
+        );
+        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
+        let step = _mm512_set1_epi32(1);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let floor = book.floor.as_ptr().cast::<i32>();
+        let (next, values, inv_gap) = (
+            book.next.as_ptr(),
+            book.values.as_ptr(),
+            book.inv_gap.as_ptr(),
+        );
+        let mut i = 0;
+        while i < full {
+            // `counter_bits(key, first + i + lane)`: lowbias32 over the block's 32-bit
+            // counters (`lowp::Block`), lane by lane.
+            let index = first + i as u64;
+            let block = crate::lowp::Block::new(key, index);
+            let (xor, add) = block.parts();
+            // SAFETY: i + 16 ≤ n, within both slices; the gathers read `floor` at buckets
+            // (below 2·PER_SIGN, its length) and the 256-entry tables at codes.
+            unsafe {
+                let c = _mm512_add_epi32(_mm512_set1_epi32(index as u32 as i32), lanes);
+                let mut h = _mm512_add_epi32(
+                    _mm512_xor_si512(c, _mm512_set1_epi32(xor as i32)),
+                    _mm512_set1_epi32(add as i32),
+                );
+                h = _mm512_xor_si512(h, _mm512_srli_epi32::<16>(h));
+                h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x7FEB_352D));
+                h = _mm512_xor_si512(h, _mm512_srli_epi32::<15>(h));
+                h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x846C_A68Bu32 as i32));
+                h = _mm512_xor_si512(h, _mm512_srli_epi32::<16>(h));
+                let u = _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)),
+                    _mm512_set1_ps(1.0 / 16_777_216.0),
+                );
+                let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
+                let bits = _mm512_castps_si512(y);
+                let a = _mm512_min_epu32(
+                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
+                    one,
+                );
+                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
+                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
+                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
+                let lo = _mm512_i32gather_epi32::<4>(b, floor);
+                let above = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(y, _mm512_i32gather_ps::<4>(lo, next));
+                let lo = _mm512_mask_add_epi32(lo, above, lo, step);
+                let c = _mm512_i32gather_ps::<4>(lo, values);
+                let p = _mm512_mul_ps(_mm512_sub_ps(y, c), _mm512_i32gather_ps::<4>(lo, inv_gap));
+                let up = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, p);
+                let q = _mm512_mask_add_epi32(lo, up, lo, step);
+                _mm_storeu_si128(
+                    codes.as_mut_ptr().add(i).cast::<__m128i>(),
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+            i += 16;
+        }
+        for (j, (q, &v)) in codes[full..n].iter_mut().zip(&x[full..n]).enumerate() {
+            let r = crate::lowp::counter_bits(key, first + (full + j) as u64);
+            *q = book.stochastic(v * inv, r);
+        }
+    }
+
     /// `out[i] = c[codes[i]]·a`.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dequantize(book: &CodeBook, codes: &[u8], a: f32, out: &mut [f32]) {
         let n = codes.len().min(out.len());
@@ -707,13 +802,32 @@ mod tests {
                 let y = 10f32.powf(-9.0 + 9.0 * (i as f32) / 50_000.0);
                 ys.extend([y, -y]);
             }
-            ys.extend([1.0f32.next_up(), (-1.0f32).next_down(), 0.0, -0.0, 1e-30, -1e-30]);
+            ys.extend([
+                1.0f32.next_up(),
+                (-1.0f32).next_down(),
+                0.0,
+                -0.0,
+                1e-30,
+                -1e-30,
+            ]);
             ys.push(0.5); // 16k + 5 values: a ragged tail
             let mut simd_codes = vec![0u8; ys.len()];
             // SAFETY: the CPU has AVX-512F (checked above).
             unsafe { simd::nearest(&book, &ys, 1.0, &mut simd_codes) };
             for (y, &q) in ys.iter().zip(&simd_codes) {
                 assert_eq!(q, book.nearest(*y), "{y:e} {signed}");
+            }
+            // Stochastic rounding: each lane draws its own counter's bits, across a 2³²
+            // boundary of the counters' low half too.
+            for first in [0u64, 5 << 32, (1 << 32) - 7] {
+                let ys = &ys[..if first == (1 << 32) - 7 { 7 } else { ys.len() }];
+                let mut simd_codes = vec![0u8; ys.len()];
+                // SAFETY: as above.
+                unsafe { simd::stochastic(&book, ys, 1.0, 0xDEAD_BEEF, first, &mut simd_codes) };
+                for (i, (y, &q)) in ys.iter().zip(&simd_codes).enumerate() {
+                    let r = counter_bits(0xDEAD_BEEF, first + i as u64);
+                    assert_eq!(q, book.stochastic(*y, r), "{y:e} {signed} {first} {i}");
+                }
             }
             let codes: Vec<u8> = (0..=255).cycle().take(1000).collect();
             let mut out = vec![0f32; codes.len()];
