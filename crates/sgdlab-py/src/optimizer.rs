@@ -402,9 +402,15 @@ impl PyOptimizer {
                 let data = match o.state(slot, tensor) {
                     Some(data) => Some(data),
                     None => {
-                        widened = o.state_bf16(slot, tensor).map(|b| {
-                            b.iter().map(|&x| Real::from_bf16(x)).collect::<Vec<_>>()
-                        });
+                        // 8-bit state (state_dtype=q8) is dequantized: c[q]·a, an f32.
+                        widened = o
+                            .state_bf16(slot, tensor)
+                            .map(|b| b.iter().map(|&x| Real::from_bf16(x)).collect::<Vec<_>>())
+                            .or_else(|| {
+                                o.state_q8(slot, tensor)?;
+                                let values = o.state_values(slot, tensor)?;
+                                Some(values.into_iter().map(Real::from_f64).collect())
+                            });
                         widened.as_deref()
                     }
                 };

@@ -316,6 +316,52 @@ def test_bf16_state_through_torch_and_numpy():
         st.Optimizer(mlp().parameters(), spec="muon:state_dtype=bf16")
 
 
+def test_q8_state_through_torch_and_numpy():
+    """8-bit state on the Rust engine: the exposed moments are the dequantized values, the
+    state dict resumes bit for bit, and the torch engine refuses it by name."""
+    x, y = X.float(), Y.float()
+
+    def train(m, o, steps):
+        for _ in range(steps):
+            o.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            o.step()
+
+    def start():
+        torch.manual_seed(0)
+        m = mlp(torch.float32)
+        return m, st.Adam(m.parameters(), lr=1e-2, state_dtype="q8", rounding="nearest")
+
+    model, opt = start()
+    train(model, opt, 3)
+    assert "state_dtype=q8" in opt.core.spec
+    saved = copy.deepcopy(opt.state_dict())
+    v = opt.state[next(iter(model.parameters()))]["exp_avg_sq"]
+    assert v.dtype == torch.float32 and (v >= 0).all()
+    # A block's largest second moment is its scale, held exactly (the unsigned book's 1).
+    block = v.flatten()[:256]
+    assert (block == block.max()).any()
+    train(model, opt, 2)
+    # The same three steps, then a fresh optimizer from the saved state: the same weights.
+    other, other_opt = start()
+    train(other, other_opt, 3)
+    resumed = st.Adam(other.parameters(), lr=1e-2, state_dtype="q8", rounding="nearest")
+    resumed.load_state_dict(saved)
+    train(other, resumed, 2)
+    for a, b in zip(other.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    generic = sgdlab.Optimizer("adamw:lr=1e-3,state_dtype=q8,block_size=64")
+    p = [np.linspace(-1, 1, 1000, dtype=np.float32)]
+    generic.step(p, [np.cos(p[0] * 7).astype(np.float32)])
+    m = generic.state("exp_avg", 0)
+    assert m.dtype == np.float32 and m.shape == (1000,)
+    torched = mlp(torch.float32)
+    engine = st.Adam(torched.parameters(), state_dtype="q8", implementation="torch")
+    ((torched(x) - y) ** 2).mean().backward()
+    with pytest.raises(ValueError, match="q8"):
+        engine.step()
+
+
 def _bits(t):
     """A bfloat16 tensor's bits as a numpy uint16 array (a copy)."""
     return t.detach().view(torch.int16).numpy().view(np.uint16).copy()

@@ -609,6 +609,11 @@ class Optimizer(torch.optim.Optimizer):
         """The torch engine, once the whole optimizer is validated as the Rust engine does."""
         spec, groups, _ = self._specs()
         _core.Optimizer(spec, groups)
+        if self._global.get("state_dtype") == "q8":
+            raise ValueError(
+                "state_dtype='q8' (8-bit blockwise state) is stepped by the Rust engine only: "
+                "keep the parameters on the CPU, or use state_dtype='bf16' on other devices"
+            )
         return _foreach.Engine(dict(self._global))
 
     # The Rust engine's step runs outside any torch.compile graph: it hands numpy views of
@@ -668,7 +673,11 @@ class Optimizer(torch.optim.Optimizer):
     def _switchable(self) -> bool:
         """Whether the Rust engine's state may move to the torch engine (exactly, buffers,
         per-tensor scalars and master copies): ``implementation="auto"``."""
-        return self._implementation == "auto" and self._core is not None
+        return (
+            self._implementation == "auto"
+            and self._core is not None
+            and self._global.get("state_dtype") != "q8"
+        )
 
     def _switch_to_torch(self) -> None:
         """Moves the Rust engine's state to the torch engine (every tensor at the optimizer's
