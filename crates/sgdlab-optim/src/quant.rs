@@ -37,7 +37,7 @@ pub const BLOCK_SIZE: usize = 256;
 /// A sorted table of 256 `f32` values in \[−1, 1\] that a byte indexes, with the tables
 /// that find a value's code without a search.
 ///
-/// The lookups cut \[−1, 1\] into buckets ([`bucket`]): for each sign, the 24 octaves
+/// The lookups cut \[−1, 1\] into buckets: for each sign, the 24 octaves
 /// \[2⁻²³, 1) in 128 equal parts each, |y| below 2⁻²³ into the first and 1 into one of its own
 /// (y beyond ±1 as ±1). A bucket is narrower than the gap between any two neighbouring codes
 /// (its width is at most 0.56 of the gap; checked when the book is built), so it holds at
@@ -402,11 +402,11 @@ pub(crate) fn dequantize_values<T: Real>(
     out: &mut [T],
 ) {
     #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
-    if simd::avx512() {
-        if let Some(out) = as_f32_mut(out) {
-            // SAFETY: `avx512` checked that the CPU has AVX-512F.
-            return unsafe { simd::dequantize(book, codes, absmax, out) };
-        }
+    if simd::avx512()
+        && let Some(out) = as_f32_mut(out)
+    {
+        // SAFETY: `avx512` checked that the CPU has AVX-512F.
+        return unsafe { simd::dequantize(book, codes, absmax, out) };
     }
     for (o, &q) in out.iter_mut().zip(codes) {
         *o = T::from_f64(f64::from(book.value(q) * absmax));
