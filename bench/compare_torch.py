@@ -6,7 +6,10 @@ same number of f32 parameters with the same thread count, then prints each figur
 ratio to sgdlab's. Not part of CI.
 
     python3 bench/compare_torch.py [--params 10000000] [--threads 2] [--rounds 100]
-        [--all] [--bf16] [--opt SPEC ...] [--foreach] [--sgdlab target/release/sgdlab]
+        [--all] [--bf16] [--q8] [--opt SPEC ...] [--foreach] [--sgdlab target/release/sgdlab]
+
+With --q8, sgdlab's Adam with 8-bit moments (both roundings) runs beside torchao's AdamW8bit
+and bitsandbytes' Adam8bit on the CPU, where they are installed (16 B/param each).
 
 sgdlab runs as `sgdlab bench --serve`, which steps on request, so that every round times
 one step of each implementation back to back (in a new random order each round, each on
@@ -60,6 +63,38 @@ def torch_adam(params, threads):
                     opt.step()
 
             out[f"torch {torch.__version__} Adam fused + GradScaler check"] = checked
+    return out
+
+
+def eight_bit_adams(params):
+    """Step closures for torchao's AdamW8bit and bitsandbytes' Adam8bit (block size 256,
+    weight decay 0, as sgdlab's `adam:state_dtype=q8`), where installed."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    out = {}
+    makers = []
+    try:
+        from torchao.optim import AdamW8bit
+        import torchao
+        makers.append((f"torchao {torchao.__version__} AdamW8bit",
+                       lambda ps: AdamW8bit(ps, lr=1e-3, weight_decay=0.0, block_size=256)))
+    except ImportError as e:
+        print(f"torchao unavailable: {e}", file=sys.stderr)
+    try:
+        import bitsandbytes as bnb
+        makers.append((f"bitsandbytes {bnb.__version__} Adam8bit (CPU)",
+                       lambda ps: bnb.optim.Adam8bit(ps, lr=1e-3, min_8bit_size=0)))
+    except ImportError as e:
+        print(f"bitsandbytes unavailable: {e}", file=sys.stderr)
+    for name, make in makers:
+        p = torch.nn.Parameter(torch.randn(params, dtype=torch.float32) * 1e-3)
+        p.grad = torch.randn(params, dtype=torch.float32) * 1e-6
+        try:
+            out[name] = make([p]).step
+        except Exception as e:  # noqa: BLE001 - a backend that refuses the CPU is skipped
+            print(f"{name} unavailable: {e}", file=sys.stderr)
     return out
 
 
@@ -139,12 +174,17 @@ BF16 = ["adam:check_finite=false,state_dtype=bf16",
         "adam:check_finite=false,state_dtype=bf16,rounding=nearest"]
 
 
+# With --q8: Adam with 8-bit moments (16 B/param), stochastic rounding and nearest.
+Q8 = ["adam:check_finite=false,state_dtype=q8",
+      "adam:check_finite=false,state_dtype=q8,rounding=nearest"]
+
+
 def bytes_per_param(spec):
     """Bytes moved per f32 parameter: p and g read and written/read (8 + 4), each state
-    buffer read and written at its own width."""
+    buffer read and written at its own width (8-bit state's scales left out)."""
     slots = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1, "lion": 1}.get(
         spec.split(":")[0].split(",")[0], 2)
-    width = 2 if "state_dtype=bf16" in spec else 4
+    width = 2 if "state_dtype=bf16" in spec else 1 if "state_dtype=q8" in spec else 4
     return 12 + 2 * width * slots
 
 
@@ -158,13 +198,16 @@ def main():
                     help="also time sgdlab's adamw, sgd with momentum, rmsprop and lion")
     ap.add_argument("--bf16", action="store_true",
                     help="also time sgdlab's Adam with bfloat16 moments (both roundings)")
+    ap.add_argument("--q8", action="store_true",
+                    help="also time sgdlab's Adam with 8-bit moments and torchao's and "
+                         "bitsandbytes' 8-bit Adams")
     ap.add_argument("--opt", action="append", default=[], metavar="SPEC",
                     help="also time this sgdlab spec (repeatable)")
     ap.add_argument("--foreach", action="store_true", help="also time torch's (slow) foreach Adam")
     ap.add_argument("--sgdlab", default="target/release/sgdlab")
     args = ap.parse_args()
 
-    specs = (ALL if args.all else ADAM) + (BF16 if args.bf16 else []) + args.opt
+    specs = (ALL if args.all else ADAM) + (BF16 if args.bf16 else []) + (Q8 if args.q8 else []) + args.opt
     ours = Sgdlab(args.sgdlab, args.params, args.threads, specs)
     steps = {f"sgdlab {spec}": (lambda k=k: ours.step(k)) for k, spec in enumerate(specs)}
     moved = {f"sgdlab {spec}": bytes_per_param(spec) * args.params for spec in specs}
@@ -172,8 +215,10 @@ def main():
     if not args.foreach:
         others = {k: v for k, v in others.items() if "foreach" not in k}
     others.update(optax_adam(args.params))
+    eight = eight_bit_adams(args.params) if args.q8 else {}
+    others.update(eight)
     steps.update({name: (lambda step=step: timed(step)) for name, step in others.items()})
-    moved.update({name: 28 * args.params for name in others})
+    moved.update({name: (16 if name in eight else 28) * args.params for name in others})
 
     for step in steps.values():   # warm-up: allocate state, fault pages in
         for _ in range(3):

@@ -67,38 +67,47 @@ fn nearest_equals_f32_steps_with_state_quantized_between_them() {
         "ademamix:lr=0.01,beta3=0.99",
         "adopt:lr=0.01",
         "adan:lr=0.01",
+        "adamw:lr=0.01,cautious=true",
     ] {
-        // 300k parameters: many units, on several threads.
-        let mut a = params(300_000, 1);
-        let mut b = a.clone();
-        let mut q8 =
-            Optimizer::<f32>::from_spec(&format!("{spec},state_dtype=q8,rounding=nearest"))
-                .unwrap();
-        let mut reference = Optimizer::<f32>::from_spec(spec).unwrap();
-        for t in 0..5 {
-            let g = grads(&a, t);
-            q8.step(&mut a, &g, &StepInfo::default()).unwrap();
-            reference.step(&mut b, &g, &StepInfo::default()).unwrap();
-            let mut sd = reference.state_dict().unwrap();
-            for (name, (_, data)) in sd.buffers.iter_mut() {
-                let slot = name.split('/').next().unwrap();
-                let book = CodeBook::for_buffer(nonnegative(slot));
-                let mut codes = vec![0u8; data.len()];
-                let mut absmax = vec![0f32; data.len().div_ceil(quant::BLOCK_SIZE)];
-                quant::quantize(book, data, Rounding::Nearest, &mut codes, &mut absmax);
-                quant::dequantize(book, &codes, &absmax, data);
-            }
-            reference.load_state_dict(&sd).unwrap();
-            for (x, y) in a.iter().zip(&b) {
-                assert_eq!(x.data(), y.data(), "{spec}: params at step {t}");
-            }
-            let mine = q8.state_dict().unwrap().buffers;
-            for (name, buf) in &sd.buffers {
-                assert_eq!(mine.get(name), Some(buf), "{spec}: {name} at step {t}");
-            }
-            // Beside the values: one scale per block of each buffer.
-            assert_eq!(mine.len(), 2 * sd.buffers.len(), "{spec}");
+        // 300k parameters: many units, on several threads; 5k: one unit a tensor, on the
+        // calling thread.
+        for n in [300_000, 5_000] {
+            reference_run(spec, n);
         }
+    }
+}
+
+/// One spec's run of [`nearest_equals_f32_steps_with_state_quantized_between_them`] on `n`
+/// parameters.
+fn reference_run(spec: &str, n: usize) {
+    let mut a = params(n, 1);
+    let mut b = a.clone();
+    let mut q8 =
+        Optimizer::<f32>::from_spec(&format!("{spec},state_dtype=q8,rounding=nearest")).unwrap();
+    let mut reference = Optimizer::<f32>::from_spec(spec).unwrap();
+    for t in 0..5 {
+        let g = grads(&a, t);
+        q8.step(&mut a, &g, &StepInfo::default()).unwrap();
+        reference.step(&mut b, &g, &StepInfo::default()).unwrap();
+        let mut sd = reference.state_dict().unwrap();
+        for (name, (_, data)) in sd.buffers.iter_mut() {
+            let slot = name.split('/').next().unwrap();
+            let book = CodeBook::for_buffer(nonnegative(slot));
+            let mut codes = vec![0u8; data.len()];
+            let mut absmax = vec![0f32; data.len().div_ceil(quant::BLOCK_SIZE)];
+            quant::quantize(book, data, Rounding::Nearest, &mut codes, &mut absmax);
+            quant::dequantize(book, &codes, &absmax, data);
+        }
+        reference.load_state_dict(&sd).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.data(), y.data(), "{spec}: params at step {t}");
+        }
+        let mine = q8.state_dict().unwrap().buffers;
+        for (name, buf) in &sd.buffers {
+            assert_eq!(mine.get(name), Some(buf), "{spec}: {name} at step {t}");
+        }
+        // Beside the values: one scale per block of each buffer.
+        assert_eq!(mine.len(), 2 * sd.buffers.len(), "{spec}");
     }
 }
 
