@@ -77,6 +77,7 @@ impl<T: Real> Optimizer<T> {
                             crate::lowp::Rounding::Nearest,
                             0,
                             &mut one,
+                            nonnegative,
                         );
                         QuantState {
                             codes: huge_filled(len, |_| one[0]),

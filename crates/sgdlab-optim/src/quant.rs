@@ -306,12 +306,46 @@ pub fn quantize_block(
     first_index: u64,
     codes: &mut [u8],
 ) -> f32 {
-    quantize_values(book, x, rounding, first_index, codes)
+    quantize_values(book, x, rounding, first_index, codes, false)
 }
 
-/// [`quantize_block`] over values of any [`Real`] type, each rounded to `f32` first.
+/// [`quantize_block`] over values of any [`Real`] type, each rounded to `f32` first. With
+/// `keep_positive`, a positive value that rounds to the code of 0 takes the smallest positive
+/// code instead (the second moments' rule, [`keep_positive`]).
 #[inline(always)]
 pub(crate) fn quantize_values<T: Real>(
+    book: &CodeBook,
+    x: &[T],
+    rounding: Rounding,
+    first_index: u64,
+    codes: &mut [u8],
+    keep_positive: bool,
+) -> f32 {
+    let absmax = quantize_rounded(book, x, rounding, first_index, codes);
+    if keep_positive && absmax.is_finite() {
+        crate::quant::keep_positive(book, x, codes);
+    }
+    absmax
+}
+
+/// Raises the code of every positive element of `x` that holds the code of 0 to the smallest
+/// positive code: the rule of 8-bit state for buffers that never go negative. Such a buffer
+/// divides the step (Adam's √v̂ + ε); a positive second moment stored as 0 beside a first
+/// moment that is not turns the step into m̂/ε, the zero-point problem of 8-bit second moments
+/// (Li et al., "Memory efficient optimizers with 4-bit states", 2023). The smallest positive
+/// code is 3.25·10⁻⁷ of the block's absmax in the unsigned book: a value below it is stored
+/// larger, which shortens its step, never lengthens it.
+#[inline(always)]
+pub fn keep_positive<T: Real>(book: &CodeBook, x: &[T], codes: &mut [u8]) {
+    let zero = book.zero_code();
+    for (q, v) in codes.iter_mut().zip(x) {
+        *q += u8::from(*q == zero && v.as_f64() > 0.0);
+    }
+}
+
+/// The quantization of [`quantize_values`] before the second moments' rule.
+#[inline(always)]
+fn quantize_rounded<T: Real>(
     book: &CodeBook,
     x: &[T],
     rounding: Rounding,

@@ -535,6 +535,7 @@ impl<T: Real> Optimizer<T> {
                             .iter_mut()
                             .map(|q| kernel::QuantSlot {
                                 book: q.book(),
+                                nonnegative: q.nonnegative,
                                 codes: &mut q.codes,
                                 absmax: &mut q.absmax,
                             })
@@ -588,6 +589,7 @@ impl<T: Real> Optimizer<T> {
                 .iter_mut()
                 .map(|q| kernel::QuantSlot {
                     book: q.book(),
+                    nonnegative: q.nonnegative,
                     codes: &mut q.codes,
                     absmax: &mut q.absmax,
                 })
@@ -634,6 +636,7 @@ impl<T: Real> Optimizer<T> {
                             codes,
                             absmax,
                             book: r.book,
+                            nonnegative: r.nonnegative,
                         }
                     })
                     .collect();

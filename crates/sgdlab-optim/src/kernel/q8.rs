@@ -21,6 +21,9 @@ pub(crate) struct QuantSlot<'a> {
     pub(crate) codes: &'a mut [u8],
     pub(crate) absmax: &'a mut [f32],
     pub(crate) book: &'static CodeBook,
+    /// Whether the buffer never goes negative: a positive value never takes the code of 0
+    /// ([`crate::quant::keep_positive`]).
+    pub(crate) nonnegative: bool,
 }
 
 /// The 8-bit state buffers of one unit and how they are requantized (`state_dtype=q8`).
@@ -98,7 +101,8 @@ pub(crate) fn run_quant_unit<R: UpdateRule, T: Real>(
                 .enumerate()
             {
                 let first = q.offset + (start + k * block) as u64;
-                s.absmax[first_block + k] = quantize_values(s.book, x, rounding, first, codes);
+                s.absmax[first_block + k] =
+                    quantize_values(s.book, x, rounding, first, codes, s.nonnegative);
             }
         }
         start = end;

@@ -96,6 +96,14 @@ fn reference_run(spec: &str, n: usize) {
             let mut codes = vec![0u8; data.len()];
             let mut absmax = vec![0f32; data.len().div_ceil(quant::BLOCK_SIZE)];
             quant::quantize(book, data, Rounding::Nearest, &mut codes, &mut absmax);
+            if nonnegative(slot) {
+                // A positive second moment never rounds to 0: the smallest positive code.
+                for (q, &x) in codes.iter_mut().zip(data.iter()) {
+                    if x > 0.0 && book.value(*q) == 0.0 {
+                        *q += 1;
+                    }
+                }
+            }
             quant::dequantize(book, &codes, &absmax, data);
         }
         reference.load_state_dict(&sd).unwrap();
@@ -258,6 +266,42 @@ fn f64_parameters_keep_f32_scales() {
         bytes
     );
     assert_eq!(sd.buffers["exp_avg.absmax/x"].1.len(), 4);
+}
+
+/// The zero-point rule: a second moment 10⁻¹² of its block's largest, which the nearest code
+/// would store as 0, is stored as the smallest positive code (3.25·10⁻⁷ of the absmax); a
+/// zero stays 0; the first moment keeps its plain nearest code. So the next step of that
+/// element, on a zero gradient, is short (m̂/√v̂ ≤ 1/√(1 − β₂)·…), not m̂/ε.
+#[test]
+fn a_positive_second_moment_is_never_stored_as_zero() {
+    for rounding in ["nearest", "stochastic"] {
+        let mut p = vec![Tensor::vector("x", vec![0.0f32; 256])];
+        let mut g = vec![0.0f32; 256];
+        g[0] = 1.0;
+        g[1] = 1e-6;
+        let gs = vec![Tensor::vector("x", g)];
+        let spec = format!("adam:lr=0.001,state_dtype=q8,rounding={rounding}");
+        let mut opt = Optimizer::<f32>::from_spec(&spec).unwrap();
+        opt.step(&mut p, &gs, &StepInfo::default()).unwrap();
+        let v = opt.state_values("exp_avg_sq", 0).unwrap();
+        let a = 1e-3_f32;
+        assert_eq!(v[0], f64::from(a), "{rounding}");
+        assert_eq!(
+            v[1],
+            f64::from(CodeBook::unsigned().values()[1] * a),
+            "{rounding}"
+        );
+        assert_eq!(v[2], 0.0, "{rounding}");
+        // Element 1's first moment, 10⁻⁷ of 0.1 = 10⁻⁶ of the block's: a code of its own.
+        let m = opt.state_values("exp_avg", 0).unwrap();
+        assert!(m[1] >= 0.0 && m[1] < 1e-6, "{rounding}: {}", m[1]);
+        // A step on a zero gradient moves element 1 by at most lr·m̂/√v̂, not lr·m̂/ε.
+        let before = p[0].data()[1];
+        let zero = vec![Tensor::vector("x", vec![0.0f32; 256])];
+        opt.step(&mut p, &zero, &StepInfo::default()).unwrap();
+        let moved = (p[0].data()[1] - before).abs();
+        assert!(moved < 1e-3, "{rounding}: moved {moved}");
+    }
 }
 
 /// A NaN in the state (the finiteness check off, a NaN gradient) turns its whole block into
