@@ -26,6 +26,8 @@ What differs from ``torch.optim``:
   ``ZeroRedundancyOptimizer``'s partitions).
 * ``state_dtype="bf16"`` (``Adam``, ``AdamW``; any rule through ``spec=``) keeps the moments
   in bfloat16 with stochastic rounding (``rounding="nearest"`` to round to nearest);
+  ``state_dtype="q8"`` keeps them in 8 bits, blockwise (bitsandbytes' dynamic code books,
+  ``block_size`` through ``spec=``), on the Rust engine (CPU tensors) only;
   ``master_weights=True`` (``Adam``, ``AdamW``; ``spec="...,master_weights=true"``) keeps a
   float32 copy of bfloat16 parameters.
 * A non-finite gradient raises :class:`sgdlab.SgdlabError` and changes nothing, unless
