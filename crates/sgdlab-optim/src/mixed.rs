@@ -11,7 +11,8 @@
 //!   parameter accumulate in Φ instead of being lost.
 //! * without: the widened parameters are stepped and rounded back with the spec's `rounding`
 //!   (stochastic by default, from the stream `(sr_seed, step, tensor, 2)` of
-//!   [`crate::lowp`]; `stream_key`'s streams 0 and 1 round the state buffers), so that on
+//!   [`crate::lowp`]; `stream_key`'s streams 0 and 1 round bfloat16 state buffers, 3 on 8-bit
+//!   ones), so that on
 //!   average a small update moves the parameter by its exact size,
 //!   E\[sr(Φ − Δ)\] = Φ − Δ, where round-to-nearest drops every
 //!   |Δ| < ½ulp(Φ).
@@ -28,9 +29,9 @@ use super::{GradRef, Optimizer, ParamMut, StateRounding, StepInfo, StepOutcome, 
 use crate::lowp::{Block, bf16_nearest, bf16_stochastic, stream_key};
 use crate::{Error, Real, Result};
 
-/// The stochastic-rounding stream of the parameters within a tensor's step (the state's
-/// pairs of buffers use streams 0 and 1).
-const PARAM_STREAM: u64 = 2;
+/// The stochastic-rounding stream of the parameters within a tensor's step (bfloat16
+/// state's pairs of buffers use streams 0 and 1, 8-bit state's buffers streams 3 on).
+pub(crate) const PARAM_STREAM: u64 = 2;
 
 /// How the parameters are narrowed to bfloat16 after a step.
 #[derive(Clone, Copy)]

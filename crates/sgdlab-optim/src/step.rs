@@ -497,10 +497,12 @@ impl<T: Real> Optimizer<T> {
                 .map(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k))
                 .collect()
         };
-        // 8-bit state: one stream per buffer (seed, step, tensor, buffer).
+        // 8-bit state: one stream per buffer (seed, step, tensor, FIRST_STREAM + buffer).
         let quant_keys = |tensor: usize, n_slots: usize| -> kernel::Keys {
             (0..n_slots as u64)
-                .map(|k| crate::lowp::stream_key(sr_seed, step, tensor as u64, k))
+                .map(|k| {
+                    crate::lowp::stream_key(sr_seed, step, tensor as u64, kernel::FIRST_STREAM + k)
+                })
                 .collect()
         };
         let block_size = self.spec.block_size;

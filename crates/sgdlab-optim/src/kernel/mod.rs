@@ -56,7 +56,7 @@ pub(crate) use bf16::dispatch_lowp;
 #[cfg(test)]
 pub(crate) use bf16::run_lowp_scratch;
 use blocks::prefetch_lines_to;
-pub(crate) use q8::{Quant, QuantSlot, dispatch_quant};
+pub(crate) use q8::{FIRST_STREAM, Quant, QuantSlot, dispatch_quant};
 
 /// Elements per work unit (128 KiB of f32 per array).
 pub const CHUNK: usize = 32 * 1024;

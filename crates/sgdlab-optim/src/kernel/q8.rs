@@ -12,6 +12,11 @@ use crate::quant::{CodeBook, dequantize_values, quantize_values};
 use crate::rule::UpdateRule;
 use crate::{Real, StateRounding, StepContext};
 
+/// The stochastic-rounding stream of a tensor's first 8-bit buffer; buffer k uses stream
+/// `FIRST_STREAM + k` ([`crate::lowp::stream_key`]), past the parameters' own stream, so
+/// that bfloat16 parameters rounded stochastically never share a buffer's bits.
+pub(crate) const FIRST_STREAM: u64 = crate::mixed::PARAM_STREAM + 1;
+
 /// Elements per sub-block of an 8-bit unit (or the block size, if larger): the dequantized
 /// state of one sub-block stays in L1 between the update and requantization.
 pub(crate) const Q8_SUB: usize = 2048;

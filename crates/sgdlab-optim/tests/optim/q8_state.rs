@@ -119,6 +119,48 @@ fn reference_run(spec: &str, n: usize) {
     }
 }
 
+/// Stochastic rounding of buffer k draws from stream 3 + k of (sr_seed, step, tensor)
+/// (`lowp::stream_key`), past the bfloat16 parameters' stream 2: the codes of every buffer of
+/// AMSGrad (three) after one step are those of `quant::quantize` on an f32 optimizer's state
+/// with that stream's key.
+#[test]
+fn each_buffer_draws_its_own_stream_past_the_parameters() {
+    let spec = "adam:lr=0.01,amsgrad=true";
+    let mut a = params(300_000, 4);
+    let mut b = a.clone();
+    let mut q8 = Optimizer::<f32>::from_spec(&format!("{spec},state_dtype=q8,sr_seed=11")).unwrap();
+    let mut reference = Optimizer::<f32>::from_spec(spec).unwrap();
+    let g = grads(&a, 0);
+    q8.step(&mut a, &g, &StepInfo::default()).unwrap();
+    reference.step(&mut b, &g, &StepInfo::default()).unwrap();
+    for (t, name) in ["w", "b"].into_iter().enumerate() {
+        for (k, slot) in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+            .into_iter()
+            .enumerate()
+        {
+            let data = reference.state(slot, t).unwrap();
+            let book = CodeBook::for_buffer(nonnegative(slot));
+            // The first step is step 1.
+            let key = sgdlab_optim::lowp::stream_key(11, 1, t as u64, 3 + k as u64);
+            let mut codes = vec![0u8; data.len()];
+            let mut absmax = vec![0f32; data.len().div_ceil(256)];
+            quant::quantize(
+                book,
+                data,
+                Rounding::Stochastic { key },
+                &mut codes,
+                &mut absmax,
+            );
+            if nonnegative(slot) {
+                quant::keep_positive(book, data, &mut codes);
+            }
+            let (mine, scales) = q8.state_q8(slot, t).unwrap();
+            assert_eq!(scales, &absmax[..], "{slot}/{name}");
+            assert_eq!(mine, &codes[..], "{slot}/{name}");
+        }
+    }
+}
+
 fn run(spec: &str, threads: usize, steps: u64) -> (Vec<Tensor<f32>>, Vec<u8>) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
