@@ -355,6 +355,12 @@ def test_q8_state_through_torch_and_numpy():
     generic.step(p, [np.cos(p[0] * 7).astype(np.float32)])
     m = generic.state("exp_avg", 0)
     assert m.dtype == np.float32 and m.shape == (1000,)
+    # A parameter that loses its gradient: the Rust engine keeps its tensors, and the error
+    # does not offer the torch engine, which q8 state does not have.
+    first = next(iter(model.parameters()))
+    first.grad = None
+    with pytest.raises(ValueError, match="no torch engine"):
+        opt.step()
     torched = mlp(torch.float32)
     engine = st.Adam(torched.parameters(), state_dtype="q8", implementation="torch")
     ((torched(x) - y) ** 2).mean().backward()

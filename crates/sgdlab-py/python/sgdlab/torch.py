@@ -641,10 +641,16 @@ class Optimizer(torch.optim.Optimizer):
                 if lost
                 else f"parameter {new[0][0]}.{new[0][1]} (group.index) has a gradient now and had none at the first step"
             )
+            torch_engine = (
+                "; 8-bit state (state_dtype='q8') has no torch engine to hand it to"
+                if self._global.get("state_dtype") == "q8"
+                else ", or step with implementation='torch', which counts steps per parameter as "
+                "torch.optim"
+            )
             raise ValueError(
                 f"{what}: the Rust engine steps the set of tensors of its first step (zero its "
-                "gradient instead of setting it to None, e.g. zero_grad(set_to_none=False), or "
-                "step with implementation='torch', which counts steps per parameter as torch.optim)"
+                "gradient instead of setting it to None, e.g. zero_grad(set_to_none=False)"
+                f"{torch_engine})"
             )
         assert self._core is not None
         self._sync()
