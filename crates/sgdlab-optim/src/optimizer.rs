@@ -65,6 +65,17 @@ impl QuantState {
         crate::quant::CodeBook::for_buffer(self.nonnegative)
     }
 
+    /// The whole buffer as the kernel's view of one unit's 8-bit buffer (cut into units
+    /// by the step).
+    pub(crate) fn slot(&mut self) -> crate::kernel::QuantSlot<'_> {
+        crate::kernel::QuantSlot {
+            book: self.book(),
+            nonnegative: self.nonnegative,
+            codes: &mut self.codes,
+            absmax: &mut self.absmax,
+        }
+    }
+
     /// The buffer's values, x̂ = c\[q\]·a, in `f32`.
     pub(crate) fn values(&self, block: usize) -> Vec<f32> {
         let values = self.book().values();

@@ -7,7 +7,7 @@ use crate::rule::DecayForm;
 use crate::transform::{self, Cautious};
 use crate::{
     Error, GradRef, MAX_STEPS, Optimizer, ParamMut, Real, Result, Rule, Tensor,
-    checks::norm_overflow, kernel, optimizer::TensorState,
+    checks::norm_overflow, kernel, optimizer::QuantState, optimizer::TensorState,
 };
 
 /// Clips gradients to a global norm, as `torch.nn.utils.clip_grad_norm_`: with
@@ -533,15 +533,7 @@ impl<T: Real> Optimizer<T> {
                     });
                     let quant = (!quant.is_empty()).then(|| kernel::Quant {
                         keys: quant_keys(t, quant.len()),
-                        slots: quant
-                            .iter_mut()
-                            .map(|q| kernel::QuantSlot {
-                                book: q.book(),
-                                nonnegative: q.nonnegative,
-                                codes: &mut q.codes,
-                                absmax: &mut q.absmax,
-                            })
-                            .collect(),
+                        slots: quant.iter_mut().map(QuantState::slot).collect(),
                         rounding,
                         offset: 0,
                         block: block_size,
@@ -587,15 +579,8 @@ impl<T: Real> Optimizer<T> {
             }
             let is_quant = !quant.is_empty();
             let tensor_quant_keys = quant_keys(t, quant.len());
-            let mut rest_quant: smallvec::SmallVec<[kernel::QuantSlot<'_>; 4]> = quant
-                .iter_mut()
-                .map(|q| kernel::QuantSlot {
-                    book: q.book(),
-                    nonnegative: q.nonnegative,
-                    codes: &mut q.codes,
-                    absmax: &mut q.absmax,
-                })
-                .collect();
+            let mut rest_quant: smallvec::SmallVec<[kernel::QuantSlot<'_>; 4]> =
+                quant.iter_mut().map(QuantState::slot).collect();
             let n_slots = rule.slots().len();
             let is_lowp = !lowp.is_empty();
             let tensor_keys = keys(t, lowp.len());
