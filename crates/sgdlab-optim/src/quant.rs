@@ -461,22 +461,6 @@ mod simd {
         crate::kernel::SimdLevel::current() == crate::kernel::SimdLevel::Avx512
     }
 
-    /// The [`bucket`](super::bucket) of each lane of `y`, as the scalar function computes it.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn buckets(y: __m512) -> __m512i {
-        let bits = _mm512_castps_si512(y);
-        let low = _mm512_set1_epi32(LOW_BITS as i32);
-        let a = _mm512_min_epu32(
-            _mm512_max_epu32(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF)), low),
-            _mm512_set1_epi32(ONE_BITS as i32),
-        );
-        let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
-        // The lanes whose sign bit is set take the negatives' half of the table.
-        let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
-        _mm512_mask_add_epi32(b, negative, b, _mm512_set1_epi32(PER_SIGN as i32))
-    }
-
     /// `codes[i] = nearest(x[i]·inv)`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -484,6 +468,12 @@ mod simd {
         let n = x.len().min(codes.len());
         let full = n / 16 * 16;
         let inv_v = _mm512_set1_ps(inv);
+        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+        let (low, one) = (
+            _mm512_set1_epi32(LOW_BITS as i32),
+            _mm512_set1_epi32(ONE_BITS as i32),
+        );
+        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
         let step = _mm512_set1_epi32(1);
         let near = book.near.as_ptr().cast::<i32>();
         let thresholds = book.thresholds.as_ptr();
@@ -493,7 +483,15 @@ mod simd {
             // (below 2·PER_SIGN, its length) and `thresholds` at codes (below 256).
             unsafe {
                 let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
-                let b = buckets(y);
+                let bits = _mm512_castps_si512(y);
+                let a = _mm512_min_epu32(
+                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
+                    one,
+                );
+                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
+                // The lanes whose sign bit is set.
+                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
+                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
                 let q = _mm512_i32gather_epi32::<4>(b, near);
                 let t = _mm512_i32gather_ps::<4>(q, thresholds);
                 let up = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, t);
@@ -524,6 +522,12 @@ mod simd {
         let n = x.len().min(codes.len());
         let full = n / 16 * 16;
         let inv_v = _mm512_set1_ps(inv);
+        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+        let (low, one) = (
+            _mm512_set1_epi32(LOW_BITS as i32),
+            _mm512_set1_epi32(ONE_BITS as i32),
+        );
+        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
         let step = _mm512_set1_epi32(1);
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let floor = book.floor.as_ptr().cast::<i32>();
@@ -557,7 +561,14 @@ mod simd {
                     _mm512_set1_ps(1.0 / 16_777_216.0),
                 );
                 let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
-                let b = buckets(y);
+                let bits = _mm512_castps_si512(y);
+                let a = _mm512_min_epu32(
+                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
+                    one,
+                );
+                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
+                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
+                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
                 let lo = _mm512_i32gather_epi32::<4>(b, floor);
                 let above = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(y, _mm512_i32gather_ps::<4>(lo, next));
                 let lo = _mm512_mask_add_epi32(lo, above, lo, step);
