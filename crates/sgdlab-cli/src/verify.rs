@@ -17,7 +17,7 @@ use crate::table::{Table, num};
 /// Arguments of `sgdlab verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7; 10, 11 and 12 are sections beyond the problem set: the newer optimizers; bfloat16 state; batch-size scaling rules). Default: all.
+    /// Check only this problem (repeatable; 8 and 9 repeat 5 and 7; 10 to 13 are sections beyond the problem set: the newer optimizers; bfloat16 state; batch-size scaling rules; 8-bit state). Default: all.
     #[arg(long = "problem", value_name = "N")]
     problems: Vec<u8>,
     /// Also write the results as JSON to FILE.

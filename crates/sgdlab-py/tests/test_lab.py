@@ -33,7 +33,7 @@ def test_verify_equals_the_cli(sgdlab_bin, tmp_path):
 
 def test_verify_refuses_unknown_problems():
     with pytest.raises(sgdlab.SgdlabError, match="problem"):
-        sgdlab.verify(problems=[13], quick=True)
+        sgdlab.verify(problems=[14], quick=True)
     with pytest.raises(sgdlab.SgdlabError, match="problem"):
         sgdlab.verify(problems=[-1], quick=True)
 

@@ -104,10 +104,10 @@ fn quick_verify_passes_the_same_for_any_thread_count_and_problem_selection() {
 #[test]
 fn unknown_problem_is_a_clear_error() {
     sgdlab()
-        .args(["verify", "--problem", "13"])
+        .args(["verify", "--problem", "14"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("no problem 13"));
+        .stderr(predicate::str::contains("no problem 14"));
 }
 
 #[test]

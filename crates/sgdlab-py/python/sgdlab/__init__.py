@@ -62,7 +62,7 @@ def verify(
     """Checks the problem set's claims by measurement, as ``sgdlab verify`` does.
 
     Args:
-        problems: a problem number or several (1–12; 8 and 9 repeat 5 and 7; 10, 11 and 12 are
+        problems: a problem number or several (1–13; 8 and 9 repeat 5 and 7; 10 to 13 are
             sections beyond the problem set); all when None.
         quick: fewer samples (wider confidence intervals), as ``--quick``.
         seed: the seed of every random draw (the CLI's default when None).
@@ -80,7 +80,7 @@ def verify(
         selected = [int(p) for p in problems]
     for p in selected:
         if not 0 <= p <= 255:
-            raise SgdlabError(f"invalid problem = {p}: there is no such problem (1-12)")
+            raise SgdlabError(f"invalid problem = {p}: there is no such problem (1-13)")
     report = json.loads(_core.verify_json(selected, bool(quick), seed))
     return report["claims"]
 

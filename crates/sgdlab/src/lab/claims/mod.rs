@@ -24,6 +24,7 @@ mod p1;
 pub(crate) mod p10;
 pub(crate) mod p11;
 pub(crate) mod p12;
+pub(crate) mod p13;
 mod p2;
 mod p3;
 mod p4;
@@ -285,9 +286,9 @@ pub(crate) fn drive(
     Ok(params[0].data().to_vec())
 }
 
-/// The problems whose claims are implemented, in order; 10, 11 and 12 are sections beyond the
-/// problem set (the newer optimizers; bfloat16 state; batch-size scaling rules).
-pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10, 11, 12];
+/// The problems whose claims are implemented, in order; 10 to 13 are sections beyond the
+/// problem set (the newer optimizers; bfloat16 state; batch-size scaling rules; 8-bit state).
+pub const PROBLEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13];
 
 /// The title of problem (or section) `problem`.
 pub fn title(problem: u8) -> &'static str {
@@ -304,6 +305,7 @@ pub fn title(problem: u8) -> &'static str {
         }
         11 => "Beyond the problem set: an EMA in bfloat16, rounded to nearest or stochastically",
         12 => "Beyond the problem set: batch-size scaling rules for SGD and Adam",
+        13 => "Beyond the problem set: 8-bit blockwise state, rounded to nearest or stochastically",
         _ => "(no such problem)",
     }
 }
@@ -318,15 +320,15 @@ pub fn canonical_problem(problem: u8) -> Result<u8> {
     };
     if PROBLEMS.contains(&canonical) {
         Ok(canonical)
-    } else if (1..=12).contains(&problem) {
+    } else if (1..=13).contains(&problem) {
         Err(Error::Unsupported(format!(
             "problem {problem}: its claims are not implemented yet (implemented: {})",
             list(PROBLEMS)
         )))
     } else {
         Err(Error::Unsupported(format!(
-            "there is no problem {problem}: the problem set has problems 1-9, and 10, 11 and \
-             12 are sections beyond it (implemented: {})",
+            "there is no problem {problem}: the problem set has problems 1-9, and 10 to 13 \
+             are sections beyond it (implemented: {})",
             list(PROBLEMS)
         )))
     }
@@ -390,6 +392,7 @@ pub fn verify_with_progress(
             10 => p10::claims(options)?,
             11 => p11::claims(options)?,
             12 => p12::claims(options)?,
+            13 => p13::claims(options)?,
             other => unreachable!("canonical_problem admitted {other}"),
         });
     }
@@ -451,7 +454,7 @@ mod tests {
         assert_eq!(title(8), title(5));
         assert_eq!(title(9), title(7));
         assert!(title(2).contains("Variance"));
-        assert_eq!(title(13), "(no such problem)");
+        assert_eq!(title(14), "(no such problem)");
     }
 
     #[test]
@@ -461,7 +464,8 @@ mod tests {
             zero.contains("there is no problem 0") && zero.contains("implemented: 1, 2, 3, 4, 5"),
             "{zero}"
         );
-        assert!(canonical_problem(13).is_err());
+        assert!(canonical_problem(14).is_err());
+        assert_eq!(canonical_problem(13).unwrap(), 13);
         assert_eq!(canonical_problem(12).unwrap(), 12);
         assert_eq!(canonical_problem(10).unwrap(), 10);
         assert_eq!(canonical_problem(11).unwrap(), 11);

@@ -55,7 +55,7 @@ fn ema_f32(v: f32, x: f32, beta: f32) -> f32 {
 /// The predicted stall of a round-to-nearest bfloat16 EMA climbing from 0 to the constant
 /// `c`: the first bfloat16 value v ≥ 0 whose increment (1 − β)(c − v) is below half its
 /// ulp — found by scanning the bfloat16 grid, without running the EMA.
-fn predicted_stall(beta: f64, c: f64) -> Option<f64> {
+pub(super) fn predicted_stall(beta: f64, c: f64) -> Option<f64> {
     (0u16..0x7F7F).find_map(|b| {
         let v = f64::from(bf16_to_f32(b));
         let ulp = f64::from(bf16_to_f32(b + 1)) - v;
@@ -231,7 +231,7 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
 /// 24 bits of a counter-based hash of (step key, element), a few instructions each and the
 /// same for any thread count. (The Adam claims compare optimizers on the same inputs; the
 /// distribution only sets v's level and spread.)
-fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
+pub(super) fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
     const CHUNK: usize = 4096;
     let half_width = 3f64.sqrt() * sigma;
     g.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
@@ -245,7 +245,7 @@ fn uniform_gradients(key: u64, mu: f64, sigma: f64, g: &mut [f64]) {
 
 /// The v that Adam's kernel divides by at a step, from the stored v and the gradient g:
 /// β₂v + (1 − β₂)g² in f64, before it is rounded to bfloat16 for storage.
-fn adam_v(beta2: f64, v: f64, g: f64) -> f64 {
+pub(super) fn adam_v(beta2: f64, v: f64, g: f64) -> f64 {
     beta2 * v + (1.0 - beta2) * g * g
 }
 
@@ -369,7 +369,7 @@ fn diffusion_moments(r: impl Fn(f64) -> f64, kappa: f64, width: f64, points: usi
 /// Jensen's term of Adam's step through fourth order, for the relative error x of v:
 /// (1 + x)^(−1/2) − 1 + x/2 = ⅜x² − (5/16)x³ + (35/128)x⁴ + O(x⁵)
 /// (the linear term has mean zero).
-fn jensen(x: f64) -> f64 {
+pub(super) fn jensen(x: f64) -> f64 {
     x * x * (0.375 - x * (0.3125 - x * (35.0 / 128.0)))
 }
 

@@ -129,6 +129,7 @@ pub fn problem_figures(problem: u8, options: &VerifyOptions) -> Result<Vec<Figur
         10 => super::claims::p10::figures(options),
         11 => super::claims::p11::figures(options),
         12 => super::claims::p12::figures(options),
+        13 => super::claims::p13::figures(options),
         p => Err(Error::Unsupported(format!("no figures for problem {p}"))),
     }?;
     Ok(figures.into_iter().map(Figure::numbered).collect())
