@@ -58,7 +58,7 @@ fn every_optimizer_is_in_a_claim(claims: &[Claim]) {
 
 /// The claims of `verify`, in the order it reports them: one line per problem or section.
 #[rustfmt::skip]
-const ALL_CLAIMS: [&str; 114] = [
+const ALL_CLAIMS: [&str; 116] = [
     "1a", "1a.z", "1a.t", "1b", "1b.start",
     "2a", "2a.t", "2b", "2b.ratio", "2b.size", "2b.lag", "2b.blocklag", "2.adam", "2.adam.lag",
     "3a", "3b", "3c", "3c.momentum", "3c.buffer", "3c.schedule", "3c.optim", "3.sgd",
@@ -77,4 +77,5 @@ const ALL_CLAIMS: [&str; 114] = [
     "12a", "12b", "12b.linear", "12b.rmsprop", "12c", "12c.bias", "12d", "12d.momentum",
     "12d.transient", "12d.critical", "12d.precond",
     "13a", "13a.zero", "13b", "13c", "13d", "13e", "13e.1000", "13e.10000",
+    "13f", "13f.ratio",
 ];

@@ -24,17 +24,24 @@
 //!   the mean squared error of round to nearest is
 //!   E\[(a·c\[nearest(x/a)\] − x)²\], predicted by integrating the book against the normal
 //!   density — not the (a/127)²/12 of a linear 8-bit grid.
+//! * **The drift at Φ\*** (13f, `audit`'s stationary drift on problem 6's points): a
+//!   coordinate whose v is far below its block's absmax is stored on the book's coarse
+//!   bottom codes, and RMSProp's drift there (6c) is rescaled by λ^(3/2), λ the ratio of
+//!   its v to the stored one — not by the λ^(1/2) that rescales its step.
 
 use rand_distr::{Distribution, StandardNormal};
 
 use super::p11::{adam_v, jensen, uniform_gradients};
 use super::{Claim, VerifyOptions};
+use crate::data::parse_csv;
+use crate::lab::audit::{SimulationOptions, stationary_drift};
 use crate::lab::figures::{Figure, Line};
 use crate::lab::montecarlo::{Estimate, Measurement};
 use crate::lowp::stream_key;
+use crate::model::Points;
 use crate::optim::math::powi;
 use crate::optim::quant::CodeBook;
-use crate::optim::{GradRef, Optimizer, ParamMut, StepInfo, Tensor};
+use crate::optim::{GradRef, Optimizer, OptimizerSpec, ParamMut, StepInfo, Tensor};
 use crate::{Error, Result};
 
 pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -42,6 +49,7 @@ pub(crate) fn claims(options: &VerifyOptions) -> Result<Vec<Claim>> {
     claims.extend(stochastic(options)?);
     claims.extend(adam(options)?);
     claims.extend(outliers(options)?);
+    claims.extend(drift(options)?);
     Ok(claims)
 }
 
@@ -478,6 +486,79 @@ fn outliers(options: &VerifyOptions) -> Result<Vec<Claim>> {
         );
     }
     Ok(claims)
+}
+
+/// 13f: RMSProp's drift at Φ* on problem 6's points (6c) in two coordinates, the second a
+/// copy of the first scaled by s (rows (0, 0), (0, 0), (3, 3s)): one block of two elements
+/// whose absmax is the first coordinate's v. In f64 RMSProp is scale-invariant and the two
+/// drifts are equal. In 8 bits, with s² = 10⁻⁷ below half the unsigned book's smallest value
+/// c₁ = 3.25·10⁻⁷, the second v would round to 0; the zero-point rule stores it as c₁·v₁,
+/// and round to nearest keeps it there. The step then divides by
+/// √(αc₁v₁ + (1 − α)s²g²) = √c₁·√(αv₁ + (1 − α)λg²), λ = s²/c₁, whose expansion in 1 − α
+/// gives the second coordinate √λ times the first one's step and λ times its
+/// ½(1 − α)E\[g³\] term: the drifts' ratio is λ^(3/2), to O(1 − α).
+fn drift(options: &VerifyOptions) -> Result<Vec<Claim>> {
+    let (alpha, s2) = (0.9995f64, 1e-7f64);
+    let text = format!("0,0\n0,0\n3,{}\n", 3.0 * s2.sqrt());
+    let model = Points::new(parse_csv(&text, false)?);
+    // Φ* is the mean of the rows; the second coordinate's gradients are s times the first's.
+    let column = |j: usize| -> f64 { (0..3).map(|i| model.data().row(i)[j]).sum::<f64>() / 3.0 };
+    let star = [column(0), column(1)];
+    let s = star[1] / star[0];
+    let spec_text = format!("rmsprop:lr=0.01,alpha={alpha},state_dtype=q8,rounding=nearest");
+    let spec: OptimizerSpec = spec_text.parse()?;
+    let steps = if options.quick { 500_000 } else { 2_000_000 };
+    let sim = SimulationOptions {
+        burn_in: (20.0 / (1.0 - alpha)) as usize,
+        steps,
+        seed: options.derive_seed("p13.drift"),
+    };
+    let (mean, se) = stationary_drift(&model, &spec, &star, &sim)?;
+    let book = CodeBook::unsigned();
+    let c1 = f64::from(book.value(book.zero_code() + 1));
+    let lambda = s * s / c1;
+    // g = Φ* − x over the rows of the first coordinate: 6c's skewness.
+    let g: Vec<f64> = (0..3).map(|i| star[0] - model.data().row(i)[0]).collect();
+    let m2 = g.iter().map(|v| v * v).sum::<f64>() / 3.0;
+    let m3 = g.iter().map(|v| v * v * v).sum::<f64>() / 3.0;
+    let skew = m3 / m2.powf(1.5);
+    let sixc = 0.5 * (1.0 - alpha) * skew;
+    let sign = g.iter().map(|v| v.signum()).sum::<f64>() / 3.0;
+    let params = [
+        ("alpha", alpha),
+        ("s2", s * s),
+        ("c1", c1),
+        ("steps", steps as f64),
+    ];
+    let expected = lambda.powf(1.5);
+    Ok(vec![
+        Claim::monte_carlo(
+            "13f",
+            "RMSProp with 8-bit v at problem 6's points, two coordinates in one block: the \
+             block's absmax (coordinate 1) drifts as 6c's ½(1−α)E[g³]/E[g²]^{3/2}",
+            &params,
+            sixc,
+            Measurement::new(mean[0], se[0]),
+        )
+        .reject("0 (no bias at all)", 0.0)
+        .optimizer(&spec_text),
+        Claim::identity(
+            "13f.ratio",
+            "…and coordinate 2 (scale s, s² below half the book's smallest value c₁, kept at \
+             c₁v₁ by the zero-point rule) drifts λ^{3/2} times as much, λ = s²/c₁ (1 in f64)",
+            &params,
+            expected,
+            mean[1] / mean[0],
+            0.005 * expected,
+        )
+        .reject("f64 state: RMSProp is scale-invariant (1)", 1.0)
+        .reject("the step's scale alone, λ^{1/2}", lambda.sqrt())
+        .reject(
+            "v stored as 0: steps sign(g)/√(1−α)",
+            -sign / (1.0 - alpha).sqrt() / sixc,
+        )
+        .optimizer(&spec_text),
+    ])
 }
 
 /// The report's plot: the EMA climbing to c below its block's absmax, exact, rounded to
