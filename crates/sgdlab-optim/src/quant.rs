@@ -48,14 +48,67 @@ pub struct CodeBook {
     values: [f32; 256],
     /// `thresholds[q]`: the largest `f32` whose nearest code is q or lower (+∞ for 255).
     thresholds: [f32; 256],
-    /// `next[q] = values[q + 1]` (+∞ for 255).
-    next: [f32; 256],
     /// `1/(values[q + 1] − values[q])` in `f32` (0 for 255).
     inv_gap: [f32; 256],
-    /// For each [`bucket`], the nearest code of its smallest value.
+    /// For each [`bucket`], the nearest code, as a `step_entry`.
     near: Box<[u32]>,
-    /// For each [`bucket`], the largest code at or below its smallest value (0 below −0.993).
+    /// For each [`bucket`], the largest code at or below the value (0 below −0.993), as a
+    /// `step_entry`.
     floor: Box<[u32]>,
+}
+
+/// A bucket's lookup entry: `code << 16 | last`. A bucket holds the 2¹⁶ floats of one sign
+/// whose magnitudes share their top bits; the low 16 bits of a magnitude are its offset in the
+/// bucket. `code` is the answer at offset 0 (the smallest magnitude) and stays the answer up
+/// to offset `last` (0xFFFF: the whole bucket); past it the answer is the next code away from
+/// zero, `code + 1` for a positive value, `code − 1` for a negative one. One load and one
+/// comparison, since a bucket holds at most one change of answer. Found for the lookup `f`
+/// by bisection over the bucket's offsets.
+fn step_entry(k: u32, f: &impl Fn(f32) -> u8) -> u32 {
+    let (negative, b) = if k < PER_SIGN {
+        (false, k)
+    } else {
+        (true, k - PER_SIGN)
+    };
+    let start = LOW_BITS + (b << (23 - BUCKET_BITS));
+    let at = |offset: u32| {
+        let y = f32::from_bits(start + offset);
+        if negative { -y } else { y }
+    };
+    let top = if start == ONE_BITS { 0 } else { OFFSET_MASK };
+    let code = f(at(0));
+    let last = if f(at(top)) == code {
+        OFFSET_MASK
+    } else {
+        // f(at(lo)) = code, f(at(hi)) ≠ code.
+        let (mut lo, mut hi) = (0, top);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if f(at(mid)) == code {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        debug_assert_eq!(
+            i32::from(f(at(hi))) - i32::from(code),
+            if negative { -1 } else { 1 }
+        );
+        lo
+    };
+    (u32::from(code) << 16) | last
+}
+
+/// The low bits of a magnitude: its offset in its bucket.
+const OFFSET_MASK: u32 = (1 << (23 - BUCKET_BITS)) - 1;
+
+/// The answer of a bucket's [`step_entry`] `e` for `y` (its bits), its clamped magnitude `a`.
+#[inline(always)]
+fn step_code(e: u32, bits: u32, a: u32) -> u32 {
+    // +1 for a positive y, −1 (all ones) for a negative one, where the offset passes `last`.
+    let away = 1 | ((bits as i32) >> 31) as u32;
+    let past = u32::from((a & OFFSET_MASK) > (e & OFFSET_MASK)).wrapping_neg();
+    (e >> 16).wrapping_add(away & past)
 }
 
 /// Mantissa bits that a bucket keeps: 128 buckets an octave.
@@ -67,13 +120,17 @@ const ONE_BITS: u32 = 127 << 23;
 /// Buckets per sign: 24 octaves of 128, and 1.0's.
 const PER_SIGN: u32 = ((ONE_BITS - LOW_BITS) >> (23 - BUCKET_BITS)) + 1;
 
-/// The bucket of `y`: its magnitude clamped to \[2⁻²³, 1\], cut to 7 mantissa bits,
-/// positives first, then negatives (a NaN falls somewhere; its block is handled apart).
+/// The bucket of `y` and its clamped magnitude: the magnitude clamped to \[2⁻²³, 1\], cut
+/// to 7 mantissa bits, positives first, then negatives (a NaN falls somewhere; its block is
+/// handled apart).
 #[inline(always)]
-fn bucket(y: f32) -> usize {
+fn bucket(y: f32) -> (usize, u32) {
     let bits = y.to_bits();
     let a = (bits & 0x7FFF_FFFF).clamp(LOW_BITS, ONE_BITS);
-    (((a - LOW_BITS) >> (23 - BUCKET_BITS)) + (bits >> 31) * PER_SIGN) as usize
+    (
+        (((a - LOW_BITS) >> (23 - BUCKET_BITS)) + (bits >> 31) * PER_SIGN) as usize,
+        a,
+    )
 }
 
 /// The magnitudes of bucket `b` of one sign: its first and last `f32`.
@@ -147,14 +204,12 @@ impl CodeBook {
         let mut book = Self {
             values,
             thresholds: [f32::INFINITY; 256],
-            next: [f32::INFINITY; 256],
             inv_gap: [0.0; 256],
             near: Box::new([]),
             floor: Box::new([]),
         };
         for q in 0..255 {
             let (c, d) = (values[q], values[q + 1]);
-            book.next[q] = d;
             book.inv_gap[q] = 1.0 / (d - c);
             // y − c > d − y is monotone in y (f32 rounding is): the last y in [c, d) for
             // which it fails, by bisection over the floats' order.
@@ -170,21 +225,14 @@ impl CodeBook {
             }
             book.thresholds[q] = from_order_key(lo);
         }
-        // A bucket's smallest value: its largest magnitude for negatives.
-        let smallest = |k: u32| {
-            if k < PER_SIGN {
-                bucket_bounds(k).0
-            } else {
-                -bucket_bounds(k - PER_SIGN).1
-            }
-        };
         book.near = (0..2 * PER_SIGN)
-            .map(|k| u32::from(book.nearest_by_search(smallest(k))))
+            .map(|k| step_entry(k, &|y| book.nearest_by_search(y)))
             .collect();
         book.floor = (0..2 * PER_SIGN)
             .map(|k| {
-                let y = smallest(k);
-                u32::from(book.values.partition_point(|&c| c <= y).saturating_sub(1) as u8)
+                step_entry(k, &|y| {
+                    book.values.partition_point(|&c| c <= y).saturating_sub(1) as u8
+                })
             })
             .collect();
         // The lookups hold if no bucket spans two codes or two thresholds.
@@ -266,10 +314,10 @@ impl CodeBook {
     /// meaningless code): the first code of `y`'s bucket, or the next one past its threshold.
     #[inline(always)]
     pub fn nearest(&self, y: f32) -> u8 {
-        // SAFETY: `bucket` is below 2·PER_SIGN, the tables' length; a code is below 256.
-        let q = unsafe { *self.near.get_unchecked(bucket(y)) };
-        let t = unsafe { *self.thresholds.get_unchecked(q as usize) };
-        (q + u32::from(y > t)) as u8
+        let (k, a) = bucket(y);
+        // SAFETY: `bucket` is below 2·PER_SIGN, the table's length.
+        let e = unsafe { *self.near.get_unchecked(k) };
+        step_code(e, y.to_bits(), a) as u8
     }
 
     /// The code of `y` rounded stochastically with the uniform 32 random bits `r`: between
@@ -278,10 +326,9 @@ impl CodeBook {
     /// up when r/2³² < p to within 2⁻²⁴. A value of the table (p = 0) never moves.
     #[inline(always)]
     pub fn stochastic(&self, y: f32, r: u32) -> u8 {
+        let (k, a) = bucket(y);
         // SAFETY: as in `nearest`; `lo` is a code.
-        let lo = unsafe { *self.floor.get_unchecked(bucket(y)) };
-        let next = unsafe { *self.next.get_unchecked(lo as usize) };
-        let lo = lo + u32::from(y >= next);
+        let lo = step_code(unsafe { *self.floor.get_unchecked(k) }, y.to_bits(), a);
         let (c, inv) = unsafe {
             (
                 *self.values.get_unchecked(lo as usize),
@@ -452,8 +499,43 @@ pub(crate) fn dequantize_values<T: Real>(
 /// the same codes and values.
 #[cfg(all(target_arch = "x86_64", not(sgdlab_mutants)))]
 mod simd {
-    use super::{BUCKET_BITS, CodeBook, LOW_BITS, ONE_BITS, PER_SIGN};
+    use super::{BUCKET_BITS, CodeBook, LOW_BITS, OFFSET_MASK, ONE_BITS, PER_SIGN};
     use std::arch::x86_64::*;
+
+    /// 16 lanes of `step_code`: the entries `e` of the lanes' buckets, the lanes' bits and
+    /// clamped magnitudes `a`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn step_code(e: __m512i, bits: __m512i, a: __m512i) -> __m512i {
+        let mask = _mm512_set1_epi32(OFFSET_MASK as i32);
+        let past = _mm512_cmpgt_epu32_mask(_mm512_and_si512(a, mask), _mm512_and_si512(e, mask));
+        let away = _mm512_or_si512(_mm512_set1_epi32(1), _mm512_srai_epi32::<31>(bits));
+        let code = _mm512_srli_epi32::<16>(e);
+        _mm512_mask_add_epi32(code, past, code, away)
+    }
+
+    /// 16 lanes of `bucket`: the buckets and the clamped magnitudes of `bits`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn bucket(bits: __m512i) -> (__m512i, __m512i) {
+        let a = _mm512_min_epu32(
+            _mm512_max_epu32(
+                _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF)),
+                _mm512_set1_epi32(LOW_BITS as i32),
+            ),
+            _mm512_set1_epi32(ONE_BITS as i32),
+        );
+        let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(
+            a,
+            _mm512_set1_epi32(LOW_BITS as i32),
+        ));
+        // The lanes whose sign bit is set.
+        let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
+        (
+            _mm512_mask_add_epi32(b, negative, b, _mm512_set1_epi32(PER_SIGN as i32)),
+            a,
+        )
+    }
 
     /// Whether the loops may run: the CPU has AVX-512F and the kernels' level is AVX-512.
     #[inline(always)]
@@ -468,34 +550,16 @@ mod simd {
         let n = x.len().min(codes.len());
         let full = n / 16 * 16;
         let inv_v = _mm512_set1_ps(inv);
-        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
-        let (low, one) = (
-            _mm512_set1_epi32(LOW_BITS as i32),
-            _mm512_set1_epi32(ONE_BITS as i32),
-        );
-        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
-        let step = _mm512_set1_epi32(1);
         let near = book.near.as_ptr().cast::<i32>();
-        let thresholds = book.thresholds.as_ptr();
         let mut i = 0;
         while i < full {
-            // SAFETY: i + 16 ≤ n, within both slices; the gathers read `near` at buckets
-            // (below 2·PER_SIGN, its length) and `thresholds` at codes (below 256).
+            // SAFETY: i + 16 ≤ n, within both slices; the gather reads `near` at buckets
+            // (below 2·PER_SIGN, its length).
             unsafe {
                 let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
                 let bits = _mm512_castps_si512(y);
-                let a = _mm512_min_epu32(
-                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
-                    one,
-                );
-                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
-                // The lanes whose sign bit is set.
-                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
-                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
-                let q = _mm512_i32gather_epi32::<4>(b, near);
-                let t = _mm512_i32gather_ps::<4>(q, thresholds);
-                let up = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, t);
-                let q = _mm512_mask_add_epi32(q, up, q, step);
+                let (b, a) = bucket(bits);
+                let q = step_code(_mm512_i32gather_epi32::<4>(b, near), bits, a);
                 _mm_storeu_si128(
                     codes.as_mut_ptr().add(i).cast::<__m128i>(),
                     _mm512_cvtepi32_epi8(q),
@@ -522,20 +586,10 @@ mod simd {
         let n = x.len().min(codes.len());
         let full = n / 16 * 16;
         let inv_v = _mm512_set1_ps(inv);
-        let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
-        let (low, one) = (
-            _mm512_set1_epi32(LOW_BITS as i32),
-            _mm512_set1_epi32(ONE_BITS as i32),
-        );
-        let per_sign = _mm512_set1_epi32(PER_SIGN as i32);
         let step = _mm512_set1_epi32(1);
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let floor = book.floor.as_ptr().cast::<i32>();
-        let (next, values, inv_gap) = (
-            book.next.as_ptr(),
-            book.values.as_ptr(),
-            book.inv_gap.as_ptr(),
-        );
+        let (values, inv_gap) = (book.values.as_ptr(), book.inv_gap.as_ptr());
         let mut i = 0;
         while i < full {
             // `counter_bits(key, first + i + lane)`: lowbias32 over the block's 32-bit
@@ -562,16 +616,8 @@ mod simd {
                 );
                 let y = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv_v);
                 let bits = _mm512_castps_si512(y);
-                let a = _mm512_min_epu32(
-                    _mm512_max_epu32(_mm512_and_si512(bits, magnitude), low),
-                    one,
-                );
-                let b = _mm512_srli_epi32::<{ 23 - BUCKET_BITS }>(_mm512_sub_epi32(a, low));
-                let negative = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
-                let b = _mm512_mask_add_epi32(b, negative, b, per_sign);
-                let lo = _mm512_i32gather_epi32::<4>(b, floor);
-                let above = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(y, _mm512_i32gather_ps::<4>(lo, next));
-                let lo = _mm512_mask_add_epi32(lo, above, lo, step);
+                let (b, a) = bucket(bits);
+                let lo = step_code(_mm512_i32gather_epi32::<4>(b, floor), bits, a);
                 let c = _mm512_i32gather_ps::<4>(lo, values);
                 let p = _mm512_mul_ps(_mm512_sub_ps(y, c), _mm512_i32gather_ps::<4>(lo, inv_gap));
                 let up = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, p);
