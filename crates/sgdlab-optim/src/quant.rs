@@ -75,13 +75,14 @@ fn step_entry(k: u32, f: &impl Fn(f32) -> u8) -> u32 {
         let y = f32::from_bits(start + offset);
         if negative { -y } else { y }
     };
-    let top = if start == ONE_BITS { 0 } else { OFFSET_MASK };
+    // (1.0's bucket holds 1.0 alone, its offset always 0: the floats past it, which the
+    // clamp never looks up, answer as 1.0 does.)
     let code = f(at(0));
-    let last = if f(at(top)) == code {
+    let last = if f(at(OFFSET_MASK)) == code {
         OFFSET_MASK
     } else {
         // f(at(lo)) = code, f(at(hi)) ≠ code.
-        let (mut lo, mut hi) = (0, top);
+        let (mut lo, mut hi) = (0, OFFSET_MASK);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             if f(at(mid)) == code {
