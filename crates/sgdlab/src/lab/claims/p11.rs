@@ -111,6 +111,84 @@ fn naive_stall(beta: f64, c: f64) -> Option<f64> {
     })
 }
 
+/// The per-element sums behind the stochastic-rounding claims of an EMA (11b/11c, 13b/13c):
+/// S = Σₜβ^(2(T − t))uₜ²fₜ(1 − fₜ), the variance that rounding with spacing u and dropped
+/// fraction f adds, and the uniform model's Σₜβ^(2(T − t))uₜ²/12.
+pub(super) struct RoundingSums {
+    b2: f64,
+    s: Vec<f64>,
+    s12: Vec<f64>,
+}
+
+impl RoundingSums {
+    /// Zero sums for `n` elements of an EMA of decay `beta`.
+    pub(super) fn new(beta: f64, n: usize) -> Self {
+        Self {
+            b2: beta * beta,
+            s: vec![0.0; n],
+            s12: vec![0.0; n],
+        }
+    }
+
+    /// One step's rounding of element `i`: spacing `u`, dropped fraction `f`.
+    pub(super) fn add(&mut self, i: usize, u: f64, f: f64) {
+        self.s[i] = self.b2 * self.s[i] + u * u * f * (1.0 - f);
+        self.s12[i] = self.b2 * self.s12[i] + u * u / 12.0;
+    }
+
+    /// One row per element: e_T (stochastic), e_T (nearest), e_T², S, e_T² − S and the
+    /// uniform model's sum, e_T the difference of the stored EMA from the `exact` one.
+    pub(super) fn rows(&self, stochastic: &[f64], nearest: &[f64], exact: &[f64]) -> Vec<[f64; 6]> {
+        (0..self.s.len())
+            .map(|i| {
+                let e = stochastic[i] - exact[i];
+                let s = self.s[i];
+                [e, nearest[i] - exact[i], e * e, s, e * e - s, self.s12[i]]
+            })
+            .collect()
+    }
+}
+
+/// What the stochastic-rounding claims of an EMA measure, over every element of every chain
+/// block ([`RoundingSums::rows`]).
+pub(super) struct RoundingEstimates {
+    /// Elements measured.
+    pub(super) elements: usize,
+    /// E\[e_T\] with stochastic rounding.
+    pub(super) bias: Measurement,
+    /// E\[e_T\] with round to nearest.
+    pub(super) nearest_bias: f64,
+    /// E\[e_T²\]/E\[S\]: the ratio of two means over the same elements is
+    /// 1 + mean(d)/mean(S) for the paired difference d = e_T² − S, whose mean is 0 exactly;
+    /// its SE is d's.
+    pub(super) ratio: Measurement,
+    /// The uniform model's sum over E\[S\].
+    pub(super) uniform_ratio: f64,
+}
+
+impl RoundingEstimates {
+    /// The estimates over the rows of all chain blocks (the first error, if any).
+    pub(super) fn from_blocks(blocks: Vec<Result<Vec<[f64; 6]>>>) -> Result<Self> {
+        let mut rows = Vec::new();
+        for block in blocks {
+            rows.extend(block?);
+        }
+        let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform]: [Estimate; 6] =
+            std::array::from_fn(|k| {
+                let column: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+                Estimate::from_samples(&column)
+            });
+        let s = var_sum.mean;
+        Ok(Self {
+            elements: rows.len(),
+            bias: e_sr.mean(),
+            nearest_bias: e_rn.mean,
+            ratio: Measurement::new(e_sq.mean / s, paired.stderr_mean / s),
+            uniform_ratio: var_uniform.mean / s,
+        })
+    }
+}
+
 /// 11b and 11c: the library's EMA with stochastically rounded bfloat16 state against the
 /// exact one on the same noisy inputs.
 fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
@@ -121,11 +199,8 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     const BLOCK: usize = 1_000;
     let mc = options.monte_carlo("p11.stochastic", 16)?;
     let seed = mc.seed();
-    let b2 = beta * beta;
     // The kernel's f32 coefficients (`sgd::ema_coefficients`, each narrowed from f64).
     let (decay, rate) = (beta as f32, (1.0 - beta) as f32);
-    // Per chain: e_T (stochastic), e_T (nearest), e_T², S = Σβ^{2(T−t)}u²f(1−f), e_T² − S,
-    // and Σβ^{2(T−t)}u²/12.
     let spec = |rounding: &str, sr_seed: u64| {
         format!(
             "ema-momentum:lr=0,beta={beta},state_dtype=bf16,rounding={rounding},sr_seed={sr_seed}"
@@ -140,7 +215,7 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
         let mut p_rn = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
         let mut x = [crate::optim::Tensor::vector("v", vec![0.0f32; BLOCK])];
         let mut exact = vec![0.0f64; BLOCK];
-        let (mut s, mut s12) = (vec![0.0f64; BLOCK], vec![0.0f64; BLOCK]);
+        let mut sums = RoundingSums::new(beta, BLOCK);
         let mut v = vec![0.0f64; BLOCK];
         for _ in 0..steps {
             for (xi, e) in x[0].data_mut().iter_mut().zip(exact.iter_mut()) {
@@ -167,61 +242,41 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
                 let lo = (pre.to_bits() >> 16) as u16;
                 let (a, b) = (f64::from(bf16_to_f32(lo)), f64::from(bf16_to_f32(lo + 1)));
                 let u = b - a;
-                let f = (f64::from(pre) - a) / u;
-                s[i] = b2 * s[i] + u * u * f * (1.0 - f);
-                s12[i] = b2 * s12[i] + u * u / 12.0;
+                sums.add(i, u, (f64::from(pre) - a) / u);
                 v[i] = stored[i];
             }
         }
         let nearest = rn
             .state_values("exp_avg", 0)
             .ok_or_else(|| Error::Unsupported("ema-momentum keeps no exp_avg".into()))?;
-        Ok((0..BLOCK)
-            .map(|i| {
-                let e = v[i] - exact[i];
-                [e, nearest[i] - exact[i], e * e, s[i], e * e - s[i], s12[i]]
-            })
-            .collect())
+        Ok(sums.rows(&v, &nearest, &exact))
     });
-    let mut rows = Vec::with_capacity(mc.chains() * BLOCK);
-    for block in blocks {
-        rows.extend(block?);
-    }
-    let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform]: [Estimate; 6] =
-        std::array::from_fn(|k| {
-            let column: Vec<f64> = rows.iter().map(|r| r[k]).collect();
-            Estimate::from_samples(&column)
-        });
-    let chains = rows.len();
+    let measured = RoundingEstimates::from_blocks(blocks)?;
     let params = [
         ("beta", beta),
         ("t", steps as f64),
-        ("chains", chains as f64),
+        ("chains", measured.elements as f64),
     ];
     let bias = Claim::monte_carlo(
         "11b",
         "stochastic rounding is unbiased: E[v_T(bf16, SR) − v_T(f64)] = 0 on x = g², g ~ N(0,1)",
         &params,
         0.0,
-        e_sr.mean(),
+        measured.bias,
     )
-    .reject("round to nearest's bias (measured)", e_rn.mean)
+    .reject("round to nearest's bias (measured)", measured.nearest_bias)
     .optimizer(spec("stochastic", seed))
     .optimizer(spec("nearest", seed));
-    // E[e²] against E[S]: the ratio of two means over the same chains is 1 + mean(d)/mean(S)
-    // for the paired difference d = e² − S, whose mean is 0 exactly; its SE is d's.
-    let s = var_sum.mean;
-    let ratio = Measurement::new(e_sq.mean / s, paired.stderr_mean / s);
     let variance = Claim::monte_carlo(
         "11c",
         "its error variance is Σ β^{2(T−t)} u_t² f_t(1−f_t) (ulp u, dropped fraction f): ratio 1",
         &params,
         1.0,
-        ratio,
+        measured.ratio,
     )
     .reject(
         "uniform rounding error, variance u²/12",
-        var_uniform.mean / s,
+        measured.uniform_ratio,
     )
     .optimizer(spec("stochastic", seed));
     Ok(vec![bias, variance])

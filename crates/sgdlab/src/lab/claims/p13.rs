@@ -31,7 +31,7 @@
 
 use rand_distr::{Distribution, StandardNormal};
 
-use super::p11::{adam_v, jensen, uniform_gradients};
+use super::p11::{RoundingEstimates, RoundingSums, adam_v, jensen, uniform_gradients};
 use super::{Claim, VerifyOptions};
 use crate::data::parse_csv;
 use crate::lab::audit::{SimulationOptions, stationary_drift};
@@ -178,13 +178,10 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
     const QBLOCK: usize = 256;
     let mc = options.monte_carlo("p13.stochastic", 48)?;
     let seed = mc.seed();
-    let b2 = beta * beta;
     let book = CodeBook::signed();
     let spec = |rounding: &str, sr_seed: u64| {
         ema_spec(beta, &format!(",rounding={rounding},sr_seed={sr_seed}"))
     };
-    // Per element: e_T (stochastic), e_T (nearest), e_T², S = Σβ^{2(T−t)}u²f(1−f), e_T² − S,
-    // and Σβ^{2(T−t)}u²/12.
     let blocks = mc.run(|rng, block| -> Result<Vec<[f64; 6]>> {
         let sr_seed = seed.wrapping_add(block as u64);
         let mut sr = Optimizer::<f64>::from_spec(&spec("stochastic", sr_seed))?;
@@ -193,7 +190,7 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
         let mut p_rn = [Tensor::vector("v", vec![0.0f64; BLOCK])];
         let mut x = [Tensor::vector("v", vec![0.0f64; BLOCK])];
         let mut exact = vec![0.0f64; BLOCK];
-        let (mut s, mut s12) = (vec![0.0f64; BLOCK], vec![0.0f64; BLOCK]);
+        let mut sums = RoundingSums::new(beta, BLOCK);
         let mut v = vec![0.0f64; BLOCK];
         let mut pre = vec![0.0f64; BLOCK];
         let (decay, rate) = (beta, 1.0 - beta);
@@ -242,33 +239,18 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
                     } else {
                         0.0
                     };
-                    s[i] = b2 * s[i] + u * u * f * (1.0 - f);
-                    s12[i] = b2 * s12[i] + u * u / 12.0;
+                    sums.add(i, u, f);
                     v[i] = stored[i];
                 }
             }
         }
-        let nearest = ema_state(&rn)?;
-        Ok((0..BLOCK)
-            .map(|i| {
-                let e = v[i] - exact[i];
-                [e, nearest[i] - exact[i], e * e, s[i], e * e - s[i], s12[i]]
-            })
-            .collect())
+        Ok(sums.rows(&v, &ema_state(&rn)?, &exact))
     });
-    let mut rows = Vec::with_capacity(mc.chains() * BLOCK);
-    for block in blocks {
-        rows.extend(block?);
-    }
-    let [e_sr, e_rn, e_sq, var_sum, paired, var_uniform]: [Estimate; 6] =
-        std::array::from_fn(|k| {
-            let column: Vec<f64> = rows.iter().map(|r| r[k]).collect();
-            Estimate::from_samples(&column)
-        });
+    let measured = RoundingEstimates::from_blocks(blocks)?;
     let params = [
         ("beta", beta),
         ("t", steps as f64),
-        ("elements", rows.len() as f64),
+        ("elements", measured.elements as f64),
         ("block_size", QBLOCK as f64),
     ];
     let bias = Claim::monte_carlo(
@@ -277,24 +259,22 @@ fn stochastic(options: &VerifyOptions) -> Result<Vec<Claim>> {
          x = g², g ~ N(0,1)",
         &params,
         0.0,
-        e_sr.mean(),
+        measured.bias,
     )
-    .reject("round to nearest's bias (measured)", e_rn.mean)
+    .reject("round to nearest's bias (measured)", measured.nearest_bias)
     .optimizer(spec("stochastic", seed))
     .optimizer(spec("nearest", seed));
-    let s = var_sum.mean;
-    let ratio = Measurement::new(e_sq.mean / s, paired.stderr_mean / s);
     let variance = Claim::monte_carlo(
         "13c",
         "its error variance is Σ β^{2(T−t)} u_t² f_t(1−f_t), u = (c_h − c_l)·a the book's gap \
          times the block's absmax, f the dropped fraction: ratio 1",
         &params,
         1.0,
-        ratio,
+        measured.ratio,
     )
     .reject(
         "uniform rounding error, variance u²/12",
-        var_uniform.mean / s,
+        measured.uniform_ratio,
     )
     .optimizer(spec("stochastic", seed));
     Ok(vec![bias, variance])
