@@ -4,15 +4,14 @@ the conformance test `crates/sgdlab-py/tests/test_bnb.py`.
     pip install bitsandbytes   # 0.50.2 wrote the recorded file
     python bench/record_bnb_adam8bit.py crates/sgdlab-py/tests/data/bnb_adam8bit.npz
 
-The gradients are `gradient(t)` below (an integer hash, the same bits in any language). The
-file holds, after every step t = 1..200, the parameters and both moments' codes and block
+The gradients are `gradient(t)` below (an integer hash, the same bits in any language; the
+test imports it from here). The file holds, after every step t = 1..200, the parameters and both moments' codes and block
 scales (absmax), and the code books (`qmap1`, `qmap2`).
 """
 
 import sys
 
 import numpy as np
-import torch
 
 N, STEPS, LR = 512, 200, 1e-3
 
@@ -37,6 +36,7 @@ def start() -> np.ndarray:
 
 def main(path: str) -> None:
     import bitsandbytes as bnb
+    import torch
 
     p = torch.nn.Parameter(torch.from_numpy(start()))
     opt = bnb.optim.Adam8bit([p], lr=LR, min_8bit_size=256)

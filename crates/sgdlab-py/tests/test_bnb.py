@@ -17,33 +17,20 @@ gradients, with both moments' codes and block scales after every step.
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 import sgdlab
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+from record_bnb_adam8bit import LR, N, STEPS, gradient, start  # noqa: E402
 
 FILE = pathlib.Path(__file__).parent / "data" / "bnb_adam8bit.npz"
-N, STEPS, LR, B1, B2, EPS = 512, 200, 1e-3, 0.9, 0.999, 1e-8
+B1, B2, EPS = 0.9, 0.999, 1e-8
 SPEC = f"adam:lr={LR},state_dtype=q8,rounding=nearest"
-
-
-def gradient(t: int, n: int = N) -> np.ndarray:
-    """Step t's gradient (t = 0, 1, ...), as `bench/record_bnb_adam8bit.py` draws it."""
-    i = np.arange(n, dtype=np.uint64)
-    mask = np.uint64(0xFFFFFFFF)
-    h = (i * np.uint64(2654435761) + np.uint64(t) * np.uint64(40503) + np.uint64(12345)) & mask
-    h ^= h >> np.uint64(15)
-    h = (h * np.uint64(0x2C1B3C6D)) & mask
-    h ^= h >> np.uint64(12)
-    u = (h >> np.uint64(8)).astype(np.float64) / 2**24
-    sign = np.where((h & np.uint64(1)) == 1, -1.0, 1.0)
-    scale = 2.0 ** -(np.arange(n) % 4).astype(np.float64)
-    return (sign * (0.5 + u) * scale).astype(np.float32)
-
-
-def start() -> np.ndarray:
-    return np.linspace(-1, 1, N, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
